@@ -1,0 +1,1 @@
+"""Ready derivations, one topic per file; ``symdl list`` shows them."""

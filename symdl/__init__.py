@@ -1,0 +1,43 @@
+"""symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes."""
+
+from symdl.derivation import Derivation, Equation, derive, evaluate
+from symdl.errors import (
+    DefinitionError,
+    DerivationError,
+    EvaluationError,
+    ShapeMismatchError,
+    SymdlError,
+    UnsupportedError,
+)
+from symdl.to_sympy import IndexForm
+from symdl.vocabulary import (
+    LogSumExp,
+    Softmax,
+    Total,
+    bias,
+    binary_cross_entropy_with_logits,
+    exp,
+    log,
+    log_softmax,
+    logsumexp,
+    mean,
+    mse,
+    relu,
+    sigmoid,
+    softmax,
+    softmax_cross_entropy,
+    softplus,
+    sum,
+    tanh,
+    total,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
+    "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
+    "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
+    "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",
+    "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
+]

@@ -1,0 +1,101 @@
+"""The ``symdl`` command: list the shipped derivations and print their equations."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import sympy as sp
+
+from symdl.derivation import Derivation
+from symdl.errors import SymdlError
+from symdl.pretty import plain
+from symdl.registry import entries, load
+from symdl.to_sympy import IndexForm
+
+
+def _shape(expr: sp.Basic | IndexForm) -> str:
+    if isinstance(expr, IndexForm):
+        return " × ".join(str(d) for d in expr.shape)
+    if isinstance(expr, sp.MatrixExpr):
+        return f"{expr.shape[0]} × {expr.shape[1]}"
+    return "scalar"
+
+
+def _print_equations(title: str, equations, out) -> None:
+    print(title, file=out)
+    rows = [(plain(lhs), plain(rhs), _shape(rhs)) for lhs, rhs in equations]
+    width = max((len(lhs) for lhs, _, _ in rows), default=0)
+    for lhs, rhs, shape in rows:
+        print(f"  {lhs:<{width}} = {rhs}    [{shape}]", file=out)
+
+
+def print_derivation(name: str, title: str, der: Derivation, hessian: bool, out) -> None:
+    print(f"{title}  ({name})", file=out)
+    definitions = der.definitions()
+    if definitions:
+        _print_equations("forward:", definitions, out)
+    else:
+        print(f"definition:\n  {plain(der.steps[-1][1])}", file=out)
+    if der.is_scalar:
+        _print_equations("backward (reverse mode):", der.equations(), out)
+    else:
+        _print_equations("Jacobians:", [(sp.Symbol(f"J_{p}"), der.jacobian(p)) for p in der.wrt],
+                         out)
+    if hessian and der.is_scalar:
+        blocks = [
+            (sp.Symbol(f"H[{p},{q}]"), der.hessian(p, q))
+            for i, p in enumerate(der.wrt) for q in der.wrt[i:]
+        ]
+        _print_equations("Hessian blocks:", blocks, out)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    rows = [(e.name, e.title) for e in entries()]
+    width = max(len(n) for n, _ in rows)
+    for name, title in rows:
+        print(f"{name:<{width}}  {title}")
+    return 0
+
+
+def _cmd_derive(args: argparse.Namespace) -> int:
+    entry = load(args.derivation)
+    start = time.perf_counter()
+    der = entry.derive()
+    print_derivation(entry.name, entry.title, der, args.hessian, sys.stdout)
+    if args.timing:
+        print(f"derived and printed in {time.perf_counter() - start:.2f} s")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="symdl",
+        description="Exact derivatives of deep-learning math written in SymPy, for symbolic "
+        "shapes: gradients, Hessians and backprop equations in matrix form.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="list the shipped derivations")
+    listing.set_defaults(run=_cmd_list)
+    derive = commands.add_parser(
+        "derive", help="print the forward and backprop equations of a derivation",
+        description="Print the forward definitions, the reverse-mode (backprop) equations and "
+        "the gradients of a derivation, with the shape of each.",
+    )
+    derive.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
+                        "defines derivation() returning a symdl.Derivation")
+    derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
+    derive.add_argument("--timing", action="store_true", help="print how long it took")
+    derive.set_defaults(run=_cmd_derive)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except SymdlError as exc:
+        print(f"symdl: error: {exc}", file=sys.stderr)
+        return 2

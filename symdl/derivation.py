@@ -1,0 +1,394 @@
+"""``symdl.derive`` and the ``Derivation`` it returns: the public face of the derivation core.
+
+The pipeline: the definition is translated into the IR (``frontend``), differentiated there
+(``autodiff``) and printed back as SymPy (``to_sympy``): matrix notation where recognised,
+index notation otherwise. Derivatives are computed lazily and cached; ``hessian=True``
+computes every Hessian block up front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symdl import autodiff, ir
+from symdl.errors import DefinitionError, DerivationError
+from symdl.evaluate import evaluate as evaluate_nodes
+from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
+from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
+
+Definition = sp.Basic | Sequence[tuple[sp.Basic, sp.Basic]]
+Parameter = sp.Symbol | sp.MatrixSymbol | sp.IndexedBase
+
+
+class Equation(NamedTuple):
+    """One step of a derivation: ``lhs = rhs``."""
+
+    lhs: sp.Basic
+    rhs: sp.Basic | IndexForm
+
+
+def _symbol_name(p: sp.Basic) -> str:
+    if isinstance(p, sp.MatrixSymbol):
+        return str(p.name)
+    if isinstance(p, sp.IndexedBase):
+        return str(p.label)
+    return str(p)
+
+
+def _parameter_shape(p: Parameter) -> tuple:
+    if isinstance(p, sp.MatrixSymbol):
+        return tuple(p.shape)
+    if isinstance(p, sp.IndexedBase):
+        if p.shape is None:
+            raise DerivationError(
+                f"IndexedBase {p} has no shape; create it as IndexedBase('{p}', shape=(...))"
+            )
+        return tuple(p.shape)
+    return ()
+
+
+def _like(symbol: sp.Basic, name: str, shape: tuple) -> sp.Basic:
+    """A new symbol of the same kind and shape as ``symbol`` (adjoints, gradients)."""
+    if len(shape) == 2:
+        return sp.MatrixSymbol(name, *shape)
+    if not shape:
+        return sp.Symbol(name, real=True)
+    return sp.IndexedBase(name, shape=shape)
+
+
+class Derivation:
+    """Derivatives of one definition, for every size its symbolic dimensions can take.
+
+    Build it with ``symdl.derive``. Results are SymPy expressions: matrix expressions where
+    the pattern is recognised (``X.T*(sigmoid(X*w) - y)/n``), an ``IndexForm`` otherwise
+    (Hessian blocks of matrix parameters, which have four indices).
+    """
+
+    def __init__(self, definition: Definition, wrt: Iterable[Parameter], hessian: bool = False):
+        steps = _as_steps(definition)
+        self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
+        exprs = [d for _, d in steps]
+        self.dims: frozenset[sp.Symbol] = frozenset(dimension_symbols(exprs + list(wrt)))
+        self._translator = Translator(set(self.dims))
+        self._intermediates: list[ir.Named] = []
+        node = None
+        for symbol, definition_k in steps:
+            node = translate_matrix_or_scalar(self._translator, definition_k)
+            if symbol is not None:
+                node = ir.named(_symbol_name(symbol), node, symbol)
+                self._translator.named[symbol] = node
+                self._intermediates.append(node)
+        self.output: ir.Node = node
+        self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
+        if not self.wrt:
+            raise DerivationError("derive() needs at least one parameter in wrt=[...]")
+        names = [_symbol_name(p) for p in self.wrt]
+        if len(set(names)) != len(names):
+            raise DerivationError(f"wrt lists a parameter twice: {names}")
+        self._leaves = {p: self._leaf_for(p) for p in self.wrt}
+        self._gradients: dict[Parameter, ir.Node] | None = None
+        self._adjoints: list[tuple[ir.Named, ir.Node]] = []
+        self._hessians: dict[tuple[Parameter, Parameter], ir.Node] = {}
+        if hessian:
+            for p in self.wrt:
+                for q in self.wrt:
+                    self.hessian_node(p, q)
+
+    # -- construction helpers -------------------------------------------------------------
+
+    def _leaf_for(self, p: Parameter) -> ir.Node:
+        name = _symbol_name(p)
+        if p in self._translator.named:
+            raise DerivationError(
+                f"{name} is a named intermediate, not a parameter; differentiate with respect to "
+                "the inputs it is computed from"
+            )
+        known = self._translator.leaves.get(name)
+        if known is not None:
+            if known.shape != _parameter_shape(p):
+                raise DerivationError(
+                    f"parameter {name} has shape {_parameter_shape(p)} in wrt but {known.shape} "
+                    "in the definition"
+                )
+            return known
+        # Not in the definition: the derivative is zero, of the parameter's shape.
+        return ir.leaf(name, _parameter_shape(p), p)
+
+    @property
+    def is_scalar(self) -> bool:
+        return self.output.rank == 0
+
+    def _require_parameter(self, p: Parameter) -> ir.Node:
+        if p not in self._leaves:
+            raise DerivationError(
+                f"{p} is not among the parameters of this derivation "
+                f"({', '.join(_symbol_name(q) for q in self.wrt)}); add it to wrt=[...]"
+            )
+        return self._leaves[p]
+
+    def _ensure_gradients(self) -> dict[Parameter, ir.Node]:
+        if self._gradients is None:
+            if not self.is_scalar:
+                raise DerivationError(
+                    f"the definition is a {self.output.shape} tensor, not a scalar: use "
+                    "jacobian(p), or reduce it (symdl.sum, symdl.mean) to get a gradient"
+                )
+            leaves = [self._leaves[p] for p in self.wrt]
+            by_id, adjoints = autodiff.reverse(self.output, leaves, self._adjoint_name)
+            self._gradients = {p: by_id[id(self._leaves[p])] for p in self.wrt}
+            self._adjoints = [(n, a) for n, a in adjoints if n is not self.output]
+        return self._gradients
+
+    def _adjoint_name(self, node: ir.Named) -> tuple[str, sp.Basic]:
+        name = "d" + node.name
+        return name, _like(node.symbol, name, node.shape)
+
+    # -- IR-level results (used by kernels, checks and reports) ---------------------------
+
+    def gradient_node(self, p: Parameter) -> ir.Node:
+        self._require_parameter(p)
+        return self._ensure_gradients()[p]
+
+    def hessian_node(self, p: Parameter, q: Parameter | None = None) -> ir.Node:
+        q = p if q is None else q
+        key = (p, q)
+        if key not in self._hessians:
+            self._require_parameter(q)
+            self._hessians[key] = autodiff.jacobian(self.gradient_node(p), self._leaves[q])
+        return self._hessians[key]
+
+    def jacobian_node(self, p: Parameter) -> ir.Node:
+        return autodiff.jacobian(self.output, self._require_parameter(p))
+
+    # -- public results -------------------------------------------------------------------
+
+    def printer(self, inline: bool = True) -> SympyPrinter:
+        """The printer of this derivation's results.
+
+        Args:
+            inline: write named intermediates out (a self-contained closed form), or refer to
+                them by name (``A1``, ``dZ2``) as the step-by-step equations do.
+        """
+        aliases = {id(n.body): n for n in self._intermediates}
+        aliases.update({id(a.body): a for _, a in self._adjoints})
+        reserved = {str(d) for d in self.dims} | set(self._translator.leaves)
+        reserved |= {n.name for n in self._intermediates} | {a.name for _, a in self._adjoints}
+        return SympyPrinter(inline_named=inline, aliases=aliases, reserved=reserved)
+
+    def gradient(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
+        """∂L/∂p for a scalar definition L, with the shape of ``p``.
+
+        Args:
+            p: a parameter listed in ``wrt``.
+            inline: see ``printer``; ``False`` writes it in terms of the named intermediates.
+        """
+        node = self.gradient_node(p)
+        return self.printer(inline).result(node)
+
+    def hessian(self, p: Parameter, q: Parameter | None = None,
+                inline: bool = True) -> sp.Basic | IndexForm:
+        """The Hessian block ∂²L/∂p∂q (``q`` defaults to ``p``).
+
+        For vector (or scalar) parameters it is a matrix expression (``X.T*diag(s)*X/n``);
+        for matrix parameters it has four indices and comes as an ``IndexForm`` whose
+        indices are those of ``p`` then those of ``q`` (size-1 axes dropped).
+        """
+        node = self.hessian_node(p, q)
+        return self.printer(inline).result(node)
+
+    def hvp(self, p: Parameter, v: sp.Basic | Mapping[Parameter, sp.Basic],
+            inline: bool = True) -> sp.Basic:
+        """The Hessian-vector product ``Σ_q H[p, q] v_q``, without forming the Hessian.
+
+        Args:
+            p: the parameter whose gradient is differentiated (the result has its shape).
+            v: the direction: a symbol shaped like ``p`` (then ``H[p, p] v``), or a mapping
+                from parameters to directions shaped like each.
+        """
+        directions = dict(v) if isinstance(v, Mapping) else {p: v}
+        seeds = {}
+        for q, vq in directions.items():
+            leaf = self._require_parameter(q)
+            shape = _parameter_shape(q)
+            vshape = tuple(vq.shape) if isinstance(vq, MatrixExpr) else ()
+            if vshape != tuple(shape):
+                raise DerivationError(
+                    f"the direction for {q} has shape {vshape}, but {q} has shape {shape}"
+                )
+            seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
+        node = autodiff.directional(self.gradient_node(p), seeds)
+        return self.printer(inline).result(node)
+
+    def hvp_node(self, p: Parameter, directions: Mapping[Parameter, ir.Node]) -> ir.Node:
+        seeds = {id(self._require_parameter(q)): v for q, v in directions.items()}
+        return autodiff.directional(self.gradient_node(p), seeds)
+
+    def jacobian(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
+        """∂f/∂p of the (possibly matrix-valued) definition f, axes of f then axes of p.
+
+        The Jacobian of a column vector with respect to a column vector is a matrix.
+        """
+        return self.printer(inline).result(self.jacobian_node(p))
+
+    def definitions(self) -> list[Equation]:
+        """The forward equations: each named intermediate and its definition."""
+        return [Equation(s, d) for s, d in self.steps if s is not None]
+
+    def equations(self) -> list[Equation]:
+        """The reverse-mode equations in the order backprop computes them: one adjoint per
+        named intermediate (``dZ2``, ``dA1``, ``dZ1``), then the gradient of each parameter
+        (``dW1``), each written in terms of the named quantities."""
+        gradients = self._ensure_gradients()
+        printer = self.printer(inline=False)
+        eqs = [Equation(adj.symbol, printer.definition(adj.body)) for _, adj in self._adjoints]
+        for p in self.wrt:
+            name = "d" + _symbol_name(p)
+            eqs.append(Equation(_like(p, name, _parameter_shape(p)), printer.result(gradients[p])))
+        return eqs
+
+    def evaluate(self, values: Mapping[str, np.ndarray | float],
+                 dims: Mapping[sp.Symbol, int] | None = None) -> dict[str, np.ndarray]:
+        """NumPy values of the output, the gradients and any Hessians computed so far.
+
+        Args:
+            values: an array per input and parameter, by name.
+            dims: sizes of the dimension symbols; inferred from the arrays when omitted.
+        """
+        dims = dict(dims) if dims is not None else self.infer_dims(values)
+        roots: dict[str, ir.Node] = {"value": self.output}
+        if self.is_scalar:
+            for p in self.wrt:
+                roots[f"grad:{_symbol_name(p)}"] = self.gradient_node(p)
+        for (p, q), node in self._hessians.items():
+            roots[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
+        arrays = evaluate_nodes(list(roots.values()), values, dims)
+        return dict(zip(roots, arrays))
+
+    def infer_dims(self, values: Mapping[str, np.ndarray | float]) -> dict[sp.Symbol, int]:
+        """Binds each dimension symbol to a size from the shapes of ``values``."""
+        sizes: dict[sp.Symbol, int] = {}
+        for name, leaf in self._translator.leaves.items():
+            if name not in values:
+                continue
+            shape = np.shape(values[name])
+            for dim, size in zip(leaf.shape, shape):
+                if isinstance(dim, sp.Symbol) and dim in self.dims:
+                    if sizes.setdefault(dim, size) != size:
+                        raise DefinitionError(
+                            f"dimension {dim} is {sizes[dim]} in one array and {size} in {name}"
+                        )
+        return sizes
+
+    @property
+    def leaves(self) -> dict[str, ir.Leaf]:
+        """Every array and scalar the definition reads, by name."""
+        return dict(self._translator.leaves)
+
+    def __repr__(self) -> str:
+        params = ", ".join(_symbol_name(p) for p in self.wrt)
+        return f"Derivation(output shape {self.output.shape}, wrt [{params}])"
+
+
+def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
+    if isinstance(definition, (sp.Basic, int, float)):
+        return [(None, sp.sympify(definition))]
+    if isinstance(definition, Mapping):
+        definition = list(definition.items())
+    steps = []
+    for item in definition:
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise DefinitionError(
+                "a model is a list of (symbol, definition) pairs, e.g. [(Z1, X*W1), (A1, "
+                f"symdl.tanh(Z1)), (L, ...)]; got {item!r}"
+            )
+        symbol, expr = item
+        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol)):
+            raise DefinitionError(
+                f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
+            )
+        expr = sp.sympify(expr)
+        if isinstance(symbol, sp.MatrixSymbol):
+            if not isinstance(expr, MatrixExpr) or tuple(expr.shape) != tuple(symbol.shape):
+                shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
+                from symdl.errors import ShapeMismatchError
+
+                raise ShapeMismatchError(
+                    f"intermediate {symbol.name} is declared {symbol.shape[0]} x "
+                    f"{symbol.shape[1]} but its definition has shape {shape}",
+                    tuple(symbol.shape), shape,
+                )
+        steps.append((symbol, expr))
+    if not steps:
+        raise DefinitionError("the model has no steps")
+    return steps
+
+
+def _check_parameter(p: object) -> Parameter:
+    if isinstance(p, (sp.MatrixSymbol, sp.IndexedBase)):
+        return p
+    if isinstance(p, sp.Symbol):
+        if p.is_integer:
+            raise DerivationError(
+                f"{p} is declared integer; a parameter must be real to be differentiated. "
+                "Declare it with sp.Symbol(name, real=True)"
+            )
+        return p
+    raise DerivationError(
+        f"cannot differentiate with respect to {p!r} ({type(p).__name__}): a parameter must "
+        "be a Symbol, MatrixSymbol or IndexedBase"
+    )
+
+
+def derive(definition: Definition, wrt: Iterable[Parameter], hessian: bool = False) -> Derivation:
+    """Derives gradients (and Hessians) of a definition, for symbolic shapes.
+
+    Args:
+        definition: a scalar SymPy expression (a loss); a matrix expression (for Jacobians);
+            or a model, a list of ``(symbol, definition)`` pairs whose later definitions use
+            the earlier symbols and whose last entry is the output.
+        wrt: the parameters: ``MatrixSymbol``s, ``Symbol``s or ``IndexedBase``s.
+        hessian: compute every Hessian block now (they are computed on demand otherwise).
+
+    Returns:
+        A ``Derivation``.
+
+    Raises:
+        DefinitionError: the definition is malformed (``ShapeMismatchError`` for shapes that
+            do not agree, ``UnsupportedError`` for functions symdl does not differentiate).
+        DerivationError: a parameter is not a symbol.
+    """
+    return Derivation(definition, wrt, hessian=hessian)
+
+
+def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float],
+             dims: Mapping[sp.Symbol, int]) -> np.ndarray:
+    """Evaluates a SymPy expression over matrices (or an ``IndexForm``) with NumPy.
+
+    This is how a derived formula is checked: bind the dimensions, give arrays by name.
+    """
+    dim_symbols = set(dims)
+    translator = Translator(dim_symbols)
+    if isinstance(expr, IndexForm):
+        node, indices = translator.indexed(expr.expr)
+        missing = [i for i in expr.indices if i not in indices]
+        labels = {i: k for k, i in enumerate(indices)}
+        if missing:
+            extra = ir.ones(tuple(expr.shape[expr.indices.index(i)] for i in missing))
+            for i in missing:
+                labels[i] = len(labels)
+            node = ir.einsum(
+                [node, extra], [tuple(range(len(indices))), tuple(labels[i] for i in missing)],
+                tuple(labels[i] for i in expr.indices),
+            )
+        else:
+            node = ir.einsum([node], [tuple(range(len(indices)))],
+                             tuple(labels[i] for i in expr.indices))
+    else:
+        node = translate_matrix_or_scalar(translator, sp.sympify(expr))
+    (result,) = evaluate_nodes([node], values, dims)
+    return result

@@ -1,0 +1,32 @@
+"""Typed errors raised by symdl. Every message says what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class SymdlError(Exception):
+    """Base class of every error symdl raises on purpose."""
+
+
+class DefinitionError(SymdlError, ValueError):
+    """A definition cannot be turned into symdl's representation (malformed input)."""
+
+
+class UnsupportedError(DefinitionError):
+    """A SymPy construct or function that symdl does not differentiate (yet)."""
+
+
+class ShapeMismatchError(DefinitionError):
+    """Two shapes that must agree do not."""
+
+    def __init__(self, message: str, left: tuple = (), right: tuple = ()):
+        super().__init__(message)
+        self.left = left
+        self.right = right
+
+
+class DerivationError(SymdlError):
+    """A derivative was asked for something the derivation cannot provide."""
+
+
+class EvaluationError(SymdlError, ValueError):
+    """Numeric evaluation was given missing or inconsistent values."""

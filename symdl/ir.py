@@ -1,0 +1,537 @@
+"""The tensor IR: index notation with symbolic shapes.
+
+Every value is a tensor whose dimensions are SymPy expressions (``n``, ``d``, ``1``). There are
+few node kinds, and one of them does most of the work:
+
+* ``Einsum``: a product of operands, each indexed by integer labels, summed over the labels
+  that are not in the output, times a scalar coefficient. Matrix products, transposes,
+  Hadamard products, traces, sums over axes, broadcasts, outer products and Kronecker deltas
+  are all einsums. The derivative of an einsum is again an einsum, which is what lets one
+  derivation serve every size (Laue, Mitterreiter and Giesen, NeurIPS 2018).
+* ``Map``: a scalar SymPy function applied entry by entry to operands of one shape.
+* ``Add``: a sum of tensors of one shape.
+* ``LogSumExp`` and ``Softmax`` along an axis: stable primitives.
+* ``Named``: a user's intermediate (``Z1``) or its adjoint (``dZ1``); it blocks inlining so
+  equations stay small.
+* Leaves: ``Leaf`` (an input or parameter), ``Ones``, ``Identity`` and ``Zero``.
+
+Nodes are immutable and interned: building the same node twice returns the same object, so
+shared subexpressions are shared (common-subexpression elimination for free). The smart
+constructors (``einsum``, ``add``, ``map_``) simplify as they build: Kronecker deltas are
+eliminated, nested products flattened, ones folded and zeros dropped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import sympy as sp
+
+from symdl.errors import ShapeMismatchError
+
+Shape = tuple[sp.Expr, ...]
+Labels = tuple[int, ...]
+
+_INTERNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _key(value: object) -> object:
+    if isinstance(value, Node):
+        return ("node", id(value))
+    if isinstance(value, tuple):
+        return tuple(_key(v) for v in value)
+    return value
+
+
+def _intern(node: Node) -> Node:
+    key = (type(node),) + tuple(_key(getattr(node, f)) for f in node._fields)
+    found = _INTERNED.get(key)
+    if found is not None:
+        return found
+    _INTERNED[key] = node
+    return node
+
+
+@dataclass(frozen=True, eq=False)
+class Node:
+    """A tensor-valued expression. Compare nodes with ``is``: they are interned."""
+
+    _fields: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def shape(self) -> Shape:
+        raise NotImplementedError
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def children(self) -> tuple[Node, ...]:
+        return ()
+
+
+@dataclass(frozen=True, eq=False)
+class Leaf(Node):
+    """A named input or parameter: ``symbol`` is the SymPy object the user wrote."""
+
+    name: str
+    dims: Shape
+    symbol: sp.Basic = field(repr=False)
+    _fields: ClassVar[tuple[str, ...]] = ("name", "dims")
+
+    @property
+    def shape(self) -> Shape:
+        return self.dims
+
+
+@dataclass(frozen=True, eq=False)
+class Ones(Node):
+    """A tensor of ones: broadcasts and sums are einsums with it."""
+
+    dims: Shape
+    _fields: ClassVar[tuple[str, ...]] = ("dims",)
+
+    @property
+    def shape(self) -> Shape:
+        return self.dims
+
+
+@dataclass(frozen=True, eq=False)
+class Zero(Node):
+    """A tensor of zeros: what a derivative is where there is no dependence."""
+
+    dims: Shape
+    _fields: ClassVar[tuple[str, ...]] = ("dims",)
+
+    @property
+    def shape(self) -> Shape:
+        return self.dims
+
+
+@dataclass(frozen=True, eq=False)
+class Identity(Node):
+    """The Kronecker delta ``δ[a, b]`` over one dimension."""
+
+    dim: sp.Expr
+    _fields: ClassVar[tuple[str, ...]] = ("dim",)
+
+    @property
+    def shape(self) -> Shape:
+        return (self.dim, self.dim)
+
+
+@dataclass(frozen=True, eq=False)
+class Einsum(Node):
+    """``coeff * Σ_{labels not in out} Π_k operands[k][specs[k]]``."""
+
+    operands: tuple[Node, ...]
+    specs: tuple[Labels, ...]
+    out: Labels
+    coeff: sp.Expr
+    dims: Shape
+    _fields: ClassVar[tuple[str, ...]] = ("operands", "specs", "out", "coeff")
+
+    @property
+    def shape(self) -> Shape:
+        return self.dims
+
+    def children(self) -> tuple[Node, ...]:
+        return self.operands
+
+    def label_dims(self) -> dict[int, sp.Expr]:
+        return _label_dims(self.operands, self.specs)
+
+
+@dataclass(frozen=True, eq=False)
+class Map(Node):
+    """``fn`` applied entry by entry; ``fn`` is a ``sympy.Lambda`` of ``len(args)`` scalars."""
+
+    fn: sp.Lambda
+    args: tuple[Node, ...]
+    _fields: ClassVar[tuple[str, ...]] = ("fn", "args")
+
+    @property
+    def shape(self) -> Shape:
+        return self.args[0].shape
+
+    def children(self) -> tuple[Node, ...]:
+        return self.args
+
+
+@dataclass(frozen=True, eq=False)
+class Add(Node):
+    terms: tuple[Node, ...]
+    _fields: ClassVar[tuple[str, ...]] = ("terms",)
+
+    @property
+    def shape(self) -> Shape:
+        return self.terms[0].shape
+
+    def children(self) -> tuple[Node, ...]:
+        return self.terms
+
+
+@dataclass(frozen=True, eq=False)
+class LogSumExp(Node):
+    """``log Σ_j exp(arg[i, j])`` along ``axis`` of a matrix, kept as a size-1 axis."""
+
+    arg: Node
+    axis: int
+    _fields: ClassVar[tuple[str, ...]] = ("arg", "axis")
+
+    @property
+    def shape(self) -> Shape:
+        dims = list(self.arg.shape)
+        dims[self.axis] = sp.Integer(1)
+        return tuple(dims)
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.arg,)
+
+
+@dataclass(frozen=True, eq=False)
+class Softmax(Node):
+    """``exp(arg) / Σ exp(arg)`` along ``axis`` of a matrix."""
+
+    arg: Node
+    axis: int
+    _fields: ClassVar[tuple[str, ...]] = ("arg", "axis")
+
+    @property
+    def shape(self) -> Shape:
+        return self.arg.shape
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.arg,)
+
+
+@dataclass(frozen=True, eq=False)
+class Named(Node):
+    """A named intermediate, or the adjoint of one: equal in value to ``body``."""
+
+    name: str
+    body: Node
+    symbol: sp.Basic = field(repr=False)
+    _fields: ClassVar[tuple[str, ...]] = ("name", "body")
+
+    @property
+    def shape(self) -> Shape:
+        return self.body.shape
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.body,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Constructors
+
+
+def leaf(name: str, dims: Shape, symbol: sp.Basic) -> Leaf:
+    return _intern(Leaf(name, tuple(sp.sympify(d) for d in dims), symbol))
+
+
+def ones(dims: Shape) -> Node:
+    dims = tuple(sp.sympify(d) for d in dims)
+    if not dims:
+        return scalar(1)
+    return _intern(Ones(dims))
+
+
+def zero(dims: Shape) -> Zero:
+    return _intern(Zero(tuple(sp.sympify(d) for d in dims)))
+
+
+def identity(dim: sp.Expr) -> Identity:
+    return _intern(Identity(sp.sympify(dim)))
+
+
+def scalar(value: sp.Expr) -> Node:
+    """A constant scalar (it may contain dimension symbols, such as ``1/n``)."""
+    value = sp.sympify(value)
+    if value == 0:
+        return zero(())
+    return _intern(Einsum((), (), (), value, ()))
+
+
+def named(name: str, body: Node, symbol: sp.Basic) -> Named:
+    return _intern(Named(name, body, symbol))
+
+
+def _label_dims(operands: tuple[Node, ...], specs: tuple[Labels, ...]) -> dict[int, sp.Expr]:
+    dims: dict[int, sp.Expr] = {}
+    for op, spec in zip(operands, specs):
+        if len(spec) != op.rank:
+            raise ShapeMismatchError(
+                f"an operand of rank {op.rank} (shape {op.shape}) got {len(spec)} indices",
+                op.shape, tuple(spec),
+            )
+        for label, dim in zip(spec, op.shape):
+            known = dims.setdefault(label, dim)
+            if known != dim:
+                raise ShapeMismatchError(
+                    f"one index runs over two different dimensions: {known} and {dim}; the "
+                    f"shapes of the operands do not agree",
+                    (known,), (dim,),
+                )
+    return dims
+
+
+def is_zero(node: Node) -> bool:
+    return isinstance(node, Zero)
+
+
+def is_scalar_constant(node: Node) -> bool:
+    return isinstance(node, Einsum) and not node.operands
+
+
+def einsum(operands, specs, out, coeff: sp.Expr = 1) -> Node:
+    """Builds ``coeff * einsum(specs -> out)(*operands)``, simplified.
+
+    Simplifications: zeros annihilate; nested einsums that are not ``Named`` are inlined;
+    Kronecker deltas over a summed index are eliminated by renaming; ones whose indices occur
+    elsewhere are dropped, and ones summed alone become a dimension factor; a lone operand
+    under the identity permutation is returned as itself.
+    """
+    operands = list(operands)
+    specs = [tuple(s) for s in specs]
+    out = tuple(out)
+    coeff = sp.sympify(coeff)
+    dims = _label_dims(tuple(operands), tuple(specs))
+    if len(set(out)) != len(out):
+        raise ValueError(f"einsum output labels must be distinct, got {out}")
+    for label in out:
+        if label not in dims:
+            raise ShapeMismatchError(f"output index {label} does not occur in any operand")
+    shape = tuple(dims[label] for label in out)
+    if coeff == 0 or any(is_zero(op) for op in operands):
+        return zero(shape)
+
+    fresh = itertools.count(max(dims, default=-1) + 1)
+    changed = True
+    while changed:
+        changed = False
+        # Inline nested einsums (the product of products is one product).
+        for k, op in enumerate(operands):
+            if isinstance(op, Einsum):
+                inner_out = dict(zip(op.out, specs[k]))
+                rename = {lab: inner_out.get(lab) for lab in op.label_dims()}
+                for lab in rename:
+                    if rename[lab] is None:
+                        rename[lab] = next(fresh)
+                new_specs = [tuple(rename[lab] for lab in s) for s in op.specs]
+                # A repeated outer label over distinct inner output labels is a diagonal.
+                operands = operands[:k] + list(op.operands) + operands[k + 1:]
+                specs = specs[:k] + new_specs + specs[k + 1:]
+                coeff = coeff * op.coeff
+                changed = True
+                break
+        if changed:
+            continue
+        # Kronecker deltas: δ[a, b] with a summed renames a to b everywhere.
+        for k, op in enumerate(operands):
+            if not isinstance(op, Identity):
+                continue
+            a, b = specs[k]
+            if a == b:  # the diagonal of δ is a vector of ones
+                operands[k], specs[k] = ones((op.dim,)), (a,)
+                changed = True
+                break
+            if a in out and b in out:
+                continue
+            gone, kept = (a, b) if a not in out else (b, a)
+            del operands[k]
+            del specs[k]
+            specs = [tuple(kept if lab == gone else lab for lab in s) for s in specs]
+            if not any(kept in s for s in specs):
+                if kept in out:
+                    operands.append(ones((op.dim,)))
+                    specs.append((kept,))
+                else:
+                    coeff = coeff * op.dim
+            changed = True
+            break
+        if changed:
+            continue
+        # Ones: drop the labels that occur elsewhere; a label summed only here is a factor.
+        for k, op in enumerate(operands):
+            if isinstance(op, Ones):
+                spec = specs[k]
+                others = [lab for j, s in enumerate(specs) if j != k for lab in s]
+                keep = [i for i, lab in enumerate(spec) if lab not in others and lab in out]
+                factor = sp.Integer(1)
+                for i, lab in enumerate(spec):
+                    if lab not in others and lab not in out and lab not in spec[:i]:
+                        factor *= op.dims[i]
+                if len(keep) == len(spec) and factor == 1:
+                    continue
+                coeff *= factor
+                if keep and len(set(spec[i] for i in keep)) == len(keep):
+                    operands[k] = ones(tuple(op.dims[i] for i in keep))
+                    specs[k] = tuple(spec[i] for i in keep)
+                else:
+                    del operands[k]
+                    del specs[k]
+                changed = True
+                break
+
+    if (
+        len(operands) == 1
+        and coeff == 1
+        and specs[0] == out
+        and len(set(out)) == len(out)
+    ):
+        return operands[0]
+    operands_t, specs_t, out_c = _canonical_labels(tuple(operands), tuple(specs), out)
+    return _intern(Einsum(operands_t, specs_t, out_c, coeff, shape))
+
+
+def _canonical_labels(operands, specs, out):
+    """Renames labels to 0, 1, 2, ... in order of appearance, so equal products intern."""
+    mapping: dict[int, int] = {}
+    for lab in itertools.chain(out, *specs):
+        if lab not in mapping:
+            mapping[lab] = len(mapping)
+    specs_c = tuple(tuple(mapping[lab] for lab in s) for s in specs)
+    out_c = tuple(mapping[lab] for lab in out)
+    return operands, specs_c, out_c
+
+
+def scale(node: Node, factor: sp.Expr) -> Node:
+    labels = tuple(range(node.rank))
+    return einsum([node], [labels], labels, factor)
+
+
+def hadamard(*nodes: Node) -> Node:
+    shape = nodes[0].shape
+    for n in nodes[1:]:
+        if n.shape != shape:
+            raise ShapeMismatchError(
+                f"elementwise product of shapes {shape} and {n.shape}", shape, n.shape
+            )
+    labels = tuple(range(len(shape)))
+    return einsum(nodes, [labels] * len(nodes), labels)
+
+
+def broadcast(node: Node, labels: Labels, out: Labels, dims: dict[int, sp.Expr]) -> Node:
+    """``node`` indexed by ``labels``, broadcast to the labels ``out`` (dims of new ones given)."""
+    missing = tuple(lab for lab in out if lab not in labels)
+    operands = [node]
+    specs = [labels]
+    if missing:
+        operands.append(ones(tuple(dims[lab] for lab in missing)))
+        specs.append(missing)
+    return einsum(operands, specs, out)
+
+
+def add(*terms: Node) -> Node:
+    """Sum of same-shape tensors; flattens, drops zeros, and merges terms that differ only
+    in their coefficient."""
+    flat: list[Node] = []
+    for t in terms:
+        if isinstance(t, Add):
+            flat.extend(t.terms)
+        else:
+            flat.append(t)
+    if not flat:
+        raise ValueError("add() needs at least one term")
+    shape = flat[0].shape
+    for t in flat[1:]:
+        if t.shape != shape:
+            raise ShapeMismatchError(
+                f"cannot add tensors of shapes {shape} and {t.shape}", shape, t.shape
+            )
+    merged: dict[object, list] = {}
+    order: list[object] = []
+    for t in flat:
+        if is_zero(t):
+            continue
+        if isinstance(t, Einsum):
+            body, c = t, t.coeff
+        else:
+            labels = tuple(range(t.rank))
+            body, c = Einsum((t,), (labels,), labels, sp.Integer(1), t.shape), sp.Integer(1)
+        body_key = (tuple(id(o) for o in body.operands), body.specs, body.out)
+        if body_key in merged:
+            merged[body_key][1] += c
+        else:
+            merged[body_key] = [body, c]
+            order.append(body_key)
+    kept = []
+    for key in order:
+        body, c = merged[key]
+        if c == 0:
+            continue
+        kept.append(einsum(body.operands, body.specs, body.out, c))
+    if not kept:
+        return zero(shape)
+    if len(kept) == 1:
+        return kept[0]
+    return _intern(Add(tuple(kept)))
+
+
+def map_(fn: sp.Lambda, *args: Node) -> Node:
+    """Applies the scalar function ``fn`` entry by entry; constants and the identity fold."""
+    shape = args[0].shape
+    for a in args[1:]:
+        if a.shape != shape:
+            raise ShapeMismatchError(
+                f"elementwise function of shapes {shape} and {a.shape}", shape, a.shape
+            )
+    variables = fn.variables
+    body = fn.expr
+    if not body.free_symbols & set(variables):
+        return scale(ones(shape), body) if shape else scalar(body)
+    if len(variables) == 1:
+        (x,) = variables
+        if body == x:
+            return args[0]
+        coeff, rest = body.as_coeff_Mul()
+        if rest == x:
+            return scale(args[0], coeff)
+    used = [i for i, v in enumerate(variables) if v in body.free_symbols]
+    if len(used) < len(variables):
+        fn = sp.Lambda(tuple(variables[i] for i in used), body)
+        args = tuple(args[i] for i in used)
+    return _intern(Map(fn, tuple(args)))
+
+
+def logsumexp(arg: Node, axis: int) -> LogSumExp:
+    _require_matrix(arg, "logsumexp")
+    return _intern(LogSumExp(arg, axis))
+
+
+def softmax(arg: Node, axis: int) -> Softmax:
+    _require_matrix(arg, "softmax")
+    return _intern(Softmax(arg, axis))
+
+
+def _require_matrix(arg: Node, what: str) -> None:
+    if arg.rank != 2:
+        raise ShapeMismatchError(f"{what} needs a matrix, got shape {arg.shape}", arg.shape)
+
+
+def topological_order(roots: list[Node]) -> list[Node]:
+    """Every node reachable from ``roots``, children before parents."""
+    order: list[Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        for child in reversed(node.children()):
+            if id(child) not in seen:
+                stack.append((child, False))
+    return order
+
+
+def count_nodes(roots: list[Node]) -> int:
+    return len(topological_order(roots))

@@ -1,0 +1,476 @@
+"""IR -> SymPy: matrix notation where the pattern is recognised, index notation otherwise.
+
+An einsum whose operands are matrices and vectors prints as matrix algebra by contracting
+one summed index at a time: an index shared by two matrices is a product (``X^T G``),
+vectors on an index are a diagonal between them (``X^T diag(s) X``), an index summed in one
+matrix is a product with a ones vector, operands over the same indices are a Hadamard
+product. When that fails (tensors of rank 3 or more, an index shared by three matrices), the
+node prints in index notation: ``Sum`` over named indices of products of entries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from symdl import ir
+from symdl.vocabulary import LogSumExp, Softmax, Total
+
+INDEX_NAMES = "ijklmpqrstuvabcefgh"
+
+
+@dataclass(frozen=True)
+class IndexForm:
+    """A tensor result in index notation: ``expr`` is the entry at ``indices``.
+
+    Attributes:
+        indices: the free index symbols, one per axis.
+        shape: the dimension of each axis; ``indices[a]`` runs over ``0 .. shape[a] - 1``.
+        expr: a scalar SymPy expression (``Sum`` over entries) with the indices free.
+    """
+
+    indices: tuple[sp.Symbol, ...]
+    shape: tuple[sp.Expr, ...]
+    expr: sp.Expr
+
+    def __str__(self) -> str:
+        idx = ", ".join(str(i) for i in self.indices)
+        return f"[{idx}] -> {self.expr}"
+
+
+class _NotMatrix(Exception):
+    """The einsum has no matrix form; print it in index notation."""
+
+
+@dataclass
+class _Factor:
+    expr: sp.Basic
+    row: int | None
+    col: int | None
+
+    def oriented(self, row: int | None) -> _Factor:
+        if self.row == row:
+            return self
+        return _Factor(self.expr.T, self.col, self.row)
+
+
+class SympyPrinter:
+    """Prints IR nodes as SymPy expressions.
+
+    Args:
+        inline_named: print a named intermediate as its definition (a closed form) rather than
+            as its symbol (a step of the derivation).
+    """
+
+    def __init__(self, inline_named: bool = True, aliases: dict[int, ir.Named] | None = None,
+                 reserved: set[str] | None = None):
+        self.inline_named = inline_named
+        self.aliases = {} if inline_named else dict(aliases or {})
+        self.reserved = set(reserved or ())
+        self._memo: dict[int, sp.Basic] = {}
+        self._index_counter = 0
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def result(self, node: ir.Node) -> sp.Basic | IndexForm:
+        """A matrix expression for rank 2, a scalar for rank 0, an ``IndexForm`` otherwise.
+
+        Tensors of rank 3 or more lose their size-1 axes first: the Hessian of a ``d x 1``
+        parameter is ``d x d``.
+        """
+        if node.rank > 2:
+            node = squeeze(distribute(node))
+        try:
+            if node.rank == 0:
+                return self.scalar(node)
+            if node.rank == 2:
+                return self.matrix(node)
+            if node.rank == 1:
+                return self.matrix(_as_column(node))
+        except _NotMatrix:
+            pass
+        indices = tuple(self._fresh_index() for _ in node.shape)
+        return IndexForm(indices, node.shape, self.index(node, indices))
+
+    def definition(self, node: ir.Node) -> sp.Basic | IndexForm:
+        """Like ``result``, but a node that has a name is written out, not named."""
+        alias = self.aliases.pop(id(node), None)
+        try:
+            return self.result(node)
+        finally:
+            if alias is not None:
+                self.aliases[id(node)] = alias
+
+    def scalar(self, node: ir.Node) -> sp.Expr:
+        if node.rank != 0:
+            raise ValueError(f"scalar() of a node of shape {node.shape}")
+        if id(node) in self.aliases:
+            return self.aliases[id(node)].symbol
+        if isinstance(node, ir.Zero):
+            return sp.Integer(0)
+        if isinstance(node, ir.Leaf):
+            return node.symbol
+        if isinstance(node, ir.Named):
+            return self.scalar(node.body) if self.inline_named else node.symbol
+        if isinstance(node, ir.Add):
+            return sp.Add(*[self.scalar(t) for t in node.terms])
+        if isinstance(node, ir.Map):
+            return node.fn(*[self.scalar(a) for a in node.args])
+        if isinstance(node, ir.Einsum):
+            try:
+                return self._einsum_matrix(node)
+            except _NotMatrix:
+                return self.index(node, ())
+        return self.index(node, ())
+
+    def matrix(self, node: ir.Node) -> sp.Basic:
+        if node.rank != 2:
+            raise ValueError(f"matrix() of a node of shape {node.shape}")
+        key = id(node)
+        if key not in self._memo:
+            self._memo[key] = self._matrix(node)
+        return self._memo[key]
+
+    # -- matrices -------------------------------------------------------------------------
+
+    def _matrix(self, node: ir.Node) -> sp.Basic:
+        rows, cols = node.shape
+        if id(node) in self.aliases:
+            return self.aliases[id(node)].symbol
+        if isinstance(node, ir.Leaf):
+            return node.symbol
+        if isinstance(node, ir.Named):
+            return self.matrix(node.body) if self.inline_named else node.symbol
+        if isinstance(node, ir.Ones):
+            return sp.OneMatrix(rows, cols)
+        if isinstance(node, ir.Zero):
+            return sp.ZeroMatrix(rows, cols)
+        if isinstance(node, ir.Identity):
+            return sp.Identity(rows)
+        if isinstance(node, ir.Add):
+            return self._add(node)
+        if isinstance(node, ir.Map):
+            return self._map(node)
+        if isinstance(node, ir.LogSumExp):
+            return LogSumExp(self.matrix(node.arg), node.axis)
+        if isinstance(node, ir.Softmax):
+            return Softmax(self.matrix(node.arg), node.axis)
+        if isinstance(node, ir.Einsum):
+            try:
+                return self._einsum_matrix(node)
+            except _NotMatrix:
+                pass
+        raise _NotMatrix(node)
+
+    def _add(self, node: ir.Add) -> sp.Basic:
+        """A sum, with the common scalar factor of its terms pulled out: ``(P - Y)/n``."""
+        placeholders, printed = [], {}
+        for k, term in enumerate(node.terms):
+            coeff = term.coeff if isinstance(term, ir.Einsum) else sp.Integer(1)
+            body = ir.scale(term, 1 / coeff) if coeff != 1 else term
+            p = sp.Dummy(f"t{k}")
+            printed[p] = self.matrix(body)
+            placeholders.append(coeff * p)
+        grouped = sp.gcd_terms(sp.Add(*placeholders))
+        common, inner = sp.Integer(1), grouped
+        if isinstance(grouped, sp.Mul):
+            adds = [a for a in grouped.args if a.free_symbols & set(printed)]
+            if len(adds) == 1:
+                inner = adds[0]
+                common = sp.Mul(*[a for a in grouped.args if a is not inner])
+        terms = []
+        for t in sp.Add.make_args(sp.expand(inner)):
+            c, rest = t.as_coeff_mul()
+            coeff = sp.Mul(c, *[f for f in rest if not f.free_symbols & set(printed)])
+            (p,) = [f for f in rest if f.free_symbols & set(printed)]
+            terms.append(printed[p] if coeff == 1 else coeff * printed[p])
+        return _scaled(common, _factor_common(terms))
+
+    def _map(self, node: ir.Map) -> sp.Basic:
+        args = [self.matrix(a) for a in node.args]
+        shape = node.shape
+        return _elementwise_matrix(node.fn.expr, dict(zip(node.fn.variables, args)), shape)
+
+    def _einsum_matrix(self, node: ir.Einsum) -> sp.Basic:
+        dims = node.label_dims()
+
+        def label(lab: int) -> int | None:
+            return None if dims[lab] == 1 else lab
+
+        out = [label(lab) for lab in node.out]
+        if len(out) not in (0, 2):
+            raise _NotMatrix(node)
+        scalars: list[sp.Expr] = [node.coeff]
+        factors: list[_Factor] = []
+        for op, spec in zip(node.operands, node.specs):
+            if op.rank == 0:
+                scalars.append(self.scalar(op))
+                continue
+            if isinstance(op, ir.Ones) and all(label(lab) is None for lab in spec):
+                continue
+            if op.rank == 1:
+                expr, labels = _as_column_expr(self, op), (label(spec[0]), None)
+            elif op.rank == 2:
+                expr, labels = self.matrix(op), (label(spec[0]), label(spec[1]))
+            else:
+                raise _NotMatrix(node)
+            if labels[0] is not None and labels[0] == labels[1]:
+                raise _NotMatrix(node)
+            if labels == (None, None):
+                scalars.append(sp.Trace(expr))
+                continue
+            factors.append(_Factor(expr, *labels))
+        summed = [lab for lab in dims if label(lab) is not None and lab not in node.out]
+        factors = _merge(factors)
+        if not out and len(factors) == 1 and factors[0].col is not None:
+            return sp.Mul(*scalars) * Total(factors[0].expr)
+        for lab in summed:
+            factors = _contract(factors, lab, dims[lab], scalars)
+            factors = _merge(factors)
+        return _assemble(factors, out, node.shape, scalars)
+
+    # -- index notation -------------------------------------------------------------------
+
+    def _fresh_index(self) -> sp.Symbol:
+        while True:
+            k = self._index_counter
+            self._index_counter += 1
+            round_, letter = divmod(k, len(INDEX_NAMES))
+            name = INDEX_NAMES[letter] + (str(round_) if round_ else "")
+            if name not in self.reserved:
+                return sp.Symbol(name, integer=True, nonnegative=True)
+
+    def index(self, node: ir.Node, indices: tuple) -> sp.Expr:
+        """The entry of ``node`` at ``indices`` as a scalar SymPy expression."""
+        if id(node) in self.aliases:
+            return _entry(self.aliases[id(node)].symbol, indices)
+        if isinstance(node, ir.Leaf):
+            return _entry(node.symbol, indices)
+        if isinstance(node, ir.Named):
+            if self.inline_named:
+                return self.index(node.body, indices)
+            return _entry(node.symbol, indices)
+        if isinstance(node, ir.Ones):
+            return sp.Integer(1)
+        if isinstance(node, ir.Zero):
+            return sp.Integer(0)
+        if isinstance(node, ir.Identity):
+            return sp.KroneckerDelta(*indices)
+        if isinstance(node, ir.Add):
+            return sp.Add(*[self.index(t, indices) for t in node.terms])
+        if isinstance(node, ir.Map):
+            return node.fn(*[self.index(a, indices) for a in node.args])
+        if isinstance(node, ir.Einsum):
+            dims = node.label_dims()
+            names = dict(zip(node.out, indices))
+            limits = []
+            for lab in dims:
+                if lab not in names:
+                    names[lab] = sp.Integer(0) if dims[lab] == 1 else self._fresh_index()
+                    if dims[lab] != 1:
+                        limits.append((names[lab], 0, dims[lab] - 1))
+            body = node.coeff * sp.Mul(*[
+                self.index(op, tuple(names[lab] for lab in spec))
+                for op, spec in zip(node.operands, node.specs)
+            ])
+            return sp.Sum(body, *limits) if limits else body
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
+            return MatrixElement(self.matrix(node), *indices)
+        raise TypeError(f"no index form for {type(node).__name__}")
+
+
+def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
+    if not indices:
+        return symbol
+    if isinstance(symbol, sp.IndexedBase):
+        return symbol[indices]
+    return symbol[indices[0], indices[1]]
+
+
+def distribute(node: ir.Node) -> ir.Node:
+    """Multiplies out products with sums of rank 3 or more, which have no matrix form, so
+    that each term can be recognised on its own (Hessian blocks are such sums)."""
+    if isinstance(node, ir.Add):
+        return ir.add(*[distribute(t) for t in node.terms])
+    if isinstance(node, ir.Einsum):
+        for k, op in enumerate(node.operands):
+            if isinstance(op, ir.Add) and op.rank > 2:
+                terms = []
+                for t in op.terms:
+                    operands = node.operands[:k] + (t,) + node.operands[k + 1:]
+                    terms.append(distribute(ir.einsum(operands, node.specs, node.out, node.coeff)))
+                return ir.add(*terms)
+    return node
+
+
+def squeeze(node: ir.Node) -> ir.Node:
+    """Drops the size-1 axes of a node (a ``d x 1 x d x 1`` Hessian becomes ``d x d``)."""
+    keep = tuple(a for a, d in enumerate(node.shape) if d != 1)
+    if len(keep) == node.rank:
+        return node
+    if isinstance(node, ir.Add):
+        return ir.add(*[squeeze(t) for t in node.terms])
+    return ir.einsum([node], [tuple(range(node.rank))], keep)
+
+
+def _as_column(node: ir.Node) -> ir.Node:
+    """A rank-1 node as a ``d x 1`` matrix node."""
+    return ir.einsum([node, ir.ones((1,))], [(0,), (1,)], (0, 1))
+
+
+def _as_column_expr(printer: SympyPrinter, node: ir.Node) -> sp.Basic:
+    if isinstance(node, ir.Ones):
+        return sp.OneMatrix(node.shape[0], 1)
+    return printer.matrix(_as_column(node))
+
+
+def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
+    """A scalar body over matrix-valued variables as matrix algebra (``1 - A ⊙ A``)."""
+    rows, cols = shape
+    if body in env:
+        return env[body]
+    if not body.free_symbols & set(env):
+        return body * sp.OneMatrix(rows, cols)
+    if isinstance(body, sp.Add):
+        return sp.MatAdd(*[_elementwise_matrix(t, env, shape) for t in body.args])
+    if isinstance(body, sp.Mul):
+        coeff = sp.Mul(*[f for f in body.args if not f.free_symbols & set(env)])
+        parts = [_elementwise_matrix(f, env, shape) for f in body.args
+                 if f.free_symbols & set(env)]
+        product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
+        return product if coeff == 1 else coeff * product
+    if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
+        return sp.HadamardPower(_elementwise_matrix(body.base, env, shape), body.exp)
+    if isinstance(body, sp.Function) and len(body.args) == 1:
+        return ElementwiseApplyFunction(body.func, _elementwise_matrix(body.args[0], env, shape))
+    variables = [v for v in env if v in body.free_symbols]
+    if len(variables) == 1:
+        (v,) = variables
+        return ElementwiseApplyFunction(sp.Lambda(v, body), env[v])
+    raise _NotMatrix(body)
+
+
+def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    if coeff == 1:
+        return expr
+    if isinstance(expr, sp.MatMul):
+        return sp.MatMul(coeff, *expr.args)
+    return sp.MatMul(coeff, expr)
+
+
+def _split_matmul(term: sp.Basic) -> tuple[sp.Expr, list[sp.Basic]]:
+    if isinstance(term, sp.MatMul):
+        coeff = sp.Mul(*[a for a in term.args if not isinstance(a, sp.MatrixExpr)])
+        return coeff, [a for a in term.args if isinstance(a, sp.MatrixExpr)]
+    return sp.Integer(1), [term]
+
+
+def _factor_common(terms: list[sp.Basic]) -> sp.Basic:
+    """``A B + A C`` -> ``A (B + C)``: pulls a shared leftmost or rightmost factor out."""
+    split = [_split_matmul(t) for t in terms]
+    if len(terms) > 1 and all(len(f) > 1 for _, f in split):
+        first = split[0][1][0]
+        if all(f[0] == first for _, f in split):
+            rest = [sp.MatMul(c, *f[1:]) if c != 1 else sp.MatMul(*f[1:]) for c, f in split]
+            return sp.MatMul(first, _factor_common([r.doit(deep=False) for r in rest]))
+        last = split[0][1][-1]
+        if all(f[-1] == last for _, f in split):
+            rest = [sp.MatMul(c, *f[:-1]) if c != 1 else sp.MatMul(*f[:-1]) for c, f in split]
+            return sp.MatMul(_factor_common([r.doit(deep=False) for r in rest]), last)
+    return sp.MatAdd(*terms)
+
+
+def _hadamard(exprs: list[sp.Basic]) -> sp.Basic:
+    exprs = [e for e in exprs if not isinstance(e, sp.OneMatrix)] or exprs[:1]
+    return exprs[0] if len(exprs) == 1 else sp.HadamardProduct(*exprs)
+
+
+def _merge(factors: list[_Factor]) -> list[_Factor]:
+    """Joins factors over the same indices into Hadamard products; vectors become columns."""
+    groups: dict[frozenset, list[_Factor]] = {}
+    order: list[frozenset] = []
+    for f in factors:
+        if f.row is None and f.col is not None:
+            f = f.oriented(f.col)
+        key = frozenset(lab for lab in (f.row, f.col) if lab is not None)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(f)
+    merged = []
+    for key in order:
+        group = groups[key]
+        first = group[0]
+        exprs = [first.expr] + [g.oriented(first.row).expr for g in group[1:]]
+        merged.append(_Factor(_hadamard(exprs), first.row, first.col))
+    return merged
+
+
+def _split(factors: list[_Factor], lab: int):
+    mats = [f for f in factors if f.row is not None and f.col is not None and lab in (f.row, f.col)]
+    vecs = [f for f in factors if f.col is None and f.row == lab]
+    rest = [f for f in factors if f not in mats and f not in vecs]
+    return mats, vecs, rest
+
+
+def _contract(factors: list[_Factor], lab: int, dim: sp.Expr, scalars: list) -> list[_Factor]:
+    mats, vecs, rest = _split(factors, lab)
+    weight = vecs[0].expr if vecs else None
+    if len(mats) == 2:
+        left = mats[0].oriented(_other(mats[0], lab))
+        right = mats[1].oriented(lab)
+        middle = [DiagMatrix(weight)] if weight is not None else []
+        product = sp.MatMul(left.expr, *middle, right.expr)
+        return rest + [_Factor(product, left.row, right.col)]
+    if len(mats) == 1:
+        m = mats[0].oriented(_other(mats[0], lab))
+        vector = weight if weight is not None else sp.OneMatrix(dim, 1)
+        return rest + [_Factor(sp.MatMul(m.expr, vector), m.row, None)]
+    if len(mats) == 0 and vecs:
+        scalars.append(Total(weight))
+        return rest
+    raise _NotMatrix(lab)
+
+
+def _other(f: _Factor, lab: int) -> int | None:
+    return f.col if f.row == lab else f.row
+
+
+def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) -> sp.Basic:
+    coeff = sp.Mul(*scalars)
+    if not out:
+        if factors:
+            raise _NotMatrix(factors)
+        return coeff
+    o1, o2 = out
+    mats = [f for f in factors if f.row is not None and f.col is not None]
+    left = [f.expr for f in factors if f.col is None and f.row == o1 and f.row is not None]
+    right = [f.expr for f in factors if f.col is None and f.row == o2 and f.row is not None]
+    if len(mats) + len(left) + len(right) != len(factors) or len(mats) > 1:
+        raise _NotMatrix(factors)
+    if o1 is not None and o2 is not None:
+        if mats and isinstance(mats[0].expr, sp.Identity) and (left or right):
+            expr = DiagMatrix(_hadamard(left + right))
+        elif mats:
+            core = mats[0].oriented(o1).expr
+            parts = ([DiagMatrix(left[0])] if left else []) + [core] + (
+                [DiagMatrix(right[0])] if right else [])
+            expr = sp.MatMul(*parts) if len(parts) > 1 else core
+        elif left and right:
+            expr = sp.MatMul(left[0], right[0].T)
+        else:
+            raise _NotMatrix(factors)
+    elif o1 is not None:
+        expr = left[0] if left else None
+    elif o2 is not None:
+        expr = right[0].T if right else None
+    else:
+        expr = sp.OneMatrix(1, 1)
+    if expr is None:
+        raise _NotMatrix(factors)
+    return _scaled(coeff, expr)
