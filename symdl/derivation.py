@@ -374,6 +374,7 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
     dim_symbols = set(dims)
     translator = Translator(dim_symbols)
     if isinstance(expr, IndexForm):
+        translator.index_dims.update(zip(expr.indices, expr.shape))
         node, indices = translator.indexed(expr.expr)
         missing = [i for i in expr.indices if i not in indices]
         labels = {i: k for k, i in enumerate(indices)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
@@ -49,6 +50,8 @@ class Translator:
         self.named = dict(named or {})
         self.leaves: dict[str, ir.Leaf] = {}
         self._labels: dict[sp.Symbol, int] = {}
+        self.index_dims: dict[sp.Symbol, sp.Expr] = {}
+        """The range of each index symbol seen in a Sum (or given by the caller)."""
 
     # -- leaves ---------------------------------------------------------------------------
 
@@ -119,6 +122,11 @@ class Translator:
             return ir.softmax(self.matrix(e.arg), e.axis)
         if isinstance(e, LogSumExp):
             return ir.logsumexp(self.matrix(e.arg), e.axis)
+        if isinstance(e, DiagMatrix):
+            v = self.matrix(e.args[0])
+            rows, cols = v.shape
+            spec = (0, 2) if cols == 1 else (2, 0)
+            return ir.einsum([v, ir.identity(e.shape[0])], [spec, (0, 1)], (0, 1))
         if isinstance(e, sp.Inverse):
             raise UnsupportedError(
                 f"the matrix inverse in {e} is not differentiated yet; solve the system "
@@ -290,9 +298,11 @@ class Translator:
     def _delta(self, i: sp.Basic, j: sp.Basic) -> ir.Node:
         dims = [idx.upper - idx.lower + 1 for idx in (i, j) if isinstance(idx, sp.Idx)
                 and idx.upper is not None]
+        dims += [self.index_dims[idx] for idx in (i, j) if idx in self.index_dims]
         if not dims:
             raise DefinitionError(
-                f"KroneckerDelta({i}, {j}) needs Idx indices with ranges to know its size"
+                f"KroneckerDelta({i}, {j}): the range of its indices is unknown; use Idx "
+                "indices with ranges, or indices that a Sum runs over"
             )
         return ir.identity(dims[0])
 
@@ -336,6 +346,8 @@ class Translator:
         return self._broadcast_all(parts, order, lambda *nodes: ir.map_(fn, *nodes))
 
     def _sum(self, e: sp.Sum) -> tuple[ir.Node, tuple]:
+        for index, lower, upper in e.limits:
+            self.index_dims[index] = upper - lower + 1
         node, indices = self.indexed(e.function)
         factor = sp.Integer(1)
         for index, lower, upper in e.limits:

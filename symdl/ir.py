@@ -482,6 +482,12 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
             )
     variables = fn.variables
     body = fn.expr
+    if not all(v.is_real for v in variables):
+        # Entries are real: |x|' = sign(x) holds only for real variables.
+        real = tuple(sp.Dummy(str(v), real=True) for v in variables)
+        body = body.xreplace(dict(zip(variables, real)))
+        variables = real
+        fn = sp.Lambda(variables, body)
     if not body.free_symbols & set(variables):
         return scale(ones(shape), body) if shape else scalar(body)
     if len(variables) == 1:
