@@ -94,6 +94,7 @@ class Derivation:
         self._gradients: dict[Parameter, ir.Node] | None = None
         self._adjoints: list[tuple[ir.Named, ir.Node]] = []
         self._hessians: dict[tuple[Parameter, Parameter], ir.Node] = {}
+        self._printers: dict[bool, SympyPrinter] = {}
         if hessian:
             for p in self.wrt:
                 for q in self.wrt:
@@ -168,17 +169,24 @@ class Derivation:
     # -- public results -------------------------------------------------------------------
 
     def printer(self, inline: bool = True) -> SympyPrinter:
-        """The printer of this derivation's results.
+        """The printer of this derivation's results (one per mode, so that shared
+        subexpressions are printed once).
 
         Args:
             inline: write named intermediates out (a self-contained closed form), or refer to
                 them by name (``A1``, ``dZ2``) as the step-by-step equations do.
         """
+        if self.is_scalar:
+            self._ensure_gradients()  # the adjoints are named before anything prints
+        if inline in self._printers:
+            return self._printers[inline]
         aliases = {id(n.body): n for n in self._intermediates}
         aliases.update({id(a.body): a for _, a in self._adjoints})
         reserved = {str(d) for d in self.dims} | set(self._translator.leaves)
         reserved |= {n.name for n in self._intermediates} | {a.name for _, a in self._adjoints}
-        return SympyPrinter(inline_named=inline, aliases=aliases, reserved=reserved)
+        printer = SympyPrinter(inline_named=inline, aliases=aliases, reserved=reserved)
+        self._printers[inline] = printer
+        return printer
 
     def gradient(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
         """∂L/∂p for a scalar definition L, with the shape of ``p``.
@@ -272,7 +280,9 @@ class Derivation:
     def infer_dims(self, values: Mapping[str, np.ndarray | float]) -> dict[sp.Symbol, int]:
         """Binds each dimension symbol to a size from the shapes of ``values``."""
         sizes: dict[sp.Symbol, int] = {}
-        for name, leaf in self._translator.leaves.items():
+        leaves = dict(self._translator.leaves)
+        leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
+        for name, leaf in leaves.items():
             if name not in values:
                 continue
             shape = np.shape(values[name])

@@ -80,7 +80,7 @@ class Leaf(Node):
     name: str
     dims: Shape
     symbol: sp.Basic = field(repr=False)
-    _fields: ClassVar[tuple[str, ...]] = ("name", "dims")
+    _fields: ClassVar[tuple[str, ...]] = ("name", "dims", "symbol")
 
     @property
     def shape(self) -> Shape:
@@ -215,7 +215,7 @@ class Named(Node):
     name: str
     body: Node
     symbol: sp.Basic = field(repr=False)
-    _fields: ClassVar[tuple[str, ...]] = ("name", "body")
+    _fields: ClassVar[tuple[str, ...]] = ("name", "body", "symbol")
 
     @property
     def shape(self) -> Shape:

@@ -55,7 +55,27 @@ class _Factor:
     def oriented(self, row: int | None) -> _Factor:
         if self.row == row:
             return self
-        return _Factor(self.expr.T, self.col, self.row)
+        return _Factor(_transpose(self.expr), self.col, self.row)
+
+
+def _transpose(expr: sp.Basic) -> sp.Basic:
+    """``expr^T`` without SymPy's recursive push of the transpose into every subexpression,
+    which costs time exponential in the depth of an inlined network."""
+    if isinstance(expr, sp.Transpose):
+        return expr.arg
+    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix, sp.MatMul)) and _small(expr):
+        return expr.T
+    if isinstance(expr, (DiagMatrix, sp.Identity)) or (expr.shape[0] == expr.shape[1] == 1):
+        return expr
+    return sp.Transpose(expr)
+
+
+def _small(expr: sp.Basic) -> bool:
+    """A product of symbols and ones vectors, whose transpose prints better expanded."""
+    if isinstance(expr, sp.MatMul):
+        return all(isinstance(a, (sp.MatrixSymbol, sp.OneMatrix, sp.Transpose))
+                   or not isinstance(a, sp.MatrixExpr) for a in expr.args)
+    return True
 
 
 class SympyPrinter:
@@ -82,6 +102,7 @@ class SympyPrinter:
         Tensors of rank 3 or more lose their size-1 axes first: the Hessian of a ``d x 1``
         parameter is ``d x d``.
         """
+        self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
         try:
@@ -89,8 +110,6 @@ class SympyPrinter:
                 return self.scalar(node)
             if node.rank == 2:
                 return self.matrix(node)
-            if node.rank == 1:
-                return self.matrix(_as_column(node))
         except _NotMatrix:
             pass
         indices = tuple(self._fresh_index() for _ in node.shape)
@@ -142,6 +161,8 @@ class SympyPrinter:
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
         if isinstance(node, ir.Leaf):
+            if not isinstance(node.symbol, sp.MatrixExpr):
+                raise _NotMatrix(node)  # an IndexedBase stays in index notation
             return node.symbol
         if isinstance(node, ir.Named):
             return self.matrix(node.body) if self.inline_named else node.symbol
@@ -213,7 +234,9 @@ class SympyPrinter:
             if isinstance(op, ir.Ones) and all(label(lab) is None for lab in spec):
                 continue
             if op.rank == 1:
-                expr, labels = _as_column_expr(self, op), (label(spec[0]), None)
+                if not isinstance(op, ir.Ones):
+                    raise _NotMatrix(node)
+                expr, labels = sp.OneMatrix(op.shape[0], 1), (label(spec[0]), None)
             elif op.rank == 2:
                 expr, labels = self.matrix(op), (label(spec[0]), label(spec[1]))
             else:
@@ -316,17 +339,6 @@ def squeeze(node: ir.Node) -> ir.Node:
     if isinstance(node, ir.Add):
         return ir.add(*[squeeze(t) for t in node.terms])
     return ir.einsum([node], [tuple(range(node.rank))], keep)
-
-
-def _as_column(node: ir.Node) -> ir.Node:
-    """A rank-1 node as a ``d x 1`` matrix node."""
-    return ir.einsum([node, ir.ones((1,))], [(0,), (1,)], (0, 1))
-
-
-def _as_column_expr(printer: SympyPrinter, node: ir.Node) -> sp.Basic:
-    if isinstance(node, ir.Ones):
-        return sp.OneMatrix(node.shape[0], 1)
-    return printer.matrix(_as_column(node))
 
 
 def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
@@ -462,13 +474,13 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
                 [DiagMatrix(right[0])] if right else [])
             expr = sp.MatMul(*parts) if len(parts) > 1 else core
         elif left and right:
-            expr = sp.MatMul(left[0], right[0].T)
+            expr = sp.MatMul(left[0], _transpose(right[0]))
         else:
             raise _NotMatrix(factors)
     elif o1 is not None:
         expr = left[0] if left else None
     elif o2 is not None:
-        expr = right[0].T if right else None
+        expr = _transpose(right[0]) if right else None
     else:
         expr = sp.OneMatrix(1, 1)
     if expr is None:
