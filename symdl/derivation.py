@@ -275,7 +275,7 @@ class Derivation:
         for (p, q), node in self._hessians.items():
             roots[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
         arrays = evaluate_nodes(list(roots.values()), values, dims)
-        return dict(zip(roots, arrays))
+        return dict(zip(roots, arrays, strict=False))
 
     def infer_dims(self, values: Mapping[str, np.ndarray | float]) -> dict[sp.Symbol, int]:
         """Binds each dimension symbol to a size from the shapes of ``values``."""
@@ -286,7 +286,7 @@ class Derivation:
             if name not in values:
                 continue
             shape = np.shape(values[name])
-            for dim, size in zip(leaf.shape, shape):
+            for dim, size in zip(leaf.shape, shape, strict=False):
                 if isinstance(dim, sp.Symbol) and dim in self.dims:
                     if sizes.setdefault(dim, size) != size:
                         raise DefinitionError(
@@ -384,7 +384,7 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
     dim_symbols = set(dims)
     translator = Translator(dim_symbols)
     if isinstance(expr, IndexForm):
-        translator.index_dims.update(zip(expr.indices, expr.shape))
+        translator.index_dims.update(zip(expr.indices, expr.shape, strict=False))
         node, indices = translator.indexed(expr.expr)
         missing = [i for i in expr.indices if i not in indices]
         labels = {i: k for k, i in enumerate(indices)}

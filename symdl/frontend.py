@@ -146,7 +146,7 @@ class Translator:
     def _matmul(self, e: sp.MatMul) -> ir.Node:
         scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]
         mats = [a for a in e.args if isinstance(a, MatrixExpr)]
-        for left, right in zip(mats, mats[1:]):
+        for left, right in zip(mats, mats[1:], strict=False):
             if left.shape[1] != right.shape[0]:
                 raise ShapeMismatchError(
                     f"matrix product {left} * {right}: shapes {left.shape[0]} x "
@@ -264,7 +264,7 @@ class Translator:
         if node is None:
             raise UnsupportedError(f"entry of {parent} of type {type(parent).__name__}")
         indices: list[sp.Symbol | None] = []
-        for index, dim in zip((e.i, e.j), parent.shape):
+        for index, dim in zip((e.i, e.j), parent.shape, strict=False):
             if index.is_Integer:
                 if dim != 1:
                     raise UnsupportedError(
@@ -327,7 +327,7 @@ class Translator:
         out = tuple(self._label(i) for i in order)
         dims: dict[int, sp.Expr] = {}
         for node, indices in parts:
-            for i, d in zip(indices, node.shape):
+            for i, d in zip(indices, node.shape, strict=False):
                 dims[self._label(i)] = d
         missing = [i for i in order if self._label(i) not in dims]
         if missing:

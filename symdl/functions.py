@@ -46,7 +46,7 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
         return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
 
     def _latex(self, printer) -> str:
-        return r"\sigma\left(%s\right)" % printer._print(self.args[0])
+        return rf"\sigma\left({printer._print(self.args[0])}\right)"
 
 
 class softplus(sp.Function):  # noqa: N801
@@ -68,7 +68,7 @@ class softplus(sp.Function):  # noqa: N801
         return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
 
     def _latex(self, printer) -> str:
-        return r"\operatorname{softplus}\left(%s\right)" % printer._print(self.args[0])
+        return rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)"
 
 
 class relu(sp.Function):  # noqa: N801
@@ -87,7 +87,7 @@ class relu(sp.Function):  # noqa: N801
         return sp.Max(self.args[0], 0)._eval_evalf(prec)
 
     def _latex(self, printer) -> str:
-        return r"\operatorname{relu}\left(%s\right)" % printer._print(self.args[0])
+        return rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)"
 
 
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (

@@ -262,13 +262,13 @@ def named(name: str, body: Node, symbol: sp.Basic) -> Named:
 
 def _label_dims(operands: tuple[Node, ...], specs: tuple[Labels, ...]) -> dict[int, sp.Expr]:
     dims: dict[int, sp.Expr] = {}
-    for op, spec in zip(operands, specs):
+    for op, spec in zip(operands, specs, strict=False):
         if len(spec) != op.rank:
             raise ShapeMismatchError(
                 f"an operand of rank {op.rank} (shape {op.shape}) got {len(spec)} indices",
                 op.shape, tuple(spec),
             )
-        for label, dim in zip(spec, op.shape):
+        for label, dim in zip(spec, op.shape, strict=False):
             known = dims.setdefault(label, dim)
             if known != dim:
                 raise ShapeMismatchError(
@@ -316,7 +316,7 @@ def einsum(operands, specs, out, coeff: sp.Expr = 1) -> Node:
         # Inline nested einsums (the product of products is one product).
         for k, op in enumerate(operands):
             if isinstance(op, Einsum):
-                inner_out = dict(zip(op.out, specs[k]))
+                inner_out = dict(zip(op.out, specs[k], strict=False))
                 rename = {lab: inner_out.get(lab) for lab in op.label_dims()}
                 for lab in rename:
                     if rename[lab] is None:
@@ -485,7 +485,7 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
     if not all(v.is_real for v in variables):
         # Entries are real: |x|' = sign(x) holds only for real variables.
         real = tuple(sp.Dummy(str(v), real=True) for v in variables)
-        body = body.xreplace(dict(zip(variables, real)))
+        body = body.xreplace(dict(zip(variables, real, strict=False)))
         variables = real
         fn = sp.Lambda(variables, body)
     if not body.free_symbols & set(variables):

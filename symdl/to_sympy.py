@@ -42,7 +42,7 @@ class IndexForm:
         return f"[{idx}] -> {self.expr}"
 
 
-class _NotMatrix(Exception):
+class _NoMatrixFormError(Exception):
     """The einsum has no matrix form; print it in index notation."""
 
 
@@ -110,7 +110,7 @@ class SympyPrinter:
                 return self.scalar(node)
             if node.rank == 2:
                 return self.matrix(node)
-        except _NotMatrix:
+        except _NoMatrixFormError:
             pass
         indices = tuple(self._fresh_index() for _ in node.shape)
         return IndexForm(indices, node.shape, self.index(node, indices))
@@ -142,7 +142,7 @@ class SympyPrinter:
         if isinstance(node, ir.Einsum):
             try:
                 return self._einsum_matrix(node)
-            except _NotMatrix:
+            except _NoMatrixFormError:
                 return self.index(node, ())
         return self.index(node, ())
 
@@ -162,7 +162,7 @@ class SympyPrinter:
             return self.aliases[id(node)].symbol
         if isinstance(node, ir.Leaf):
             if not isinstance(node.symbol, sp.MatrixExpr):
-                raise _NotMatrix(node)  # an IndexedBase stays in index notation
+                raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
             return node.symbol
         if isinstance(node, ir.Named):
             return self.matrix(node.body) if self.inline_named else node.symbol
@@ -183,9 +183,9 @@ class SympyPrinter:
         if isinstance(node, ir.Einsum):
             try:
                 return self._einsum_matrix(node)
-            except _NotMatrix:
+            except _NoMatrixFormError:
                 pass
-        raise _NotMatrix(node)
+        raise _NoMatrixFormError(node)
 
     def _add(self, node: ir.Add) -> sp.Basic:
         """A sum, with the common scalar factor of its terms pulled out: ``(P - Y)/n``."""
@@ -214,7 +214,8 @@ class SympyPrinter:
     def _map(self, node: ir.Map) -> sp.Basic:
         args = [self.matrix(a) for a in node.args]
         shape = node.shape
-        return _elementwise_matrix(node.fn.expr, dict(zip(node.fn.variables, args)), shape)
+        env = dict(zip(node.fn.variables, args, strict=True))
+        return _elementwise_matrix(node.fn.expr, env, shape)
 
     def _einsum_matrix(self, node: ir.Einsum) -> sp.Basic:
         dims = node.label_dims()
@@ -224,10 +225,10 @@ class SympyPrinter:
 
         out = [label(lab) for lab in node.out]
         if len(out) not in (0, 2):
-            raise _NotMatrix(node)
+            raise _NoMatrixFormError(node)
         scalars: list[sp.Expr] = [node.coeff]
         factors: list[_Factor] = []
-        for op, spec in zip(node.operands, node.specs):
+        for op, spec in zip(node.operands, node.specs, strict=False):
             if op.rank == 0:
                 scalars.append(self.scalar(op))
                 continue
@@ -235,14 +236,14 @@ class SympyPrinter:
                 continue
             if op.rank == 1:
                 if not isinstance(op, ir.Ones):
-                    raise _NotMatrix(node)
+                    raise _NoMatrixFormError(node)
                 expr, labels = sp.OneMatrix(op.shape[0], 1), (label(spec[0]), None)
             elif op.rank == 2:
                 expr, labels = self.matrix(op), (label(spec[0]), label(spec[1]))
             else:
-                raise _NotMatrix(node)
+                raise _NoMatrixFormError(node)
             if labels[0] is not None and labels[0] == labels[1]:
-                raise _NotMatrix(node)
+                raise _NoMatrixFormError(node)
             if labels == (None, None):
                 scalars.append(sp.Trace(expr))
                 continue
@@ -289,7 +290,7 @@ class SympyPrinter:
             return node.fn(*[self.index(a, indices) for a in node.args])
         if isinstance(node, ir.Einsum):
             dims = node.label_dims()
-            names = dict(zip(node.out, indices))
+            names = dict(zip(node.out, indices, strict=False))
             limits = []
             for lab in dims:
                 if lab not in names:
@@ -298,7 +299,7 @@ class SympyPrinter:
                         limits.append((names[lab], 0, dims[lab] - 1))
             body = node.coeff * sp.Mul(*[
                 self.index(op, tuple(names[lab] for lab in spec))
-                for op, spec in zip(node.operands, node.specs)
+                for op, spec in zip(node.operands, node.specs, strict=False)
             ])
             return sp.Sum(body, *limits) if limits else body
         if isinstance(node, (ir.LogSumExp, ir.Softmax)):
@@ -364,7 +365,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
     if len(variables) == 1:
         (v,) = variables
         return ElementwiseApplyFunction(sp.Lambda(v, body), env[v])
-    raise _NotMatrix(body)
+    raise _NoMatrixFormError(body)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
@@ -446,7 +447,7 @@ def _contract(factors: list[_Factor], lab: int, dim: sp.Expr, scalars: list) -> 
     if len(mats) == 0 and vecs:
         scalars.append(Total(weight))
         return rest
-    raise _NotMatrix(lab)
+    raise _NoMatrixFormError(lab)
 
 
 def _other(f: _Factor, lab: int) -> int | None:
@@ -457,14 +458,14 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
     coeff = sp.Mul(*scalars)
     if not out:
         if factors:
-            raise _NotMatrix(factors)
+            raise _NoMatrixFormError(factors)
         return coeff
     o1, o2 = out
     mats = [f for f in factors if f.row is not None and f.col is not None]
     left = [f.expr for f in factors if f.col is None and f.row == o1 and f.row is not None]
     right = [f.expr for f in factors if f.col is None and f.row == o2 and f.row is not None]
     if len(mats) + len(left) + len(right) != len(factors) or len(mats) > 1:
-        raise _NotMatrix(factors)
+        raise _NoMatrixFormError(factors)
     if o1 is not None and o2 is not None:
         if mats and isinstance(mats[0].expr, sp.Identity) and (left or right):
             expr = DiagMatrix(_hadamard(left + right))
@@ -476,7 +477,7 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
         elif left and right:
             expr = sp.MatMul(left[0], _transpose(right[0]))
         else:
-            raise _NotMatrix(factors)
+            raise _NoMatrixFormError(factors)
     elif o1 is not None:
         expr = left[0] if left else None
     elif o2 is not None:
@@ -484,5 +485,5 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
     else:
         expr = sp.OneMatrix(1, 1)
     if expr is None:
-        raise _NotMatrix(factors)
+        raise _NoMatrixFormError(factors)
     return _scaled(coeff, expr)

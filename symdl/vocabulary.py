@@ -86,7 +86,7 @@ class Total(sp.Expr):
         return sp.Sum(m[i, j], (i, 0, rows - 1), (j, 0, cols - 1))
 
     def _latex(self, printer) -> str:
-        return r"\operatorname{sum}\left(%s\right)" % printer._print(self.arg)
+        return rf"\operatorname{{sum}}\left({printer._print(self.arg)}\right)"
 
 
 
@@ -135,7 +135,7 @@ class LogSumExp(_RowReduction):
         return sp.log(sp.Add(*[sp.exp(e) for e in found[0]]))
 
     def _latex(self, printer) -> str:
-        return r"\operatorname{lse}\left(%s\right)" % printer._print(self.arg)
+        return rf"\operatorname{{lse}}\left({printer._print(self.arg)}\right)"
 
 
 class Softmax(_RowReduction):
@@ -153,7 +153,7 @@ class Softmax(_RowReduction):
         return sp.exp(own) / sp.Add(*[sp.exp(e) for e in lane])
 
     def _latex(self, printer) -> str:
-        return r"\operatorname{softmax}\left(%s\right)" % printer._print(self.arg)
+        return rf"\operatorname{{softmax}}\left({printer._print(self.arg)}\right)"
 
 
 def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:

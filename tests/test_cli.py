@@ -48,7 +48,8 @@ def test_derive_accepts_a_file(tmp_path: Path) -> None:
 
         def derivation():
             r = X * w - y
-            loss = symdl.total(sp.hadamard_product(r, r)) + lam * symdl.total(sp.hadamard_product(w, w))
+            penalty = lam * symdl.total(sp.hadamard_product(w, w))
+            loss = symdl.total(sp.hadamard_product(r, r)) + penalty
             return symdl.derive(loss, wrt=[w], hessian=True)
     '''))
     result = _symdl("derive", str(source), "--hessian")
