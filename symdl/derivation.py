@@ -9,7 +9,7 @@ computes every Hessian block up front.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import sympy as sp
@@ -20,6 +20,9 @@ from symdl.errors import DefinitionError, DerivationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
+
+if TYPE_CHECKING:
+    from symdl.kernel import Kernel
 
 Definition = sp.Basic | Sequence[tuple[sp.Basic, sp.Basic]]
 Parameter = sp.Symbol | sp.MatrixSymbol | sp.IndexedBase
@@ -242,6 +245,45 @@ class Derivation:
         The Jacobian of a column vector with respect to a column vector is a matrix.
         """
         return self.printer(inline).result(self.jacobian_node(p))
+
+    def compile(self, hvp: bool = False) -> Kernel:
+        """Numba kernels for the value, every gradient and the Hessian blocks computed so
+        far (``derive(..., hessian=True)`` computes them all).
+
+        Args:
+            hvp: also compile Hessian-vector products: for each parameter ``p`` an input
+                ``v_p`` shaped like ``p`` and an output ``hvp:p`` = ``Σ_q H[p, q] v_q``,
+                computed without forming the Hessian.
+        """
+        from symdl.kernel import Kernel
+
+        outputs: dict[str, ir.Node] = {"value": self.output}
+        if self.is_scalar:
+            for p in self.wrt:
+                outputs[f"grad:{_symbol_name(p)}"] = self.gradient_node(p)
+        for (p, q), node in self._hessians.items():
+            outputs[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
+        leaves = dict(self._translator.leaves)
+        leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
+        if hvp:
+            directions = {}
+            for p in self.wrt:
+                name = f"v_{_symbol_name(p)}"
+                shape = _parameter_shape(p)
+                directions[p] = ir.leaf(name, shape, _like(p, name, shape))
+                leaves[name] = directions[p]
+            for p in self.wrt:
+                outputs[f"hvp:{_symbol_name(p)}"] = self.hvp_node(p, directions)
+        title = self._title()
+        return Kernel(outputs, list(leaves.values()), title)
+
+    def _title(self) -> str:
+        names = [_symbol_name(s) for s, _ in self.steps if s is not None]
+        last = self.steps[-1][1]
+        text = str(last)
+        if len(text) > 120:
+            text = text[:117] + "..."
+        return (" -> ".join(names) + ": " if names else "") + text
 
     def definitions(self) -> list[Equation]:
         """The forward equations: each named intermediate and its definition."""

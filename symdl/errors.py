@@ -30,3 +30,14 @@ class DerivationError(SymdlError):
 
 class EvaluationError(SymdlError, ValueError):
     """Numeric evaluation was given missing or inconsistent values."""
+
+
+class KernelArgumentError(SymdlError, ValueError):
+    """A kernel was called with a missing, unexpected or malformed argument."""
+
+    def __init__(self, message: str, argument: str = "", expected: object = None,
+                 actual: object = None):
+        super().__init__(message)
+        self.argument = argument
+        self.expected = expected
+        self.actual = actual

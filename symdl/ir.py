@@ -480,14 +480,9 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
             raise ShapeMismatchError(
                 f"elementwise function of shapes {shape} and {a.shape}", shape, a.shape
             )
+    fn = canonical_lambda(fn)
     variables = fn.variables
     body = fn.expr
-    if not all(v.is_real for v in variables):
-        # Entries are real: |x|' = sign(x) holds only for real variables.
-        real = tuple(sp.Dummy(str(v), real=True) for v in variables)
-        body = body.xreplace(dict(zip(variables, real, strict=False)))
-        variables = real
-        fn = sp.Lambda(variables, body)
     if not body.free_symbols & set(variables):
         return scale(ones(shape), body) if shape else scalar(body)
     if len(variables) == 1:
@@ -499,9 +494,24 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
             return scale(args[0], coeff)
     used = [i for i, v in enumerate(variables) if v in body.free_symbols]
     if len(used) < len(variables):
-        fn = sp.Lambda(tuple(variables[i] for i in used), body)
+        fn = canonical_lambda(sp.Lambda(tuple(variables[i] for i in used), body))
         args = tuple(args[i] for i in used)
     return _intern(Map(fn, tuple(args)))
+
+
+_VARIABLES: list[sp.Dummy] = []
+
+
+def canonical_lambda(fn: sp.Lambda) -> sp.Lambda:
+    """``fn`` over the shared real variables x0, x1, ...: equal functions become equal
+    objects (so their maps intern together), and |x|' = sign(x) holds (entries are real)."""
+    while len(_VARIABLES) < len(fn.variables):
+        _VARIABLES.append(sp.Dummy(f"x{len(_VARIABLES)}", real=True))
+    canonical = tuple(_VARIABLES[: len(fn.variables)])
+    if fn.variables == canonical:
+        return fn
+    body = fn.expr.xreplace(dict(zip(fn.variables, canonical, strict=True)))
+    return sp.Lambda(canonical, body)
 
 
 def logsumexp(arg: Node, axis: int) -> LogSumExp:

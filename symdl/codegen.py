@@ -1,0 +1,400 @@
+"""Kernel plan -> Python source: jitted loop functions and a plain-Python driver.
+
+The driver allocates temporaries, calls NumPy's BLAS for matrix products (Numba's own
+``np.dot`` would need SciPy) and the jitted loop functions for everything else. Each loop
+function exists twice, serial and ``parallel=True`` (separate names: Numba's disk cache keys
+on the function, not on its options). User strings never become code: arrays are
+``a0, a1, ...``, dimensions ``n0, n1, ...``, and names appear only in ``ascii()`` comments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.printing.pycode import PythonCodePrinter
+
+from symdl import ir
+from symdl.errors import UnsupportedError
+from symdl.kernel_plan import (
+    Contraction,
+    LoopGroup,
+    Plan,
+    RowStats,
+    einsum_label_vars,
+    operand_reads,
+    summed_labels,
+)
+
+HELPERS = '''
+@numba.njit(cache=True, inline="always")
+def _sigmoid(x):
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@numba.njit(cache=True, inline="always")
+def _softplus(x):
+    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+
+
+@numba.njit(cache=True, inline="always")
+def _relu(x):
+    return x if x > 0.0 else 0.0
+
+
+@numba.njit(cache=True, inline="always")
+def _heaviside(x, at_zero):
+    if x > 0.0:
+        return 1.0
+    if x < 0.0:
+        return 0.0
+    return at_zero
+
+
+@numba.njit(cache=True, inline="always")
+def _sign(x):
+    if x > 0.0:
+        return 1.0
+    if x < 0.0:
+        return -1.0
+    return 0.0
+'''
+
+
+class ScalarPrinter(PythonCodePrinter):
+    """Prints scalar SymPy expressions as Numba-compatible Python; strict about symbols."""
+
+    _kf = {**PythonCodePrinter._kf, "sigmoid": "_sigmoid", "softplus": "_softplus",
+           "relu": "_relu", "sign": "_sign"}
+
+    def __init__(self, names: dict[sp.Symbol, str], integers: bool = False):
+        super().__init__({"fully_qualified_modules": True, "strict": True})
+        self.names = names
+        self.integers = integers
+
+    def _print_Symbol(self, expr: sp.Symbol) -> str:
+        # Every symbol must have been given a safe identifier; a user's name is never printed.
+        if expr not in self.names:
+            raise UnsupportedError(f"symbol {expr} has no value in the kernel")
+        return self.names[expr]
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Heaviside(self, expr: sp.Heaviside) -> str:
+        at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
+        return f"_heaviside({self._print(expr.args[0])}, {self._print(sp.Float(at_zero))})"
+
+    def _print_Rational(self, expr: sp.Rational) -> str:
+        return f"({float(expr.p)}/{float(expr.q)})"
+
+    def _print_Integer(self, expr: sp.Integer) -> str:
+        return str(int(expr)) if self.integers else f"{float(expr)}"
+
+    def _print_Pow(self, expr: sp.Pow, rational: bool = False) -> str:
+        if expr.exp == 2:
+            base = self.parenthesize(expr.base, 100)
+            return f"({base}*{base})"
+        return super()._print_Pow(expr, rational)
+
+
+@dataclass
+class Source:
+    """A generated kernel module: its text, and the argument and output order of ``kernel``."""
+
+    text: str
+    inputs: list[str]
+    outputs: list[str]
+    dims: list[sp.Symbol]
+
+
+class _Namer:
+    def __init__(self) -> None:
+        self.names: dict[int, str] = {}
+        self.counter = 0
+
+    def temp(self, node: ir.Node, prefix: str = "t") -> str:
+        if id(node) not in self.names:
+            self.names[id(node)] = f"{prefix}{self.counter}"
+            self.counter += 1
+        return self.names[id(node)]
+
+
+def generate(plan: Plan, leaves: list[ir.Leaf], title: str) -> Source:
+    """The Python source of a kernel module for ``plan``."""
+    gen = _Generator(plan, leaves, title)
+    return gen.source()
+
+
+class _Generator:
+    def __init__(self, plan: Plan, leaves: list[ir.Leaf], title: str):
+        self.plan = plan
+        self.leaves = sorted(leaves, key=lambda leaf: leaf.name)
+        self.title = title
+        self.arrays: dict[int, str] = {}
+        for k, leaf in enumerate(self.leaves):
+            self.arrays[id(leaf)] = f"a{k}"
+        self.outputs = list(plan.roots)
+        for k, name in enumerate(self.outputs):
+            node = plan.roots[name]
+            self.arrays.setdefault(id(node), f"out{k}")
+        dims: set[sp.Symbol] = set()
+        for leaf in self.leaves:
+            for d in leaf.shape:
+                dims |= sp.sympify(d).free_symbols
+        self.dims = sorted(dims, key=str)
+        self.dim_names = {d: f"n{k}" for k, d in enumerate(self.dims)}
+        self.namer = _Namer()
+        self.stats: dict[tuple[int, int], tuple[str, str]] = {}
+        self.functions: list[str] = []
+
+    # -- naming and reading -----------------------------------------------------------
+
+    def array_of(self, node: ir.Node) -> str:
+        if id(node) not in self.arrays:
+            self.arrays[id(node)] = self.namer.temp(node, "m")
+        return self.arrays[id(node)]
+
+    def size(self, dim: sp.Expr) -> str:
+        return ScalarPrinter(self.dim_names, integers=True).doprint(sp.sympify(dim))
+
+    def shape_tuple(self, node: ir.Node) -> str:
+        sizes = [f"int({self.size(d)})" for d in node.shape] or ["1"]
+        return "(" + ", ".join(sizes) + ",)"
+
+    def constant(self, value: sp.Expr) -> str:
+        return ScalarPrinter(self.dim_names).doprint(sp.sympify(value))
+
+    def read(self, node: ir.Node, at: tuple, loop_vars: list[str], temps: dict[int, str]) -> str:
+        """The value of ``node`` at loop variables ``at`` inside a loop body."""
+        if id(node) in temps:
+            return temps[id(node)]
+        if isinstance(node, ir.Ones):
+            return "1.0"
+        if isinstance(node, ir.Zero):
+            return "0.0"
+        if isinstance(node, ir.Identity):
+            a, b = (loop_vars[v] if v is not None else "0" for v in at)
+            return f"(1.0 if {a} == {b} else 0.0)"
+        if ir.is_scalar_constant(node):
+            return self.constant(node.coeff)
+        name = self.array_of(node)
+        if node.rank == 0:
+            return name if isinstance(node, ir.Leaf) else f"{name}[0]"
+        index = ", ".join(loop_vars[v] if v is not None else "0" for v in at)
+        return f"{name}[{index}]"
+
+    # -- loop groups ------------------------------------------------------------------
+
+    def loop_group(self, group: LoopGroup, number: int) -> str:
+        loop_vars = [f"i{k}" for k in range(len(group.dims))]
+        temps: dict[int, str] = {}
+        body: list[str] = []
+        before: list[str] = []
+        after: list[str] = []
+        used_arrays: set[str] = set()
+        for node in group.members:
+            value = self.member_value(node, group, loop_vars, temps, body, used_arrays)
+            stored = id(node) in self.plan.materialized
+            if id(node) in group.reductions:
+                target = self.array_of(node)
+                used_arrays.add(target)
+                at = group.indices[id(node)]
+                if all(v is None for v in at):
+                    acc = f"acc{len(before)}"
+                    before.append(f"{acc} = 0.0")
+                    body.append(f"{acc} += {value}")
+                    after.append(f"{target}[{', '.join('0' for _ in range(max(node.rank, 1)))}]"
+                                 f" = {acc}")
+                else:
+                    before.append(f"{target}[...] = 0.0")
+                    index = ", ".join(loop_vars[v] if v is not None else "0" for v in at)
+                    body.append(f"{target}[{index}] += {value}")
+                continue
+            temp = f"t{len(temps)}"
+            body.append(f"{temp} = {value}")
+            temps[id(node)] = temp
+            if stored:
+                target = self.array_of(node)
+                used_arrays.add(target)
+                at = group.indices[id(node)]
+                index = ", ".join(loop_vars[v] if v is not None else "0" for v in at) or "0"
+                body.append(f"{target}[{index}] = {temp}")
+        params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
+        header = ", ".join(params)
+        text = []
+        for variant in ("", "_parallel"):
+            decorator = '@numba.njit(cache=True, error_model="numpy"' + (
+                ", parallel=True)" if variant else ")")
+            lines = [decorator, f"def _loop{number}{variant}({header}):"]
+            lines += [f"    {s}" for s in before]
+            indent = "    "
+            for k, (var, dim) in enumerate(zip(loop_vars, group.dims, strict=True)):
+                loop = "prange" if (variant and k == 0) else "range"
+                lines.append(f"{indent}for {var} in {loop}(int({self.size(dim)})):")
+                indent += "    "
+            lines += [f"{indent}{s}" for s in body]
+            lines += [f"    {s}" for s in after]
+            lines.append("")
+            text.append("\n".join(lines))
+        self.functions.append("\n\n".join(text))
+        return f"(_loop{number}_parallel if parallel else _loop{number})({header})"
+
+    def member_value(self, node, group, loop_vars, temps, body, used_arrays) -> str:
+        if isinstance(node, ir.Einsum):
+            label_vars = einsum_label_vars(node)
+            reads = operand_reads(node, label_vars)
+            factors = [self.constant(node.coeff)] if node.coeff != 1 else []
+            for op, at in reads:
+                factors.append(self._read_tracked(op, at, loop_vars, temps, used_arrays))
+            factors = [f for f in factors if f != "1.0"] or ["1.0"]
+            return " * ".join(factors)
+        at = group.indices[id(node)]
+        reads = operand_reads(node, at)
+        values = [self._read_tracked(op, a, loop_vars, temps, used_arrays) for op, a in reads]
+        if isinstance(node, ir.Add):
+            return " + ".join(values)
+        if isinstance(node, ir.Map):
+            names = {}
+            for var, value in zip(node.fn.variables, values, strict=True):
+                temp = f"x{len(body)}_{len(names)}"
+                body.append(f"{temp} = {value}")
+                names[var] = temp
+            names.update(self.dim_names)
+            return ScalarPrinter(names).doprint(node.fn.expr)
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            peak, total = self.stats[(id(node.arg), node.axis)]
+            used_arrays.update((peak, total))
+            lane_axis = 0 if node.axis == 1 else 1
+            v = at[lane_axis]
+            row = loop_vars[v] if v is not None else "0"
+            if isinstance(node, ir.LogSumExp):
+                return f"({peak}[{row}] + math.log({total}[{row}]))"
+            return f"(math.exp({values[0]} - {peak}[{row}]) / {total}[{row}])"
+        raise TypeError(f"no loop code for {type(node).__name__}")
+
+    def _read_tracked(self, op, at, loop_vars, temps, used_arrays) -> str:
+        text = self.read(op, at, loop_vars, temps)
+        if id(op) in self.arrays and id(op) not in temps:
+            used_arrays.add(self.arrays[id(op)])
+        return text
+
+    # -- other steps --------------------------------------------------------------------
+
+    def contraction(self, step: Contraction) -> list[str]:
+        node = step.node
+        a_other, s, b_other = step.pattern
+        (a, b), (sa, sb) = node.operands, node.specs
+        left = self.array_of(a) + ("" if sa == (a_other, s) else ".T")
+        right = self.array_of(b) + ("" if sb == (s, b_other) else ".T")
+        out = self.array_of(node)
+        if node.out == (a_other, b_other):
+            lines = [f"np.dot({left}, {right}, out={out})"]
+        else:
+            flip = {"": ".T", ".T": ""}
+            lines = [f"np.dot({_flip(right, flip)}, {_flip(left, flip)}, out={out})"]
+        if node.coeff != 1:
+            lines.append(f"{out} *= {self.constant(node.coeff)}")
+        return lines
+
+    def row_stats(self, step: RowStats, number: int) -> str:
+        arg = self.array_of(step.arg)
+        peak, total = f"peak{number}", f"total{number}"
+        self.stats[(id(step.arg), step.axis)] = (peak, total)
+        lanes, length = (0, 1) if step.axis == 1 else (1, 0)
+        at = "r, c" if step.axis == 1 else "c, r"
+        for variant in ("", "_parallel"):
+            decorator = '@numba.njit(cache=True, error_model="numpy"' + (
+                ", parallel=True)" if variant else ")")
+            loop = "prange" if variant else "range"
+            self.functions.append(f'''{decorator}
+def _stats{number}{variant}(z, peak, total):
+    for r in {loop}(z.shape[{lanes}]):
+        m = -math.inf
+        for c in range(z.shape[{length}]):
+            m = max(m, z[{at}])
+        if not math.isfinite(m):
+            m = 0.0
+        s = 0.0
+        for c in range(z.shape[{length}]):
+            s += math.exp(z[{at}] - m)
+        peak[r] = m
+        total[r] = s
+''')
+        return (f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)\n"
+                f"    {total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)\n"
+                f"    (_stats{number}_parallel if parallel else _stats{number})"
+                f"({arg}, {peak}, {total})")
+
+    # -- the module ---------------------------------------------------------------------
+
+    def source(self) -> Source:
+        driver: list[str] = []
+        for k, d in enumerate(self.dims):
+            driver.append(f"{self.dim_names[d]} = {self._dim_from_arrays(d)}  # {ascii(str(d))}")
+        roots = {id(n) for n in self.plan.roots.values()}
+        for k, step in enumerate(self.plan.steps):
+            nodes = [step.node] if isinstance(step, Contraction) else (
+                step.members if isinstance(step, LoopGroup) else [])
+            for node in nodes:
+                if id(node) in self.plan.materialized and id(node) not in roots:
+                    driver.append(f"{self.array_of(node)} = np.empty({self.shape_tuple(node)}"
+                                  f", dtype=dtype)")
+            if isinstance(step, Contraction):
+                driver += self.contraction(step)
+            elif isinstance(step, RowStats):
+                driver.append(self.row_stats(step, k))
+            else:
+                driver.append(self.loop_group(step, k))
+        inputs = [leaf.name for leaf in self.leaves]
+        args = [self.arrays[id(leaf)] for leaf in self.leaves]
+        outs = [f"out{k}" for k in range(len(self.outputs))]
+        copies = []
+        for k, name in enumerate(self.outputs):
+            node = self.plan.roots[name]
+            if self.arrays[id(node)] != f"out{k}":
+                copies.append(f"out{k}[...] = {self.arrays[id(node)]}")
+        n_blas = sum(isinstance(s, Contraction) for s in self.plan.steps)
+        n_loops = sum(isinstance(s, LoopGroup) for s in self.plan.steps)
+        doc = [
+            "Generated by symdl. Do not edit: regenerate it from the definition.",
+            "",
+            f"Definition: {ascii(self.title)}",
+            "Arguments (a0, a1, ...): " + ", ".join(ascii(n) for n in inputs),
+            "Outputs (out0, out1, ...): " + ", ".join(ascii(n) for n in self.outputs),
+            "Dimensions (n0, n1, ...): " + ", ".join(ascii(str(d)) for d in self.dims),
+            f"Steps: {len(self.plan.steps)} ({n_blas} BLAS products, {n_loops} fused loops, "
+            f"{len(self.plan.steps) - n_blas - n_loops} softmax row passes)",
+        ]
+        lines = ['"""' + "\n".join(doc) + '\n"""', "", "import math", "", "import numba",
+                 "import numpy as np", "from numba import prange", "", HELPERS, ""]
+        lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
+        signature = ", ".join(args + outs + ["parallel=False"])
+        dtype_src = args[0] if args else "out0"
+        lines += ["", f"def kernel({signature}):",
+                  '    """Computes every output into the preallocated out arrays."""',
+                  f"    dtype = {dtype_src}.dtype"]
+        lines += [f"    {line}" for line in driver + copies]
+        lines.append("")
+        return Source("\n".join(lines), inputs, self.outputs, self.dims)
+
+    def _dim_from_arrays(self, dim: sp.Symbol) -> str:
+        for leaf in self.leaves:
+            for axis, d in enumerate(leaf.shape):
+                if d == dim:
+                    return f"{self.arrays[id(leaf)]}.shape[{axis}]"
+        raise UnsupportedError(
+            f"dimension {dim} appears only inside compound dimensions; give some input an axis "
+            f"of size exactly {dim}"
+        )
+
+
+def _flip(operand: str, flip: dict[str, str]) -> str:
+    if operand.endswith(".T"):
+        return operand[:-2]
+    return operand + ".T"
+
+
+__all__ = ["Source", "generate", "summed_labels"]

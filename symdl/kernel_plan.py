@@ -1,0 +1,305 @@
+"""Kernel plan: the IR of a derivation's outputs as an ordered list of steps to execute.
+
+Three kinds of step:
+
+* ``Contraction``: a matrix product ``A^T B`` and its kin, given to NumPy's BLAS;
+* ``RowStats``: the row (or column) maximum and sum of exponentials that ``softmax`` and
+  ``logsumexp`` need, in one pass per row with a max shift;
+* ``LoopGroup``: one fused loop nest over an iteration space, computing every elementwise node
+  and every reduction over that space as scalar temporaries, storing only what later steps
+  or the caller read.
+
+Before grouping, products of three or more tensors are split into pairwise contractions in
+a cheap order (``X^T (s ⊙ (X v))``, never ``(X^T diag(s) X) v``), and vectors are folded into
+the matrix they scale, so that what remains is either elementwise or a BLAS product.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from symdl import ir
+
+
+def raw_einsum(operands, specs, out, coeff: sp.Expr = 1) -> ir.Einsum:
+    """An einsum exactly as given: no inlining, so a planned contraction order survives."""
+    operands, specs, out = tuple(operands), tuple(tuple(s) for s in specs), tuple(out)
+    operands, specs, out = ir._canonical_labels(operands, specs, out)
+    dims = ir._label_dims(operands, specs)
+    shape = tuple(dims[lab] for lab in out)
+    return ir._intern(ir.Einsum(operands, specs, out, sp.sympify(coeff), shape))
+
+
+def summed_labels(node: ir.Einsum) -> list[int]:
+    """Labels that are summed over (size-1 labels excluded: a sum of one term is no sum)."""
+    dims = node.label_dims()
+    return [lab for lab in dims if lab not in node.out and dims[lab] != 1]
+
+
+def is_pointwise(node: ir.Node) -> bool:
+    if isinstance(node, (ir.Map, ir.Add, ir.LogSumExp, ir.Softmax)):
+        return True
+    return isinstance(node, ir.Einsum) and bool(node.operands) and not summed_labels(node)
+
+
+def _big_labels(spec, dims) -> frozenset:
+    return frozenset(lab for lab in spec if dims[lab] != 1)
+
+
+def blas_pattern(node: ir.Node) -> tuple[int, int, int] | None:
+    """``(a_other, summed, b_other)`` if ``node`` is a product of two matrices over one index."""
+    if not isinstance(node, ir.Einsum) or len(node.operands) != 2:
+        return None
+    if any(op.rank != 2 or isinstance(op, (ir.Ones, ir.Identity)) for op in node.operands):
+        return None
+    dims = node.label_dims()
+    a, b = node.specs
+    if len(set(a)) != 2 or len(set(b)) != 2:
+        return None
+    shared = set(a) & set(b)
+    if len(shared) != 1:
+        return None
+    (s,) = shared
+    if s in node.out:
+        return None
+    a_other = a[1 - a.index(s)]
+    b_other = b[1 - b.index(s)]
+    if set(node.out) != {a_other, b_other} or dims[s] == 1:
+        return None
+    return a_other, s, b_other
+
+
+def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
+    """Rewrites every summing product of three or more operands into pairwise ones.
+
+    Returns a map from the id of each original node to its lowered equivalent.
+    """
+    lowered: dict[int, ir.Node] = {}
+
+    def get(node: ir.Node) -> ir.Node:
+        return lowered[id(node)]
+
+    for node in ir.topological_order(roots):
+        if isinstance(node, ir.Einsum) and node.operands:
+            operands = [get(op) for op in node.operands]
+            new = _lower_einsum(operands, list(node.specs), node.out, node.coeff, node)
+        elif isinstance(node, ir.Map):
+            new = ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args)))
+        elif isinstance(node, ir.Add):
+            new = ir._intern(ir.Add(tuple(get(t) for t in node.terms)))
+        elif isinstance(node, ir.LogSumExp):
+            new = ir._intern(ir.LogSumExp(get(node.arg), node.axis))
+        elif isinstance(node, ir.Softmax):
+            new = ir._intern(ir.Softmax(get(node.arg), node.axis))
+        elif isinstance(node, ir.Named):
+            new = get(node.body)
+        else:
+            new = node
+        lowered[id(node)] = new
+    return lowered
+
+
+def _lower_einsum(operands, specs, out, coeff, original) -> ir.Node:
+    dims = ir._label_dims(tuple(operands), tuple(specs))
+    summed = [lab for lab in dims if lab not in out and dims[lab] != 1]
+    if not summed or len(operands) <= 2:
+        if all(op is o for op, o in zip(operands, original.operands, strict=True)):
+            return original
+        return raw_einsum(operands, specs, out, coeff)
+    # Contract pairs, cheapest first. A dimension counts as large (1000) unless it is 1; the
+    # cost of a pair is its iteration space, ties broken by the size of its result. This
+    # scales X by s before X^T (s ⊙ X), and computes X v first in X^T (s ⊙ (X v)).
+    def size(labels) -> int:
+        return 1000 ** sum(1 for lab in labels if dims[lab] != 1)
+
+    while len(operands) > 2:
+        best = None
+        for i, j in itertools.combinations(range(len(operands)), 2):
+            if not set(specs[i]) & set(specs[j]):
+                continue
+            rest = [specs[k] for k in range(len(operands)) if k not in (i, j)]
+            needed = set(out).union(*rest)
+            pair_out = tuple(dict.fromkeys(
+                lab for lab in itertools.chain(specs[i], specs[j]) if lab in needed))
+            cost = (size(set(specs[i]) | set(specs[j])), size(pair_out))
+            if best is None or cost < best[0]:
+                best = (cost, i, j, pair_out)
+        if best is None:
+            break
+        _, i, j, pair_out = best
+        pair = raw_einsum([operands[i], operands[j]], [specs[i], specs[j]], pair_out)
+        keep = [k for k in range(len(operands)) if k not in (i, j)]
+        operands = [operands[k] for k in keep] + [pair]
+        specs = [specs[k] for k in keep] + [pair_out]
+    return raw_einsum(operands, specs, out, coeff)
+
+
+@dataclass
+class Contraction:
+    node: ir.Einsum
+    pattern: tuple[int, int, int]
+
+
+@dataclass
+class RowStats:
+    """Max and sum of exp along ``axis`` of ``arg`` (which is materialised)."""
+
+    arg: ir.Node
+    axis: int
+
+
+@dataclass
+class LoopGroup:
+    """One loop nest over ``dims``; ``members`` in order, each with the loop variables that
+    index its axes (``None`` for a size-1 axis)."""
+
+    dims: tuple[sp.Expr, ...]
+    members: list[ir.Node] = field(default_factory=list)
+    indices: dict[int, tuple] = field(default_factory=dict)
+    reductions: set[int] = field(default_factory=set)
+
+
+Step = Contraction | RowStats | LoopGroup
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    roots: dict[str, ir.Node]
+    materialized: set[int]
+    """Ids of nodes stored in arrays (besides leaves): read by a later step or a root."""
+
+
+def _iteration(node: ir.Node) -> tuple[tuple, tuple]:
+    """(loop dims, loop variable of each axis of the node) for a node computed in a loop.
+
+    A reduction iterates over its output labels, then its summed labels.
+    """
+    if isinstance(node, ir.Einsum) and summed_labels(node):
+        dims = node.label_dims()
+        order = [lab for lab in node.out if dims[lab] != 1] + summed_labels(node)
+        loop_dims = tuple(dims[lab] for lab in order)
+        axis_vars = tuple(order.index(lab) if dims[lab] != 1 else None for lab in node.out)
+        return loop_dims, axis_vars
+    loop_dims = tuple(d for d in node.shape if d != 1)
+    axis_vars, k = [], 0
+    for d in node.shape:
+        if d == 1:
+            axis_vars.append(None)
+        else:
+            axis_vars.append(k)
+            k += 1
+    return loop_dims, tuple(axis_vars)
+
+
+def operand_reads(node: ir.Node, loop_vars: tuple) -> list[tuple[ir.Node, tuple]]:
+    """The operands of a loop-computed node and the loop variables each is read at.
+
+    ``loop_vars`` maps each label (einsum) or axis (elementwise) to a loop variable.
+    """
+    if isinstance(node, ir.Einsum):
+        return [(op, tuple(loop_vars[lab] for lab in spec))
+                for op, spec in zip(node.operands, node.specs, strict=True)]
+    if isinstance(node, (ir.Map, ir.Add)):
+        return [(c, loop_vars) for c in node.children()]
+    if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+        return [(node.arg, loop_vars)]
+    return []
+
+
+def einsum_label_vars(node: ir.Einsum) -> dict[int, object]:
+    """Loop variable per label of a loop-computed einsum (None for size-1 labels)."""
+    dims = node.label_dims()
+    _, axis_vars = _iteration(node)
+    mapping: dict[int, object] = {lab: None for lab in dims}
+    for lab, var in zip(node.out, axis_vars, strict=True):
+        mapping[lab] = var
+    if summed_labels(node):
+        start = sum(1 for lab in node.out if dims[lab] != 1)
+        for k, lab in enumerate(summed_labels(node)):
+            mapping[lab] = start + k
+    return mapping
+
+
+def node_reads(node: ir.Node) -> list[tuple[ir.Node, tuple]]:
+    """Operand reads of ``node`` in its own loop variables."""
+    if isinstance(node, ir.Einsum):
+        return operand_reads(node, einsum_label_vars(node))
+    _, axis_vars = _iteration(node)
+    return operand_reads(node, axis_vars)
+
+
+def _is_value(node: ir.Node) -> bool:
+    """Leaves and constants: read directly, never computed."""
+    return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
+
+
+def plan(outputs: dict[str, ir.Node]) -> Plan:
+    """Orders the computation of ``outputs`` (name -> node) into steps."""
+    originals = list(outputs.values())
+    lowered = lower(originals)
+    roots = {name: lowered[id(node)] for name, node in outputs.items()}
+    for name, node in roots.items():
+        if _is_value(node):  # an output that is a leaf or a constant is copied in a loop
+            labels = tuple(range(node.rank))
+            roots[name] = raw_einsum([node], [labels], labels) if node.rank else node
+    root_ids = {id(n) for n in roots.values()}
+    steps: list[Step] = []
+    materialized: set[int] = set()
+    group_of: dict[int, LoopGroup] = {}
+    current: LoopGroup | None = None
+    stats: set[tuple[int, int]] = set()
+
+    def close() -> None:
+        nonlocal current
+        current = None
+
+    for node in ir.topological_order(list(roots.values())):
+        if _is_value(node):
+            continue
+        pattern = blas_pattern(node)
+        if pattern is not None:
+            for op in node.operands:
+                if not _is_value(op):
+                    materialized.add(id(op))
+            close()
+            steps.append(Contraction(node, pattern))
+            materialized.add(id(node))
+            continue
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)) and (id(node.arg), node.axis) not in stats:
+            materialized.add(id(node.arg))
+            close()
+            steps.append(RowStats(node.arg, node.axis))
+            stats.add((id(node.arg), node.axis))
+        loop_dims, axis_vars = _iteration(node)
+        reads = node_reads(node)
+        fits = current is not None and current.dims == loop_dims
+        if fits:
+            for op, at in reads:
+                member = group_of.get(id(op))
+                if member is current and (current.indices[id(op)] != at
+                                          or id(op) in current.reductions):
+                    fits = False
+        if not fits:
+            current = LoopGroup(loop_dims)
+            steps.append(current)
+        current.members.append(node)
+        current.indices[id(node)] = axis_vars
+        if isinstance(node, ir.Einsum) and summed_labels(node):
+            current.reductions.add(id(node))
+        group_of[id(node)] = current
+        for op, _ in reads:
+            if not _is_value(op) and group_of.get(id(op)) is not current:
+                materialized.add(id(op))
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            materialized.add(id(node.arg))
+    materialized |= root_ids
+    # A reduction's result is complete only after its loop: readers elsewhere need it stored.
+    for group in (s for s in steps if isinstance(s, LoopGroup)):
+        for m in group.members:
+            if id(m) in group.reductions:
+                materialized.add(id(m))
+    return Plan(steps, roots, materialized)
