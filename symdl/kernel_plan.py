@@ -89,7 +89,8 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
         elif isinstance(node, ir.Map):
             new = ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args)))
         elif isinstance(node, ir.Add):
-            new = ir._intern(ir.Add(tuple(get(t) for t in node.terms)))
+            terms = [get(t) for t in node.terms]
+            new = _factor_common_operand(terms) or ir._intern(ir.Add(tuple(terms)))
         elif isinstance(node, ir.LogSumExp):
             new = ir._intern(ir.LogSumExp(get(node.arg), node.axis))
         elif isinstance(node, ir.Softmax):
@@ -100,6 +101,31 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
             new = node
         lowered[id(node)] = new
     return lowered
+
+
+def _factor_common_operand(terms: list[ir.Node]) -> ir.Node | None:
+    """``A B1 c1 + A B2 c2`` -> ``A (c1 B1 + c2 B2)``: one product instead of several
+    (``X^T σ/n - X^T y/n`` reads X once as ``X^T (σ - y)/n``)."""
+    if len(terms) < 2 or not all(isinstance(t, ir.Einsum) and len(t.operands) == 2
+                                 for t in terms):
+        return None
+    first = terms[0]
+    for pos in (0, 1):
+        common, spec = first.operands[pos], first.specs[pos]
+        other_spec = first.specs[1 - pos]
+        scaled = []
+        for t in terms:
+            k = next((q for q in (0, 1) if t.operands[q] is common and t.specs[q] == spec
+                      and t.specs[1 - q] == other_spec and t.out == first.out), None)
+            if k is None:
+                break
+            operand = t.operands[1 - k]
+            labels = tuple(range(operand.rank))
+            scaled.append(raw_einsum([operand], [labels], labels, t.coeff))
+        else:
+            combined = ir._intern(ir.Add(tuple(scaled)))
+            return raw_einsum([common, combined], [spec, other_spec], first.out)
+    return None
 
 
 def _lower_einsum(operands, specs, out, coeff, original) -> ir.Node:
