@@ -291,10 +291,22 @@ class _Generator:
         right = self.array_of(b) + ("" if sb == (s, b_other) else ".T")
         out = self.array_of(node)
         if node.out == (a_other, b_other):
-            lines = [f"np.dot({left}, {right}, out={out})"]
+            general = f"np.dot({left}, {right}, out={out})"
         else:
-            flip = {"": ".T", ".T": ""}
-            lines = [f"np.dot({_flip(right, flip)}, {_flip(left, flip)}, out={out})"]
+            general = f"np.dot({_flip(right)}, {_flip(left)}, out={out})"
+        lines = [general]
+        sym = step.symmetric
+        if sym is not None:
+            weight = f"{self.array_of(sym.weight)}.reshape(-1)"
+            base = self.array_of(sym.base) + ("" if sym.rows_first else ".T")
+            lines = [
+                f"w = {weight}",
+                "if np.all(w >= 0):  # X^T diag(w) X = B^T B: BLAS computes one triangle",
+                f"    b = np.sqrt(w)[:, None] * {base}",
+                f"    np.dot(b.T, b, out={out})",
+                "else:",
+                f"    {general}",
+            ]
         if node.coeff != 1:
             lines.append(f"{out} *= {self.constant(node.coeff)}")
         return lines
@@ -391,7 +403,7 @@ def _stats{number}{variant}(z, peak, total):
         )
 
 
-def _flip(operand: str, flip: dict[str, str]) -> str:
+def _flip(operand: str) -> str:
     if operand.endswith(".T"):
         return operand[:-2]
     return operand + ".T"

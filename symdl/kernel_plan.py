@@ -72,6 +72,31 @@ def blas_pattern(node: ir.Node) -> tuple[int, int, int] | None:
     return a_other, s, b_other
 
 
+def symmetric_form(node: ir.Einsum, pattern: tuple[int, int, int]) -> Symmetric | None:
+    """Recognises ``Σ_s c[s] X[s, a] X[s, b]``: one operand is the other scaled by a vector
+    over the summed index."""
+    _, s, _ = pattern
+    for k in (0, 1):
+        scaled, spec_t = node.operands[k], node.specs[k]
+        base, spec_x = node.operands[1 - k], node.specs[1 - k]
+        if not (isinstance(scaled, ir.Einsum) and len(scaled.operands) == 2
+                and not summed_labels(scaled) and scaled.coeff == 1):
+            continue
+        outer = dict(zip(scaled.out, spec_t, strict=True))
+        dims = scaled.label_dims()
+        for j in (0, 1):
+            if scaled.operands[j] is not base:
+                continue
+            inner = tuple(outer.get(lab) for lab in scaled.specs[j])
+            if s not in inner or inner.index(s) != spec_x.index(s):
+                continue
+            weight, spec_w = scaled.operands[1 - j], scaled.specs[1 - j]
+            big = [outer.get(lab) for lab in spec_w if dims[lab] != 1]
+            if big == [s] and weight.rank in (1, 2):
+                return Symmetric(base, spec_x.index(s) == 0, weight)
+    return None
+
+
 def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
     """Rewrites every summing product of three or more operands into pairwise ones.
 
@@ -164,9 +189,21 @@ def _lower_einsum(operands, specs, out, coeff, original) -> ir.Node:
 
 
 @dataclass
+class Symmetric:
+    """``X^T diag(c) X``: the product is symmetric, and when ``c >= 0`` it is ``B^T B`` with
+    ``B = sqrt(c) ⊙ X``, which BLAS computes as one triangle (syrk), half the work."""
+
+    base: ir.Node
+    rows_first: bool
+    """Whether ``base``'s first axis is the summed one (else it is read transposed)."""
+    weight: ir.Node
+
+
+@dataclass
 class Contraction:
     node: ir.Einsum
     pattern: tuple[int, int, int]
+    symmetric: Symmetric | None = None
 
 
 @dataclass
@@ -292,7 +329,10 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
                 if not _is_value(op):
                     materialized.add(id(op))
             close()
-            steps.append(Contraction(node, pattern))
+            symmetric = symmetric_form(node, pattern)
+            if symmetric is not None and not _is_value(symmetric.weight):
+                materialized.add(id(symmetric.weight))
+            steps.append(Contraction(node, pattern, symmetric))
             materialized.add(id(node))
             continue
         if isinstance(node, (ir.LogSumExp, ir.Softmax)) and (id(node.arg), node.axis) not in stats:
