@@ -64,6 +64,15 @@ def _sign(x):
 '''
 
 
+CHECK = '''
+def _check(array, shape, dtype, name):
+    if array.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
+    if array.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype}, got {array.dtype}")
+'''
+
+
 class ScalarPrinter(PythonCodePrinter):
     """Prints scalar SymPy expressions as Numba-compatible Python; strict about symbols."""
 
@@ -344,8 +353,16 @@ def _stats{number}{variant}(z, peak, total):
 
     def source(self) -> Source:
         driver: list[str] = []
-        for k, d in enumerate(self.dims):
+        for d in self.dims:
             driver.append(f"{self.dim_names[d]} = {self._dim_from_arrays(d)}  # {ascii(str(d))}")
+        # Shape checks: the loops below index without bounds checks, so they must hold.
+        for leaf in self.leaves:
+            if leaf.rank:
+                name = self.arrays[id(leaf)]
+                driver.append(f"_check({name}, {self.shape_tuple(leaf)}, dtype, {ascii(leaf.name)})")
+        for k, name in enumerate(self.outputs):
+            node = self.plan.roots[name]
+            driver.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")
         roots = {id(n) for n in self.plan.roots.values()}
         for k, step in enumerate(self.plan.steps):
             nodes = [step.node] if isinstance(step, Contraction) else (
@@ -379,9 +396,10 @@ def _stats{number}{variant}(z, peak, total):
             "Dimensions (n0, n1, ...): " + ", ".join(ascii(str(d)) for d in self.dims),
             f"Steps: {len(self.plan.steps)} ({n_blas} BLAS products, {n_loops} fused loops, "
             f"{len(self.plan.steps) - n_blas - n_loops} softmax row passes)",
+            f"Floating-point operations, about: {self._op_count()}",
         ]
         lines = ['"""' + "\n".join(doc) + '\n"""', "", "import math", "", "import numba",
-                 "import numpy as np", "from numba import prange", "", HELPERS, ""]
+                 "import numpy as np", "from numba import prange", "", HELPERS, CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs + ["parallel=False"])
         dtype_src = args[0] if args else "out0"
@@ -391,6 +409,31 @@ def _stats{number}{variant}(z, peak, total):
         lines += [f"    {line}" for line in driver + copies]
         lines.append("")
         return Source("\n".join(lines), inputs, self.outputs, self.dims)
+
+    def _op_count(self) -> str:
+        """A symbolic estimate of the arithmetic, in the dimension names."""
+        total = sp.Integer(0)
+        for step in self.plan.steps:
+            if isinstance(step, Contraction):
+                dims = step.node.label_dims()
+                a, s_, b = step.pattern
+                total += 2 * dims[a] * dims[s_] * dims[b]
+            elif isinstance(step, RowStats):
+                total += 4 * sp.Mul(*step.arg.shape)
+            else:
+                per_entry = 0
+                for node in step.members:
+                    if isinstance(node, ir.Einsum):
+                        per_entry += max(len(node.operands) - 1, 0) + (
+                            1 if id(node) in step.reductions else 0) + (node.coeff != 1)
+                    elif isinstance(node, ir.Map):
+                        per_entry += max(sp.count_ops(node.fn.expr), 1)
+                    elif isinstance(node, ir.Add):
+                        per_entry += len(node.terms) - 1
+                    else:
+                        per_entry += 3
+                total += per_entry * sp.Mul(*step.dims)
+        return str(sp.expand(total))
 
     def _dim_from_arrays(self, dim: sp.Symbol) -> str:
         for leaf in self.leaves:

@@ -278,9 +278,10 @@ class Derivation:
         return Kernel(outputs, list(leaves.values()), title)
 
     def _title(self) -> str:
+        from symdl.pretty import plain
+
         names = [_symbol_name(s) for s, _ in self.steps if s is not None]
-        last = self.steps[-1][1]
-        text = str(last)
+        text = plain(self.steps[-1][1])
         if len(text) > 120:
             text = text[:117] + "..."
         return (" -> ".join(names) + ": " if names else "") + text
