@@ -1,8 +1,9 @@
 """symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes."""
 
-from symdl.derivation import Derivation, Equation, derive, evaluate
+from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
 from symdl.errors import (
     DefinitionError,
+    KernelArgumentError,
     DerivationError,
     EvaluationError,
     ShapeMismatchError,
@@ -35,7 +36,7 @@ from symdl.vocabulary import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
+    "DefinitionError", "Derivation", "KernelArgumentError", "compile_expressions", "DerivationError", "Equation", "EvaluationError",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",

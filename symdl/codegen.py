@@ -234,7 +234,8 @@ class _Generator:
         params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
         header = ", ".join(params)
         text = []
-        for variant in ("", "_parallel"):
+        variants = ("", "_parallel") if group.dims else ("",)
+        for variant in variants:
             decorator = '@numba.njit(cache=True, error_model="numpy"' + (
                 ", parallel=True)" if variant else ")")
             lines = [decorator, f"def _loop{number}{variant}({header}):"]
@@ -249,6 +250,8 @@ class _Generator:
             lines.append("")
             text.append("\n".join(lines))
         self.functions.append("\n\n".join(text))
+        if not group.dims:
+            return f"_loop{number}({header})"
         return f"(_loop{number}_parallel if parallel else _loop{number})({header})"
 
     def member_value(self, node, group, loop_vars, temps, body, used_arrays) -> str:
@@ -402,7 +405,8 @@ def _stats{number}{variant}(z, peak, total):
                  "import numpy as np", "from numba import prange", "", HELPERS, CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs + ["parallel=False"])
-        dtype_src = args[0] if args else "out0"
+        arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
+        dtype_src = arrays[0] if arrays else "out0"
         lines += ["", f"def kernel({signature}):",
                   '    """Computes every output into the preallocated out arrays."""',
                   f"    dtype = {dtype_src}.dtype"]

@@ -246,7 +246,7 @@ class Derivation:
         """
         return self.printer(inline).result(self.jacobian_node(p))
 
-    def compile(self, hvp: bool = False) -> Kernel:
+    def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None) -> Kernel:
         """Numba kernels for the value, every gradient and the Hessian blocks computed so
         far (``derive(..., hessian=True)`` computes them all).
 
@@ -254,9 +254,12 @@ class Derivation:
             hvp: also compile Hessian-vector products: for each parameter ``p`` an input
                 ``v_p`` shaped like ``p`` and an output ``hvp:p`` = ``Σ_q H[p, q] v_q``,
                 computed without forming the Hessian.
+            outputs: compile only these outputs (``"value"``, ``"grad:w"``,
+                ``"hessian:w,w"``, ``"hvp:w"``); all of them by default.
         """
         from symdl.kernel import Kernel
 
+        outputs_wanted = None if outputs is None else set(outputs)
         outputs: dict[str, ir.Node] = {"value": self.output}
         if self.is_scalar:
             for p in self.wrt:
@@ -274,8 +277,17 @@ class Derivation:
                 leaves[name] = directions[p]
             for p in self.wrt:
                 outputs[f"hvp:{_symbol_name(p)}"] = self.hvp_node(p, directions)
-        title = self._title()
-        return Kernel(outputs, list(leaves.values()), title)
+        if outputs_wanted is not None:
+            unknown = sorted(set(outputs_wanted) - set(outputs))
+            if unknown:
+                raise DerivationError(
+                    f"no outputs named {unknown}; this derivation has {sorted(outputs)}"
+                )
+            outputs = {name: node for name, node in outputs.items() if name in outputs_wanted}
+        used = {leaf.name for leaf in _leaves_under(list(outputs.values()))}
+        leaves = {name: leaf for name, leaf in leaves.items()
+                  if name in used or leaf in self._leaves.values()}
+        return Kernel(outputs, list(leaves.values()), self._title())
 
     def _title(self) -> str:
         from symdl.pretty import plain
@@ -347,6 +359,10 @@ class Derivation:
         return f"Derivation(output shape {self.output.shape}, wrt [{params}])"
 
 
+def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
+    return [n for n in ir.topological_order(roots) if isinstance(n, ir.Leaf)]
+
+
 def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
     if isinstance(definition, (sp.Basic, int, float)):
         return [(None, sp.sympify(definition))]
@@ -416,6 +432,26 @@ def derive(definition: Definition, wrt: Iterable[Parameter], hessian: bool = Fal
         DerivationError: a parameter is not a symbol.
     """
     return Derivation(definition, wrt, hessian=hessian)
+
+
+def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Kernel:
+    """Numba kernels for plain expressions (no derivative): an optimizer update, a forward
+    pass. Each output is computed into an array of its expression's shape.
+
+    Args:
+        outputs: output name -> a matrix or scalar SymPy expression over shared symbols.
+        title: what the kernel computes, for the generated module's header.
+    """
+    from symdl.kernel import Kernel
+
+    exprs = [sp.sympify(e) for e in outputs.values()]
+    translator = Translator(dimension_symbols(exprs))
+    nodes = {name: translate_matrix_or_scalar(translator, e) for name, e in
+             zip(outputs, exprs, strict=True)}
+    for name in nodes:
+        if ":" in name or not name:
+            raise DefinitionError(f"output name {name!r} must be non-empty and without ':'")
+    return Kernel(nodes, list(translator.leaves.values()), title or ", ".join(outputs))
 
 
 def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float],
