@@ -3,9 +3,9 @@
 from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
 from symdl.errors import (
     DefinitionError,
-    KernelArgumentError,
     DerivationError,
     EvaluationError,
+    KernelArgumentError,
     ShapeMismatchError,
     SymdlError,
     UnsupportedError,
@@ -36,7 +36,8 @@ from symdl.vocabulary import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "DefinitionError", "Derivation", "KernelArgumentError", "compile_expressions", "DerivationError", "Equation", "EvaluationError",
+    "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
+    "KernelArgumentError", "compile_expressions",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",

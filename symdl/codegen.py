@@ -90,7 +90,7 @@ class ScalarPrinter(PythonCodePrinter):
             raise UnsupportedError(f"symbol {expr} has no value in the kernel")
         return self.names[expr]
 
-    _print_Dummy = _print_Symbol
+    _print_Dummy = _print_Symbol  # noqa: N815 - SymPy's printer method naming
 
     def _print_Heaviside(self, expr: sp.Heaviside) -> str:
         at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
@@ -362,7 +362,8 @@ def _stats{number}{variant}(z, peak, total):
         for leaf in self.leaves:
             if leaf.rank:
                 name = self.arrays[id(leaf)]
-                driver.append(f"_check({name}, {self.shape_tuple(leaf)}, dtype, {ascii(leaf.name)})")
+                shape = self.shape_tuple(leaf)
+                driver.append(f"_check({name}, {shape}, dtype, {ascii(leaf.name)})")
         for k, name in enumerate(self.outputs):
             node = self.plan.roots[name]
             driver.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")

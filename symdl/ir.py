@@ -63,7 +63,7 @@ class Node:
 
     @property
     def shape(self) -> Shape:
-        raise NotImplementedError
+        return self.dims  # subclasses without a ``dims`` field override this
 
     @property
     def rank(self) -> int:
@@ -82,10 +82,6 @@ class Leaf(Node):
     symbol: sp.Basic = field(repr=False)
     _fields: ClassVar[tuple[str, ...]] = ("name", "dims", "symbol")
 
-    @property
-    def shape(self) -> Shape:
-        return self.dims
-
 
 @dataclass(frozen=True, eq=False)
 class Ones(Node):
@@ -94,10 +90,6 @@ class Ones(Node):
     dims: Shape
     _fields: ClassVar[tuple[str, ...]] = ("dims",)
 
-    @property
-    def shape(self) -> Shape:
-        return self.dims
-
 
 @dataclass(frozen=True, eq=False)
 class Zero(Node):
@@ -105,10 +97,6 @@ class Zero(Node):
 
     dims: Shape
     _fields: ClassVar[tuple[str, ...]] = ("dims",)
-
-    @property
-    def shape(self) -> Shape:
-        return self.dims
 
 
 @dataclass(frozen=True, eq=False)
@@ -133,10 +121,6 @@ class Einsum(Node):
     coeff: sp.Expr
     dims: Shape
     _fields: ClassVar[tuple[str, ...]] = ("operands", "specs", "out", "coeff")
-
-    @property
-    def shape(self) -> Shape:
-        return self.dims
 
     def children(self) -> tuple[Node, ...]:
         return self.operands
