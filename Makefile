@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-test
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: test demo bench bench-derive lint clean
+.PHONY: test demo bench bench-derive bench-kernels lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,14 @@ test: $(INSTALLED)
 demo: $(INSTALLED)
 	$(BIN)/symdl derive two_layer_mlp --timing
 
-bench: bench-derive
+# Benchmarks (optional dependencies: JAX, PyTorch 2.13.0 CPU, SciPy for Numba's np.dot).
+bench: bench-derive bench-kernels
 
 bench-derive: $(BENCH_INSTALLED)
 	$(BIN)/python benchmarks/derive_cost.py
+
+bench-kernels: $(BENCH_INSTALLED)
+	$(BIN)/python benchmarks/kernels_bench.py
 
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff
