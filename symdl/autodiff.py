@@ -25,7 +25,10 @@ from symdl.functions import OUTPUT_DERIVATIVES, stabilize
 
 def partial_derivatives(fn: sp.Lambda) -> list[sp.Lambda]:
     """The partial derivatives of a scalar ``Lambda``, each in stable form."""
-    return [sp.Lambda(fn.variables, stabilize(sp.diff(fn.expr, v))) for v in fn.variables]
+    # relu'' and sign' are DiracDelta: zero wherever the derivative exists (the stated
+    # convention at kinks), so it is taken as 0.
+    return [sp.Lambda(fn.variables, stabilize(sp.diff(fn.expr, v)).replace(
+        sp.DiracDelta, lambda *args: sp.Integer(0))) for v in fn.variables]
 
 
 def _elementwise_factor(node: ir.Map, k: int) -> ir.Node:

@@ -149,10 +149,11 @@ class SympyPrinter:
     def matrix(self, node: ir.Node) -> sp.Basic:
         if node.rank != 2:
             raise ValueError(f"matrix() of a node of shape {node.shape}")
+        # The node is kept with its result: an id is unique only while its object lives.
         key = id(node)
         if key not in self._memo:
-            self._memo[key] = self._matrix(node)
-        return self._memo[key]
+            self._memo[key] = (node, self._matrix(node))
+        return self._memo[key][1]
 
     # -- matrices -------------------------------------------------------------------------
 
