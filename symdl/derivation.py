@@ -268,8 +268,8 @@ class Derivation:
             outputs[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
         leaves = dict(self._translator.leaves)
         leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
+        directions: dict[sp.Basic, ir.Node] = {}
         if hvp:
-            directions = {}
             for p in self.wrt:
                 name = f"v_{_symbol_name(p)}"
                 shape = _parameter_shape(p)
@@ -285,8 +285,12 @@ class Derivation:
                 )
             outputs = {name: node for name, node in outputs.items() if name in outputs_wanted}
         used = {leaf.name for leaf in _leaves_under(list(outputs.values()))}
-        leaves = {name: leaf for name, leaf in leaves.items()
-                  if name in used or leaf in self._leaves.values()}
+        # Parameters and HVP directions stay arguments even where an output does not use
+        # them (a zero Hessian), so that the calling convention follows the derivation.
+        kept = set(self._leaves.values())
+        if any(name.startswith("hvp:") for name in outputs):
+            kept.update(directions.values())
+        leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
         return Kernel(outputs, list(leaves.values()), self._title())
 
     def _title(self) -> str:
