@@ -300,6 +300,23 @@ def _is_value(node: ir.Node) -> bool:
     return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
 
 
+def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
+                   group_of: dict[int, LoopGroup]) -> LoopGroup | None:
+    """The earliest loop group at or after step ``after`` that iterates over ``loop_dims`` and
+    can compute a node with these operand ``reads`` in the same iteration: an operand computed
+    in that group must be read at the index it is computed at, and not be a reduction (whose
+    value is complete only after the loop)."""
+    for k in range(max(after, 0), len(steps)):
+        group = steps[k]
+        if not isinstance(group, LoopGroup) or group.dims != loop_dims:
+            continue
+        if all(group_of.get(id(op)) is not group
+               or (group.indices[id(op)] == at and id(op) not in group.reductions)
+               for op, at in reads):
+            return group
+    return None
+
+
 def plan(outputs: dict[str, ir.Node]) -> Plan:
     """Orders the computation of ``outputs`` (name -> node) into steps."""
     originals = list(outputs.values())
@@ -313,12 +330,8 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     steps: list[Step] = []
     materialized: set[int] = set()
     group_of: dict[int, LoopGroup] = {}
-    current: LoopGroup | None = None
-    stats: set[tuple[int, int]] = set()
-
-    def close() -> None:
-        nonlocal current
-        current = None
+    step_of: dict[int, int] = {}  # computed node -> index of the step that computes it
+    stats_step: dict[tuple[int, int], int] = {}
 
     for node in ir.topological_order(list(roots.values())):
         if _is_value(node):
@@ -328,37 +341,36 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             for op in node.operands:
                 if not _is_value(op):
                     materialized.add(id(op))
-            close()
             symmetric = symmetric_form(node, pattern)
             if symmetric is not None and not _is_value(symmetric.weight):
                 materialized.add(id(symmetric.weight))
             steps.append(Contraction(node, pattern, symmetric))
+            step_of[id(node)] = len(steps) - 1
             materialized.add(id(node))
             continue
-        if isinstance(node, (ir.LogSumExp, ir.Softmax)) and (id(node.arg), node.axis) not in stats:
-            materialized.add(id(node.arg))
-            close()
-            steps.append(RowStats(node.arg, node.axis))
-            stats.add((id(node.arg), node.axis))
-        loop_dims, axis_vars = _iteration(node)
         reads = node_reads(node)
-        fits = current is not None and current.dims == loop_dims
-        if fits:
-            for op, at in reads:
-                member = group_of.get(id(op))
-                if member is current and (current.indices[id(op)] != at
-                                          or id(op) in current.reductions):
-                    fits = False
-        if not fits:
-            current = LoopGroup(loop_dims)
-            steps.append(current)
-        current.members.append(node)
-        current.indices[id(node)] = axis_vars
+        # The earliest step this node may join: after every step that computes an operand.
+        after = max((step_of[id(op)] for op, _ in reads if id(op) in step_of), default=-1)
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            key = (id(node.arg), node.axis)
+            if key not in stats_step:
+                materialized.add(id(node.arg))
+                steps.append(RowStats(node.arg, node.axis))
+                stats_step[key] = len(steps) - 1
+            after = max(after, stats_step[key] + 1)
+        loop_dims, axis_vars = _iteration(node)
+        group = _fusable_group(steps, after, loop_dims, reads, group_of)
+        if group is None:
+            group = LoopGroup(loop_dims)
+            steps.append(group)
+        group.members.append(node)
+        group.indices[id(node)] = axis_vars
         if isinstance(node, ir.Einsum) and summed_labels(node):
-            current.reductions.add(id(node))
-        group_of[id(node)] = current
+            group.reductions.add(id(node))
+        group_of[id(node)] = group
+        step_of[id(node)] = next(k for k, s in enumerate(steps) if s is group)
         for op, _ in reads:
-            if not _is_value(op) and group_of.get(id(op)) is not current:
+            if not _is_value(op) and group_of.get(id(op)) is not group:
                 materialized.add(id(op))
         if isinstance(node, (ir.LogSumExp, ir.Softmax)):
             materialized.add(id(node.arg))
