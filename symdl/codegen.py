@@ -197,7 +197,7 @@ class _Generator:
 
     # -- loop groups ------------------------------------------------------------------
 
-    def loop_group(self, group: LoopGroup, number: int) -> str:
+    def loop_group(self, group: LoopGroup, number: int) -> list[str]:
         loop_vars = [f"i{k}" for k in range(len(group.dims))]
         temps: dict[int, str] = {}
         body: list[str] = []
@@ -250,9 +250,7 @@ class _Generator:
             lines.append("")
             text.append("\n".join(lines))
         self.functions.append("\n\n".join(text))
-        if not group.dims:
-            return f"_loop{number}({header})"
-        return f"(_loop{number}_parallel if parallel else _loop{number})({header})"
+        return _dispatch(f"_loop{number}", header, parallel=bool(group.dims))
 
     def member_value(self, node, group, loop_vars, temps, body, used_arrays) -> str:
         if isinstance(node, ir.Einsum):
@@ -303,9 +301,9 @@ class _Generator:
         right = self.array_of(b) + ("" if sb == (s, b_other) else ".T")
         out = self.array_of(node)
         if node.out == (a_other, b_other):
-            general = f"np.dot({left}, {right}, out={out})"
+            general = f"np.dot({left}, {right}, {out})"
         else:
-            general = f"np.dot({_flip(right)}, {_flip(left)}, out={out})"
+            general = f"np.dot({_flip(right)}, {_flip(left)}, {out})"
         lines = [general]
         sym = step.symmetric
         if sym is not None:
@@ -315,7 +313,7 @@ class _Generator:
                 f"w = {weight}",
                 "if np.all(w >= 0):  # X^T diag(w) X = B^T B: BLAS computes one triangle",
                 f"    b = np.sqrt(w)[:, None] * {base}",
-                f"    np.dot(b.T, b, out={out})",
+                f"    np.dot(b.T, b, {out})",
                 "else:",
                 f"    {general}",
             ]
@@ -323,7 +321,7 @@ class _Generator:
             lines.append(f"{out} *= {self.constant(node.coeff)}")
         return lines
 
-    def row_stats(self, step: RowStats, number: int) -> str:
+    def row_stats(self, step: RowStats, number: int) -> list[str]:
         arg = self.array_of(step.arg)
         peak, total = f"peak{number}", f"total{number}"
         self.stats[(id(step.arg), step.axis)] = (peak, total)
@@ -347,26 +345,26 @@ def _stats{number}{variant}(z, peak, total):
         peak[r] = m
         total[r] = s
 ''')
-        return (f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)\n"
-                f"    {total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)\n"
-                f"    (_stats{number}_parallel if parallel else _stats{number})"
-                f"({arg}, {peak}, {total})")
+        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+                f"{total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+                *_dispatch(f"_stats{number}", f"{arg}, {peak}, {total}", parallel=True)]
 
     # -- the module ---------------------------------------------------------------------
 
     def source(self) -> Source:
-        driver: list[str] = []
+        checks: list[str] = []
         for d in self.dims:
-            driver.append(f"{self.dim_names[d]} = {self._dim_from_arrays(d)}  # {ascii(str(d))}")
+            checks.append(f"{self.dim_names[d]} = {self._dim_from_arrays(d)}  # {ascii(str(d))}")
         # Shape checks: the loops below index without bounds checks, so they must hold.
         for leaf in self.leaves:
             if leaf.rank:
                 name = self.arrays[id(leaf)]
                 shape = self.shape_tuple(leaf)
-                driver.append(f"_check({name}, {shape}, dtype, {ascii(leaf.name)})")
+                checks.append(f"_check({name}, {shape}, dtype, {ascii(leaf.name)})")
         for k, name in enumerate(self.outputs):
             node = self.plan.roots[name]
-            driver.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")
+            checks.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")
+        driver: list[str] = []
         roots = {id(n) for n in self.plan.roots.values()}
         for k, step in enumerate(self.plan.steps):
             nodes = [step.node] if isinstance(step, Contraction) else (
@@ -378,9 +376,9 @@ def _stats{number}{variant}(z, peak, total):
             if isinstance(step, Contraction):
                 driver += self.contraction(step)
             elif isinstance(step, RowStats):
-                driver.append(self.row_stats(step, k))
+                driver += self.row_stats(step, k)
             else:
-                driver.append(self.loop_group(step, k))
+                driver += self.loop_group(step, k)
         inputs = [leaf.name for leaf in self.leaves]
         args = [self.arrays[id(leaf)] for leaf in self.leaves]
         outs = [f"out{k}" for k in range(len(self.outputs))]
@@ -408,10 +406,22 @@ def _stats{number}{variant}(z, peak, total):
         signature = ", ".join(args + outs + ["parallel=False"])
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
         dtype_src = arrays[0] if arrays else "out0"
-        lines += ["", f"def kernel({signature}):",
-                  '    """Computes every output into the preallocated out arrays."""',
+        run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims] + ["parallel"])
+        lines += ["", f"def _steps({run_args}):",
+                  '    """Every step in order: allocations, BLAS products, fused loops."""',
                   f"    dtype = {dtype_src}.dtype"]
         lines += [f"    {line}" for line in driver + copies]
+        lines += ["", "",
+                  "# The same steps compiled into one function: no Python between the steps,",
+                  "# for small arrays in training loops; compiled on first use (a few seconds).",
+                  '_steps_compiled = numba.njit(cache=True, error_model="numpy")(_steps)',
+                  "", "", f"def kernel({signature[:-len('parallel=False')]}parallel=False, "
+                  "compiled=False):",
+                  '    """Checks the arrays, then computes every output into the preallocated'
+                  ' out arrays."""',
+                  f"    dtype = {dtype_src}.dtype"]
+        lines += [f"    {line}" for line in checks]
+        lines.append(f"    (_steps_compiled if compiled else _steps)({run_args})")
         lines.append("")
         return Source("\n".join(lines), inputs, self.outputs, self.dims)
 
@@ -449,6 +459,13 @@ def _stats{number}{variant}(z, peak, total):
             f"dimension {dim} appears only inside compound dimensions; give some input an axis "
             f"of size exactly {dim}"
         )
+
+
+def _dispatch(function: str, args: str, parallel: bool) -> list[str]:
+    """Lines that call ``function`` or, when the caller asks for it, its parallel variant."""
+    if not parallel:
+        return [f"{function}({args})"]
+    return ["if parallel:", f"    {function}_parallel({args})", "else:", f"    {function}({args})"]
 
 
 def _flip(operand: str) -> str:

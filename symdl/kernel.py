@@ -18,6 +18,8 @@ Conventions, checked before any jitted code runs:
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +83,23 @@ class Kernel:
     @property
     def output_names(self) -> list[str]:
         return list(self._source.outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The inputs in the order of the generated module's ``kernel`` arguments."""
+        return list(self._source.inputs)
+
+    def run_unchecked(self, inputs: list, outputs: list[np.ndarray],
+                      parallel: bool = False) -> None:
+        """Calls the generated module directly: inputs in ``input_names`` order (contiguous
+        arrays of one dtype, Python floats for scalars), outputs in ``output_names`` order.
+
+        For callers that validated the same shapes once with ``__call__`` (a training loop):
+        the generated driver still checks every shape and dtype, so a wrong array raises
+        ``ValueError`` instead of reading out of bounds, but names, layouts and overlaps are
+        not checked. The steps run as one compiled function (compiled on the first call).
+        """
+        self._module.kernel(*inputs, *outputs, parallel=parallel, compiled=True)
 
     def export(self, path: str | Path) -> Path:
         """Writes the kernels as one standalone module (no symdl import) and returns its path.
@@ -154,7 +173,7 @@ class Kernel:
             leaf = self._leaves[name]
             if leaf.rank == 0:
                 continue
-            expected_shape = tuple(int(sp.sympify(d).subs(dims)) for d in leaf.shape)
+            expected_shape = _concrete(leaf.shape, dims)
             if prepared[name].shape != expected_shape:
                 raise KernelArgumentError(
                     f"{name} must have shape {_fmt(leaf.shape)} = {expected_shape}, got "
@@ -186,7 +205,7 @@ class Kernel:
         buffers = []
         for name in self._source.outputs:
             node = self._plan.roots[name]
-            shape = tuple(int(sp.sympify(d).subs(dims)) for d in node.shape) or (1,)
+            shape = _concrete(node.shape, dims) or (1,)
             given = out.get(name)
             if given is None:
                 buffers.append(np.empty(shape, dtype=dtype))
@@ -197,6 +216,7 @@ class Kernel:
                     f"{given.dtype} {given.shape}", name, shape, given.shape,
                 )
             buffers.append(given)
+        self._check_overlaps(prepared, out)
         if parallel is None:
             largest = max((a.size for a in prepared.values() if isinstance(a, np.ndarray)),
                           default=0)
@@ -204,6 +224,43 @@ class Kernel:
         args = [prepared[name] for name in self._source.inputs]
         self._module.kernel(*args, *buffers, parallel=parallel)
         return _result(self._source.outputs, buffers, self._plan.roots)
+
+
+    def _check_overlaps(self, prepared: dict[str, object], out: Mapping[str, np.ndarray]) -> None:
+        """Result buffers may not overlap each other, nor an input unless the plan proves that
+        input is read entry by entry before the same entry is written (an in-place update)."""
+        names = list(out)
+        for i, name in enumerate(names):
+            for other in names[i + 1:]:
+                if np.may_share_memory(out[name], out[other]):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] and out[{other!r}] share memory; give each output its "
+                        "own array", name)
+            for arg, array in prepared.items():
+                if (isinstance(array, np.ndarray) and np.may_share_memory(out[name], array)
+                        and not self._plan.in_place_safe(name, self._leaves[arg])):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] shares memory with input {arg!r}, which this kernel "
+                        f"still reads after it writes {name!r}; pass a separate out array "
+                        "(swap the two arrays between calls to avoid allocating)", name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _size_function(dim: sp.Expr):
+    """A fast evaluator of one symbolic dimension (SymPy's subs costs ~0.1 ms a call)."""
+    dim = sp.sympify(dim)
+    if dim.is_Integer:
+        value = int(dim)
+        return lambda dims: value
+    if dim.is_Symbol:
+        return lambda dims: dims[dim]
+    symbols = sorted(dim.free_symbols, key=str)
+    fn = sp.lambdify(symbols, dim, modules="math")
+    return lambda dims: int(fn(*(dims[s] for s in symbols)))
+
+
+def _concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
+    return tuple(_size_function(d)(dims) for d in shape)
 
 
 def _scalar(name: str, value: object) -> float:

@@ -235,6 +235,41 @@ class Plan:
     materialized: set[int]
     """Ids of nodes stored in arrays (besides leaves): read by a later step or a root."""
 
+    def in_place_safe(self, output: str, leaf: ir.Leaf) -> bool:
+        """Whether output ``output`` may be written into the array of input ``leaf``.
+
+        True only when one loop group both reads ``leaf`` and computes the output, reading
+        each entry at the index the output writes, and no read of ``leaf`` comes after the
+        write (as in an optimizer update). Anything else (a BLAS product or another loop
+        reading the input) could see the new values.
+        """
+        root = self.roots[output]
+        if root.shape != leaf.shape:
+            return False
+        home = next((s for s in self.steps
+                     if isinstance(s, LoopGroup) and any(m is root for m in s.members)), None)
+        if home is None or id(root) in home.reductions:
+            return False
+        position = next(k for k, m in enumerate(home.members) if m is root)
+        for step in self.steps:
+            if isinstance(step, Contraction):
+                weight = step.symmetric.weight if step.symmetric else None
+                if any(op is leaf for op in step.node.operands) or weight is leaf:
+                    return False
+            elif isinstance(step, RowStats):
+                if step.arg is leaf:
+                    return False
+            else:
+                for k, member in enumerate(step.members):
+                    reads = [at for op, at in node_reads(member) if op is leaf]
+                    if not reads:
+                        continue
+                    own = home.indices.get(id(member))
+                    if (step is not home or k > position or id(member) in home.reductions
+                            or own != home.indices[id(root)] or any(at != own for at in reads)):
+                        return False
+        return True
+
 
 def _iteration(node: ir.Node) -> tuple[tuple, tuple]:
     """(loop dims, loop variable of each axis of the node) for a node computed in a loop.
