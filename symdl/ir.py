@@ -23,6 +23,7 @@ eliminated, nested products flattened, ones folded and zeros dropped.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import weakref
 from dataclasses import dataclass, field
@@ -36,6 +37,9 @@ Shape = tuple[sp.Expr, ...]
 Labels = tuple[int, ...]
 
 _INTERNED: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+# Emptied before interpreter shutdown: removing an entry hashes its SymPy key, which fails
+# once modules are being torn down (noise on stderr at exit).
+atexit.register(_INTERNED.clear)
 
 
 def _key(value: object) -> object:

@@ -1,0 +1,157 @@
+"""Fused training steps: loss, backprop and optimizer update in one kernel.
+
+Oracle: the 2-layer network's forward and backward pass written by hand in NumPy below, and
+Adam written by hand in NumPy; the step kernel must follow them for many steps, on the
+validated first call and on the unchecked fast path of later calls.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symdl
+from symdl.derivations import two_layer_mlp
+from symdl.errors import DerivationError, KernelArgumentError
+from symdl.training import TrainingStep, compile_training_step
+
+
+class _Adam:
+    """Adam written out in SymPy here (the protocol of symdl.training), constants inline."""
+
+    state_names = ("m", "v")
+
+    def __init__(self, lr: float, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+
+    def update(self, p, g, state, t):
+        m = self.beta1 * state["m"] + (1 - self.beta1) * g
+        v = self.beta2 * state["v"] + (1 - self.beta2) * sp.hadamard_product(g, g)
+        denominator = (v / (1 - self.beta2**t)).applyfunc(sp.sqrt) + self.eps * sp.OneMatrix(
+            *p.shape)
+        step = sp.hadamard_product(m, sp.HadamardPower(denominator, -1))
+        return p - self.lr / (1 - self.beta1**t) * step, {"m": m, "v": v}
+
+
+class _SGD:
+    state_names: tuple[str, ...] = ()
+
+    def __init__(self, lr):
+        self.lr = lr
+
+    def update(self, p, g, state, t):
+        return p - self.lr * g, {}
+
+
+def _numpy_mlp(X, Y, W1, b1, W2, b2):
+    """Loss and gradients of the 2-layer network, by hand."""
+    n = X.shape[0]
+    A1 = np.tanh(X @ W1 + b1)
+    Z2 = A1 @ W2 + b2
+    Z2s = Z2 - Z2.max(axis=1, keepdims=True)
+    P = np.exp(Z2s) / np.exp(Z2s).sum(axis=1, keepdims=True)
+    loss = -(Y * (Z2s - np.log(np.exp(Z2s).sum(axis=1, keepdims=True)))).sum() / n
+    dZ2 = (P - Y) / n
+    dZ1 = (dZ2 @ W2.T) * (1 - A1**2)
+    return loss, {"W1": X.T @ dZ1, "b1": dZ1.sum(0, keepdims=True),
+                  "W2": A1.T @ dZ2, "b2": dZ2.sum(0, keepdims=True)}
+
+
+def _problem(n=7, d=5, h=4, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    params = {"W1": rng.normal(size=(d, h)) * 0.5, "b1": rng.normal(size=(1, h)) * 0.1,
+              "W2": rng.normal(size=(h, k)) * 0.5, "b2": rng.normal(size=(1, k)) * 0.1}
+    X = rng.normal(size=(n, d))
+    Y = np.eye(k)[rng.integers(0, k, n)]
+    return params, X, Y
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return two_layer_mlp.derivation()
+
+
+def test_adam_steps_follow_numpy(mlp):
+    params, X, Y = _problem()
+    step = TrainingStep(mlp, _Adam(lr=0.05), params)
+    ref = {k: v.copy() for k, v in params.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(a) for k, a in params.items()}
+    for t in range(1, 26):  # the first call is validated, the rest take the fast path
+        loss, grads = _numpy_mlp(X, Y, **ref)
+        assert step(X=X, Y=Y) == pytest.approx(loss, rel=1e-12)
+        for name, g in grads.items():
+            m[name] = 0.9 * m[name] + 0.1 * g
+            v[name] = 0.999 * v[name] + 0.001 * g * g
+            denom = np.sqrt(v[name] / (1 - 0.999**t)) + 1e-8
+            ref[name] = ref[name] - 0.05 / (1 - 0.9**t) * m[name] / denom
+        for name in ref:
+            np.testing.assert_allclose(step.params[name], ref[name], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(step.state["m_W1"], m["W1"], rtol=1e-10, atol=1e-12)
+    assert step.t == 26
+
+
+def test_sgd_step_and_batch_size_change(mlp):
+    params, X, Y = _problem(n=9)
+    step = TrainingStep(mlp, _SGD(lr=0.1), params)
+    ref = {k: v.copy() for k, v in params.items()}
+    for rows in (9, 9, 4, 4, 1):  # a smaller last batch is validated again
+        loss, grads = _numpy_mlp(X[:rows], Y[:rows], **ref)
+        assert step(X=X[:rows], Y=Y[:rows]) == pytest.approx(loss, rel=1e-12)
+        ref = {k: ref[k] - 0.1 * grads[k] for k in ref}
+    for name in ref:
+        np.testing.assert_allclose(step.params[name], ref[name], rtol=1e-10, atol=1e-12)
+
+
+def test_non_contiguous_batches_on_the_fast_path(mlp):
+    params, X, Y = _problem(n=8)
+    step = TrainingStep(mlp, _SGD(lr=0.1), params)
+    fortran = np.asfortranarray(X)
+    step(X=X, Y=Y)
+    expected_loss, _ = _numpy_mlp(fortran, Y, **step.params)
+    assert step(X=fortran, Y=Y) == pytest.approx(expected_loss, rel=1e-12)
+
+
+def test_training_step_float32(mlp):
+    params, X, Y = _problem()
+    step = TrainingStep(mlp, _SGD(lr=0.1), params, dtype=np.float32)
+    loss = step(X=X.astype(np.float32), Y=Y.astype(np.float32))
+    expected, _ = _numpy_mlp(X, Y, **params)
+    assert loss == pytest.approx(expected, rel=1e-5)
+    assert step.params["W1"].dtype == np.float32
+
+
+def test_training_step_errors(mlp):
+    params, X, Y = _problem()
+    with pytest.raises(KernelArgumentError, match="b2"):
+        TrainingStep(mlp, _SGD(lr=0.1), {k: v for k, v in params.items() if k != "b2"})
+    step = TrainingStep(mlp, _SGD(lr=0.1), params)
+    with pytest.raises(KernelArgumentError, match="X"):
+        step(X=X[:, :3], Y=Y)
+    n = sp.Symbol("n", integer=True, positive=True)
+    W = sp.MatrixSymbol("W", n, n)
+    with pytest.raises(DerivationError, match="scalar"):
+        compile_training_step(symdl.derive(2 * W, wrt=[W]), _SGD(lr=0.1))
+
+
+def test_update_in_place_only_where_safe():
+    """An Adam update may write into its own inputs (one loop reads each entry before it
+    writes it); a kernel whose BLAS product still reads the input may not."""
+    N = sp.Symbol("N", integer=True, positive=True)
+    p, g, m = (sp.MatrixSymbol(name, N, 1) for name in "pgm")
+    kernel = symdl.compile_expressions({"p": p - 0.1 * (0.9 * m + g), "m": 0.9 * m + g})
+    rng = np.random.default_rng(0)
+    values = {name: rng.normal(size=(6, 1)) for name in "pgm"}
+    expected = kernel(**values)
+    in_place = {name: a.copy() for name, a in values.items()}
+    kernel(out={"p": in_place["p"], "m": in_place["m"]}, **in_place)
+    np.testing.assert_allclose(in_place["p"], expected.outputs["p"], rtol=1e-15)
+    np.testing.assert_allclose(in_place["m"], expected.outputs["m"], rtol=1e-15)
+
+    A = sp.MatrixSymbol("A", 3, 3)
+    x = sp.MatrixSymbol("x", 3, 1)
+    product = symdl.compile_expressions({"x": A * x})
+    x0 = rng.normal(size=(3, 1))
+    with pytest.raises(KernelArgumentError, match="shares memory"):
+        product(out={"x": x0}, A=rng.normal(size=(3, 3)), x=x0)
