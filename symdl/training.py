@@ -52,8 +52,9 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
 
     Inputs: the definition's inputs, the parameters, one state array per optimizer state and
     parameter (``m_W1``, ``v_W1``), the step ``t`` and any hyperparameter the optimizer left
-    symbolic. Outputs: ``value`` (the loss before the update), ``new:W1`` for each parameter
-    and ``new:m_W1`` for each state.
+    symbolic. Outputs: ``value`` (the loss before the update), ``grad:W1`` (the gradient the
+    update used: the same kernel can be checked against finite differences of its value),
+    ``new:W1`` for each parameter and ``new:m_W1`` for each state.
     """
     if not der.is_scalar:
         raise DerivationError("a training step needs a scalar loss; this definition is not scalar")
@@ -71,6 +72,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
         new_param, new_state = optimizer.update(p, grad, state, STEP)
         translator = Translator(set(der.dims), {grad: der.gradient_node(p)})
         translator.leaves.update(leaves)
+        outputs[f"grad:{name}"] = der.gradient_node(p)
         outputs[f"new:{name}"] = translate_matrix_or_scalar(translator, sp.sympify(new_param))
         for s in optimizer.state_names:
             outputs[f"new:{_state_name(s, name)}"] = translate_matrix_or_scalar(
@@ -114,6 +116,8 @@ class TrainingStep:
         self._current = current
         self._next = {n: np.empty_like(a) for n, a in current.items()}
         self._value = np.empty((1,), dtype=dtype)
+        self.grad = {n: np.empty_like(current[n]) for n in names}
+        """The gradients of the last step, by parameter name (written by the kernel)."""
         self.hyperparameters = dict(hyperparameters or {})
         self.t = 1
         self._validated: tuple | None = None
@@ -141,6 +145,7 @@ class TrainingStep:
                           for n, a in data.items())
         if signature != self._validated:
             out = {f"new:{n}": a for n, a in self._next.items()}
+            out.update({f"grad:{n}": a for n, a in self.grad.items()})
             out["value"] = self._value
             step = {"t": float(self.t)} if "t" in self._inputs else {}
             self.kernel(out=out, **step, **self.hyperparameters, **self._current, **data)
@@ -150,9 +155,11 @@ class TrainingStep:
             arrays.update(self._current)
             arrays.update(self.hyperparameters)
             arrays["t"] = float(self.t)
+            buffers = {"new": self._next, "grad": self.grad}
             self.kernel.run_unchecked(
                 [arrays[n] for n in self._inputs],
-                [self._value] + [self._next[n.partition(":")[2]] for n in self._outputs[1:]])
+                [self._value] + [buffers[kind][name] for kind, _, name in
+                                 (n.partition(":") for n in self._outputs[1:])])
         self._current, self._next = self._next, self._current
         self.t += 1
         return float(self._value[0])

@@ -155,3 +155,15 @@ def test_update_in_place_only_where_safe():
     x0 = rng.normal(size=(3, 1))
     with pytest.raises(KernelArgumentError, match="shares memory"):
         product(out={"x": x0}, A=rng.normal(size=(3, 3)), x=x0)
+
+
+def test_step_exposes_the_gradients_it_used(mlp):
+    params, X, Y = _problem()
+    step = TrainingStep(mlp, _Adam(lr=0.05), params)
+    before = {k: v.copy() for k, v in step.params.items()}
+    for _ in range(2):  # validated call, then the fast path
+        before = {k: v.copy() for k, v in step.params.items()}
+        step(X=X, Y=Y)
+    _, grads = _numpy_mlp(X, Y, **before)
+    for name, g in grads.items():
+        np.testing.assert_allclose(step.grad[name], g, rtol=1e-10, atol=1e-13)
