@@ -202,7 +202,38 @@ def make_workloads(quick: bool = False) -> dict[str, Workload]:
                           flops=2.0 * n5 * d * d + 2.0 * n5 * d))
     W.append(Workload("W6", "W6", "Adam update, in place", {"N": N6}, _setup_w6(N6),
                       atol_rel=1e-12, inplace=True, bytes_moved=7 * 8 * N6))
+    for n in (32, 128, 1024):  # issue 6: the demo network's whole training step
+        d, h, k = TRAIN_SHAPE
+        W.append(Workload(f"T-b{n}", "T", f"training step 64-64(tanh)-10 + L2, Adam, batch {n}",
+                          {"n": n, "d": d, "h": h, "k": k}, _setup_train(n), rtol=1e-8,
+                          atol_rel=1e-10, inplace=True,
+                          flops=2.0 * n * (2 * d * h + 3 * h * k)))
     return {w.name: w for w in W}
+
+
+TRAIN_SHAPE = (64, 64, 10)  # the demo's network: 8x8 digits, 64 tanh units, 10 classes
+TRAIN_HYPER = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "lambda": 1e-4}
+
+
+def _setup_train(n):
+    d, h, k = TRAIN_SHAPE
+
+    def setup():
+        r = _rng(7)
+        data = {
+            "X": r.random((n, d)),
+            "Y": _onehot(r, n, k),
+            "W1": r.standard_normal((d, h)) / math.sqrt(d),
+            "b1": np.zeros(h),
+            "W2": r.standard_normal((h, k)) / math.sqrt(h),
+            "b2": np.zeros(k),
+        }
+        for name in ("W1", "b1", "W2", "b2"):  # Adam's state, at the first step
+            data["m_" + name] = np.zeros_like(data[name])
+            data["v_" + name] = np.zeros_like(data[name])
+        return data
+
+    return setup
 
 
 # --------------------------------------------------------------------------- helpers
@@ -849,17 +880,115 @@ def numpy_dgemm(data):
     return run
 
 
+# --------------------------------------------------------------------------- T training step
+#
+# L = softmax CE(A1 W2 + b2, Y) + lambda/2 (|W1|^2 + |W2|^2), A1 = tanh(X W1 + b1); then Adam
+# (bias-corrected, step t counted from 1) on W1, b1, W2, b2. run() does one whole step in
+# place and returns (loss before the update, W1, b1, W2, b2 after it).
+
+_TRAIN_PARAMS = ("W1", "b1", "W2", "b2")
+
+
+def numpy_train(data):
+    hp = TRAIN_HYPER
+    X, Y = data["X"], data["Y"]
+    P = {k: data[k] for k in _TRAIN_PARAMS}
+    M = {k: data["m_" + k] for k in _TRAIN_PARAMS}
+    V = {k: data["v_" + k] for k in _TRAIN_PARAMS}
+    step = [0]
+
+    def run():
+        step[0] += 1
+        t, n = step[0], X.shape[0]
+        A1 = np.tanh(X @ P["W1"] + P["b1"])
+        Z2 = A1 @ P["W2"] + P["b2"]
+        loss, dZ2 = _np_softmax_ce(Z2, Y)
+        loss += 0.5 * hp["lambda"] * (np.sum(P["W1"] ** 2) + np.sum(P["W2"] ** 2))
+        dZ1 = (dZ2 @ P["W2"].T) * (1.0 - A1 * A1)
+        grads = {"W1": X.T @ dZ1 + hp["lambda"] * P["W1"], "b1": dZ1.sum(axis=0),
+                 "W2": A1.T @ dZ2 + hp["lambda"] * P["W2"], "b2": dZ2.sum(axis=0)}
+        for k in _TRAIN_PARAMS:
+            g = grads[k]
+            M[k] *= hp["beta1"]
+            M[k] += (1.0 - hp["beta1"]) * g
+            V[k] *= hp["beta2"]
+            V[k] += (1.0 - hp["beta2"]) * g * g
+            P[k] -= (hp["lr"] / (1.0 - hp["beta1"] ** t)) * M[k] / (
+                np.sqrt(V[k] / (1.0 - hp["beta2"] ** t)) + hp["eps"])
+        return (loss, *(P[k] for k in _TRAIN_PARAMS))
+
+    return run
+
+
+def jax_train(data):
+    jax = _jax()
+    jnp = jax.numpy
+    hp = TRAIN_HYPER
+
+    def loss_fn(params, X, Y):
+        W1, b1, W2, b2 = params
+        A1 = jnp.tanh(X @ W1 + b1)
+        return _jax_softmax_ce(jax, A1 @ W2 + b2, Y) + 0.5 * hp["lambda"] * (
+            jnp.sum(W1 * W1) + jnp.sum(W2 * W2))
+
+    def train_step(params, m, v, t, X, Y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, X, Y)
+        m = tuple(hp["beta1"] * a + (1.0 - hp["beta1"]) * g for a, g in zip(m, grads))
+        v = tuple(hp["beta2"] * a + (1.0 - hp["beta2"]) * g * g for a, g in zip(v, grads))
+        scale = hp["lr"] / (1.0 - hp["beta1"] ** t)
+        bc2 = 1.0 - hp["beta2"] ** t
+        params = tuple(p - scale * a / (jnp.sqrt(b / bc2) + hp["eps"])
+                       for p, a, b in zip(params, m, v))
+        return loss, params, m, v
+
+    step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))
+    state = {"params": tuple(jnp.asarray(data[k]) for k in _TRAIN_PARAMS),
+             "m": tuple(jnp.asarray(data["m_" + k]) for k in _TRAIN_PARAMS),
+             "v": tuple(jnp.asarray(data["v_" + k]) for k in _TRAIN_PARAMS), "t": 0}
+    X, Y = jnp.asarray(data["X"]), jnp.asarray(data["Y"])
+
+    def run():
+        state["t"] += 1
+        loss, state["params"], state["m"], state["v"] = jax.block_until_ready(
+            step_fn(state["params"], state["m"], state["v"], float(state["t"]), X, Y))
+        return (loss, *state["params"])
+
+    return run
+
+
+def torch_train(data):
+    torch = _torch()
+    F = torch.nn.functional
+    hp = TRAIN_HYPER
+    params = [_t(torch, data[k], True) for k in _TRAIN_PARAMS]
+    W1, b1, W2, b2 = params
+    X, Y = _t(torch, data["X"]), _t(torch, data["Y"])
+    optimizer = torch.optim.Adam(params, lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]),
+                                 eps=hp["eps"])
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        A1 = torch.tanh(torch.addmm(b1, X, W1))
+        loss = F.cross_entropy(torch.addmm(b2, A1, W2), Y) + 0.5 * hp["lambda"] * (
+            W1.pow(2).sum() + W2.pow(2).sum())
+        loss.backward()
+        optimizer.step()
+        return (loss.detach(), *(p.detach() for p in params))
+
+    return run
+
+
 # --------------------------------------------------------------------------- tables
 
 IMPLS: dict[str, dict[str, Factory]] = {
     "numpy": {"W1": numpy_w1, "W2": numpy_w2, "W3": numpy_w3, "W4": numpy_w4, "W5": numpy_w5,
-              "W6": numpy_w6, "L-dgemm": numpy_dgemm},
+              "W6": numpy_w6, "L-dgemm": numpy_dgemm, "T": numpy_train},
     "numba": {"W1": numba_w1, "W2": numba_w2, "W3": numba_w3, "W4": numba_w4, "W5": numba_w5,
               "W6": numba_w6, "L-triad": numba_triad, "L-stream7": numba_stream7},
     "jax": {"W1": jax_w1, "W2": jax_w2, "W3": jax_w3, "W4": jax_w4, "W5": jax_w5,
-            "W6": jax_w6},
+            "W6": jax_w6, "T": jax_train},
     "torch": {"W1": torch_w1, "W2": torch_w2, "W3": torch_w3, "W4": torch_w4,
-              "W5": torch_w5, "W6": torch_w6},
+              "W5": torch_w5, "W6": torch_w6, "T": torch_train},
 }
 
 VARIANTS = {  # how each implementation is built, for the report

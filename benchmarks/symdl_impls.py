@@ -124,7 +124,38 @@ def symdl_w6(data):
     return run
 
 
+def symdl_train(data):
+    """The demo's fused training step (forward, backward, Adam) on the benchmark's data."""
+    from peers import TRAIN_HYPER
+
+    from symdl.demo import network_derivation
+    from symdl.optimizers import Adam
+    from symdl.training import TrainingStep
+
+    hp = TRAIN_HYPER
+    params = {"W1": data["W1"], "b1": data["b1"].reshape(1, -1), "W2": data["W2"],
+              "b2": data["b2"].reshape(1, -1)}
+
+    def build():
+        return TrainingStep(network_derivation(),
+                            Adam(lr=hp["lr"], beta1=hp["beta1"], beta2=hp["beta2"],
+                                 eps=hp["eps"]),
+                            params, hyperparameters={"lambda": hp["lambda"]})
+
+    X, Y = data["X"], data["Y"]
+    warm = build()  # compiles the kernel's loops and its one-function form (setup, not timed)
+    warm(X=X, Y=Y)
+    warm(X=X, Y=Y)
+    step = build()
+
+    def run():
+        loss = step(X=X, Y=Y)
+        return (loss, *step.params.values())
+
+    return run
+
+
 IMPLEMENTATIONS = {
     "W1": symdl_w1, "W2": symdl_w2, "W3": symdl_w3, "W4": symdl_w4, "W5": symdl_w5,
-    "W6": symdl_w6,
+    "W6": symdl_w6, "T": symdl_train,
 }

@@ -26,18 +26,46 @@ from symdl.kernel_plan import (
     summed_labels,
 )
 
+FASTMATH = '{"reassoc", "contract"}'
+"""The only fast-math licences of generated loops: sums may be reassociated (so reductions
+vectorise; a sum in another order, as in any BLAS) and a*b + c may become one fused
+multiply-add. No others: NaN and inf keep their meaning, no approximate division."""
+
 HELPERS = '''
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp(x):
+    """exp(x) within 3 ulp, without a libm call, so that loops calling it vectorise:
+    exp(x) = 2^k exp(r) with |r| <= ln(2)/2, exp(r) by its Taylor polynomial to degree 12
+    (Estrin's scheme), 2^k from the exponent bits in two halves (subnormal results)."""
+    xc = min(max(x, -745.2), 709.8)
+    t = xc * 1.4426950408889634 + 6755399441055744.0  # round(x / ln 2) in the low bits
+    k = t - 6755399441055744.0
+    r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10
+    r2 = r * r
+    r4 = r2 * r2
+    b0 = (1.0 + r) + r2 * (0.5 + r * (1.0 / 6))
+    b1 = (1.0 / 24 + r * (1.0 / 120)) + r2 * (1.0 / 720 + r * (1.0 / 5040))
+    b2 = (1.0 / 40320 + r * (1.0 / 362880)) + r2 * (1.0 / 3628800 + r * (1.0 / 39916800))
+    p = (b0 + r4 * b1) + (r4 * r4) * (b2 + r4 * (1.0 / 479001600))
+    ki = np.float64(t).view(np.int64) - np.int64(0x4338000000000000)
+    half = ki >> 1
+    y = p * np.int64((half + 1023) << 52).view(np.float64) * np.int64(
+        (ki - half + 1023) << 52).view(np.float64)
+    y = y if x < 709.8 else math.inf
+    return y if x == x else x
+
+
 @numba.njit(cache=True, inline="always")
 def _sigmoid(x):
     if x >= 0.0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
+        return 1.0 / (1.0 + _exp(-x))
+    e = _exp(x)
     return e / (1.0 + e)
 
 
 @numba.njit(cache=True, inline="always")
 def _softplus(x):
-    return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
+    return max(x, 0.0) + math.log1p(_exp(-abs(x)))
 
 
 @numba.njit(cache=True, inline="always")
@@ -76,8 +104,8 @@ def _check(array, shape, dtype, name):
 class ScalarPrinter(PythonCodePrinter):
     """Prints scalar SymPy expressions as Numba-compatible Python; strict about symbols."""
 
-    _kf = {**PythonCodePrinter._kf, "sigmoid": "_sigmoid", "softplus": "_softplus",
-           "relu": "_relu", "sign": "_sign"}
+    _kf = {**PythonCodePrinter._kf, "exp": "_exp", "sigmoid": "_sigmoid",
+           "softplus": "_softplus", "relu": "_relu", "sign": "_sign"}
 
     def __init__(self, names: dict[sp.Symbol, str], integers: bool = False):
         super().__init__({"fully_qualified_modules": True, "strict": True})
@@ -236,7 +264,7 @@ class _Generator:
         text = []
         variants = ("", "_parallel") if group.dims else ("",)
         for variant in variants:
-            decorator = '@numba.njit(cache=True, error_model="numpy"' + (
+            decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
                 ", parallel=True)" if variant else ")")
             lines = [decorator, f"def _loop{number}{variant}({header}):"]
             lines += [f"    {s}" for s in before]
@@ -282,7 +310,7 @@ class _Generator:
             row = loop_vars[v] if v is not None else "0"
             if isinstance(node, ir.LogSumExp):
                 return f"({peak}[{row}] + math.log({total}[{row}]))"
-            return f"(math.exp({values[0]} - {peak}[{row}]) / {total}[{row}])"
+            return f"(_exp({values[0]} - {peak}[{row}]) / {total}[{row}])"
         raise TypeError(f"no loop code for {type(node).__name__}")
 
     def _read_tracked(self, op, at, loop_vars, temps, used_arrays) -> str:
@@ -328,8 +356,8 @@ class _Generator:
         lanes, length = (0, 1) if step.axis == 1 else (1, 0)
         at = "r, c" if step.axis == 1 else "c, r"
         for variant in ("", "_parallel"):
-            decorator = '@numba.njit(cache=True, error_model="numpy"' + (
-                ", parallel=True)" if variant else ")")
+            decorator = (f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}'
+                         + (", parallel=True)" if variant else ")"))
             loop = "prange" if variant else "range"
             self.functions.append(f'''{decorator}
 def _stats{number}{variant}(z, peak, total):
@@ -341,7 +369,7 @@ def _stats{number}{variant}(z, peak, total):
             m = 0.0
         s = 0.0
         for c in range(z.shape[{length}]):
-            s += math.exp(z[{at}] - m)
+            s += _exp(z[{at}] - m)
         peak[r] = m
         total[r] = s
 ''')
@@ -400,7 +428,9 @@ def _stats{number}{variant}(z, peak, total):
             f"{len(self.plan.steps) - n_blas - n_loops} softmax row passes)",
             f"Floating-point operations, about: {self._op_count()}",
         ]
-        lines = ['"""' + "\n".join(doc) + '\n"""', "", "import math", "", "import numba",
+        # ascii() keeps quotes: a name holding three double quotes would close the docstring.
+        text = "\n".join(doc).replace("\\", "\\\\").replace('"', "\\x22")
+        lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
                  "import numpy as np", "from numba import prange", "", HELPERS, CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs + ["parallel=False"])

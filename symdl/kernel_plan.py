@@ -352,6 +352,20 @@ def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
     return None
 
 
+def _cheap_function_of_inputs(node: ir.Node) -> bool:
+    """A pointwise node of inputs and constants alone whose arithmetic costs less than
+    storing it and reading it back: products, sums, integer powers (no exp, log, sqrt)."""
+    if not is_pointwise(node) or isinstance(node, (ir.LogSumExp, ir.Softmax)):
+        return False
+    if not all(_is_value(op) for op, _ in node_reads(node)):
+        return False
+    if isinstance(node, ir.Map):
+        expr = node.fn.expr
+        return not expr.has(sp.Function) and all(
+            p.exp.is_Integer for p in expr.atoms(sp.Pow))
+    return True
+
+
 def plan(outputs: dict[str, ir.Node]) -> Plan:
     """Orders the computation of ``outputs`` (name -> node) into steps."""
     originals = list(outputs.values())
@@ -367,52 +381,167 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     group_of: dict[int, LoopGroup] = {}
     step_of: dict[int, int] = {}  # computed node -> index of the step that computes it
     stats_step: dict[tuple[int, int], int] = {}
+    # Cheap pointwise functions of inputs alone (-Y/n, eps broadcast): not stored, but
+    # recomputed inside each loop that reads them at its own index.
+    deferred: set[int] = set()
 
-    for node in ir.topological_order(list(roots.values())):
-        if _is_value(node):
-            continue
+    def place(node: ir.Node) -> None:
         pattern = blas_pattern(node)
         if pattern is not None:
             for op in node.operands:
-                if not _is_value(op):
-                    materialized.add(id(op))
+                materialize(op)
             symmetric = symmetric_form(node, pattern)
-            if symmetric is not None and not _is_value(symmetric.weight):
-                materialized.add(id(symmetric.weight))
+            if symmetric is not None:
+                materialize(symmetric.weight)
             steps.append(Contraction(node, pattern, symmetric))
             step_of[id(node)] = len(steps) - 1
             materialized.add(id(node))
-            continue
+            return
         reads = node_reads(node)
+        loop_dims, axis_vars = _iteration(node)
+        inline = []
+        for op, at in reads:
+            if id(op) in deferred:
+                if _iteration(op) == (loop_dims, at):
+                    inline.append(op)
+                else:
+                    materialize(op)
         # The earliest step this node may join: after every step that computes an operand.
         after = max((step_of[id(op)] for op, _ in reads if id(op) in step_of), default=-1)
         if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            materialize(node.arg)
             key = (id(node.arg), node.axis)
             if key not in stats_step:
-                materialized.add(id(node.arg))
                 steps.append(RowStats(node.arg, node.axis))
                 stats_step[key] = len(steps) - 1
             after = max(after, stats_step[key] + 1)
-        loop_dims, axis_vars = _iteration(node)
-        group = _fusable_group(steps, after, loop_dims, reads, group_of)
+        computed = [(op, at) for op, at in reads if id(op) not in deferred]
+        group = _fusable_group(steps, after, loop_dims, computed, group_of)
         if group is None:
             group = LoopGroup(loop_dims)
             steps.append(group)
+        for op in inline:
+            if all(m is not op for m in group.members):
+                group.members.append(op)
+                group.indices[id(op)] = _iteration(op)[1]
         group.members.append(node)
         group.indices[id(node)] = axis_vars
         if isinstance(node, ir.Einsum) and summed_labels(node):
             group.reductions.add(id(node))
         group_of[id(node)] = group
         step_of[id(node)] = next(k for k, s in enumerate(steps) if s is group)
-        for op, _ in reads:
+        for op, _ in computed:
             if not _is_value(op) and group_of.get(id(op)) is not group:
                 materialized.add(id(op))
-        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-            materialized.add(id(node.arg))
+
+    def materialize(op: ir.Node) -> None:
+        """``op`` is read from an array: a deferred node is now computed once and stored."""
+        if _is_value(op):
+            return
+        if id(op) in deferred:
+            deferred.discard(id(op))
+            place(op)
+        materialized.add(id(op))
+
+    for node in ir.topological_order(list(roots.values())):
+        if _is_value(node):
+            continue
+        if id(node) not in root_ids and _cheap_function_of_inputs(node):
+            deferred.add(id(node))
+            continue
+        place(node)
+    steps = _sink_groups(steps)
     materialized |= root_ids
     # A reduction's result is complete only after its loop: readers elsewhere need it stored.
     for group in (s for s in steps if isinstance(s, LoopGroup)):
         for m in group.members:
             if id(m) in group.reductions:
                 materialized.add(id(m))
+    # Nodes that were stored only for a loop they have now joined are loop temporaries.
+    for group in (s for s in steps if isinstance(s, LoopGroup)):
+        for m in group.members:
+            if (id(m) in materialized and id(m) not in root_ids
+                    and id(m) not in group.reductions and not _read_outside(m, group, steps)):
+                materialized.discard(id(m))
     return Plan(steps, roots, materialized)
+
+
+def _step_reads(step: Step) -> list[tuple[ir.Node, tuple | None]]:
+    """(node, index) pairs a step reads (index None: the whole array)."""
+    if isinstance(step, Contraction):
+        reads = [(op, None) for op in step.node.operands]
+        if step.symmetric is not None:
+            reads += [(step.symmetric.weight, None), (step.symmetric.base, None)]
+        return reads
+    if isinstance(step, RowStats):
+        return [(step.arg, None)]
+    return [(op, at) for m in step.members for op, at in node_reads(m)]
+
+
+def _read_outside(node: ir.Node, home: LoopGroup, steps: list[Step]) -> bool:
+    if any(op is node for s in steps if s is not home for op, _ in _step_reads(s)):
+        return True
+    # Inside its own loop a node is a temporary only where it is read at its own index.
+    own = home.indices[id(node)]
+    return any(op is node and at != own for m in home.members for op, at in node_reads(m))
+
+
+def _provides(step: Step) -> set:
+    if isinstance(step, Contraction):
+        return {id(step.node)}
+    if isinstance(step, RowStats):
+        return {("stats", id(step.arg), step.axis)}
+    return {id(m) for m in step.members}
+
+
+def _needs(step: Step) -> set:
+    keys = {id(op) for op, _ in _step_reads(step)}
+    if isinstance(step, LoopGroup):
+        keys |= {("stats", id(m.arg), m.axis) for m in step.members
+                 if isinstance(m, (ir.LogSumExp, ir.Softmax))}
+    return keys
+
+
+def _sink_groups(steps: list[Step]) -> list[Step]:
+    """Merges a loop group into a later one over the same dimensions, moving the steps in
+    between that depend on it to after the merged loop: one pass over the data instead of
+    two (softmax cross-entropy: the sum of Y ⊙ Z joins the loop that writes the gradient,
+    and the scalar that adds it to the log-sum-exps moves after that loop)."""
+    steps = list(steps)
+    changed = True
+    while changed:
+        changed = False
+        for i, early in enumerate(steps):
+            if not isinstance(early, LoopGroup) or not early.dims:
+                continue
+            merged = _try_sink(steps, i)
+            if merged is not None:
+                steps = merged
+                changed = True
+                break
+    return steps
+
+
+def _try_sink(steps: list[Step], i: int) -> list[Step] | None:
+    early = steps[i]
+    mine = {id(m) for m in early.members}
+    moved: list[Step] = []
+    moved_keys: set = set(mine)
+    for j in range(i + 1, len(steps)):
+        late = steps[j]
+        needs = _needs(late)
+        if isinstance(late, LoopGroup) and late.dims == early.dims:
+            others = moved_keys - mine
+            if not (needs & others) and all(
+                    id(op) not in mine
+                    or (at == early.indices[id(op)] and id(op) not in early.reductions)
+                    for op, at in _step_reads(late)):
+                merged = LoopGroup(late.dims, early.members + late.members,
+                                   {**early.indices, **late.indices},
+                                   early.reductions | late.reductions)
+                stay = [s for s in steps[i + 1:j] if all(s is not m for m in moved)]
+                return steps[:i] + stay + [merged] + moved + steps[j + 1:]
+        if needs & moved_keys:
+            moved.append(late)
+            moved_keys |= _provides(late)
+    return None
