@@ -17,20 +17,26 @@ from symdl.vocabulary import (
     Total,
     bias,
     binary_cross_entropy_with_logits,
+    broadcast,
     exp,
+    gelu,
+    leaky_relu,
     log,
     log_softmax,
     logsumexp,
     mean,
     mse,
     relu,
+    rsqrt,
     sigmoid,
     softmax,
     softmax_cross_entropy,
     softplus,
+    sqrt,
     sum,
     tanh,
     total,
+    variance,
 )
 
 __version__ = "0.1.0"
@@ -42,4 +48,5 @@ __all__ = [
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
+    "broadcast", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
 ]

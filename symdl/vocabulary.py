@@ -245,3 +245,68 @@ def mse(prediction: MatrixExpr, target: MatrixExpr) -> sp.Expr:
     """Mean squared error over all entries."""
     r = _as_matrix(prediction, "mse") - _as_matrix(target, "mse")
     return mean(sp.HadamardPower(r, 2))
+
+
+def sqrt(m: sp.Basic) -> sp.Basic:
+    """Elementwise square root."""
+    if isinstance(m, MatrixExpr):
+        return m.applyfunc(sp.sqrt)
+    return sp.sqrt(m)
+
+
+def rsqrt(m: sp.Basic) -> sp.Basic:
+    """Elementwise reciprocal square root ``m^(-1/2)`` (a Hadamard power for matrices)."""
+    if isinstance(m, MatrixExpr):
+        return sp.HadamardPower(m, sp.Rational(-1, 2))
+    return 1 / sp.sqrt(m)
+
+
+def broadcast(m: MatrixExpr, rows: sp.Expr, cols: sp.Expr) -> MatrixExpr:
+    """A row ``1 x cols`` repeated over ``rows`` rows, or a column ``rows x 1`` repeated over
+    ``cols`` columns (a product with a ones vector); a matrix of that shape is returned as is."""
+    m = _as_matrix(m, "broadcast")
+    r, c = m.shape
+    if (r, c) == (rows, cols):
+        return m
+    if r == 1 and c == cols:
+        return sp.OneMatrix(rows, 1) * m
+    if c == 1 and r == rows:
+        return m * sp.OneMatrix(1, cols)
+    raise ShapeMismatchError(
+        f"broadcast: a {r} x {c} matrix cannot be repeated to {rows} x {cols}; give a row "
+        f"1 x {cols} or a column {rows} x 1", (r, c), (rows, cols),
+    )
+
+
+def variance(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
+    """Biased (population) variance: the mean squared deviation from the mean, of all entries
+    (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``)."""
+    m = _as_matrix(m, "variance")
+    rows, cols = m.shape
+    if axis is None:
+        centered = m - mean(m) * sp.OneMatrix(rows, cols)
+    elif axis in (0, 1):
+        centered = m - broadcast(mean(m, axis), rows, cols)
+    else:
+        raise DefinitionError(f"variance axis must be None, 0 or 1, got {axis}")
+    return mean(sp.HadamardPower(centered, 2), axis)
+
+
+def leaky_relu(m: sp.Basic, slope: sp.Basic | float = 0.01) -> sp.Basic:
+    """Elementwise ``x`` for ``x > 0`` and ``slope x`` otherwise, written ``slope x + (1 -
+    slope) relu(x)``: ``slope`` may be a scalar symbol, and the derivative at 0 is ``slope``
+    (as PyTorch's)."""
+    return slope * m + (1 - slope) * relu(m)
+
+
+def gelu(m: sp.Basic) -> sp.Basic:
+    """Elementwise GELU in its tanh form, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    x = sp.Dummy("x")
+    body = x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + GELU_CUBIC * x**3)))
+    if isinstance(m, MatrixExpr):
+        return m.applyfunc(sp.Lambda(x, body))
+    return body.subs(x, m)
+
+
+GELU_CUBIC = sp.Rational(44715, 1000000)
+"""The cubic coefficient 0.044715 of the tanh approximation of GELU."""

@@ -13,7 +13,8 @@ from symdl import registry
 SIZES = [{"default": 1}, {"default": 3}, {"default": 4, "n": 7}]
 
 
-def _inputs(der: symdl.Derivation, rng: np.random.Generator, sizes: dict) -> tuple[dict, dict]:
+def _inputs(der: symdl.Derivation, rng: np.random.Generator, sizes: dict,
+            module: object = None) -> tuple[dict, dict]:
     dims = {dim: sizes.get(str(dim), sizes["default"]) for dim in der.dims}
     values = {}
     for name, leaf in der.leaves.items():
@@ -24,6 +25,9 @@ def _inputs(der: symdl.Derivation, rng: np.random.Generator, sizes: dict) -> tup
             values[name] = rng.integers(0, 2, shape).astype(float)
         else:
             values[name] = rng.normal(size=shape)
+    hook = getattr(module, "sample_inputs", None)  # inputs that must be restricted
+    if hook is not None:
+        values.update(hook(rng, {str(dim): size for dim, size in dims.items()}))
     return values, dims
 
 
@@ -41,9 +45,10 @@ def _finite_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
 @pytest.mark.parametrize("name", registry.names())
 @pytest.mark.parametrize("sizes", SIZES, ids=["size1", "size3", "size4n7"])
 def test_gradients_match_finite_differences(name: str, sizes: dict) -> None:
-    der = registry.load(name).derive()
+    entry = registry.load(name)
+    der = entry.derive()
     rng = np.random.default_rng(abs(hash(name)) % 2**32)
-    values, dims = _inputs(der, rng, sizes)
+    values, dims = _inputs(der, rng, sizes, entry.module)
     for p in der.wrt:
         pname = str(p.name) if isinstance(p, sp.MatrixSymbol) else str(p)
         x0 = np.asarray(values[pname], dtype=float)
@@ -60,9 +65,10 @@ def test_gradients_match_finite_differences(name: str, sizes: dict) -> None:
 
 @pytest.mark.parametrize("name", registry.names())
 def test_hessian_blocks_match_finite_differences_of_the_gradient(name: str) -> None:
-    der = registry.load(name).derive()
+    entry = registry.load(name)
+    der = entry.derive()
     rng = np.random.default_rng(7)
-    values, dims = _inputs(der, rng, {"default": 3, "n": 5})
+    values, dims = _inputs(der, rng, {"default": 3, "n": 5}, entry.module)
     for p in der.wrt:
         for q in der.wrt:
             pname, qname = (str(getattr(s, "name", s)) for s in (p, q))

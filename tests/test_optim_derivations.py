@@ -12,26 +12,26 @@ import sympy as sp
 import torch
 
 import symdl
-from symdl import optimizers as O
+from symdl import optimizers as optim
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 W = sp.MatrixSymbol("W", n, d)
 
 # (symdl optimizer, the same optimizer in torch.optim)
 TORCH_PAIRS = {
-    "SGD": (O.SGD(lr=0.1, weight_decay=0.01),
+    "SGD": (optim.SGD(lr=0.1, weight_decay=0.01),
             lambda p: torch.optim.SGD([p], lr=0.1, weight_decay=0.01)),
-    "Momentum": (O.Momentum(lr=0.1, momentum=0.8),
+    "Momentum": (optim.Momentum(lr=0.1, momentum=0.8),
                  lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.8)),
-    "Nesterov": (O.Nesterov(lr=0.1, momentum=0.9, weight_decay=0.05),
+    "Nesterov": (optim.Nesterov(lr=0.1, momentum=0.9, weight_decay=0.05),
                  lambda p: torch.optim.SGD([p], lr=0.1, momentum=0.9, nesterov=True,
                                            weight_decay=0.05)),
-    "RMSprop": (O.RMSprop(lr=0.01, alpha=0.9, eps=1e-6),
+    "RMSprop": (optim.RMSprop(lr=0.01, alpha=0.9, eps=1e-6),
                 lambda p: torch.optim.RMSprop([p], lr=0.01, alpha=0.9, eps=1e-6)),
-    "Adagrad": (O.Adagrad(lr=0.1), lambda p: torch.optim.Adagrad([p], lr=0.1)),
-    "Adam": (O.Adam(lr=0.01, weight_decay=0.1),
+    "Adagrad": (optim.Adagrad(lr=0.1), lambda p: torch.optim.Adagrad([p], lr=0.1)),
+    "Adam": (optim.Adam(lr=0.01, weight_decay=0.1),
              lambda p: torch.optim.Adam([p], lr=0.01, weight_decay=0.1)),
-    "AdamW": (O.AdamW(lr=0.01, beta1=0.8, beta2=0.99, weight_decay=0.1),
+    "AdamW": (optim.AdamW(lr=0.01, beta1=0.8, beta2=0.99, weight_decay=0.1),
               lambda p: torch.optim.AdamW([p], lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
 }
 
@@ -41,7 +41,7 @@ _KERNELS: dict[str, object] = {}
 def _update_kernel(name: str):
     if name not in _KERNELS:
         _KERNELS[name] = symdl.compile_expressions(
-            O.update_kernel_outputs(TORCH_PAIRS[name][0], W))
+            optim.update_kernel_outputs(TORCH_PAIRS[name][0], W))
     return _KERNELS[name]
 
 
@@ -68,7 +68,8 @@ def test_update_kernel_matches_torch_optim(name):
 
 def test_symbolic_hyperparameters_are_kernel_inputs():
     lr, beta1 = sp.symbols("lr beta1", positive=True)
-    kernel = symdl.compile_expressions(O.update_kernel_outputs(O.Adam(lr=lr, beta1=beta1), W))
+    adam = optim.Adam(lr=lr, beta1=beta1)
+    kernel = symdl.compile_expressions(optim.update_kernel_outputs(adam, W))
     assert {"lr", "beta1", "t"} <= set(kernel.input_names)
     rng = np.random.default_rng(2)
     w, g = rng.normal(size=(2, 3)), rng.normal(size=(2, 3))
@@ -84,7 +85,8 @@ def test_symbolic_hyperparameters_are_kernel_inputs():
 
 def test_scalar_parameter_gives_scalar_update():
     x = sp.Symbol("x")
-    kernel = symdl.compile_expressions(O.update_kernel_outputs(O.RMSprop(lr=0.1, alpha=0.5), x))
+    rmsprop = optim.RMSprop(lr=0.1, alpha=0.5)
+    kernel = symdl.compile_expressions(optim.update_kernel_outputs(rmsprop, x))
     out = kernel(x=2.0, grad_x=3.0, v_x=1.0).outputs
     v = 0.5 * 1.0 + 0.5 * 9.0
     assert out["v_x"] == pytest.approx(v, rel=1e-14)
@@ -93,12 +95,12 @@ def test_scalar_parameter_gives_scalar_update():
 
 def test_bad_hyperparameters_and_arguments_raise_typed_errors():
     with pytest.raises(symdl.DefinitionError, match="beta1 = 1.5 is out of range"):
-        O.Adam(beta1=1.5)
+        optim.Adam(beta1=1.5)
     with pytest.raises(symdl.DefinitionError, match="lr = -1 is out of range"):
-        O.SGD(lr=-1)
+        optim.SGD(lr=-1)
     with pytest.raises(symdl.DefinitionError, match="scalar SymPy expression"):
-        O.SGD(lr=W)
+        optim.SGD(lr=W)
     with pytest.raises(symdl.ShapeMismatchError, match="gradient"):
-        O.SGD(lr=0.1).update(W, sp.MatrixSymbol("G", d, n), {}, 1)
+        optim.SGD(lr=0.1).update(W, sp.MatrixSymbol("G", d, n), {}, 1)
     with pytest.raises(symdl.DefinitionError, match="missing \\['v'\\]"):
-        O.Adam().update(W, sp.MatrixSymbol("G", n, d), {"m": W}, 1)
+        optim.Adam().update(W, sp.MatrixSymbol("G", n, d), {"m": W}, 1)

@@ -1,0 +1,27 @@
+"""Sigmoid activation layer: A = sigmoid(X) entry by entry, backpropagated from G.
+
+An activation layer is the scalar function sigmoid applied to every entry (section 2.2 of the
+seed article: each layer is one link of the chain rule). Its backward pass is the gradient of
+sum(G ⊙ sigmoid(X)) with the upstream gradient G: an elementwise product, no matrix product.
+
+σ' = σ (1 - σ), written on the output: dX = G ⊙ A ⊙ (1 - A). The forward activation A is all
+backprop needs to keep.
+"""
+
+import sympy as sp
+
+import symdl
+
+n, d = sp.symbols("n d", integer=True, positive=True)
+X = sp.MatrixSymbol("X", n, d)
+G = sp.MatrixSymbol("G", n, d)  # the upstream gradient dL/dA
+A = sp.MatrixSymbol("A", n, d)
+
+LAYER = [
+    (A, symdl.sigmoid(X)),
+    (sp.Symbol("L"), symdl.total(sp.hadamard_product(G, A))),
+]
+
+
+def derivation() -> symdl.Derivation:
+    return symdl.derive(LAYER, wrt=[X])
