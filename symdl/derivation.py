@@ -19,6 +19,7 @@ from symdl import autodiff, ir
 from symdl.errors import DefinitionError, DerivationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
+from symdl.limits import check_size
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
@@ -73,6 +74,9 @@ class Derivation:
     """
 
     def __init__(self, definition: Definition, wrt: Iterable[Parameter], hessian: bool = False):
+        if isinstance(wrt, sp.Basic):
+            wrt = [wrt]
+        wrt = [_check_parameter(p) for p in wrt]
         steps = _as_steps(definition)
         self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
         exprs = [d for _, d in steps]
@@ -246,7 +250,8 @@ class Derivation:
         """
         return self.printer(inline).result(self.jacobian_node(p))
 
-    def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None) -> Kernel:
+    def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None,
+                jit: bool = True) -> Kernel:
         """Numba kernels for the value, every gradient and the Hessian blocks computed so
         far (``derive(..., hessian=True)`` computes them all).
 
@@ -256,6 +261,8 @@ class Derivation:
                 computed without forming the Hessian.
             outputs: compile only these outputs (``"value"``, ``"grad:w"``,
                 ``"hessian:w,w"``, ``"hvp:w"``); all of them by default.
+            jit: ``False`` runs the generated source as plain Python, without compiling
+                (same code, for tests that build many small kernels).
         """
         from symdl.kernel import Kernel
 
@@ -291,7 +298,7 @@ class Derivation:
         if any(name.startswith("hvp:") for name in outputs):
             kept.update(directions.values())
         leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
-        return Kernel(outputs, list(leaves.values()), self._title())
+        return Kernel(outputs, list(leaves.values()), self._title(), jit=jit)
 
     def _title(self) -> str:
         from symdl.pretty import plain
@@ -369,7 +376,9 @@ def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
 
 def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
     if isinstance(definition, (sp.Basic, int, float)):
-        return [(None, sp.sympify(definition))]
+        definition = sp.sympify(definition)
+        check_size(definition)
+        return [(None, definition)]
     if isinstance(definition, Mapping):
         definition = list(definition.items())
     steps = []
@@ -395,6 +404,7 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
                     f"{symbol.shape[1]} but its definition has shape {shape}",
                     tuple(symbol.shape), shape,
                 )
+        check_size(expr, f"the definition of {symbol}")
         steps.append((symbol, expr))
     if not steps:
         raise DefinitionError("the model has no steps")
@@ -413,7 +423,8 @@ def _check_parameter(p: object) -> Parameter:
         return p
     raise DerivationError(
         f"cannot differentiate with respect to {p!r} ({type(p).__name__}): a parameter must "
-        "be a Symbol, MatrixSymbol or IndexedBase"
+        "be a Symbol, MatrixSymbol or IndexedBase: pass the symbol object itself, e.g. "
+        "wrt=[w] with w = sp.MatrixSymbol('w', d, 1)"
     )
 
 

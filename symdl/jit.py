@@ -83,3 +83,33 @@ def load(text: str) -> ModuleType:
     spec.loader.exec_module(module)
     _MODULES[digest] = module
     return module
+
+
+def _identity_njit(*args, **options):
+    """``numba.njit`` that compiles nothing: ``@njit`` and ``@njit(...)`` return the function."""
+    if len(args) == 1 and callable(args[0]) and not options:
+        return args[0]
+    return lambda function: function
+
+
+def load_interpreted(text: str) -> ModuleType:
+    """Runs ``text`` as plain Python: ``numba.njit`` is the identity and ``prange`` is
+    ``range``, so the same generated source runs without compiling (for tests that build
+    hundreds of small kernels; far slower per call on large arrays)."""
+    shim = ModuleType("numba")
+    shim.njit = _identity_njit
+    shim.prange = range
+    real_import = __import__
+
+    def importer(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002
+        if name == "numba":
+            return shim
+        return real_import(name, globals, locals, fromlist, level)
+
+    module = ModuleType(f"symdl_interpreted_{source_hash(text)}")
+    builtins = dict(vars(__builtins__)) if isinstance(__builtins__, ModuleType) \
+        else dict(__builtins__)
+    builtins["__import__"] = importer
+    module.__dict__["__builtins__"] = builtins
+    exec(compile(text, module.__name__, "exec"), module.__dict__)  # noqa: S102 - our own source
+    return module

@@ -31,7 +31,7 @@ import sympy as sp
 from symdl import ir
 from symdl.codegen import Source, generate
 from symdl.errors import KernelArgumentError
-from symdl.jit import load
+from symdl.jit import load, load_interpreted
 from symdl.kernel_plan import plan
 
 PARALLEL_MIN_ENTRIES = 1 << 15
@@ -63,12 +63,15 @@ class KernelResult:
 class Kernel:
     """Numba kernels for a derivation's outputs. Call it with arrays by name."""
 
-    def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str):
+    def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str,
+                 jit: bool = True):
+        """``jit=False`` runs the same generated source as plain Python (no Numba compile)."""
         self._outputs = outputs
+        self.jit = jit
         self._plan = plan(outputs)
         self._source: Source = generate(self._plan, leaves, title)
         self._leaves = {leaf.name: leaf for leaf in leaves}
-        self._module = load(self._source.text)
+        self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
 
     @property
     def source(self) -> str:
