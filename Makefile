@@ -33,6 +33,7 @@ bench-derive: $(BENCH_INSTALLED)
 
 bench-kernels: $(BENCH_INSTALLED)
 	$(BIN)/python benchmarks/kernels_bench.py
+	$(BIN)/python benchmarks/warm_start.py
 
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff

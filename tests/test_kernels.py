@@ -519,11 +519,19 @@ _WARM_CHILD = textwrap.dedent("""
                     W1=rng.normal(size=(d, h)), b1=rng.normal(size=(1, h)),
                     W2=rng.normal(size=(h, k)), b2=rng.normal(size=(1, k)))
     elapsed = time.perf_counter() - start
-    print(json.dumps({"elapsed": elapsed, "value": result.value}))
+    module = kernel._module
+    jitted = [f for f in vars(module).values() if hasattr(f, "stats")]
+    misses = sum(sum(f.stats.cache_misses.values()) for f in jitted)
+    hits = sum(sum(f.stats.cache_hits.values()) for f in jitted)
+    print(json.dumps({"elapsed": elapsed, "value": result.value, "misses": misses,
+                      "hits": hits}))
 """)
 
 
-def test_warm_cache_new_process_under_one_second(tmp_path: Path) -> None:
+def test_warm_cache_new_process_compiles_nothing(tmp_path: Path) -> None:
+    """A second process finds every jitted function of the 2-layer network's kernels in the
+    disk cache: nothing is compiled again. (How long that takes, under 1 s on the reference
+    machine, is measured by benchmarks/warm_start.py, not asserted here.)"""
     env = dict(os.environ, SYMDL_CACHE_DIR=str(tmp_path / "cache"))
     runs = []
     for _ in range(2):
@@ -534,10 +542,8 @@ def test_warm_cache_new_process_under_one_second(tmp_path: Path) -> None:
     print(f"cold {runs[0]['elapsed']:.3f} s, warm {runs[1]['elapsed']:.3f} s")
     assert runs[0]["value"] == runs[1]["value"]
     assert np.isfinite(runs[1]["value"])
-    assert runs[1]["elapsed"] < 1.0, (
-        f"warm cache: {runs[1]['elapsed']:.3f} s from after import symdl to the first result "
-        f"(cold: {runs[0]['elapsed']:.3f} s)"
-    )
+    assert runs[0]["misses"] > 0  # the first process compiled (and wrote the cache) ...
+    assert runs[1]["misses"] == 0 and runs[1]["hits"] > 0  # ... the second only loaded it
 
 
 # --------------------------------------------------------------------------------------------
