@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-test
 BENCH_INSTALLED := $(VENV)/.installed-bench
+DEMO_INSTALLED := $(VENV)/.installed-demo
 
 .PHONY: test demo bench bench-derive bench-kernels lint clean
 
@@ -15,6 +16,10 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $@
 
+$(DEMO_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
 $(BENCH_INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	touch $@
@@ -22,8 +27,8 @@ $(BENCH_INSTALLED): pyproject.toml | $(BIN)/python
 test: $(INSTALLED)
 	$(BIN)/python -m pytest -q
 
-demo: $(INSTALLED)
-	$(BIN)/symdl derive two_layer_mlp --timing
+demo: $(INSTALLED) $(DEMO_INSTALLED)
+	$(BIN)/symdl demo --newton
 
 # Benchmarks (optional dependencies: JAX, PyTorch 2.13.0 CPU, SciPy for Numba's np.dot).
 bench: bench-derive bench-kernels

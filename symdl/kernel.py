@@ -19,6 +19,7 @@ Conventions, checked before any jitted code runs:
 from __future__ import annotations
 
 import functools
+import os
 
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,24 @@ from symdl.jit import load, load_interpreted
 from symdl.kernel_plan import plan
 
 PARALLEL_MIN_ENTRIES = 1 << 15
+
+
+def _prefer_workqueue_threading() -> None:
+    """Numba's parallel loops run on its workqueue threading layer unless the user chose one
+    (``NUMBA_THREADING_LAYER``) or a parallel loop already ran: the OpenMP layer's idle
+    workers spin after each loop and take the cores from the BLAS products that follow
+    (the 2-layer network's step took 3x longer at 2 threads with it). The workqueue layer
+    cannot run two parallel regions at once; generated loops hold the GIL (no ``nogil``), so
+    two Python threads never do."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the layer is still to be chosen
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_prefer_workqueue_threading()
 """Calls whose largest array has at least this many entries use the parallel loops."""
 
 _SUPPORTED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
