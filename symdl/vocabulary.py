@@ -310,3 +310,21 @@ def gelu(m: sp.Basic) -> sp.Basic:
 
 GELU_CUBIC = sp.Rational(44715, 1000000)
 """The cubic coefficient 0.044715 of the tanh approximation of GELU."""
+
+
+def absolute(m: sp.Basic) -> sp.Basic:
+    """Elementwise ``|m|``; its derivative at 0 is taken as ``sign(0) = 0`` (a subgradient)."""
+    return _elementwise(sp.Abs, m)
+
+
+def huber(m: sp.Basic, delta: sp.Basic | float = 1) -> sp.Basic:
+    """Elementwise Huber function: ``x²/2`` for ``|x| <= delta``, ``delta (|x| - delta/2)``
+    beyond, written ``(|x| - e)²/2 + delta e`` with the excess ``e = relu(|x| - delta)``, so
+    ``delta`` may be a scalar symbol and the derivative is ``clip(x, -delta, delta)``."""
+    a = absolute(m)
+    delta = sp.sympify(delta)
+    if isinstance(m, MatrixExpr):
+        excess = relu(a - delta * sp.OneMatrix(*m.shape))
+        return sp.HadamardPower(a - excess, 2) / 2 + delta * excess
+    excess = relu(a - delta)
+    return (a - excess) ** 2 / 2 + delta * excess
