@@ -20,6 +20,7 @@ from symdl.vocabulary import (
     binary_cross_entropy_with_logits,
     broadcast,
     exp,
+    floor,
     gelu,
     huber,
     leaky_relu,
@@ -50,6 +51,6 @@ __all__ = [
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
-    "broadcast", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
+    "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber",
 ]

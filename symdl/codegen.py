@@ -143,6 +143,14 @@ class ScalarPrinter(PythonCodePrinter):
         at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
         return f"_heaviside({self._print(expr.args[0])}, {self._print(sp.Float(at_zero))})"
 
+    def _print_Float(self, expr: sp.Float) -> str:
+        # SymPy prints a Float with 15 digits (1/3 -> 0.333333333333333, 4e-16 off); repr of
+        # the nearest double round-trips exactly (step_decay's floor(3 * (1/3)) needs it).
+        value = float(expr)
+        if value != value or abs(value) == float("inf"):
+            raise UnsupportedError(f"the constant {expr} is not finite")
+        return repr(value)
+
     def _print_Rational(self, expr: sp.Rational) -> str:
         return f"({float(expr.p)}/{float(expr.q)})"
 

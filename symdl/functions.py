@@ -90,9 +90,26 @@ class relu(sp.Function):  # noqa: N801
         return rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)"
 
 
+class floor(sp.Function):  # noqa: N801
+    """The largest integer <= x (step schedules). Piecewise constant: its derivative is taken
+    as 0, the value wherever it exists (at the jumps there is none)."""
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        return sp.Integer(0)
+
+    @classmethod
+    def eval(cls, x: sp.Expr) -> sp.Expr | None:
+        if x.is_number:
+            return sp.floor(x)
+        return None
+
+    def _latex(self, printer) -> str:
+        return rf"\left\lfloor {printer._print(self.args[0])} \right\rfloor"
+
+
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (
     sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign, sp.Heaviside, sp.erf,
-    sigmoid, softplus, relu,
+    sigmoid, softplus, relu, floor,
 )
 """Scalar functions a definition may contain; powers, sums and products are always allowed."""
 
@@ -176,6 +193,7 @@ NUMPY_IMPLEMENTATIONS: dict[str, Callable] = {
     "softplus": _np_softplus,
     "relu": _np_relu,
     "Heaviside": _np_heaviside,
+    "floor": np.floor,
 }
 """Stable NumPy versions of the functions, for ``sympy.lambdify``'s ``modules``."""
 

@@ -31,6 +31,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl.errors import DefinitionError, ShapeMismatchError
+from symdl.vocabulary import total
 
 Hyperparameter = float | int | sp.Expr
 """A number, or a scalar SymPy expression (a ``Symbol``: a scalar input of the kernel)."""
@@ -272,3 +273,41 @@ def update_kernel_outputs(optimizer, param: sp.MatrixSymbol | sp.Symbol,
     outputs = {name: new_param}
     outputs.update({f"{s}_{name}": new_state[s] for s in optimizer.state_names})
     return outputs
+
+
+def update_step_definition(optimizer, param: sp.MatrixSymbol, t: sp.Basic = STEP
+                           ) -> tuple[list[tuple[sp.Basic, sp.Basic]], list[sp.MatrixSymbol]]:
+    """One update as named steps, ending in a scalar that backpropagates through it.
+
+    The steps define the new state (``m_W_new``, ...) and the new parameter (``W_new``, with
+    the new states referred to by name), then ``L = sum(G_W ⊙ W_new) + sum(G_m_W ⊙ m_W_new)
+    + ...`` with an upstream gradient per output. The gradients of ``L`` are the backward
+    pass of the optimizer step, what hypergradient methods and unrolled meta-learning
+    differentiate (with respect to a symbolic ``lr``: the hypergradient).
+
+    Returns:
+        The steps for ``symdl.derive`` and the arrays a step reads: the parameter, its
+        gradient ``grad_W`` and one state per name (``m_W``).
+    """
+    if not isinstance(param, sp.MatrixSymbol):
+        raise DefinitionError(f"update_step_definition needs a MatrixSymbol parameter, got "
+                              f"{type(param).__name__} {param}")
+    name = str(param.name)
+    shape = param.shape
+    grad = sp.MatrixSymbol(f"grad_{name}", *shape)
+    state = {s: sp.MatrixSymbol(f"{s}_{name}", *shape) for s in optimizer.state_names}
+    new_param, new_state = optimizer.update(param, grad, state, t)
+    steps: list[tuple[sp.Basic, sp.Basic]] = []
+    named = {}
+    for s in optimizer.state_names:
+        symbol = sp.MatrixSymbol(f"{s}_{name}_new", *shape)
+        steps.append((symbol, new_state[s].xreplace(named)))
+        named[new_state[s]] = symbol
+    new_symbol = sp.MatrixSymbol(f"{name}_new", *shape)
+    steps.append((new_symbol, new_param.xreplace(named)))
+    outputs = [new_symbol] + [named[new_state[s]] for s in optimizer.state_names]
+    objective = sp.Add(*[
+        total(sp.hadamard_product(sp.MatrixSymbol(f"G_{str(o.name)[:-4]}", *shape), o))
+        for o in outputs])
+    steps.append((sp.Symbol("L"), objective))
+    return steps, [param, grad, *state.values()]

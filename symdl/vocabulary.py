@@ -14,6 +14,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl.errors import DefinitionError, ShapeMismatchError
+from symdl.functions import floor as floor_function
 from symdl.functions import relu as relu_function
 from symdl.functions import sigmoid as sigmoid_function
 from symdl.functions import softplus as softplus_function
@@ -310,6 +311,11 @@ def gelu(m: sp.Basic) -> sp.Basic:
 
 GELU_CUBIC = sp.Rational(44715, 1000000)
 """The cubic coefficient 0.044715 of the tanh approximation of GELU."""
+
+
+def floor(m: sp.Basic) -> sp.Basic:
+    """Elementwise floor (the largest integer <= x); its derivative is taken as 0."""
+    return _elementwise(floor_function, m)
 
 
 def absolute(m: sp.Basic) -> sp.Basic:

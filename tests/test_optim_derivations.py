@@ -13,6 +13,7 @@ import torch
 
 import symdl
 from symdl import optimizers as optim
+from symdl import registry
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 W = sp.MatrixSymbol("W", n, d)
@@ -104,3 +105,187 @@ def test_bad_hyperparameters_and_arguments_raise_typed_errors():
         optim.SGD(lr=0.1).update(W, sp.MatrixSymbol("G", d, n), {}, 1)
     with pytest.raises(symdl.DefinitionError, match="missing \\['v'\\]"):
         optim.Adam().update(W, sp.MatrixSymbol("G", n, d), {"m": W}, 1)
+
+
+# -- the derivation files: backward pass through one step ---------------------------------
+
+def _np_step(name, v):
+    """One step of each optimizer, in NumPy: (new parameter, {state: new state})."""
+    W, g = v["W"], v["grad_W"]
+    if name == "sgd":
+        return W - v["lr"] * (g + v["lambda"] * W), {}
+    if name in ("momentum", "nesterov"):
+        b = v["mu"] * v["b_W"] + g
+        move = b if name == "momentum" else g + v["mu"] * b
+        return W - v["lr"] * move, {"b": b}
+    if name == "rmsprop":
+        s = v["alpha"] * v["v_W"] + (1 - v["alpha"]) * g**2
+        return W - v["lr"] * g / (np.sqrt(s) + v["eps"]), {"v": s}
+    if name == "adagrad":
+        s = v["s_W"] + g**2
+        return W - v["lr"] * g / (np.sqrt(s) + v["eps"]), {"s": s}
+    if name == "adam":
+        g = g + v["lambda"] * W
+    else:  # adamw: decoupled decay
+        W = W * (1 - v["lr"] * v["lambda"])
+    b1, b2, t = v["beta1"], v["beta2"], v["t"]
+    m = b1 * v["m_W"] + (1 - b1) * g
+    s = b2 * v["v_W"] + (1 - b2) * g**2
+    return W - v["lr"] * m / (1 - b1**t) / (np.sqrt(s / (1 - b2**t)) + v["eps"]), {"m": m,
+                                                                                   "v": s}
+
+
+def _np_objective(name, v):
+    new, state = _np_step(name, v)
+    return float(np.sum(v["G_W"] * new) + sum(np.sum(v[f"G_{s}_W"] * a)
+                                               for s, a in state.items()))
+
+
+OPTIM_FILES = ["sgd", "momentum", "nesterov", "rmsprop", "adagrad", "adam", "adamw"]
+_DERIVED: dict[str, tuple] = {}
+
+
+def _derived(name):
+    """(module, derivation, kernel) of a derivation file, compiled once."""
+    if name not in _DERIVED:
+        entry = registry.load(name)
+        der = entry.derive()
+        _DERIVED[name] = (entry.module, der, der.compile())
+    return _DERIVED[name]
+
+
+def _file_inputs(name, seed):
+    module, der, _ = _derived(name)
+    rng = np.random.default_rng(seed)
+    dims = {"n": 3, "d": 2}
+    values = {}
+    for leaf_name, leaf in der.leaves.items():
+        shape = tuple(int(s.subs({x: dims[str(x)] for x in s.free_symbols})) for s in leaf.shape)
+        values[leaf_name] = rng.normal(size=shape)
+    values.update(module.sample_inputs(rng, dims))
+    return values
+
+
+def _central(f, values, wrt, h=1e-6):
+    x0 = np.asarray(values[wrt], dtype=float)
+    grad = np.zeros_like(x0)
+    for idx in np.ndindex(x0.shape):
+        up, down = x0.copy(), x0.copy()
+        up[idx] += h
+        down[idx] -= h
+        grad[idx] = (f({**values, wrt: up}) - f({**values, wrt: down})) / (2 * h)
+    return grad
+
+
+def test_every_optimizer_and_schedule_file_is_covered():
+    names = registry.names()
+    assert sorted(n for n in names if n.startswith("optim_")) == sorted(
+        f"optim_{n}" for n in OPTIM_FILES)
+    assert sorted(n for n in names if n.startswith("schedule_")) == sorted(SCHEDULES)
+
+
+@pytest.mark.parametrize("name", OPTIM_FILES)
+def test_step_backward_matches_numpy_and_finite_differences(name):
+    _, der, kernel = _derived(f"optim_{name}")
+    values = _file_inputs(f"optim_{name}", seed=3)
+    result = kernel(**values)
+    assert result.value == pytest.approx(_np_objective(name, values), rel=1e-12)
+    for p in der.wrt:
+        pname = str(getattr(p, "name", p))
+        numeric = _central(lambda v, name=name: _np_objective(name, v), values, pname)
+        np.testing.assert_allclose(result.grad[pname], numeric, rtol=1e-6, atol=1e-8,
+                                   err_msg=f"optim_{name}: d/d{pname}")
+
+
+# torch.optim with the file's hyperparameter symbols bound to the same values
+_TORCH_FOR_FILE = {
+    "sgd": lambda p, v: torch.optim.SGD([p], lr=v["lr"], weight_decay=v["lambda"]),
+    "momentum": lambda p, v: torch.optim.SGD([p], lr=v["lr"], momentum=v["mu"]),
+    "nesterov": lambda p, v: torch.optim.SGD([p], lr=v["lr"], momentum=v["mu"],
+                                             nesterov=True),
+    "rmsprop": lambda p, v: torch.optim.RMSprop([p], lr=v["lr"], alpha=v["alpha"],
+                                                eps=v["eps"]),
+    "adagrad": lambda p, v: torch.optim.Adagrad([p], lr=v["lr"], eps=v["eps"]),
+    "adam": lambda p, v: torch.optim.Adam([p], lr=v["lr"], betas=(v["beta1"], v["beta2"]),
+                                          eps=v["eps"], weight_decay=v["lambda"]),
+    "adamw": lambda p, v: torch.optim.AdamW([p], lr=v["lr"], betas=(v["beta1"], v["beta2"]),
+                                            eps=v["eps"], weight_decay=v["lambda"]),
+}
+
+
+@pytest.mark.parametrize("name", OPTIM_FILES)
+def test_file_update_kernel_matches_torch_optim(name):
+    module, _, _ = _derived(f"optim_{name}")
+    kernel = symdl.compile_expressions(optim.update_kernel_outputs(module.OPTIMIZER, module.W))
+    rng = np.random.default_rng(5)
+    hyper = {k: float(v) for k, v in module.sample_inputs(rng, {"n": 3, "d": 2}).items()
+             if v.ndim == 0 and k != "t"}
+    p0 = rng.normal(size=(3, 2))
+    p = torch.tensor(p0, requires_grad=True)
+    reference = _TORCH_FOR_FILE[name](p, hyper)
+    current = {"W": p0, **{f"{s}_W": np.zeros_like(p0) for s in module.OPTIMIZER.state_names}}
+    for step in range(1, 6):
+        g = rng.normal(size=p0.shape)
+        p.grad = torch.tensor(g)
+        reference.step()
+        arguments = {**current, "grad_W": g, **{k: v for k, v in hyper.items()
+                                                if k in kernel.input_names}}
+        if "t" in kernel.input_names:
+            arguments["t"] = float(step)
+        out = kernel(**arguments).outputs
+        current = {k: out[k] for k in current}
+        np.testing.assert_allclose(current["W"], p.detach().numpy(), rtol=1e-12, atol=1e-14)
+
+
+# -- learning-rate schedules ------------------------------------------------------------
+
+SCHEDULES = {
+    # name -> (NumPy rate at step t, torch scheduler factory, parameter values)
+    "schedule_step": (lambda v: v["lr"] * v["gamma"] ** np.floor(v["t"] / v["s"]),
+                      lambda o, v: torch.optim.lr_scheduler.StepLR(
+                          o, step_size=int(v["s"]), gamma=v["gamma"]),
+                      {"lr": 0.1, "gamma": 0.5, "s": 3.0}),
+    "schedule_exponential": (lambda v: v["lr"] * v["gamma"] ** v["t"],
+                             lambda o, v: torch.optim.lr_scheduler.ExponentialLR(
+                                 o, gamma=v["gamma"]),
+                             {"lr": 0.1, "gamma": 0.9}),
+    "schedule_cosine": (lambda v: v["lr_min"] + (v["lr"] - v["lr_min"]) * (
+                            1 + np.cos(np.pi * v["t"] / v["T_max"])) / 2,
+                        lambda o, v: torch.optim.lr_scheduler.CosineAnnealingLR(
+                            o, T_max=int(v["T_max"]), eta_min=v["lr_min"]),
+                        {"lr": 0.1, "lr_min": 0.001, "T_max": 12.0}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedule_value_and_gradients(name):
+    _, der, kernel = _derived(name)
+    rate = SCHEDULES[name][0]
+    for seed in range(3):
+        values = {"lr": 0.05, **_file_inputs(name, seed)}
+        values = {k: float(v) for k, v in values.items()}
+        result = kernel(**values)
+        assert float(result.value) == pytest.approx(rate(values), rel=1e-13)
+        for p in der.wrt:
+            numeric = _central(lambda v: float(rate(v)), values, str(p))
+            np.testing.assert_allclose(result.grad[str(p)], numeric, rtol=1e-6, atol=1e-10,
+                                       err_msg=f"{name}: d/d{p}")
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_schedule_array_kernel_matches_torch_scheduler(name):
+    module, _, _ = _derived(name)
+    _, make_scheduler, params = SCHEDULES[name]
+    steps = sp.MatrixSymbol("steps", sp.Symbol("T", integer=True, positive=True), 1)
+    column = module.SCHEDULE(steps, *[params[str(p)] for p in module.PARAMETERS])
+    kernel = symdl.compile_expressions({"lr": column})
+    rates = kernel(steps=np.arange(30.0)[:, None]).outputs["lr"].ravel()
+    p = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([p], lr=params["lr"])
+    scheduler = make_scheduler(optimizer, params)
+    expected = []
+    for _ in range(30):
+        expected.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(rates, expected, rtol=1e-10, atol=1e-15)
