@@ -18,9 +18,11 @@ from symdl import ir
 from symdl.errors import UnsupportedError
 from symdl.kernel_plan import (
     Contraction,
+    LinearSolve,
     LoopGroup,
     Plan,
     RowStats,
+    RowStream,
     einsum_label_vars,
     node_reads,
     operand_reads,
@@ -254,7 +256,34 @@ class _Generator:
 
     def loop_group(self, group: LoopGroup, number: int) -> list[str]:
         loop_vars = [f"i{k}" for k in range(len(group.dims))]
-        temps: dict[int, str] = {}
+        before, body, after, used_arrays = self.group_body(group, loop_vars, {})
+        params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
+        header = ", ".join(params)
+        text = []
+        variants = ("", "_parallel") if group.dims else ("",)
+        for variant in variants:
+            decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
+                ", parallel=True)" if variant else ")")
+            lines = [decorator, f"def _loop{number}{variant}({header}):"]
+            lines += [f"    {s}" for s in before]
+            indent = "    "
+            # The parallel variant splits the first loop (never a summed one: no races); the
+            # serial one nests the loops so that the innermost walks memory contiguously.
+            order = range(len(group.dims)) if variant else _serial_loop_order(group)
+            for k, (var, dim) in enumerate((loop_vars[v], group.dims[v]) for v in order):
+                loop = "prange" if (variant and k == 0) else "range"
+                lines.append(f"{indent}for {var} in {loop}(int({self.size(dim)})):")
+                indent += "    "
+            lines += [f"{indent}{s}" for s in body]
+            lines += [f"    {s}" for s in after]
+            lines.append("")
+            text.append("\n".join(lines))
+        self.functions.append("\n\n".join(text))
+        return _dispatch(f"_loop{number}", header, parallel=bool(group.dims))
+
+    def group_body(self, group: LoopGroup, loop_vars: list[str], temps: dict[int, str]):
+        """(lines before the loops, the loop body, lines after, arrays used) of a group;
+        ``temps`` may name values the caller computes in the body itself."""
         body: list[str] = []
         before: list[str] = []
         after: list[str] = []
@@ -286,29 +315,50 @@ class _Generator:
                 at = group.indices[id(node)]
                 index = ", ".join(loop_vars[v] if v is not None else "0" for v in at) or "0"
                 body.append(f"{target}[{index}] = {temp}")
-        params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
-        header = ", ".join(params)
-        text = []
-        variants = ("", "_parallel") if group.dims else ("",)
-        for variant in variants:
-            decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
-                ", parallel=True)" if variant else ")")
-            lines = [decorator, f"def _loop{number}{variant}({header}):"]
-            lines += [f"    {s}" for s in before]
-            indent = "    "
-            # The parallel variant splits the first loop (never a summed one: no races); the
-            # serial one nests the loops so that the innermost walks memory contiguously.
-            order = range(len(group.dims)) if variant else _serial_loop_order(group)
-            for k, (var, dim) in enumerate((loop_vars[v], group.dims[v]) for v in order):
-                loop = "prange" if (variant and k == 0) else "range"
-                lines.append(f"{indent}for {var} in {loop}(int({self.size(dim)})):")
-                indent += "    "
-            lines += [f"{indent}{s}" for s in body]
-            lines += [f"    {s}" for s in after]
-            lines.append("")
-            text.append("\n".join(lines))
-        self.functions.append("\n\n".join(text))
-        return _dispatch(f"_loop{number}", header, parallel=bool(group.dims))
+        return before, body, after, used_arrays
+
+    def row_stream(self, step: RowStream, number: int) -> list[str]:
+        """Serial: one function, one pass over the rows of X. Parallel: the three steps."""
+        parallel = [*self.contraction(step.first),
+                    self.loop_group(step.group, number)[1].strip(),
+                    *self.contraction(step.second)]
+        X, z, g = step.matrix, step.first.node, step.second.node
+        vector = next(op for op in step.first.node.operands if op is not X)
+        r = next(op for op in step.second.node.operands if op is not X)
+        temps = {id(z): "zi"}
+        before, body, after, used = self.group_body(step.group, ["i0"], temps)
+        rv = temps.get(id(r)) or self.read(r, (0,), ["i0"], temps)
+
+        def at(node, spec, labels):
+            return ", ".join(labels.get(lab, "0") for lab in spec)
+
+        xs = self.array_of(X)
+        first_spec = dict(zip(step.first.node.operands, step.first.node.specs))
+        x_index = at(X, first_spec[X], {step.rows: "i0", step.cols: "j"})
+        v_index = at(vector, first_spec[vector], {step.cols: "j"})
+        z_index = at(z, z.out, {step.rows: "i0"})
+        g_index = at(g, g.out, {step.cols2: "j"})
+        coeff = self.constant(g.coeff)
+        arrays = sorted(used | {xs, self.array_of(vector), self.array_of(z), self.array_of(g)})
+        header = ", ".join(arrays + [self.dim_names[d] for d in self.dims])
+        rows, cols = (self.size(d) for d in X.shape)
+        lines = [f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH})',
+                 f"def _stream{number}({header}):",
+                 f"    {self.array_of(g)}[...] = 0.0",
+                 *(f"    {s}" for s in before),
+                 f"    for i0 in range(int({rows})):",
+                 "        zi = 0.0",
+                 f"        for j in range(int({cols})):",
+                 f"            zi += {xs}[{x_index}] * {self.array_of(vector)}[{v_index}]",
+                 f"        {self.array_of(z)}[{z_index}] = zi",
+                 *(f"        {s}" for s in body),
+                 f"        ri = {coeff} * {rv}",
+                 f"        for j in range(int({cols})):",
+                 f"            {self.array_of(g)}[{g_index}] += {xs}[{x_index}] * ri",
+                 *(f"    {s}" for s in after), ""]
+        self.functions.append("\n".join(lines))
+        return ["if parallel:", *(f"    {line}" for line in parallel), "else:",
+                f"    _stream{number}({header})"]
 
     def member_value(self, node, group, loop_vars, temps, body, used_arrays) -> str:
         if isinstance(node, ir.Einsum):
@@ -379,6 +429,24 @@ class _Generator:
             lines.append(f"{out} *= {self.constant(node.coeff)}")
         return lines
 
+    def linear_solve(self, step: LinearSolve) -> list[str]:
+        node = step.node
+        operands = []
+        for op in (node.a, node.b):
+            if isinstance(op, ir.Identity):
+                operands.append(f"np.eye(int({self.size(op.dim)}), dtype=dtype)")
+            elif isinstance(op, (ir.Ones, ir.Zero)) or ir.is_scalar_constant(op):
+                raise UnsupportedError(f"a linear solve of a constant {type(op).__name__}")
+            else:
+                operands.append(self.array_of(op))
+        a, b = operands
+        out = self.array_of(node)
+        solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
+        if id(node) in {id(r) for r in self.plan.roots.values()}:
+            return [f"{out}[...] = {solved}"]
+        return [f"{out} = np.empty({self.shape_tuple(node)}, dtype=dtype)",
+                f"{out}[...] = {solved}"]
+
     def row_stats(self, step: RowStats, number: int) -> list[str]:
         arg = self.array_of(step.arg)
         peak, total = f"peak{number}", f"total{number}"
@@ -427,14 +495,20 @@ def _stats{number}{variant}(z, peak, total):
         for k, step in enumerate(self.plan.steps):
             nodes = [step.node] if isinstance(step, Contraction) else (
                 step.members if isinstance(step, LoopGroup) else [])
+            if isinstance(step, RowStream):
+                nodes = [step.first.node, *step.group.members, step.second.node]
             for node in nodes:
                 if id(node) in self.plan.materialized and id(node) not in roots:
                     driver.append(f"{self.array_of(node)} = np.empty({self.shape_tuple(node)}"
                                   f", dtype=dtype)")
             if isinstance(step, Contraction):
                 driver += self.contraction(step)
+            elif isinstance(step, LinearSolve):
+                driver += self.linear_solve(step)
             elif isinstance(step, RowStats):
                 driver += self.row_stats(step, k)
+            elif isinstance(step, RowStream):
+                driver += self.row_stream(step, k)
             else:
                 driver += self.loop_group(step, k)
         inputs = [leaf.name for leaf in self.leaves]
@@ -488,7 +562,15 @@ def _stats{number}{variant}(z, peak, total):
     def _op_count(self) -> str:
         """A symbolic estimate of the arithmetic, in the dimension names."""
         total = sp.Integer(0)
+        steps = []
         for step in self.plan.steps:
+            parts = [step.first, step.group, step.second] if isinstance(step, RowStream) else [step]
+            steps += parts
+        for step in steps:
+            if isinstance(step, LinearSolve):  # LU: 2/3 r^3, two triangular solves per column
+                rows = step.node.a.shape[0]
+                total += sp.Rational(2, 3) * rows**3 + 2 * rows**2 * sp.Mul(*step.node.shape[1:])
+                continue
             if isinstance(step, Contraction):
                 dims = step.node.label_dims()
                 a, s_, b = step.pattern

@@ -120,6 +120,8 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
             new = ir._intern(ir.LogSumExp(get(node.arg), node.axis))
         elif isinstance(node, ir.Softmax):
             new = ir._intern(ir.Softmax(get(node.arg), node.axis))
+        elif isinstance(node, ir.Solve):
+            new = ir._intern(ir.Solve(get(node.a), get(node.b)))
         elif isinstance(node, ir.Named):
             new = get(node.body)
         else:
@@ -215,6 +217,13 @@ class RowStats:
 
 
 @dataclass
+class LinearSolve:
+    """``A^{-1} B`` by LU factorisation (LAPACK through ``np.linalg.solve``)."""
+
+    node: ir.Solve
+
+
+@dataclass
 class LoopGroup:
     """One loop nest over ``dims``; ``members`` in order, each with the loop variables that
     index its axes (``None`` for a size-1 axis)."""
@@ -225,7 +234,23 @@ class LoopGroup:
     reductions: set[int] = field(default_factory=set)
 
 
-Step = Contraction | RowStats | LoopGroup
+@dataclass
+class RowStream:
+    """``z = X v``, a loop over the rows of ``X`` that reads ``z`` and computes ``r``, then
+    ``g = X^T r``: run serially as one pass over the rows of ``X`` (each row is read once,
+    for its dot product and for its share of ``g``), in parallel as the three steps."""
+
+    first: Contraction
+    group: LoopGroup
+    second: Contraction
+    matrix: ir.Node
+    rows: int  # the label of X's row axis in ``first``
+    cols: int  # the label of X's column axis in ``first``
+    rows2: int  # ... and in ``second``
+    cols2: int
+
+
+Step = Contraction | RowStats | LoopGroup | RowStream
 
 
 @dataclass
@@ -258,6 +283,14 @@ class Plan:
                     return False
             elif isinstance(step, RowStats):
                 if step.arg is leaf:
+                    return False
+            elif isinstance(step, LinearSolve):
+                if leaf in (step.node.a, step.node.b):
+                    return False
+            elif isinstance(step, RowStream):
+                parts = (step.first.node.operands + step.second.node.operands
+                         + tuple(op for m in step.group.members for op, _ in node_reads(m)))
+                if any(op is leaf for op in parts):
                     return False
             else:
                 for k, member in enumerate(step.members):
@@ -386,6 +419,13 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     deferred: set[int] = set()
 
     def place(node: ir.Node) -> None:
+        if isinstance(node, ir.Solve):
+            materialize(node.a)
+            materialize(node.b)
+            steps.append(LinearSolve(node))
+            step_of[id(node)] = len(steps) - 1
+            materialized.add(id(node))
+            return
         pattern = blas_pattern(node)
         if pattern is not None:
             for op in node.operands:
@@ -451,6 +491,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             continue
         place(node)
     steps = _sink_groups(steps)
+    steps = _stream_rows(steps)
     materialized |= root_ids
     # A reduction's result is complete only after its loop: readers elsewhere need it stored.
     for group in (s for s in steps if isinstance(s, LoopGroup)):
@@ -475,6 +516,10 @@ def _step_reads(step: Step) -> list[tuple[ir.Node, tuple | None]]:
         return reads
     if isinstance(step, RowStats):
         return [(step.arg, None)]
+    if isinstance(step, LinearSolve):
+        return [(step.node.a, None), (step.node.b, None)]
+    if isinstance(step, RowStream):
+        return _step_reads(step.first) + _step_reads(step.group) + _step_reads(step.second)
     return [(op, at) for m in step.members for op, at in node_reads(m)]
 
 
@@ -487,7 +532,7 @@ def _read_outside(node: ir.Node, home: LoopGroup, steps: list[Step]) -> bool:
 
 
 def _provides(step: Step) -> set:
-    if isinstance(step, Contraction):
+    if isinstance(step, (Contraction, LinearSolve)):
         return {id(step.node)}
     if isinstance(step, RowStats):
         return {("stats", id(step.arg), step.axis)}
@@ -545,3 +590,66 @@ def _try_sink(steps: list[Step], i: int) -> list[Step] | None:
             moved.append(late)
             moved_keys |= _provides(late)
     return None
+
+
+def _matrix_vector(step: Step) -> tuple[ir.Node, int, int, ir.Node] | None:
+    """``(X, contracted label, free label, vector)`` when ``step`` is a product of a 2-D
+    input ``X`` (both axes larger than 1) with a vector."""
+    if not isinstance(step, Contraction) or step.symmetric is not None:
+        return None
+    node = step.node
+    dims = node.label_dims()
+    for (a, sa), (b, sb) in (tuple(zip(node.operands, node.specs)),
+                             tuple(zip(node.operands, node.specs))[::-1]):
+        if not isinstance(a, ir.Leaf) or a.rank != 2 or any(dims[x] == 1 for x in sa):
+            continue
+        big = [x for x in sb if dims[x] != 1]
+        if len(big) != 1 or big[0] not in sa or len(set(sa)) != 2:
+            continue
+        summed = big[0]
+        free = sa[1 - sa.index(summed)]
+        if [x for x in node.out if dims[x] != 1] == [free]:
+            return a, summed, free, b
+    return None
+
+
+def _stream_rows(steps: list[Step]) -> list[Step]:
+    """Finds ``X v``, a loop over X's rows, ``X^T r`` (a generalised linear model's value
+    and gradient) and makes them one ``RowStream``."""
+    out: list[Step] = []
+    k = 0
+    while k < len(steps):
+        window = steps[k:k + 3]
+        stream = _row_stream(*window) if len(window) == 3 else None
+        if stream is not None:
+            out.append(stream)
+            k += 3
+        else:
+            out.append(steps[k])
+            k += 1
+    return out
+
+
+def _row_stream(first: Step, group: Step, second: Step) -> RowStream | None:
+    one, two = _matrix_vector(first), _matrix_vector(second)
+    if one is None or two is None or not isinstance(group, LoopGroup):
+        return None
+    X, cols, rows, _ = one
+    X2, rows2, cols2, r = two
+    if X2 is not X or first.node.coeff != 1:
+        return None
+    pos = {lab: i for i, lab in enumerate(first.node.specs[first.node.operands.index(X)])}
+    pos2 = {lab: i for i, lab in enumerate(second.node.specs[second.node.operands.index(X)])}
+    if pos[rows] != pos2[rows2] or len(group.dims) != 1 or group.dims[0] != X.shape[pos[rows]]:
+        return None
+    z = first.node
+    row_var = group.indices.get(id(r))
+    if row_var is None or id(r) in group.reductions or [v for v in row_var if v is not None] != [0]:
+        return None
+    for member in group.members:
+        if id(member) in group.reductions and any(v is not None for v in group.indices[id(member)]):
+            return None
+        for op, at in node_reads(member):
+            if op is z and [v for v in at if v is not None] != [0]:
+                return None
+    return RowStream(first, group, second, X, rows, cols, rows2, cols2)
