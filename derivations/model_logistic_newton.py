@@ -12,14 +12,16 @@ w <- w - H^{-1} g. The loss is strictly convex (H is positive definite for lam >
 Newton converges quadratically: a handful of steps reach the optimum to machine precision,
 where gradient descent needs thousands (``newton`` below, checked in the tests).
 
-The solve H^{-1} g runs in NumPy (``np.linalg.solve``) on the Hessian the generated kernel
-returns: symdl's IR has no linear-solve primitive yet, so the step itself is not a kernel.
+The step is a kernel of its own: the derived g and H are SymPy expressions, and
+w - H^{-1} g compiles with them into one kernel (``newton_step_kernel``) in which H^{-1} g
+is a linear solve (LU through LAPACK), never an inverse.
 """
 
 import numpy as np
 import sympy as sp
 
 import symdl
+from symdl.kernel import Kernel
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X = sp.MatrixSymbol("X", n, d)  # features
@@ -41,20 +43,26 @@ def derivation() -> symdl.Derivation:
     return symdl.derive(LOSS, wrt=[w], hessian=True)
 
 
+def newton_step_kernel(der: symdl.Derivation | None = None) -> Kernel:
+    """One kernel: the Newton step ``w - H^{-1} g`` (output ``"w_new"``) and ``g`` (``"grad"``)."""
+    der = der or derivation()
+    g, hessian = der.gradient(w), der.hessian(w)
+    return symdl.compile_expressions({"w_new": w - hessian.inv() * g, "grad": g},
+                                     title="Newton step for L2-regularised logistic regression")
+
+
 def newton(kernel, X: np.ndarray, y: np.ndarray, lam: float,  # noqa: N803 - math names
            iterations: int = 10, tol: float = 1e-12) -> list[np.ndarray]:
     """Newton's method from w = 0; returns the iterates, stopping once ‖g‖ <= tol.
 
     Args:
-        kernel: ``derivation().compile()``.
+        kernel: ``newton_step_kernel()``.
         X, y: ``n x d`` features and ``n x 1`` labels in {0, 1} (float64); lam: the penalty.
     """
-    size = X.shape[1]
-    iterates = [np.zeros((size, 1))]
+    iterates = [np.zeros((X.shape[1], 1))]
     for _ in range(iterations):
         out = kernel(X=X, y=y, w=iterates[-1], **{"lambda": lam})
-        if np.linalg.norm(out.grad["w"]) <= tol:
+        if np.linalg.norm(out.outputs["grad"]) <= tol:
             break
-        hessian = out.hessian["w", "w"].reshape(size, size)
-        iterates.append(iterates[-1] - np.linalg.solve(hessian, out.grad["w"]))
+        iterates.append(out.outputs["w_new"])
     return iterates

@@ -9,17 +9,20 @@ so one Newton step from any w lands on the minimum: w* = w - H^{-1} g. When X^T 
 (fewer examples than features, or collinear features) the minimiser is not unique, and the
 pseudo-inverse (seed article 1.2) picks the one of least norm, w* = X^+ y = (X^T X)^+ X^T y.
 
-The linear solve itself runs in NumPy (``solve`` below: the generated kernel gives H and g,
-then ``np.linalg.lstsq``, which returns the least-norm solution of H w = -g + H w0 and so
-covers the pseudo-inverse case). symdl's IR has no matrix inverse or solve primitive yet, so
-a definition cannot contain (X^T X)^{-1} and the solve cannot be fused into a kernel. The
-gradient-descent route to the same w is linear_regression.
+A definition may contain the inverse: symdl reads (X^T X)^{-1} X^T y as one linear solve
+(LU factorisation, never the inverse itself; its derivative is -A^{-1} dA A^{-1}), so
+``SOLUTION`` below compiles into a kernel (``solution_kernel``). That needs X^T X invertible.
+For the pseudo-inverse, ``solve`` takes the derived gradient and Hessian from the kernel and
+calls ``np.linalg.lstsq``, whose least-norm solution of H w = -g also covers a singular H:
+symdl has no pseudo-inverse primitive. The gradient-descent route to the same w is
+linear_regression.
 """
 
 import numpy as np
 import sympy as sp
 
 import symdl
+from symdl.kernel import Kernel
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X = sp.MatrixSymbol("X", n, d)  # design matrix, one row per example
@@ -30,8 +33,16 @@ residual = X * w - y
 LOSS = symdl.total(sp.HadamardPower(residual, 2)) / 2
 
 
+SOLUTION = (X.T * X).inv() * X.T * y  # the normal equations' solution, d x 1
+
+
 def derivation() -> symdl.Derivation:
     return symdl.derive(LOSS, wrt=[w], hessian=True)
+
+
+def solution_kernel() -> Kernel:
+    """A kernel computing ``SOLUTION`` (output ``"w"``) from ``X`` and ``y``."""
+    return symdl.compile_expressions({"w": SOLUTION}, title="normal equations")
 
 
 def solve(kernel, X: np.ndarray, y: np.ndarray) -> np.ndarray:  # noqa: N803 - math names

@@ -102,6 +102,19 @@ def _vjp_named(node: ir.Named, adj: ir.Node, k: int) -> ir.Node:
     return adj
 
 
+def _transpose(a: ir.Node) -> ir.Node:
+    return ir.einsum([a], [(0, 1)], (1, 0))
+
+
+def _vjp_solve(node: ir.Solve, adj: ir.Node, k: int) -> ir.Node:
+    # X = A^{-1} B: B̄ = A^{-T} X̄ and Ā = -B̄ X^T (summed over every axis of B after the first).
+    b_bar = ir.solve(_transpose(node.a), adj)
+    if k == 1:
+        return b_bar
+    rest = tuple(range(2, 1 + node.rank))
+    return ir.einsum([b_bar, node], [(0,) + rest, (1,) + rest], (0, 1), -1)
+
+
 VJP_RULES: dict[type, Callable[[ir.Node, ir.Node, int], ir.Node]] = {
     ir.Einsum: _vjp_einsum,
     ir.Map: _vjp_map,
@@ -109,6 +122,7 @@ VJP_RULES: dict[type, Callable[[ir.Node, ir.Node, int], ir.Node]] = {
     ir.LogSumExp: _vjp_logsumexp,
     ir.Softmax: _vjp_softmax,
     ir.Named: _vjp_named,
+    ir.Solve: _vjp_solve,
 }
 """node kind -> (node, adjoint of node, operand position) -> contribution to that operand."""
 
@@ -222,6 +236,18 @@ def _jvp_named(node: ir.Named, tangents: list, extra: tuple[int, ...]) -> ir.Nod
     return tangents[0]
 
 
+def _jvp_solve(node: ir.Solve, tangents: list, extra: tuple[int, ...]) -> ir.Node:
+    # d(A^{-1} B) = A^{-1} (dB - dA X).
+    t_a, t_b = tangents
+    rank = node.rank
+    rest = tuple(range(2, 1 + rank))
+    ext = tuple(range(1 + rank, 1 + rank + len(extra)))
+    terms = [] if t_b is None else [t_b]
+    if t_a is not None:
+        terms.append(ir.einsum([t_a, node], [(0, 1) + ext, (1,) + rest], (0,) + rest + ext, -1))
+    return ir.solve(node.a, ir.add(*terms))
+
+
 JVP_RULES: dict[type, Callable[[ir.Node, list, tuple[int, ...]], ir.Node]] = {
     ir.Einsum: _jvp_einsum,
     ir.Map: _jvp_map,
@@ -229,6 +255,7 @@ JVP_RULES: dict[type, Callable[[ir.Node, list, tuple[int, ...]], ir.Node]] = {
     ir.LogSumExp: _jvp_logsumexp,
     ir.Softmax: _jvp_softmax,
     ir.Named: _jvp_named,
+    ir.Solve: _jvp_solve,
 }
 """node kind -> (node, tangents of its children or None, seed axes) -> tangent of the node."""
 

@@ -92,6 +92,15 @@ def evaluate(
             z = results[id(node.arg)]
             e = np.exp(z - np.max(z, axis=node.axis, keepdims=True))
             out = e / np.sum(e, axis=node.axis, keepdims=True)
+        elif isinstance(node, ir.Solve):
+            a, b = results[id(node.a)], results[id(node.b)]
+            try:
+                out = np.linalg.solve(a, b.reshape(b.shape[0], -1)).reshape(b.shape)
+            except np.linalg.LinAlgError as exc:
+                raise EvaluationError(
+                    f"the matrix of a linear solve or an inverse is singular ({exc}); use a "
+                    "regularised system (add lambda I) or the pseudo-inverse outside symdl"
+                ) from exc
         else:
             raise TypeError(f"cannot evaluate {type(node).__name__}")
         results[id(node)] = np.asarray(out, dtype=float).reshape(shape)

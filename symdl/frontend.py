@@ -112,10 +112,12 @@ class Translator:
             return ir.identity(e.rows)
         if isinstance(e, sp.MatPow):
             power = e.exp
+            if power == -1:  # sp.Inverse is a MatPow too
+                return ir.solve(self.matrix(e.base), ir.identity(e.base.shape[0]))
             if not (power.is_Integer and power >= 1):
                 raise UnsupportedError(
-                    f"matrix power {e} with exponent {power}: only positive integer powers are "
-                    "supported (the inverse is not yet differentiated)"
+                    f"matrix power {e} with exponent {power}: only positive integer powers and "
+                    "the inverse (power -1) are supported"
                 )
             return self._matmul(sp.MatMul(*([e.base] * int(power)), evaluate=False))
         if isinstance(e, Softmax):
@@ -127,11 +129,6 @@ class Translator:
             rows, cols = v.shape
             spec = (0, 2) if cols == 1 else (2, 0)
             return ir.einsum([v, ir.identity(e.shape[0])], [spec, (0, 1)], (0, 1))
-        if isinstance(e, sp.Inverse):
-            raise UnsupportedError(
-                f"the matrix inverse in {e} is not differentiated yet; solve the system "
-                "outside the definition, or write the objective without the inverse"
-            )
         if isinstance(e, sp.MatrixBase):
             raise UnsupportedError(
                 "explicit matrices (sympy.Matrix) are unrolled per entry and do not scale; use "
@@ -153,12 +150,25 @@ class Translator:
                     f"{left.shape[1]} and {right.shape[0]} x {right.shape[1]} do not chain "
                     f"({left.shape[1]} != {right.shape[0]})", left.shape, right.shape,
                 )
+        nodes = self._solved_chain(mats)
         operands = [self.scalar(s) for s in scalars]
         specs: list[tuple[int, ...]] = [() for _ in scalars]
-        for k, m in enumerate(mats):
-            operands.append(self.matrix(m))
+        for k, node in enumerate(nodes):
+            operands.append(node)
             specs.append((k, k + 1))
-        return ir.einsum(operands, specs, (0, len(mats)))
+        return ir.einsum(operands, specs, (0, len(nodes)))
+
+    def _solved_chain(self, mats: list[MatrixExpr]) -> list[ir.Node]:
+        """The factors of a product; ``A^{-1} B C`` becomes one linear solve ``A^{-1} (B C)``,
+        never the inverse itself, unless the inverse ends the product."""
+        for k, m in enumerate(mats):
+            if isinstance(m, sp.MatPow) and m.exp == -1 and k + 1 < len(mats):
+                rest = self._solved_chain(mats[k + 1:])
+                specs = [(j, j + 1) for j in range(len(rest))]
+                right = ir.einsum(rest, specs, (0, len(rest)))
+                solved = ir.solve(self.matrix(m.base), right)
+                return [self.matrix(a) for a in mats[:k]] + [solved]
+        return [self.matrix(m) for m in mats]
 
     def _constant(self, value: sp.Expr, what: str) -> sp.Expr:
         value = sp.sympify(value)

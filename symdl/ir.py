@@ -11,6 +11,7 @@ few node kinds, and one of them does most of the work:
 * ``Map``: a scalar SymPy function applied entry by entry to operands of one shape.
 * ``Add``: a sum of tensors of one shape.
 * ``LogSumExp`` and ``Softmax`` along an axis: stable primitives.
+* ``Solve``: ``A^{-1} B``, a linear solve (the matrix inverse is ``A^{-1} I``).
 * ``Named``: a user's intermediate (``Z1``) or its adjoint (``dZ1``); it blocks inlining so
   equations stay small.
 * Leaves: ``Leaf`` (an input or parameter), ``Ones``, ``Identity`` and ``Zero``.
@@ -194,6 +195,24 @@ class Softmax(Node):
 
     def children(self) -> tuple[Node, ...]:
         return (self.arg,)
+
+
+@dataclass(frozen=True, eq=False)
+class Solve(Node):
+    """``A^{-1} B``: the solution ``X`` of ``A X = B`` for a square ``A``. ``B`` may have more
+    axes than two (tangents carry seed axes): each column of ``B`` reshaped to its first
+    axis by the rest is solved for."""
+
+    a: Node
+    b: Node
+    _fields: ClassVar[tuple[str, ...]] = ("a", "b")
+
+    @property
+    def shape(self) -> Shape:
+        return self.b.shape
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.a, self.b)
 
 
 @dataclass(frozen=True, eq=False)
@@ -540,6 +559,23 @@ def logsumexp(arg: Node, axis: int) -> LogSumExp:
 def softmax(arg: Node, axis: int) -> Softmax:
     _require_matrix(arg, "softmax")
     return _intern(Softmax(arg, axis))
+
+
+def solve(a: Node, b: Node) -> Node:
+    """``A^{-1} B`` (the inverse itself is ``solve(A, identity)``); zero when ``B`` is."""
+    _require_matrix(a, "solve")
+    if a.shape[0] != a.shape[1]:
+        raise ShapeMismatchError(
+            f"the matrix of a linear solve or an inverse must be square, got {a.shape}", a.shape
+        )
+    if b.rank == 0 or b.shape[0] != a.shape[0]:
+        raise ShapeMismatchError(
+            f"a linear solve A^-1 B needs B with {a.shape[0]} rows (A is {a.shape}), got "
+            f"{b.shape}", a.shape, b.shape,
+        )
+    if is_zero(b):
+        return b
+    return _intern(Solve(a, b))
 
 
 def _require_matrix(arg: Node, what: str) -> None:

@@ -18,6 +18,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
+from symdl.errors import UnsupportedError
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
@@ -181,6 +182,11 @@ class SympyPrinter:
             return LogSumExp(self.matrix(node.arg), node.axis)
         if isinstance(node, ir.Softmax):
             return Softmax(self.matrix(node.arg), node.axis)
+        if isinstance(node, ir.Solve):
+            inverse = sp.Inverse(self.matrix(node.a))
+            if isinstance(node.b, ir.Identity):
+                return inverse
+            return sp.MatMul(inverse, self.matrix(node.b))
         if isinstance(node, ir.Einsum):
             try:
                 return self._einsum_matrix(node)
@@ -305,6 +311,13 @@ class SympyPrinter:
             return sp.Sum(body, *limits) if limits else body
         if isinstance(node, (ir.LogSumExp, ir.Softmax)):
             # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
+            return MatrixElement(self.matrix(node), *indices)
+        if isinstance(node, ir.Solve):
+            if node.rank != 2:
+                raise UnsupportedError(
+                    f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
+                    "a matrix parameter) has no index notation yet; evaluate or compile it"
+                )
             return MatrixElement(self.matrix(node), *indices)
         raise TypeError(f"no index form for {type(node).__name__}")
 

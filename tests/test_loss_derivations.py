@@ -17,7 +17,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from symdl import registry
 
-DIMS = {"n": 5, "k": 3, "d": 4}
+DIMS = {"n": 5, "k": 3, "d": 4, "m": 6}
 _KERNELS: dict[str, tuple] = {}
 
 
@@ -183,6 +183,13 @@ def np_map_gaussian_prior(X, y, w, sigma, tau):  # noqa: N803
                    "tau": d / tau - np.sum(w**2) / tau**3}
 
 
+def np_ridge_validation(X, y, Xv, yv, lam):  # noqa: N803
+    a = X.T @ X + lam * np.eye(X.shape[1])
+    w = np.linalg.solve(a, X.T @ y)
+    r = Xv @ w - yv
+    return np.sum(r**2) / 2, {"lambda": -np.sum(np.linalg.solve(a, Xv.T @ r) * w)}
+
+
 NUMPY_ORACLES: dict[str, Callable] = {
     "loss_mse": np_mse, "loss_mae": np_mae, "loss_huber": np_huber,
     "loss_bce_logits": np_bce_logits, "loss_cross_entropy": np_cross_entropy,
@@ -194,6 +201,7 @@ NUMPY_ORACLES: dict[str, Callable] = {
     "model_normal_equations": np_normal_equations,
     "model_logistic_newton": np_logistic_newton,
     "model_map_gaussian_prior": np_map_gaussian_prior,
+    "model_ridge_validation": np_ridge_validation,
 }
 NAMES = sorted(NUMPY_ORACLES)
 
@@ -421,6 +429,9 @@ def test_normal_equations_solve_matches_lstsq_and_the_pseudo_inverse() -> None:
     w = module.solve(kernel, X, y)
     np.testing.assert_allclose(w, np.linalg.lstsq(X, y, rcond=None)[0], rtol=1e-10)
     assert np.linalg.norm(X.T @ (X @ w - y)) < 1e-10
+    # The closed form (X^T X)^{-1} X^T y as a kernel of its own (a linear solve inside).
+    closed = module.solution_kernel()(X=X, y=y).outputs["w"]
+    np.testing.assert_allclose(closed, np.linalg.lstsq(X, y, rcond=None)[0], rtol=1e-10)
     # Fewer examples than features: X^T X is singular; the least-norm solution is X^+ y.
     X, y = rng.normal(size=(3, 4)), rng.normal(size=(3, 1))  # noqa: N806
     w = module.solve(kernel, X, y)
@@ -429,7 +440,8 @@ def test_normal_equations_solve_matches_lstsq_and_the_pseudo_inverse() -> None:
 
 
 def test_newton_converges_in_at_most_ten_steps_to_the_gradient_descent_optimum() -> None:
-    module, _, kernel = _kernel("model_logistic_newton")
+    module, der, _ = _kernel("model_logistic_newton")
+    kernel = module.newton_step_kernel(der)
     rng = np.random.default_rng(14)
     X = rng.normal(size=(60, 4))  # noqa: N806
     y = (X @ np.array([[1.5], [-2.0], [0.5], [0.0]]) + 0.3 * rng.normal(size=(60, 1)) > 0)
@@ -485,3 +497,80 @@ def test_huber_and_absolute_vocabulary() -> None:
     np.testing.assert_allclose(result["grad:delta"], np.maximum(np.abs(x) - 0.8, 0).mean(),
                                rtol=1e-14)
     assert symdl.huber(sp.Symbol("x"), 2).subs(sp.Symbol("x"), 3) == 4  # 2 (3 - 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# The linear solve (A^{-1} B) primitive: derivatives against PyTorch and finite differences.
+
+
+def test_derivatives_through_a_linear_solve_match_torch_linalg_solve() -> None:
+    import sympy as sp
+
+    import symdl
+
+    n, m = sp.symbols("n m", integer=True, positive=True)
+    A, B = sp.MatrixSymbol("A", n, n), sp.MatrixSymbol("B", n, m)  # noqa: N806
+    G = sp.MatrixSymbol("G", n, m)  # noqa: N806
+    der = symdl.derive(symdl.total(sp.hadamard_product(G, A.inv() * B))
+                       + symdl.total(sp.HadamardPower(B.T * A.inv(), 2)), wrt=[A, B])
+    kernel = der.compile()
+    rng = np.random.default_rng(16)
+    a = rng.normal(size=(4, 4)) + 3 * np.eye(4)
+    b, g = rng.normal(size=(4, 2)), rng.normal(size=(4, 2))
+    out = kernel(A=a, B=b, G=g)
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (a, b))
+    loss = ((torch.tensor(g) * torch.linalg.solve(ta, tb)).sum()
+            + (tb.T @ torch.linalg.inv(ta)).pow(2).sum())
+    loss.backward()
+    np.testing.assert_allclose(out.value, loss.item(), rtol=1e-12)
+    np.testing.assert_allclose(out.grad["A"], ta.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out.grad["B"], tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+    # Hessian-vector product through the solve (forward over reverse) against torch.
+    v = rng.normal(size=(4, 4))
+    printed = symdl.evaluate(der.hvp(A, {A: sp.MatrixSymbol("V", n, n)}),
+                             {"A": a, "B": b, "G": g, "V": v}, {n: 4, m: 2})
+
+    def grad_a(x):
+        xa = x.clone().requires_grad_(True)
+        value = ((torch.tensor(g) * torch.linalg.solve(xa, torch.tensor(b))).sum()
+                 + (torch.tensor(b).T @ torch.linalg.inv(xa)).pow(2).sum())
+        return torch.autograd.grad(value, xa, create_graph=True)[0]
+
+    _, expected = torch.autograd.functional.jvp(grad_a, torch.tensor(a), torch.tensor(v))
+    np.testing.assert_allclose(np.asarray(printed).reshape(4, 4), expected.numpy(), rtol=1e-9,
+                               atol=1e-11)
+
+
+def test_ridge_hypergradient_and_its_second_derivative_match_torch() -> None:
+    _, _, kernel = _kernel("model_ridge_validation")
+    values = _inputs("model_ridge_validation", seed=17)
+    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+
+    def validation_loss(lam):
+        a = t["X"].T @ t["X"] + lam * torch.eye(4, dtype=torch.float64)
+        w = torch.linalg.solve(a, t["X"].T @ t["y"])
+        return ((t["Xv"] @ w - t["yv"]) ** 2).sum() / 2
+
+    lam = t["lambda"].clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(validation_loss(lam), lam, create_graph=True)
+    (second,) = torch.autograd.grad(first, lam)
+    out = kernel(**values)
+    np.testing.assert_allclose(out.value, validation_loss(t["lambda"]).item(), rtol=1e-12)
+    np.testing.assert_allclose(out.grad["lambda"], first.item(), rtol=1e-10)
+    np.testing.assert_allclose(out.hessian["lambda", "lambda"], second.item(), rtol=1e-9)
+
+
+def test_inverse_errors_are_typed() -> None:
+    import sympy as sp
+
+    import symdl
+
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X = sp.MatrixSymbol("X", n, d)  # noqa: N806
+    w = sp.MatrixSymbol("w", d, 1)
+    with pytest.raises(symdl.ShapeMismatchError, match="square"):
+        symdl.derive(symdl.total(sp.Inverse(X)), wrt=[X])
+    A = sp.MatrixSymbol("A", d, d)  # noqa: N806
+    der = symdl.derive(symdl.total(A.inv() * w), wrt=[w])
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        der.evaluate({"A": np.zeros((2, 2)), "w": np.ones((2, 1))}, {d: 2})
