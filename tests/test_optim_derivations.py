@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
+from symdl.derivations import two_layer_mlp
 
 import symdl
 from symdl import optimizers as optim
 from symdl import registry
+from symdl.training import compile_training_step
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 W = sp.MatrixSymbol("W", n, d)
@@ -289,3 +291,35 @@ def test_schedule_array_kernel_matches_torch_scheduler(name):
         optimizer.step()
         scheduler.step()
     np.testing.assert_allclose(rates, expected, rtol=1e-10, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["AdamW"])
+def test_fused_training_step_follows_torch(name):
+    """A fused training-step kernel (forward, backward and this optimizer's update in one
+    kernel, symdl.training) against the same network trained by torch.optim for 5 steps."""
+    optimizer, make_torch = TORCH_PAIRS[name]
+    rng = np.random.default_rng(6)
+    params = {"W1": rng.normal(size=(5, 4)) * 0.5, "b1": rng.normal(size=(1, 4)) * 0.1,
+              "W2": rng.normal(size=(4, 3)) * 0.5, "b2": rng.normal(size=(1, 3)) * 0.1}
+    X = rng.normal(size=(8, 5))
+    Y = np.eye(3)[rng.integers(0, 3, 8)]
+    kernel = compile_training_step(two_layer_mlp.derivation(), optimizer)
+    current = dict(params)
+    current.update({f"{s}_{k}": np.zeros_like(v) for k, v in params.items()
+                    for s in optimizer.state_names})
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
+    references = {k: make_torch(t) for k, t in tensors.items()}
+    for t in range(1, 6):
+        out = kernel(X=X, Y=Y, t=float(t), **current).outputs
+        current = {k: out[f"new:{k}"] for k in current}
+        hidden = torch.tanh(torch.tensor(X) @ tensors["W1"] + tensors["b1"])
+        logits = hidden @ tensors["W2"] + tensors["b2"]
+        expected = torch.nn.functional.cross_entropy(logits, torch.tensor(Y))
+        for tensor in tensors.values():
+            tensor.grad = None
+        expected.backward()
+        for reference in references.values():
+            reference.step()
+        assert float(out["value"]) == pytest.approx(expected.item(), rel=1e-12)
+    for k, tensor in tensors.items():
+        np.testing.assert_allclose(current[k], tensor.detach().numpy(), rtol=1e-10, atol=1e-12)
