@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed-test
 BENCH_INSTALLED := $(VENV)/.installed-bench
 DEMO_INSTALLED := $(VENV)/.installed-demo
 
-.PHONY: test demo bench bench-derive bench-kernels lint clean
+.PHONY: test demo pdflatex bench bench-derive bench-kernels lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,16 @@ $(BENCH_INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[bench]"
 	touch $@
 
-test: $(INSTALLED)
+# pdflatex for the LaTeX tests and reports: Debian's TeX Live packages, when it is missing.
+pdflatex:
+	@command -v pdflatex >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	  texlive-latex-base texlive-latex-recommended >/dev/null; }
+
+test: $(INSTALLED) pdflatex
 	$(BIN)/python -m pytest -q
 
-demo: $(INSTALLED) $(DEMO_INSTALLED)
+demo: $(INSTALLED) $(DEMO_INSTALLED) pdflatex
 	$(BIN)/symdl demo --newton
 
 # Benchmarks (optional dependencies: JAX, PyTorch 2.13.0 CPU, SciPy for Numba's np.dot).

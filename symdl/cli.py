@@ -69,6 +69,36 @@ def _cmd_derive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_latex(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from symdl import latex
+
+    entry = load(args.derivation)
+    der = entry.derive()
+    if args.hessian and der.is_scalar:
+        for i, p in enumerate(der.wrt):
+            for q in der.wrt[i:]:
+                der.hessian_node(p, q)
+    report = None
+    if args.check:
+        import symdl
+
+        if not callable(getattr(symdl, "check", None)):
+            print("symdl: --check needs symdl.check, which this installation does not have; "
+                  "writing the document without the check table", file=sys.stderr)
+        else:
+            report = symdl.check(der)
+    out = Path(args.output)
+    out.write_text(latex.document(der, title=entry.title, check_report=report), encoding="utf-8")
+    written = [str(out)]
+    if args.pdf:
+        written.append(str(latex.compile_pdf(out.read_text(encoding="utf-8"),
+                                             out.with_suffix(".pdf"))))
+    print(f"wrote {', '.join(written)}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from symdl.demo import run
 
@@ -109,6 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
     derive.add_argument("--timing", action="store_true", help="print how long it took")
     derive.set_defaults(run=_cmd_derive)
+    tex = commands.add_parser(
+        "latex", help="write a derivation as a LaTeX document (optionally a PDF)",
+        description="Write a standalone LaTeX document: the definition, each backprop step as "
+        "the chain rule and in matrix form, the gradients (and Hessians), with shapes.",
+    )
+    tex.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
+                     "defines derivation() returning a symdl.Derivation")
+    tex.add_argument("-o", "--output", required=True, help="the .tex file to write")
+    tex.add_argument("--pdf", action="store_true", help="also compile it with pdflatex (the PDF "
+                     "goes next to the .tex)")
+    tex.add_argument("--hessian", action="store_true", help="also the Hessian blocks")
+    tex.add_argument("--check", action="store_true", help="run symdl.check and include its "
+                     "finite-difference table")
+    tex.set_defaults(run=_cmd_latex)
     demo = commands.add_parser(
         "demo", help="train a network on scikit-learn's digits with generated kernels",
         description="Derive a 2-layer network (tanh, softmax cross-entropy, weight decay), "

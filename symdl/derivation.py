@@ -369,6 +369,17 @@ class Derivation:
         params = ", ".join(_symbol_name(p) for p in self.wrt)
         return f"Derivation(output shape {self.output.shape}, wrt [{params}])"
 
+    def to_latex(self) -> str:
+        """The derivation as a LaTeX ``aligned`` block, ready to paste into a paper: the
+        definition, each backprop step as the chain rule then in matrix form, each gradient
+        and the Hessian blocks computed so far, with shapes (see ``symdl.latex``)."""
+        from symdl.latex import derivation_latex
+
+        return derivation_latex(self)
+
+    def _repr_latex_(self) -> str:
+        return "$$" + self.to_latex() + "$$"
+
 
 def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
     return [n for n in ir.topological_order(roots) if isinstance(n, ir.Leaf)]
