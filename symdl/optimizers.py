@@ -36,6 +36,9 @@ from symdl.vocabulary import total
 Hyperparameter = float | int | sp.Expr
 """A number, or a scalar SymPy expression (a ``Symbol``: a scalar input of the kernel)."""
 
+Update = tuple[sp.Basic, dict[str, sp.Basic]]
+"""What ``update`` returns: the new parameter and the new state by name."""
+
 STEP = sp.Symbol("t", positive=True)
 """The default 1-based step number symbol (the same as ``symdl.training.STEP``)."""
 
@@ -62,7 +65,7 @@ def _divide(x: sp.Basic, y: sp.Basic) -> sp.Basic:
     return x / y
 
 
-def _check_arguments(optimizer: object, param: sp.Basic, grad: sp.Basic,
+def _check_arguments(optimizer: Optimizer, param: sp.Basic, grad: sp.Basic,
                      state: Mapping[str, sp.Basic]) -> None:
     name = type(optimizer).__name__
     if isinstance(param, MatrixExpr) != isinstance(grad, MatrixExpr) or (
@@ -118,7 +121,8 @@ class SGD(_Checked):
     weight_decay: Hyperparameter = 0
     state_names: ClassVar[tuple[str, ...]] = ()
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         return param - self.lr * _decayed(param, grad, self.weight_decay), {}
 
@@ -134,7 +138,8 @@ class Momentum(_Checked):
     state_names: ClassVar[tuple[str, ...]] = ("b",)
     _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"momentum": (0.0, 1.0)}
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         b = self.momentum * state["b"] + _decayed(param, grad, self.weight_decay)
         return param - self.lr * b, {"b": b}
@@ -151,7 +156,8 @@ class Nesterov(_Checked):
     state_names: ClassVar[tuple[str, ...]] = ("b",)
     _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"momentum": (0.0, 1.0)}
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         g = _decayed(param, grad, self.weight_decay)
         b = self.momentum * state["b"] + g
@@ -169,7 +175,8 @@ class RMSprop(_Checked):
     state_names: ClassVar[tuple[str, ...]] = ("v",)
     _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"alpha": (0.0, 1.0)}
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         g = _decayed(param, grad, self.weight_decay)
         v = self.alpha * state["v"] + (1 - self.alpha) * _square(g)
@@ -186,14 +193,17 @@ class Adagrad(_Checked):
     weight_decay: Hyperparameter = 0
     state_names: ClassVar[tuple[str, ...]] = ("s",)
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         g = _decayed(param, grad, self.weight_decay)
         s = state["s"] + _square(g)
         return param - self.lr * _divide(g, _plus_constant(_sqrt(s), self.eps)), {"s": s}
 
 
-def _adam_step(param, g, state, t, lr, beta1, beta2, eps):
+def _adam_step(param: sp.Basic, g: sp.Basic, state: Mapping[str, sp.Basic], t: sp.Basic,
+               lr: Hyperparameter, beta1: Hyperparameter, beta2: Hyperparameter,
+               eps: Hyperparameter) -> Update:
     m = beta1 * state["m"] + (1 - beta1) * g
     v = beta2 * state["v"] + (1 - beta2) * _square(g)
     # Bias correction: m and v start at zero, so their expectations are scaled by
@@ -218,7 +228,8 @@ class Adam(_Checked):
     _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
         "beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         g = _decayed(param, grad, self.weight_decay)
         return _adam_step(param, g, state, t, self.lr, self.beta1, self.beta2, self.eps)
@@ -238,18 +249,21 @@ class AdamW(_Checked):
     _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
         "beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
 
-    def update(self, param, grad, state, t=STEP):
+    def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
+               t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
         shrunk = (1 - self.lr * self.weight_decay) * param
         return _adam_step(shrunk, grad, state, t, self.lr, self.beta1, self.beta2, self.eps)
 
+
+Optimizer = SGD | Momentum | Nesterov | RMSprop | Adagrad | Adam | AdamW
 
 OPTIMIZERS: dict[str, type] = {
     cls.__name__: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adagrad, Adam, AdamW)}
 """Every optimizer here, by class name."""
 
 
-def update_kernel_outputs(optimizer, param: sp.MatrixSymbol | sp.Symbol,
+def update_kernel_outputs(optimizer: Optimizer, param: sp.MatrixSymbol | sp.Symbol,
                           t: sp.Basic = STEP) -> dict[str, sp.Basic]:
     """The outputs of a stand-alone update kernel for ``symdl.compile_expressions``.
 
@@ -275,7 +289,7 @@ def update_kernel_outputs(optimizer, param: sp.MatrixSymbol | sp.Symbol,
     return outputs
 
 
-def update_step_definition(optimizer, param: sp.MatrixSymbol, t: sp.Basic = STEP
+def update_step_definition(optimizer: Optimizer, param: sp.MatrixSymbol, t: sp.Basic = STEP
                            ) -> tuple[list[tuple[sp.Basic, sp.Basic]], list[sp.MatrixSymbol]]:
     """One update as named steps, ending in a scalar that backpropagates through it.
 
