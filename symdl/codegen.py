@@ -423,7 +423,8 @@ class _Generator:
                 f"    b = np.sqrt(w)[:, None] * {base}",
                 f"    np.dot(b.T, b, {out})",
                 "else:",
-                f"    {general}",
+                f"    b = w[:, None] * {base}",
+                f"    np.dot(b.T, {base}, {out})",
             ]
         if node.coeff != 1:
             lines.append(f"{out} *= {self.constant(node.coeff)}")

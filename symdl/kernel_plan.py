@@ -428,11 +428,10 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             return
         pattern = blas_pattern(node)
         if pattern is not None:
-            for op in node.operands:
-                materialize(op)
             symmetric = symmetric_form(node, pattern)
-            if symmetric is not None:
-                materialize(symmetric.weight)
+            # X^T diag(c) X reads c and X only: the scaled operand is never stored.
+            for op in ((symmetric.weight, symmetric.base) if symmetric else node.operands):
+                materialize(op)
             steps.append(Contraction(node, pattern, symmetric))
             step_of[id(node)] = len(steps) - 1
             materialized.add(id(node))
@@ -490,7 +489,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             deferred.add(id(node))
             continue
         place(node)
-    steps = _sink_groups(steps)
+    steps = _sink_groups(_drop_unread(steps, root_ids))
     steps = _stream_rows(steps)
     materialized |= root_ids
     # A reduction's result is complete only after its loop: readers elsewhere need it stored.
@@ -507,13 +506,29 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     return Plan(steps, roots, materialized)
 
 
+def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
+    """Removes loop members that no step reads and no output is (the scaled operand of a
+    symmetric product, read only by the product's symmetric form)."""
+    changed = True
+    while changed:
+        changed = False
+        read = {id(op) for step in steps for op, _ in _step_reads(step)}
+        for group in (s for s in steps if isinstance(s, LoopGroup)):
+            for member in list(group.members):
+                if id(member) not in read and id(member) not in root_ids:
+                    group.members.remove(member)
+                    group.reductions.discard(id(member))
+                    changed = True
+        steps = [s for s in steps if not isinstance(s, LoopGroup) or s.members]
+    return steps
+
+
 def _step_reads(step: Step) -> list[tuple[ir.Node, tuple | None]]:
     """(node, index) pairs a step reads (index None: the whole array)."""
     if isinstance(step, Contraction):
-        reads = [(op, None) for op in step.node.operands]
         if step.symmetric is not None:
-            reads += [(step.symmetric.weight, None), (step.symmetric.base, None)]
-        return reads
+            return [(step.symmetric.weight, None), (step.symmetric.base, None)]
+        return [(op, None) for op in step.node.operands]
     if isinstance(step, RowStats):
         return [(step.arg, None)]
     if isinstance(step, LinearSolve):

@@ -703,3 +703,20 @@ def test_relu_second_derivatives_evaluate() -> None:
     for key, block in ref.items():
         if key.startswith("hessian:"):
             np.testing.assert_array_equal(block, 0.0)
+
+
+def test_symmetric_hessian_both_branches() -> None:
+    """X^T diag(c) X is computed as one triangle (syrk of sqrt(c) ⊙ X) when every c >= 0,
+    and as a general product otherwise; both against NumPy's closed form."""
+    der = symdl.derive(-symdl.total((X * w).applyfunc(sp.sin)) / n, wrt=[w], hessian=True)
+    kernel = der.compile(outputs=["hessian:w,w"])
+    assert "np.all(w >= 0)" in kernel.source
+    rng = np.random.default_rng(3)
+    X_ = np.abs(rng.normal(size=(9, 4)))
+    for w_ in (np.abs(rng.normal(size=(4, 1))) * 0.05,  # 0 < Xw < pi: every c > 0
+               rng.normal(size=(4, 1)) * 3.0):  # c of both signs
+        c = np.sin(X_ @ w_).ravel() / 9
+        assert (c > 0).all() if w_.min() >= 0 else (c < 0).any() and (c > 0).any()
+        expected = X_.T @ (c[:, None] * X_)
+        got = kernel(X=X_, w=w_).hessian["w", "w"]
+        np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
