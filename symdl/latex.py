@@ -46,6 +46,14 @@ TEXT_ESCAPES = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
     "%": r"\%", "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}",
 }
+# Unicode that titles and names use, as LaTeX pdflatex can set without extra packages.
+UNICODE_TEXT = {
+    "²": "$^2$", "³": "$^3$", "‖": r"$\|$", "×": r"$\times$", "⊙": r"$\odot$", "−": "-",
+    "–": "--", "—": "---", "·": r"$\cdot$", "≥": r"$\geq$", "≤": r"$\leq$", "∑": r"$\sum$",
+    "Σ": r"$\Sigma$", "Δ": r"$\Delta$", "∇": r"$\nabla$", "ᵀ": r"$^\top$", "→": r"$\to$",
+    "…": r"\dots{}", "’": "'", "“": "``", "”": "''", "é": r"\'e", "è": r"\`e", "ö": r'\"o',
+    "ü": r'\"u', "ä": r'\"a',
+}
 PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage[margin=2.2cm]{geometry}
 \usepackage{amsmath,amssymb}
@@ -70,6 +78,8 @@ def escape_text(text: str) -> str:
     for ch in text:
         if ch in TEXT_ESCAPES:
             out.append(TEXT_ESCAPES[ch])
+        elif ch in UNICODE_TEXT:
+            out.append(UNICODE_TEXT[ch])
         elif ch in UNICODE_GREEK:
             out.append(rf"$\{UNICODE_GREEK[ch]}$")
         elif ord(ch) < 32:
@@ -543,20 +553,23 @@ def _lines(terms: list[str], width: int) -> list[str]:
     return lines
 
 
-def _aligned_rows(rows: list[Row], fit: bool, width: int = 48) -> list[str]:
+def _aligned_rows(rows: list[Row], fit: float, width: int = 48) -> list[str]:
+    """The rows as lines of an alignment; ``fit`` > 0 scales each right side down to that
+    fraction of the line width where it is wider (in documents)."""
     lines = []
     for row in rows:
         first = True
         for form in row.forms:
             for k, term in enumerate(_lines(form, width)):
-                body = rf"\symdlfit{{0.62}}{{{term}}}" if fit else term
+                body = rf"\symdlfit{{{fit}}}{{{term}}}" if fit else term
                 lead = row.lhs if first else ""
                 op = "&= " if k == 0 else r"&\quad "
                 shape = rf" && {row.shape}" if first and row.shape else ""
                 lines.append(f"{lead} {op}{body}{shape}")
                 first = False
         if row.where:
-            lines.append(rf"&\qquad \text{{for }} {row.where}")
+            where = rf"\text{{for }} {row.where}"
+            lines.append(rf"&\qquad \symdlfit{{{fit}}}{{{where}}}" if fit else rf"&\qquad {where}")
     return lines
 
 
@@ -566,7 +579,7 @@ def derivation_latex(der: Derivation) -> str:
     lines = []
     for section in _Builder(der).sections():
         lines.append(rf"&\text{{{escape_text(section.title)}}} \\")
-        lines.extend(line + r" \\" for line in _aligned_rows(section.rows, fit=False))
+        lines.extend(line + r" \\" for line in _aligned_rows(section.rows, fit=0))
     body = "\n".join(lines).rstrip("\\ \n")
     return "\\begin{aligned}\n" + body + "\n\\end{aligned}"
 
@@ -576,7 +589,9 @@ def _section_latex(section: Section) -> str:
     if section.intro:
         parts.append(section.intro if "$" in section.intro else escape_text(section.intro))
     if section.rows:
-        lines = _aligned_rows(section.rows, fit=True)
+        # Four-index shapes and bracketed left sides leave less room for the right side.
+        wide = any(row.where for row in section.rows)
+        lines = _aligned_rows(section.rows, fit=0.5 if wide else 0.62)
         parts.append("\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}")
     return "\n\n".join(parts)
 
