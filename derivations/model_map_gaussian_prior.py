@@ -10,8 +10,8 @@ log-posterior is, up to the evidence,
 the negative log-likelihood plus an L2 penalty of strength 1 / tau². Its maximiser, the MAP
 estimate, is ridge regression with lam = sigma² / tau²: w = (X^T X + lam I)^{-1} X^T y. symdl
 derives the gradient X^T (X w - y) / sigma² + w / tau² and the Hessian X^T X / sigma² + I / tau²
-(positive definite for any data, so the MAP estimate is unique); one Newton step from any
-point reaches it (the solve runs in NumPy: see model_normal_equations for why). The constant
+(positive definite for any data, so the MAP estimate is unique); one Newton step
+w - H^{-1} g from any point reaches it. The constant
 terms keep the objective equal to -log N(y | X w, sigma²) - log N(w | 0, tau²) exactly, which the
 tests compare with torch.distributions.
 """

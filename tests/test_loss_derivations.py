@@ -183,13 +183,6 @@ def np_map_gaussian_prior(X, y, w, sigma, tau):  # noqa: N803
                    "tau": d / tau - np.sum(w**2) / tau**3}
 
 
-def np_ridge_validation(X, y, Xv, yv, lam):  # noqa: N803
-    a = X.T @ X + lam * np.eye(X.shape[1])
-    w = np.linalg.solve(a, X.T @ y)
-    r = Xv @ w - yv
-    return np.sum(r**2) / 2, {"lambda": -np.sum(np.linalg.solve(a, Xv.T @ r) * w)}
-
-
 NUMPY_ORACLES: dict[str, Callable] = {
     "loss_mse": np_mse, "loss_mae": np_mae, "loss_huber": np_huber,
     "loss_bce_logits": np_bce_logits, "loss_cross_entropy": np_cross_entropy,
@@ -201,7 +194,6 @@ NUMPY_ORACLES: dict[str, Callable] = {
     "model_normal_equations": np_normal_equations,
     "model_logistic_newton": np_logistic_newton,
     "model_map_gaussian_prior": np_map_gaussian_prior,
-    "model_ridge_validation": np_ridge_validation,
 }
 NAMES = sorted(NUMPY_ORACLES)
 
@@ -542,8 +534,25 @@ def test_derivatives_through_a_linear_solve_match_torch_linalg_solve() -> None:
 
 
 def test_ridge_hypergradient_and_its_second_derivative_match_torch() -> None:
-    _, _, kernel = _kernel("model_ridge_validation")
-    values = _inputs("model_ridge_validation", seed=17)
+    # The validation loss of the ridge solution w(lam) = (X^T X + lam I)^{-1} X^T y, and its
+    # first and second derivatives in lam: derivatives through the inverse.
+    import sympy as sp
+
+    import symdl
+
+    n, m, d = sp.symbols("n m d", integer=True, positive=True)
+    X, Xv = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("Xv", m, d)  # noqa: N806
+    y, yv = sp.MatrixSymbol("y", n, 1), sp.MatrixSymbol("yv", m, 1)
+    lam = sp.Symbol("lambda", positive=True)
+    w, r = sp.MatrixSymbol("w", d, 1), sp.MatrixSymbol("r", m, 1)
+    der = symdl.derive([(w, (X.T * X + lam * sp.Identity(d)).inv() * X.T * y),
+                        (r, Xv * w - yv),
+                        (sp.Symbol("L"), symdl.total(sp.HadamardPower(r, 2)) / 2)],
+                       wrt=[lam], hessian=True)
+    kernel = der.compile()
+    rng = np.random.default_rng(17)
+    values = {"X": rng.normal(size=(5, 4)), "y": rng.normal(size=(5, 1)),
+              "Xv": rng.normal(size=(6, 4)), "yv": rng.normal(size=(6, 1)), "lambda": 0.8}
     t = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
 
     def validation_loss(lam):
@@ -551,13 +560,20 @@ def test_ridge_hypergradient_and_its_second_derivative_match_torch() -> None:
         w = torch.linalg.solve(a, t["X"].T @ t["y"])
         return ((t["Xv"] @ w - t["yv"]) ** 2).sum() / 2
 
-    lam = t["lambda"].clone().requires_grad_(True)
-    (first,) = torch.autograd.grad(validation_loss(lam), lam, create_graph=True)
-    (second,) = torch.autograd.grad(first, lam)
+    lam_t = t["lambda"].clone().requires_grad_(True)
+    (first,) = torch.autograd.grad(validation_loss(lam_t), lam_t, create_graph=True)
+    (second,) = torch.autograd.grad(first, lam_t)
     out = kernel(**values)
     np.testing.assert_allclose(out.value, validation_loss(t["lambda"]).item(), rtol=1e-12)
     np.testing.assert_allclose(out.grad["lambda"], first.item(), rtol=1e-10)
     np.testing.assert_allclose(out.hessian["lambda", "lambda"], second.item(), rtol=1e-9)
+    # The printed derivative -(A^{-T} Xv^T r)^T w evaluates to the same number.
+    printed = symdl.evaluate(der.gradient(lam), values, {n: 5, m: 6, d: 4})
+    np.testing.assert_allclose(printed, first.item(), rtol=1e-10)
+    step = 1e-5
+    numeric = (kernel(**{**values, "lambda": 0.8 + step}).value
+               - kernel(**{**values, "lambda": 0.8 - step}).value) / (2 * step)
+    np.testing.assert_allclose(out.grad["lambda"], numeric, rtol=1e-7)
 
 
 def test_inverse_errors_are_typed() -> None:
