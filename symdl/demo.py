@@ -175,7 +175,7 @@ class _Progress:
             except ImportError:
                 tqdm = None
             if tqdm is not None:
-                self.bar = tqdm(total=total, desc="training", unit="epoch")
+                self.bar = tqdm(total=total, desc="training", unit="epoch", mininterval=0.5)
 
     def update(self, **values: float) -> None:
         self.count += 1
@@ -270,7 +270,7 @@ def _plot_training(history: History, path: Path) -> None:
 
 def _plot_newton(result: NewtonResult, path: Path) -> None:
     plt = _pyplot()
-    fig, axis = plt.subplots(figsize=(5, 3))
+    fig, axis = plt.subplots(figsize=(8, 3))
     gap = lambda losses: np.maximum(np.array(losses) - result.optimum_loss, 1e-16)  # noqa: E731
     axis.semilogy(gap(result.gd_loss), label="gradient descent (step 1/L)")
     axis.semilogy(gap(result.newton_loss), "o-", label="Newton (generated Hessian)")
@@ -327,13 +327,14 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
     if pdf:
         from symdl.report import write_report
 
-        write_report(out / "report.tex", der, check_report, metrics, figures, compile_pdf=True)
+        write_report(out / "report.tex", der, check_report, metrics, figures)
     return metrics
 
 
 def _check_step(step: TrainingStep, split: Split):
-    """The fused kernel's loss and gradients against finite differences, on a small batch at
-    the initial parameters."""
+    """The fused kernel's loss and gradients against finite differences (its ``grad:``
+    outputs against differences of its ``value``), on a batch of 16 training images at the
+    trained parameters."""
     arrays = {"X": split.X_train[:16], "Y": split.Y_train[:16], "t": 1.0,
               "lambda": step.hyperparameters.get("lambda", 0.0)}
     arrays.update(step.params)
