@@ -293,6 +293,13 @@ class SymdlLatexPrinter(LatexPrinter):
             text = rf"\left({text}\right)"
         return f"{sign}{text} {body}"
 
+    def _print_Pow(self, expr: sp.Pow) -> str:
+        # SymPy passes exp= to the base's printer, which symdl's functions' _latex do not take.
+        base = expr.base
+        if hasattr(base, "_latex") and expr.exp.is_positive:
+            return rf"{self._print(base)}^{{{self._print(expr.exp)}}}"
+        return super()._print_Pow(expr)
+
     def _print_KroneckerDelta(self, expr, exp=None) -> str:
         # An Iverson bracket: \delta is taken by the backprop adjoints.
         i, j = (self._print(a) for a in expr.args)
