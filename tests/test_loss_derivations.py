@@ -590,3 +590,48 @@ def test_inverse_errors_are_typed() -> None:
     der = symdl.derive(symdl.total(A.inv() * w), wrt=[w])
     with pytest.raises(symdl.EvaluationError, match="singular"):
         der.evaluate({"A": np.zeros((2, 2)), "w": np.ones((2, 1))}, {d: 2})
+
+
+# ---------------------------------------------------------------------------------------------
+# The models that predate this file, against PyTorch too.
+
+
+def _torch_two_layer(X, Y, W1, b1, W2, b2):  # noqa: N803
+    return F.cross_entropy(torch.tanh(X @ W1 + b1) @ W2 + b2, Y)
+
+
+EXISTING_MODELS = {
+    "linear_regression": (("X", "y", "w"), lambda X, y, w: ((X @ w - y) ** 2).sum()),
+    "logistic_regression": (("X", "y", "w"),
+                            lambda X, y, w: F.binary_cross_entropy_with_logits(X @ w, y)),
+    "softmax_regression": (("X", "Y", "W", "b", "lambda"), lambda X, Y, W, b, lam: (
+        F.cross_entropy(X @ W + b, Y) + lam / 2 * (W**2).sum())),
+    "two_layer_mlp": (("X", "Y", "W1", "b1", "W2", "b2"), _torch_two_layer),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXISTING_MODELS))
+def test_existing_models_match_pytorch(name: str) -> None:
+    _, der, kernel = _kernel(name)
+    rng = np.random.default_rng(18)
+    sizes = {"n": 6, "d": 4, "k": 3, "h": 5}
+    values = {}
+    for leaf_name, leaf in der.leaves.items():
+        shape = tuple(int(s.subs({sym: sizes[str(sym)] for sym in s.free_symbols}))
+                      for s in leaf.shape)
+        values[leaf_name] = rng.normal(size=shape) if shape else float(rng.uniform(0.1, 1))
+    if "Y" in values:
+        values["Y"] = np.eye(3)[rng.integers(0, 3, 6)]
+    if name == "logistic_regression":
+        values["y"] = rng.integers(0, 2, (6, 1)).astype(float)
+    argnames, loss_fn = EXISTING_MODELS[name]
+    tensors = {a: torch.tensor(values[a], dtype=torch.float64, requires_grad=True)
+               for a in argnames}
+    loss = loss_fn(*tensors.values())
+    loss.backward()
+    out = kernel(**values)
+    np.testing.assert_allclose(out.value, loss.item(), rtol=1e-12)
+    for p in der.wrt:
+        pname = _scalar_name(p)
+        np.testing.assert_allclose(out.grad[pname], tensors[pname].grad.numpy().reshape(
+            np.shape(out.grad[pname])), rtol=1e-10, atol=1e-13, err_msg=f"{name}: {pname}")
