@@ -191,3 +191,48 @@ def test_missing_pdflatex_is_a_typed_error(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(latex.shutil, "which", lambda name: None)
     with pytest.raises(LatexError, match="apt-get install texlive-latex-base"):
         latex.compile_pdf("x", tmp_path / "x.pdf")
+
+
+def test_cli_check_includes_the_report_table(tmp_path: Path, monkeypatch, capsys) -> None:
+    from symdl.cli import main
+
+    seen = []
+
+    def fake_check(der):
+        seen.append(der)
+        return _Report()
+
+    monkeypatch.setattr(symdl, "check", fake_check)
+    out = tmp_path / "lr.tex"
+    assert main(["latex", "linear_regression", "-o", str(out), "--check", "--hessian"]) == 0
+    text = out.read_text()
+    assert len(seen) == 1 and "grad:w & 1e-9" in text and "Hessian blocks" in text
+
+
+def test_cli_check_without_symdl_check_says_so(tmp_path: Path, monkeypatch, capsys) -> None:
+    from symdl.cli import main
+
+    monkeypatch.delattr(symdl, "check", raising=False)
+    out = tmp_path / "lr.tex"
+    assert main(["latex", "linear_regression", "-o", str(out), "--check"]) == 0
+    assert "--check needs symdl.check" in capsys.readouterr().err
+    assert "Finite-difference check" not in out.read_text()
+
+
+def test_index_notation_states_ranges_once() -> None:
+    der = registry.load("reg_l2").derive()
+    W = next(p for p in der.wrt if str(p) == "W")
+    der.hessian_node(W, W)
+    text = der.to_latex()
+    row = next(line for line in text.splitlines() if r"\partial W\, \partial W" in line)
+    assert r"\right]_{i j l m}" in row and "[i = l]" in row and "[j = m]" in row
+    assert r"\text{for } i,l \in \{0, \dots, d - 1\},\ j,m \in \{0, \dots, k - 1\}" in text
+    assert "_{0" not in row
+
+
+def test_jacobians_of_a_matrix_valued_definition() -> None:
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    x = sp.MatrixSymbol("x", d, 1)
+    A = sp.MatrixSymbol("A", n, d)
+    text = symdl.derive(A * x, wrt=[x]).to_latex()
+    assert r"\frac{\partial f}{\partial x} &= A && n \times d" in text
