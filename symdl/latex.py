@@ -148,6 +148,10 @@ def _is_negative(term: sp.Basic) -> bool:
     return False
 
 
+def _positive_first(terms: list[sp.Expr]) -> list[sp.Expr]:
+    return sorted(terms, key=lambda t: bool(t.could_extract_minus_sign()))
+
+
 class SymdlLatexPrinter(LatexPrinter):
     """``LatexPrinter`` with symdl's notation; ``names`` overrides the LaTeX of given symbols
     (the adjoints: ``dZ2`` -> ``\\delta_{2}``). Softmax, sigmoid and the other symdl
@@ -293,6 +297,18 @@ class SymdlLatexPrinter(LatexPrinter):
             text = rf"\left({text}\right)"
         return f"{sign}{text} {body}"
 
+    def _print_Add(self, expr: sp.Add, order: str | None = None) -> str:
+        # Positive terms first, as one writes it: "a - b", not "- b + a".
+        text = ""
+        for k, term in enumerate(_positive_first(self._as_ordered_terms(expr, order=order))):
+            if k and term.could_extract_minus_sign():
+                text, term = text + " - ", -term
+            elif k:
+                text += " + "
+            term_text = self._print(term)
+            text += rf"\left({term_text}\right)" if self._needs_add_brackets(term) else term_text
+        return text
+
     def _print_Pow(self, expr: sp.Pow) -> str:
         # SymPy passes exp= to the base's printer, which symdl's functions' _latex do not take.
         base = expr.base
@@ -388,7 +404,7 @@ class _Builder:
             expr = expr.expr
         if isinstance(expr, sp.MatAdd | sp.Add):
             args = sorted(expr.args, key=_is_negative) if isinstance(expr, sp.MatAdd) else (
-                expr.as_ordered_terms())
+                _positive_first(self.printer._as_ordered_terms(expr)))
             out = []
             for k, t in enumerate(args):
                 negative = _is_negative(t) if isinstance(expr, sp.MatAdd) else (
@@ -598,8 +614,12 @@ def _section_latex(section: Section) -> str:
     if section.rows:
         # Four-index shapes and bracketed left sides leave less room for the right side.
         wide = any(row.where for row in section.rows)
-        lines = _aligned_rows(section.rows, fit=0.5 if wide else 0.62)
-        parts.append("\\begin{align*}\n" + " \\\\\n".join(lines) + "\n\\end{align*}")
+        fit = 0.5 if wide else 0.62
+        # A little air between equations that take several lines.
+        gap = " \\\\[4pt]\n" if any(len(r.forms) > 1 or r.where for r in section.rows) else (
+            " \\\\\n")
+        rows = [" \\\\\n".join(_aligned_rows([row], fit)) for row in section.rows]
+        parts.append("\\begin{align*}\n" + gap.join(rows) + "\n\\end{align*}")
     return "\n\n".join(parts)
 
 
