@@ -1,5 +1,6 @@
 """symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes."""
 
+from symdl import latex  # the module: symdl.latex.document, compile_pdf
 from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
 from symdl.errors import (
     DefinitionError,
@@ -45,6 +46,7 @@ from symdl.vocabulary import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "latex",
     "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
     "KernelArgumentError", "compile_expressions",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
