@@ -1,6 +1,7 @@
 """symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes."""
 
 from symdl import latex  # the module: symdl.latex.document, compile_pdf
+from symdl.check import CheckReport, GradientCheckError, check
 from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
 from symdl.errors import (
     DefinitionError,
@@ -47,6 +48,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "latex",
+    "CheckReport", "GradientCheckError", "check",
     "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
     "KernelArgumentError", "compile_expressions",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",

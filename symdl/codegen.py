@@ -288,7 +288,13 @@ class _Generator:
         before: list[str] = []
         after: list[str] = []
         used_arrays: set[str] = set()
+        seen: set[int] = set()
         for node in group.members:
+            # A member listed twice (an input map recomputed for two readers) is emitted once:
+            # emitting it again reused the next temporary's name and clobbered it.
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
             value = self.member_value(node, group, loop_vars, temps, body, used_arrays)
             stored = id(node) in self.plan.materialized
             if id(node) in group.reductions:

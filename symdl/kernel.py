@@ -245,6 +245,10 @@ class Kernel:
             parallel = numba.get_num_threads() > 1 and largest >= PARALLEL_MIN_ENTRIES
         args = [prepared[name] for name in self._source.inputs]
         self._module.kernel(*args, *buffers, parallel=parallel)
+        for name, buffer in zip(self._source.outputs, buffers, strict=True):
+            # A zero output (a Hessian block of a linear term) has no step that writes it.
+            if isinstance(self._plan.roots[name], ir.Zero):
+                buffer.fill(0.0)
         return _result(self._source.outputs, buffers, self._plan.roots)
 
 

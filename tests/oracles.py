@@ -14,12 +14,6 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.matrices.expressions.diagonal import DiagMatrix
-from sympy.matrices.expressions.matexpr import MatrixExpr
-
-# Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
-from symdl.vocabulary import LogSumExp, Softmax, Total
 
 # --------------------------------------------------------------------------------------------
 # Dimension bindings and random inputs
@@ -127,130 +121,12 @@ def fd_gradient(f: Callable[[Mapping], float], values: Mapping, name: str) -> np
 # --------------------------------------------------------------------------------------------
 # SymPy as the independent evaluator
 
-NUMPY_REFERENCE: dict[str, Callable] = {
-    # Written here, not imported from symdl, so the reference shares no code with symdl.
-    "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
-    "softplus": lambda x: np.logaddexp(0.0, x),
-    "relu": lambda x: np.maximum(x, 0.0),
-    "Heaviside": lambda x, h0=0.0: np.heaviside(x, h0),
-}
+# The reusable part lives in symdl.check_reference (symdl.check uses it too); it shares no
+# code with symdl's IR, autodiff, evaluator or code generator.
+from symdl.check_reference import (  # noqa: E402
+    NUMPY_REFERENCE,
+    explicit,
+    sympy_function,
+)
 
-
-def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
-    """``e`` with its dimensions bound to ``dims`` and every matrix expression written out
-    entry by entry, structurally (a matrix becomes an ``ImmutableMatrix``).
-
-    Each node kind is expanded here from its mathematical definition (softmax and
-    log-sum-exp included), never through symdl's code. ``Total`` is the sum of the entries,
-    ``Trace`` the trace, ``Sum`` over the bound ranges is expanded.
-    """
-
-    def size(s) -> int:
-        return int(sp.sympify(s).subs(dims))
-
-    def go(e: sp.Basic) -> sp.Basic:
-        if isinstance(e, Total):
-            return sp.Add(*go(e.arg))
-        if isinstance(e, sp.Trace):
-            return go(e.arg).trace()
-        if isinstance(e, MatrixExpr):
-            return sp.ImmutableMatrix(matrix(e))
-        if isinstance(e, sp.Sum):
-            return go(e.subs(dims).doit())
-        if isinstance(e, sp.Symbol) and e in dims:
-            return sp.Integer(dims[e])
-        if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
-            return e
-        return e.func(*[go(a) for a in e.args])
-
-    def matrix(e: MatrixExpr) -> sp.MatrixBase:
-        rows, cols = (size(s) for s in e.shape)
-        if isinstance(e, sp.MatrixSymbol):
-            bound = sp.MatrixSymbol(e.name, rows, cols)
-            return sp.Matrix(rows, cols, lambda i, j: bound[i, j])
-        if isinstance(e, sp.MatMul):
-            out = sp.Integer(1)
-            for a in e.args:
-                out = out * (matrix(a) if isinstance(a, MatrixExpr) else go(a))
-            return out
-        if isinstance(e, sp.MatAdd):
-            out = sp.zeros(rows, cols)
-            for a in e.args:
-                out = out + matrix(a)
-            return out
-        if isinstance(e, sp.Transpose):
-            return matrix(e.arg).T
-        if isinstance(e, sp.HadamardProduct):
-            out = sp.ones(rows, cols)
-            for a in e.args:
-                out = out.multiply_elementwise(matrix(a))
-            return out
-        if isinstance(e, sp.HadamardPower):
-            exponent = go(e.exp)
-            return matrix(e.base).applyfunc(lambda t: t**exponent)
-        if isinstance(e, ElementwiseApplyFunction):
-            return matrix(e.expr).applyfunc(e.function)
-        if isinstance(e, sp.OneMatrix):
-            return sp.ones(rows, cols)
-        if isinstance(e, sp.ZeroMatrix):
-            return sp.zeros(rows, cols)
-        if isinstance(e, sp.Identity):
-            return sp.eye(rows)
-        if isinstance(e, DiagMatrix):
-            vec = matrix(e.args[0])
-            return sp.diag(*list(vec))
-        if isinstance(e, (Softmax, LogSumExp)):
-            z = matrix(e.arg)
-            lanes = [z.row(i) for i in range(z.rows)] if e.axis == 1 else \
-                    [z.col(j) for j in range(z.cols)]
-            sums = [sp.Add(*[sp.exp(t) for t in lane]) for lane in lanes]
-            if isinstance(e, LogSumExp):
-                vals = [sp.log(s) for s in sums]
-                return sp.Matrix(vals) if e.axis == 1 else sp.Matrix([vals])
-            if e.axis == 1:
-                return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[i])
-            return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[j])
-        raise NotImplementedError(f"oracle cannot expand {type(e).__name__}: {e}")
-
-    return go(sp.sympify(e))
-
-
-def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
-    found: dict[str, sp.Basic] = {}
-    for m in e.atoms(sp.MatrixSymbol):
-        found[str(m.name)] = m
-    for ind in e.atoms(sp.Indexed):
-        found[str(ind.base.label)] = ind.base
-    for s in e.free_symbols:
-        if isinstance(s, sp.Symbol) and not isinstance(s, sp.Dummy):
-            found.setdefault(str(s), s)
-    return found
-
-
-def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[Mapping], object]:
-    """A NumPy function of a dict of values (by name) computing ``expr`` the SymPy way.
-
-    ``expr`` may be a scalar or a matrix expression in the dimension symbols ``dims``.
-    The result is a float for a scalar and a 2-d array for a matrix.
-    """
-    expr = sp.sympify(expr)
-    # Idx carries its range: after binding dims the summand's Idx and the Sum's would differ.
-    plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
-    body = explicit(expr.xreplace(plain), dims)
-    if isinstance(body, sp.MatrixBase):
-        body = sp.ImmutableMatrix(body)
-    # Symbols of the Indexed entries after the expansion (IndexedBase labels, MatrixSymbols).
-    symbols = _array_symbols(body)
-    names = sorted(symbols)
-    fn = sp.lambdify([symbols[k] for k in names], body, modules=[NUMPY_REFERENCE, "numpy"])
-    is_matrix = isinstance(body, sp.MatrixBase)
-
-    def call(values: Mapping) -> object:
-        args = [np.asarray(values[k], dtype=np.float64) if np.ndim(values[k])
-                else float(values[k]) for k in names]
-        out = fn(*args)
-        if is_matrix:
-            return np.asarray(out, dtype=np.float64).reshape(body.shape)
-        return float(out)
-
-    return call
+__all__ = ["NUMPY_REFERENCE", "explicit", "sympy_function"]

@@ -1,0 +1,641 @@
+"""``symdl.check``: every output of a kernel against finite differences and a reference.
+
+What is compared, for each output of the kernel:
+
+* ``grad:p`` against central differences of ``value`` in ``p``;
+* ``hessian:p,q`` against central differences of ``grad:p`` in ``q``;
+* ``hvp:p`` against the central difference of ``grad:p`` along the kernel's direction
+  inputs ``v_q`` (all of them at once, as the product is defined);
+* with a ``Derivation``: ``grad:p`` against the complex-step derivative of the SymPy
+  definition (when every function in it has an analytic continuation; the report says why
+  not otherwise), and the value, gradients and Hessian blocks against an independent
+  evaluation of the SymPy expressions (``symdl.check_reference``: explicit entries and
+  ``sympy.lambdify``); with a bare ``Kernel``: every output against NumPy evaluation of its IR.
+
+Finite differences: central differences with step ``h = eps**(1/3) * max(1, |x|)`` (``eps``
+of float64, the precision the numeric side is always computed in), sharpened by one
+Richardson extrapolation ``(4 D(h/2) - D(h)) / 3``. A parameter with at most
+``ENTRYWISE_MAX`` entries is checked entry by entry; a larger one along ``DIRECTIONS``
+random unit directions (the analytic side contracted with the direction).
+
+Tolerances (``DEFAULT_TOLERANCES``, overridable with ``rtol=`` and ``atol=``): an entry
+passes when ``|analytic - numeric| <= atol + rtol * scale`` with ``scale = max(|numeric|,
+max |numeric| over the block)``, so that an entry that is tiny next to the rest of its
+block is not held to a relative error finite differences cannot reach. float64:
+``rtol=1e-6, atol=1e-9``; float32 (the kernel runs in float32, the reference in float64
+on the same float32-rounded inputs): ``rtol=2e-3, atol=1e-5``.
+
+Test points: seeded (``seed=``), dimensions bound to small odd distinct sizes (3, 5, 7,
+...), entries standard normal; inputs under ``log``/``sqrt``/fractional powers (and scalar
+symbols declared positive) drawn from [0.5, 2]; with kinks (relu, abs, max, Heaviside)
+entries with ``|x| < KINK_MARGIN`` are pushed out to ``|x| + KINK_MARGIN``. A derivation
+module may define ``sample_inputs(rng, dims) -> dict[str, np.ndarray]`` for restricted
+inputs (probabilities, one-hot labels, variances); ``symdl check NAME`` passes it on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+
+from symdl import check_reference as reference
+from symdl.derivation import Derivation
+from symdl.errors import SymdlError
+from symdl.kernel import Kernel
+
+ENTRYWISE_MAX = 64
+"""A parameter with at most this many entries is checked entry by entry; larger ones along
+random directions."""
+DIRECTIONS = 4
+"""Random unit directions for parameters larger than ``ENTRYWISE_MAX``."""
+REFERENCE_MAX_ENTRIES = 1500
+"""The SymPy reference runs only when every input and output has at most this many entries."""
+KINK_MARGIN = 0.05
+SIZES = (3, 5, 7, 9, 11, 13)
+COMPLEX_STEP = 1e-30
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """``|analytic - numeric| <= atol + rtol * scale`` (see the module docstring)."""
+
+    rtol: float
+    atol: float
+
+
+DEFAULT_TOLERANCES = {
+    "float64": Tolerance(rtol=1e-6, atol=1e-9),
+    "float32": Tolerance(rtol=2e-3, atol=1e-5),
+}
+
+
+class GradientCheckError(SymdlError, AssertionError):
+    """A derivative disagrees with its numeric estimate; ``rows`` holds the failures."""
+
+    def __init__(self, message: str, rows: list[CheckRow]):
+        super().__init__(message)
+        self.rows = rows
+
+
+@dataclass(frozen=True)
+class CheckRow:
+    """One compared entry."""
+
+    output: str
+    parameter: str
+    entry: str
+    analytic: float
+    numeric: float
+    abs_error: float
+    rel_error: float
+    tolerance: float
+    method: str
+    passed: bool
+
+
+@dataclass
+class CheckReport:
+    """The outcome of ``symdl.check``: one row per compared entry, notes on what was not
+    applicable and why, and error-against-step curves for ``plot``."""
+
+    rows: list[CheckRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    dtype: str = "float64"
+    seed: int = 0
+    dims: dict[str, int] = field(default_factory=dict)
+    tolerance: Tolerance = DEFAULT_TOLERANCES["float64"]
+    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.passed for r in self.rows)
+
+    @property
+    def failures(self) -> list[CheckRow]:
+        return [r for r in self.rows if not r.passed]
+
+    @property
+    def max_rel_error(self) -> float:
+        return max((r.rel_error for r in self.rows), default=0.0)
+
+    def summary(self) -> list[dict]:
+        """One line per (output, parameter, method): entries, worst errors, passed."""
+        groups: dict[tuple[str, str, str], list[CheckRow]] = {}
+        for r in self.rows:
+            groups.setdefault((r.output, r.parameter, r.method), []).append(r)
+        lines = []
+        for (output, parameter, method), rows in groups.items():
+            worst = max(rows, key=lambda r: r.abs_error / r.tolerance if r.tolerance else 0.0)
+            lines.append({"output": output, "parameter": parameter, "method": method,
+                          "entries": len(rows), "max_abs_error": max(r.abs_error for r in rows),
+                          "max_rel_error": max(r.rel_error for r in rows),
+                          "tolerance": worst.tolerance, "passed": all(r.passed for r in rows)})
+        return lines
+
+    def __str__(self) -> str:
+        head = ("output", "parameter", "method", "entries", "max abs err", "max rel err",
+                "tol", "")
+        body = [(s["output"], s["parameter"], s["method"], str(s["entries"]),
+                 f"{s['max_abs_error']:.1e}", f"{s['max_rel_error']:.1e}",
+                 f"{s['tolerance']:.1e}", "ok" if s["passed"] else "FAILED")
+                for s in self.summary()]
+        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+                 for row in [head, *body]]
+        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
+        verdict = "passed" if self.ok else f"FAILED ({len(self.failures)} entries)"
+        lines.insert(0, f"gradient check {verdict}: {self.dtype}, seed {self.seed}"
+                     + (f", {dims}" if dims else "")
+                     + f", rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g}")
+        for r in self.failures[:10]:
+            lines.append(f"  FAILED {r.output} / {r.parameter}[{r.entry}] ({r.method}): "
+                         f"analytic {r.analytic:.8g}, numeric {r.numeric:.8g}, abs error "
+                         f"{r.abs_error:.2e}, rel error {r.rel_error:.2e} > tol {r.tolerance:.2e}")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Everything in the report as JSON-able data."""
+        return {"ok": self.ok, "max_rel_error": self.max_rel_error, "dtype": self.dtype,
+                "seed": self.seed, "dims": dict(self.dims), "tolerance": asdict(self.tolerance),
+                "summary": self.summary(), "notes": list(self.notes),
+                "rows": [asdict(r) for r in self.rows]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def to_latex(self) -> str:
+        """The summary as a LaTeX ``tabular`` (booktabs rules)."""
+        def tex(text: str) -> str:
+            for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
+                         ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
+                text = text.replace(a, b) if a != "\\" else text.replace(a, "\x00")
+            return text.replace("\x00", r"\textbackslash{}")
+
+        lines = [r"\begin{tabular}{lllrrrrl}", r"\toprule",
+                 r"output & parameter & method & entries & max abs err & max rel err & tol & \\",
+                 r"\midrule"]
+        for s in self.summary():
+            lines.append(" & ".join([tex(s["output"]), tex(s["parameter"]), tex(s["method"]),
+                                     str(s["entries"]), f"{s['max_abs_error']:.1e}",
+                                     f"{s['max_rel_error']:.1e}", f"{s['tolerance']:.1e}",
+                                     "ok" if s["passed"] else r"\textbf{FAILED}"]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines)
+
+    def raise_if_failed(self) -> None:
+        """Raises ``GradientCheckError`` naming the worst failing entry."""
+        failures = self.failures
+        if not failures:
+            if not self.rows:
+                raise GradientCheckError("nothing was checked: the kernel has no derivative "
+                                         "outputs and no reference", [])
+            return
+        r = max(failures, key=lambda r: r.abs_error / r.tolerance)
+        raise GradientCheckError(
+            f"{len(failures)} of {len(self.rows)} checked entries fail; worst: output "
+            f"{r.output}, parameter {r.parameter}, entry {r.entry} ({r.method}): analytic "
+            f"{r.analytic:.10g}, numeric {r.numeric:.10g}, abs error {r.abs_error:.3e}, rel "
+            f"error {r.rel_error:.3e}, tolerance {r.tolerance:.3e}", failures)
+
+    def plot(self, path: str) -> None:
+        """Draws, per output, the finite-difference error against the step on log-log axes."""
+        from symdl.check_plot import plot_curves
+
+        plot_curves(self.curves, path, title=f"finite-difference error ({self.dtype} kernel)")
+
+
+# --------------------------------------------------------------------------------------------
+# Finite differences
+
+
+def _richardson(g: Callable[[float], np.ndarray], h: float) -> np.ndarray:
+    """d/dt g at 0 by central differences at h and h/2, Richardson-extrapolated."""
+    d1 = (g(h) - g(-h)) / (2 * h)
+    d2 = (g(h / 2) - g(-h / 2)) / h
+    return (4 * d2 - d1) / 3
+
+
+def _fd_entrywise(f: Callable[[dict], np.ndarray], values: dict, name: str) -> np.ndarray:
+    """∂f/∂values[name] entry by entry: shape f.shape + shape of the parameter."""
+    x = np.asarray(values[name], dtype=np.float64)
+    eps = np.finfo(np.float64).eps
+    columns = []
+    for idx in np.ndindex(*x.shape):
+        def g(t, idx=idx):
+            moved = x.copy()
+            moved[idx] += t
+            return np.asarray(f({**values, name: moved if x.shape else float(moved)}),
+                              dtype=np.float64)
+        columns.append(_richardson(g, eps ** (1 / 3) * max(1.0, abs(float(x[idx])))))
+    out = np.stack(columns, axis=-1) if columns else np.zeros(0)
+    return out.reshape(out.shape[:-1] + x.shape)
+
+
+def _fd_directional(f: Callable[[dict], np.ndarray], values: dict,
+                    directions: Mapping[str, np.ndarray], step: float | None = None) -> np.ndarray:
+    """The derivative of f along ``directions`` (by input name), all inputs moved at once."""
+    eps = np.finfo(np.float64).eps
+    scale = max([1.0] + [float(np.max(np.abs(values[k]))) for k in directions])
+
+    def g(t):
+        moved = {k: np.asarray(values[k], dtype=np.float64) + t * u
+                 for k, u in directions.items()}
+        moved = {k: (float(v) if np.ndim(values[k]) == 0 else v) for k, v in moved.items()}
+        return np.asarray(f({**values, **moved}), dtype=np.float64)
+
+    return _richardson(g, step if step is not None else eps ** (1 / 3) * scale)
+
+
+# --------------------------------------------------------------------------------------------
+# Comparing
+
+
+class _Collector:
+    def __init__(self, report: CheckReport, tol: Tolerance):
+        self.report = report
+        self.tol = tol
+
+    def compare(self, output: str, parameter: str, analytic, numeric, method: str,
+                labels: list[str] | None = None) -> None:
+        a = np.asarray(analytic, dtype=np.float64).ravel()
+        n = np.asarray(numeric, dtype=np.float64).ravel()
+        if a.size != n.size:
+            self.report.rows.append(CheckRow(output, parameter, "shape", math.nan, math.nan,
+                                             math.inf, math.inf, 0.0, method, False))
+            return
+        block = float(np.max(np.abs(n))) if n.size else 0.0
+        shape = np.shape(analytic)
+        for k in range(a.size):
+            err = abs(a[k] - n[k])
+            scale = max(abs(n[k]), block)
+            tolerance = self.tol.atol + self.tol.rtol * scale
+            rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+            label = labels[k] if labels else (
+                ",".join(map(str, np.unravel_index(k, shape))) if shape else "")
+            passed = bool(err <= tolerance) and math.isfinite(a[k])
+            self.report.rows.append(CheckRow(output, parameter, label, float(a[k]), float(n[k]),
+                                             float(err), float(rel), float(tolerance), method,
+                                             passed))
+
+
+def _split(name: str) -> tuple[str, str]:
+    kind, _, rest = name.partition(":")
+    return kind, rest
+
+
+def _size(a) -> int:
+    return int(np.size(a))
+
+
+def _unit(rng: np.random.Generator, shape) -> np.ndarray:
+    u = rng.standard_normal(shape)
+    return u / max(float(np.linalg.norm(u)), 1e-300)
+
+
+def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Generator,
+                  out: _Collector, curves: bool) -> None:
+    """The finite-difference checks of every output of ``kernel`` at ``values`` (float64)."""
+    names = kernel.output_names
+    inputs = set(kernel.input_names)
+    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
+    analytic = kernel(**cast).outputs
+    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+             for k, v in cast.items()}  # the float32-rounded point, in float64
+
+    def output(name):
+        return lambda vals: kernel(**vals).outputs[name]
+
+    for name in names:
+        kind, rest = _split(name)
+        if kind == "grad" and "value" in names and rest in inputs:
+            _compare_derivative(out, name, rest, analytic[name], output("value"), exact, rng,
+                                extra_axes=0)
+        elif kind == "hessian":
+            p, q = rest.split(",")
+            if f"grad:{p}" in names and q in inputs:
+                _compare_derivative(out, name, q, analytic[name], output(f"grad:{p}"), exact,
+                                    rng, extra_axes=np.ndim(exact[p]))
+        elif kind == "hvp" and f"grad:{rest}" in names:
+            directions = {k[2:]: np.asarray(exact[k], dtype=np.float64) for k in inputs
+                          if k.startswith("v_") and k[2:] in inputs}
+            numeric = _fd_directional(output(f"grad:{rest}"), exact, directions)
+            out.compare(name, ",".join(sorted(directions)), analytic[name],
+                        numeric.reshape(np.shape(analytic[name])), "central-richardson along v")
+    if curves:
+        out.report.curves.update(_step_curves(kernel, exact, rng))
+
+
+def _compare_derivative(out: _Collector, name: str, param: str, analytic, f, values, rng,
+                        extra_axes: int) -> None:
+    """An output that is ∂f/∂param (f's axes first): entry by entry or along directions."""
+    x = values[param]
+    analytic = np.asarray(analytic, dtype=np.float64)
+    f_shape = np.shape(f(values)) if extra_axes else ()
+    if _size(x) <= ENTRYWISE_MAX:
+        numeric = _fd_entrywise(f, values, param)
+        out.compare(name, param, analytic, numeric.reshape(analytic.shape), "central-richardson")
+        return
+    block = analytic.reshape(f_shape + np.shape(x)) if extra_axes else analytic.reshape(
+        np.shape(x))
+    for k in range(DIRECTIONS):
+        u = _unit(rng, np.shape(x))
+        a = np.tensordot(block, u, axes=np.ndim(x))
+        numeric = _fd_directional(f, values, {param: u})
+        labels = [f"u{k}" + (f"[{','.join(map(str, i))}]" if f_shape else "")
+                  for i in np.ndindex(*np.shape(a))]
+        out.compare(name, param, a, numeric, "central-richardson along random u", labels)
+
+
+def _step_curves(kernel: Kernel, values: dict, rng: np.random.Generator) -> dict:
+    """Per derivative output: |plain central difference - analytic| / scale against h."""
+    steps = np.logspace(-13, -1, 37)
+    names = kernel.output_names
+    inputs = set(kernel.input_names)
+    curves = {}
+    for name in names:
+        kind, rest = _split(name)
+        if kind == "grad" and "value" in names and rest in inputs:
+            f_name, params = "value", [rest]
+        elif kind == "hessian" and f"grad:{rest.split(',')[0]}" in names:
+            f_name, params = f"grad:{rest.split(',')[0]}", [rest.split(",")[1]]
+        else:
+            continue
+        p = params[0]
+        u = _unit(rng, np.shape(values[p]))
+        analytic = np.asarray(kernel(**values).outputs[name], dtype=np.float64)
+        x_axes = np.ndim(values[p])
+        f_shape = np.shape(kernel(**values).outputs[f_name])
+        exact = np.tensordot(analytic.reshape(f_shape + np.shape(values[p])), u, axes=x_axes)
+        scale = max(float(np.max(np.abs(exact))), 1e-300)
+        errors = []
+        def g(t, p=p, u=u, f_name=f_name):
+            moved = np.asarray(values[p], dtype=np.float64) + t * u
+            return np.asarray(kernel(**{**values, p: moved if np.ndim(moved) else
+                                        float(moved)}).outputs[f_name], dtype=np.float64)
+
+        for h in steps:
+            d = (g(h) - g(-h)) / (2 * h)
+            errors.append(float(np.max(np.abs(d - exact))) / scale)
+        curves[name] = ([float(h) for h in steps], errors)
+    return curves
+
+
+# --------------------------------------------------------------------------------------------
+# Test points
+
+
+def _walk_functions(expr: sp.Basic):
+    """Every scalar function body applied in ``expr`` (elementwise maps included)."""
+    for sub in sp.preorder_traversal(expr):
+        if isinstance(sub, ElementwiseApplyFunction):
+            t = sp.Dummy("t")
+            yield sub.function(t), sub.expr
+        elif isinstance(sub, (sp.Function, sp.Pow, sp.Abs, sp.Max, sp.Min, sp.HadamardPower)):
+            yield sub, None
+
+
+def _needs_positive(body: sp.Basic) -> bool:
+    for sub in sp.preorder_traversal(body):
+        if isinstance(sub, sp.log):
+            return True
+        if isinstance(sub, (sp.Pow, sp.HadamardPower)) and not sp.sympify(sub.exp).is_integer:
+            return True
+    return False
+
+
+def _has_kink(body: sp.Basic) -> bool:
+    return bool(reference.uses_function(body, ("relu", "Heaviside", "Abs", "Max", "Min",
+                                               "sign", "leaky_relu")))
+
+
+def _leaf_names(expr: sp.Basic) -> set[str]:
+    names = {str(m.name) for m in expr.atoms(sp.MatrixSymbol)}
+    names |= {str(s) for s in expr.free_symbols if isinstance(s, sp.Symbol)}
+    return names
+
+
+def _restrictions(der: Derivation) -> tuple[set[str], bool]:
+    """Names that must be positive (under log, sqrt, fractional powers, declared positive)
+    and whether the definition has kinks."""
+    positive: set[str] = set()
+    kink = False
+    for _, expr in der.steps:
+        for body, argument in _walk_functions(expr):
+            kink = kink or _has_kink(body)
+            if argument is not None and _needs_positive(body):
+                if not any(isinstance(s, (sp.Function, ElementwiseApplyFunction))
+                           for s in sp.preorder_traversal(argument)):
+                    positive |= _leaf_names(argument)
+            elif argument is None and _needs_positive(body):
+                inner = body.args[0] if isinstance(body, sp.log) else body.args[0]
+                if not inner.atoms(sp.Function):
+                    positive |= _leaf_names(inner)
+        positive |= {str(s) for s in expr.free_symbols
+                     if isinstance(s, sp.Symbol) and s.is_positive and not s.is_integer}
+    return positive, kink
+
+
+def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
+                sample_inputs: Callable | None = None,
+                dims: Mapping[sp.Symbol, int] | None = None,
+                positive: tuple[str, ...] = ()) -> tuple[dict, dict]:
+    """Seeded inputs for every kernel argument, and the dimension sizes (see module doc)."""
+    rng = np.random.default_rng(seed)
+    symbols = sorted(der.dims, key=str)
+    sizes = list(SIZES[:max(len(symbols), 3)])
+    rng.shuffle(sizes)
+    bound = {s: sizes[k % len(sizes)] for k, s in enumerate(symbols)}
+    bound.update(dims or {})
+    must_be_positive, kink = _restrictions(der)
+    must_be_positive |= set(positive)
+    values: dict = {}
+    for name, shape in kernel.inputs.items():
+        concrete = tuple(int(sp.sympify(d).subs(bound)) for d in shape)
+        if name in must_be_positive:
+            a = rng.uniform(0.5, 2.0, size=concrete)
+        else:
+            a = rng.standard_normal(size=concrete)
+            if kink:
+                a = np.where(np.abs(a) < KINK_MARGIN, a + np.where(a < 0, -1, 1) * KINK_MARGIN,
+                             a)
+        values[name] = float(a) if concrete == () else a
+    if sample_inputs is not None:
+        by_name = {**{str(s): v for s, v in bound.items()}, **bound}
+        for name, given in sample_inputs(rng, by_name).items():
+            if name not in values:
+                continue
+            given = np.asarray(given, dtype=np.float64)
+            values[name] = float(given) if np.ndim(values[name]) == 0 else given.reshape(
+                np.shape(values[name]))
+    return values, bound
+
+
+# --------------------------------------------------------------------------------------------
+# References
+
+
+def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict, dtype: str,
+                      out: _Collector) -> None:
+    """Kernel outputs against SymPy's own evaluation; gradients by complex step."""
+    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
+    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+             for k, v in cast.items()}
+    analytic = kernel(**cast).outputs
+    largest = max(_size(v) for v in [*values.values(), *analytic.values()])
+    if largest > REFERENCE_MAX_ENTRIES:
+        out.report.notes.append(f"SymPy reference and complex step: not applicable (an input "
+                                f"or output has {largest} > {REFERENCE_MAX_ENTRIES} entries)")
+        return
+    try:
+        forward = reference.Chain(der.steps, bound)
+    except NotImplementedError as exc:
+        out.report.notes.append(f"SymPy reference: not applicable ({exc})")
+        return
+    env, value = forward(exact)
+    out.compare("value", "", analytic["value"], np.reshape(value, np.shape(analytic["value"])),
+                "sympy reference")
+    if not der.is_scalar:
+        return
+    backward = reference.Chain(der.equations(), bound)
+    env, _ = backward(env)
+    for p in der.wrt:
+        name = f"grad:{_name(p)}"
+        if name in analytic:
+            out.compare(name, _name(p), analytic[name],
+                        np.reshape(env["d" + _name(p)], np.shape(analytic[name])),
+                        "sympy reference")
+    for name in analytic:
+        kind, rest = _split(name)
+        if kind != "hessian":
+            continue
+        p, q = (next(w for w in der.wrt if _name(w) == s) for s in rest.split(","))
+        _, block = reference.Chain([(None, der.hessian(p, q, inline=False))], bound)(env)
+        out.compare(name, _name(q), analytic[name],
+                    np.reshape(block, np.shape(analytic[name])), "sympy reference")
+    blocking = sorted({f for body in forward.bodies
+                       for f in reference.uses_function(body, reference.NOT_COMPLEX_STEPPABLE)})
+    if blocking:
+        out.report.notes.append(f"complex step: not applicable ({', '.join(blocking)} has no "
+                                "analytic continuation)")
+        return
+    complex_forward = reference.Chain(der.steps, bound, complex_valued=True)
+    for p in der.wrt:
+        name, pname = f"grad:{_name(p)}", _name(p)
+        x = np.asarray(exact[pname], dtype=np.complex128)
+        numeric = np.empty(np.shape(x))
+        for idx in np.ndindex(*np.shape(x)):
+            moved = x.copy()
+            moved[idx] += 1j * COMPLEX_STEP
+            _, v = complex_forward({**exact, pname: moved if x.shape else moved.reshape(())})
+            numeric[idx] = np.imag(v)
+        out.compare(name, pname, analytic[name],
+                    numeric.reshape(np.shape(analytic[name])) / COMPLEX_STEP, "complex step")
+
+
+def _name(p: sp.Basic) -> str:
+    if isinstance(p, sp.MatrixSymbol):
+        return str(p.name)
+    if isinstance(p, sp.IndexedBase):
+        return str(p.label)
+    return str(p)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = None,
+          rtol: float | None = None, atol: float | None = None,
+          sample_inputs: Callable | None = None, dims: Mapping[sp.Symbol, int] | None = None,
+          positive: tuple[str, ...] = (), hvp: bool = True, jit: bool = True,
+          curves: bool = False, kernel: Kernel | None = None, **arrays) -> CheckReport:
+    """Checks every output of a kernel against finite differences and a reference.
+
+    Args:
+        target: a ``Derivation`` (compiled here, with Hessian-vector products, inputs drawn
+            when none are given) or a ``Kernel`` (then ``**arrays`` are required).
+        seed: seeds the drawn inputs and the random directions.
+        dtype: ``"float64"`` or ``"float32"``: the precision the kernel runs in (by default
+            that of the given arrays, else float64).
+        rtol, atol: override ``DEFAULT_TOLERANCES[dtype]``.
+        sample_inputs: ``sample_inputs(rng, dims) -> {name: array}`` for restricted inputs.
+        dims: sizes for some dimension symbols instead of the drawn ones.
+        positive: names of inputs to draw from [0.5, 2].
+        hvp: also compile and check Hessian-vector products (a ``Derivation``).
+        jit: compile with Numba (``False``: the same source interpreted, for small tests).
+        curves: also record error-against-step curves (for ``CheckReport.plot``).
+        kernel: a kernel already compiled from the derivation (skips compiling).
+        **arrays: the inputs, by name.
+
+    Returns:
+        A ``CheckReport``; ``report.raise_if_failed()`` raises ``GradientCheckError``.
+    """
+    if isinstance(target, Derivation):
+        der = target
+        kernel = kernel or der.compile(hvp=hvp and der.is_scalar, jit=jit)
+    elif isinstance(target, Kernel):
+        der, kernel = None, target
+    else:
+        raise CheckArgumentError(f"check() takes a symdl.Derivation or a compiled Kernel, got "
+                                 f"{type(target).__name__}")
+    rng = np.random.default_rng(seed + 1)
+    if arrays:
+        missing = sorted(set(kernel.input_names) - set(arrays))
+        if der is not None and missing:
+            drawn, bound = draw_inputs(der, kernel, seed, sample_inputs, dims, positive)
+            arrays = {**{k: drawn[k] for k in missing}, **arrays}
+        values = {k: v for k, v in arrays.items()}
+        given = [v.dtype for v in values.values() if isinstance(v, np.ndarray)]
+        dtype = dtype or (str(given[0]) if given else "float64")
+        bound = der.infer_dims(values) if der is not None else {}
+    elif der is not None:
+        values, bound = draw_inputs(der, kernel, seed, sample_inputs, dims, positive)
+    else:
+        raise CheckArgumentError("check(kernel) needs the kernel's inputs: check(k, " +
+                                 ", ".join(f"{n}=..." for n in kernel.input_names) + ")")
+    dtype = dtype or "float64"
+    if dtype not in DEFAULT_TOLERANCES:
+        raise CheckArgumentError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    base = DEFAULT_TOLERANCES[dtype]
+    tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
+    values = {k: (np.asarray(v, dtype=np.float64) if np.ndim(v) else float(v))
+              for k, v in values.items()}
+    report = CheckReport(dtype=dtype, seed=seed, dims={str(k): int(v) for k, v in bound.items()},
+                         tolerance=tol)
+    out = _Collector(report, tol)
+    _check_kernel(kernel, values, dtype, rng, out, curves)
+    if der is not None:
+        _reference_checks(der, kernel, values, bound, dtype, out)
+    else:
+        _ir_reference(kernel, values, dtype, out)
+    return report
+
+
+def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> None:
+    from symdl.evaluate import evaluate
+
+    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
+    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+             for k, v in cast.items()}
+    analytic = kernel(**cast).outputs
+    dims = {}
+    for name, shape in kernel.inputs.items():
+        for d, s in zip(shape, np.shape(exact[name]), strict=False):
+            if isinstance(d, sp.Symbol):
+                dims[d] = s
+    roots = kernel._outputs
+    results = evaluate(list(roots.values()), exact, dims)
+    for name, result in zip(roots, results, strict=True):
+        out.compare(name, "", analytic[name], np.reshape(result, np.shape(analytic[name])),
+                    "numpy reference (IR)")
+
+
+class CheckArgumentError(SymdlError, ValueError):
+    """``check`` was called with something it cannot check."""

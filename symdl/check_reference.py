@@ -1,0 +1,259 @@
+"""An independent reference for checks: SymPy itself evaluates a definition.
+
+Bind the dimension symbols to integers, expand every matrix expression into explicit entries
+(structurally, from each node's mathematical definition: softmax and log-sum-exp included)
+and compile with ``sympy.lambdify`` over NumPy. Nothing here uses symdl's IR, autodiff,
+evaluator or code generator, so a kernel compared with it is compared with the *definition*.
+``modules=COMPLEX_REFERENCE`` evaluates the same expansion on complex arrays (complex step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+# Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
+from symdl.vocabulary import LogSumExp, Softmax, Total
+
+NUMPY_REFERENCE: dict[str, Callable] = {
+    # Written here, not imported from symdl.functions, so the reference shares no code.
+    "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "Heaviside": lambda x, h0=0.0: np.heaviside(x, h0),
+    "KroneckerDelta": lambda a, b: 1.0 * (a == b),
+}
+
+COMPLEX_REFERENCE: dict[str, Callable] = {
+    # Analytic continuations (no max, no abs): valid for a tiny imaginary part.
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "softplus": lambda x: np.log(1.0 + np.exp(x)),
+    "KroneckerDelta": lambda a, b: 1.0 * (a == b),
+}
+
+NOT_COMPLEX_STEPPABLE = ("relu", "Heaviside", "Abs", "Max", "Min", "sign", "DiracDelta",
+                         "floor", "ceiling", "erf")
+"""Functions without an analytic continuation here (kinks, ``max``): no complex step."""
+
+
+def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
+             known: Mapping[str, sp.MatrixBase] | None = None) -> sp.Basic:
+    """``e`` with its dimensions bound and every matrix expression written out entry by entry.
+
+    Args:
+        e: a scalar or matrix SymPy expression.
+        dims: sizes of the dimension symbols.
+        known: explicit matrices for MatrixSymbols by name (earlier steps of a model).
+    """
+    known = dict(known or {})
+
+    def size(s) -> int:
+        return int(sp.sympify(s).subs(dims))
+
+    def go(e: sp.Basic) -> sp.Basic:
+        if isinstance(e, Total):
+            return sp.Add(*go(e.arg))
+        if isinstance(e, sp.Trace):
+            return go(e.arg).trace()
+        if isinstance(e, MatrixExpr):
+            return sp.ImmutableMatrix(matrix(e))
+        if isinstance(e, sp.Sum):
+            return go(e.subs(dims).doit())
+        if isinstance(e, sp.Symbol) and e in dims:
+            return sp.Integer(dims[e])
+        if isinstance(e, sp.Symbol) and str(e) in known:
+            return known[str(e)]
+        if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
+            return e
+        return e.func(*[go(a) for a in e.args])
+
+    def matrix(e: MatrixExpr) -> sp.MatrixBase:
+        rows, cols = (size(s) for s in e.shape)
+        if isinstance(e, sp.MatrixSymbol):
+            if str(e.name) in known:
+                return known[str(e.name)]
+            bound = sp.MatrixSymbol(e.name, rows, cols)
+            return sp.Matrix(rows, cols, lambda i, j: bound[i, j])
+        if isinstance(e, sp.MatMul):
+            out = sp.Integer(1)
+            for a in e.args:
+                out = out * (matrix(a) if isinstance(a, MatrixExpr) else go(a))
+            return out
+        if isinstance(e, sp.MatAdd):
+            out = sp.zeros(rows, cols)
+            for a in e.args:
+                out = out + matrix(a)
+            return out
+        if isinstance(e, sp.Transpose):
+            return matrix(e.arg).T
+        if isinstance(e, sp.HadamardProduct):
+            out = sp.ones(rows, cols)
+            for a in e.args:
+                out = out.multiply_elementwise(matrix(a))
+            return out
+        if isinstance(e, sp.HadamardPower):
+            exponent = go(e.exp)
+            return matrix(e.base).applyfunc(lambda t: t**exponent)
+        if isinstance(e, ElementwiseApplyFunction):
+            return matrix(e.expr).applyfunc(e.function)
+        if isinstance(e, sp.OneMatrix):
+            return sp.ones(rows, cols)
+        if isinstance(e, sp.ZeroMatrix):
+            return sp.zeros(rows, cols)
+        if isinstance(e, sp.Identity):
+            return sp.eye(rows)
+        if isinstance(e, DiagMatrix):
+            return sp.diag(*list(matrix(e.args[0])))
+        if isinstance(e, (Softmax, LogSumExp)):
+            z = matrix(e.arg)
+            lanes = ([z.row(i) for i in range(z.rows)] if e.axis == 1
+                     else [z.col(j) for j in range(z.cols)])
+            sums = [sp.Add(*[sp.exp(t) for t in lane]) for lane in lanes]
+            if isinstance(e, LogSumExp):
+                vals = [sp.log(s) for s in sums]
+                return sp.Matrix(vals) if e.axis == 1 else sp.Matrix([vals])
+            if e.axis == 1:
+                return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[i])
+            return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[j])
+        if isinstance(e, sp.MatrixElement):
+            return matrix(e.parent)[e.i, e.j]
+        raise NotImplementedError(f"the reference cannot expand {type(e).__name__}: {e}")
+
+    return go(sp.sympify(e))
+
+
+def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
+    """The last step of a model ``[(symbol, definition), ...]`` written out, each named
+    intermediate replaced by its own explicit entries."""
+    known: dict[str, sp.Basic] = {}
+    body = None
+    for symbol, definition in steps:
+        body = explicit(definition, dims, known)
+        if symbol is not None:
+            name = str(symbol.name) if isinstance(symbol, sp.MatrixSymbol) else str(symbol)
+            known[name] = sp.ImmutableMatrix(body) if isinstance(body, sp.MatrixBase) else body
+    return body
+
+
+def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
+    found: dict[str, sp.Basic] = {}
+    for m in e.atoms(sp.MatrixSymbol):
+        found[str(m.name)] = m
+    for ind in e.atoms(sp.Indexed):
+        found[str(ind.base.label)] = ind.base
+    for s in e.free_symbols:
+        if isinstance(s, sp.Symbol) and not isinstance(s, sp.Dummy):
+            found.setdefault(str(s), s)
+    return found
+
+
+def uses_function(body: sp.Basic, names: tuple[str, ...]) -> list[str]:
+    """The names among ``names`` of functions applied somewhere in ``body``."""
+    if isinstance(body, sp.MatrixBase):
+        atoms = set().union(*(sp.sympify(t).atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
+                              for t in body))
+    else:
+        atoms = body.atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
+    return sorted({type(a).__name__ for a in atoms} & set(names))
+
+
+def lambdified(body: sp.Basic, complex_valued: bool = False,
+               extra_args: tuple[sp.Symbol, ...] = ()) -> Callable[[Mapping], object]:
+    """A NumPy function of a dict of values (by name) computing an explicit ``body``.
+
+    A scalar body gives a float (complex with ``complex_valued``), a matrix a 2-d array.
+    ``extra_args`` are further symbols (free indices) passed positionally after the dict.
+    """
+    if isinstance(body, sp.MatrixBase):
+        body = sp.ImmutableMatrix(body)
+    symbols = _array_symbols(body)
+    for s in extra_args:
+        symbols.pop(str(s), None)
+    names = sorted(symbols)
+    modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
+    fn = sp.lambdify([symbols[k] for k in names] + list(extra_args), body, modules=modules)
+    kind = np.complex128 if complex_valued else np.float64
+    is_matrix = isinstance(body, sp.MatrixBase)
+
+    def call(values: Mapping, *extra) -> object:
+        args = [np.asarray(values[k], dtype=kind) if np.ndim(values[k])
+                else kind(np.asarray(values[k]).reshape(())) for k in names]
+        out = fn(*args, *extra)
+        if is_matrix:
+            return np.asarray(out, dtype=kind).reshape(body.shape)
+        return kind(out)
+
+    return call
+
+
+def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[Mapping], object]:
+    """A NumPy function of a dict of values (by name) computing ``expr`` the SymPy way.
+
+    ``expr`` may be a scalar or a matrix expression in the dimension symbols ``dims``.
+    The result is a float for a scalar and a 2-d array for a matrix.
+    """
+    expr = sp.sympify(expr)
+    # Idx carries its range: after binding dims the summand's Idx and the Sum's would differ.
+    plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
+    return lambdified(explicit(expr.xreplace(plain), dims))
+
+
+def index_form_function(form, dims: Mapping[sp.Symbol, int],
+                        complex_valued: bool = False) -> Callable[[Mapping], np.ndarray]:
+    """A NumPy function evaluating an ``IndexForm`` entry by entry (its free indices are
+    passed as integers), for small sizes; the result has the form's shape."""
+    plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
+    indices = tuple(plain.get(i, i) for i in form.indices)
+    expr = form.expr.xreplace(plain)
+    body = explicit(expr, dims)
+    entry = lambdified(body, complex_valued, extra_args=indices)
+    shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+
+    def call(values: Mapping) -> np.ndarray:
+        out = np.empty(shape, dtype=np.complex128 if complex_valued else np.float64)
+        for idx in np.ndindex(*shape):
+            out[idx] = entry(values, *idx)
+        return out
+
+    return call
+
+
+def _step_name(symbol: sp.Basic | None) -> str | None:
+    if symbol is None:
+        return None
+    return str(symbol.name) if isinstance(symbol, sp.MatrixSymbol) else str(symbol)
+
+
+class Chain:
+    """Evaluates a list of equations in order, each one explicit and lambdified on its own:
+    later equations read earlier results by name, so nothing is inlined (an inlined
+    gradient repeats the forward pass in every entry and takes minutes to lambdify)."""
+
+    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False):
+        self.bodies: list[sp.Basic] = []
+        self._fns: list[tuple[str | None, Callable]] = []
+        for symbol, expr in steps:
+            if hasattr(expr, "indices"):
+                fn = index_form_function(expr, dims, complex_valued)
+                self.bodies.append(expr.expr)
+            else:
+                expr = sp.sympify(expr)
+                plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
+                body = explicit(expr.xreplace(plain), dims)
+                self.bodies.append(body)
+                fn = lambdified(body, complex_valued)
+            self._fns.append((_step_name(symbol), fn))
+
+    def __call__(self, values: Mapping) -> tuple[dict, object]:
+        env = dict(values)
+        result = None
+        for name, fn in self._fns:
+            result = fn(env)
+            if name is not None:
+                env[name] = result
+        return env, result
