@@ -15,7 +15,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
-from sympy.matrices.expressions.matexpr import MatrixExpr
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.vocabulary import LogSumExp, Softmax, Total
@@ -100,7 +100,10 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             exponent = go(e.exp)
             return matrix(e.base).applyfunc(lambda t: t**exponent)
         if isinstance(e, ElementwiseApplyFunction):
-            return matrix(e.expr).applyfunc(e.function)
+            # Unevaluated: Heaviside refuses entries of a MatrixSymbol (not known real).
+            inner = matrix(e.expr)
+            with sp.evaluate(False):
+                return inner.applyfunc(e.function)
         if isinstance(e, sp.OneMatrix):
             return sp.ones(rows, cols)
         if isinstance(e, sp.ZeroMatrix):
@@ -120,7 +123,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             if e.axis == 1:
                 return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[i])
             return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[j])
-        if isinstance(e, sp.MatrixElement):
+        if isinstance(e, MatrixElement):
             return matrix(e.parent)[e.i, e.j]
         raise NotImplementedError(f"the reference cannot expand {type(e).__name__}: {e}")
 

@@ -246,9 +246,13 @@ class Kernel:
         args = [prepared[name] for name in self._source.inputs]
         self._module.kernel(*args, *buffers, parallel=parallel)
         for name, buffer in zip(self._source.outputs, buffers, strict=True):
-            # A zero output (a Hessian block of a linear term) has no step that writes it.
-            if isinstance(self._plan.roots[name], ir.Zero):
+            # A constant output (a zero or constant Hessian block: (lambda/2)|W|^2 in lambda,
+            # sum(P0 * P1) for 1 x 1 P0, P1) has no step that writes it.
+            root = self._plan.roots[name]
+            if isinstance(root, ir.Zero):
                 buffer.fill(0.0)
+            elif isinstance(root, ir.Einsum) and not root.operands:
+                buffer.fill(float(sp.sympify(root.coeff).subs(dims)))
         return _result(self._source.outputs, buffers, self._plan.roots)
 
 

@@ -158,6 +158,18 @@ def test_regression_zero_output_is_written(rng):
             "lambda", "lambda"] == 0.0
 
 
+def test_regression_constant_output_is_written():
+    """Found by the property tests: sum(P0 ⊙ P1) for 1 x 1 P0, P1 has the constant Hessian
+    block ∂²/∂P0∂P1 = 1, which no kernel step wrote (uninitialised memory came back)."""
+    P0, P1 = sp.MatrixSymbol("P0", 1, 1), sp.MatrixSymbol("P1", 1, 1)
+    der = symdl.derive(symdl.total(sp.hadamard_product(P0, P1)), wrt=[P0, P1], hessian=True)
+    k = der.compile(jit=False)
+    for _ in range(3):
+        garbage = np.full(10_000, 7.5)  # noqa: F841 - dirties freed memory
+        out = k(P0=np.array([[2.0]]), P1=np.array([[3.0]]))
+        assert out.hessian["P0", "P1"] == 1.0 and out.hessian["P1", "P0"] == 1.0
+
+
 def test_float32_tolerances(logreg):
     report = check(logreg, dtype="float32", jit=False)
     assert report.ok and report.dtype == "float32"
