@@ -155,7 +155,7 @@ class Kernel:
             if leaf.rank == 0:
                 prepared[name] = _scalar(name, value)
                 continue
-            array = np.asarray(value) if not isinstance(value, np.ndarray) else value
+            array = _as_array(name, value)
             if array.dtype not in _SUPPORTED_DTYPES:
                 raise KernelArgumentError(
                     f"{name} has dtype {array.dtype}; kernels take float64 or float32 arrays: "
@@ -291,6 +291,17 @@ def _size_function(dim: sp.Expr):
 
 def _concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
     return tuple(_size_function(d)(dims) for d in shape)
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise KernelArgumentError(
+            f"{name} cannot be read as an array ({exc}); pass a float64 NumPy array of one "
+            "rectangular shape", name) from exc
 
 
 def _scalar(name: str, value: object) -> float:

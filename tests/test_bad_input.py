@@ -1,0 +1,244 @@
+"""Bad input, as a table: each case gets a typed error whose message names what is wrong and
+how to fix it, or a documented behaviour (README, "Errors and limits") asserted numerically."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import sympy as sp
+
+import symdl
+from symdl.errors import (
+    DefinitionError,
+    DerivationError,
+    EvaluationError,
+    KernelArgumentError,
+    UnsupportedError,
+)
+from symdl.functions import relu
+from symdl.limits import MAX_DEPTH, MAX_NODES, DefinitionTooLargeError
+
+n, d = sp.symbols("n d", integer=True, positive=True)
+X = sp.MatrixSymbol("X", n, d)
+w = sp.MatrixSymbol("w", d, 1)
+y = sp.MatrixSymbol("y", n, 1)
+x = sp.Symbol("x", real=True)
+k_int = sp.Symbol("k", integer=True)
+LOSS = symdl.binary_cross_entropy_with_logits(X * w, y)
+
+RNG = np.random.default_rng(0)
+XV = RNG.standard_normal((5, 3))
+WV = RNG.standard_normal((3, 1))
+YV = (RNG.random((5, 1)) > 0.5).astype(float)
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    return symdl.derive(LOSS, wrt=[w]).compile()
+
+
+def _reference(xv, wv, yv):
+    """NumPy oracle: mean(softplus(z) - y z), gradient X^T (sigmoid(z) - y) / n."""
+    z = xv @ wv
+    value = np.mean(np.logaddexp(0.0, z) - yv * z)
+    grad = xv.T @ (1.0 / (1.0 + np.exp(-z)) - yv) / xv.shape[0]
+    return value, grad
+
+
+# (id, arguments for the kernel, error type, words the message must contain)
+KERNEL_ERRORS = [
+    ("wrong-rank-1d", dict(X=XV, w=WV[:, 0], y=YV), ["w", "axes", "reshape"]),
+    ("wrong-rank-3d", dict(X=XV[None], w=WV, y=YV), ["X", "2 axes"]),
+    ("dims-inconsistent-d", dict(X=XV, w=RNG.standard_normal((4, 1)), y=YV), ["w", "d = 4", "d = 3"]),
+    ("dims-inconsistent-n", dict(X=XV, w=WV, y=YV[:4]), ["y", "n = 4", "n = 5"]),
+    ("wrong-trailing-dim", dict(X=XV, w=WV, y=np.ones((5, 2))), ["y", "shape"]),
+    ("missing-argument", dict(X=XV, w=WV), ["missing", "y"]),
+    ("unexpected-argument", dict(X=XV, w=WV, y=YV, z=YV), ["unexpected", "z"]),
+    ("misspelt-argument", dict(X=XV, W=WV, y=YV), ["missing", "w"]),
+    ("int-array", dict(X=XV.astype(np.int64), w=WV, y=YV), ["X", "int64", "astype"]),
+    ("bool-array", dict(X=XV > 0, w=WV, y=YV), ["X", "bool", "astype"]),
+    ("object-array", dict(X=XV.astype(object), w=WV, y=YV), ["X", "object", "astype"]),
+    ("complex-array", dict(X=XV.astype(complex), w=WV, y=YV), ["X", "complex", "astype"]),
+    ("float16-array", dict(X=XV.astype(np.float16), w=WV, y=YV), ["X", "float16", "astype"]),
+    ("mixed-precision", dict(X=XV.astype(np.float32), w=WV, y=YV), ["float32", "one precision"]),
+    ("empty-batch-n0", dict(X=np.zeros((0, 3)), w=WV, y=np.zeros((0, 1))), ["X", "empty", "at least 1"]),
+    ("zero-d-array", dict(X=np.array(1.0), w=WV, y=YV), ["X", "2 axes", "()"]),
+    ("python-scalar", dict(X=1.5, w=WV, y=YV), ["X", "2 axes"]),
+    ("none", dict(X=None, w=WV, y=YV), ["X", "object", "astype"]),
+    ("string", dict(X="abc", w=WV, y=YV), ["X", "astype"]),
+    ("ragged-list", dict(X=[[1.0], [1.0, 2.0]], w=WV, y=YV), ["X", "cannot be read", "rectangular"]),
+]
+
+
+@pytest.mark.parametrize("args, words", [c[1:] for c in KERNEL_ERRORS],
+                         ids=[c[0] for c in KERNEL_ERRORS])
+def test_kernel_argument_errors(kernel, args, words):
+    with pytest.raises(KernelArgumentError) as info:
+        kernel(**args)
+    message = str(info.value)
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_scalar_parameter_given_a_list():
+    k = symdl.derive(x**2, wrt=[x]).compile()
+    with pytest.raises(KernelArgumentError, match="x is a scalar parameter: pass a real number"):
+        k(x=[1.0])
+
+
+def test_scalar_parameter_given_a_complex_number():
+    k = symdl.derive(x**2, wrt=[x]).compile()
+    with pytest.raises(KernelArgumentError, match="pass a real number, got complex"):
+        k(x=1j)
+
+
+# Documented behaviours: asserted against NumPy.
+
+def test_python_lists_are_accepted_as_arrays(kernel):
+    value, grad = _reference(XV, WV, YV)
+    result = kernel(X=XV.tolist(), w=WV.tolist(), y=YV.tolist())
+    assert result.value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(result.grad["w"], grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "strided-slice", "transpose-view"])
+def test_non_contiguous_arrays_are_copied(kernel, layout):
+    if layout == "fortran":
+        xs = np.asfortranarray(XV)
+    elif layout == "strided-slice":
+        big = np.zeros((10, 6))
+        big[::2, ::2] = XV
+        xs = big[::2, ::2]
+    else:
+        xs = np.ascontiguousarray(XV.T).T
+    assert not xs.flags.c_contiguous
+    value, grad = _reference(XV, WV, YV)
+    result = kernel(X=xs, w=WV, y=YV)
+    assert result.value == pytest.approx(value, rel=1e-12)
+    np.testing.assert_allclose(result.grad["w"], grad, rtol=1e-12)
+
+
+@pytest.mark.parametrize("special", [np.nan, np.inf])
+def test_nan_and_inf_propagate(kernel, special):
+    xs = XV.copy()
+    xs[2, 1] = special
+    result = kernel(X=xs, w=WV, y=YV)
+    assert not np.isfinite(result.value)
+    assert not np.all(np.isfinite(result.grad["w"]))
+
+
+def test_relu_derivative_at_zero_is_zero():
+    k = symdl.derive(relu(x), wrt=[x]).compile()
+    result = k(x=0.0)
+    assert result.value == 0.0 and result.grad["x"] == 0.0
+    assert k(x=1e-300).grad["x"] == 1.0 and k(x=-1e-300).grad["x"] == 0.0
+
+
+def test_abs_derivative_at_zero_is_zero():
+    k = symdl.derive(sp.Abs(x), wrt=[x]).compile()
+    assert k(x=0.0).grad["x"] == 0.0
+    assert k(x=2.0).grad["x"] == 1.0 and k(x=-2.0).grad["x"] == -1.0
+
+
+# Definitions.
+
+def test_undefined_function():
+    f = sp.Function("f")
+    with pytest.raises(UnsupportedError, match="undefined function f.*Lambda"):
+        symdl.derive(f(x), wrt=[x])
+
+
+@pytest.mark.parametrize("fn", [sp.gamma, sp.zeta, sp.asinh], ids=["gamma", "zeta", "asinh"])
+def test_unsupported_function(fn):
+    with pytest.raises(UnsupportedError) as info:
+        symdl.derive(fn(x) + x, wrt=[x])
+    assert fn.__name__ in str(info.value) and "supported scalar functions" in str(info.value)
+
+
+def test_piecewise_definition():
+    with pytest.raises(UnsupportedError, match="Piecewise.*(relu|Heaviside)"):
+        symdl.derive(sp.Piecewise((x, x > 0), (0, True)), wrt=[x])
+
+
+def test_free_symbol_not_in_wrt_is_an_input_and_must_be_given():
+    b = sp.Symbol("b", real=True)
+    der = symdl.derive(b * x**2, wrt=[x])
+    k = der.compile()
+    assert k(x=3.0, b=2.0).grad["x"] == pytest.approx(12.0)
+    with pytest.raises(KernelArgumentError, match="missing arguments: b"):
+        k(x=3.0)
+    with pytest.raises(EvaluationError, match="no value given for b"):
+        der.evaluate({"x": 3.0})
+
+
+@pytest.mark.parametrize("bad", [X * w, 3, "w", sp.Integer(3), 2.5],
+                         ids=["expression", "int", "string", "sympy-number", "float"])
+def test_derivative_with_respect_to_a_non_symbol(bad):
+    with pytest.raises(DerivationError) as info:
+        symdl.derive(LOSS, wrt=[bad])
+    assert "a parameter must be a Symbol, MatrixSymbol or IndexedBase" in str(info.value)
+
+
+def test_integer_symbol_as_parameter():
+    with pytest.raises(DerivationError, match="k is declared integer.*real=True"):
+        symdl.derive(k_int * x**2, wrt=[k_int])
+
+
+def test_integer_symbol_as_a_constant_is_fine():
+    der = symdl.derive(k_int * x**2, wrt=[x])
+    assert sp.simplify(der.gradient(x) - 2 * k_int * x) == 0
+
+
+def test_wrt_a_symbol_that_does_not_occur_has_zero_gradient():
+    a = sp.Symbol("a", real=True)
+    der = symdl.derive(x**2, wrt=[x, a])
+    assert der.gradient(a) == 0
+    assert der.compile()(x=1.5, a=7.0).grad["a"] == 0.0
+
+
+def test_gradient_of_a_non_scalar_definition():
+    with pytest.raises(DerivationError, match="not a scalar.*(sum|mean)"):
+        symdl.derive(X * w, wrt=[w]).gradient(w)
+
+
+def test_gradient_for_a_parameter_not_in_wrt():
+    with pytest.raises(DerivationError, match="add it to wrt"):
+        symdl.derive(LOSS, wrt=[w]).gradient(X)
+
+
+def test_model_step_that_is_not_a_pair():
+    with pytest.raises(DefinitionError, match="list of \\(symbol, definition\\) pairs"):
+        symdl.derive([X * w], wrt=[w])
+
+
+def test_expression_too_deep_fails_fast():
+    e = x
+    for _ in range(2000):
+        e = sp.sin(e, evaluate=False)
+    start = time.perf_counter()
+    with pytest.raises(DefinitionTooLargeError, match="nested more than .*named steps"):
+        symdl.derive(e, wrt=[x])
+    assert time.perf_counter() - start < 2.0
+
+
+def test_expression_too_wide_fails_fast():
+    e = sp.Add(x, *sp.symbols(f"c0:{MAX_NODES + 1}", real=True), evaluate=False)
+    start = time.perf_counter()
+    with pytest.raises(DefinitionTooLargeError, match="distinct subexpressions.*named steps"):
+        symdl.derive(e, wrt=[x])
+    assert time.perf_counter() - start < 2.0
+
+
+def test_depth_just_under_the_limit_derives():
+    e = x
+    for _ in range(MAX_DEPTH - 1):
+        e = sp.sin(e)
+    der = symdl.derive(e, wrt=[x])
+    value = 0.3
+    expected = 1.0
+    for _ in range(MAX_DEPTH - 1):
+        expected *= np.cos(value)
+        value = np.sin(value)
+    assert der.compile()(x=0.3).grad["x"] == pytest.approx(expected, rel=1e-12)
