@@ -358,6 +358,8 @@ class Row:
 
 @dataclass
 class Section:
+    """A titled list of equations; ``intro`` is LaTeX (names in it are already mapped)."""
+
     title: str
     rows: list[Row] = field(default_factory=list)
     intro: str = ""
@@ -386,7 +388,7 @@ class _Builder:
 
     def _adjoint_latex(self, name: str) -> str:
         # The adjoint of a pre-activation Z_l is the textbook's \delta_l.
-        match = re.fullmatch(r"Z(\d*)", name)
+        match = re.fullmatch(r"Z_?(\d*)", name)
         if match:
             return rf"\delta_{{{match.group(1)}}}" if match.group(1) else r"\delta"
         return self.partial(self.loss, latex_name(name))
@@ -610,7 +612,7 @@ def derivation_latex(der: Derivation) -> str:
 def _section_latex(section: Section) -> str:
     parts = [rf"\section*{{{escape_text(section.title)}}}"]
     if section.intro:
-        parts.append(section.intro if "$" in section.intro else escape_text(section.intro))
+        parts.append(section.intro)
     if section.rows:
         # Four-index shapes and bracketed left sides leave less room for the right side.
         wide = any(row.where for row in section.rows)
