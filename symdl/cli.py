@@ -179,6 +179,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if metrics["check"]["ok"] else 1
 
 
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from symdl.jit import cache_info, clear_cache
+
+    if args.action == "clear":
+        print(f"removed {clear_cache()} files from {cache_info()['folder']}")
+        return 0
+    info = cache_info()
+    print(f"folder:  {info['folder']}\nkernels: {info['kernels']}\nbytes:   {info['bytes']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="symdl",
@@ -198,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
     derive.add_argument("--timing", action="store_true", help="print how long it took")
     derive.set_defaults(run=_cmd_derive)
+    cache = commands.add_parser("cache", help="show or clear the compiled-kernel cache")
+    cache.add_argument("action", choices=["info", "clear"],
+                       help="info: folder, kernels, bytes; clear: remove symdl's files only")
+    cache.set_defaults(run=_cmd_cache)
     tex = commands.add_parser(
         "latex", help="write a derivation as a LaTeX document (optionally a PDF)",
         description="Write a standalone LaTeX document: the definition, each backprop step as "

@@ -41,3 +41,7 @@ class KernelArgumentError(SymdlError, ValueError):
         self.argument = argument
         self.expected = expected
         self.actual = actual
+
+
+class CacheWarning(UserWarning):
+    """The kernel cache folder is unusable; kernels go to a temporary folder instead."""

@@ -11,13 +11,17 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import pickle
 import sys
 import tempfile
 import warnings
 from pathlib import Path
 from types import ModuleType
 
+from symdl.errors import CacheWarning
+
 _MODULES: dict[str, ModuleType] = {}
+_WARNED: set[str] = set()
 
 
 def cache_dir() -> Path:
@@ -54,13 +58,63 @@ def _usable_dir() -> Path:
         return directory
     except OSError as exc:
         fallback = Path(tempfile.gettempdir()) / f"symdl-cache-{os.getuid()}"
-        warnings.warn(
-            f"symdl: kernel cache folder {directory} is not writable ({exc}); using {fallback}. "
-            "Set SYMDL_CACHE_DIR to a writable folder to keep compiled kernels.",
-            stacklevel=3,
-        )
+        if not _WARNED:  # once per process: a training loop compiles many kernels
+            _WARNED.add(str(directory))
+            warnings.warn(
+                f"symdl: kernel cache folder {directory} is not writable ({exc}); using "
+                f"{fallback}. Set SYMDL_CACHE_DIR to a writable folder to keep compiled kernels.",
+                CacheWarning, stacklevel=3,
+            )
         fallback.mkdir(parents=True, exist_ok=True)
         return fallback
+
+
+def _symdl_files(directory: Path) -> list[Path]:
+    """The files symdl wrote in ``directory``: kernel sources, their unfinished temporary
+    files, and Python's and Numba's caches of them in ``__pycache__``."""
+    found = [*directory.glob("symdl_*.py"), *directory.glob(".tmp-*.py")]
+    pycache = directory / "__pycache__"
+    if pycache.is_dir():
+        found += [p for p in pycache.glob("symdl_*") if p.suffix in (".pyc", ".nbi", ".nbc")]
+    return [p for p in found if p.is_file()]
+
+
+def cache_info() -> dict[str, object]:
+    """The cache folder, the number of kernels in it and the bytes symdl's files take."""
+    directory = cache_dir()
+    files = _symdl_files(directory) if directory.is_dir() else []
+    kernels = sum(1 for p in files if p.parent == directory and p.name.startswith("symdl_"))
+    return {"folder": str(directory), "kernels": kernels,
+            "bytes": sum(p.stat().st_size for p in files)}
+
+
+def clear_cache() -> int:
+    """Removes symdl's files from the cache folder (nothing else); returns how many."""
+    directory = cache_dir()
+    removed = 0
+    for path in _symdl_files(directory) if directory.is_dir() else []:
+        path.unlink(missing_ok=True)
+        removed += 1
+    _MODULES.clear()
+    return removed
+
+
+def _drop_unreadable_numba_cache(directory: Path, digest: str) -> None:
+    """Numba raises on an index or data file it cannot unpickle instead of recompiling, so
+    the cache files of this module are read first and, if any is damaged, all removed."""
+    pycache = directory / "__pycache__"
+    if not pycache.is_dir():
+        return
+    files = [p for p in pycache.glob(f"symdl_{digest}*") if p.suffix in (".nbi", ".nbc")]
+    try:
+        for path in files:
+            with path.open("rb") as handle:
+                if path.suffix == ".nbi":
+                    pickle.load(handle)  # Numba's version stamp, then the pickled index
+                pickle.loads(handle.read())
+    except Exception:  # noqa: BLE001 - any unreadable file means recompile
+        for path in files:
+            path.unlink(missing_ok=True)
 
 
 def load(text: str) -> ModuleType:
@@ -76,6 +130,7 @@ def load(text: str) -> ModuleType:
         current = None
     if current is None or source_hash(current) != digest:
         _write_atomically(path, text)
+    _drop_unreadable_numba_cache(directory, digest)
     name = f"symdl_kernel_{digest}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
