@@ -51,7 +51,8 @@ def _reference(xv, wv, yv):
 KERNEL_ERRORS = [
     ("wrong-rank-1d", dict(X=XV, w=WV[:, 0], y=YV), ["w", "axes", "reshape"]),
     ("wrong-rank-3d", dict(X=XV[None], w=WV, y=YV), ["X", "2 axes"]),
-    ("dims-inconsistent-d", dict(X=XV, w=RNG.standard_normal((4, 1)), y=YV), ["w", "d = 4", "d = 3"]),
+    ("dims-inconsistent-d", dict(X=XV, w=RNG.standard_normal((4, 1)), y=YV),
+     ["w", "d = 4", "d = 3"]),
     ("dims-inconsistent-n", dict(X=XV, w=WV, y=YV[:4]), ["y", "n = 4", "n = 5"]),
     ("wrong-trailing-dim", dict(X=XV, w=WV, y=np.ones((5, 2))), ["y", "shape"]),
     ("missing-argument", dict(X=XV, w=WV), ["missing", "y"]),
@@ -63,12 +64,14 @@ KERNEL_ERRORS = [
     ("complex-array", dict(X=XV.astype(complex), w=WV, y=YV), ["X", "complex", "astype"]),
     ("float16-array", dict(X=XV.astype(np.float16), w=WV, y=YV), ["X", "float16", "astype"]),
     ("mixed-precision", dict(X=XV.astype(np.float32), w=WV, y=YV), ["float32", "one precision"]),
-    ("empty-batch-n0", dict(X=np.zeros((0, 3)), w=WV, y=np.zeros((0, 1))), ["X", "empty", "at least 1"]),
+    ("empty-batch-n0", dict(X=np.zeros((0, 3)), w=WV, y=np.zeros((0, 1))),
+     ["X", "empty", "at least 1"]),
     ("zero-d-array", dict(X=np.array(1.0), w=WV, y=YV), ["X", "2 axes", "()"]),
     ("python-scalar", dict(X=1.5, w=WV, y=YV), ["X", "2 axes"]),
     ("none", dict(X=None, w=WV, y=YV), ["X", "object", "astype"]),
     ("string", dict(X="abc", w=WV, y=YV), ["X", "astype"]),
-    ("ragged-list", dict(X=[[1.0], [1.0, 2.0]], w=WV, y=YV), ["X", "cannot be read", "rectangular"]),
+    ("ragged-list", dict(X=[[1.0], [1.0, 2.0]], w=WV, y=YV),
+     ["X", "cannot be read", "rectangular"]),
 ]
 
 

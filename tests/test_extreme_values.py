@@ -3,8 +3,8 @@
 The reference is independent of symdl's IR: the SymPy definition is written out at concrete
 small sizes (``doit`` on the explicit sums), differentiated entry by entry with SymPy and
 evaluated at 50 digits (mpmath through ``evalf``). float64 kernels must agree to a relative
-error of 1e-10 (max-norm, relative to the largest reference entry, or to ``TINY``) for logits up to ±1000;
-float32 kernels must stay finite for logits up to ±80.
+error of 1e-10 (max-norm, relative to the largest reference entry, or to ``TINY``) for logits
+up to ±1000; float32 kernels must stay finite for logits up to ±80.
 """
 
 from __future__ import annotations
