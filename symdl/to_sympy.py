@@ -374,12 +374,19 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
         return sp.HadamardPower(_elementwise_matrix(body.base, env, shape), body.exp)
     if isinstance(body, sp.Function) and len(body.args) == 1:
-        return ElementwiseApplyFunction(body.func, _elementwise_matrix(body.args[0], env, shape))
+        return _apply(body.func, _elementwise_matrix(body.args[0], env, shape))
     variables = [v for v in env if v in body.free_symbols]
     if len(variables) == 1:
         (v,) = variables
-        return ElementwiseApplyFunction(sp.Lambda(v, body), env[v])
+        return _apply(sp.Lambda(v, body), env[v])
     raise _NoMatrixFormError(body)
+
+
+def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
+    """``function`` entry by entry. Unevaluated: SymPy applies it to a 1 x 1 matrix itself,
+    and Heaviside (relu') raises ValueError on a MatrixSymbol, which is not known real."""
+    with sp.evaluate(False):
+        return ElementwiseApplyFunction(function, matrix)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:

@@ -293,3 +293,14 @@ def test_every_shipped_derivation_checks(name):
     report = check(entry.derive(), jit=False,
                    sample_inputs=getattr(entry.module, "sample_inputs", None))
     assert report.ok, str(report)
+
+
+def test_regression_relu_of_a_one_by_one_matrix():
+    """Found by the property tests: printing relu' = Heaviside of a literal 1 x 1
+    MatrixSymbol raised SymPy's ValueError (SymPy applies the function to a 1 x 1 matrix
+    itself, and Heaviside refuses an argument not known to be real)."""
+    P0 = sp.MatrixSymbol("P0", 1, 1)
+    der = symdl.derive(symdl.total(symdl.relu(P0)), wrt=[P0], hessian=True)
+    grad = symdl.evaluate(der.gradient(P0), {"P0": np.array([[0.7]])}, {})
+    assert grad.ravel().tolist() == [1.0]
+    assert check(der, jit=False).ok
