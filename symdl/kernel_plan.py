@@ -490,7 +490,6 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             continue
         place(node)
     steps = _sink_groups(_drop_unread(steps, root_ids))
-    steps = _stream_rows(steps)
     materialized |= root_ids
     # A reduction's result is complete only after its loop: readers elsewhere need it stored.
     for group in (s for s in steps if isinstance(s, LoopGroup)):
@@ -503,7 +502,8 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             if (id(m) in materialized and id(m) not in root_ids
                     and id(m) not in group.reductions and not _read_outside(m, group, steps)):
                 materialized.discard(id(m))
-    return Plan(steps, roots, materialized)
+    # Last: the row stream keeps the arrays its parallel form (three steps) reads.
+    return Plan(_stream_rows(steps), roots, materialized)
 
 
 def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
