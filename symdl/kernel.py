@@ -31,7 +31,7 @@ import sympy as sp
 
 from symdl import ir
 from symdl.codegen import Source, generate
-from symdl.errors import KernelArgumentError
+from symdl.errors import EvaluationError, KernelArgumentError
 from symdl.jit import load, load_interpreted
 from symdl.kernel_plan import plan
 
@@ -244,7 +244,13 @@ class Kernel:
                           default=0)
             parallel = numba.get_num_threads() > 1 and largest >= PARALLEL_MIN_ENTRIES
         args = [prepared[name] for name in self._source.inputs]
-        self._module.kernel(*args, *buffers, parallel=parallel)
+        try:
+            self._module.kernel(*args, *buffers, parallel=parallel)
+        except np.linalg.LinAlgError as exc:
+            raise EvaluationError(
+                f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
+                "these inputs; regularise it (add a multiple of the identity) or use a "
+                "least-squares solution") from exc
         for name, buffer in zip(self._source.outputs, buffers, strict=True):
             # A constant output (a zero or constant Hessian block: (lambda/2)|W|^2 in lambda,
             # sum(P0 * P1) for 1 x 1 P0, P1) has no step that writes it.

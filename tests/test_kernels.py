@@ -720,3 +720,11 @@ def test_symmetric_hessian_both_branches() -> None:
         expected = X_.T @ (c[:, None] * X_)
         got = kernel(X=X_, w=w_).hessian["w", "w"]
         np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_singular_solve_raises_a_typed_error() -> None:
+    A, b_ = sp.MatrixSymbol("A", 3, 3), sp.MatrixSymbol("b", 3, 1)
+    kernel = symdl.compile_expressions({"x": A.inv() * b_})
+    np.testing.assert_allclose(kernel(A=2 * np.eye(3), b=np.ones((3, 1))).outputs["x"], 0.5)
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        kernel(A=np.zeros((3, 3)), b=np.ones((3, 1)))
