@@ -524,6 +524,13 @@ def _stats{number}{variant}(z, peak, total):
         copies = []
         for k, name in enumerate(self.outputs):
             node = self.plan.roots[name]
+            # A constant output (a zero or constant Hessian block) has no step writing it.
+            if isinstance(node, ir.Zero):
+                copies.append(f"out{k}[...] = 0.0")
+                continue
+            if isinstance(node, ir.Einsum) and not node.operands:
+                copies.append(f"out{k}[...] = {self.constant(node.coeff)}")
+                continue
             if self.arrays[id(node)] != f"out{k}":
                 copies.append(f"out{k}[...] = {self.arrays[id(node)]}")
         n_blas = sum(isinstance(s, Contraction) for s in self.plan.steps)

@@ -251,14 +251,6 @@ class Kernel:
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
                 "these inputs; regularise it (add a multiple of the identity) or use a "
                 "least-squares solution") from exc
-        for name, buffer in zip(self._source.outputs, buffers, strict=True):
-            # A constant output (a zero or constant Hessian block: (lambda/2)|W|^2 in lambda,
-            # sum(P0 * P1) for 1 x 1 P0, P1) has no step that writes it.
-            root = self._plan.roots[name]
-            if isinstance(root, ir.Zero):
-                buffer.fill(0.0)
-            elif isinstance(root, ir.Einsum) and not root.operands:
-                buffer.fill(float(sp.sympify(root.coeff).subs(dims)))
         return _result(self._source.outputs, buffers, self._plan.roots)
 
 
