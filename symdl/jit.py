@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import pickle
+import io
+import pickletools
 import sys
 import tempfile
 import warnings
@@ -108,13 +109,23 @@ def _drop_unreadable_numba_cache(directory: Path, digest: str) -> None:
     files = [p for p in pycache.glob(f"symdl_{digest}*") if p.suffix in (".nbi", ".nbc")]
     try:
         for path in files:
-            with path.open("rb") as handle:
-                if path.suffix == ".nbi":
-                    pickle.load(handle)  # Numba's version stamp, then the pickled index
-                pickle.loads(handle.read())
-    except Exception:  # noqa: BLE001 - any unreadable file means recompile
+            # An index holds Numba's version stamp, then the index: two pickles.
+            _check_pickles(path.read_bytes(), 2 if path.suffix == ".nbi" else 1)
+    except (OSError, ValueError, EOFError):  # any unreadable file means recompile
         for path in files:
             path.unlink(missing_ok=True)
+
+
+def _check_pickles(data: bytes, count: int) -> None:
+    """Raises ValueError unless ``data`` is exactly ``count`` well-formed pickles. The opcode
+    stream is parsed, not executed: no object is built (unpickling Numba's compiled code
+    objects here would be slow and is Numba's business)."""
+    stream = io.BytesIO(data)
+    for _ in range(count):
+        for _opcode, _arg, _pos in pickletools.genops(stream):
+            pass
+    if stream.read(1):
+        raise ValueError("trailing bytes after the pickles")
 
 
 def load(text: str) -> ModuleType:
