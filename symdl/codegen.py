@@ -347,7 +347,8 @@ class _Generator:
         coeff = self.constant(g.coeff)
         arrays = sorted(used | {xs, self.array_of(vector), self.array_of(z), self.array_of(g)})
         header = ", ".join(arrays + [self.dim_names[d] for d in self.dims])
-        rows, cols = (self.size(d) for d in X.shape)
+        row_axis = first_spec[X].index(step.rows)  # X may be read transposed (X^T v)
+        rows, cols = self.size(X.shape[row_axis]), self.size(X.shape[1 - row_axis])
         lines = [f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH})',
                  f"def _stream{number}({header}):",
                  f"    {self.array_of(g)}[...] = 0.0",

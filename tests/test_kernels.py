@@ -728,3 +728,19 @@ def test_singular_solve_raises_a_typed_error() -> None:
     np.testing.assert_allclose(kernel(A=2 * np.eye(3), b=np.ones((3, 1))).outputs["x"], 0.5)
     with pytest.raises(symdl.EvaluationError, match="singular"):
         kernel(A=np.zeros((3, 3)), b=np.ones((3, 1)))
+
+
+def test_row_stream_reads_a_transposed_matrix() -> None:
+    """X stored d x n and used as X^T w: the one-pass loop runs over X's columns (a property
+    test found it running over the rows and reading past the end)."""
+    X_t = sp.MatrixSymbol("X", d, n)
+    der = symdl.derive(symdl.binary_cross_entropy_with_logits(X_t.T * w, y), wrt=[w])
+    kernel = der.compile()
+    assert "_stream" in kernel.source
+    rng = np.random.default_rng(0)
+    Xv, wv = rng.normal(size=(3, 5)), rng.normal(size=(3, 1))
+    yv = (rng.random((5, 1)) < 0.5).astype(float)
+    s = 1 / (1 + np.exp(-(Xv.T @ wv)))
+    for parallel in (False, True):
+        got = kernel(X=Xv, w=wv, y=yv, parallel=parallel).grad["w"]
+        np.testing.assert_allclose(got, Xv @ (s - yv) / 5, rtol=1e-12, atol=1e-15)
