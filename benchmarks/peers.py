@@ -899,7 +899,7 @@ def numpy_train(data):
 
     def run():
         step[0] += 1
-        t, n = step[0], X.shape[0]
+        t = step[0]
         A1 = np.tanh(X @ P["W1"] + P["b1"])
         Z2 = A1 @ P["W2"] + P["b2"]
         loss, dZ2 = _np_softmax_ce(Z2, Y)
@@ -933,12 +933,14 @@ def jax_train(data):
 
     def train_step(params, m, v, t, X, Y):
         loss, grads = jax.value_and_grad(loss_fn)(params, X, Y)
-        m = tuple(hp["beta1"] * a + (1.0 - hp["beta1"]) * g for a, g in zip(m, grads))
-        v = tuple(hp["beta2"] * a + (1.0 - hp["beta2"]) * g * g for a, g in zip(v, grads))
+        m = tuple(hp["beta1"] * a + (1.0 - hp["beta1"]) * g
+                  for a, g in zip(m, grads, strict=True))
+        v = tuple(hp["beta2"] * a + (1.0 - hp["beta2"]) * g * g
+                  for a, g in zip(v, grads, strict=True))
         scale = hp["lr"] / (1.0 - hp["beta1"] ** t)
         bc2 = 1.0 - hp["beta2"] ** t
         params = tuple(p - scale * a / (jnp.sqrt(b / bc2) + hp["eps"])
-                       for p, a, b in zip(params, m, v))
+                       for p, a, b in zip(params, m, v, strict=True))
         return loss, params, m, v
 
     step_fn = jax.jit(train_step, donate_argnums=(0, 1, 2))

@@ -339,7 +339,7 @@ class _Generator:
             return ", ".join(labels.get(lab, "0") for lab in spec)
 
         xs = self.array_of(X)
-        first_spec = dict(zip(step.first.node.operands, step.first.node.specs))
+        first_spec = dict(zip(step.first.node.operands, step.first.node.specs, strict=True))
         x_index = at(X, first_spec[X], {step.rows: "i0", step.cols: "j"})
         v_index = at(vector, first_spec[vector], {step.cols: "j"})
         z_index = at(z, z.out, {step.rows: "i0"})

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import io
+import os
 import pickletools
 import sys
 import tempfile

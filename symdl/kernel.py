@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import os
-
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path

@@ -614,8 +614,8 @@ def _matrix_vector(step: Step) -> tuple[ir.Node, int, int, ir.Node] | None:
         return None
     node = step.node
     dims = node.label_dims()
-    for (a, sa), (b, sb) in (tuple(zip(node.operands, node.specs)),
-                             tuple(zip(node.operands, node.specs))[::-1]):
+    pairs = tuple(zip(node.operands, node.specs, strict=True))
+    for (a, sa), (b, sb) in (pairs, pairs[::-1]):
         if not isinstance(a, ir.Leaf) or a.rank != 2 or any(dims[x] == 1 for x in sa):
             continue
         big = [x for x in sb if dims[x] != 1]
