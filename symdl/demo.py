@@ -143,7 +143,7 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     timings["generate_s"] = time.perf_counter() - start
     history = History()
     rows = split.X_train.shape[0]
-    bar = _progress(epochs, progress)
+    bar = _Progress(epochs, progress)
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         order = rng.permutation(rows)
@@ -189,10 +189,6 @@ class _Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def _progress(total: int, enabled: bool) -> _Progress:
-    return _Progress(total, enabled)
 
 
 # -- the second-order demo --------------------------------------------------------------------

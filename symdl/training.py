@@ -30,9 +30,7 @@ from symdl.derivation import Derivation, _symbol_name
 from symdl.errors import DerivationError, KernelArgumentError
 from symdl.frontend import Translator, translate_matrix_or_scalar
 from symdl.kernel import Kernel
-
-STEP = sp.Symbol("t", positive=True)
-"""The 1-based step number, a scalar input of every training-step kernel."""
+from symdl.optimizers import STEP  # the 1-based step number, a scalar kernel input
 
 
 class Optimizer(Protocol):
