@@ -30,8 +30,9 @@ pdflatex:
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	  texlive-latex-base texlive-latex-recommended >/dev/null; }
 
+# One worker per core, each test file on one worker (its module fixtures compile once).
 test: $(INSTALLED) pdflatex
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 demo: $(INSTALLED) $(DEMO_INSTALLED) pdflatex
 	$(BIN)/symdl demo --newton

@@ -42,15 +42,27 @@ NOT_COMPLEX_STEPPABLE = ("relu", "Heaviside", "Abs", "Max", "Min", "sign", "Dira
 
 
 def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
-             known: Mapping[str, sp.MatrixBase] | None = None) -> sp.Basic:
+             known: Mapping[str, sp.MatrixBase] | None = None,
+             hoisted: dict[str, sp.MatrixBase] | None = None) -> sp.Basic:
     """``e`` with its dimensions bound and every matrix expression written out entry by entry.
 
     Args:
         e: a scalar or matrix SymPy expression.
         dims: sizes of the dimension symbols.
         known: explicit matrices for MatrixSymbols by name (earlier steps of a model).
+        hoisted: when given, an entry ``M[i, j]`` of a matrix expression at symbolic indices
+            (an index form's free indices) reads a new MatrixSymbol instead, and ``hoisted``
+            maps its name to ``M`` written out. Otherwise the whole explicit ``M`` would be
+            printed again at every such entry (tens of seconds to lambdify a Hessian block).
     """
     known = dict(known or {})
+    hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
+    # Hoisted names are identifiers (lambdify cannot rename a MatrixSymbol) that no input
+    # name starts with, so they cannot collide (inputs are passed in a dict by name).
+    taken = {str(m.name) for m in sp.sympify(e).atoms(sp.MatrixSymbol)} | set(known)
+    prefix = "hoisted"
+    while any(name.startswith(prefix) for name in taken):
+        prefix = "_" + prefix
 
     def size(s) -> int:
         return int(sp.sympify(s).subs(dims))
@@ -68,11 +80,34 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             return sp.Integer(dims[e])
         if isinstance(e, sp.Symbol) and str(e) in known:
             return known[str(e)]
+        if (hoisted is not None and isinstance(e, MatrixElement)
+                and not (e.i.is_Integer and e.j.is_Integer)):
+            parent = e.parent
+            if isinstance(parent, sp.MatrixSymbol) and str(parent.name) not in known:
+                rows, cols = (size(s) for s in parent.shape)
+                return sp.MatrixSymbol(parent.name, rows, cols)[go(e.i), go(e.j)]
+            return hoist(parent)[go(e.i), go(e.j)]
         if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
             return e
         return e.func(*[go(a) for a in e.args])
 
+    def hoist(parent: MatrixExpr) -> sp.MatrixSymbol:
+        if parent not in hoisted_names:
+            name = f"{prefix}{len(hoisted)}"
+            entries = matrix(parent)
+            hoisted[name] = entries
+            hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
+        return hoisted_names[parent]
+
+    built: dict[MatrixExpr, sp.MatrixBase] = {}
+
     def matrix(e: MatrixExpr) -> sp.MatrixBase:
+        # A subexpression used several times (softmax in its own derivative) is built once.
+        if e not in built:
+            built[e] = build(e)
+        return built[e]
+
+    def build(e: MatrixExpr) -> sp.MatrixBase:
         rows, cols = (size(s) for s in e.shape)
         if isinstance(e, sp.MatrixSymbol):
             if str(e.name) in known:
@@ -144,12 +179,16 @@ def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
 
 
 def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
+    # One traversal: a large explicit body takes seconds per walk. Sums are written out by
+    # ``explicit``, so every Symbol left is an input, a free index or an Indexed's label.
+    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol)
     found: dict[str, sp.Basic] = {}
-    for m in e.atoms(sp.MatrixSymbol):
-        found[str(m.name)] = m
-    for ind in e.atoms(sp.Indexed):
-        found[str(ind.base.label)] = ind.base
-    for s in e.free_symbols:
+    for m in atoms:
+        if isinstance(m, sp.MatrixSymbol):
+            found[str(m.name)] = m
+        elif isinstance(m, sp.Indexed):
+            found[str(m.base.label)] = m.base
+    for s in atoms:
         if isinstance(s, sp.Symbol) and not isinstance(s, sp.Dummy):
             found.setdefault(str(s), s)
     return found
@@ -179,7 +218,8 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
         symbols.pop(str(s), None)
     names = sorted(symbols)
     modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
-    fn = sp.lambdify([symbols[k] for k in names] + list(extra_args), body, modules=modules)
+    fn = sp.lambdify([symbols[k] for k in names] + list(extra_args), body, modules=modules,
+                     cse=True)
     kind = np.complex128 if complex_valued else np.float64
     is_matrix = isinstance(body, sp.MatrixBase)
 
@@ -213,14 +253,18 @@ def index_form_function(form, dims: Mapping[sp.Symbol, int],
     plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
     indices = tuple(plain.get(i, i) for i in form.indices)
     expr = form.expr.xreplace(plain)
-    body = explicit(expr, dims)
+    hoisted: dict[str, sp.MatrixBase] = {}
+    body = explicit(expr, dims, hoisted=hoisted)
     entry = lambdified(body, complex_valued, extra_args=indices)
+    matrices = {name: lambdified(m, complex_valued) for name, m in hoisted.items()}
     shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
 
     def call(values: Mapping) -> np.ndarray:
+        env = dict(values)
+        env.update({name: fn(values) for name, fn in matrices.items()})
         out = np.empty(shape, dtype=np.complex128 if complex_valued else np.float64)
         for idx in np.ndindex(*shape):
-            out[idx] = entry(values, *idx)
+            out[idx] = entry(env, *idx)
         return out
 
     return call

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 import symdl
 
-EXAMPLES = 150  # 490 ran over the suite budget: some SymPy references take minutes (issue 4)
+EXAMPLES = 490
 JIT_EXAMPLES = 10
 DIMS = sp.symbols("n d h k", integer=True, positive=True)
 
