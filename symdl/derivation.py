@@ -298,9 +298,11 @@ class Derivation:
         if any(name.startswith("hvp:") for name in outputs):
             kept.update(directions.values())
         leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
-        return Kernel(outputs, list(leaves.values()), self._title(), jit=jit)
+        return Kernel(outputs, list(leaves.values()), self.title, jit=jit)
 
-    def _title(self) -> str:
+    @property
+    def title(self) -> str:
+        """A one-line description: the named steps and the output's formula (shortened)."""
         from symdl.pretty import plain
 
         names = [_symbol_name(s) for s, _ in self.steps if s is not None]

@@ -62,7 +62,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
             "training steps update matrix parameters: write scalars and IndexedBase parameters "
             "as 1 x 1 or n x 1 MatrixSymbols")
     outputs: dict[str, ir.Node] = {"value": der.output}
-    leaves = dict(der._translator.leaves)
+    leaves = der.leaves
     for p in params:
         name = _symbol_name(p)
         grad = sp.MatrixSymbol(f"grad_{name}", *p.shape)
@@ -82,7 +82,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
         _state_name(s, _symbol_name(p)) for p in params for s in optimizer.state_names}
     arguments = [leaf for name, leaf in leaves.items() if name in used or name in kept]
     return Kernel(outputs, arguments, f"training step ({type(optimizer).__name__}): "
-                  f"{der._title()}")
+                  f"{der.title}")
 
 
 class TrainingStep:
