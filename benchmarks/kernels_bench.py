@@ -65,8 +65,9 @@ loop). Before each child the runner waits (``--idle-wait``, default 300 s) until
 processes use < 0.25 cores, records the CPU other processes used while the child ran
 (``foreign_cpu_cores``) and reruns a child that saw more than 0.15 cores
 (``--busy-retries``, default 2), keeping the least disturbed run; rows still disturbed are
-marked ``*``. Numba's threading layer is its default (``omp`` here) unless
-``--numba-threading-layer`` says otherwise.
+marked ``*``. Numba's threading layer is its default (``omp`` here) for the hand-written
+Numba peer and symdl's choice (``workqueue``, picked when ``symdl`` is imported) for symdl,
+unless ``--numba-threading-layer`` sets one for every child.
 
 Usage::
 
@@ -207,14 +208,17 @@ def _child(args) -> dict:
     import peers
 
     wl = peers.make_workloads(args.quick)[args.child]
-    info: dict = {"cpus": cpus, "numba_threads": numba.get_num_threads()}
+    info: dict = {"cpus": cpus}
     if args.impl == "symdl":
+        # Imported as a user would, before anything starts Numba's threads: at import symdl
+        # picks the workqueue threading layer unless NUMBA_THREADING_LAYER says otherwise.
         table, err = _symdl_table()
         factory = _symdl_factory(table, wl)
         if factory is None:
             return {"info": info, "error": err or f"symdl_impls.py has no {wl.name}"}
     else:
         factory = peers.IMPLS[args.impl][wl.base]
+    info["numba_threads"] = numba.get_num_threads()  # (this starts the threading layer)
     if args.impl == "torch":
         import torch
 

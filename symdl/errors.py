@@ -45,3 +45,7 @@ class KernelArgumentError(SymdlError, ValueError):
 
 class CacheWarning(UserWarning):
     """The kernel cache folder is unusable; kernels go to a temporary folder instead."""
+
+
+class PerformanceWarning(UserWarning):
+    """symdl runs correctly but slower than it should, for a reason the user can change."""

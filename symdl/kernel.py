@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,11 +31,12 @@ import sympy as sp
 
 from symdl import ir
 from symdl.codegen import Source, generate
-from symdl.errors import EvaluationError, KernelArgumentError
+from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted
 from symdl.kernel_plan import plan
 
 PARALLEL_MIN_ENTRIES = 1 << 15
+"""Calls whose largest array has at least this many entries use the parallel loops."""
 
 
 def _prefer_workqueue_threading() -> None:
@@ -53,7 +55,28 @@ def _prefer_workqueue_threading() -> None:
 
 
 _prefer_workqueue_threading()
-"""Calls whose largest array has at least this many entries use the parallel loops."""
+_warned_about_layer = False
+
+
+def _warn_if_spinning_threads() -> None:
+    """Warns once per process when parallel loops run on the OpenMP layer the user did not
+    ask for (something started Numba's threads before symdl was imported)."""
+    global _warned_about_layer
+    if _warned_about_layer or os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    _warned_about_layer = True
+    try:
+        layer = numba.threading_layer()
+    except ValueError:
+        return
+    if layer == "omp":
+        warnings.warn(
+            "Numba's parallel loops run on the OpenMP threading layer, because Numba's "
+            "threads started before symdl was imported (numba.get_num_threads() or a "
+            "parallel=True function does that); its idle workers spin and take the cores from "
+            "the BLAS products between loops, which can make kernels several times slower. "
+            "Import symdl first, or set NUMBA_THREADING_LAYER=workqueue, or pass "
+            "parallel=False.", PerformanceWarning, stacklevel=3)
 
 _SUPPORTED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
@@ -120,6 +143,8 @@ class Kernel:
         ``ValueError`` instead of reading out of bounds, but names, layouts and overlaps are
         not checked. The steps run as one compiled function (compiled on the first call).
         """
+        if parallel:
+            _warn_if_spinning_threads()
         self._module.kernel(*inputs, *outputs, parallel=parallel, compiled=True)
 
     def export(self, path: str | Path) -> Path:
@@ -243,6 +268,8 @@ class Kernel:
                           default=0)
             parallel = numba.get_num_threads() > 1 and largest >= PARALLEL_MIN_ENTRIES
         args = [prepared[name] for name in self._source.inputs]
+        if parallel:
+            _warn_if_spinning_threads()
         try:
             self._module.kernel(*args, *buffers, parallel=parallel)
         except np.linalg.LinAlgError as exc:

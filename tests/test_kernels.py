@@ -546,6 +546,47 @@ def test_warm_cache_new_process_compiles_nothing(tmp_path: Path) -> None:
     assert runs[1]["misses"] == 0 and runs[1]["hits"] > 0  # ... the second only loaded it
 
 
+_LAYER_CHILD = textwrap.dedent("""
+    import json, sys, warnings
+    import numpy as np
+    import numba
+    if sys.argv[1] == "numba-first":
+        numba.get_num_threads()  # starts Numba's threads on its default layer
+    import sympy as sp
+    import symdl
+    from symdl.errors import PerformanceWarning
+    n = sp.Symbol("n", integer=True, positive=True)
+    w, y = sp.MatrixSymbol("w", n, 1), sp.MatrixSymbol("y", n, 1)
+    kernel = symdl.derive(symdl.mse(w, y), wrt=[w]).compile()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernel(w=np.ones((50000, 1)), y=np.zeros((50000, 1)), parallel=True)
+    print(json.dumps({"layer": numba.threading_layer(),
+                      "warned": [str(c.message) for c in caught
+                                 if issubclass(c.category, PerformanceWarning)]}))
+""")
+
+
+@pytest.mark.parametrize("order", ["symdl-first", "numba-first"])
+def test_parallel_loops_avoid_or_report_a_spinning_threading_layer(order: str) -> None:
+    """Imported first, symdl picks Numba's workqueue layer; when Numba's threads already
+    run on OpenMP (whose idle workers spin), the first parallel call says so and how to fix
+    it, once."""
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    env["NUMBA_NUM_THREADS"] = "2"
+    proc = subprocess.run([sys.executable, "-c", _LAYER_CHILD, order], capture_output=True,
+                          text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(proc.stdout.strip().splitlines()[-1])
+    if order == "symdl-first":
+        assert run["layer"] == "workqueue" and run["warned"] == []
+    elif run["layer"] == "omp":
+        assert len(run["warned"]) == 1
+        assert "NUMBA_THREADING_LAYER=workqueue" in run["warned"][0]
+    else:  # Numba's default is not OpenMP here (no libgomp): nothing spins, nothing to say
+        assert run["warned"] == []
+
+
 # --------------------------------------------------------------------------------------------
 # 7. Argument validation
 
