@@ -9,7 +9,8 @@ on the function, not on its options). User strings never become code: arrays are
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 
 import sympy as sp
 from sympy.printing.pycode import PythonCodePrinter
@@ -174,6 +175,11 @@ class Source:
     inputs: list[str]
     outputs: list[str]
     dims: list[sp.Symbol]
+    in_place: list[str] = field(default_factory=list)
+    """Outputs named like an input that the plan may write into that input's array. When
+    every one of them is (``out[name]`` is the input), ``kernel(..., inplace=True)`` runs loop
+    variants that read and write through one array: LLVM vectorises those, but falls back to
+    scalar code when a loop reads and writes two arguments that overlap."""
 
 
 class _Namer:
@@ -197,6 +203,7 @@ def generate(plan: Plan, leaves: list[ir.Leaf], title: str) -> Source:
 class _Generator:
     def __init__(self, plan: Plan, leaves: list[ir.Leaf], title: str):
         self.plan = plan
+        self._scalar_locals: tuple[dict[str, str], set[int]] | None = None
         self.leaves = sorted(leaves, key=lambda leaf: leaf.name)
         self.title = title
         self.arrays: dict[int, str] = {}
@@ -206,6 +213,15 @@ class _Generator:
         for k, name in enumerate(self.outputs):
             node = plan.roots[name]
             self.arrays.setdefault(id(node), f"out{k}")
+        leaf_named = {leaf.name: leaf for leaf in self.leaves}
+        self.in_place: dict[str, str] = {}
+        """``outK -> aI`` for each output that may be written into input ``aI`` (same name)."""
+        for k, name in enumerate(self.outputs):
+            leaf = leaf_named.get(name)
+            if (leaf is not None and leaf.rank and self.arrays[id(plan.roots[name])] == f"out{k}"
+                    and plan.in_place_safe(name, leaf)):
+                self.in_place[f"out{k}"] = self.arrays[id(leaf)]
+        self.in_place_written: set[str] = set()
         dims: set[sp.Symbol] = set()
         for leaf in self.leaves:
             for d in leaf.shape:
@@ -254,32 +270,45 @@ class _Generator:
 
     # -- loop groups ------------------------------------------------------------------
 
-    def loop_group(self, group: LoopGroup, number: int) -> list[str]:
+    def loop_group(self, group: LoopGroup, number: int, allow_in_place: bool = True) -> list[str]:
         loop_vars = [f"i{k}" for k in range(len(group.dims))]
         before, body, after, used_arrays = self.group_body(group, loop_vars, {})
         params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
         header = ", ".join(params)
         text = []
-        variants = ("", "_parallel") if group.dims else ("",)
-        for variant in variants:
+        in_place = {o: a for o, a in self.in_place.items() if o in used_arrays and allow_in_place}
+        self.in_place_written.update(in_place)
+        variants = [("", False, False)]
+        if group.dims:
+            variants.append(("_parallel", True, False))
+        if in_place:
+            variants.append(("_inplace", False, True))
+            if group.dims:
+                variants.append(("_inplace_parallel", True, True))
+        for variant, parallel, writes_inputs in variants:
             decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
-                ", parallel=True)" if variant else ")")
+                ", parallel=True)" if parallel else ")")
             lines = [decorator, f"def _loop{number}{variant}({header}):"]
             lines += [f"    {s}" for s in before]
             indent = "    "
             # The parallel variant splits the first loop (never a summed one: no races); the
             # serial one nests the loops so that the innermost walks memory contiguously.
-            order = range(len(group.dims)) if variant else _serial_loop_order(group)
+            order = range(len(group.dims)) if parallel else _serial_loop_order(group)
             for k, (var, dim) in enumerate((loop_vars[v], group.dims[v]) for v in order):
-                loop = "prange" if (variant and k == 0) else "range"
+                loop = "prange" if (parallel and k == 0) else "range"
                 lines.append(f"{indent}for {var} in {loop}(int({self.size(dim)})):")
                 indent += "    "
             lines += [f"{indent}{s}" for s in body]
             lines += [f"    {s}" for s in after]
             lines.append("")
-            text.append("\n".join(lines))
+            function = "\n".join(lines)
+            if writes_inputs:  # the same loop, writing through the inputs' own arrays
+                function = re.sub(r"\b(out\d+)\b(?=\[)",
+                                  lambda m: in_place.get(m.group(1), m.group(1)), function)
+            text.append(function)
         self.functions.append("\n\n".join(text))
-        return _dispatch(f"_loop{number}", header, parallel=bool(group.dims))
+        return _dispatch(f"_loop{number}", header, parallel=bool(group.dims),
+                         inplace=bool(in_place))
 
     def group_body(self, group: LoopGroup, loop_vars: list[str], temps: dict[int, str]):
         """(lines before the loops, the loop body, lines after, arrays used) of a group;
@@ -289,6 +318,20 @@ class _Generator:
         after: list[str] = []
         used_arrays: set[str] = set()
         seen: set[int] = set()
+        # Scalars computed by earlier steps are read once, before the loops, into locals:
+        # read as m0[0] inside the loop, LLVM must reload them after every store to an output
+        # it cannot prove distinct, and the loop does not vectorise.
+        scalar_locals: dict[str, str] = {}
+        if group.dims:
+            self._scalar_locals = (scalar_locals, {id(m) for m in group.members})
+        try:
+            self._group_members(group, loop_vars, temps, body, before, after, used_arrays, seen)
+        finally:
+            self._scalar_locals = None
+        before[:0] = [f"{local} = {name}[0]" for name, local in scalar_locals.items()]
+        return before, body, after, used_arrays
+
+    def _group_members(self, group, loop_vars, temps, body, before, after, used_arrays, seen):
         for node in group.members:
             # A member listed twice (an input map recomputed for two readers) is emitted once:
             # emitting it again reused the next temporary's name and clobbered it.
@@ -321,12 +364,11 @@ class _Generator:
                 at = group.indices[id(node)]
                 index = ", ".join(loop_vars[v] if v is not None else "0" for v in at) or "0"
                 body.append(f"{target}[{index}] = {temp}")
-        return before, body, after, used_arrays
 
     def row_stream(self, step: RowStream, number: int) -> list[str]:
         """Serial: one function, one pass over the rows of X. Parallel: the three steps."""
         parallel = [*self.contraction(step.first),
-                    self.loop_group(step.group, number)[1].strip(),
+                    self.loop_group(step.group, number, allow_in_place=False)[1].strip(),
                     *self.contraction(step.second)]
         X, z, g = step.matrix, step.first.node, step.second.node
         vector = next(op for op in step.first.node.operands if op is not X)
@@ -401,6 +443,12 @@ class _Generator:
         raise TypeError(f"no loop code for {type(node).__name__}")
 
     def _read_tracked(self, op, at, loop_vars, temps, used_arrays) -> str:
+        if (self._scalar_locals is not None and op.rank == 0 and not isinstance(op, ir.Leaf)
+                and id(op) in self.arrays and id(op) not in temps
+                and id(op) not in self._scalar_locals[1]):
+            name = self.arrays[id(op)]
+            used_arrays.add(name)
+            return self._scalar_locals[0].setdefault(name, f"{name}_0")
         text = self.read(op, at, loop_vars, temps)
         if id(op) in self.arrays and id(op) not in temps:
             used_arrays.add(self.arrays[id(op)])
@@ -552,10 +600,11 @@ def _stats{number}{variant}(z, peak, total):
         lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
                  "import numpy as np", "from numba import prange", "", HELPERS, CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
-        signature = ", ".join(args + outs + ["parallel=False"])
+        signature = ", ".join(args + outs)
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
         dtype_src = arrays[0] if arrays else "out0"
-        run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims] + ["parallel"])
+        run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims]
+                             + ["parallel", "inplace"])
         lines += ["", f"def _steps({run_args}):",
                   '    """Every step in order: allocations, BLAS products, fused loops."""',
                   f"    dtype = {dtype_src}.dtype"]
@@ -564,15 +613,16 @@ def _stats{number}{variant}(z, peak, total):
                   "# The same steps compiled into one function: no Python between the steps,",
                   "# for small arrays in training loops; compiled on first use (a few seconds).",
                   '_steps_compiled = numba.njit(cache=True, error_model="numpy")(_steps)',
-                  "", "", f"def kernel({signature[:-len('parallel=False')]}parallel=False, "
-                  "compiled=False):",
+                  "", "", f"def kernel({signature}, parallel=False, compiled=False, "
+                  "inplace=False):",
                   '    """Checks the arrays, then computes every output into the preallocated'
                   ' out arrays."""',
                   f"    dtype = {dtype_src}.dtype"]
         lines += [f"    {line}" for line in checks]
         lines.append(f"    (_steps_compiled if compiled else _steps)({run_args})")
         lines.append("")
-        return Source("\n".join(lines), inputs, self.outputs, self.dims)
+        in_place = [self.outputs[int(o[3:])] for o in sorted(self.in_place_written)]
+        return Source("\n".join(lines), inputs, self.outputs, self.dims, in_place)
 
     def _op_count(self) -> str:
         """A symbolic estimate of the arithmetic, in the dimension names."""
@@ -635,11 +685,18 @@ def _serial_loop_order(group: LoopGroup) -> list[int]:
     return [v for v in order if v != inner] + [inner]
 
 
-def _dispatch(function: str, args: str, parallel: bool) -> list[str]:
-    """Lines that call ``function`` or, when the caller asks for it, its parallel variant."""
-    if not parallel:
-        return [f"{function}({args})"]
-    return ["if parallel:", f"    {function}_parallel({args})", "else:", f"    {function}({args})"]
+def _dispatch(function: str, args: str, parallel: bool, inplace: bool = False) -> list[str]:
+    """Lines that call ``function`` or, when the caller asks for them, its parallel and its
+    in-place variants."""
+    def choose(prefix: str) -> list[str]:
+        if not parallel:
+            return [f"{prefix}({args})"]
+        return ["if parallel:", f"    {prefix}_parallel({args})", "else:", f"    {prefix}({args})"]
+
+    if not inplace:
+        return choose(function)
+    return (["if inplace:", *(f"    {line}" for line in choose(f"{function}_inplace")), "else:",
+             *(f"    {line}" for line in choose(function))])
 
 
 def _flip(operand: str) -> str:

@@ -270,8 +270,13 @@ class Kernel:
         args = [prepared[name] for name in self._source.inputs]
         if parallel:
             _warn_if_spinning_threads()
+        # Every output that may update its input in place does: the loops that read and write
+        # through one array (the vectorised form).
+        inplace = bool(self._source.in_place) and all(
+            name in out and _same_array(out[name], prepared[name])
+            for name in self._source.in_place)
         try:
-            self._module.kernel(*args, *buffers, parallel=parallel)
+            self._module.kernel(*args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
@@ -297,6 +302,12 @@ class Kernel:
                         f"out[{name!r}] shares memory with input {arg!r}, which this kernel "
                         f"still reads after it writes {name!r}; pass a separate out array "
                         "(swap the two arrays between calls to avoid allocating)", name)
+
+
+def _same_array(a: np.ndarray, b: object) -> bool:
+    """Whether ``a`` and ``b`` are one block of memory: same start, shape and strides."""
+    return (isinstance(b, np.ndarray) and a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 @functools.lru_cache(maxsize=4096)

@@ -157,6 +157,43 @@ def test_update_in_place_only_where_safe():
         product(out={"x": x0}, A=rng.normal(size=(3, 3)), x=x0)
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+def test_in_place_updates_run_the_loops_that_write_through_the_inputs(parallel):
+    """When every output named like an input is written into that input, the kernel runs the
+    loop variant that reads and writes through one array (it vectorises; two overlapping
+    arguments do not). When only some are, the general loops run. Both give the numbers of
+    a call with separate buffers."""
+    N = sp.Symbol("N", integer=True, positive=True)
+    p, g, m, v = (sp.MatrixSymbol(name, N, 1) for name in "pgmv")
+    m_new, v_new = 0.9 * m + 0.1 * g, 0.99 * v + 0.01 * sp.hadamard_product(g, g)
+    denominator = v_new.applyfunc(sp.sqrt) + 1e-8 * sp.OneMatrix(N, 1)
+    p_new = p - 0.01 * sp.hadamard_product(m_new, sp.HadamardPower(denominator, -1))
+    kernel = symdl.compile_expressions({"p": p_new, "m": m_new, "v": v_new})
+    assert sorted(kernel._source.in_place) == ["m", "p", "v"]
+    assert "_inplace(" in kernel.source and "_inplace_parallel(" in kernel.source
+    rng = np.random.default_rng(1)
+    size = 40_000  # above the parallel threshold
+    values = {"p": rng.normal(size=(size, 1)), "g": rng.normal(size=(size, 1)),
+              "m": rng.normal(size=(size, 1)), "v": rng.random((size, 1))}
+    expected = kernel(parallel=parallel, **values).outputs
+
+    suffix = "_inplace_parallel" if parallel else "_inplace"
+    variants = [f for name, f in vars(kernel._module).items() if name.endswith(suffix)]
+    assert variants and not any(f.signatures for f in variants)  # not run (nor compiled) yet
+    arrays = {name: a.copy() for name, a in values.items()}
+    kernel(out={name: arrays[name] for name in "pmv"}, parallel=parallel, **arrays)
+    assert all(f.signatures for f in variants)
+    for name in "pmv":
+        np.testing.assert_array_equal(arrays[name], expected[name])
+
+    arrays = {name: a.copy() for name, a in values.items()}
+    m_out = np.empty_like(arrays["m"])  # m to its own buffer: p and v in place, m not
+    kernel(out={"p": arrays["p"], "m": m_out, "v": arrays["v"]}, parallel=parallel, **arrays)
+    np.testing.assert_array_equal(arrays["m"], values["m"])
+    for name, got in (("p", arrays["p"]), ("m", m_out), ("v", arrays["v"])):
+        np.testing.assert_array_equal(got, expected[name])
+
+
 def test_step_exposes_the_gradients_it_used(mlp):
     params, X, Y = _problem()
     step = TrainingStep(mlp, _Adam(lr=0.05), params)
