@@ -771,6 +771,25 @@ def test_singular_solve_raises_a_typed_error() -> None:
         kernel(A=np.zeros((3, 3)), b=np.ones((3, 1)))
 
 
+@pytest.mark.parametrize("rows, cols", [(400, 200), (1000, 40_000), (7, 3)])
+def test_row_stream_blocks_cover_every_row(rows: int, cols: int) -> None:
+    """The one-pass loop over X works in blocks of rows sized to the cache (163 rows of 200
+    columns: blocks of 163, 163 and 74; one row per block at 40,000 columns; one short
+    block): every row is counted once, in the value and in the gradient."""
+    X = sp.MatrixSymbol("X", n, d)
+    kernel = symdl.derive(symdl.binary_cross_entropy_with_logits(X * w, y), wrt=[w]).compile()
+    assert "_stream" in kernel.source
+    rng = np.random.default_rng(rows)
+    Xv, wv = rng.normal(size=(rows, cols)), rng.normal(size=(cols, 1)) / np.sqrt(cols)
+    yv = (rng.random((rows, 1)) < 0.5).astype(float)
+    z = Xv @ wv
+    value = np.mean(np.logaddexp(0, z) - yv * z)
+    grad = Xv.T @ (1 / (1 + np.exp(-z)) - yv) / rows
+    got = kernel(X=Xv, w=wv, y=yv, parallel=False)
+    np.testing.assert_allclose(got.value, value, rtol=1e-12)
+    np.testing.assert_allclose(got.grad["w"], grad, rtol=1e-10, atol=1e-14)
+
+
 def test_row_stream_reads_a_transposed_matrix() -> None:
     """X stored d x n and used as X^T w: the one-pass loop runs over X's columns (a property
     test found it running over the rows and reading past the end)."""
