@@ -59,7 +59,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
     # Hoisted names are identifiers (lambdify cannot rename a MatrixSymbol) that no input
     # name starts with, so they cannot collide (inputs are passed in a dict by name).
-    taken = {str(m.name) for m in sp.sympify(e).atoms(sp.MatrixSymbol)} | set(known)
+    taken = set(_array_symbols(sp.sympify(e))) | set(known)
     prefix = "hoisted"
     while any(name.startswith(prefix) for name in taken):
         prefix = "_" + prefix
@@ -179,9 +179,13 @@ def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
 
 
 def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
-    # One traversal: a large explicit body takes seconds per walk. Sums are written out by
-    # ``explicit``, so every Symbol left is an input, a free index or an Indexed's label.
-    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol)
+    # One traversal: a large explicit body takes seconds per walk. ``explicit`` writes sums
+    # out, so usually every Symbol left is an input, a free index or an Indexed's label; where
+    # a Sum or Lambda is left, its bound variables are not inputs (a second walk).
+    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol, sp.Sum, sp.Lambda)
+    if any(isinstance(a, (sp.Sum, sp.Lambda)) for a in atoms):
+        free = e.free_symbols
+        atoms = {a for a in atoms if not isinstance(a, sp.Symbol) or a in free}
     found: dict[str, sp.Basic] = {}
     for m in atoms:
         if isinstance(m, sp.MatrixSymbol):

@@ -296,7 +296,10 @@ class _Generator:
         params = sorted(used_arrays) + [self.dim_names[d] for d in self.dims]
         header = ", ".join(params)
         text = []
-        in_place = {o: a for o, a in self.in_place.items() if o in used_arrays and allow_in_place}
+        # Outputs this group writes into an input it also reads (a group that only reads the
+        # output, written by an earlier group, keeps reading it under its own name).
+        in_place = {o: a for o, a in self.in_place.items()
+                    if allow_in_place and o in used_arrays and a in used_arrays}
         self.in_place_written.update(in_place)
         variants = [("", False, False)]
         if group.dims:

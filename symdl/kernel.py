@@ -64,11 +64,11 @@ def _warn_if_spinning_threads() -> None:
     global _warned_about_layer
     if _warned_about_layer or os.environ.get("NUMBA_THREADING_LAYER"):
         return
-    _warned_about_layer = True
     try:
         layer = numba.threading_layer()
-    except ValueError:
+    except ValueError:  # not started yet: the first parallel call starts symdl's choice
         return
+    _warned_about_layer = True
     if layer == "omp":
         warnings.warn(
             "Numba's parallel loops run on the OpenMP threading layer, because Numba's "
@@ -150,8 +150,10 @@ class Kernel:
     def export(self, path: str | Path) -> Path:
         """Writes the kernels as one standalone module (no symdl import) and returns its path.
 
-        The module's ``kernel(a0, a1, ..., out0, out1, ..., parallel=False)`` takes the
-        arrays in the order its docstring lists and fills the preallocated outputs.
+        The module's ``kernel(a0, a1, ..., out0, out1, ..., parallel=False, compiled=False,
+        inplace=False)`` takes the arrays in the order its docstring lists and fills the
+        preallocated outputs. ``inplace=True`` is for calls whose outputs named like inputs
+        (``Source.in_place``) all are those input arrays; it is not checked there.
         """
         path = Path(path)
         path.write_text(self._source.text, encoding="utf-8")

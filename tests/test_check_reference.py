@@ -58,3 +58,20 @@ def test_hoisted_names_never_collide_with_an_input():
     hoisted: dict[str, sp.MatrixBase] = {}
     reference.explicit(form.expr.xreplace(plain), {k: 2}, hoisted=hoisted)
     assert hoisted and all(not name.startswith("hoisted") for name in hoisted)
+
+
+def test_hoisted_names_never_collide_with_a_scalar_input():
+    """A scalar parameter named like the first hoisted matrix (found in review: its value was
+    overwritten by the matrix)."""
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    W, x, y = sp.MatrixSymbol("W", n, d), sp.MatrixSymbol("x", d, 1), sp.MatrixSymbol("y", n, 1)
+    rng = np.random.default_rng(0)
+    values = {"W": rng.normal(size=(2, 3)), "x": rng.normal(size=(3, 1)),
+              "y": rng.normal(size=(2, 1))}
+    blocks = {}
+    for name in ("a", "hoisted0"):
+        a = sp.Symbol(name)
+        loss = symdl.total(sp.hadamard_product(symdl.softmax(W * x), y)) * a**2
+        form = symdl.derive(loss, wrt=[W], hessian=True).hessian(W, W, inline=False)
+        blocks[name] = reference.index_form_function(form, {n: 2, d: 3})({**values, name: 1.7})
+    np.testing.assert_allclose(blocks["hoisted0"], blocks["a"], rtol=1e-14)

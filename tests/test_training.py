@@ -194,6 +194,33 @@ def test_in_place_updates_run_the_loops_that_write_through_the_inputs(parallel):
         np.testing.assert_array_equal(got, expected[name])
 
 
+def test_a_loop_that_only_reads_an_in_place_output_keeps_its_own_arguments():
+    """The update of p reads m's new value (written by another loop); only the loop that
+    writes m gets the in-place variant. The review of the in-place change found the reading
+    loop rewritten to an input it was never passed, which broke the compiled driver (used by
+    training steps) even for calls with separate buffers."""
+    N = sp.Symbol("N", integer=True, positive=True)
+    p, g, m = (sp.MatrixSymbol(name, N, 1) for name in "pgm")
+    m_new = 0.9 * m + g
+    p_new = p - 0.01 * symdl.total(sp.hadamard_product(g, g)) * m_new
+    kernel = symdl.compile_expressions({"m": m_new, "p": p_new})
+    rng = np.random.default_rng(2)
+    values = {name: rng.normal(size=(7, 1)) for name in "pgm"}
+    expected = {"m": 0.9 * values["m"] + values["g"]}
+    expected["p"] = values["p"] - 0.01 * np.sum(values["g"] ** 2) * expected["m"]
+    got = kernel(**values).outputs
+    for name in "mp":
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-14)
+    buffers = [np.empty((7, 1)) for _ in kernel.output_names]
+    kernel.run_unchecked([values[name] for name in kernel.input_names], buffers)
+    for name, buffer in zip(kernel.output_names, buffers, strict=True):
+        np.testing.assert_allclose(buffer, expected[name], rtol=1e-14)
+    arrays = {name: a.copy() for name, a in values.items()}
+    kernel(out={"m": arrays["m"], "p": arrays["p"]}, **arrays)
+    for name in "mp":
+        np.testing.assert_allclose(arrays[name], expected[name], rtol=1e-14)
+
+
 def test_step_exposes_the_gradients_it_used(mlp):
     params, X, Y = _problem()
     step = TrainingStep(mlp, _Adam(lr=0.05), params)
