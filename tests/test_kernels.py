@@ -771,6 +771,26 @@ def test_singular_solve_raises_a_typed_error() -> None:
         kernel(A=np.zeros((3, 3)), b=np.ones((3, 1)))
 
 
+@pytest.mark.parametrize("axis", [0, 1])
+def test_row_maxima_found_in_every_lane_and_the_tail(axis: int) -> None:
+    """The softmax row statistics keep eight running maxima over chunks of eight, then a
+    tail: the largest logit is placed at every position of a 21-long lane (lanes 0..7 of two
+    chunks and the 5-entry tail), 1000 above the rest, so a missed maximum overflows exp."""
+    L = 21
+    Zs = sp.MatrixSymbol("Z", n, k) if axis == 1 else sp.MatrixSymbol("Z", k, n)
+    loss = symdl.total(symdl.logsumexp(Zs, axis=axis))
+    kernel = symdl.derive(loss, wrt=[Zs]).compile()
+    assert "_stats" in kernel.source
+    logits = np.random.default_rng(5).normal(size=(L, L))
+    logits[np.arange(L), np.arange(L)] += 1000.0
+    Zv = logits if axis == 1 else logits.T.copy()
+    got = kernel(Z=Zv)
+    want = np.sum(np.max(logits, axis=1) + np.log(np.sum(
+        np.exp(logits - np.max(logits, axis=1, keepdims=True)), axis=1)))
+    np.testing.assert_allclose(got.value, want, rtol=1e-13)
+    assert np.all(np.isfinite(got.grad[str(Zs.name)]))
+
+
 @pytest.mark.parametrize("rows, cols", [(400, 200), (1000, 40_000), (7, 3)])
 def test_row_stream_blocks_cover_every_row(rows: int, cols: int) -> None:
     """The one-pass loop over X works in blocks of rows sized to the cache (163 rows of 200
