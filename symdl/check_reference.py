@@ -57,12 +57,13 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     """
     known = dict(known or {})
     hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
-    # Hoisted names are identifiers (lambdify cannot rename a MatrixSymbol) that no input
-    # name starts with, so they cannot collide (inputs are passed in a dict by name).
-    taken = set(_array_symbols(sp.sympify(e))) | set(known)
     prefix = "hoisted"
-    while any(name.startswith(prefix) for name in taken):
-        prefix = "_" + prefix
+    if hoisted is not None:
+        # Hoisted names are identifiers (lambdify cannot rename a MatrixSymbol) that no input
+        # name starts with, so they cannot collide (inputs are passed in a dict by name).
+        taken = set(_array_symbols(sp.sympify(e))) | set(known)
+        while any(name.startswith(prefix) for name in taken):
+            prefix = "_" + prefix
 
     def size(s) -> int:
         return int(sp.sympify(s).subs(dims))

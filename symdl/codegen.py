@@ -349,14 +349,6 @@ class _Generator:
         scalar_locals: dict[str, str] = {}
         if group.dims:
             self._scalar_locals = (scalar_locals, {id(m) for m in group.members})
-        try:
-            self._group_members(group, loop_vars, temps, body, before, after, used_arrays, seen)
-        finally:
-            self._scalar_locals = None
-        before[:0] = [f"{local} = {name}[0]" for name, local in scalar_locals.items()]
-        return before, body, after, used_arrays
-
-    def _group_members(self, group, loop_vars, temps, body, before, after, used_arrays, seen):
         for node in group.members:
             # A member listed twice (an input map recomputed for two readers) is emitted once:
             # emitting it again reused the next temporary's name and clobbered it.
@@ -389,6 +381,9 @@ class _Generator:
                 at = group.indices[id(node)]
                 index = ", ".join(loop_vars[v] if v is not None else "0" for v in at) or "0"
                 body.append(f"{target}[{index}] = {temp}")
+        self._scalar_locals = None
+        before[:0] = [f"{local} = {name}[0]" for name, local in scalar_locals.items()]
+        return before, body, after, used_arrays
 
     def row_stream(self, step: RowStream, number: int) -> list[str]:
         """Serial: one function, one pass over the rows of X. Parallel: the three steps."""
@@ -545,8 +540,8 @@ class _Generator:
         self.stats[(id(step.arg), step.axis)] = (peak, total)
         lanes, length = (0, 1) if step.axis == 1 else (1, 0)
         at = "r, c" if step.axis == 1 else "c, r"
-        shifted = {f"at_{k}": (f"r, c + {k}" if step.axis == 1 else f"c + {k}, r")
-                   for k in range(1, 8)}
+        lane = "r, c + {}" if step.axis == 1 else "c + {}, r"
+        chains = "\n".join(f"            m{k} = max(m{k}, z[{lane.format(k)}])" for k in range(8))
         for variant in ("", "_parallel"):
             decorator = (f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}'
                          + (", parallel=True)" if variant else ")"))
@@ -560,14 +555,7 @@ def _stats{number}{variant}(z, peak, total):
         m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -math.inf
         c = 0
         while c + 8 <= length:
-            m0 = max(m0, z[{at}])
-            m1 = max(m1, z[{shifted["at_1"]}])
-            m2 = max(m2, z[{shifted["at_2"]}])
-            m3 = max(m3, z[{shifted["at_3"]}])
-            m4 = max(m4, z[{shifted["at_4"]}])
-            m5 = max(m5, z[{shifted["at_5"]}])
-            m6 = max(m6, z[{shifted["at_6"]}])
-            m7 = max(m7, z[{shifted["at_7"]}])
+{chains}
             c += 8
         m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
         while c < length:
