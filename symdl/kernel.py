@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import sympy as sp
 from symdl import ir
 from symdl.codegen import Source, generate
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
-from symdl.jit import load, load_interpreted
+from symdl.jit import load, load_interpreted, record_compiled
 from symdl.kernel_plan import plan
 
 PARALLEL_MIN_ENTRIES = 1 << 15
@@ -44,8 +45,9 @@ def _prefer_workqueue_threading() -> None:
     (``NUMBA_THREADING_LAYER``) or a parallel loop already ran: the OpenMP layer's idle
     workers spin after each loop and take the cores from the BLAS products that follow
     (the 2-layer network's step took 3x longer at 2 threads with it). The workqueue layer
-    cannot run two parallel regions at once; generated loops hold the GIL (no ``nogil``), so
-    two Python threads never do."""
+    cannot run two parallel regions at once (it aborts the process), and Numba releases the GIL
+    while a parallel loop runs, so parallel kernel calls take ``_PARALLEL_LOCK`` (see
+    ``_run_parallel``)."""
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return
     try:
@@ -56,6 +58,20 @@ def _prefer_workqueue_threading() -> None:
 
 _prefer_workqueue_threading()
 _warned_about_layer = False
+
+_PARALLEL_LOCK = threading.Lock()
+"""Held while a kernel runs its parallel loops: one process runs one parallel kernel at a time
+(two Python threads in parallel regions at once abort the workqueue layer). Serial calls run
+without it, concurrently."""
+
+
+def _run_parallel(function, *args, **options) -> None:
+    """Runs ``function`` (a generated driver called with ``parallel=True``) under the process's
+    parallel lock. A thread that finds the lock taken waits rather than running the serial
+    variant: the running call already uses every core, and a call's result (its summation
+    order) then depends on its arguments, never on what another thread happens to do."""
+    with _PARALLEL_LOCK:
+        function(*args, **options)
 
 
 def _warn_if_spinning_threads() -> None:
@@ -145,7 +161,10 @@ class Kernel:
         """
         if parallel:
             _warn_if_spinning_threads()
-        self._module.kernel(*inputs, *outputs, parallel=parallel, compiled=True)
+            _run_parallel(self._module.kernel, *inputs, *outputs, parallel=True, compiled=True)
+        else:
+            self._module.kernel(*inputs, *outputs, parallel=False, compiled=True)
+        record_compiled()
 
     def export(self, path: str | Path) -> Path:
         """Writes the kernels as one standalone module (no symdl import) and returns its path.
@@ -278,12 +297,18 @@ class Kernel:
             name in out and _same_array(out[name], prepared[name])
             for name in self._source.in_place)
         try:
-            self._module.kernel(*args, *buffers, parallel=parallel, inplace=inplace)
+            if parallel:
+                _run_parallel(self._module.kernel, *args, *buffers, parallel=True,
+                              inplace=inplace)
+            else:
+                self._module.kernel(*args, *buffers, parallel=False, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
                 "these inputs; regularise it (add a multiple of the identity) or use a "
                 "least-squares solution") from exc
+        finally:
+            record_compiled()  # digests of the Numba cache files a first call wrote
         return _result(self._source.outputs, buffers, self._plan.roots)
 
 
