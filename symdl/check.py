@@ -172,11 +172,9 @@ class CheckReport:
 
     def to_latex(self) -> str:
         """The summary as a LaTeX ``tabular`` (booktabs rules)."""
-        def tex(text: str) -> str:
-            for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("&", r"\&"), ("%", r"\%"),
-                         ("#", r"\#"), ("$", r"\$"), ("{", r"\{"), ("}", r"\}")):
-                text = text.replace(a, b) if a != "\\" else text.replace(a, "\x00")
-            return text.replace("\x00", r"\textbackslash{}")
+        # Output and parameter names are user strings: the one escaping of symdl.latex (^^5c
+        # and the like included).
+        from symdl.latex import escape_text as tex
 
         lines = [r"\begin{tabular}{lllrrrrl}", r"\toprule",
                  r"output & parameter & method & entries & max abs err & max rel err & tol & \\",

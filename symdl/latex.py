@@ -9,6 +9,7 @@ pre-activation ``Z_l``, ``\\nabla_{W_1} L``) and symbol names mapped to good LaT
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.core.function import AppliedUndef
 from sympy.printing.latex import LatexPrinter
 
 from symdl.errors import SymdlError
@@ -45,6 +47,11 @@ ACCENTS = {"hat": r"\hat", "bar": r"\bar", "tilde": r"\tilde", "dot": r"\dot"}
 TEXT_ESCAPES = {
     "\\": r"\textbackslash{}", "{": r"\{", "}": r"\}", "$": r"\$", "&": r"\&", "#": r"\#",
     "%": r"\%", "_": r"\_", "^": r"\textasciicircum{}", "~": r"\textasciitilde{}",
+    # Characters the default (OT1) text font sets as other glyphs or ligatures: < is ¡, | a
+    # dash, "--" an en dash; these commands print the character itself (OT1 has no straight
+    # double quote but the typewriter font's).
+    "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}", '"': r"{\ttfamily\char34}",
+    "'": r"\textquotesingle{}", "`": r"\textasciigrave{}", "-": "-{}",
 }
 # Unicode that titles and names use, as LaTeX pdflatex can set without extra packages.
 UNICODE_TEXT = {
@@ -54,6 +61,8 @@ UNICODE_TEXT = {
     "…": r"\dots{}", "’": "'", "“": "``", "”": "''", "é": r"\'e", "è": r"\`e", "ö": r'\"o',
     "ü": r'\"u', "ä": r'\"a',
 }
+# Names SymPy's own printing turns into safe LaTeX (letters, digits, sub- and superscripts).
+_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 PREAMBLE = r"""\documentclass[11pt]{article}
 \usepackage[margin=2.2cm]{geometry}
 \usepackage{amsmath,amssymb}
@@ -73,15 +82,23 @@ class LatexError(SymdlError):
 
 
 def escape_text(text: str) -> str:
-    """``text`` made safe for LaTeX text mode: specials escaped, non-ASCII spelled out."""
+    """``text`` made safe for LaTeX text mode: specials escaped, non-ASCII spelled out.
+
+    The one function every user string (names of matrices, scalars, indices, steps and
+    dimensions, titles, report cells) goes through before it reaches TeX: the result holds no
+    character TeX treats specially (no backslash, brace, ``$``, ``%``, ``#``, ``^`` -- so no
+    ``^^5c``-style escape -- and no control or non-ASCII character), so it prints as the text
+    it was and runs nothing (``\\input``, ``\\write18``, ``\\catcode`` stay text)."""
     out = []
     for ch in text:
         if ch in TEXT_ESCAPES:
             out.append(TEXT_ESCAPES[ch])
         elif ch in UNICODE_TEXT:
-            out.append(UNICODE_TEXT[ch])
+            # Braced: two formulas side by side must not make "$$" (display math).
+            text = UNICODE_TEXT[ch]
+            out.append(f"{{{text}}}" if text.startswith("$") else text)
         elif ch in UNICODE_GREEK:
-            out.append(rf"$\{UNICODE_GREEK[ch]}$")
+            out.append(rf"{{$\{UNICODE_GREEK[ch]}$}}")
         elif ord(ch) < 32:
             out.append(" ")
         elif ord(ch) > 126:
@@ -138,7 +155,9 @@ def latex_name(name: str) -> str:
 def _shape_latex(shape: tuple) -> str:
     if not shape:
         return r"\text{scalar}"
-    return r" \times ".join(sp.latex(d) for d in shape)
+    # symdl's printer, not sp.latex: dimension names are user strings like any other.
+    printer = SymdlLatexPrinter()
+    return r" \times ".join(printer.doprint(d) for d in shape)
 
 
 def _is_negative(term: sp.Basic) -> bool:
@@ -164,6 +183,28 @@ class SymdlLatexPrinter(LatexPrinter):
 
     def _named(self, expr: sp.Basic, name: str) -> str:
         return self.names.get(expr) or latex_name(name)
+
+    # Every other way SymPy prints a name or raw text (function and class names, Str, objects
+    # it has no printer for) passes through the same escaping: no raw user text reaches TeX.
+    def _deal_with_super_sub(self, string: str, style: str = "plain") -> str:
+        if _IDENTIFIER.fullmatch(string):
+            return super()._deal_with_super_sub(string, style=style)
+        return latex_name(string)
+
+    def _print_Function(self, expr: sp.Basic, exp: str | None = None) -> str:
+        # SymPy formats an undefined function's name with %: an escaped \% would break it.
+        name = expr.func.__name__
+        if not isinstance(expr, AppliedUndef) or _IDENTIFIER.fullmatch(name):
+            return super()._print_Function(expr, exp)
+        args = ", ".join(self._print(a) for a in expr.args)
+        text = rf"{latex_name(name)}\left({args}\right)"
+        return rf"\left({text}\right)^{{{exp}}}" if exp is not None else text
+
+    def _print_Str(self, expr) -> str:
+        return latex_name(str(expr.name))
+
+    def emptyPrinter(self, expr) -> str:
+        return rf"\text{{{escape_text(str(expr))}}}"
 
     # Names: the mapped form, never SymPy's subscript guessing on raw text.
     def _print_Symbol(self, expr: sp.Symbol, style: str = "plain") -> str:
@@ -661,6 +702,12 @@ def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120) -> Path
     """Compiles a document with pdflatex in a temporary folder and copies the PDF to
     ``pdf_path``.
 
+    pdflatex runs without shell escape (``-no-shell-escape``: no ``\\write18`` and no
+    ``\\input|"command"``) and in TeX Live's paranoid file mode (``openin_any=p``,
+    ``openout_any=p``): it reads and writes no file outside its temporary folder by an absolute
+    or parent path (``\\input{/etc/passwd}`` fails), so even a document with raw text in it
+    cannot run programs or read the user's files into the PDF.
+
     Raises:
         LatexError: pdflatex is not installed, or the document does not compile (the message
             holds the log's error lines).
@@ -674,7 +721,8 @@ def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120) -> Path
         tex.write_text(source, encoding="utf-8")
         try:
             proc = subprocess.run(
-                [exe, "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp,
+                [exe, "-no-shell-escape", "-interaction=nonstopmode", "-halt-on-error",
+                 "doc.tex"], cwd=tmp, env=_restricted_tex_env(tmp),
                 capture_output=True, text=True, errors="replace", timeout=timeout,
                 stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
@@ -687,6 +735,15 @@ def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120) -> Path
         pdf_path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(pdf, pdf_path)
     return pdf_path
+
+
+def _restricted_tex_env(folder: str) -> dict[str, str]:
+    """The environment for pdflatex: kpathsea reads these variables before texmf.cnf, so
+    they override a permissive site configuration. TEXMFOUTPUT is the one folder paranoid
+    mode lets TeX reach by an absolute path: the temporary folder, not whatever it was."""
+    env = dict(os.environ)
+    env.update(openin_any="p", openout_any="p", shell_escape="f", TEXMFOUTPUT=folder)
+    return env
 
 
 def _log_errors(log: str, after: int = 4) -> str:
