@@ -94,10 +94,11 @@ def _read_regular(path: Path) -> bytes | None:
         os.close(fd)
 
 
-def _unsafe_reason(directory: Path, follow: bool) -> str | None:
+def _unsafe_reason(directory: Path, follow: bool, strict: bool = False) -> str | None:
     """Why ``directory`` may not hold cached code, or None when it may: it must be a folder
     this user owns that no other user can write (group-writable only for the user's own
-    group, as with per-user groups). ``follow=False`` also refuses a symbolic link."""
+    group, as with per-user groups, unless ``strict``). ``follow=False`` also refuses a
+    symbolic link."""
     try:
         st = os.stat(directory) if follow else os.lstat(directory)
     except OSError as exc:
@@ -108,7 +109,7 @@ def _unsafe_reason(directory: Path, follow: bool) -> str | None:
         return f"it belongs to another user (uid {st.st_uid})"
     if st.st_mode & stat.S_IWOTH:
         return "every user can write to it"
-    if st.st_mode & stat.S_IWGRP and hasattr(os, "getgid") and st.st_gid != os.getgid():
+    if st.st_mode & stat.S_IWGRP and (strict or st.st_gid != os.getgid()):
         return f"members of group {st.st_gid} can write to it"
     return None
 
@@ -129,7 +130,9 @@ def _private_fallback(directory: Path, problem: str) -> Path:
             shared.mkdir(mode=0o700)
         except OSError:
             pass  # exists already (checked next) or cannot be made
-        if _unsafe_reason(shared, follow=False) is None and _write_error(shared) is None:
+        # symdl makes it 0700: any group or other write bit means someone else made it.
+        if (_unsafe_reason(shared, follow=False, strict=True) is None
+                and _write_error(shared) is None):
             _PRIVATE_FALLBACK.append(shared)
         else:
             _PRIVATE_FALLBACK.append(Path(tempfile.mkdtemp(prefix="symdl-cache-")))
@@ -283,9 +286,11 @@ def record_compiled() -> None:
     if not _UNRECORDED:
         return
     with _RECORD_LOCK:
-        pending = dict(_UNRECORDED)
-        _UNRECORDED.clear()
-        for digest, directory in pending.items():
+        while _UNRECORDED:
+            try:
+                digest, directory = _UNRECORDED.popitem()  # atomic: the listener may add more
+            except KeyError:
+                break
             _record_numba_cache(directory, digest)
 
 

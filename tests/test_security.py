@@ -82,14 +82,22 @@ def _load_with_warning(text: str):
     return module, messages
 
 
-def test_planted_fallback_folder_is_not_used(tmp_path, monkeypatch, fresh_fallback):
-    # Another user made the predictable fallback folder first, writable by all, and planted a
-    # file in it; the configured folder cannot be created.
+@pytest.mark.parametrize("made", ["by-another-user", "group-writable", "as-a-link"])
+def test_planted_fallback_folder_is_not_used(tmp_path, monkeypatch, fresh_fallback, made):
+    # Someone made the predictable fallback folder first and planted a file in it; the
+    # configured folder cannot be created.
     shared = fresh_fallback / f"symdl-cache-{os.getuid()}"
-    shared.mkdir()
-    shared.chmod(0o777)
+    if made == "as-a-link":
+        target = tmp_path / "target"
+        target.mkdir(mode=0o700)
+        shared.symlink_to(target)
+        shared = target
+    else:
+        shared.mkdir()
+    shared.chmod(0o777 if made == "by-another-user" else 0o770 if made == "group-writable"
+                 else 0o700)
     (shared / "planted.txt").write_text("x")
-    if os.getuid() == 0:
+    if os.getuid() == 0 and made == "by-another-user":
         os.chown(shared, 65534, 65534)  # really another user's, where the test can do that
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("SYMDL_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
