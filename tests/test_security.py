@@ -49,7 +49,8 @@ print(json.dumps({"value": value, "file": module.__file__,
 def _child(text: str, folder: Path, tmp_path: Path, timeout: float = 120) -> tuple[dict, str]:
     source_file = tmp_path / f"text-{uuid.uuid4().hex}.py"
     source_file.write_text(text)
-    env = dict(os.environ, SYMDL_CACHE_DIR=str(folder))
+    (tmp_path / "child-tmp").mkdir(exist_ok=True)  # where a fallback folder would go
+    env = dict(os.environ, SYMDL_CACHE_DIR=str(folder), TMPDIR=str(tmp_path / "child-tmp"))
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(source_file)], capture_output=True,
                           text=True, timeout=timeout, env=env)
     assert proc.returncode == 0, f"exit status {proc.returncode}:\n{proc.stderr[-3000:]}"
@@ -176,6 +177,17 @@ def test_planted_pyc_beside_the_source_is_not_run(tmp_path):
     report, _ = _child(text, folder, tmp_path)
     assert report["value"] == 7.0
     assert not marker.exists()
+
+
+def test_folder_in_place_of_the_source(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir(mode=0o700)
+    text = _source(uuid.uuid4().hex)
+    (folder / f"symdl_{jit.source_hash(text)}.py" / "inside").mkdir(parents=True)
+    report, stderr = _child(text, folder, tmp_path, timeout=60)
+    assert report["value"] == 7.0 and "CacheWarning" in stderr
+    assert Path(report["file"]).parent != folder
+    assert _is_private_folder_of_mine(Path(report["file"]).parent)
 
 
 @pytest.mark.parametrize("kind", ["fifo", "symlink"])
