@@ -162,6 +162,8 @@ def _usable_dir() -> Path:
             directory.mkdir(mode=0o700, exist_ok=True)
     except OSError as exc:
         return _private_fallback(directory, f"is not writable ({exc})")
+    if not directory.is_dir():
+        return _private_fallback(directory, "is not writable (it is not a folder)")
     # Ownership first: probing an unsafe folder could follow a link planted there.
     for folder in (directory, directory / "__pycache__"):
         if folder.name == "__pycache__" and not os.path.lexists(folder):
