@@ -698,9 +698,11 @@ INSTALL_HINT = ("install it with: apt-get install texlive-latex-base texlive-lat
                 "(sudo when not root)")
 
 
-def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120) -> Path:
+def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120,
+                files: Sequence[str | Path] = ()) -> Path:
     """Compiles a document with pdflatex in a temporary folder and copies the PDF to
-    ``pdf_path``.
+    ``pdf_path``. ``files`` (figures) are copied into that folder first: the document names
+    them by their file names alone.
 
     pdflatex runs without shell escape (``-no-shell-escape``: no ``\\write18`` and no
     ``\\input|"command"``) and in TeX Live's paranoid file mode (``openin_any=p``,
@@ -719,6 +721,11 @@ def compile_pdf(source: str, pdf_path: str | Path, timeout: float = 120) -> Path
     with tempfile.TemporaryDirectory(prefix="symdl-latex-") as tmp:
         tex = Path(tmp) / "doc.tex"
         tex.write_text(source, encoding="utf-8")
+        for extra in files:
+            extra = Path(extra)
+            if extra.name in ("doc.tex", "doc.pdf", "doc.log", "doc.aux"):
+                raise LatexError(f"{extra} has the name of pdflatex's own files; rename it")
+            shutil.copyfile(extra, Path(tmp) / extra.name)
         try:
             proc = subprocess.run(
                 [exe, "-no-shell-escape", "-interaction=nonstopmode", "-halt-on-error",

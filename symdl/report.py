@@ -10,18 +10,18 @@ from pathlib import Path
 from symdl.derivation import Derivation
 from symdl.latex import LatexError, compile_pdf, document, escape_text
 
-_SAFE_PATH = re.compile(r"^[A-Za-z0-9/._-]+$")
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 def _figure(path: Path, caption: str) -> str:
-    resolved = path.resolve()
-    if not _SAFE_PATH.match(str(resolved)):
+    # By its name alone: the report compiles beside its figures (pdflatex reads no file by an
+    # absolute path, see compile_pdf), and the figure is copied next to it.
+    if not _SAFE_PATH.match(path.name):
         raise LatexError(
-            f"the figure path {str(resolved)!r} has characters LaTeX cannot take in a file "
-            "name; write the report to a folder whose path has only letters, digits, '/', "
-            "'.', '_' and '-'")
+            f"the figure name {path.name!r} has characters LaTeX cannot take in a file "
+            "name; use only letters, digits, '.', '_' and '-'")
     return ("\\begin{figure}[h]\n\\centering\n"
-            f"\\includegraphics[width=0.95\\linewidth]{{{resolved}}}\n"
+            f"\\includegraphics[width=0.95\\linewidth]{{{path.name}}}\n"
             f"\\caption{{{escape_text(caption)}}}\n\\end{{figure}}")
 
 
@@ -66,10 +66,12 @@ def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: M
     source = document(der, title="symdl demo: a 2-layer network trained with generated kernels",
                       check_report=check_report)
     sections = [_training_section(metrics, folder / "training.pdf")]
+    used = [folder / "training.pdf"]
     if "newton" in metrics and "newton.pdf" in figures:
         sections.append(_newton_section(metrics, folder / "newton.pdf"))
+        used.append(folder / "newton.pdf")
     source = source.replace("\\end{document}", "\n\n".join(sections) + "\n\\end{document}")
     tex_path.write_text(source, encoding="utf-8")
     if compile_pdf_too:
-        compile_pdf(source, tex_path.with_suffix(".pdf"))
+        compile_pdf(source, tex_path.with_suffix(".pdf"), files=used)
     return tex_path

@@ -236,3 +236,31 @@ def test_jacobians_of_a_matrix_valued_definition() -> None:
     A = sp.MatrixSymbol("A", n, d)
     text = symdl.derive(A * x, wrt=[x]).to_latex()
     assert r"\frac{\partial f}{\partial x} &= A && n \times d" in text
+
+
+def test_report_figures_compile_with_restricted_file_access(tmp_path: Path) -> None:
+    """pdflatex reads no file by an absolute path (compile_pdf's paranoid mode): the demo
+    report names its figures by file name and they are copied beside the document; a folder
+    with a space in its path works too."""
+    _require_pdflatex()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from symdl.report import write_report
+
+    folder = tmp_path / "my report"
+    folder.mkdir()
+    plt.figure()
+    plt.plot([0, 1], [1, 0])
+    plt.savefig(folder / "training.pdf")
+    plt.close("all")
+    metrics = {"data": {"name": "digits", "train": 10, "test": 5},
+               "final_test_accuracy": 0.9, "final_train_accuracy": 0.95,
+               "final_train_loss": 0.1, "timings": {"steps": 3, "train_s": 0.5}}
+    der = registry.load("linear_regression").derive()
+    tex = write_report(folder / "report.tex", der, None, metrics, ["training.pdf"])
+    assert r"\includegraphics[width=0.95\linewidth]{training.pdf}" in tex.read_text()
+    pdf = tex.with_suffix(".pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and b"/Subtype /Form" in pdf  # the figure is embedded
