@@ -115,25 +115,24 @@ def _softplus(x):
 
 @numba.njit(cache=True, inline="always")
 def _relu(x):
-    return x if x > 0.0 else 0.0
+    """max(x, 0) with NaN propagated (as NumPy's maximum): NaN <= 0 is false. A select."""
+    return 0.0 if x <= 0.0 else x
 
 
 @numba.njit(cache=True, inline="always")
 def _heaviside(x, at_zero):
-    if x > 0.0:
-        return 1.0
-    if x < 0.0:
-        return 0.0
-    return at_zero
+    """1 above 0, 0 below, at_zero at 0, NaN at NaN (as NumPy's heaviside); selects only."""
+    y = 1.0 if x > 0.0 else at_zero
+    y = 0.0 if x < 0.0 else y
+    return y if x == x else x
 
 
 @numba.njit(cache=True, inline="always")
 def _sign(x):
-    if x > 0.0:
-        return 1.0
-    if x < 0.0:
-        return -1.0
-    return 0.0
+    """-1, 0 or 1, NaN at NaN (as NumPy's sign); selects only."""
+    y = 1.0 if x > 0.0 else 0.0
+    y = -1.0 if x < 0.0 else y
+    return y if x == x else x
 '''
 
 
@@ -168,6 +167,10 @@ class ScalarPrinter(PythonCodePrinter):
     def _print_Heaviside(self, expr: sp.Heaviside) -> str:
         at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
         return f"_heaviside({self._print(expr.args[0])}, {self._print(sp.Float(at_zero))})"
+
+    def _print_sign(self, expr: sp.sign) -> str:
+        # SymPy's own printing, copysign(1, x), makes sign(NaN) = ±1: NaN must propagate.
+        return f"_sign({self._print(expr.args[0])})"
 
     def _print_Float(self, expr: sp.Float) -> str:
         # SymPy prints a Float with 15 digits (1/3 -> 0.333333333333333, 4e-16 off); repr of

@@ -150,3 +150,62 @@ def test_codegen_refuses_a_temporary_read_at_another_index(monkeypatch) -> None:
     with pytest.raises(RuntimeError, match="internal error"):
         der.compile(jit=False)
     assert codegen.storing_groups is kernel_plan.storing_groups
+
+
+# --------------------------------------------------------------------------------------------
+# NaN propagates through the kinked functions (issue 15, item 9): as NumPy's maximum, sign,
+# heaviside and abs do. A NaN input gives a NaN value and a NaN gradient entry (relu'(NaN) is
+# Heaviside(NaN) = NaN); every other entry keeps its stated convention.
+
+x_col = sp.MatrixSymbol("x", n, 1)
+g_col = sp.MatrixSymbol("g", n, 1)
+X_NAN = np.array([[np.nan], [2.0], [-3.0], [0.0], [0.5]])
+G_ONES = np.array([[1.0], [2.0], [-1.0], [0.5], [3.0]])
+KINKED: dict[str, tuple[Callable, Callable, Callable]] = {
+    # name: (symdl definition, NumPy value, NumPy derivative with the documented conventions)
+    "relu": (symdl.relu, lambda v: np.maximum(v, 0), lambda v: np.heaviside(v, 0.0)),
+    "leaky_relu": (lambda m: symdl.leaky_relu(m, sp.Rational(1, 10)),
+                   lambda v: np.where(np.isnan(v), v, np.where(v > 0, v, 0.1 * v)),
+                   lambda v: np.where(np.isnan(v), v, np.where(v > 0, 1.0, 0.1))),
+    "absolute": (symdl.absolute, np.abs, np.sign),
+    "huber": (symdl.huber, lambda v: np.where(np.abs(v) <= 1, v * v / 2, np.abs(v) - 0.5),
+              lambda v: np.clip(v, -1, 1)),
+    "sign": (lambda m: m.applyfunc(sp.sign), np.sign, lambda v: 0 * v),
+    "heaviside": (lambda m: m.applyfunc(lambda t: sp.Heaviside(t, 0)),
+                  lambda v: np.heaviside(v, 0.0), lambda v: 0 * v),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["interpreted", "jit"])
+@pytest.mark.parametrize("name", list(KINKED))
+def test_nan_propagates_through_kinked_functions(name: str, jit: bool) -> None:
+    f, value, derivative = KINKED[name]
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, f(x_col))), wrt=[x_col])
+    out = der.compile(jit=jit)(x=X_NAN, g=G_ONES)
+    assert np.isnan(out.value)
+    assert np.isnan(np.sum(G_ONES * value(X_NAN)))  # the oracle agrees: NaN in, NaN out
+    expected = G_ONES * derivative(X_NAN)
+    if name in ("sign", "heaviside"):  # derivative 0 by convention, a constant
+        expected = np.zeros_like(X_NAN)
+    else:
+        assert np.isnan(expected[0, 0])
+    np.testing.assert_array_equal(out.grad["x"], expected)
+    evaluated = np.asarray(symdl.evaluate(der.gradient(x_col), {"x": X_NAN, "g": G_ONES},
+                                          {n: 5}), dtype=float)
+    np.testing.assert_array_equal(evaluated, expected)
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["interpreted", "jit"])
+def test_relu_of_nan_is_nan_elementwise(jit: bool) -> None:
+    """The issue's report: relu(NaN) was 0. The activation itself, entry by entry."""
+    Xm = sp.MatrixSymbol("X", n, d)
+    Wm = sp.MatrixSymbol("W", d, d)
+    der = symdl.derive(symdl.sum(symdl.relu(Xm * Wm)), wrt=[Wm])
+    values = {"X": np.array([[np.nan, 1.0], [1.0, -2.0]]), "W": np.eye(2)}
+    out = der.compile(jit=jit)(**values)
+    assert np.isnan(out.value)
+    # NumPy's dW = X^T H(XW): NaN * 0 is NaN, so row 0 of XW, of H and all of dW are NaN.
+    product = values["X"] @ values["W"]
+    expected = values["X"].T @ np.heaviside(product, 0.0)
+    assert np.isnan(expected).all()
+    np.testing.assert_array_equal(out.grad["W"], expected)
