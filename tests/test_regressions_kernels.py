@@ -209,3 +209,78 @@ def test_relu_of_nan_is_nan_elementwise(jit: bool) -> None:
     expected = values["X"].T @ np.heaviside(product, 0.0)
     assert np.isnan(expected).all()
     np.testing.assert_array_equal(out.grad["W"], expected)
+
+
+# --------------------------------------------------------------------------------------------
+# out= buffers (issue 15, item 10): only the exact input array may take an in-place update;
+# any other overlap, decided exactly, and masked arrays raise KernelArgumentError.
+
+w_col = sp.MatrixSymbol("w", n, 1)
+
+
+@pytest.fixture(scope="module")
+def sgd_update() -> symdl.Kernel:
+    from symdl.optimizers import SGD, update_kernel_outputs
+    return symdl.compile_expressions(update_kernel_outputs(SGD(lr=0.5), w_col))
+
+
+@pytest.mark.parametrize("shift", [1, -1, 3])
+def test_out_view_shifted_over_its_input_is_refused(sgd_update, shift: int) -> None:
+    """The issue's SGD update: out one entry over the input returned [0.5, 0, -0.5, ...]."""
+    buf = np.arange(16.0) + 0.5
+    start = max(shift, 0)
+    dst = buf[start:start + 8].reshape(-1, 1)
+    src = buf[start - shift:start - shift + 8].reshape(-1, 1)
+    before = buf.copy()
+    with pytest.raises(symdl.KernelArgumentError, match="overlaps input 'w'"):
+        sgd_update(w=src, grad_w=np.ones((8, 1)), out={"w": dst})
+    np.testing.assert_array_equal(buf, before)  # refused before anything was written
+
+
+def test_out_that_is_its_input_updates_in_place(sgd_update) -> None:
+    w = np.arange(8.0).reshape(-1, 1) + 0.5
+    g = np.linspace(-1, 1, 8).reshape(-1, 1)
+    expected = w - 0.5 * g  # torch.optim.SGD's step, by hand
+    result = sgd_update(w=w, grad_w=g, out={"w": w})
+    assert result.outputs["w"] is w
+    np.testing.assert_array_equal(w, expected)
+
+
+def test_out_buffers_overlapping_by_one_entry_are_refused() -> None:
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    buf = np.zeros(5)  # the value's entry is the gradient's last
+    with pytest.raises(symdl.KernelArgumentError, match="share memory"):
+        kernel(w=np.ones((5, 1)), g=np.ones((5, 1)),
+               out={"grad:w": buf.reshape(-1, 1), "value": buf[4:]})
+
+
+def test_out_overlapping_an_input_the_kernel_reads_later_is_refused() -> None:
+    """The gradient written over an input that a later step still reads."""
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    g = np.ones((5, 1))
+    with pytest.raises(symdl.KernelArgumentError, match="'g'"):
+        kernel(w=np.ones((5, 1)), g=g, out={"grad:w": g})
+
+
+@pytest.mark.parametrize("role", ["input", "out"])
+def test_masked_arrays_are_refused(role: str) -> None:
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    masked = np.ma.masked_array(np.ones((4, 1)), mask=[[True], [False], [False], [False]])
+    with pytest.raises(symdl.KernelArgumentError, match="masked array"):
+        if role == "input":
+            kernel(w=masked, g=np.ones((4, 1)))
+        else:
+            kernel(w=np.ones((4, 1)), g=np.ones((4, 1)), out={"grad:w": masked})
+
+
+def test_matrix_subclass_is_read_and_written_as_its_values() -> None:
+    """np.matrix (and other ndarray subclasses without a mask) are used by their memory."""
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    w = np.linspace(-1, 1, 4).reshape(-1, 1)
+    out = np.matrix(np.zeros((4, 1)))
+    kernel(w=np.matrix(w), g=np.matrix(np.ones((4, 1))), out={"grad:w": out})
+    np.testing.assert_allclose(np.asarray(out), 1 - np.tanh(w) ** 2, rtol=1e-15)
