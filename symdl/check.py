@@ -45,6 +45,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from symdl import check_reference as reference
+from symdl.assumptions import conform, declared_checks
 from symdl.derivation import Derivation
 from symdl.errors import SymdlError
 from symdl.kernel import Kernel
@@ -455,6 +456,8 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
     bound.update(dims or {})
     must_be_positive, kink = _restrictions(der)
     must_be_positive |= set(positive)
+    declared = {str(s): s for _, expr in der.steps for s in expr.free_symbols
+                if declared_checks(s)}
     values: dict = {}
     for name, shape in kernel.inputs.items():
         concrete = tuple(int(sp.sympify(d).subs(bound)) for d in shape)
@@ -466,6 +469,8 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
                 a = np.where(np.abs(a) < KINK_MARGIN, a + np.where(a < 0, -1, 1) * KINK_MARGIN,
                              a)
         values[name] = float(a) if concrete == () else a
+        if name in declared:  # kernels refuse values that break a declared assumption
+            values[name] = conform(declared[name], values[name])
     if sample_inputs is not None:
         by_name = {**{str(s): v for s, v in bound.items()}, **bound}
         for name, given in sample_inputs(rng, by_name).items():

@@ -30,6 +30,7 @@ import numpy as np
 import sympy as sp
 
 from symdl import ir
+from symdl.assumptions import violation
 from symdl.codegen import Source, generate
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted
@@ -218,6 +219,10 @@ class Kernel:
                     dims.setdefault(dim, size)
                     where.setdefault(dim, f"{name} {array.shape}")
             prepared[name] = np.ascontiguousarray(array)
+        for name in self._source.inputs:
+            message = violation(self._leaves[name].symbol, prepared[name])
+            if message is not None:
+                raise KernelArgumentError(message, name)
         for name in self._source.inputs:
             leaf = self._leaves[name]
             if leaf.rank == 0:

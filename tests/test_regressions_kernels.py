@@ -276,6 +276,7 @@ def test_masked_arrays_are_refused(role: str) -> None:
             kernel(w=np.ones((4, 1)), g=np.ones((4, 1)), out={"grad:w": masked})
 
 
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
 def test_matrix_subclass_is_read_and_written_as_its_values() -> None:
     """np.matrix (and other ndarray subclasses without a mask) are used by their memory."""
     der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
@@ -284,3 +285,64 @@ def test_matrix_subclass_is_read_and_written_as_its_values() -> None:
     out = np.matrix(np.zeros((4, 1)))
     kernel(w=np.matrix(w), g=np.matrix(np.ones((4, 1))), out={"grad:w": out})
     np.testing.assert_allclose(np.asarray(out), 1 - np.tanh(w) ** 2, rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------------
+# Declared assumptions (issue 15, item 11): SymPy folds |p| to p for a positive p while the
+# user writes the definition; a value that violates the declaration is refused, by kernels
+# and by symdl.evaluate, naming the symbol and the assumption.
+
+ASSUMED = [
+    # (assumption, a value violating it, a value satisfying it, the definition's body, NumPy)
+    ("positive", -2.0, 2.0, lambda p: sp.Abs(p), abs),
+    ("nonnegative", -0.5, 0.0, lambda p: sp.Abs(p), abs),
+    ("negative", 3.0, -3.0, lambda p: sp.Abs(p), abs),
+    ("nonpositive", 1.5, -1.5, lambda p: sp.sqrt(p**2), abs),
+    ("integer", 0.5, 3.0, lambda p: sp.floor(p) * p, lambda v: np.floor(v) * v),
+]
+
+
+def _scaled_by(body: sp.Expr) -> tuple[symdl.Derivation, sp.MatrixSymbol]:
+    return symdl.derive(body * symdl.sum(w_col), wrt=[w_col]), w_col
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["interpreted", "jit"])
+@pytest.mark.parametrize("assumption,bad,good,body,numpy_body", ASSUMED,
+                         ids=[a[0] for a in ASSUMED])
+def test_kernel_refuses_values_violating_declared_assumptions(assumption, bad, good, body,
+                                                              numpy_body, jit) -> None:
+    p = sp.Symbol("p", **{assumption: True})
+    der, w = _scaled_by(body(p))
+    kernel = der.compile(jit=jit)
+    ones = np.ones((3, 1))
+    with pytest.raises(symdl.KernelArgumentError, match=f"p was declared {assumption}=True"):
+        kernel(p=bad, w=ones)
+    out = kernel(p=good, w=ones)
+    assert out.value == pytest.approx(3 * numpy_body(good), rel=1e-15, abs=1e-300)
+    with pytest.raises(symdl.EvaluationError, match=f"{assumption}=True"):
+        symdl.evaluate(der.gradient(w), {"p": bad, "w": ones}, {n: 3})
+
+
+def test_nan_satisfies_a_declared_assumption() -> None:
+    """NaN propagates (README): it is not refused as a violation."""
+    p = sp.Symbol("p", positive=True)
+    der, _ = _scaled_by(sp.Abs(p))
+    assert np.isnan(der.compile(jit=False)(p=np.nan, w=np.ones((2, 1))).value)
+
+
+def test_indexed_input_declared_positive_is_checked_entrywise() -> None:
+    i = sp.Idx("i", n)
+    x = sp.IndexedBase("x", shape=(n,), positive=True)
+    der = symdl.derive(sp.Sum(sp.Abs(x[i]) * w_col[i, 0], (i, 0, n - 1)), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    with pytest.raises(symdl.KernelArgumentError, match=r"x was declared positive.*index \[1\]"):
+        kernel(x=np.array([1.0, -2.0, 3.0]), w=np.ones((3, 1)))
+    assert kernel(x=np.array([1.0, 2.0, 3.0]), w=np.ones((3, 1))).value == 6.0
+
+
+def test_check_draws_values_that_satisfy_declarations() -> None:
+    """symdl.check draws its test points inside the declared sets (negative here)."""
+    q = sp.Symbol("q", negative=True)
+    der = symdl.derive(sp.Abs(q) * symdl.sum(symdl.tanh(w_col)), wrt=[w_col])
+    report = symdl.check(der, dims={n: 3}, jit=False)
+    assert report.ok, report
