@@ -167,14 +167,33 @@ def named_step_programs(draw) -> Program:
     Z = mul(first, X)
     if draw(st.booleans()):
         Z = Twin(symdl.tanh(Z.sym), lambda t, f=Z.fn: torch.tanh(f(t)))
-    if draw(st.booleans()):
-        Z = mul(Ahat, maybe_named("H", Z, nd))
+    second = draw(st.sampled_from(["none", "Ahat H", "Ahat^T H", "M H + Ahat H",
+                                   "Ahat^T Ahat H"]))
+    if second != "none":
+        H = maybe_named("H", Z, nd)
+        if second == "Ahat H":
+            Z = mul(Ahat, H)
+        elif second == "Ahat^T H":
+            Z = mul(tr(Ahat), H)
+        elif second == "M H + Ahat H":  # a common operand to factor
+            Z = add(mul(M, H), mul(Ahat, H))
+        else:
+            Z = mul(tr(Ahat), mul(Ahat, H))
     Z = maybe_named("Z", Z, nd)
     loss = Twin(symdl.sum(sp.hadamard_product(G.sym, Z.sym)),
                 lambda t, f=Z.fn: (t["G"] * f(t)).sum())
-    if draw(st.booleans()):  # the normalised matrix read once more, against M
-        extra = symdl.sum(sp.hadamard_product(Ahat.sym, M.sym))
-        loss = Twin(loss.sym + extra, lambda t, f=loss.fn: f(t) + (Ahat.fn(t) * M.fn(t)).sum())
+    # The normalised matrix read once more: against M, its own transpose, or M^T diag(r) M
+    # (a symmetric product, one BLAS triangle when r >= 0).
+    extra = draw(st.sampled_from(["none", "Ahat.M", "Ahat.Ahat^T", "Ahat.M^T diag(r) M"]))
+    if extra == "Ahat.M":
+        other = M
+    elif extra == "Ahat.Ahat^T":
+        other = tr(Ahat)
+    elif extra == "Ahat.M^T diag(r) M":
+        other = mul(tr(M), had(mul(r, tr(ones)), M))
+    if extra != "none":
+        loss = Twin(loss.sym + symdl.sum(sp.hadamard_product(Ahat.sym, other.sym)),
+                    lambda t, f=loss.fn, o=other.fn: f(t) + (Ahat.fn(t) * o(t)).sum())
     prog.steps.append((sp.Symbol("L"), loss.sym))
     prog.torch_steps.append(("L", loss.fn))
     used = set().union(*(rhs.free_symbols for _, rhs in prog.steps))
