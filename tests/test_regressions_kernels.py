@@ -14,11 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import sympy as sp
+import torch
 
 import symdl
 from symdl import codegen, kernel_plan
-
-torch = pytest.importorskip("torch")
 
 n, d, h, k = sp.symbols("n d h k", integer=True, positive=True)
 A = sp.MatrixSymbol("A", n, n)
