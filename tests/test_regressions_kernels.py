@@ -345,3 +345,30 @@ def test_check_draws_values_that_satisfy_declarations() -> None:
     der = symdl.derive(sp.Abs(q) * symdl.sum(symdl.tanh(w_col)), wrt=[w_col])
     report = symdl.check(der, dims={n: 3}, jit=False)
     assert report.ok, report
+
+
+VALUES = (-2.0, -1.0, 0.0, 0.5, 1.0, 2.0, 3.0, np.inf, -np.inf)
+ALLOWED = {  # by hand: which of VALUES each declaration admits
+    "positive": (0.5, 1.0, 2.0, 3.0, np.inf),
+    "negative": (-2.0, -1.0, -np.inf),
+    "nonnegative": (0.0, 0.5, 1.0, 2.0, 3.0, np.inf),
+    "nonpositive": (-2.0, -1.0, 0.0, -np.inf),
+    "nonzero": (-2.0, -1.0, 0.5, 1.0, 2.0, 3.0, np.inf, -np.inf),
+    "integer": (-2.0, -1.0, 0.0, 1.0, 2.0, 3.0, np.inf, -np.inf),
+    "even": (-2.0, 0.0, 2.0),
+    "odd": (-1.0, 1.0, 3.0),
+}
+
+
+@pytest.mark.parametrize("assumption", list(ALLOWED))
+def test_declared_assumption_checks_admit_exactly_their_sets(assumption: str) -> None:
+    from symdl.assumptions import conform, violation
+    p = sp.Symbol("p", **{assumption: True})
+    for v in VALUES:
+        assert (violation(p, v) is None) == (v in ALLOWED[assumption]), v
+        assert (violation(p, np.array([1.5, v])) is None) == (
+            v in ALLOWED[assumption] and violation(p, 1.5) is None), v
+    assert violation(p, np.nan) is None
+    drawn = np.random.default_rng(0).normal(size=20)
+    assert violation(p, conform(p, drawn)) is None
+    assert violation(p, conform(p, float(drawn[0]))) is None
