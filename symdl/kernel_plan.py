@@ -368,8 +368,8 @@ def _is_value(node: ir.Node) -> bool:
     return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
 
 
-def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
-                   group_of: dict[int, LoopGroup]) -> LoopGroup | None:
+def _fusable_group(steps: list[Step], after: int, loop_dims: tuple,
+                   reads) -> LoopGroup | None:
     """The earliest loop group at or after step ``after`` that iterates over ``loop_dims`` and
     can compute a node with these operand ``reads`` in the same iteration: an operand computed
     in that group must be read at the index it is computed at, and not be a reduction (whose
@@ -378,8 +378,9 @@ def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
         group = steps[k]
         if not isinstance(group, LoopGroup) or group.dims != loop_dims:
             continue
-        # Membership, not ``group_of``: a cheap input function recomputed inside several
-        # groups is a member of each, and only a read at its own index may use that copy.
+        # Membership, not the group a node was placed in: a cheap input function recomputed
+        # inside several groups is a member of each, and only a read at its own index may
+        # use that copy.
         if all(not computes(group, op)
                or (group.indices[id(op)] == at and id(op) not in group.reductions)
                for op, at in reads):
@@ -462,7 +463,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
                 stats_step[key] = len(steps) - 1
             after = max(after, stats_step[key] + 1)
         computed = [(op, at) for op, at in reads if id(op) not in deferred]
-        group = _fusable_group(steps, after, loop_dims, computed, group_of)
+        group = _fusable_group(steps, after, loop_dims, computed)
         if group is None:
             group = LoopGroup(loop_dims)
             steps.append(group)
