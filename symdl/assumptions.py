@@ -12,6 +12,7 @@ symdl); infinities are checked by their sign.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -102,3 +103,14 @@ def conform(symbol: sp.Basic, value: object) -> object:
     if "zero" in facts:
         v = np.zeros_like(v)
     return float(v) if np.ndim(value) == 0 else v
+
+
+def step_limit(symbol: sp.Basic, value: object) -> float:
+    """How far ``value`` may move (a finite-difference probe) and keep the declared sign of
+    ``symbol``: half the smallest magnitude where a sign is declared, else unlimited."""
+    facts = {assumption for assumption, _, _ in declared_checks(symbol)}
+    if not facts & {"positive", "negative", "nonnegative", "nonpositive", "nonzero"}:
+        return math.inf
+    magnitudes = np.abs(np.asarray(value, dtype=np.float64))
+    smallest = float(np.nanmin(magnitudes)) if magnitudes.size else math.inf
+    return smallest / 2 if smallest > 0 else math.inf

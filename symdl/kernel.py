@@ -126,6 +126,11 @@ class Kernel:
         return {name: self._leaves[name].shape for name in self._source.inputs}
 
     @property
+    def input_symbols(self) -> dict[str, sp.Basic]:
+        """The SymPy symbol of each input, by name (its declared assumptions are checked)."""
+        return {name: self._leaves[name].symbol for name in self._source.inputs}
+
+    @property
     def output_names(self) -> list[str]:
         return list(self._source.outputs)
 
