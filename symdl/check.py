@@ -45,6 +45,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 
 from symdl import check_reference as reference
+from symdl.assumptions import conform, declared_checks, step_limit
 from symdl.derivation import Derivation
 from symdl.errors import SymdlError
 from symdl.kernel import Kernel
@@ -220,8 +221,10 @@ def _richardson(g: Callable[[float], np.ndarray], h: float) -> np.ndarray:
     return (4 * d2 - d1) / 3
 
 
-def _fd_entrywise(f: Callable[[dict], np.ndarray], values: dict, name: str) -> np.ndarray:
-    """∂f/∂values[name] entry by entry: shape f.shape + shape of the parameter."""
+def _fd_entrywise(f: Callable[[dict], np.ndarray], values: dict, name: str,
+                  limit: float = math.inf) -> np.ndarray:
+    """∂f/∂values[name] entry by entry: shape f.shape + shape of the parameter; steps at most
+    ``limit`` (probes stay inside the input's declared sign, which kernels enforce)."""
     x = np.asarray(values[name], dtype=np.float64)
     eps = np.finfo(np.float64).eps
     columns = []
@@ -231,16 +234,25 @@ def _fd_entrywise(f: Callable[[dict], np.ndarray], values: dict, name: str) -> n
             moved[idx] += t
             return np.asarray(f({**values, name: moved if x.shape else float(moved)}),
                               dtype=np.float64)
-        columns.append(_richardson(g, eps ** (1 / 3) * max(1.0, abs(float(x[idx])))))
+        columns.append(_richardson(g, min(eps ** (1 / 3) * max(1.0, abs(float(x[idx]))),
+                                          limit)))
     out = np.stack(columns, axis=-1) if columns else np.zeros(0)
     return out.reshape(out.shape[:-1] + x.shape)
 
 
 def _fd_directional(f: Callable[[dict], np.ndarray], values: dict,
-                    directions: Mapping[str, np.ndarray], step: float | None = None) -> np.ndarray:
-    """The derivative of f along ``directions`` (by input name), all inputs moved at once."""
+                    directions: Mapping[str, np.ndarray], step: float | None = None,
+                    limits: Mapping[str, float] | None = None) -> np.ndarray:
+    """The derivative of f along ``directions`` (by input name), all inputs moved at once;
+    no input moves by more than its ``limits`` entry."""
     eps = np.finfo(np.float64).eps
     scale = max([1.0] + [float(np.max(np.abs(values[k]))) for k in directions])
+    if step is None:
+        step = eps ** (1 / 3) * scale
+        for k, u in directions.items():
+            reach = float(np.max(np.abs(u))) if np.size(u) else 0.0
+            if limits and k in limits and reach > 0:
+                step = min(step, limits[k] / reach)
 
     def g(t):
         moved = {k: np.asarray(values[k], dtype=np.float64) + t * u
@@ -248,7 +260,7 @@ def _fd_directional(f: Callable[[dict], np.ndarray], values: dict,
         moved = {k: (float(v) if np.ndim(values[k]) == 0 else v) for k, v in moved.items()}
         return np.asarray(f({**values, **moved}), dtype=np.float64)
 
-    return _richardson(g, step if step is not None else eps ** (1 / 3) * scale)
+    return _richardson(g, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,20 +322,24 @@ def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Gener
     def output(name):
         return lambda vals: kernel(**vals).outputs[name]
 
+    # Kernels refuse values outside an input's declared sign: probes stay inside.
+    limits = {k: step_limit(symbol, exact[k]) for k, symbol in kernel.input_symbols.items()}
+
     for name in names:
         kind, rest = _split(name)
         if kind == "grad" and "value" in names and rest in inputs:
             _compare_derivative(out, name, rest, analytic[name], output("value"), exact, rng,
-                                extra_axes=0)
+                                extra_axes=0, limits=limits)
         elif kind == "hessian":
             p, q = rest.split(",")
             if f"grad:{p}" in names and q in inputs:
                 _compare_derivative(out, name, q, analytic[name], output(f"grad:{p}"), exact,
-                                    rng, extra_axes=np.ndim(exact[p]))
+                                    rng, extra_axes=np.ndim(exact[p]), limits=limits)
         elif kind == "hvp" and f"grad:{rest}" in names:
             directions = {k[2:]: np.asarray(exact[k], dtype=np.float64) for k in inputs
                           if k.startswith("v_") and k[2:] in inputs}
-            numeric = _fd_directional(output(f"grad:{rest}"), exact, directions)
+            numeric = _fd_directional(output(f"grad:{rest}"), exact, directions,
+                                      limits=limits)
             out.compare(name, ",".join(sorted(directions)), analytic[name],
                         numeric.reshape(np.shape(analytic[name])), "central-richardson along v")
     if curves:
@@ -331,13 +347,13 @@ def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Gener
 
 
 def _compare_derivative(out: _Collector, name: str, param: str, analytic, f, values, rng,
-                        extra_axes: int) -> None:
+                        extra_axes: int, limits: Mapping[str, float] | None = None) -> None:
     """An output that is ∂f/∂param (f's axes first): entry by entry or along directions."""
     x = values[param]
     analytic = np.asarray(analytic, dtype=np.float64)
     f_shape = np.shape(f(values)) if extra_axes else ()
     if _size(x) <= ENTRYWISE_MAX:
-        numeric = _fd_entrywise(f, values, param)
+        numeric = _fd_entrywise(f, values, param, (limits or {}).get(param, math.inf))
         out.compare(name, param, analytic, numeric.reshape(analytic.shape), "central-richardson")
         return
     block = analytic.reshape(f_shape + np.shape(x)) if extra_axes else analytic.reshape(
@@ -345,7 +361,7 @@ def _compare_derivative(out: _Collector, name: str, param: str, analytic, f, val
     for k in range(DIRECTIONS):
         u = _unit(rng, np.shape(x))
         a = np.tensordot(block, u, axes=np.ndim(x))
-        numeric = _fd_directional(f, values, {param: u})
+        numeric = _fd_directional(f, values, {param: u}, limits=limits)
         labels = [f"u{k}" + (f"[{','.join(map(str, i))}]" if f_shape else "")
                   for i in np.ndindex(*np.shape(a))]
         out.compare(name, param, a, numeric, "central-richardson along random u", labels)
@@ -453,6 +469,8 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
     bound.update(dims or {})
     must_be_positive, kink = _restrictions(der)
     must_be_positive |= set(positive)
+    declared = {str(s): s for _, expr in der.steps for s in expr.free_symbols
+                if declared_checks(s)}
     values: dict = {}
     for name, shape in kernel.inputs.items():
         concrete = tuple(int(sp.sympify(d).subs(bound)) for d in shape)
@@ -464,6 +482,8 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
                 a = np.where(np.abs(a) < KINK_MARGIN, a + np.where(a < 0, -1, 1) * KINK_MARGIN,
                              a)
         values[name] = float(a) if concrete == () else a
+        if name in declared:  # kernels refuse values that break a declared assumption
+            values[name] = conform(declared[name], values[name])
     if sample_inputs is not None:
         by_name = {**{str(s): v for s, v in bound.items()}, **bound}
         for name, given in sample_inputs(rng, by_name).items():

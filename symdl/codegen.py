@@ -27,6 +27,7 @@ from symdl.kernel_plan import (
     einsum_label_vars,
     node_reads,
     operand_reads,
+    storing_groups,
     summed_labels,
 )
 
@@ -114,25 +115,24 @@ def _softplus(x):
 
 @numba.njit(cache=True, inline="always")
 def _relu(x):
-    return x if x > 0.0 else 0.0
+    """max(x, 0) with NaN propagated (as NumPy's maximum): NaN <= 0 is false. A select."""
+    return 0.0 if x <= 0.0 else x
 
 
 @numba.njit(cache=True, inline="always")
 def _heaviside(x, at_zero):
-    if x > 0.0:
-        return 1.0
-    if x < 0.0:
-        return 0.0
-    return at_zero
+    """1 above 0, 0 below, at_zero at 0, NaN at NaN (as NumPy's heaviside); selects only."""
+    y = 1.0 if x > 0.0 else at_zero
+    y = 0.0 if x < 0.0 else y
+    return y if x == x else x
 
 
 @numba.njit(cache=True, inline="always")
 def _sign(x):
-    if x > 0.0:
-        return 1.0
-    if x < 0.0:
-        return -1.0
-    return 0.0
+    """-1, 0 or 1, NaN at NaN (as NumPy's sign); selects only."""
+    y = 1.0 if x > 0.0 else 0.0
+    y = -1.0 if x < 0.0 else y
+    return y if x == x else x
 '''
 
 
@@ -167,6 +167,10 @@ class ScalarPrinter(PythonCodePrinter):
     def _print_Heaviside(self, expr: sp.Heaviside) -> str:
         at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
         return f"_heaviside({self._print(expr.args[0])}, {self._print(sp.Float(at_zero))})"
+
+    def _print_sign(self, expr: sp.sign) -> str:
+        # SymPy's own printing, copysign(1, x), makes sign(NaN) = ±1: NaN must propagate.
+        return f"_sign({self._print(expr.args[0])})"
 
     def _print_Float(self, expr: sp.Float) -> str:
         # SymPy prints a Float with 15 digits (1/3 -> 0.333333333333333, 4e-16 off); repr of
@@ -253,6 +257,10 @@ class _Generator:
         self.namer = _Namer()
         self.stats: dict[tuple[int, int], tuple[str, str]] = {}
         self.functions: list[str] = []
+        # A node recomputed in several loops (a cheap function of inputs) is stored by the
+        # first of them only: one array, written once, complete before any later reader.
+        self.home = storing_groups(plan.steps)
+        self._temp_at: dict[int, tuple] = {}
 
     # -- naming and reading -----------------------------------------------------------
 
@@ -274,6 +282,13 @@ class _Generator:
     def read(self, node: ir.Node, at: tuple, loop_vars: list[str], temps: dict[int, str]) -> str:
         """The value of ``node`` at loop variables ``at`` inside a loop body."""
         if id(node) in temps:
+            own = self._temp_at.get(id(node), at)
+            if own != at:
+                # The loop's temporary holds the entry at ``own``; reading it for another
+                # entry is a wrong number, so a plan that asks for it must never run.
+                raise RuntimeError(
+                    f"symdl internal error: a loop reads a value it computes at {own} at {at};"
+                    " please report this definition")
             return temps[id(node)]
         if isinstance(node, ir.Ones):
             return "1.0"
@@ -349,6 +364,7 @@ class _Generator:
         scalar_locals: dict[str, str] = {}
         if group.dims:
             self._scalar_locals = (scalar_locals, {id(m) for m in group.members})
+        self._temp_at = {}
         for node in group.members:
             # A member listed twice (an input map recomputed for two readers) is emitted once:
             # emitting it again reused the next temporary's name and clobbered it.
@@ -356,7 +372,8 @@ class _Generator:
                 continue
             seen.add(id(node))
             value = self.member_value(node, group, loop_vars, temps, body, used_arrays)
-            stored = id(node) in self.plan.materialized
+            stored = (id(node) in self.plan.materialized
+                      and self.home.get(id(node), id(group)) == id(group))
             if id(node) in group.reductions:
                 target = self.array_of(node)
                 used_arrays.add(target)
@@ -375,6 +392,7 @@ class _Generator:
             temp = f"t{len(temps)}"
             body.append(f"{temp} = {value}")
             temps[id(node)] = temp
+            self._temp_at[id(node)] = group.indices[id(node)]
             if stored:
                 target = self.array_of(node)
                 used_arrays.add(target)
@@ -590,13 +608,16 @@ def _stats{number}{variant}(z, peak, total):
             checks.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")
         driver: list[str] = []
         roots = {id(n) for n in self.plan.roots.values()}
+        allocated: set[int] = set()
         for k, step in enumerate(self.plan.steps):
             nodes = [step.node] if isinstance(step, Contraction) else (
                 step.members if isinstance(step, LoopGroup) else [])
             if isinstance(step, RowStream):
                 nodes = [step.first.node, *step.group.members, step.second.node]
             for node in nodes:
-                if id(node) in self.plan.materialized and id(node) not in roots:
+                if (id(node) in self.plan.materialized and id(node) not in roots
+                        and id(node) not in allocated):
+                    allocated.add(id(node))
                     driver.append(f"{self.array_of(node)} = np.empty({self.shape_tuple(node)}"
                                   f", dtype=dtype)")
             if isinstance(step, Contraction):

@@ -13,6 +13,7 @@ import numpy as np
 import sympy as sp
 
 from symdl import ir
+from symdl.assumptions import violation
 from symdl.errors import EvaluationError
 from symdl.functions import numpy_function
 
@@ -56,6 +57,8 @@ def evaluate(
             if node.name not in values:
                 raise EvaluationError(f"no value given for {node.name} (shape {node.shape})")
             value = np.asarray(values[node.name], dtype=float)
+            if (message := violation(node.symbol, value)) is not None:
+                raise EvaluationError(message)
             if value.shape != shape:
                 value = value.reshape(shape) if value.size == int(np.prod(shape)) else value
             if value.shape != shape:

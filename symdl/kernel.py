@@ -31,6 +31,7 @@ import numpy as np
 import sympy as sp
 
 from symdl import ir
+from symdl.assumptions import violation
 from symdl.codegen import Source, generate
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted, record_compiled
@@ -141,6 +142,11 @@ class Kernel:
         return {name: self._leaves[name].shape for name in self._source.inputs}
 
     @property
+    def input_symbols(self) -> dict[str, sp.Basic]:
+        """The SymPy symbol of each input, by name (its declared assumptions are checked)."""
+        return {name: self._leaves[name].symbol for name in self._source.inputs}
+
+    @property
     def output_names(self) -> list[str]:
         return list(self._source.outputs)
 
@@ -197,6 +203,7 @@ class Kernel:
         for name in self._source.inputs:
             leaf = self._leaves[name]
             value = arrays[name]
+            _refuse_masked(name, value, "input")
             if leaf.rank == 0:
                 prepared[name] = _scalar(name, value)
                 continue
@@ -236,6 +243,10 @@ class Kernel:
                     dims.setdefault(dim, size)
                     where.setdefault(dim, f"{name} {array.shape}")
             prepared[name] = np.ascontiguousarray(array)
+        for name in self._source.inputs:
+            message = violation(self._leaves[name].symbol, prepared[name])
+            if message is not None:
+                raise KernelArgumentError(message, name)
         for name in self._source.inputs:
             leaf = self._leaves[name]
             if leaf.rank == 0:
@@ -313,22 +324,49 @@ class Kernel:
 
 
     def _check_overlaps(self, prepared: dict[str, object], out: Mapping[str, np.ndarray]) -> None:
-        """Result buffers may not overlap each other, nor an input unless the plan proves that
-        input is read entry by entry before the same entry is written (an in-place update)."""
+        """Result buffers may not be masked, overlap each other, nor overlap an input unless
+        they are that very input array (same start, shape and strides) and the plan proves it
+        is read entry by entry before the same entry is written (an in-place update).
+
+        Overlap is decided exactly (``np.shares_memory``), not from the arrays' bounds: a view
+        one entry over an input overlaps it, and would read entries the loop already wrote.
+        """
         names = list(out)
+        for name in names:
+            _refuse_masked(f"out[{name!r}]", out[name], "out buffer")
         for i, name in enumerate(names):
             for other in names[i + 1:]:
-                if np.may_share_memory(out[name], out[other]):
+                if np.shares_memory(out[name], out[other]):
                     raise KernelArgumentError(
                         f"out[{name!r}] and out[{other!r}] share memory; give each output its "
                         "own array", name)
             for arg, array in prepared.items():
-                if (isinstance(array, np.ndarray) and np.may_share_memory(out[name], array)
-                        and not self._plan.in_place_safe(name, self._leaves[arg])):
+                if not isinstance(array, np.ndarray) or not np.shares_memory(out[name], array):
+                    continue
+                if not _same_array(out[name], array):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] overlaps input {arg!r} without being the same array (a "
+                        "shifted or reshaped view of it): the kernel would read entries it has "
+                        f"already written; pass {arg!r} itself (an in-place update) or a "
+                        "separate out array", name)
+                if not self._plan.in_place_safe(name, self._leaves[arg]):
                     raise KernelArgumentError(
                         f"out[{name!r}] shares memory with input {arg!r}, which this kernel "
                         f"still reads after it writes {name!r}; pass a separate out array "
                         "(swap the two arrays between calls to avoid allocating)", name)
+
+
+def _refuse_masked(name: str, value: object, role: str) -> None:
+    """Kernels read and write an array's memory only: a mask would be silently ignored (an
+    input's masked entries used as numbers, an out buffer's mask hiding results)."""
+    if not isinstance(value, np.ma.MaskedArray):
+        return
+    fix = (f"pass np.ma.filled({name}, fill_value) with the value masked entries should "
+           f"take, or {name}.data if the mask does not matter" if role == "input" else
+           "pass a plain array (np.empty) and mask the result afterwards")
+    raise KernelArgumentError(
+        f"{name} is a masked array; kernels ignore masks, so an {role} may not be one: {fix}",
+        name, "numpy.ndarray", type(value).__name__)
 
 
 def _same_array(a: np.ndarray, b: object) -> bool:

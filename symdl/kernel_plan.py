@@ -368,8 +368,8 @@ def _is_value(node: ir.Node) -> bool:
     return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
 
 
-def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
-                   group_of: dict[int, LoopGroup]) -> LoopGroup | None:
+def _fusable_group(steps: list[Step], after: int, loop_dims: tuple,
+                   reads) -> LoopGroup | None:
     """The earliest loop group at or after step ``after`` that iterates over ``loop_dims`` and
     can compute a node with these operand ``reads`` in the same iteration: an operand computed
     in that group must be read at the index it is computed at, and not be a reduction (whose
@@ -378,11 +378,19 @@ def _fusable_group(steps: list[Step], after: int, loop_dims: tuple, reads,
         group = steps[k]
         if not isinstance(group, LoopGroup) or group.dims != loop_dims:
             continue
-        if all(group_of.get(id(op)) is not group
+        # Membership, not the group a node was placed in: a cheap input function recomputed
+        # inside several groups is a member of each, and only a read at its own index may
+        # use that copy.
+        if all(not computes(group, op)
                or (group.indices[id(op)] == at and id(op) not in group.reductions)
                for op, at in reads):
             return group
     return None
+
+
+def computes(group: LoopGroup, node: ir.Node) -> bool:
+    """Whether ``node`` is computed inside ``group``'s loop (placed there or recomputed)."""
+    return id(node) in group.indices and any(m is node for m in group.members)
 
 
 def _cheap_function_of_inputs(node: ir.Node) -> bool:
@@ -455,7 +463,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
                 stats_step[key] = len(steps) - 1
             after = max(after, stats_step[key] + 1)
         computed = [(op, at) for op, at in reads if id(op) not in deferred]
-        group = _fusable_group(steps, after, loop_dims, computed, group_of)
+        group = _fusable_group(steps, after, loop_dims, computed)
         if group is None:
             group = LoopGroup(loop_dims)
             steps.append(group)
@@ -504,6 +512,19 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
                 materialized.discard(id(m))
     # Last: the row stream keeps the arrays its parallel form (three steps) reads.
     return Plan(_stream_rows(steps), roots, materialized)
+
+
+def storing_groups(steps: list[Step]) -> dict[int, int]:
+    """Node id -> id of the loop group that stores it: the first that computes it. A cheap
+    function of inputs is recomputed in every loop that reads it at its own index; each
+    copy is the same values, so the first loop's array serves every later reader."""
+    home: dict[int, int] = {}
+    for step in steps:
+        group = step.group if isinstance(step, RowStream) else step
+        if isinstance(group, LoopGroup):
+            for member in group.members:
+                home.setdefault(id(member), id(group))
+    return home
 
 
 def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:

@@ -9,6 +9,7 @@ import sympy as sp
 
 import symdl
 from symdl import registry
+from symdl.assumptions import conform
 
 SIZES = [{"default": 1}, {"default": 3}, {"default": 4, "n": 7}]
 
@@ -24,7 +25,8 @@ def _inputs(der: symdl.Derivation, rng: np.random.Generator, sizes: dict,
         elif name == "y":
             values[name] = rng.integers(0, 2, shape).astype(float)
         else:
-            values[name] = rng.normal(size=shape)
+            # Declared assumptions hold (lr > 0): evaluation refuses values that break them.
+            values[name] = conform(leaf.symbol, rng.normal(size=shape))
     hook = getattr(module, "sample_inputs", None)  # inputs that must be restricted
     if hook is not None:
         values.update(hook(rng, {str(dim): size for dim, size in dims.items()}))

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - the usual name
 
 from symdl import registry
+from symdl.assumptions import conform
 
 DIMS = {"n": 5, "k": 3, "d": 4, "m": 6}
 _KERNELS: dict[str, tuple] = {}
@@ -37,7 +38,8 @@ def _inputs(name: str, seed: int = 0) -> dict[str, np.ndarray | float]:
     for leaf_name, leaf in der.leaves.items():
         shape = tuple(int(s.subs({sym: DIMS[str(sym)] for sym in s.free_symbols}))
                       if hasattr(s, "subs") else int(s) for s in leaf.shape)
-        values[leaf_name] = rng.normal(size=shape)
+        # Declared assumptions hold (lambda > 0): kernels refuse values that break them.
+        values[leaf_name] = conform(leaf.symbol, rng.normal(size=shape))
     if name in ("model_logistic_newton",):
         values["y"] = rng.integers(0, 2, values["y"].shape).astype(float)
     hook = getattr(module, "sample_inputs", None)

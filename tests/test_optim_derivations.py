@@ -15,6 +15,7 @@ from symdl.derivations import two_layer_mlp
 import symdl
 from symdl import optimizers as optim
 from symdl import registry
+from symdl.assumptions import conform
 from symdl.training import compile_training_step
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -163,7 +164,8 @@ def _file_inputs(name, seed):
     values = {}
     for leaf_name, leaf in der.leaves.items():
         shape = tuple(int(s.subs({x: dims[str(x)] for x in s.free_symbols})) for s in leaf.shape)
-        values[leaf_name] = rng.normal(size=shape)
+        # Declared assumptions hold (lr > 0): kernels refuse values that break them.
+        values[leaf_name] = conform(leaf.symbol, rng.normal(size=shape))
     values.update(module.sample_inputs(rng, dims))
     return values
 
