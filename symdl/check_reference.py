@@ -17,6 +17,8 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symdl.functions import NON_SMOOTH_FUNCTIONS
+
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
@@ -36,8 +38,9 @@ COMPLEX_REFERENCE: dict[str, Callable] = {
     "KroneckerDelta": lambda a, b: 1.0 * (a == b),
 }
 
-NOT_COMPLEX_STEPPABLE = ("relu", "Heaviside", "Abs", "Max", "Min", "sign", "DiracDelta",
-                         "floor", "ceiling", "erf")
+# The kinks come from symdl's one list (a list of names, no code); erf is smooth but has no
+# complex implementation here.
+NOT_COMPLEX_STEPPABLE = (*NON_SMOOTH_FUNCTIONS, "erf")
 """Functions without an analytic continuation here (kinks, ``max``): no complex step."""
 
 

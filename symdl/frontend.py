@@ -234,7 +234,7 @@ class Translator:
         if isinstance(e, sp.Function):
             check_supported(e)
             # Constant arguments (Heaviside's value at 0) stay in the body as numbers.
-            varying = [a for a in e.args if not self._is_constant(a)]
+            varying = [a for a in e.args if not a.is_number]
             xs = {a: sp.Dummy(f"x{k}") for k, a in enumerate(varying)}
             body = e.func(*[xs.get(a, a) for a in e.args])
             return self._elementwise(sp.Lambda(tuple(xs.values()), body), varying)
@@ -257,8 +257,9 @@ class Translator:
             return operands[sub]
 
         def cut(sub: sp.Basic) -> sp.Basic:
-            if self._is_constant(sub):
-                return sub
+            if isinstance(sub, sp.Expr) and self._is_constant(sub):
+                # Numbers stay in the body; dimensions are values the map reads.
+                return sub if sub.is_number else operand(sub)
             if isinstance(sub, (sp.Symbol, sp.Indexed, MatrixElement, sp.Sum, sp.Trace, Total,
                                 sp.KroneckerDelta)):
                 return operand(sub)
@@ -268,7 +269,7 @@ class Translator:
                 return sub
             return sub.func(*[cut(a) for a in sub.args])
 
-        body = lower_kinks(cut(e), self._is_constant)
+        body = cut(lower_kinks(e, self._is_constant))
         if not operands:
             return ir.scalar(body), ()
         return self._elementwise(sp.Lambda(tuple(operands.values()), body), list(operands))
