@@ -91,6 +91,10 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
                 rows, cols = (size(s) for s in parent.shape)
                 return sp.MatrixSymbol(parent.name, rows, cols)[go(e.i), go(e.j)]
             return hoist(parent)[go(e.i), go(e.j)]
+        if isinstance(e, sp.Indexed) and e.base.shape is not None:
+            # Without its shape: the dimensions in it are not inputs of the lambdified body
+            # (an elementwise index form, with no Sum to bind them, asked for them).
+            return sp.IndexedBase(e.base.label)[e.indices]
         if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
             return e
         return e.func(*[go(a) for a in e.args])
