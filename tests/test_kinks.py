@@ -340,19 +340,37 @@ def test_piecewise_derivative_at_a_boundary_is_the_selected_piece():
         np.testing.assert_array_equal(grad, [2.0, 3.0, -4.0])
 
 
+NAN_BODIES = {
+    "max_0_a": sp.Max(0, a[i]) * b[i], "max_a_b": sp.Max(a[i], b[i]),
+    "max_b_a": sp.Max(b[i], a[i]), "min": sp.Min(a[i], 1) * b[i], "abs": sp.Abs(a[i]) * b[i],
+    "sign": sp.sign(a[i]) * b[i], "heaviside": sp.Heaviside(a[i]) * b[i],
+    "heaviside_h0": sp.Heaviside(a[i], 0) * b[i],
+    "piecewise": sp.Piecewise((b[i], a[i] > 0), (a[i] * b[i], True)),
+}
+
+
 @pytest.mark.parametrize("jit", [True, False])
-def test_nan_propagates_through_max_min_abs_sign_heaviside(jit):
+@pytest.mark.parametrize("body", list(NAN_BODIES))
+def test_nan_propagates_through_max_min_abs_sign_heaviside(body, jit):
     """Max(0, NaN) is NaN in either argument position (np.maximum, torch.maximum), and so
-    are Min, Abs, sign and Heaviside of NaN; a NaN-free entry is unaffected."""
-    nan = np.nan
-    for body in [sp.Max(0, a[i]) * b[i], sp.Max(a[i], b[i]), sp.Max(b[i], a[i]),
-                 sp.Min(a[i], 1) * b[i], sp.Abs(a[i]) * b[i], sp.sign(a[i]) * b[i],
-                 sp.Heaviside(a[i]) * b[i], sp.Heaviside(a[i], 0) * b[i],
-                 sp.Piecewise((b[i], a[i] > 0), (a[i] * b[i], True))]:
-        der = symdl.derive(sp.Sum(body, (i, 0, n - 1)), wrt=[b])
-        out = der.compile(jit=jit)(a=np.array([nan, 2.0]), b=np.array([1.0, 3.0]))
-        reference = der.evaluate({"a": np.array([nan, 2.0]), "b": np.array([1.0, 3.0])})
-        assert np.isnan(out.value) and np.isnan(reference["value"]), body
+    are Min, Abs, sign and Heaviside of NaN (np.sign, np.heaviside), in the kernel and in
+    the interpreted path; a NaN-free entry is unaffected."""
+    der = symdl.derive(sp.Sum(NAN_BODIES[body], (i, 0, n - 1)), wrt=[b])
+    values = {"a": np.array([np.nan, 2.0]), "b": np.array([1.0, 3.0])}
+    out = der.compile(jit=jit)(**values)
+    reference = der.evaluate(values)
+    assert np.isnan(out.value) and np.isnan(reference["value"])
+    clean = {"a": np.array([2.0]), "b": np.array([3.0])}
+    assert np.isfinite(der.compile(jit=jit)(**clean).value)
+
+
+def test_heaviside_of_a_scalar_compiles():
+    """Heaviside(x)*x raised TypeError from mpmath when compiled (its H0 became a map
+    variable that the printer tried to turn into a Float)."""
+    x = sp.Symbol("x", real=True)
+    der = symdl.derive(sp.Heaviside(x) * x**2 + sp.Heaviside(x - 1, 0) * x, wrt=[x])
+    for at, grad in [(2.0, 5.0), (0.5, 1.0), (-1.0, 0.0), (1.0, 2.0)]:
+        assert der.compile()(x=at).grad["x"] == grad
 
 
 def test_kernels_are_branch_free_selects():
