@@ -104,7 +104,7 @@ class Translator:
                 fn = sp.Lambda(x, fn(x))
             check_supported(fn.expr)
             fn = sp.Lambda(fn.variables, lower_kinks(fn.expr, self._is_constant))
-            return ir.map_(fn, self.matrix(e.expr))
+            return self._applyfunc(fn, self.matrix(e.expr))
         if isinstance(e, sp.OneMatrix):
             return ir.ones(e.shape)
         if isinstance(e, sp.ZeroMatrix):
@@ -140,6 +140,20 @@ class Translator:
             "MatrixSymbol, products, sums, transposes, Hadamard products and powers, applyfunc, "
             "OneMatrix, Identity, softmax, logsumexp"
         )
+
+    def _applyfunc(self, fn: sp.Lambda, arg: ir.Node) -> ir.Node:
+        """``fn`` entry by entry; scalar symbols the body closes over (``delta`` in a Huber
+        written ``lambda t: Piecewise(..., (Abs(t) <= delta))``) become map arguments, so
+        they have values in kernels and derivatives (they were constants, with derivative 0)."""
+        closed = sorted(fn.expr.free_symbols - set(fn.variables) - self.dims, key=str)
+        if not closed:
+            return ir.map_(fn, arg)
+        dummies = [sp.Dummy(f"c{k}", real=True) for k in range(len(closed))]
+        body = fn.expr.xreplace(dict(zip(closed, dummies, strict=True)))
+        labels = tuple(range(arg.rank))
+        sizes = dict(zip(labels, arg.shape, strict=True))
+        scalars = [ir.broadcast(self.scalar(c), (), labels, sizes) for c in closed]
+        return ir.map_(sp.Lambda((*fn.variables, *dummies), body), arg, *scalars)
 
     def _matmul(self, e: sp.MatMul) -> ir.Node:
         scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]

@@ -120,6 +120,14 @@ CASES = {
         lambda rng: {"X": rng.standard_normal((5, 3)), "w": rng.standard_normal(3),
                      "y": 2 * rng.standard_normal(5), "delta": np.array(0.7)},
         lambda t: _torch_huber(t["y"] - t["X"] @ t["w"], t["delta"]).sum()),
+    # Huber through applyfunc closing over a symbolic delta (a parameter).
+    "huber_applyfunc_symbolic_delta": Case(
+        lambda: symdl.sum((X * w - y).applyfunc(
+            lambda t: _huber_piecewise(t, sp.Symbol("delta", positive=True)))),
+        [w, sp.Symbol("delta", positive=True)],
+        lambda rng: {"X": rng.standard_normal((5, 3)), "w": rng.standard_normal((3, 1)),
+                     "y": 2 * rng.standard_normal((5, 1)), "delta": np.array(0.8)},
+        lambda t: _torch_huber(t["X"] @ t["w"] - t["y"], t["delta"]).sum()),
     # Clipping, Min(Max(.)), weighted so that the gradient is not all ones.
     "clip_min_max": Case(
         lambda: symdl.sum(sp.hadamard_product(
@@ -398,6 +406,18 @@ def test_printing_text_and_latex():
     # sympy.lambdify understands the ordered functions (NumPy's maximum/minimum).
     f = sp.lambdify([t], minimum(1, maximum(-1, t)), "numpy")
     np.testing.assert_array_equal(f(np.array([-3.0, 0.5, 3.0, np.nan])), [-1, 0.5, 1, np.nan])
+
+
+def test_applyfunc_closing_over_a_scalar_symbol_is_differentiated():
+    """X.applyfunc(lambda t: s*tanh(t)) took s as a constant: d/ds came out 0, silently, and
+    the kernel had no value for s."""
+    s = sp.Symbol("s", real=True)
+    der = symdl.derive(symdl.sum((X * w).applyfunc(lambda t: s * sp.tanh(t))), wrt=[w, s])
+    rng = np.random.default_rng(5)
+    values = {"X": rng.standard_normal((4, 3)), "w": rng.standard_normal((3, 1)), "s": 1.5}
+    expected = np.tanh(values["X"] @ values["w"]).sum()
+    assert der.evaluate(values)["grad:s"] == pytest.approx(expected, rel=1e-13)
+    assert der.compile()(**values).grad["s"] == pytest.approx(expected, rel=1e-13)
 
 
 def test_piecewise_that_is_not_everywhere_defined_is_refused():
