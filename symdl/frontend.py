@@ -16,7 +16,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
-from symdl.functions import check_piecewise, check_supported, lower_kinks
+from symdl.functions import check_supported, lower_kinks
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 
