@@ -12,6 +12,7 @@ definition and fails on a deliberately wrong gradient.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -418,6 +419,22 @@ def test_applyfunc_closing_over_a_scalar_symbol_is_differentiated():
     expected = np.tanh(values["X"] @ values["w"]).sum()
     assert der.evaluate(values)["grad:s"] == pytest.approx(expected, rel=1e-13)
     assert der.compile()(**values).grad["s"] == pytest.approx(expected, rel=1e-13)
+
+
+def test_latex_document_with_kinks_compiles(tmp_path):
+    """Max, Min and Piecewise (cases) in a definition and its backprop equations typeset
+    into a PDF."""
+    from symdl import latex
+
+    if shutil.which("pdflatex") is None:
+        pytest.fail("pdflatex is not installed; " + latex.INSTALL_HINT)
+    Z, A, P = (sp.MatrixSymbol(s, n, c) for s, c in (("Z", h), ("A", h), ("P", 1)))
+    der = symdl.derive([(Z, X * W), (A, Z.applyfunc(lambda t: sp.Min(sp.Max(-1, t), 1))),
+                        (P, A * V), (sp.Symbol("L"), symdl.sum((P - y).applyfunc(
+                            _huber_piecewise)))], wrt=[W, V])
+    source = latex.document(der)
+    assert r"\max" in source and r"\min" in source and r"\begin{cases}" in source
+    assert latex.compile_pdf(source, tmp_path / "kinks.pdf").stat().st_size > 0
 
 
 def test_piecewise_that_is_not_everywhere_defined_is_refused():
