@@ -27,7 +27,7 @@ on the same float32-rounded inputs): ``rtol=2e-3, atol=1e-5``.
 
 Test points: seeded (``seed=``), dimensions bound to small odd distinct sizes (3, 5, 7,
 ...), entries standard normal; inputs under ``log``/``sqrt``/fractional powers (and scalar
-symbols declared positive) drawn from [0.5, 2]; with kinks (relu, abs, max, Heaviside)
+symbols declared positive) drawn from [0.5, 2]; with kinks (``NON_SMOOTH_FUNCTIONS``)
 entries with ``|x| < KINK_MARGIN`` are pushed out to ``|x| + KINK_MARGIN``. A derivation
 module may define ``sample_inputs(rng, dims) -> dict[str, np.ndarray]`` for restricted
 inputs (probabilities, one-hot labels, variances); ``symdl check NAME`` passes it on.
@@ -48,6 +48,7 @@ from symdl import check_reference as reference
 from symdl.assumptions import conform, declared_checks, step_limit
 from symdl.derivation import Derivation
 from symdl.errors import SymdlError
+from symdl.functions import NON_SMOOTH_FUNCTIONS
 from symdl.kernel import Kernel
 
 ENTRYWISE_MAX = 64
@@ -425,8 +426,7 @@ def _needs_positive(body: sp.Basic) -> bool:
 
 
 def _has_kink(body: sp.Basic) -> bool:
-    return bool(reference.uses_function(body, ("relu", "Heaviside", "Abs", "Max", "Min",
-                                               "sign", "leaky_relu")))
+    return bool(reference.uses_function(body, NON_SMOOTH_FUNCTIONS))
 
 
 def _leaf_names(expr: sp.Basic) -> set[str]:

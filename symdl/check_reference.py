@@ -17,6 +17,8 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symdl.functions import NON_SMOOTH_FUNCTIONS
+
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
@@ -36,8 +38,9 @@ COMPLEX_REFERENCE: dict[str, Callable] = {
     "KroneckerDelta": lambda a, b: 1.0 * (a == b),
 }
 
-NOT_COMPLEX_STEPPABLE = ("relu", "Heaviside", "Abs", "Max", "Min", "sign", "DiracDelta",
-                         "floor", "ceiling", "erf")
+# The kinks come from symdl's one list (a list of names, no code); erf is smooth but has no
+# complex implementation here.
+NOT_COMPLEX_STEPPABLE = (*NON_SMOOTH_FUNCTIONS, "erf")
 """Functions without an analytic continuation here (kinks, ``max``): no complex step."""
 
 
@@ -88,6 +91,10 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
                 rows, cols = (size(s) for s in parent.shape)
                 return sp.MatrixSymbol(parent.name, rows, cols)[go(e.i), go(e.j)]
             return hoist(parent)[go(e.i), go(e.j)]
+        if isinstance(e, sp.Indexed) and e.base.shape is not None:
+            # Without its shape: the dimensions in it are not inputs of the lambdified body
+            # (an elementwise index form, with no Sum to bind them, asked for them).
+            return sp.IndexedBase(e.base.label)[e.indices]
         if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
             return e
         return e.func(*[go(a) for a in e.args])

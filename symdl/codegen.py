@@ -120,6 +120,18 @@ def _relu(x):
 
 
 @numba.njit(cache=True, inline="always")
+def _max2(a, b):
+    """max(a, b) as one select (vectorisable): NaN if either is NaN, like np.maximum."""
+    return b if (a < b) | (b != b) else a
+
+
+@numba.njit(cache=True, inline="always")
+def _min2(a, b):
+    """min(a, b) as one select (vectorisable): NaN if either is NaN, like np.minimum."""
+    return b if (a > b) | (b != b) else a
+
+
+@numba.njit(cache=True, inline="always")
 def _heaviside(x, at_zero):
     """1 above 0, 0 below, at_zero at 0, NaN at NaN (as NumPy's heaviside); selects only."""
     y = 1.0 if x > 0.0 else at_zero
@@ -166,7 +178,38 @@ class ScalarPrinter(PythonCodePrinter):
 
     def _print_Heaviside(self, expr: sp.Heaviside) -> str:
         at_zero = expr.args[1] if len(expr.args) > 1 else sp.Rational(1, 2)
-        return f"_heaviside({self._print(expr.args[0])}, {self._print(sp.Float(at_zero))})"
+        # at_zero may be a map variable (a value computed elsewhere), not only a number.
+        return f"_heaviside({self._print(expr.args[0])}, {self._print(at_zero)})"
+
+    def _print_maximum(self, expr: sp.Expr) -> str:
+        return self._fold("_max2", expr.args)
+
+    def _print_minimum(self, expr: sp.Expr) -> str:
+        return self._fold("_min2", expr.args)
+
+    def _fold(self, helper: str, args: tuple) -> str:
+        text = self._print(args[0])
+        for a in args[1:]:
+            text = f"{helper}({text}, {self._print(a)})"
+        return text
+
+    def _print_Piecewise(self, expr: sp.Piecewise) -> str:
+        # Nested conditional expressions over values that are all computed anyway: LLVM
+        # makes them selects, so a loop over a Piecewise still vectorises.
+        *pieces, (last, _) = expr.args
+        text = self._print(last)
+        for value, cond in reversed(pieces):
+            text = f"({self._print(value)} if {self._print(cond)} else {text})"
+        return text
+
+    def _print_And(self, expr: sp.And) -> str:
+        return "(" + " & ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Or(self, expr: sp.Or) -> str:
+        return "(" + " | ".join(self._print(a) for a in expr.args) + ")"
+
+    def _print_Not(self, expr: sp.Not) -> str:
+        return f"(not {self._print(expr.args[0])})"
 
     def _print_sign(self, expr: sp.sign) -> str:
         # SymPy's own printing, copysign(1, x), makes sign(NaN) = ±1: NaN must propagate.

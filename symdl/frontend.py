@@ -16,7 +16,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
-from symdl.functions import check_supported
+from symdl.functions import check_supported, lower_kinks
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 
@@ -103,7 +103,8 @@ class Translator:
                 x = sp.Dummy("x")
                 fn = sp.Lambda(x, fn(x))
             check_supported(fn.expr)
-            return ir.map_(fn, self.matrix(e.expr))
+            fn = sp.Lambda(fn.variables, lower_kinks(fn.expr, self._is_constant))
+            return self._applyfunc(fn, self.matrix(e.expr))
         if isinstance(e, sp.OneMatrix):
             return ir.ones(e.shape)
         if isinstance(e, sp.ZeroMatrix):
@@ -139,6 +140,20 @@ class Translator:
             "MatrixSymbol, products, sums, transposes, Hadamard products and powers, applyfunc, "
             "OneMatrix, Identity, softmax, logsumexp"
         )
+
+    def _applyfunc(self, fn: sp.Lambda, arg: ir.Node) -> ir.Node:
+        """``fn`` entry by entry; scalar symbols the body closes over (``delta`` in a Huber
+        written ``lambda t: Piecewise(..., (Abs(t) <= delta))``) become map arguments, so
+        they have values in kernels and derivatives (they were constants, with derivative 0)."""
+        closed = sorted(fn.expr.free_symbols - set(fn.variables) - self.dims, key=str)
+        if not closed:
+            return ir.map_(fn, arg)
+        dummies = [sp.Dummy(f"c{k}", real=True) for k in range(len(closed))]
+        body = fn.expr.xreplace(dict(zip(closed, dummies, strict=True)))
+        labels = tuple(range(arg.rank))
+        sizes = dict(zip(labels, arg.shape, strict=True))
+        scalars = [ir.broadcast(self.scalar(c), (), labels, sizes) for c in closed]
+        return ir.map_(sp.Lambda((*fn.variables, *dummies), body), arg, *scalars)
 
     def _matmul(self, e: sp.MatMul) -> ir.Node:
         scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]
@@ -228,13 +243,50 @@ class Translator:
             return ir.einsum([self.matrix(e.arg)], [(0, 0)], ()), ()
         if isinstance(e, Total):
             return ir.einsum([self.matrix(e.arg)], [(0, 1)], ()), ()
+        if isinstance(e, (sp.Max, sp.Min, sp.Piecewise)):
+            return self._kink(e)
         if isinstance(e, sp.Function):
             check_supported(e)
-            xs = [sp.Dummy(f"x{k}") for k in range(len(e.args))]
-            return self._elementwise(sp.Lambda(tuple(xs), e.func(*xs)), list(e.args))
-        if isinstance(e, (sp.Piecewise, sp.Max, sp.Min)):
-            check_supported(e)
+            # Constant arguments (Heaviside's value at 0) stay in the body as numbers.
+            varying = [a for a in e.args if not a.is_number]
+            xs = {a: sp.Dummy(f"x{k}") for k, a in enumerate(varying)}
+            body = e.func(*[xs.get(a, a) for a in e.args])
+            return self._elementwise(sp.Lambda(tuple(xs.values()), body), varying)
         raise UnsupportedError(f"{type(e).__name__} ({e}) is not supported in a definition")
+
+    def _is_constant(self, e: sp.Basic) -> bool:
+        e = sp.sympify(e)
+        return not (e.free_symbols - self.dims) and not _has_arrays(e)
+
+    def _kink(self, e: sp.Basic) -> tuple[ir.Node, tuple]:
+        """``Max``, ``Min`` or ``Piecewise`` (possibly nested in each other and in other
+        functions) as one elementwise map of its array-valued parts: each ``Sum``, array entry
+        or scalar symbol in it becomes an argument, the rest is the map's scalar body."""
+        check_supported(e)
+        operands: dict[sp.Basic, sp.Dummy] = {}
+
+        def operand(sub: sp.Basic) -> sp.Dummy:
+            if sub not in operands:
+                operands[sub] = sp.Dummy(f"x{len(operands)}", real=True)
+            return operands[sub]
+
+        def cut(sub: sp.Basic) -> sp.Basic:
+            if isinstance(sub, sp.Expr) and self._is_constant(sub):
+                # Numbers stay in the body; dimensions are values the map reads.
+                return sub if sub.is_number else operand(sub)
+            if isinstance(sub, (sp.Symbol, sp.Indexed, MatrixElement, sp.Sum, sp.Trace, Total,
+                                sp.KroneckerDelta)):
+                return operand(sub)
+            if isinstance(sub, MatrixExpr):
+                self.indexed(sub)  # raises: a matrix where a scalar belongs
+            if not sub.args:
+                return sub
+            return sub.func(*[cut(a) for a in sub.args])
+
+        body = cut(lower_kinks(e, self._is_constant))
+        if not operands:
+            return ir.scalar(body), ()
+        return self._elementwise(sp.Lambda(tuple(operands.values()), body), list(operands))
 
     def _index_symbol(self, index: sp.Basic, where: sp.Basic) -> sp.Symbol:
         if isinstance(index, sp.Idx):

@@ -107,9 +107,82 @@ class floor(sp.Function):  # noqa: N801
         return rf"\left\lfloor {printer._print(self.args[0])} \right\rfloor"
 
 
+class _Extremum(sp.Function):
+    """Shared part of ``maximum`` and ``minimum``: SymPy's ``Max``/``Min`` with the arguments
+    kept in the order given (SymPy sorts them), so "the first argument wins a tie" means
+    something. ``symdl.frontend`` turns every ``Max``/``Min`` of a definition into these."""
+
+    _name = ""
+    _numpy = ""
+    _sympy: type = sp.Max
+
+    @classmethod
+    def eval(cls, *args: sp.Expr) -> sp.Expr | None:
+        if len(args) < 2:
+            raise UnsupportedError(f"{cls.__name__} needs at least two arguments, got {args}")
+        if all(a.is_number for a in args):
+            return cls._sympy(*args)
+        return None
+
+    def _wins(self, strict: bool, a: sp.Expr, b: sp.Expr) -> sp.Basic:
+        raise NotImplementedError
+
+    def fdiff(self, argindex: int = 1) -> sp.Expr:
+        # The derivative goes to the first argument that attains the extremum: argument k
+        # must beat every earlier one strictly and tie-or-beat every later one.
+        k = argindex - 1
+        a = self.args
+        conditions = [self._wins(True, a[k], a[j]) for j in range(k)]
+        conditions += [self._wins(False, a[k], a[j]) for j in range(k + 1, len(a))]
+        return sp.Piecewise((sp.Integer(1), sp.And(*conditions)), (sp.Integer(0), True))
+
+    def _eval_evalf(self, prec: int) -> sp.Expr:
+        return self._sympy(*self.args)._eval_evalf(prec)
+
+    def _sympystr(self, printer) -> str:
+        return f"{self._name}({', '.join(printer._print(a) for a in self.args)})"
+
+    def _latex(self, printer) -> str:
+        inner = ", ".join(printer._print(a) for a in self.args)
+        return rf"\{self._name.lower()}\left({inner}\right)"
+
+    def _numpycode(self, printer) -> str:
+        # numpy.maximum/minimum propagate NaN, like the kernels' _max2/_min2.
+        function = printer._module_format(f"numpy.{self._numpy}")
+        text = printer._print(self.args[0])
+        for a in self.args[1:]:
+            text = f"{function}({text}, {printer._print(a)})"
+        return text
+
+
+class maximum(_Extremum):  # noqa: N801
+    """``Max`` of the arguments in the order given; NaN if any argument is NaN. Derivative:
+    1 for the first argument that attains the maximum, 0 for the others (at a tie, the
+    first tied argument; the frontend puts constants first, so ``Max(0, t)`` has derivative
+    0 at ``t = 0``, like ``relu``)."""
+
+    _name = "Max"
+    _numpy = "maximum"
+    _sympy = sp.Max
+
+    def _wins(self, strict: bool, a: sp.Expr, b: sp.Expr) -> sp.Basic:
+        return a > b if strict else a >= b
+
+
+class minimum(_Extremum):  # noqa: N801
+    """``Min`` of the arguments in the order given; see ``maximum`` for NaN and ties."""
+
+    _name = "Min"
+    _numpy = "minimum"
+    _sympy = sp.Min
+
+    def _wins(self, strict: bool, a: sp.Expr, b: sp.Expr) -> sp.Basic:
+        return a < b if strict else a <= b
+
+
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (
     sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign, sp.Heaviside, sp.erf,
-    sigmoid, softplus, relu, floor,
+    sigmoid, softplus, relu, floor, maximum, minimum, sp.Piecewise,
 )
 """Scalar functions a definition may contain; powers, sums and products are always allowed."""
 
@@ -159,11 +232,55 @@ def check_supported(expr: sp.Expr) -> None:
                 f"functions: {supported_names()}. Rewrite it with these, or open an issue"
             )
     for node in sp.preorder_traversal(expr):
-        if isinstance(node, (sp.Piecewise, sp.Max, sp.Min)):
-            raise UnsupportedError(
-                f"{type(node).__name__} in a definition is not supported: use relu, Abs or "
-                "Heaviside, which have a stated derivative convention at the kink"
-            )
+        if isinstance(node, sp.Piecewise):
+            check_piecewise(node)
+
+
+NON_SMOOTH_FUNCTIONS: tuple[str, ...] = (
+    "relu", "Heaviside", "Abs", "sign", "Max", "Min", "maximum", "minimum", "Piecewise",
+    "floor", "ceiling", "DiracDelta",
+)
+"""Names of the functions with kinks or jumps: the one list ``symdl.check`` uses both to
+keep test points away from kinks and to skip the complex step (which needs an analytic
+continuation). Vocabulary built from these (``leaky_relu``, ``absolute``, ``huber``) is
+written with them, so it is covered."""
+
+_CONDITIONS = (sp.core.relational.Relational, sp.And, sp.Or, sp.Not)
+
+
+def check_piecewise(node: sp.Piecewise) -> None:
+    """Raises ``UnsupportedError`` unless ``node`` is a Piecewise symdl can compile: its last
+    piece's condition is ``True`` (defined everywhere) and its conditions are comparisons
+    joined by ``And``, ``Or`` and ``Not``."""
+    if node.args[-1].cond != sp.true:
+        raise UnsupportedError(
+            f"Piecewise {node} is not defined everywhere: end it with an (expression, True) "
+            "piece for the remaining inputs"
+        )
+    for _, cond in node.args:
+        for sub in sp.preorder_traversal(cond):
+            if isinstance(sub, sp.logic.boolalg.Boolean) and not isinstance(
+                    sub, (*_CONDITIONS, sp.logic.boolalg.BooleanAtom, sp.Expr)):
+                raise UnsupportedError(
+                    f"the condition {cond} of a Piecewise uses {type(sub).__name__}: write "
+                    "conditions as comparisons (<, <=, >, >=, Eq, Ne) joined by And, Or, Not"
+                )
+            if isinstance(sub, sp.core.relational.Relational) and not all(
+                    isinstance(side, sp.Expr) for side in sub.args):
+                raise UnsupportedError(f"the condition {cond} does not compare numbers")
+
+
+def lower_kinks(body: sp.Basic, is_constant: Callable[[sp.Basic], bool]) -> sp.Basic:
+    """``body`` with SymPy's ``Max``/``Min`` replaced by ``maximum``/``minimum`` whose
+    arguments come constants first (``is_constant``), then in SymPy's order: at a tie the
+    derivative goes to the first tied argument, so ``Max(0, t)`` has derivative 0 at 0."""
+
+    def ordered(args):
+        return sorted(args, key=lambda a: not is_constant(a))
+
+    return body.replace(lambda e: isinstance(e, (sp.Max, sp.Min)),
+                        lambda e: (maximum if isinstance(e, sp.Max) else minimum)(
+                            *ordered(e.args)))
 
 
 def supported_names() -> str:
@@ -189,6 +306,7 @@ def _np_heaviside(x: np.ndarray, h0: float = 0.0) -> np.ndarray:
 
 
 NUMPY_IMPLEMENTATIONS: dict[str, Callable] = {
+    # maximum/minimum print themselves as numpy.maximum/minimum (NaN propagates).
     "sigmoid": _np_sigmoid,
     "softplus": _np_softplus,
     "relu": _np_relu,

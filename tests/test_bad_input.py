@@ -160,9 +160,16 @@ def test_unsupported_function(fn):
     assert fn.__name__ in str(info.value) and "supported scalar functions" in str(info.value)
 
 
-def test_piecewise_definition():
-    with pytest.raises(UnsupportedError, match="Piecewise.*(relu|Heaviside)"):
-        symdl.derive(sp.Piecewise((x, x > 0), (0, True)), wrt=[x])
+def test_piecewise_not_defined_everywhere():
+    # A Piecewise ending with (value, True) is supported (tests/test_kinks.py); one that
+    # leaves inputs undefined has no value to compile there.
+    with pytest.raises(UnsupportedError, match="not defined everywhere.*True"):
+        symdl.derive(sp.Piecewise((x, x > 0)), wrt=[x])
+
+
+def test_piecewise_condition_that_is_not_a_comparison():
+    with pytest.raises(UnsupportedError, match="condition.*Contains"):
+        symdl.derive(sp.Piecewise((x, sp.Contains(x, sp.Interval(0, 1))), (0, True)), wrt=[x])
 
 
 def test_free_symbol_not_in_wrt_is_an_input_and_must_be_given():
