@@ -16,6 +16,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import autodiff, ir
+from symdl.compilable import check_compilable
 from symdl.errors import DefinitionError, DerivationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
@@ -56,6 +57,17 @@ def _parameter_shape(p: Parameter) -> tuple:
     return ()
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (then added to
+    it), so that a generated input never merges with a user's array of the same name."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
 def _like(symbol: sp.Basic, name: str, shape: tuple) -> sp.Basic:
     """A new symbol of the same kind and shape as ``symbol`` (adjoints, gradients)."""
     if len(shape) == 2:
@@ -74,9 +86,9 @@ class Derivation:
     """
 
     def __init__(self, definition: Definition, wrt: Iterable[Parameter], hessian: bool = False):
-        if isinstance(wrt, sp.Basic):
-            wrt = [wrt]
-        wrt = [_check_parameter(p) for p in wrt]
+        wrt = [_check_parameter(p) for p in _parameter_list(wrt)]
+        if not isinstance(hessian, (bool, np.bool_)):
+            raise DerivationError(f"hessian= must be True or False, got {hessian!r}")
         steps = _as_steps(definition)
         self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
         exprs = [d for _, d in steps]
@@ -91,6 +103,7 @@ class Derivation:
                 self._translator.named[symbol] = node
                 self._intermediates.append(node)
         self.output: ir.Node = node
+        check_compilable([node])
         self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
         if not self.wrt:
             raise DerivationError("derive() needs at least one parameter in wrt=[...]")
@@ -258,7 +271,9 @@ class Derivation:
         Args:
             hvp: also compile Hessian-vector products: for each parameter ``p`` an input
                 ``v_p`` shaped like ``p`` and an output ``hvp:p`` = ``Σ_q H[p, q] v_q``,
-                computed without forming the Hessian.
+                computed without forming the Hessian. Where the definition already has an
+                input named ``v_p`` the direction is ``v_p_1`` (``Kernel.hvp_inputs`` maps
+                each parameter to its direction's name).
             outputs: compile only these outputs (``"value"``, ``"grad:w"``,
                 ``"hessian:w,w"``, ``"hvp:w"``); all of them by default.
             jit: ``False`` runs the generated source as plain Python, without compiling
@@ -276,9 +291,13 @@ class Derivation:
         leaves = dict(self._translator.leaves)
         leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
         directions: dict[sp.Basic, ir.Node] = {}
+        hvp_inputs: dict[str, str] = {}
         if hvp:
+            taken = set(leaves) | {_symbol_name(p) for p in self.wrt}
             for p in self.wrt:
-                name = f"v_{_symbol_name(p)}"
+                # v_w, unless the definition already reads an array of that name (v_w_1 then).
+                name = fresh_name(f"v_{_symbol_name(p)}", taken)
+                hvp_inputs[_symbol_name(p)] = name
                 shape = _parameter_shape(p)
                 directions[p] = ir.leaf(name, shape, _like(p, name, shape))
                 leaves[name] = directions[p]
@@ -298,7 +317,10 @@ class Derivation:
         if any(name.startswith("hvp:") for name in outputs):
             kept.update(directions.values())
         leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
-        return Kernel(outputs, list(leaves.values()), self.title, jit=jit)
+        if not any(name.startswith("hvp:") for name in outputs):
+            hvp_inputs = {}
+        return Kernel(outputs, list(leaves.values()), self.title, jit=jit,
+                      hvp_inputs=hvp_inputs)
 
     @property
     def title(self) -> str:
@@ -387,11 +409,69 @@ def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
     return [n for n in ir.topological_order(roots) if isinstance(n, ir.Leaf)]
 
 
+def _parameter_list(wrt: object) -> list:
+    """``wrt`` as a list, with typed errors for what is not a collection of parameters."""
+    if wrt is None:
+        raise DerivationError(
+            "derive() needs wrt=[...], the parameters to differentiate with respect to, e.g. "
+            "symdl.derive(loss, wrt=[w]) with w = sp.MatrixSymbol('w', d, 1)")
+    if isinstance(wrt, sp.Basic):
+        return [wrt]
+    if isinstance(wrt, (str, bytes)):
+        raise DerivationError(
+            f"wrt={wrt!r} is a string: pass the symbol objects themselves, e.g. wrt=[w] with "
+            "w = sp.MatrixSymbol('w', d, 1)")
+    try:
+        return list(wrt)
+    except TypeError:
+        raise DerivationError(
+            f"wrt must be a list of parameters (Symbols, MatrixSymbols or IndexedBases), e.g. "
+            f"wrt=[w]; got {type(wrt).__name__} {wrt!r}") from None
+
+
+def _check_value(expr: object, where: str) -> sp.Basic:
+    """A definition (or one step's) as SymPy, refusing what is not a number-valued
+    expression before the translator meets it."""
+    if expr is None:
+        raise DefinitionError(
+            f"{where} is None: pass a SymPy expression (did a function that builds it forget "
+            "to return it?)")
+    if isinstance(expr, (str, bytes)):
+        raise DefinitionError(
+            f"{where} is the string {expr!r}: build it from SymPy symbols (x = sp.Symbol('x', "
+            "real=True); loss = x**2), not from text")
+    if isinstance(expr, np.ndarray) or (
+            isinstance(expr, sp.MatrixBase) and not isinstance(expr, sp.Basic)):
+        raise DefinitionError(
+            f"{where} is an explicit array of type {type(expr).__name__}: write it with "
+            "MatrixSymbols of symbolic shape (X = sp.MatrixSymbol('X', n, d))")
+    try:
+        value = sp.sympify(expr, strict=True)
+    except sp.SympifyError as exc:
+        raise DefinitionError(
+            f"{where} is a {type(expr).__name__}, not a SymPy expression: build it from "
+            "SymPy symbols and symdl's functions") from exc
+    if isinstance(value, (sp.logic.boolalg.Boolean, sp.core.relational.Relational)):
+        raise DefinitionError(
+            f"{where} is the condition {value}, not a number: a definition computes a value "
+            "(write conditions inside sp.Piecewise or with Heaviside)")
+    if isinstance(value, sp.Lambda):
+        raise DefinitionError(
+            f"{where} is the function {value}, not a value: apply it to its arguments, or "
+            "use its body")
+    return value
+
+
 def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
-    if isinstance(definition, (sp.Basic, int, float)):
-        definition = sp.sympify(definition)
+    if definition is None or isinstance(definition, (sp.Basic, int, float, str, bytes,
+                                                     np.ndarray, np.number, sp.MatrixBase)):
+        definition = _check_value(definition, "the definition")
         check_size(definition)
         return [(None, definition)]
+    if not isinstance(definition, (Mapping, Iterable)):
+        raise DefinitionError(
+            f"the definition is a {type(definition).__name__}: pass a SymPy expression (the "
+            "loss) or a list of (symbol, definition) steps")
     if isinstance(definition, Mapping):
         definition = list(definition.items())
     steps = []
@@ -406,7 +486,7 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
             raise DefinitionError(
                 f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
             )
-        expr = sp.sympify(expr)
+        expr = _check_value(expr, f"the definition of {symbol}")
         if isinstance(symbol, sp.MatrixSymbol):
             if not isinstance(expr, MatrixExpr) or tuple(expr.shape) != tuple(symbol.shape):
                 shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
