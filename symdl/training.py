@@ -65,7 +65,7 @@ def _like(p: sp.Basic, name: str) -> sp.Basic:
     return sp.Symbol(name, real=True)
 
 
-def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
+def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = True) -> Kernel:
     """One kernel: the loss, the gradient of every parameter of ``der`` and the update.
 
     Inputs: the definition's inputs, the parameters, one state array per optimizer state and
@@ -75,6 +75,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
     ``grad:W1`` (the gradient the update used: the same kernel can be checked against finite
     differences of its value), ``new:W1`` for each parameter and ``new:m_W1`` for each state.
     Parameters are ``MatrixSymbol``s of any shape (``1 x 1`` included) or real ``Symbol``s.
+    ``jit=False`` runs the generated source as plain Python (see ``Derivation.compile``).
     """
     if not der.is_scalar:
         raise DerivationError("a training step needs a scalar loss; this definition is not scalar")
@@ -105,7 +106,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer) -> Kernel:
     kept = {_symbol_name(p) for p in params} | set(names.states.values())
     arguments = [leaf for name, leaf in leaves.items() if name in used or name in kept]
     return Kernel(outputs, arguments, f"training step ({type(optimizer).__name__}): "
-                  f"{der.title}")
+                  f"{der.title}", jit=jit)
 
 
 class TrainingStep:
@@ -118,13 +119,14 @@ class TrainingStep:
     Parameters and states are copied in; states start at zero and the step counter at 1.
     The precision is ``dtype`` when given, else float32 when every initial parameter is a
     float32 array, else float64; parameters, states, gradients and the loss keep it, and
-    float32/float64 data is converted to it.
+    float32/float64 data is converted to it. ``jit=False`` runs the step as plain Python
+    (the same generated source, not compiled: for tests).
     """
 
     def __init__(self, der: Derivation, optimizer: Optimizer,
                  params: Mapping[str, np.ndarray], dtype: type | None = None,
-                 hyperparameters: Mapping[str, float] | None = None):
-        self.kernel = compile_training_step(der, optimizer)
+                 hyperparameters: Mapping[str, float] | None = None, jit: bool = True):
+        self.kernel = compile_training_step(der, optimizer, jit=jit)
         names = [_symbol_name(p) for p in der.wrt]
         missing = sorted(set(names) - set(params))
         if missing:
