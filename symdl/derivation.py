@@ -357,6 +357,7 @@ class Derivation:
             values: an array per input and parameter, by name.
             dims: sizes of the dimension symbols; inferred from the arrays when omitted.
         """
+        values = _numpy_values(values)
         dims = dict(dims) if dims is not None else self.infer_dims(values)
         roots: dict[str, ir.Node] = {"value": self.output}
         if self.is_scalar:
@@ -405,6 +406,13 @@ class Derivation:
         return "$$" + self.to_latex() + "$$"
 
 
+def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:
+    """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernel.as_numpy``)."""
+    from symdl.kernel import as_numpy
+
+    return {name: as_numpy(name, value) for name, value in values.items()}
+
+
 def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
     return [n for n in ir.topological_order(roots) if isinstance(n, ir.Leaf)]
 
@@ -451,7 +459,8 @@ def _check_value(expr: object, where: str) -> sp.Basic:
         raise DefinitionError(
             f"{where} is a {type(expr).__name__}, not a SymPy expression: build it from "
             "SymPy symbols and symdl's functions") from exc
-    if isinstance(value, (sp.logic.boolalg.Boolean, sp.core.relational.Relational)):
+    if isinstance(value, sp.logic.boolalg.Boolean) and not isinstance(value, sp.Expr):
+        # (a Symbol is a Boolean too, and a value)
         raise DefinitionError(
             f"{where} is the condition {value}, not a number: a definition computes a value "
             "(write conditions inside sp.Piecewise or with Heaviside)")
@@ -568,6 +577,7 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
 
     This is how a derived formula is checked: bind the dimensions, give arrays by name.
     """
+    values = _numpy_values(values)
     dim_symbols = set(dims)
     translator = Translator(dim_symbols)
     if isinstance(expr, IndexForm):
