@@ -17,7 +17,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import autodiff, ir
 from symdl.compilable import check_compilable
-from symdl.errors import DefinitionError, DerivationError
+from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.limits import check_size
@@ -410,6 +410,10 @@ def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:
     """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernel.as_numpy``)."""
     from symdl.kernel import as_numpy
 
+    if not isinstance(values, Mapping):
+        raise EvaluationError(
+            f"values must be a dict of arrays by name, e.g. {{'X': X, 'w': w}}; got "
+            f"{type(values).__name__}")
     return {name: as_numpy(name, value) for name, value in values.items()}
 
 
@@ -561,7 +565,14 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
     """
     from symdl.kernel import Kernel
 
-    exprs = [sp.sympify(e) for e in outputs.values()]
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise DefinitionError(
+            "compile_expressions takes a non-empty dict of output name -> SymPy expression, "
+            f"e.g. {{'W': W - lr * G}}; got {outputs!r:.80}")
+    for name in outputs:
+        if not isinstance(name, str):
+            raise DefinitionError(f"output names must be strings, got {name!r}")
+    exprs = [_check_value(e, f"output {name!r}") for name, e in outputs.items()]
     translator = Translator(dimension_symbols(exprs))
     nodes = {name: translate_matrix_or_scalar(translator, e) for name, e in
              zip(outputs, exprs, strict=True)}
@@ -578,6 +589,10 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
     This is how a derived formula is checked: bind the dimensions, give arrays by name.
     """
     values = _numpy_values(values)
+    if not isinstance(dims, Mapping):
+        raise EvaluationError(
+            f"dims must be a dict binding each dimension symbol to a size, e.g. {{n: 5, d: 3}}; "
+            f"got {type(dims).__name__}")
     dim_symbols = set(dims)
     translator = Translator(dim_symbols)
     if isinstance(expr, IndexForm):

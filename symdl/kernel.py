@@ -236,8 +236,8 @@ class Kernel:
                 )
         return dims, prepared, dtype or np.dtype(np.float64)
 
-    def __call__(self, /, *, out: object = _ABSENT, parallel: object = _ABSENT,
-                 **arrays: object) -> KernelResult:
+    def __call__(self, /, *positional: object, out: object = _ABSENT,
+                 parallel: object = _ABSENT, **arrays: object) -> KernelResult:
         """Runs the kernels: ``k(X=X, w=w)``, every input by keyword.
 
         Args:
@@ -252,6 +252,11 @@ class Kernel:
         Raises:
             KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
         """
+        if positional:
+            by_name = ", ".join(f"{name}=..." for name in self._source.inputs)
+            raise KernelArgumentError(
+                f"kernels take their inputs by name: k({by_name}), or as one dict with "
+                "k.run({...})")
         options = {"out": out, "parallel": parallel}
         for key, value in options.items():
             if value is not _ABSENT and key in self._source.inputs:
@@ -289,6 +294,10 @@ class Kernel:
                 f"got {type(arrays).__name__}")
         arrays = dict(arrays)
         out = _output_arrays(out)
+        if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+            raise KernelArgumentError(
+                f"parallel= must be True, False or None (automatic), got {parallel!r}",
+                "parallel")
         dims, prepared, dtype = self._dims_and_arrays(arrays)
         unknown = sorted(set(out) - set(self._source.outputs))
         if unknown:

@@ -88,12 +88,18 @@ def _hyperparameter(value: object, owner: str, field: str, lower: float = 0.0,
                     below: float | None = None) -> None:
     """Rejects matrices and out-of-range numbers; symbols are checked at run time by nobody,
     so their ranges are the caller's responsibility."""
-    expr = sp.sympify(value)
+    try:
+        # strict: a string is not parsed into a symbol (lr="1e-3" is a mistake, not a name)
+        expr = sp.sympify(value, strict=True)
+    except sp.SympifyError:
+        expr = None
     if isinstance(expr, MatrixExpr) or not isinstance(expr, sp.Expr):
         raise DefinitionError(f"{owner}.{field} must be a number or a scalar SymPy expression, "
-                              f"got {type(value).__name__} {value}")
+                              f"got {type(value).__name__} {value!r}")
     if expr.is_number:
-        if not expr.is_real or expr < lower or (below is not None and expr >= below):
+        if not (expr.is_real and expr.is_finite):
+            raise DefinitionError(f"{owner}.{field} = {value} must be a finite real number")
+        if expr < lower or (below is not None and expr >= below):
             upper = f" and < {below}" if below is not None else ""
             raise DefinitionError(f"{owner}.{field} = {value} is out of range: it must be "
                                   f">= {lower}{upper}")

@@ -126,12 +126,18 @@ class TrainingStep:
     def __init__(self, der: Derivation, optimizer: Optimizer,
                  params: Mapping[str, np.ndarray], dtype: type | None = None,
                  hyperparameters: Mapping[str, float] | None = None, jit: bool = True):
+        _check_step_arguments(der, optimizer, params, hyperparameters)
         self.kernel = compile_training_step(der, optimizer, jit=jit)
         names = [_symbol_name(p) for p in der.wrt]
         missing = sorted(set(names) - set(params))
         if missing:
             raise KernelArgumentError(f"initial values missing for parameters {missing}",
                                       missing[0])
+        unknown = sorted(set(params) - set(names))
+        if unknown:
+            raise KernelArgumentError(
+                f"{unknown} are not parameters of this derivation (wrt: {names}); derive with "
+                "them in wrt=[...] to train them, or pass them as data", unknown[0])
         initial = {n: _initial(n, params[n]) for n in names}
         self.dtype = _step_dtype(dtype, initial)
         """The precision of the parameters, states, gradients and loss."""
@@ -216,6 +222,23 @@ class TrainingStep:
 
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_step_arguments(der: object, optimizer: object, params: object,
+                          hyperparameters: object) -> None:
+    if not isinstance(der, Derivation):
+        raise DerivationError(f"a training step needs a Derivation (symdl.derive(loss, "
+                              f"wrt=[...])), got {type(der).__name__}")
+    if not (hasattr(optimizer, "state_names") and callable(getattr(optimizer, "update", None))):
+        raise DerivationError(
+            f"the optimizer must have state_names and update(param, grad, state, t) (see "
+            f"symdl.optimizers: Adam(lr=1e-3), SGD(lr=0.1), ...), got {type(optimizer).__name__}")
+    for what, value in (("params", params), ("hyperparameters", hyperparameters)):
+        if value is not None and not isinstance(value, Mapping) or (
+                what == "params" and value is None):
+            raise KernelArgumentError(
+                f"{what} must be a dict by name, e.g. {{'W1': W1}}; got {type(value).__name__}",
+                what)
 
 
 def _step_dtype(dtype: object, initial: Mapping[str, np.ndarray]) -> np.dtype:

@@ -342,3 +342,85 @@ def test_a_refused_body_is_refused_by_compile_expressions_too():
 def test_real_constants_still_compile(definition, expected):
     k = symdl.derive(definition, wrt=[x]).compile(jit=False)
     assert k(x=1.0).grad["x"] == pytest.approx(expected, rel=1e-14)
+
+
+# Found by fuzzing bad arguments (issue 15, item 14): each was an AttributeError, TypeError or
+# ValueError from inside symdl, NumPy or SymPy.
+
+def _mse_derivation():
+    return symdl.derive(symdl.mse(X * w, y), wrt=[w])
+
+
+MORE_ERRORS = [
+    ("evaluate-none", lambda: _mse_derivation().evaluate(None), EvaluationError, ["dict"]),
+    ("evaluate-list", lambda: _mse_derivation().evaluate([XV]), EvaluationError, ["dict"]),
+    ("evaluate-string-array",
+     lambda: _mse_derivation().evaluate({"X": "abc", "w": WV, "y": YV}), EvaluationError,
+     ["X", "real numbers"]),
+    ("symdl-evaluate-no-dims",
+     lambda: symdl.evaluate(_mse_derivation().gradient(w), {"X": XV, "w": WV, "y": YV}, None),
+     EvaluationError, ["dims", "{n: 5"]),
+    ("compile-expressions-none", lambda: symdl.compile_expressions(None), DefinitionError,
+     ["dict"]),
+    ("compile-expressions-list", lambda: symdl.compile_expressions([X * w]), DefinitionError,
+     ["dict"]),
+    ("compile-expressions-empty", lambda: symdl.compile_expressions({}), DefinitionError,
+     ["non-empty"]),
+    ("compile-expressions-none-value", lambda: symdl.compile_expressions({"a": None}),
+     DefinitionError, ["'a'", "None"]),
+    ("compile-expressions-int-name", lambda: symdl.compile_expressions({1: X * w}),
+     DefinitionError, ["strings"]),
+    ("kernel-positional", lambda: _mse_derivation().compile(jit=False)(XV, WV, YV),
+     KernelArgumentError, ["by name", "X=..."]),
+    ("kernel-parallel-string",
+     lambda: _mse_derivation().compile(jit=False)(X=XV, w=WV, y=YV, parallel="no"),
+     KernelArgumentError, ["parallel=", "True, False or None"]),
+]
+
+
+@pytest.mark.parametrize("call, error, words", [c[1:] for c in MORE_ERRORS],
+                         ids=[c[0] for c in MORE_ERRORS])
+def test_more_argument_errors(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("value, words", [
+    ("1e-3", "number or a scalar SymPy expression"), (float("inf"), "finite real"),
+    (float("nan"), "finite real"), (1j, "finite real")], ids=["string", "inf", "nan", "complex"])
+def test_optimizer_hyperparameter_errors(value, words):
+    from symdl.optimizers import Adam
+
+    with pytest.raises(DefinitionError, match=words):
+        Adam(lr=value)
+
+
+def test_training_step_argument_errors():
+    from symdl.optimizers import SGD
+    from symdl.training import TrainingStep
+
+    der = _mse_derivation()
+    with pytest.raises(DerivationError, match="needs a Derivation"):
+        TrainingStep(None, SGD(lr=0.1), {"w": WV})
+    with pytest.raises(DerivationError, match="state_names and update"):
+        TrainingStep(der, None, {"w": WV})
+    with pytest.raises(KernelArgumentError, match="params must be a dict"):
+        TrainingStep(der, SGD(lr=0.1), [WV])
+    with pytest.raises(KernelArgumentError, match="hyperparameters must be a dict"):
+        TrainingStep(der, SGD(lr=0.1), {"w": WV}, hyperparameters=[1.0])
+    with pytest.raises(KernelArgumentError, match=r"\['q'\] are not parameters"):
+        TrainingStep(der, SGD(lr=0.1), {"w": WV, "q": WV}, jit=False)
+
+
+def test_latex_of_a_power_of_symdl_functions():
+    """``sigmoid(x)**3`` made SymPy's LaTeX printer pass ``exp=`` to ``sigmoid._latex``,
+    which did not take it (TypeError)."""
+    from symdl.functions import floor, sigmoid, softplus
+
+    for f, word in ((sigmoid, r"\sigma"), (softplus, "softplus"), (relu, "relu"),
+                    (floor, r"\lfloor")):
+        text = sp.latex(f(x) ** 3)
+        assert word in text and text.endswith("^{3}"), text
+    assert r"\sigma\left(x\right)^{3}" in symdl.derive(sigmoid(x) ** 3, wrt=[x]).to_latex()
