@@ -252,3 +252,26 @@ def test_explicit_dtype_wins_and_bad_dtype_is_typed(model):
     assert all(a.dtype == np.float64 for a in [*step.params.values(), *step.state.values()])
     with pytest.raises(symdl.errors.KernelArgumentError, match="float32 or float64"):
         TrainingStep(model, optimizers.SGD(lr=0.1), params, dtype=np.int32, jit=False)
+
+
+s_ = sp.Symbol("s", real=True)
+
+
+@pytest.mark.parametrize("make, value, grad", [
+    (lambda b: b.applyfunc(sp.sqrt), np.sqrt(2.0), 0.5 / np.sqrt(2.0)),
+    (lambda b: sp.MatPow(b, -2), 0.25, -0.25),
+    (lambda b: sp.MatPow(b, sp.Rational(3, 2)), 2.0**1.5, 1.5 * np.sqrt(2.0)),
+    (lambda b: sp.MatPow(b, s_), 2.0**0.7, 0.7 * 2.0**-0.3),
+], ids=["applyfunc-sqrt", "power-minus-2", "power-3/2", "symbolic-power"])
+def test_powers_of_a_1x1_matrix_are_entry_powers(make, value, grad):
+    """SymPy writes ``applyfunc(sqrt)`` of a 1 x 1 matrix as the matrix power ``b**(1/2)``; a
+    rule written elementwise for any shape (a user's own optimizer) must work for a bias of
+    one output. For a 1 x 1 matrix every real power is the power of its entry."""
+    b = sp.MatrixSymbol("b", 1, 1)
+    kernel = symdl.derive(symdl.sum(make(b)), wrt=[b]).compile(jit=False)
+    args = {"b": np.array([[2.0]])}
+    if "s" in kernel.inputs:
+        args["s"] = 0.7
+    result = kernel(**args)
+    assert result.value == pytest.approx(value, rel=1e-14)
+    np.testing.assert_allclose(result.grad["b"], [[grad]], rtol=1e-14)
