@@ -5,7 +5,8 @@ What is compared, for each output of the kernel:
 * ``grad:p`` against central differences of ``value`` in ``p``;
 * ``hessian:p,q`` against central differences of ``grad:p`` in ``q``;
 * ``hvp:p`` against the central difference of ``grad:p`` along the kernel's direction
-  inputs ``v_q`` (all of them at once, as the product is defined);
+  inputs (``v_q``, named in ``Kernel.hvp_inputs``; all of them at once, as the product is
+  defined);
 * with a ``Derivation``: ``grad:p`` against the complex-step derivative of the SymPy
   definition (when every function in it has an analytic continuation; the report says why
   not otherwise), and the value, gradients and Hessian blocks against an independent
@@ -337,8 +338,9 @@ def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Gener
                 _compare_derivative(out, name, q, analytic[name], output(f"grad:{p}"), exact,
                                     rng, extra_axes=np.ndim(exact[p]), limits=limits)
         elif kind == "hvp" and f"grad:{rest}" in names:
-            directions = {k[2:]: np.asarray(exact[k], dtype=np.float64) for k in inputs
-                          if k.startswith("v_") and k[2:] in inputs}
+            # By the kernel's own map: a direction is v_W_1 where the definition has a v_W.
+            directions = {p: np.asarray(exact[v], dtype=np.float64)
+                          for p, v in kernel.hvp_inputs.items()}
             numeric = _fd_directional(output(f"grad:{rest}"), exact, directions,
                                       limits=limits)
             out.compare(name, ",".join(sorted(directions)), analytic[name],

@@ -16,7 +16,8 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import autodiff, ir
-from symdl.errors import DefinitionError, DerivationError
+from symdl.compilable import check_compilable
+from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.limits import check_size
@@ -56,6 +57,17 @@ def _parameter_shape(p: Parameter) -> tuple:
     return ()
 
 
+def fresh_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (then added to
+    it), so that a generated input never merges with a user's array of the same name."""
+    candidate, k = name, 0
+    while candidate in taken:
+        k += 1
+        candidate = f"{name}_{k}"
+    taken.add(candidate)
+    return candidate
+
+
 def _like(symbol: sp.Basic, name: str, shape: tuple) -> sp.Basic:
     """A new symbol of the same kind and shape as ``symbol`` (adjoints, gradients)."""
     if len(shape) == 2:
@@ -74,9 +86,9 @@ class Derivation:
     """
 
     def __init__(self, definition: Definition, wrt: Iterable[Parameter], hessian: bool = False):
-        if isinstance(wrt, sp.Basic):
-            wrt = [wrt]
-        wrt = [_check_parameter(p) for p in wrt]
+        wrt = [_check_parameter(p) for p in _parameter_list(wrt)]
+        if not isinstance(hessian, (bool, np.bool_)):
+            raise DerivationError(f"hessian= must be True or False, got {hessian!r}")
         steps = _as_steps(definition)
         self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
         exprs = [d for _, d in steps]
@@ -91,6 +103,7 @@ class Derivation:
                 self._translator.named[symbol] = node
                 self._intermediates.append(node)
         self.output: ir.Node = node
+        check_compilable([node])
         self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
         if not self.wrt:
             raise DerivationError("derive() needs at least one parameter in wrt=[...]")
@@ -258,7 +271,9 @@ class Derivation:
         Args:
             hvp: also compile Hessian-vector products: for each parameter ``p`` an input
                 ``v_p`` shaped like ``p`` and an output ``hvp:p`` = ``Σ_q H[p, q] v_q``,
-                computed without forming the Hessian.
+                computed without forming the Hessian. Where the definition already has an
+                input named ``v_p`` the direction is ``v_p_1`` (``Kernel.hvp_inputs`` maps
+                each parameter to its direction's name).
             outputs: compile only these outputs (``"value"``, ``"grad:w"``,
                 ``"hessian:w,w"``, ``"hvp:w"``); all of them by default.
             jit: ``False`` runs the generated source as plain Python, without compiling
@@ -276,9 +291,13 @@ class Derivation:
         leaves = dict(self._translator.leaves)
         leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
         directions: dict[sp.Basic, ir.Node] = {}
+        hvp_inputs: dict[str, str] = {}
         if hvp:
+            taken = set(leaves) | {_symbol_name(p) for p in self.wrt}
             for p in self.wrt:
-                name = f"v_{_symbol_name(p)}"
+                # v_w, unless the definition already reads an array of that name (v_w_1 then).
+                name = fresh_name(f"v_{_symbol_name(p)}", taken)
+                hvp_inputs[_symbol_name(p)] = name
                 shape = _parameter_shape(p)
                 directions[p] = ir.leaf(name, shape, _like(p, name, shape))
                 leaves[name] = directions[p]
@@ -298,7 +317,10 @@ class Derivation:
         if any(name.startswith("hvp:") for name in outputs):
             kept.update(directions.values())
         leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
-        return Kernel(outputs, list(leaves.values()), self.title, jit=jit)
+        if not any(name.startswith("hvp:") for name in outputs):
+            hvp_inputs = {}
+        return Kernel(outputs, list(leaves.values()), self.title, jit=jit,
+                      hvp_inputs=hvp_inputs)
 
     @property
     def title(self) -> str:
@@ -335,6 +357,7 @@ class Derivation:
             values: an array per input and parameter, by name.
             dims: sizes of the dimension symbols; inferred from the arrays when omitted.
         """
+        values = _numpy_values(values)
         dims = dict(dims) if dims is not None else self.infer_dims(values)
         roots: dict[str, ir.Node] = {"value": self.output}
         if self.is_scalar:
@@ -383,15 +406,85 @@ class Derivation:
         return "$$" + self.to_latex() + "$$"
 
 
+def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:
+    """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernel.as_numpy``)."""
+    from symdl.kernel import as_numpy
+
+    if not isinstance(values, Mapping):
+        raise EvaluationError(
+            f"values must be a dict of arrays by name, e.g. {{'X': X, 'w': w}}; got "
+            f"{type(values).__name__}")
+    return {name: as_numpy(name, value) for name, value in values.items()}
+
+
 def _leaves_under(roots: list[ir.Node]) -> list[ir.Leaf]:
     return [n for n in ir.topological_order(roots) if isinstance(n, ir.Leaf)]
 
 
+def _parameter_list(wrt: object) -> list:
+    """``wrt`` as a list, with typed errors for what is not a collection of parameters."""
+    if wrt is None:
+        raise DerivationError(
+            "derive() needs wrt=[...], the parameters to differentiate with respect to, e.g. "
+            "symdl.derive(loss, wrt=[w]) with w = sp.MatrixSymbol('w', d, 1)")
+    if isinstance(wrt, sp.Basic):
+        return [wrt]
+    if isinstance(wrt, (str, bytes)):
+        raise DerivationError(
+            f"wrt={wrt!r} is a string: pass the symbol objects themselves, e.g. wrt=[w] with "
+            "w = sp.MatrixSymbol('w', d, 1)")
+    try:
+        return list(wrt)
+    except TypeError:
+        raise DerivationError(
+            f"wrt must be a list of parameters (Symbols, MatrixSymbols or IndexedBases), e.g. "
+            f"wrt=[w]; got {type(wrt).__name__} {wrt!r}") from None
+
+
+def _check_value(expr: object, where: str) -> sp.Basic:
+    """A definition (or one step's) as SymPy, refusing what is not a number-valued
+    expression before the translator meets it."""
+    if expr is None:
+        raise DefinitionError(
+            f"{where} is None: pass a SymPy expression (did a function that builds it forget "
+            "to return it?)")
+    if isinstance(expr, (str, bytes)):
+        raise DefinitionError(
+            f"{where} is the string {expr!r}: build it from SymPy symbols (x = sp.Symbol('x', "
+            "real=True); loss = x**2), not from text")
+    if isinstance(expr, np.ndarray) or (
+            isinstance(expr, sp.MatrixBase) and not isinstance(expr, sp.Basic)):
+        raise DefinitionError(
+            f"{where} is an explicit array of type {type(expr).__name__}: write it with "
+            "MatrixSymbols of symbolic shape (X = sp.MatrixSymbol('X', n, d))")
+    try:
+        value = sp.sympify(expr, strict=True)
+    except sp.SympifyError as exc:
+        raise DefinitionError(
+            f"{where} is a {type(expr).__name__}, not a SymPy expression: build it from "
+            "SymPy symbols and symdl's functions") from exc
+    if isinstance(value, sp.logic.boolalg.Boolean) and not isinstance(value, sp.Expr):
+        # (a Symbol is a Boolean too, and a value)
+        raise DefinitionError(
+            f"{where} is the condition {value}, not a number: a definition computes a value "
+            "(write conditions inside sp.Piecewise or with Heaviside)")
+    if isinstance(value, sp.Lambda):
+        raise DefinitionError(
+            f"{where} is the function {value}, not a value: apply it to its arguments, or "
+            "use its body")
+    return value
+
+
 def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
-    if isinstance(definition, (sp.Basic, int, float)):
-        definition = sp.sympify(definition)
+    if definition is None or isinstance(definition, (sp.Basic, int, float, str, bytes,
+                                                     np.ndarray, np.number, sp.MatrixBase)):
+        definition = _check_value(definition, "the definition")
         check_size(definition)
         return [(None, definition)]
+    if not isinstance(definition, (Mapping, Iterable)):
+        raise DefinitionError(
+            f"the definition is a {type(definition).__name__}: pass a SymPy expression (the "
+            "loss) or a list of (symbol, definition) steps")
     if isinstance(definition, Mapping):
         definition = list(definition.items())
     steps = []
@@ -406,7 +499,7 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
             raise DefinitionError(
                 f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
             )
-        expr = sp.sympify(expr)
+        expr = _check_value(expr, f"the definition of {symbol}")
         if isinstance(symbol, sp.MatrixSymbol):
             if not isinstance(expr, MatrixExpr) or tuple(expr.shape) != tuple(symbol.shape):
                 shape = tuple(expr.shape) if isinstance(expr, MatrixExpr) else ()
@@ -472,7 +565,14 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
     """
     from symdl.kernel import Kernel
 
-    exprs = [sp.sympify(e) for e in outputs.values()]
+    if not isinstance(outputs, Mapping) or not outputs:
+        raise DefinitionError(
+            "compile_expressions takes a non-empty dict of output name -> SymPy expression, "
+            f"e.g. {{'W': W - lr * G}}; got {outputs!r:.80}")
+    for name in outputs:
+        if not isinstance(name, str):
+            raise DefinitionError(f"output names must be strings, got {name!r}")
+    exprs = [_check_value(e, f"output {name!r}") for name, e in outputs.items()]
     translator = Translator(dimension_symbols(exprs))
     nodes = {name: translate_matrix_or_scalar(translator, e) for name, e in
              zip(outputs, exprs, strict=True)}
@@ -488,6 +588,11 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
 
     This is how a derived formula is checked: bind the dimensions, give arrays by name.
     """
+    values = _numpy_values(values)
+    if not isinstance(dims, Mapping):
+        raise EvaluationError(
+            f"dims must be a dict binding each dimension symbol to a size, e.g. {{n: 5, d: 3}}; "
+            f"got {type(dims).__name__}")
     dim_symbols = set(dims)
     translator = Translator(dim_symbols)
     if isinstance(expr, IndexForm):

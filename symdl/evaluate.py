@@ -56,7 +56,12 @@ def evaluate(
         if isinstance(node, ir.Leaf):
             if node.name not in values:
                 raise EvaluationError(f"no value given for {node.name} (shape {node.shape})")
-            value = np.asarray(values[node.name], dtype=float)
+            try:
+                value = np.asarray(values[node.name], dtype=float)
+            except (TypeError, ValueError) as exc:
+                raise EvaluationError(
+                    f"{node.name} cannot be read as an array of real numbers ({exc}); pass a "
+                    "float64 NumPy array") from exc
             if (message := violation(node.symbol, value)) is not None:
                 raise EvaluationError(message)
             if value.shape != shape:

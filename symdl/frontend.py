@@ -115,6 +115,8 @@ class Translator:
             power = e.exp
             if power == -1:  # sp.Inverse is a MatPow too
                 return ir.solve(self.matrix(e.base), ir.identity(e.base.shape[0]))
+            if tuple(e.base.shape) == (1, 1):
+                return self._entry_power(e.base, power)
             if not (power.is_Integer and power >= 1):
                 raise UnsupportedError(
                     f"matrix power {e} with exponent {power}: only positive integer powers and "
@@ -154,6 +156,19 @@ class Translator:
         sizes = dict(zip(labels, arg.shape, strict=True))
         scalars = [ir.broadcast(self.scalar(c), (), labels, sizes) for c in closed]
         return ir.map_(sp.Lambda((*fn.variables, *dummies), body), arg, *scalars)
+
+    def _entry_power(self, base: MatrixExpr, power: sp.Expr) -> ir.Node:
+        """A power of a 1 x 1 matrix: the power of its entry. SymPy writes ``applyfunc(f)`` of
+        a 1 x 1 matrix as ``f(M)`` when that is a matrix (``sqrt`` gives ``M**(1/2)``), so an
+        elementwise rule written for any shape reaches here for a bias of one output."""
+        node = self.matrix(base)
+        x = sp.Dummy("x")
+        if not (power.free_symbols - self.dims) and not _has_arrays(power):
+            return ir.map_(sp.Lambda(x, x**power), node)
+        y = sp.Dummy("y")
+        exponent = ir.broadcast(self.scalar(power), (), (0, 1), {0: sp.Integer(1),
+                                                                  1: sp.Integer(1)})
+        return ir.map_(sp.Lambda((x, y), x**y), node, exponent)
 
     def _matmul(self, e: sp.MatMul) -> ir.Node:
         scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]

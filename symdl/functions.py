@@ -26,6 +26,11 @@ import sympy as sp
 from symdl.errors import UnsupportedError
 
 
+def _power(latex: str, exp: str | None) -> str:
+    """SymPy's LaTeX printer passes the exponent of ``f(x)**p`` to ``f._latex`` as ``exp``."""
+    return latex if exp is None else rf"{latex}^{{{exp}}}"
+
+
 class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower case
     """The logistic function ``1 / (1 + exp(-x))``."""
 
@@ -45,8 +50,8 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
     def _eval_evalf(self, prec: int) -> sp.Expr:
         return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
 
-    def _latex(self, printer) -> str:
-        return rf"\sigma\left({printer._print(self.args[0])}\right)"
+    def _latex(self, printer, exp: str | None = None) -> str:
+        return _power(rf"\sigma\left({printer._print(self.args[0])}\right)", exp)
 
 
 class softplus(sp.Function):  # noqa: N801
@@ -67,8 +72,9 @@ class softplus(sp.Function):  # noqa: N801
     def _eval_evalf(self, prec: int) -> sp.Expr:
         return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
 
-    def _latex(self, printer) -> str:
-        return rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)"
+    def _latex(self, printer, exp: str | None = None) -> str:
+        return _power(rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)",
+                      exp)
 
 
 class relu(sp.Function):  # noqa: N801
@@ -86,8 +92,8 @@ class relu(sp.Function):  # noqa: N801
     def _eval_evalf(self, prec: int) -> sp.Expr:
         return sp.Max(self.args[0], 0)._eval_evalf(prec)
 
-    def _latex(self, printer) -> str:
-        return rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)"
+    def _latex(self, printer, exp: str | None = None) -> str:
+        return _power(rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)", exp)
 
 
 class floor(sp.Function):  # noqa: N801
@@ -103,8 +109,8 @@ class floor(sp.Function):  # noqa: N801
             return sp.floor(x)
         return None
 
-    def _latex(self, printer) -> str:
-        return rf"\left\lfloor {printer._print(self.args[0])} \right\rfloor"
+    def _latex(self, printer, exp: str | None = None) -> str:
+        return _power(rf"\left\lfloor {printer._print(self.args[0])} \right\rfloor", exp)
 
 
 class _Extremum(sp.Function):

@@ -33,6 +33,7 @@ import sympy as sp
 from symdl import ir
 from symdl.assumptions import violation
 from symdl.codegen import Source, generate
+from symdl.compilable import check_compilable
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted, record_compiled
 from symdl.kernel_plan import plan
@@ -96,6 +97,8 @@ def _warn_if_spinning_threads() -> None:
             "parallel=False.", PerformanceWarning, stacklevel=3)
 
 _SUPPORTED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_ABSENT = object()
+"""The default of ``Kernel.__call__``'s options: tells "not given" from any value."""
 
 
 @dataclass(frozen=True)
@@ -122,8 +125,12 @@ class Kernel:
     """Numba kernels for a derivation's outputs. Call it with arrays by name."""
 
     def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str,
-                 jit: bool = True):
-        """``jit=False`` runs the same generated source as plain Python (no Numba compile)."""
+                 jit: bool = True, hvp_inputs: Mapping[str, str] | None = None):
+        """``jit=False`` runs the same generated source as plain Python (no Numba compile).
+        ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product."""
+        check_compilable(list(outputs.values()))
+        self.hvp_inputs: dict[str, str] = dict(hvp_inputs or {})
+        """The input holding the HVP direction of each parameter (``{"w": "v_w"}``)."""
         self._outputs = outputs
         self.jit = jit
         self._plan = plan(outputs)
@@ -259,21 +266,69 @@ class Kernel:
                 )
         return dims, prepared, dtype or np.dtype(np.float64)
 
-    def __call__(self, out: Mapping[str, np.ndarray] | None = None,
-                 parallel: bool | None = None, **arrays) -> KernelResult:
-        """Runs the kernels.
+    def __call__(self, /, *positional: object, out: object = _ABSENT,
+                 parallel: object = _ABSENT, **arrays: object) -> KernelResult:
+        """Runs the kernels: ``k(X=X, w=w)``, every input by keyword.
 
         Args:
             out: preallocated result arrays by output name (see ``output_names``).
             parallel: use the parallel loops; by default, when there are several threads and
                 the arrays are large.
-            **arrays: every input by name.
+            **arrays: every input by name. A keyword that names an input of this kernel is
+                always that input, whatever its name (``self``, ``out``, ``parallel``): a
+                kernel with an input named ``out`` or ``parallel`` takes those options
+                through ``run``.
 
         Raises:
             KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
         """
+        if positional:
+            by_name = ", ".join(f"{name}=..." for name in self._source.inputs)
+            raise KernelArgumentError(
+                f"kernels take their inputs by name: k({by_name}), or as one dict with "
+                "k.run({...})")
+        options = {"out": out, "parallel": parallel}
+        for key, value in options.items():
+            if value is not _ABSENT and key in self._source.inputs:
+                if key == "out" and isinstance(value, Mapping) or (
+                        key == "parallel" and isinstance(value, bool)):
+                    raise KernelArgumentError(
+                        f"this kernel has an input named {key!r}, so k({key}=...) passes that "
+                        f"input; give the {key}= option through k.run({{...inputs...}}, "
+                        f"{key}=...)", key)
+                arrays[key] = value
+                options[key] = _ABSENT
+        return self.run(arrays, out=None if options["out"] is _ABSENT else options["out"],
+                        parallel=None if options["parallel"] is _ABSENT
+                        else options["parallel"])
+
+    def run(self, arrays: Mapping[str, object], /, *, out: object = None,
+            parallel: bool | None = None) -> KernelResult:
+        """Runs the kernels on inputs given as one mapping: ``k.run({"X": X, "w": w})``.
+
+        The same as calling the kernel, for any input names (a mapping's keys never clash
+        with the options).
+
+        Args:
+            arrays: every input by name.
+            out: preallocated result arrays by output name (see ``output_names``).
+            parallel: use the parallel loops; by default, when there are several threads and
+                the arrays are large.
+
+        Raises:
+            KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
+        """
+        if not isinstance(arrays, Mapping):
+            raise KernelArgumentError(
+                f"run() takes the inputs as one dict by name, e.g. k.run({{'X': X, 'w': w}}); "
+                f"got {type(arrays).__name__}")
+        arrays = dict(arrays)
+        out = _output_arrays(out)
+        if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+            raise KernelArgumentError(
+                f"parallel= must be True, False or None (automatic), got {parallel!r}",
+                "parallel")
         dims, prepared, dtype = self._dims_and_arrays(arrays)
-        out = dict(out or {})
         unknown = sorted(set(out) - set(self._source.outputs))
         if unknown:
             raise KernelArgumentError(
@@ -393,7 +448,64 @@ def _concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
     return tuple(_size_function(d)(dims) for d in shape)
 
 
+def _is_torch_tensor(value: object) -> bool:
+    # By the class's module: torch is never imported here (a tensor exists only where the
+    # caller imported torch).
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def as_numpy(name: str, value: object) -> object:
+    """A PyTorch tensor as a NumPy array (detached from autograd, copied to the CPU when it
+    lives elsewhere; a CPU tensor shares its memory); anything else unchanged."""
+    if not _is_torch_tensor(value):
+        return value
+    try:
+        return value.detach().cpu().numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise KernelArgumentError(
+            f"{name} is a torch tensor of dtype {value.dtype} that NumPy cannot hold ({exc}); "
+            f"convert it with {name}.double() (or .float())", name) from exc
+
+
+def _output_arrays(out: object) -> dict[str, np.ndarray]:
+    """``out=`` as a dict of writeable NumPy arrays by output name (``None`` entries dropped:
+    those results are allocated)."""
+    if out is None:
+        return {}
+    if not isinstance(out, Mapping):
+        raise KernelArgumentError(
+            f"out= takes a dict of result arrays by output name, e.g. out={{'grad:w': buf}} "
+            f"(names in kernel.output_names); got a {type(out).__name__}", "out")
+    arrays: dict[str, np.ndarray] = {}
+    for name, given in out.items():
+        if not isinstance(name, str):
+            raise KernelArgumentError(
+                f"out= keys are output names (strings such as 'grad:w'), got {name!r}", "out")
+        if given is None:
+            continue
+        if _is_torch_tensor(given):
+            if given.requires_grad or given.device.type != "cpu":
+                why = "requires grad" if given.requires_grad else f"is on {given.device}"
+                raise KernelArgumentError(
+                    f"out[{name!r}] is a torch tensor that {why}: symdl writes results into "
+                    "CPU memory outside autograd; pass a NumPy array or a CPU tensor without "
+                    "requires_grad", name)
+            given = given.numpy()  # shares the tensor's memory: results land in the tensor
+        if not isinstance(given, np.ndarray):
+            raise KernelArgumentError(
+                f"out[{name!r}] must be a NumPy array, got {type(given).__name__}; allocate "
+                "it once with np.empty(shape) (kernel outputs of a first call give the "
+                "shapes)", name)
+        if not given.flags.writeable:
+            raise KernelArgumentError(
+                f"out[{name!r}] is read-only; pass a writeable array (np.empty_like(a) or "
+                "a.copy())", name)
+        arrays[name] = given
+    return arrays
+
+
 def _as_array(name: str, value: object) -> np.ndarray:
+    value = as_numpy(name, value)
     if isinstance(value, np.ndarray):
         return value
     try:
@@ -405,7 +517,7 @@ def _as_array(name: str, value: object) -> np.ndarray:
 
 
 def _scalar(name: str, value: object) -> float:
-    array = np.asarray(value)
+    array = np.asarray(as_numpy(name, value))
     if array.shape != () or array.dtype.kind not in "fiu" or array.dtype == np.bool_:
         raise KernelArgumentError(
             f"{name} is a scalar parameter: pass a real number, got {type(value).__name__} "

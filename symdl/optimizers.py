@@ -12,7 +12,7 @@ Each optimizer is a frozen dataclass of hyperparameters (numbers or scalar SymPy
 The rules do not know how the gradient was computed: ``grad`` is any expression of the
 parameter's shape (a ``MatrixSymbol`` input of an update kernel, or a derived gradient
 substituted by ``symdl.training.compile_training_step``). Matrix parameters give matrix
-expressions (elementwise square roots and quotients are ``applyfunc(sqrt)`` and Hadamard
+expressions (elementwise square roots and quotients are Hadamard
 powers), scalar parameters give scalar expressions. The formulas follow ``torch.optim`` with
 its defaults for dampening, centering and initial accumulators (all zero/off), so that one
 kernel step equals one ``optimizer.step()``.
@@ -47,7 +47,9 @@ STEP = sp.Symbol("t", positive=True)
 
 
 def _sqrt(x: sp.Basic) -> sp.Basic:
-    return x.applyfunc(sp.sqrt) if isinstance(x, MatrixExpr) else sp.sqrt(x)
+    # A Hadamard power, not applyfunc(sqrt): SymPy turns applyfunc on a 1 x 1 matrix into the
+    # matrix power x**(1/2), which is not elementwise in general and which symdl refuses.
+    return sp.HadamardPower(x, sp.S.Half) if isinstance(x, MatrixExpr) else sp.sqrt(x)
 
 
 def _square(x: sp.Basic) -> sp.Basic:
@@ -86,12 +88,18 @@ def _hyperparameter(value: object, owner: str, field: str, lower: float = 0.0,
                     below: float | None = None) -> None:
     """Rejects matrices and out-of-range numbers; symbols are checked at run time by nobody,
     so their ranges are the caller's responsibility."""
-    expr = sp.sympify(value)
+    try:
+        # strict: a string is not parsed into a symbol (lr="1e-3" is a mistake, not a name)
+        expr = sp.sympify(value, strict=True)
+    except sp.SympifyError:
+        expr = None
     if isinstance(expr, MatrixExpr) or not isinstance(expr, sp.Expr):
         raise DefinitionError(f"{owner}.{field} must be a number or a scalar SymPy expression, "
-                              f"got {type(value).__name__} {value}")
+                              f"got {type(value).__name__} {value!r}")
     if expr.is_number:
-        if not expr.is_real or expr < lower or (below is not None and expr >= below):
+        if not (expr.is_real and expr.is_finite):
+            raise DefinitionError(f"{owner}.{field} = {value} must be a finite real number")
+        if expr < lower or (below is not None and expr >= below):
             upper = f" and < {below}" if below is not None else ""
             raise DefinitionError(f"{owner}.{field} = {value} is out of range: it must be "
                                   f">= {lower}{upper}")

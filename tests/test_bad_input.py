@@ -252,3 +252,182 @@ def test_depth_just_under_the_limit_derives():
         expected *= np.cos(value)
         value = np.sin(value)
     assert der.compile()(x=0.3).grad["x"] == pytest.approx(expected, rel=1e-12)
+
+
+# Arguments of derive() (issue 15, item 14): typed errors that say what to pass.
+
+DERIVE_ARGUMENT_ERRORS = [
+    ("wrt-none", lambda: symdl.derive(LOSS, wrt=None), DerivationError, ["wrt=[", "w"]),
+    ("definition-none", lambda: symdl.derive(None, wrt=[w]), DefinitionError,
+     ["None", "return"]),
+    ("step-none", lambda: symdl.derive([(sp.Symbol("L"), None)], wrt=[w]), DefinitionError,
+     ["definition of L is None"]),
+    ("wrt-string", lambda: symdl.derive(LOSS, wrt="w"), DerivationError,
+     ["string", "symbol objects"]),
+    ("wrt-int", lambda: symdl.derive(LOSS, wrt=3), DerivationError, ["list of parameters"]),
+    ("hessian-string", lambda: symdl.derive(LOSS, wrt=[w], hessian="yes"), DerivationError,
+     ["True or False"]),
+    ("definition-string", lambda: symdl.derive("x**2", wrt=[x]), DefinitionError,
+     ["string", "SymPy symbols"]),
+    ("definition-ndarray", lambda: symdl.derive(np.ones(3), wrt=[x]), DefinitionError,
+     ["explicit array", "MatrixSymbol"]),
+    ("definition-matrix", lambda: symdl.derive(sp.Matrix([x, x]), wrt=[x]), DefinitionError,
+     ["explicit array", "MatrixSymbol"]),
+    ("definition-condition", lambda: symdl.derive(x > 0, wrt=[x]), DefinitionError,
+     ["condition", "Piecewise"]),
+    ("definition-true", lambda: symdl.derive(sp.true, wrt=[x]), DefinitionError,
+     ["condition"]),
+    ("definition-lambda", lambda: symdl.derive(sp.Lambda(x, x**2), wrt=[x]), DefinitionError,
+     ["function", "apply it"]),
+    ("definition-object", lambda: symdl.derive(object(), wrt=[x]), DefinitionError,
+     ["SymPy expression"]),
+]
+
+
+@pytest.mark.parametrize("call, error, words", [c[1:] for c in DERIVE_ARGUMENT_ERRORS],
+                         ids=[c[0] for c in DERIVE_ARGUMENT_ERRORS])
+def test_derive_argument_errors(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+# Constructs that derive() accepted and compile() or the first call refused with an untyped
+# error (mpmath's TypeError, SymPy's printer error, Numba's TypingError): refused by derive()
+# itself with UnsupportedError naming the construct.
+
+t_int = sp.Symbol("t", real=True)
+NOT_COMPILABLE = [
+    ("imaginary-unit", sp.I * x, "not a real number"),
+    ("imaginary-power", x**sp.I, "not a real number"),
+    ("sqrt-of-negative", sp.sqrt(-2) * x, "not a real number"),
+    ("log-of-negative", sp.log(-1) * x, "not a real number"),
+    ("complex-root", x * (-1) ** sp.Rational(1, 3), "not a real number"),
+    ("infinite-exponent", x**sp.oo, "not finite"),
+    ("huge-integer", x * sp.Integer(10) ** 400, "float64"),
+    ("huge-rational", x * sp.Rational(10**400, 3), "Rational"),
+    ("zeta-constant", sp.zeta(3) * x, "zeta"),
+    ("exp-polar", sp.exp_polar(2) * x, "exp_polar"),
+    ("accumulation-bounds", sp.AccumBounds(0, 1) * x, "AccumulationBounds"),
+    ("constant-integral", sp.Integral(t_int**2, (t_int, 0, 1)) * x, "Integral"),
+    ("matrix-imaginary", symdl.sum(sp.I * X * w), "not a real number"),
+    ("applyfunc-infinity", symdl.sum((X * w).applyfunc(lambda u: u * sp.oo)), "not finite"),
+    ("applyfunc-nan", symdl.sum((X * w).applyfunc(lambda u: u + sp.nan)), "not finite"),
+    ("applyfunc-imaginary", symdl.sum((X * w).applyfunc(lambda u: sp.I * u)),
+     "not a real number"),
+    ("hadamard-power-infinity", symdl.sum(sp.HadamardPower(X * w, sp.oo)), "not finite"),
+    ("applyfunc-integral",
+     symdl.sum((X * w).applyfunc(lambda u: sp.Integral(u * t_int, (t_int, 0, 1)))), "Integral"),
+    ("applyfunc-derivative",
+     symdl.sum((X * w).applyfunc(lambda u: sp.Derivative(u**3, u, evaluate=False))),
+     "Derivative"),
+]
+
+
+@pytest.mark.parametrize("definition, words", [c[1:] for c in NOT_COMPILABLE],
+                         ids=[c[0] for c in NOT_COMPILABLE])
+def test_what_a_kernel_cannot_compute_is_refused_by_derive(definition, words):
+    wrt = [w] if definition.has(w) else [x]
+    with pytest.raises(UnsupportedError) as info:
+        symdl.derive(definition, wrt=wrt)
+    assert words in str(info.value), str(info.value)
+
+
+def test_a_refused_body_is_refused_by_compile_expressions_too():
+    """The same check guards kernels built without derive (update rules, forward passes)."""
+    with pytest.raises(UnsupportedError, match="not a real number"):
+        symdl.compile_expressions({"y": (X * w).applyfunc(lambda u: sp.I * u)})
+
+
+@pytest.mark.parametrize("definition, expected", [
+    (sp.pi * x + sp.E * x**2 + sp.EulerGamma * x, np.pi + 2 * np.e + 0.5772156649015329),
+    (sp.gamma(sp.Rational(1, 3)) * x, 2.678938534707747),
+    (x * sp.Float("1e-400"), 0.0),
+    (sp.re(1 + sp.I) * x, 1.0),
+], ids=["number-symbols", "gamma-constant", "underflowing-constant", "real-part"])
+def test_real_constants_still_compile(definition, expected):
+    k = symdl.derive(definition, wrt=[x]).compile(jit=False)
+    assert k(x=1.0).grad["x"] == pytest.approx(expected, rel=1e-14)
+
+
+# Found by fuzzing bad arguments (issue 15, item 14): each was an AttributeError, TypeError or
+# ValueError from inside symdl, NumPy or SymPy.
+
+def _mse_derivation():
+    return symdl.derive(symdl.mse(X * w, y), wrt=[w])
+
+
+MORE_ERRORS = [
+    ("evaluate-none", lambda: _mse_derivation().evaluate(None), EvaluationError, ["dict"]),
+    ("evaluate-list", lambda: _mse_derivation().evaluate([XV]), EvaluationError, ["dict"]),
+    ("evaluate-string-array",
+     lambda: _mse_derivation().evaluate({"X": "abc", "w": WV, "y": YV}), EvaluationError,
+     ["X", "real numbers"]),
+    ("symdl-evaluate-no-dims",
+     lambda: symdl.evaluate(_mse_derivation().gradient(w), {"X": XV, "w": WV, "y": YV}, None),
+     EvaluationError, ["dims", "{n: 5"]),
+    ("compile-expressions-none", lambda: symdl.compile_expressions(None), DefinitionError,
+     ["dict"]),
+    ("compile-expressions-list", lambda: symdl.compile_expressions([X * w]), DefinitionError,
+     ["dict"]),
+    ("compile-expressions-empty", lambda: symdl.compile_expressions({}), DefinitionError,
+     ["non-empty"]),
+    ("compile-expressions-none-value", lambda: symdl.compile_expressions({"a": None}),
+     DefinitionError, ["'a'", "None"]),
+    ("compile-expressions-int-name", lambda: symdl.compile_expressions({1: X * w}),
+     DefinitionError, ["strings"]),
+    ("kernel-positional", lambda: _mse_derivation().compile(jit=False)(XV, WV, YV),
+     KernelArgumentError, ["by name", "X=..."]),
+    ("kernel-parallel-string",
+     lambda: _mse_derivation().compile(jit=False)(X=XV, w=WV, y=YV, parallel="no"),
+     KernelArgumentError, ["parallel=", "True, False or None"]),
+]
+
+
+@pytest.mark.parametrize("call, error, words", [c[1:] for c in MORE_ERRORS],
+                         ids=[c[0] for c in MORE_ERRORS])
+def test_more_argument_errors(call, error, words):
+    with pytest.raises(error) as info:
+        call()
+    for word in words:
+        assert word in str(info.value), (word, str(info.value))
+
+
+@pytest.mark.parametrize("value, words", [
+    ("1e-3", "number or a scalar SymPy expression"), (float("inf"), "finite real"),
+    (float("nan"), "finite real"), (1j, "finite real")], ids=["string", "inf", "nan", "complex"])
+def test_optimizer_hyperparameter_errors(value, words):
+    from symdl.optimizers import Adam
+
+    with pytest.raises(DefinitionError, match=words):
+        Adam(lr=value)
+
+
+def test_training_step_argument_errors():
+    from symdl.optimizers import SGD
+    from symdl.training import TrainingStep
+
+    der = _mse_derivation()
+    with pytest.raises(DerivationError, match="needs a Derivation"):
+        TrainingStep(None, SGD(lr=0.1), {"w": WV})
+    with pytest.raises(DerivationError, match="state_names and update"):
+        TrainingStep(der, None, {"w": WV})
+    with pytest.raises(KernelArgumentError, match="params must be a dict"):
+        TrainingStep(der, SGD(lr=0.1), [WV])
+    with pytest.raises(KernelArgumentError, match="hyperparameters must be a dict"):
+        TrainingStep(der, SGD(lr=0.1), {"w": WV}, hyperparameters=[1.0])
+    with pytest.raises(KernelArgumentError, match=r"\['q'\] are not parameters"):
+        TrainingStep(der, SGD(lr=0.1), {"w": WV, "q": WV}, jit=False)
+
+
+def test_latex_of_a_power_of_symdl_functions():
+    """``sigmoid(x)**3`` made SymPy's LaTeX printer pass ``exp=`` to ``sigmoid._latex``,
+    which did not take it (TypeError)."""
+    from symdl.functions import floor, sigmoid, softplus
+
+    for f, word in ((sigmoid, r"\sigma"), (softplus, "softplus"), (relu, "relu"),
+                    (floor, r"\lfloor")):
+        text = sp.latex(f(x) ** 3)
+        assert word in text and text.endswith("^{3}"), text
+    assert r"\sigma\left(x\right)^{3}" in symdl.derive(sigmoid(x) ** 3, wrt=[x]).to_latex()
