@@ -254,9 +254,71 @@ returns an equal stable one, or None where it does not apply. ``stabilize`` appl
 bottom-up; ``symdl.rewrites`` applies them to whole elementwise clusters of the IR."""
 
 
-def _rewrite_node(e: sp.Expr) -> sp.Expr:
+def _scaled(term: sp.Expr, f: type[sp.Function]) -> tuple[sp.Expr, sp.Symbol] | None:
+    """``(c, u)`` when ``term`` is ``c f(u)`` for a symbol ``u`` and ``c`` free of it."""
+    calls = [a for a in sp.Mul.make_args(term) if isinstance(a, f)]
+    if len(calls) != 1 or not isinstance(calls[0].args[0], sp.Symbol):
+        return None
+    u = calls[0].args[0]
+    c = term / calls[0]
+    return None if c.has(u) else (c, u)
+
+
+def _softplus_plus_linear(e: sp.Expr) -> sp.Expr | None:
+    """``softplus(u) + a u`` -> ``(1 + a) softplus(u) - a softplus(-u)`` (``softplus(u) - u =
+    softplus(-u)``): the logistic loss ``softplus(z) - y z`` becomes ``(1 - y) softplus(z) +
+    y softplus(-z)``, a sum of two non-negative terms, exact for ``y`` in {0, 1} where the
+    difference of two large numbers loses every digit (z = 40, y = 1: 4.2e-18, not 0)."""
+    if not isinstance(e, sp.Add):
+        return None
+    for t in e.args:
+        found = _scaled(t, softplus)
+        if found is None:
+            continue
+        c, u = found
+        others = e - t
+        a = sp.diff(others, u)
+        if a == 0 or a.has(u):
+            continue
+        return (c + a) * softplus(u) - a * softplus(-u) + sp.expand(others - a * u)
+    return None
+
+
+def _sigmoid_minus_label(e: sp.Expr) -> sp.Expr | None:
+    """``σ(u) - y`` -> ``(1 - y) σ(u) - y σ(-u)`` (``σ(u) + σ(-u) = 1``) for a label ``y`` (a
+    symbol or a number in [0, 1]): exact for ``y`` in {0, 1}, where ``σ(u) - 1`` cancels."""
+    if not isinstance(e, sp.Add) or len(e.args) != 2:
+        return None
+    for t in e.args:
+        found = _scaled(t, sigmoid)
+        if found is None:
+            continue
+        c, u = found
+        r = (e - t) / c
+        label = -r
+        if not (isinstance(label, sp.Symbol) or label.is_Number and 0 < label <= 1):
+            continue
+        if label.has(u):
+            continue
+        return c * ((1 - label) * sigmoid(u) - label * sigmoid(-u))
+    return None
+
+
+ACCURACY_REWRITES: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = (
+    _one_minus_sigmoid,
+    _softplus_plus_linear,
+    _sigmoid_minus_label,
+)
+"""Rewrites that trade a cheap cancelling form for an exact one (``σ(u)(1 - σ(u))`` ->
+``σ(u) σ(-u)``). They make printed formulas longer, so they are applied where numbers are
+computed (``symdl.rewrites.exact``: kernels and NumPy evaluation), not where they are read."""
+
+
+def _rewrite_node(e: sp.Expr,
+                  rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
+    rules = rules or STABILITY_REWRITES
     for _ in range(8):  # a rewrite may enable another on the same node; each one simplifies
-        for rule in STABILITY_REWRITES:
+        for rule in rules:
             new = rule(e)
             if new is not None and new != e:
                 e = new
@@ -266,17 +328,19 @@ def _rewrite_node(e: sp.Expr) -> sp.Expr:
     return e
 
 
-def stabilize(expr: sp.Expr) -> sp.Expr:
-    """Rewrites overflow-prone scalar forms to stable ones (see ``STABILITY_REWRITES``).
+def stabilize(expr: sp.Expr,
+              rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
+    """Rewrites overflow-prone scalar forms to stable ones (``rules``, by default
+    ``STABILITY_REWRITES``).
 
     Outer forms first: ``exp(u)/(1 + exp(u))`` must be seen whole before its denominator
     alone becomes ``σ(-u)`` (``exp(u) σ(-u)`` overflows to ``inf · 0``)."""
-    expr = _rewrite_node(expr)
+    expr = _rewrite_node(expr, rules)
     if not expr.args or isinstance(expr, (sp.Lambda, sp.Dummy)):
         return expr
-    args = tuple(stabilize(a) for a in expr.args)
+    args = tuple(stabilize(a, rules) for a in expr.args)
     if args != expr.args:
-        expr = _rewrite_node(expr.func(*args))
+        expr = _rewrite_node(expr.func(*args), rules)
     return expr
 
 

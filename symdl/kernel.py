@@ -29,7 +29,7 @@ import numba
 import numpy as np
 import sympy as sp
 
-from symdl import ir
+from symdl import ir, rewrites
 from symdl.codegen import Source, generate
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted
@@ -107,6 +107,8 @@ class Kernel:
     def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str,
                  jit: bool = True):
         """``jit=False`` runs the same generated source as plain Python (no Numba compile)."""
+        exact = rewrites.exact(list(outputs.values()))  # same values, without cancellation
+        outputs = dict(zip(outputs, exact, strict=True))
         self._outputs = outputs
         self.jit = jit
         self._plan = plan(outputs)

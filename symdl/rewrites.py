@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symdl import ir
+from symdl.functions import ACCURACY_REWRITES, sigmoid, softplus
 from symdl.functions import stabilize as stabilize_scalar
 
 Labels = tuple[int, ...]
@@ -413,25 +414,86 @@ def _stable_contraction(node: ir.Einsum) -> ir.Node | None:
     return ir.einsum([op for op, _ in kept], [spec for _, spec in kept], node.out, node.coeff)
 
 
-def stabilize(roots: list[ir.Node]) -> list[ir.Node]:
+def _exact_elementwise(node: ir.Node) -> ir.Node | None:
+    """The cluster topped by ``node`` with ``ACCURACY_REWRITES`` applied, or None."""
+    labels = tuple(range(node.rank))
+    cluster = _Cluster(labels, dict(zip(labels, node.shape, strict=True)))
+    e = cluster.expr(node)
+    if not e.has(sigmoid, softplus):
+        return None
+    exact = stabilize_scalar(e, ACCURACY_REWRITES)
+    return None if exact == e else cluster.build(exact)
+
+
+_WEIGHT, _LOGIT = sp.Dummy("x0", real=True), sp.Dummy("x1", real=True)
+MASKED_PRODUCT = sp.Lambda((_WEIGHT, _LOGIT),
+                           sp.Piecewise((0, sp.Eq(_WEIGHT, 0)), (_WEIGHT * _LOGIT, True)))
+"""``y z`` with ``0 · z = 0`` for every ``z``: a label or probability of 0 ignores its logit,
+even a masked one (``-inf``), as PyTorch's cross-entropy with class indices does."""
+
+
+def _logit_nodes(order: list[ir.Node]) -> set[int]:
+    """Ids of the nodes that may hold masked logits (``-inf``): the arguments of softmaxes
+    and log-sum-exps, and sums (log-softmax) with such a term."""
+    logits = {id(n.arg) for n in order if isinstance(n, (ir.LogSumExp, ir.Softmax))}
+    for n in order:
+        if isinstance(n, ir.Add) and any(id(t) in logits for t in n.terms):
+            logits.add(id(n))
+    return logits
+
+
+def _masked_products(node: ir.Einsum, logits: set[int]) -> ir.Node | None:
+    """``Σ y ⊙ z`` over logits ``z`` as ``Σ masked(y, z)``: ``0 · -inf`` is 0, not NaN."""
+    for k, op in enumerate(node.operands):
+        if id(op) not in logits:
+            continue
+        partners = [j for j, spec in enumerate(node.specs) if j != k and spec == node.specs[k]]
+        if len(partners) != 1:
+            continue
+        (j,) = partners
+        masked = ir.map_(MASKED_PRODUCT, node.operands[j], op)
+        keep = [m for m in range(len(node.operands)) if m not in (j, k)]
+        return ir.einsum([node.operands[m] for m in keep] + [masked],
+                         [node.specs[m] for m in keep] + [node.specs[k]], node.out, node.coeff)
+    return None
+
+
+def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
     """Rewrites the graph under ``roots`` into stable forms; returns the new roots (the same
-    objects where nothing needed rewriting)."""
+    objects where nothing needed rewriting).
+
+    Args:
+        roots: the outputs.
+        exact: also apply ``ACCURACY_REWRITES`` (for computing, not for printing).
+    """
     order = ir.topological_order(list(roots))
     tops = {id(r) for r in roots}
     for node in order:
         if not is_elementwise(node):
             tops.update(id(c) for c in node.children())
     new: dict[int, ir.Node] = {}
+    logits = _logit_nodes(order) if exact else set()
     for node in order:
         rebuilt = _rebuilt(node, [new[id(c)] for c in node.children()])
+        if id(node) in logits:
+            logits.add(id(rebuilt))
         stable = None
         if is_elementwise(rebuilt):
             if id(node) in tops:
                 stable = _stable_elementwise(rebuilt)
+                if exact:
+                    stable = _exact_elementwise(rebuilt if stable is None else stable) or stable
         elif isinstance(rebuilt, ir.Einsum):
             stable = _stable_contraction(rebuilt)
+        if exact and isinstance(stable or rebuilt, ir.Einsum):
+            stable = _masked_products(stable or rebuilt, logits) or stable
         new[id(node)] = rebuilt if stable is None else stable
     return [new[id(r)] for r in roots]
+
+
+def exact(roots: list[ir.Node]) -> list[ir.Node]:
+    """``stabilize`` with the accuracy rewrites: what kernels and the NumPy evaluator compute."""
+    return stabilize(roots, exact=True)
 
 
 def stabilize_one(root: ir.Node) -> ir.Node:
