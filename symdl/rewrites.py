@@ -19,7 +19,13 @@ stable expression. Otherwise the graph is left exactly as it was.
 The rules are data: ``LOG_FORMS`` says which atoms have a stable logarithm (softmax ->
 log-softmax, a row sum of ``exp`` -> log-sum-exp), ``symdl.functions.STABILITY_REWRITES``
 holds the scalar rewrites (``log(1 + exp(x))`` -> ``softplus(x)``), and one more rule writes
-``exp(z_ij) / Σ_k exp(z_ik)`` as a softmax.
+``exp(z_ij) / Σ_k exp(z_ik)`` as a softmax. A contraction's factors that multiply entry by
+entry (``Σ P ⊙ log P``) are one cluster too.
+
+Where numbers are computed (kernels, ``symdl.evaluate``) a second tier, ``exact``, also
+removes cancellation (``ACCURACY_REWRITES``: ``softplus(z) - y z`` -> ``(1 - y) softplus(z) +
+y softplus(-z)``, ``σ(z) - y``, ``σ(1 - σ)``) and lets a zero label ignore a masked ``-inf``
+logit. Its forms are longer to read, so printed derivations keep the textbook ones.
 """
 
 from __future__ import annotations

@@ -157,11 +157,12 @@ SPELLINGS = {
     "entropy, index notation": (
         _sum_ij(_index_softmax(Z, i, j) * sp.log(_index_softmax(Z, i, j))), Z, "entropy"),
     "entropy, named softmax": (
-        [(_P_NAMED, _P), (sp.Symbol("L"), symdl.total(sp.hadamard_product(_P_NAMED,
-                                                                          _log(_P_NAMED))))],
+        [(_P_NAMED, _P),
+         (sp.Symbol("L"), symdl.total(sp.hadamard_product(_P_NAMED, _log(_P_NAMED))))],
         Z, "entropy"),
     "KL P log(P / Q)": (
-        symdl.total(sp.hadamard_product(_P, _log(sp.hadamard_product(_P, sp.HadamardPower(_Q, -1))))),
+        symdl.total(sp.hadamard_product(
+            _P, _log(sp.hadamard_product(_P, sp.HadamardPower(_Q, -1))))),
         Z, "kl"),
     "logistic, index notation": (
         sp.Sum(sp.log(1 + sp.exp(sp.Sum(X[i, k] * w[k, 0], (k, 0, d - 1)))), (i, 0, n - 1)),
