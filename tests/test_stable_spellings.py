@@ -309,3 +309,16 @@ def test_spelling_stable_in_kernel_source(case):
 def test_spelling_stable_in_compiled_kernel(case, dtype):
     der, param, reference = _derive(case)
     _check_kernel(der, param, reference, jit=True, dtype=dtype)
+
+
+@pytest.mark.parametrize("case", list(SPELLINGS))
+def test_rewrites_are_idempotent(case):
+    """The stage maps a stable graph to itself (the same interned objects): running it after
+    translation and again after differentiation changes nothing that was already stable."""
+    from symdl import rewrites
+
+    der, param, _ = _derive(case)
+    roots = [der.output, der.gradient_node(param), der.hessian_node(param)]
+    assert rewrites.stabilize(roots) == roots
+    again = rewrites.exact(roots)
+    assert rewrites.exact(again) == again
