@@ -76,8 +76,11 @@ class SumOfExp:
     arg: ir.Node
     axis: int
     coeff: sp.Expr
-    kept: int
-    """The output label that carries the rows (``axis=1``) or columns kept."""
+    kept: int | None
+    """The output label that carries the rows (``axis=1``) or columns kept; None for the sum
+    over a vector, whose ``arg`` is then the vector as a ``1 x c`` matrix."""
+    vector: ir.Node | None = None
+    """The exponent vector ``g(args)`` of a sum over a vector."""
 
 
 def sum_of_exp(node: ir.Node) -> SumOfExp | None:
@@ -93,10 +96,14 @@ def sum_of_exp(node: ir.Node) -> SumOfExp | None:
     ones_labels = {lab for op, spec in zip(node.operands, node.specs, strict=True)
                    if isinstance(op, ir.Ones) for lab in spec}
     e, spec = inner[0]
-    if not (isinstance(e, ir.Map) and e.rank == 2 and len(set(spec)) == 2):
+    if not (isinstance(e, ir.Map) and isinstance(e.fn.expr, sp.exp)):
         return None
     body = e.fn.expr
-    if not isinstance(body, sp.exp):
+    if e.rank == 1 and spec[0] not in node.out and spec[0] not in ones_labels:
+        vector = ir.map_(sp.Lambda(e.fn.variables, body.args[0]), *e.args)
+        row = ir.einsum([vector, ir.ones((1,))], [(1,), (0,)], (0, 1))
+        return SumOfExp(row, 1, node.coeff, None, vector)
+    if not (e.rank == 2 and len(set(spec)) == 2):
         return None
     summed = [k for k, lab in enumerate(spec) if lab not in node.out]
     if len(summed) != 1 or spec[summed[0]] in ones_labels:
@@ -129,8 +136,9 @@ def _log_of_sum_of_exp(node: ir.Node) -> tuple[ir.Node, sp.Expr] | None:
     node = _unnamed(node)
     lse = ir.logsumexp(found.arg, found.axis)
     fresh = max(node.label_dims(), default=-1) + 1
-    spec = [fresh, fresh]
-    spec[1 - found.axis] = found.kept  # the summed axis is the size-1 axis of lse
+    spec = [fresh, fresh + 1]
+    if found.kept is not None:
+        spec[1 - found.axis] = found.kept  # the summed axis is the size-1 axis of lse
     operands = [lse] + [op for op in node.operands if isinstance(op, ir.Ones)]
     specs = [tuple(spec)] + [s for op, s in zip(node.operands, node.specs, strict=True)
                              if isinstance(op, ir.Ones)]
@@ -261,8 +269,6 @@ def instability(e: sp.Expr, atoms: set[sp.Symbol]) -> int:
 def _softmax_candidates(cluster: _Cluster, e: sp.Expr) -> dict[sp.Symbol, sp.Expr]:
     """``Σ_k exp(z_ik)`` read next to ``exp(z_ij)`` is ``exp(z_ij) / softmax(z)_ij``: the
     substitution that turns a hand-written softmax into the primitive."""
-    if len(cluster.out) != 2:
-        return {}
     subs = {}
     for symbol, atom in list(cluster.by_symbol.items()):
         if symbol not in e.free_symbols:
@@ -270,9 +276,16 @@ def _softmax_candidates(cluster: _Cluster, e: sp.Expr) -> dict[sp.Symbol, sp.Exp
         found = sum_of_exp(atom.base)
         if found is None:
             continue
+        if found.kept is None:  # a vector: exp(z_j) / Σ_k exp(z_k)
+            if len(cluster.out) == 1:
+                (lane,) = cluster.out
+                softmax = ir.einsum([ir.softmax(found.arg, 1)], [(1, 0)], (0,))
+                p = cluster.atom(softmax, (lane,))
+                subs[symbol] = found.coeff * sp.exp(cluster.expr(found.vector, (lane,))) / p
+            continue
         base = _unnamed(atom.base)
         kept = atom.spec[base.out.index(found.kept)]
-        if kept not in cluster.out:
+        if kept not in cluster.out or len(cluster.out) != 2:
             continue
         (lane,) = [lab for lab in cluster.out if lab != kept]
         spec = [lane, lane]
