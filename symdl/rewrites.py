@@ -211,6 +211,9 @@ class _Cluster:
             value: sp.Expr = sp.Integer(1)
         elif isinstance(node, ir.Zero):
             value = sp.Integer(0)
+        elif isinstance(node, ir.Einsum) and depth <= MAX_CLUSTER_DEPTH \
+                and not is_elementwise(node):
+            value = self._contraction(node, spec, depth)
         elif not is_elementwise(node) or depth > MAX_CLUSTER_DEPTH:
             value = self.atom(node, spec)
         elif isinstance(node, ir.Map):
@@ -226,6 +229,24 @@ class _Cluster:
             value = sp.Mul(*factors)
         self._memo[key] = value
         return value
+
+    def _contraction(self, node: ir.Einsum, spec: Labels, depth: int) -> sp.Expr:
+        """A contraction's factors that only carry output labels multiply entry by entry:
+        ``y ⊙ (X w)`` (one einsum of y, X, w) reads as ``y`` times the atom ``X w``."""
+        out = set(node.out)
+        entrywise = [k for k, s in enumerate(node.specs) if set(s) <= out]
+        rest = [k for k in range(len(node.operands)) if k not in entrywise]
+        if not entrywise or not rest:
+            return self.atom(node, spec)
+        position = dict(zip(node.out, spec, strict=True))
+        rest_out = tuple(lab for lab in node.out if any(lab in node.specs[k] for k in rest))
+        inner = ir.einsum([node.operands[k] for k in rest], [node.specs[k] for k in rest],
+                          rest_out)
+        factors = [node.coeff, self.atom(inner, tuple(position[lab] for lab in rest_out))]
+        for k in entrywise:
+            op_spec = tuple(position[lab] for lab in node.specs[k])
+            factors.append(self.expr(node.operands[k], op_spec, depth + 1))
+        return sp.Mul(*factors)
 
     def build(self, e: sp.Expr) -> ir.Node:
         """The IR of a scalar expression over this cluster's atoms (products become Hadamard
@@ -477,6 +498,33 @@ def _masked_products(node: ir.Einsum, logits: set[int]) -> ir.Node | None:
     return None
 
 
+def _common_factor(node: ir.Add) -> ir.Node | None:
+    """``Σ_i X_ij a_i + Σ_i X_ij b_i`` -> ``Σ_i X_ij (a_i + b_i)``: terms that are one
+    contraction but for one operand become that contraction of the sum, and the sum, an
+    elementwise cluster, is computed exactly (``Xᵀ σ(z)/n - Xᵀ y/n`` -> ``Xᵀ (σ(z) - y)/n``
+    -> ``Xᵀ ((1 - y) σ(z) - y σ(-z))/n``)."""
+    terms = node.terms
+    if not all(isinstance(t, ir.Einsum) for t in terms):
+        return None
+    first = terms[0]
+    if any(t.specs != first.specs or t.out != first.out for t in terms):
+        return None
+    differ = [k for k in range(len(first.operands))
+              if any(t.operands[k] is not first.operands[k] for t in terms)]
+    if len(differ) != 1 or len(first.operands) < 2:
+        return None
+    (k,) = differ
+    spec = first.specs[k]
+    if len(set(spec)) != len(spec):
+        return None
+    labels = tuple(range(len(spec)))
+    parts = [ir.einsum([t.operands[k]], [labels], labels, t.coeff) for t in terms]
+    combined = ir.add(*parts)
+    operands = list(first.operands)
+    operands[k] = _exact_elementwise(combined) or combined
+    return ir.einsum(operands, first.specs, first.out)
+
+
 def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
     """Rewrites the graph under ``roots`` into stable forms; returns the new roots (the same
     objects where nothing needed rewriting).
@@ -497,6 +545,10 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
         if id(node) in logits:
             logits.add(id(rebuilt))
         stable = None
+        if exact and isinstance(rebuilt, ir.Add):
+            factored = _common_factor(rebuilt)
+            if factored is not None:
+                rebuilt = factored
         if is_elementwise(rebuilt):
             if id(node) in tops:
                 stable = _stable_elementwise(rebuilt)

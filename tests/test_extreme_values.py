@@ -259,3 +259,25 @@ def test_masked_rows_in_softmax_and_logsumexp(jit):
     for v, g in ((got.value, got.grad["Z"]), (evaluated["value"], evaluated["grad:Z"])):
         assert float(v) == pytest.approx(expected.item(), rel=1e-13)
         np.testing.assert_allclose(g, grad.numpy(), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_binary_cross_entropy_of_linear_logits_exact(jit):
+    """The same exactness when the logits are a product ``X w`` (the logistic regression of
+    ``symdl.derivations``), for the loss and for the gradient ``Xᵀ (σ(X w) - y) / n``."""
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X, w, y = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1), sp.MatrixSymbol("y", n, 1)
+    der = symdl.derive(symdl.binary_cross_entropy_with_logits(X * w, y), wrt=[w])
+    kernel = der.compile(jit=jit)
+    for logit, label in ((40.0, 1.0), (-40.0, 0.0), (700.0, 1.0), (37.0, 0.3)):
+        value, grad = _bce_reference(logit, label)
+        arrays = {"X": np.array([[1.0, 0.0]]), "w": np.array([[logit], [0.3]]),
+                  "y": np.array([[label]])}
+        got = kernel(**arrays)
+        evaluated = der.evaluate(arrays)
+        for how, v, g in (("kernel", got.value, got.grad["w"]),
+                          ("evaluate", evaluated["value"], evaluated["grad:w"])):
+            where = f"{how}: z = {logit}, y = {label}"
+            assert float(v) == pytest.approx(value, rel=1e-13, abs=SUBNORMAL), where
+            assert float(g[0, 0]) == pytest.approx(grad, rel=1e-13, abs=SUBNORMAL), where
+            assert float(g[1, 0]) == 0.0, where
