@@ -15,7 +15,7 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symdl import autodiff, ir
+from symdl import autodiff, ir, rewrites
 from symdl.compilable import check_compilable
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.evaluate import evaluate as evaluate_nodes
@@ -161,8 +161,13 @@ class Derivation:
                 )
             leaves = [self._leaves[p] for p in self.wrt]
             by_id, adjoints = autodiff.reverse(self.output, leaves, self._adjoint_name)
-            self._gradients = {p: by_id[id(self._leaves[p])] for p in self.wrt}
-            self._adjoints = [(n, a) for n, a in adjoints if n is not self.output]
+            # Derivatives re-create unstable forms: rewritten as one graph, so that the named
+            # adjoints the gradients read stay the objects listed in the equations.
+            grads = [by_id[id(self._leaves[p])] for p in self.wrt]
+            stable = rewrites.stabilize(grads + [a for _, a in adjoints])
+            self._gradients = dict(zip(self.wrt, stable[:len(grads)], strict=True))
+            self._adjoints = [(n, a) for (n, _), a in zip(adjoints, stable[len(grads):],
+                                                          strict=True) if n is not self.output]
         return self._gradients
 
     def _adjoint_name(self, node: ir.Named) -> tuple[str, sp.Basic]:
@@ -180,11 +185,12 @@ class Derivation:
         key = (p, q)
         if key not in self._hessians:
             self._require_parameter(q)
-            self._hessians[key] = autodiff.jacobian(self.gradient_node(p), self._leaves[q])
+            self._hessians[key] = rewrites.stabilize_one(
+                autodiff.jacobian(self.gradient_node(p), self._leaves[q]))
         return self._hessians[key]
 
     def jacobian_node(self, p: Parameter) -> ir.Node:
-        return autodiff.jacobian(self.output, self._require_parameter(p))
+        return rewrites.stabilize_one(autodiff.jacobian(self.output, self._require_parameter(p)))
 
     # -- public results -------------------------------------------------------------------
 
@@ -249,12 +255,12 @@ class Derivation:
                     f"the direction for {q} has shape {vshape}, but {q} has shape {shape}"
                 )
             seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
-        node = autodiff.directional(self.gradient_node(p), seeds)
+        node = rewrites.stabilize_one(autodiff.directional(self.gradient_node(p), seeds))
         return self.printer(inline).result(node)
 
     def hvp_node(self, p: Parameter, directions: Mapping[Parameter, ir.Node]) -> ir.Node:
         seeds = {id(self._require_parameter(q)): v for q, v in directions.items()}
-        return autodiff.directional(self.gradient_node(p), seeds)
+        return rewrites.stabilize_one(autodiff.directional(self.gradient_node(p), seeds))
 
     def jacobian(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
         """∂f/∂p of the (possibly matrix-valued) definition f, axes of f then axes of p.
@@ -611,6 +617,7 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
         else:
             node = ir.einsum([node], [tuple(range(len(indices)))],
                              tuple(labels[i] for i in expr.indices))
+        node = rewrites.stabilize_one(node)
     else:
         node = translate_matrix_or_scalar(translator, sp.sympify(expr))
     (result,) = evaluate_nodes([node], values, dims)

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import sympy as sp
 
-from symdl import ir
+from symdl import ir, rewrites
 from symdl.assumptions import violation
 from symdl.errors import EvaluationError
 from symdl.functions import numpy_function
@@ -51,6 +51,8 @@ def evaluate(
 
     results: dict[int, np.ndarray] = {}
     fn_cache: dict = {}
+    requested = list(roots)
+    roots = rewrites.exact(requested)  # the same values, computed without cancellation
     for node in ir.topological_order(list(roots)):
         shape = tuple(size(d) for d in node.shape)
         if isinstance(node, ir.Leaf):

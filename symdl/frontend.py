@@ -17,6 +17,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symdl import ir
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.functions import check_supported, lower_kinks
+from symdl.rewrites import stabilize_one
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 
@@ -456,7 +457,8 @@ def _has_arrays(e: sp.Basic) -> bool:
 
 
 def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
-    """Translates a definition that is either a matrix expression or a scalar."""
+    """Translates a definition that is either a matrix expression or a scalar, in stable form
+    (``symdl.rewrites``: every spelling of a softplus, a softmax or a log-sum-exp)."""
     if isinstance(e, MatrixExpr):
-        return translator.matrix(e)
-    return translator.scalar(e)
+        return stabilize_one(translator.matrix(e))
+    return stabilize_one(translator.scalar(e))

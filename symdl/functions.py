@@ -11,8 +11,9 @@ Three tables drive the rest of symdl:
   ``UnsupportedError`` naming the function.
 * ``OUTPUT_DERIVATIVES``: derivatives written in terms of the function's output ``y``
   (``tanh' = 1 - y**2``), so backprop reuses the forward activations (``1 - A1 ⊙ A1``).
-* ``STABILITY_REWRITES``: rewrites from overflow-prone forms to stable ones, applied after
-  every differentiation (``exp(x)/(exp(x) + 1)`` -> ``sigmoid(x)``).
+* ``STABILITY_REWRITES``: rewrites from overflow-prone forms to stable ones
+  (``exp(x)/(exp(x) + 1)`` -> ``sigmoid(x)``), applied to every scalar derivative and, by
+  ``symdl.rewrites``, to the IR of every definition and derivative.
 """
 
 from __future__ import annotations
@@ -44,6 +45,10 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
             return sp.Rational(1, 2)
         return None
 
+    def _eval_is_positive(self) -> bool | None:
+        # Positive for every real argument: log of a product with it may be split.
+        return True if self.args[0].is_extended_real else None
+
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs) -> sp.Expr:
         return 1 / (1 + sp.exp(-x))
 
@@ -65,6 +70,10 @@ class softplus(sp.Function):  # noqa: N801
         if x.is_zero:
             return sp.log(2)
         return None
+
+    def _eval_is_positive(self) -> bool | None:
+        # Positive for every real argument: log of a product with it may be split.
+        return True if self.args[0].is_extended_real else None
 
     def _eval_rewrite_as_log(self, x: sp.Expr, **kwargs) -> sp.Expr:
         return sp.log(1 + sp.exp(x))
@@ -201,26 +210,216 @@ OUTPUT_DERIVATIVES: dict[type, Callable[[sp.Symbol], sp.Expr]] = {
 """f'(x) written in terms of y = f(x): backprop then reuses the stored activation."""
 
 
-def _stability_rules() -> tuple[tuple[sp.Expr, sp.Expr], ...]:
-    x = sp.Wild("x")
-    return (
-        (sp.exp(x) / (sp.exp(x) + 1), sigmoid(x)),
-        (1 / (1 + sp.exp(-x)), sigmoid(x)),
-        (sp.exp(-x) / (1 + sp.exp(-x)), sigmoid(-x)),
-        (sp.log(1 + sp.exp(x)), softplus(x)),
-        (sp.log(sigmoid(x)), -softplus(-x)),
-        (sp.log(1 - sigmoid(x)), -softplus(x)),
-    )
+def _reciprocal_of_one_plus_exp(e: sp.Expr) -> tuple[sp.Expr, int] | None:
+    """``(u, k)`` when ``e`` is ``(1 + exp(u))**-k`` for a positive integer ``k``."""
+    if not (isinstance(e, sp.Pow) and e.exp.is_Integer and e.exp < 0):
+        return None
+    terms = sp.Add.make_args(e.base)
+    if len(terms) != 2 or sp.Integer(1) not in terms:
+        return None
+    (other,) = [t for t in terms if t != 1]
+    if not isinstance(other, sp.exp):
+        return None
+    return other.args[0], int(-e.exp)
 
 
-STABILITY_REWRITES = _stability_rules()
-"""(pattern, replacement) pairs: the unstable form on the left never reaches a kernel."""
+def _sigmoid_quotients(e: sp.Expr) -> sp.Expr | None:
+    """``exp(u)/(1 + exp(u))`` -> ``σ(u)``; ``1/(1 + exp(u))`` -> ``σ(-u)``, within any
+    product (``y exp(u)/(1 + exp(u))**2`` -> ``y σ(u) σ(-u)``)."""
+    if not isinstance(e, (sp.Mul, sp.Pow)):
+        return None
+    factors = list(sp.Mul.make_args(e))
+    changed = False
+    for k, f in enumerate(factors):
+        found = _reciprocal_of_one_plus_exp(f)
+        if found is None:
+            continue
+        u, power = found
+        replacement = []
+        for _ in range(power):
+            partner = next((j for j, g in enumerate(factors) if isinstance(g, sp.exp)
+                            and (g.args[0] / u).is_Integer and g.args[0] / u >= 1), None)
+            if partner is None:
+                replacement.append(sigmoid(-u))
+                continue
+            m = factors[partner].args[0] / u
+            factors[partner] = sp.exp((m - 1) * u)
+            replacement.append(sigmoid(u))
+        factors[k] = sp.Mul(*replacement)
+        changed = True
+    return sp.Mul(*factors) if changed else None
 
 
-def stabilize(expr: sp.Expr) -> sp.Expr:
-    """Rewrites overflow-prone scalar forms to stable ones (see ``STABILITY_REWRITES``)."""
-    for pattern, replacement in STABILITY_REWRITES:
-        expr = expr.replace(pattern, replacement)
+def _log_of_one_plus_exp(e: sp.Expr) -> sp.Expr | None:
+    """``log(exp(a) + exp(b))`` -> ``a + softplus(b - a)`` (``1`` is ``exp(0)``): no
+    overflow, and ``log(1 + exp(u))`` is ``softplus(u)``."""
+    if not isinstance(e, sp.log):
+        return None
+    terms = sp.Add.make_args(e.args[0])
+    if len(terms) != 2:
+        return None
+    exponents = []
+    for t in terms:
+        if t == 1:
+            exponents.append(sp.Integer(0))
+        elif isinstance(t, sp.exp):
+            exponents.append(t.args[0])
+        else:
+            return None
+    a, b = sorted(exponents, key=lambda x: (x != 0, sp.default_sort_key(x)))
+    return a + softplus(b - a)
+
+
+def _log_of_sigmoid(e: sp.Expr) -> sp.Expr | None:
+    """``log σ(u)`` -> ``-softplus(-u)``; ``log(1 - σ(u))`` -> ``-softplus(u)``."""
+    if not isinstance(e, sp.log):
+        return None
+    arg = e.args[0]
+    if isinstance(arg, sigmoid):
+        return -softplus(-arg.args[0])
+    terms = sp.Add.make_args(arg)
+    if len(terms) == 2 and sp.Integer(1) in terms:
+        (other,) = [t for t in terms if t != 1]
+        if isinstance(-other, sigmoid):
+            return -softplus((-other).args[0])
+    return None
+
+
+def _one_minus_sigmoid(e: sp.Expr) -> sp.Expr | None:
+    """``1 - σ(u)`` -> ``σ(-u)``: no cancellation where ``σ(u)`` is near 1."""
+    if not isinstance(e, sp.Add):
+        return None
+    terms = list(e.args)
+    if sp.Integer(1) not in terms:
+        return None
+    for t in terms:
+        if isinstance(-t, sigmoid):
+            rest = [r for r in terms if r is not t]
+            rest.remove(sp.Integer(1))
+            return sp.Add(sigmoid(-(-t).args[0]), *rest)
+    return None
+
+
+def _softplus_minus_linear(e: sp.Expr) -> sp.Expr | None:
+    """``softplus(u) - u`` -> ``softplus(-u)`` (and ``u - softplus(u)`` -> ``-softplus(-u)``):
+    the difference of two large numbers becomes one small one."""
+    if not isinstance(e, sp.Add):
+        return None
+    for t in e.args:
+        c, rest = t.as_coeff_Mul()
+        if not isinstance(rest, softplus):
+            continue
+        u = rest.args[0]
+        others = e - t
+        remainder = others + c * u
+        if _term_count(remainder) < _term_count(others):
+            return c * softplus(-u) + remainder
+    return None
+
+
+def _term_count(e: sp.Expr) -> int:
+    return 0 if e == 0 else len(sp.Add.make_args(e))
+
+
+STABILITY_REWRITES: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = (
+    _sigmoid_quotients,
+    _log_of_one_plus_exp,
+    _log_of_sigmoid,
+    _one_minus_sigmoid,
+    _softplus_minus_linear,
+)
+"""Scalar rewrites from overflow-prone forms to stable ones: each takes a subexpression and
+returns an equal stable one, or None where it does not apply. ``stabilize`` applies them
+bottom-up; ``symdl.rewrites`` applies them to whole elementwise clusters of the IR."""
+
+
+def _scaled(term: sp.Expr, f: type[sp.Function]) -> tuple[sp.Expr, sp.Symbol] | None:
+    """``(c, u)`` when ``term`` is ``c f(u)`` for a symbol ``u`` and ``c`` free of it."""
+    calls = [a for a in sp.Mul.make_args(term) if isinstance(a, f)]
+    if len(calls) != 1 or not isinstance(calls[0].args[0], sp.Symbol):
+        return None
+    u = calls[0].args[0]
+    c = term / calls[0]
+    return None if c.has(u) else (c, u)
+
+
+def _softplus_plus_linear(e: sp.Expr) -> sp.Expr | None:
+    """``softplus(u) + a u`` -> ``(1 + a) softplus(u) - a softplus(-u)`` (``softplus(u) - u =
+    softplus(-u)``): the logistic loss ``softplus(z) - y z`` becomes ``(1 - y) softplus(z) +
+    y softplus(-z)``, a sum of two non-negative terms, exact for ``y`` in {0, 1} where the
+    difference of two large numbers loses every digit (z = 40, y = 1: 4.2e-18, not 0)."""
+    if not isinstance(e, sp.Add):
+        return None
+    for t in e.args:
+        found = _scaled(t, softplus)
+        if found is None:
+            continue
+        c, u = found
+        others = e - t
+        a = sp.diff(others, u)
+        if a == 0 or a.has(u):
+            continue
+        return (c + a) * softplus(u) - a * softplus(-u) + sp.expand(others - a * u)
+    return None
+
+
+def _sigmoid_minus_label(e: sp.Expr) -> sp.Expr | None:
+    """``σ(u) - y`` -> ``(1 - y) σ(u) - y σ(-u)`` (``σ(u) + σ(-u) = 1``) for a label ``y`` (a
+    symbol or a number in [0, 1]): exact for ``y`` in {0, 1}, where ``σ(u) - 1`` cancels."""
+    if not isinstance(e, sp.Add) or len(e.args) != 2:
+        return None
+    for t in e.args:
+        found = _scaled(t, sigmoid)
+        if found is None:
+            continue
+        c, u = found
+        r = (e - t) / c
+        label = -r
+        if not (isinstance(label, sp.Symbol) or label.is_Number and 0 < label <= 1):
+            continue
+        if label.has(u):
+            continue
+        return c * ((1 - label) * sigmoid(u) - label * sigmoid(-u))
+    return None
+
+
+ACCURACY_REWRITES: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = (
+    _one_minus_sigmoid,
+    _softplus_plus_linear,
+    _sigmoid_minus_label,
+)
+"""Rewrites that trade a cheap cancelling form for an exact one (``σ(u)(1 - σ(u))`` ->
+``σ(u) σ(-u)``). They make printed formulas longer, so they are applied where numbers are
+computed (``symdl.rewrites.exact``: kernels and NumPy evaluation), not where they are read."""
+
+
+def _rewrite_node(e: sp.Expr,
+                  rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
+    rules = rules or STABILITY_REWRITES
+    for _ in range(8):  # a rewrite may enable another on the same node; each one simplifies
+        for rule in rules:
+            new = rule(e)
+            if new is not None and new != e:
+                e = new
+                break
+        else:
+            return e
+    return e
+
+
+def stabilize(expr: sp.Expr,
+              rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
+    """Rewrites overflow-prone scalar forms to stable ones (``rules``, by default
+    ``STABILITY_REWRITES``).
+
+    Outer forms first: ``exp(u)/(1 + exp(u))`` must be seen whole before its denominator
+    alone becomes ``σ(-u)`` (``exp(u) σ(-u)`` overflows to ``inf · 0``)."""
+    expr = _rewrite_node(expr, rules)
+    if not expr.args or isinstance(expr, (sp.Lambda, sp.Dummy)):
+        return expr
+    args = tuple(stabilize(a, rules) for a in expr.args)
+    if args != expr.args:
+        expr = _rewrite_node(expr.func(*args), rules)
     return expr
 
 

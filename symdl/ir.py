@@ -490,9 +490,6 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
     fn = canonical_lambda(fn)
     variables = fn.variables
     body = fn.expr
-    stable = _logsumexp_form(fn, args)
-    if stable is not None:
-        return stable
     if not body.free_symbols & set(variables):
         return scale(ones(shape), body) if shape else scalar(body)
     if len(variables) == 1:
@@ -507,33 +504,6 @@ def map_(fn: sp.Lambda, *args: Node) -> Node:
         fn = canonical_lambda(sp.Lambda(tuple(variables[i] for i in used), body))
         args = tuple(args[i] for i in used)
     return _intern(Map(fn, tuple(args)))
-
-
-def _logsumexp_form(fn: sp.Lambda, args: tuple[Node, ...]) -> Node | None:
-    """``log(Σ_axis exp(Z))`` written out by hand -> the max-shifted ``logsumexp(Z, axis)``."""
-    if len(args) != 1 or fn.expr != sp.log(fn.variables[0]):
-        return None
-    total = args[0]
-    if not (isinstance(total, Einsum) and total.coeff == 1 and total.rank == 2):
-        return None
-    inner = [(op, spec) for op, spec in zip(total.operands, total.specs, strict=True)
-             if not isinstance(op, Ones)]
-    if len(inner) != 1:
-        return None
-    exp_z, spec = inner[0]
-    if not (isinstance(exp_z, Map) and exp_z.rank == 2
-            and exp_z.fn.expr == sp.exp(exp_z.fn.variables[0]) and len(set(spec)) == 2):
-        return None
-    dims = total.label_dims()
-    for axis in (0, 1):
-        kept = spec[1 - axis]
-        summed = spec[axis]
-        if summed in total.out or dims[kept] == 1 and dims[summed] == 1:
-            continue
-        position = total.out.index(kept) if kept in total.out else None
-        if position == 1 - axis and total.shape[axis] == 1:
-            return logsumexp(exp_z.args[0], axis)
-    return None
 
 
 _VARIABLES: list[sp.Dummy] = []

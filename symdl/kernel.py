@@ -30,7 +30,7 @@ import numba
 import numpy as np
 import sympy as sp
 
-from symdl import ir
+from symdl import ir, rewrites
 from symdl.assumptions import violation
 from symdl.codegen import Source, generate
 from symdl.compilable import check_compilable
@@ -129,6 +129,8 @@ class Kernel:
         """``jit=False`` runs the same generated source as plain Python (no Numba compile).
         ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product."""
         check_compilable(list(outputs.values()))
+        exact = rewrites.exact(list(outputs.values()))  # same values, without cancellation
+        outputs = dict(zip(outputs, exact, strict=True))
         self.hvp_inputs: dict[str, str] = dict(hvp_inputs or {})
         """The input holding the HVP direction of each parameter (``{"w": "v_w"}``)."""
         self._outputs = outputs

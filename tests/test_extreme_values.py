@@ -146,3 +146,138 @@ def test_shipped_loss_extreme_logits(case):
         der = symdl.derive(list(der.steps) if len(der.steps) > 1 else der.steps[-1][1],
                            wrt=[leaf.symbol])
     _check(der, _single_expression(der), logits_name, seed=len(name))
+
+
+# -- binary cross-entropy with logits: exact entry by entry ------------------------------------
+
+BCE_LOGITS = np.concatenate([np.linspace(-1000, 1000, 41), [-40, -37, -20, -1e-3, 0, 1e-3, 20,
+                                                              37, 40, 700, 705]])
+
+
+SUBNORMAL = np.finfo(np.float64).tiny
+"""Below the smallest normal float64 (2.2e-308, e^-708) a number has fewer digits: only the
+absolute error means something there (softplus(-750) is 0 or the smallest subnormal)."""
+
+
+def _bce_reference(z: float, y: float) -> tuple[float, float]:
+    """softplus(z) - y z and σ(z) - y with mpmath, written as the definition says; 1500
+    digits, because at z = 1000 the difference is e^-1000 next to 1000 (435 digits apart)."""
+    import mpmath
+
+    with mpmath.workdps(1500):
+        zm, ym = mpmath.mpf(z), mpmath.mpf(y)
+        value = mpmath.log1p(mpmath.exp(zm)) - ym * zm
+        grad = 1 / (1 + mpmath.exp(-zm)) - ym
+        return float(value), float(grad)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_binary_cross_entropy_with_logits_exact_entrywise(jit):
+    """Issue 15 item 7: at z = 40, y = 1 the loss is 4.2e-18, not 0 (softplus(z) - y z
+    cancels); every entry of the loss and of its gradient σ(z) - y within 1e-13 relative,
+    for z in [-1000, 1000] and y in {0, 0.3, 1}."""
+    z = sp.MatrixSymbol("z", sp.Symbol("n", integer=True, positive=True), 1)
+    y = sp.MatrixSymbol("y", *z.shape)
+    der = symdl.derive(symdl.binary_cross_entropy_with_logits(z, y), wrt=[z])
+    kernel = der.compile(jit=jit)
+    for label in (0.0, 0.3, 1.0):
+        for logit in BCE_LOGITS:
+            value, grad = _bce_reference(float(logit), label)
+            arrays = {"z": np.array([[logit]]), "y": np.array([[label]])}
+            for how, got in (("kernel", kernel(**arrays)), ("evaluate", None)):
+                if got is None:
+                    result = der.evaluate(arrays)
+                    got_value, got_grad = float(result["value"]), float(result["grad:z"][0, 0])
+                else:
+                    got_value, got_grad = float(got.value), float(got.grad["z"][0, 0])
+                where = f"{how}: z = {logit}, y = {label}"
+                assert got_value == pytest.approx(value, rel=1e-13, abs=SUBNORMAL), where
+                assert got_grad == pytest.approx(grad, rel=1e-13, abs=SUBNORMAL), where
+
+
+# -- masked logits: -inf off the label ---------------------------------------------------------
+
+MASKED_LOGITS = np.array([[0.5, -np.inf, 1.0, -2.0],
+                          [-np.inf, -np.inf, 3.0, -np.inf],
+                          [2.0, 3.0, -np.inf, 700.0]])
+MASKED_LABELS = np.array([0, 2, 1])
+
+
+def _torch_cross_entropy(logits: np.ndarray, labels: np.ndarray):
+    import torch
+
+    z = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    loss = torch.nn.functional.cross_entropy(z, torch.tensor(labels))
+    (grad,) = torch.autograd.grad(loss, z, create_graph=True)
+    hessian_rows = [torch.autograd.grad(grad.flatten()[m], z, retain_graph=True)[0].flatten()
+                    for m in range(z.numel())]
+    hessian = torch.stack(hessian_rows).detach().numpy()
+    return loss.item(), grad.detach().numpy(), hessian
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_softmax_cross_entropy_masked_logits(jit):
+    """Issue 15 item 8: one-hot labels with -inf logits off the label (padding, attention
+    masks) give PyTorch's finite loss, gradient and Hessian, not NaN from 0 · -inf."""
+    n, c = sp.symbols("n c", integer=True, positive=True)
+    Z, Y = sp.MatrixSymbol("Z", n, c), sp.MatrixSymbol("Y", n, c)
+    der = symdl.derive(symdl.softmax_cross_entropy(Z, Y), wrt=[Z], hessian=True)
+    onehot = np.eye(MASKED_LOGITS.shape[1])[MASKED_LABELS]
+    value, grad, hessian = _torch_cross_entropy(MASKED_LOGITS, MASKED_LABELS)
+    direction = np.linspace(-1, 1, MASKED_LOGITS.size).reshape(MASKED_LOGITS.shape)
+    got = der.compile(jit=jit, hvp=True)(Z=MASKED_LOGITS, Y=onehot, v_Z=direction)
+    evaluated = der.evaluate({"Z": MASKED_LOGITS, "Y": onehot})
+    for how, (v, g, h) in {
+        "kernel": (got.value, got.grad["Z"], got.hessian[("Z", "Z")]),
+        "evaluate": (evaluated["value"], evaluated["grad:Z"], evaluated["hessian:Z,Z"]),
+    }.items():
+        assert float(v) == pytest.approx(value, rel=1e-13), how
+        np.testing.assert_allclose(g, grad, rtol=1e-13, atol=1e-16, err_msg=how)
+        np.testing.assert_allclose(np.reshape(h, hessian.shape), hessian, rtol=1e-12,
+                                   atol=1e-16, err_msg=how)
+    hvp = hessian @ direction.reshape(-1)
+    np.testing.assert_allclose(got.hvp["Z"].reshape(-1), hvp, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_masked_rows_in_softmax_and_logsumexp(jit):
+    """Softmax and log-sum-exp stay finite wherever a row has one finite entry: the masked
+    entries get probability 0 and gradient 0 (against PyTorch)."""
+    import torch
+
+    n, c = sp.symbols("n c", integer=True, positive=True)
+    Z, Y = sp.MatrixSymbol("Z", n, c), sp.MatrixSymbol("Y", n, c)
+    weights = np.linspace(0.1, 1.0, MASKED_LOGITS.size).reshape(MASKED_LOGITS.shape)
+    loss = symdl.total(symdl.logsumexp(Z)) + symdl.total(sp.hadamard_product(Y, symdl.softmax(Z)))
+    der = symdl.derive(loss, wrt=[Z])
+    z = torch.tensor(MASKED_LOGITS, requires_grad=True)
+    expected = (torch.logsumexp(z, 1).sum()
+                + (torch.tensor(weights) * torch.softmax(z, 1)).sum())
+    (grad,) = torch.autograd.grad(expected, z)
+    got = der.compile(jit=jit)(Z=MASKED_LOGITS, Y=weights)
+    evaluated = der.evaluate({"Z": MASKED_LOGITS, "Y": weights})
+    for v, g in ((got.value, got.grad["Z"]), (evaluated["value"], evaluated["grad:Z"])):
+        assert float(v) == pytest.approx(expected.item(), rel=1e-13)
+        np.testing.assert_allclose(g, grad.numpy(), rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_binary_cross_entropy_of_linear_logits_exact(jit):
+    """The same exactness when the logits are a product ``X w`` (the logistic regression of
+    ``symdl.derivations``), for the loss and for the gradient ``Xᵀ (σ(X w) - y) / n``."""
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X, w, y = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1), sp.MatrixSymbol("y", n, 1)
+    der = symdl.derive(symdl.binary_cross_entropy_with_logits(X * w, y), wrt=[w])
+    kernel = der.compile(jit=jit)
+    for logit, label in ((40.0, 1.0), (-40.0, 0.0), (700.0, 1.0), (37.0, 0.3)):
+        value, grad = _bce_reference(logit, label)
+        arrays = {"X": np.array([[1.0, 0.0]]), "w": np.array([[logit], [0.3]]),
+                  "y": np.array([[label]])}
+        got = kernel(**arrays)
+        evaluated = der.evaluate(arrays)
+        for how, v, g in (("kernel", got.value, got.grad["w"]),
+                          ("evaluate", evaluated["value"], evaluated["grad:w"])):
+            where = f"{how}: z = {logit}, y = {label}"
+            assert float(v) == pytest.approx(value, rel=1e-13, abs=SUBNORMAL), where
+            assert float(g[0, 0]) == pytest.approx(grad, rel=1e-13, abs=SUBNORMAL), where
+            assert float(g[1, 0]) == 0.0, where
