@@ -222,8 +222,17 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
     for s in extra_args:
         symbols.pop(str(s), None)
     names = sorted(symbols)
+    # User names reach generated Python: ``tanh`` shadows NumPy's tanh, ``lambda`` and ``a b``
+    # are no identifiers, ``x0`` is a name lambdify's CSE gives its temporaries. Every
+    # argument is therefore renamed to a generated identifier; values are still read by the
+    # user's name.
+    renamed = {symbols[k]: _generated_symbol(symbols[k], f"_symdl_arg{i}")
+               for i, k in enumerate(names)}
+    indices = [sp.Symbol(f"_symdl_index{i}", integer=True) for i in range(len(extra_args))]
+    renamed.update(zip(extra_args, indices, strict=True))
+    body = body.xreplace(renamed)
     modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
-    fn = sp.lambdify([symbols[k] for k in names] + list(extra_args), body, modules=modules,
+    fn = sp.lambdify([renamed[symbols[k]] for k in names] + indices, body, modules=modules,
                      cse=True)
     kind = np.complex128 if complex_valued else np.float64
     is_matrix = isinstance(body, sp.MatrixBase)
@@ -237,6 +246,15 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
         return kind(out)
 
     return call
+
+
+def _generated_symbol(s: sp.Basic, name: str) -> sp.Basic:
+    """``s`` (a MatrixSymbol, IndexedBase or Symbol) under the identifier ``name``."""
+    if isinstance(s, sp.MatrixSymbol):
+        return sp.MatrixSymbol(name, *s.shape)
+    if isinstance(s, sp.IndexedBase):
+        return sp.IndexedBase(name, shape=s.shape)
+    return sp.Symbol(name, **s.assumptions0)
 
 
 def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[Mapping], object]:

@@ -304,3 +304,19 @@ def test_regression_relu_of_a_one_by_one_matrix():
     grad = symdl.evaluate(der.gradient(P0), {"P0": np.array([[0.7]])}, {})
     assert grad.ravel().tolist() == [1.0]
     assert check(der, jit=False).ok
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions of issue 15, item 12: check finishes, never crashes untyped, never false-passes
+
+
+@pytest.mark.parametrize("name", ["tanh", "lambda", "a b", "x0"])
+def test_regression_any_matrix_name_reaches_the_reference(name):
+    """A matrix named like a NumPy function (``tanh``), a keyword (``lambda``), a non-identifier
+    (``a b``) or a temporary of lambdify's CSE (``x0``, an RNN's first input) raised an untyped
+    TypeError/IndexError inside the SymPy reference: names are now generated there."""
+    M = sp.MatrixSymbol(name, n, d)
+    der = symdl.derive(symdl.total(symdl.tanh(M * w)), wrt=[w, M], hessian=True)
+    report = check(der, jit=False, dims={n: 3, d: 2})
+    assert report.ok, str(report)
+    assert {"sympy reference", "complex step"} <= {r.method for r in report.rows}
