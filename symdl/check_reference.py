@@ -9,6 +9,10 @@ evaluator or code generator, so a kernel compared with it is compared with the *
 
 from __future__ import annotations
 
+import builtins
+import keyword
+import re
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -16,6 +20,8 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symdl.errors import SymdlError
 
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.vocabulary import LogSumExp, Softmax, Total
@@ -43,7 +49,8 @@ NOT_COMPLEX_STEPPABLE = ("relu", "Heaviside", "Abs", "Max", "Min", "sign", "Dira
 
 def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
              known: Mapping[str, sp.MatrixBase] | None = None,
-             hoisted: dict[str, sp.MatrixBase] | None = None) -> sp.Basic:
+             hoisted: dict[str, sp.MatrixBase] | None = None, split: bool = False,
+             budget: Budget | None = None) -> sp.Basic:
     """``e`` with its dimensions bound and every matrix expression written out entry by entry.
 
     Args:
@@ -54,6 +61,12 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             (an index form's free indices) reads a new MatrixSymbol instead, and ``hoisted``
             maps its name to ``M`` written out. Otherwise the whole explicit ``M`` would be
             printed again at every such entry (tens of seconds to lambdify a Hessian block).
+        split: with ``hoisted``, every composite matrix subexpression is hoisted (in the
+            order it must be computed: operands first), so each entry written out is a small
+            expression in the entries of its operands. Written out whole, a network of two
+            layers in one expression has entries of thousands of terms that SymPy's
+            assumption queries take minutes to multiply.
+        budget: raises ``ReferenceBudgetExceeded`` once its time is spent.
     """
     known = dict(known or {})
     hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
@@ -69,6 +82,8 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
         return int(sp.sympify(s).subs(dims))
 
     def go(e: sp.Basic) -> sp.Basic:
+        if budget is not None:
+            budget.check()
         if isinstance(e, Total):
             return sp.Add(*go(e.arg))
         if isinstance(e, sp.Trace):
@@ -94,10 +109,11 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
 
     def hoist(parent: MatrixExpr) -> sp.MatrixSymbol:
         if parent not in hoisted_names:
-            name = f"{prefix}{len(hoisted)}"
-            entries = matrix(parent)
-            hoisted[name] = entries
-            hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
+            entries = matrix(parent)  # its operands are hoisted first (split)
+            if parent not in hoisted_names:
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
         return hoisted_names[parent]
 
     built: dict[MatrixExpr, sp.MatrixBase] = {}
@@ -105,7 +121,15 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     def matrix(e: MatrixExpr) -> sp.MatrixBase:
         # A subexpression used several times (softmax in its own derivative) is built once.
         if e not in built:
-            built[e] = build(e)
+            entries = build(e)
+            if split and hoisted is not None and not isinstance(e, _NOT_HOISTED):
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                placeholder = sp.MatrixSymbol(name, entries.rows, entries.cols)
+                hoisted_names[e] = placeholder
+                entries = sp.Matrix(entries.rows, entries.cols,
+                                    lambda i, j: placeholder[i, j])
+            built[e] = entries
         return built[e]
 
     def build(e: MatrixExpr) -> sp.MatrixBase:
@@ -166,6 +190,64 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     return go(sp.sympify(e))
 
 
+_NOT_HOISTED = (sp.MatrixSymbol, sp.Identity, sp.OneMatrix, sp.ZeroMatrix, sp.Transpose,
+                MatrixElement)
+"""Matrix expressions whose entries are already as small as an entry can be."""
+
+
+class ReferenceBudgetExceeded(SymdlError):
+    """The SymPy reference would take (or took) longer than its time budget."""
+
+
+SECONDS_PER_NODE = 2e-5
+"""About what ``sympy.lambdify`` (with CSE) costs per node of the expression it prints,
+measured on the property tests' definitions; used to refuse a body before printing it."""
+
+
+class Budget:
+    """A time budget for building the reference, checked between its pieces of work."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def spent(self) -> float:
+        return time.monotonic() - self.start
+
+    def check(self) -> None:
+        """Raises ``ReferenceBudgetExceeded`` once the budget is spent."""
+        if self.spent() > self.seconds:
+            raise ReferenceBudgetExceeded(
+                f"exceeded its {self.seconds:g} s budget after {self.spent():.1f} s")
+
+    def before_printing(self, nodes: int) -> None:
+        """Raises ``ReferenceBudgetExceeded`` if printing ``nodes`` more nodes would not fit."""
+        estimate = self.spent() + nodes * SECONDS_PER_NODE
+        if estimate > self.seconds:
+            raise ReferenceBudgetExceeded(
+                f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
+                f"{self.seconds:g} s budget")
+
+
+def _tree_size(e: sp.Basic) -> int:
+    """The number of nodes ``e`` prints as (shared subtrees counted at every use), counted
+    over the distinct subtrees only."""
+    sizes: dict[sp.Basic, int] = {}
+    stack = [e]
+    while stack:
+        node = stack[-1]
+        if node in sizes:
+            stack.pop()
+            continue
+        pending = [a for a in node.args if a not in sizes]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        sizes[node] = 1 + sum(sizes[a] for a in node.args)
+    return sizes[e]
+
+
 def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
     """The last step of a model ``[(symbol, definition), ...]`` written out, each named
     intermediate replaced by its own explicit entries."""
@@ -223,17 +305,19 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
         symbols.pop(str(s), None)
     names = sorted(symbols)
     # User names reach generated Python: ``tanh`` shadows NumPy's tanh, ``lambda`` and ``a b``
-    # are no identifiers, ``x0`` is a name lambdify's CSE gives its temporaries. Every
-    # argument is therefore renamed to a generated identifier; values are still read by the
-    # user's name.
+    # are no identifiers, ``x0`` is a name lambdify's CSE gives its temporaries. Such
+    # arguments are renamed to generated identifiers (only those: rebuilding every entry
+    # costs seconds on a large body); values are still read by the user's name.
     renamed = {symbols[k]: _generated_symbol(symbols[k], f"_symdl_arg{i}")
-               for i, k in enumerate(names)}
-    indices = [sp.Symbol(f"_symdl_index{i}", integer=True) for i in range(len(extra_args))]
-    renamed.update(zip(extra_args, indices, strict=True))
-    body = body.xreplace(renamed)
+               for i, k in enumerate(names) if not _safe_name(k)}
+    indices = [s if _safe_name(str(s)) else sp.Symbol(f"_symdl_index{i}", integer=True)
+               for i, s in enumerate(extra_args)]
+    renamed.update({s: t for s, t in zip(extra_args, indices, strict=True) if s != t})
+    if renamed:
+        body = body.xreplace(renamed)
     modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
-    fn = sp.lambdify([renamed[symbols[k]] for k in names] + indices, body, modules=modules,
-                     cse=True)
+    arguments = [renamed.get(symbols[k], symbols[k]) for k in names] + indices
+    fn = sp.lambdify(arguments, body, modules=modules, cse=_repeats(body))
     kind = np.complex128 if complex_valued else np.float64
     is_matrix = isinstance(body, sp.MatrixBase)
 
@@ -248,6 +332,31 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
     return call
 
 
+_NAMESPACE = frozenset(dir(np)) | frozenset(dir(builtins)) | frozenset(NUMPY_REFERENCE) | {
+    "Dummy", "numpy", "math", "mpmath", "sympy", "scipy"}
+
+
+def _safe_name(name: str) -> bool:
+    """Whether ``name`` can be a parameter of lambdify's generated function as it is."""
+    return (name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+            and name not in _NAMESPACE and not re.fullmatch(r"x\d+", name))
+
+
+def _repeats(body: sp.Basic) -> bool:
+    """Whether ``body`` prints shared subexpressions more than once in all (then CSE pays;
+    on a body without repeats it only costs time)."""
+    if isinstance(body, sp.MatrixBase):
+        body = sp.ImmutableMatrix(body)
+    distinct = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if node not in distinct:
+            distinct.add(node)
+            stack.extend(node.args)
+    return _tree_size(body) > 2 * len(distinct)
+
+
 def _generated_symbol(s: sp.Basic, name: str) -> sp.Basic:
     """``s`` (a MatrixSymbol, IndexedBase or Symbol) under the identifier ``name``."""
     if isinstance(s, sp.MatrixSymbol):
@@ -257,7 +366,8 @@ def _generated_symbol(s: sp.Basic, name: str) -> sp.Basic:
     return sp.Symbol(name, **s.assumptions0)
 
 
-def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[Mapping], object]:
+def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                   budget: Budget | None = None) -> Callable[[Mapping], object]:
     """A NumPy function of a dict of values (by name) computing ``expr`` the SymPy way.
 
     ``expr`` may be a scalar or a matrix expression in the dimension symbols ``dims``.
@@ -266,31 +376,64 @@ def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[M
     expr = sp.sympify(expr)
     # Idx carries its range: after binding dims the summand's Idx and the Sum's would differ.
     plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
-    return lambdified(explicit(expr.xreplace(plain), dims))
+    return _SplitFunction(expr.xreplace(plain), dims, budget=budget)
 
 
-def index_form_function(form, dims: Mapping[sp.Symbol, int],
-                        complex_valued: bool = False) -> Callable[[Mapping], np.ndarray]:
+class _SplitFunction:
+    """An explicit expression evaluated piece by piece: every composite matrix subexpression
+    is its own lambdified matrix (operands first), read by the next ones by a generated name.
+    ``bodies`` are every piece written out (to look for functions in them)."""
+
+    def __init__(self, expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                 complex_valued: bool = False, extra_args: tuple[sp.Symbol, ...] = (),
+                 budget: Budget | None = None):
+        hoisted: dict[str, sp.MatrixBase] = {}
+        body = explicit(expr, dims, hoisted=hoisted, split=True, budget=budget)
+        self.bodies = [*hoisted.values(), body]
+        if budget is not None:
+            budget.before_printing(sum(_tree_size(sp.sympify(b) if not isinstance(
+                b, sp.MatrixBase) else sp.ImmutableMatrix(b)) for b in self.bodies))
+        self._matrices = [(name, lambdified(m, complex_valued)) for name, m in hoisted.items()]
+        self._body = lambdified(body, complex_valued, extra_args=extra_args)
+
+    def environment(self, values: Mapping) -> dict:
+        """``values`` and every hoisted matrix computed from them."""
+        env = dict(values)
+        for name, fn in self._matrices:
+            env[name] = fn(env)
+        return env
+
+    def __call__(self, values: Mapping, *extra) -> object:
+        return self._body(self.environment(values), *extra)
+
+
+def index_form_function(form, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                        budget: Budget | None = None) -> Callable[[Mapping], np.ndarray]:
     """A NumPy function evaluating an ``IndexForm`` entry by entry (its free indices are
     passed as integers), for small sizes; the result has the form's shape."""
-    plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
-    indices = tuple(plain.get(i, i) for i in form.indices)
-    expr = form.expr.xreplace(plain)
-    hoisted: dict[str, sp.MatrixBase] = {}
-    body = explicit(expr, dims, hoisted=hoisted)
-    entry = lambdified(body, complex_valued, extra_args=indices)
-    matrices = {name: lambdified(m, complex_valued) for name, m in hoisted.items()}
-    shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+    return _IndexFormFunction(form, dims, complex_valued, budget)
 
-    def call(values: Mapping) -> np.ndarray:
-        env = dict(values)
-        env.update({name: fn(values) for name, fn in matrices.items()})
-        out = np.empty(shape, dtype=np.complex128 if complex_valued else np.float64)
-        for idx in np.ndindex(*shape):
-            out[idx] = entry(env, *idx)
+
+class _IndexFormFunction:
+    def __init__(self, form, dims: Mapping[sp.Symbol, int], complex_valued: bool,
+                 budget: Budget | None):
+        plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
+        indices = tuple(plain.get(i, i) for i in form.indices)
+        self._entry = _SplitFunction(form.expr.xreplace(plain), dims, complex_valued,
+                                     extra_args=indices, budget=budget)
+        self.bodies = self._entry.bodies
+        self._shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+        self._kind = np.complex128 if complex_valued else np.float64
+        self._budget = budget
+
+    def __call__(self, values: Mapping) -> np.ndarray:
+        env = self._entry.environment(values)
+        out = np.empty(self._shape, dtype=self._kind)
+        for k, idx in enumerate(np.ndindex(*self._shape)):
+            if self._budget is not None and k % 256 == 0:
+                self._budget.check()
+            out[idx] = self._entry._body(env, *idx)
         return out
-
-    return call
 
 
 def _step_name(symbol: sp.Basic | None) -> str | None:
@@ -302,21 +445,23 @@ def _step_name(symbol: sp.Basic | None) -> str | None:
 class Chain:
     """Evaluates a list of equations in order, each one explicit and lambdified on its own:
     later equations read earlier results by name, so nothing is inlined (an inlined
-    gradient repeats the forward pass in every entry and takes minutes to lambdify)."""
+    gradient repeats the forward pass in every entry and takes minutes to lambdify). Within
+    an equation every composite matrix subexpression is its own piece, too (``explicit``'s
+    ``split``). With a ``budget``, building stops with ``ReferenceBudgetExceeded`` once its
+    time is spent, or before printing what is estimated not to fit."""
 
-    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False):
+    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                 budget: Budget | None = None):
         self.bodies: list[sp.Basic] = []
         self._fns: list[tuple[str | None, Callable]] = []
         for symbol, expr in steps:
             if hasattr(expr, "indices"):
-                fn = index_form_function(expr, dims, complex_valued)
-                self.bodies.append(expr.expr)
+                fn = _IndexFormFunction(expr, dims, complex_valued, budget)
             else:
                 expr = sp.sympify(expr)
                 plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
-                body = explicit(expr.xreplace(plain), dims)
-                self.bodies.append(body)
-                fn = lambdified(body, complex_valued)
+                fn = _SplitFunction(expr.xreplace(plain), dims, complex_valued, budget=budget)
+            self.bodies.extend(fn.bodies)
             self._fns.append((_step_name(symbol), fn))
 
     def __call__(self, values: Mapping) -> tuple[dict, object]:
