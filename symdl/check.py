@@ -344,8 +344,11 @@ class _Collector:
             # Relative to the block's scale, and below atol/rtol (where the absolute tolerance
             # governs) to that floor: an entry compared with an all-zero block (a Hessian block
             # that is zero, computed as 1e-21) has a finite relative error, not inf.
-            rel = err / max(scale, floor) if max(scale, floor) > 0 else (
-                0.0 if err == 0 else math.inf)
+            if not (math.isfinite(err) and math.isfinite(scale)):
+                rel = math.nan if math.isnan(err) else math.inf
+            else:
+                rel = err / max(scale, floor) if max(scale, floor) > 0 else (
+                    0.0 if err == 0 else math.inf)
             label = labels[k] if labels else (
                 ",".join(map(str, np.unravel_index(k, shape))) if shape else "")
             # NaN compares False; an infinite analytic or numeric value never passes.
