@@ -554,12 +554,22 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
         values[name] = float(a) if concrete == () else a
     if sample_inputs is not None:
         by_name = {**{str(s): v for s, v in bound.items()}, **bound}
-        for name, given in sample_inputs(rng, by_name).items():
+        try:
+            sampled = dict(sample_inputs(rng, by_name))
+        except Exception as exc:  # noqa: BLE001 - the user's function: any error is theirs
+            raise CheckArgumentError(f"sample_inputs(rng, dims) raised {type(exc).__name__}: "
+                                     f"{exc}") from exc
+        for name, given in sampled.items():
             if name not in values:
                 continue
-            given = np.asarray(given, dtype=np.float64)
-            values[name] = float(given) if np.ndim(values[name]) == 0 else given.reshape(
-                np.shape(values[name]))
+            try:
+                given = np.asarray(given, dtype=np.float64)
+                values[name] = float(given) if np.ndim(values[name]) == 0 else given.reshape(
+                    np.shape(values[name]))
+            except (TypeError, ValueError) as exc:
+                raise CheckArgumentError(
+                    f"sample_inputs gave {name} that is not a float array of shape "
+                    f"{np.shape(values[name])} ({exc})") from exc
     return values, bound
 
 
@@ -682,6 +692,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
 
     def attempt(outputs: list[str], method: str, work: Callable[[], object]) -> object:
         try:
+            budget.check()  # once it is spent, nothing more starts
             return work()
         except reference.ReferenceBudgetExceeded as exc:
             reason = f"not run: {exc} (check(..., reference_budget=seconds) sets it)"
@@ -815,6 +826,20 @@ def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = Non
     Returns:
         A ``CheckReport``; ``report.raise_if_failed()`` raises ``GradientCheckError``.
     """
+    try:
+        return _check(target, seed=seed, dtype=dtype, rtol=rtol, atol=atol,
+                      sample_inputs=sample_inputs, dims=dims, positive=positive, hvp=hvp,
+                      jit=jit, curves=curves, kernel=kernel, reference_budget=reference_budget,
+                      arrays=arrays)
+    except SymdlError:
+        raise
+    except (Exception, RecursionError) as exc:
+        # Every failure of check is typed; the cause stays chained for a bug report.
+        raise CheckError(f"check could not complete: {type(exc).__name__}: {exc}") from exc
+
+
+def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hvp, jit,
+           curves, kernel, reference_budget, arrays) -> CheckReport:
     if isinstance(target, Derivation):
         der = target
         kernel = kernel or der.compile(hvp=hvp and der.is_scalar, jit=jit)
@@ -889,3 +914,7 @@ def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> 
 
 class CheckArgumentError(SymdlError, ValueError):
     """``check`` was called with something it cannot check."""
+
+
+class CheckError(SymdlError, RuntimeError):
+    """``check`` failed for a reason that is no wrong derivative (the cause is chained)."""

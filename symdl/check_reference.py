@@ -120,6 +120,22 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
 
     def matrix(e: MatrixExpr) -> sp.MatrixBase:
         # A subexpression used several times (softmax in its own derivative) is built once.
+        if (e not in built and split and hoisted is not None and isinstance(e, sp.MatPow)
+                and not isinstance(e, sp.Inverse) and sp.sympify(e.exp).is_Integer
+                and e.exp != 0):
+            # An integer power: a product of copies of the base or of its inverse.
+            factor = e.base if e.exp > 0 else sp.Inverse(e.base)
+            built[e] = matrix(sp.MatMul(*[factor] * abs(int(e.exp)), evaluate=False)
+                              if abs(int(e.exp)) > 1 else factor)
+        if e not in built and split and hoisted is not None and isinstance(e, sp.Inverse):
+            # NumPy inverts the hoisted operand (SymPy's symbolic inverse of a matrix of
+            # symbols grows factorially with its size).
+            operand = hoist(e.arg)
+            name = f"{prefix}{len(hoisted)}"
+            hoisted[name] = sp.Inverse(operand)
+            placeholder = sp.MatrixSymbol(name, *operand.shape)
+            hoisted_names[e] = placeholder
+            built[e] = sp.Matrix(*operand.shape, lambda i, j: placeholder[i, j])
         if e not in built:
             entries = build(e)
             if split and hoisted is not None and not isinstance(e, _NOT_HOISTED):
@@ -319,14 +335,14 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
     arguments = [renamed.get(symbols[k], symbols[k]) for k in names] + indices
     fn = sp.lambdify(arguments, body, modules=modules, cse=_repeats(body))
     kind = np.complex128 if complex_valued else np.float64
-    is_matrix = isinstance(body, sp.MatrixBase)
+    is_matrix = isinstance(body, (sp.MatrixBase, MatrixExpr))
 
     def call(values: Mapping, *extra) -> object:
         args = [np.asarray(values[k], dtype=kind) if np.ndim(values[k])
                 else kind(np.asarray(values[k]).reshape(())) for k in names]
         out = fn(*args, *extra)
         if is_matrix:
-            return np.asarray(out, dtype=kind).reshape(body.shape)
+            return np.asarray(out, dtype=kind).reshape(tuple(int(s) for s in body.shape))
         return kind(out)
 
     return call
@@ -391,8 +407,8 @@ class _SplitFunction:
         body = explicit(expr, dims, hoisted=hoisted, split=True, budget=budget)
         self.bodies = [*hoisted.values(), body]
         if budget is not None:
-            budget.before_printing(sum(_tree_size(sp.sympify(b) if not isinstance(
-                b, sp.MatrixBase) else sp.ImmutableMatrix(b)) for b in self.bodies))
+            budget.before_printing(sum(_tree_size(sp.ImmutableMatrix(b) if isinstance(
+                b, sp.MatrixBase) else sp.sympify(b)) for b in self.bodies))
         self._matrices = [(name, lambdified(m, complex_valued)) for name, m in hoisted.items()]
         self._body = lambdified(body, complex_valued, extra_args=extra_args)
 

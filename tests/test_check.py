@@ -491,3 +491,25 @@ def test_reference_budget_refuses_what_it_estimates_too_slow():
     with pytest.raises(ReferenceBudgetExceeded, match=r"estimated \d+ s .* 1 s budget"):
         Budget(1.0).before_printing(10**7)
     assert issubclass(ReferenceBudgetExceeded, symdl.SymdlError)
+
+
+def test_regression_every_check_failure_is_typed(logreg):
+    """Whatever goes wrong inside check reaches the caller as a SymdlError (the cause
+    chained): a sample_inputs hook that raises or returns the wrong shape, a RecursionError
+    from deep inside (SymPy's polynomial code raised one on shifted-matrix products)."""
+    def raising(rng, dims):
+        raise ZeroDivisionError("hook bug")
+
+    with pytest.raises(symdl.SymdlError, match="sample_inputs.*ZeroDivisionError"):
+        check(logreg, jit=False, sample_inputs=raising)
+    with pytest.raises(symdl.SymdlError, match="sample_inputs gave y"):
+        check(logreg, jit=False, sample_inputs=lambda rng, dims: {"y": np.ones(2)})
+    k = logreg.compile(hvp=True, jit=False)
+
+    def recursing(*args, **options):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    k._module = type("Deep", (), {"kernel": staticmethod(recursing)})
+    with pytest.raises(symdl.SymdlError, match="RecursionError") as caught:
+        check(logreg, kernel=k)
+    assert isinstance(caught.value.__cause__, RecursionError)
