@@ -703,14 +703,18 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
             reason = f"not applicable: SymPy could not evaluate it ({type(exc).__name__}: {exc})"
         for name in outputs:
             out.skip(name, name.partition(":")[2].split(",")[-1], method, reason)
+        reasons.append(reason)
         return None
 
+    reasons: list[str] = []
     forward = attempt(["value", *grads, *hessians], "sympy reference",
                       lambda: reference.Chain(der.steps, bound, budget=budget))
-    if forward is None:
-        return
-    result = attempt(["value", *grads, *hessians], "sympy reference", lambda: forward(exact))
-    if result is None:
+    result = forward and attempt(["value", *grads, *hessians], "sympy reference",
+                                 lambda: forward(exact))
+    if not result:
+        # The complex step evaluates the same forward pass: it cannot run either.
+        for name in grads:
+            out.skip(name, name.partition(":")[2], "complex step", reasons[-1])
         return
     env, value = result
     out.compare("value", "", analytic["value"], np.reshape(value, np.shape(analytic["value"])),

@@ -216,8 +216,10 @@ class ReferenceBudgetExceeded(SymdlError):
 
 
 SECONDS_PER_NODE = 2e-5
-"""About what ``sympy.lambdify`` (with CSE) costs per node of the expression it prints,
-measured on the property tests' definitions; used to refuse a body before printing it."""
+"""A lower bound of what ``sympy.lambdify`` costs per node of the expression it prints
+(measured 2e-5 to 8e-5 s on this project's 2-core machine, idle to loaded: a two-layer
+network's backward pass, 30,000 nodes, in 0.6 to 2.5 s); used to refuse a body before printing
+it, so only what surely does not fit is refused."""
 
 
 class Budget:
