@@ -228,6 +228,13 @@ class Budget:
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.start = time.monotonic()
+        self.rate = SECONDS_PER_NODE
+
+    def printed(self, nodes: int, seconds: float) -> None:
+        """Learns the machine's printing rate from a body of ``nodes`` that took ``seconds``
+        (a busy machine prints several times slower than ``SECONDS_PER_NODE``)."""
+        if nodes >= 1000:
+            self.rate = max(self.rate, seconds / nodes)
 
     def spent(self) -> float:
         return time.monotonic() - self.start
@@ -240,7 +247,7 @@ class Budget:
 
     def before_printing(self, nodes: int) -> None:
         """Raises ``ReferenceBudgetExceeded`` if printing ``nodes`` more nodes would not fit."""
-        estimate = self.spent() + nodes * SECONDS_PER_NODE
+        estimate = self.spent() + nodes * self.rate
         if estimate > self.seconds:
             raise ReferenceBudgetExceeded(
                 f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
@@ -408,11 +415,20 @@ class _SplitFunction:
         hoisted: dict[str, sp.MatrixBase] = {}
         body = explicit(expr, dims, hoisted=hoisted, split=True, budget=budget)
         self.bodies = [*hoisted.values(), body]
+        sizes = [_tree_size(sp.ImmutableMatrix(b) if isinstance(b, sp.MatrixBase)
+                            else sp.sympify(b)) for b in self.bodies]
         if budget is not None:
-            budget.before_printing(sum(_tree_size(sp.ImmutableMatrix(b) if isinstance(
-                b, sp.MatrixBase) else sp.sympify(b)) for b in self.bodies))
-        self._matrices = [(name, lambdified(m, complex_valued)) for name, m in hoisted.items()]
-        self._body = lambdified(body, complex_valued, extra_args=extra_args)
+            budget.before_printing(sum(sizes))
+        functions = []
+        for b, size in zip(self.bodies, sizes, strict=True):
+            start = time.monotonic()
+            extra = extra_args if b is body else ()
+            functions.append(lambdified(b, complex_valued, extra_args=extra))
+            if budget is not None:
+                budget.printed(size, time.monotonic() - start)
+                budget.before_printing(0)
+        self._matrices = list(zip(hoisted, functions[:-1], strict=True))
+        self._body = functions[-1]
 
     def environment(self, values: Mapping) -> dict:
         """``values`` and every hoisted matrix computed from them."""
