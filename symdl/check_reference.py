@@ -91,7 +91,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
         if isinstance(e, MatrixExpr):
             return sp.ImmutableMatrix(matrix(e))
         if isinstance(e, sp.Sum):
-            return go(_expand_sum(e.subs(dims)))
+            return go(_expand_sum(e.subs(dims), budget))
         if isinstance(e, sp.Symbol) and e in dims:
             return sp.Integer(dims[e])
         if isinstance(e, sp.Symbol) and str(e) in known:
@@ -508,7 +508,7 @@ class Chain:
         return env, result
 
 
-def _expand_sum(e: sp.Sum) -> sp.Basic:
+def _expand_sum(e: sp.Sum, budget: Budget | None = None) -> sp.Basic:
     """A sum over concrete ranges written out term by term. ``Sum.doit`` would look for a
     closed form first (partial fractions, ...), which took minutes on some random
     definitions of the property tests."""
@@ -516,6 +516,8 @@ def _expand_sum(e: sp.Sum) -> sp.Basic:
     for var, lo, hi in e.limits:
         if not (lo.is_Integer and hi.is_Integer):
             return e.doit()
+        if budget is not None:
+            budget.check()
         terms = [t.xreplace({var: sp.Integer(k)}) for t in terms
                  for k in range(int(lo), int(hi) + 1)]
     return sp.Add(*terms)

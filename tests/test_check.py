@@ -513,3 +513,21 @@ def test_regression_every_check_failure_is_typed(logreg):
     with pytest.raises(symdl.SymdlError, match="RecursionError") as caught:
         check(logreg, kernel=k)
     assert isinstance(caught.value.__cause__, RecursionError)
+
+
+def test_regression_reference_work_without_checkpoints_is_interrupted(logreg, monkeypatch):
+    """Printing a long derivation's equations (minutes for a 6-layer network in one
+    expression: check took 330 s with jitted kernels) has no checkpoint of the budget: a timer
+    interrupts it, the rows say so, and the finite differences still decide."""
+    import time
+
+    from symdl.derivation import Derivation
+
+    monkeypatch.setattr(Derivation, "equations", lambda self: time.sleep(60))
+    start = time.monotonic()
+    report = check(logreg, jit=False, reference_budget=0.5)
+    assert time.monotonic() - start < 30
+    assert report.ok, str(report)
+    reasons = {s.output: s.reason for s in report.skipped}
+    assert "interrupted" in reasons["grad:w"] and "0.5 s budget" in reasons["grad:w"]
+    assert {"central-richardson", "complex step"} <= {r.method for r in report.rows}
