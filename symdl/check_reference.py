@@ -9,6 +9,10 @@ evaluator or code generator, so a kernel compared with it is compared with the *
 
 from __future__ import annotations
 
+import builtins
+import keyword
+import re
+import time
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -17,6 +21,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symdl.errors import SymdlError
 from symdl.functions import NON_SMOOTH_FUNCTIONS
 
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
@@ -46,7 +51,8 @@ NOT_COMPLEX_STEPPABLE = (*NON_SMOOTH_FUNCTIONS, "erf")
 
 def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
              known: Mapping[str, sp.MatrixBase] | None = None,
-             hoisted: dict[str, sp.MatrixBase] | None = None) -> sp.Basic:
+             hoisted: dict[str, sp.MatrixBase] | None = None, split: bool = False,
+             budget: Budget | None = None) -> sp.Basic:
     """``e`` with its dimensions bound and every matrix expression written out entry by entry.
 
     Args:
@@ -57,6 +63,12 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             (an index form's free indices) reads a new MatrixSymbol instead, and ``hoisted``
             maps its name to ``M`` written out. Otherwise the whole explicit ``M`` would be
             printed again at every such entry (tens of seconds to lambdify a Hessian block).
+        split: with ``hoisted``, every composite matrix subexpression is hoisted (in the
+            order it must be computed: operands first), so each entry written out is a small
+            expression in the entries of its operands. Written out whole, a network of two
+            layers in one expression has entries of thousands of terms that SymPy's
+            assumption queries take minutes to multiply.
+        budget: raises ``ReferenceBudgetExceeded`` once its time is spent.
     """
     known = dict(known or {})
     hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
@@ -72,6 +84,8 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
         return int(sp.sympify(s).subs(dims))
 
     def go(e: sp.Basic) -> sp.Basic:
+        if budget is not None:
+            budget.check()
         if isinstance(e, Total):
             return sp.Add(*go(e.arg))
         if isinstance(e, sp.Trace):
@@ -79,7 +93,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
         if isinstance(e, MatrixExpr):
             return sp.ImmutableMatrix(matrix(e))
         if isinstance(e, sp.Sum):
-            return go(_expand_sum(e.subs(dims)))
+            return go(_expand_sum(e.subs(dims), budget))
         if isinstance(e, sp.Symbol) and e in dims:
             return sp.Integer(dims[e])
         if isinstance(e, sp.Symbol) and str(e) in known:
@@ -101,18 +115,43 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
 
     def hoist(parent: MatrixExpr) -> sp.MatrixSymbol:
         if parent not in hoisted_names:
-            name = f"{prefix}{len(hoisted)}"
-            entries = matrix(parent)
-            hoisted[name] = entries
-            hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
+            entries = matrix(parent)  # its operands are hoisted first (split)
+            if parent not in hoisted_names:
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
         return hoisted_names[parent]
 
     built: dict[MatrixExpr, sp.MatrixBase] = {}
 
     def matrix(e: MatrixExpr) -> sp.MatrixBase:
         # A subexpression used several times (softmax in its own derivative) is built once.
+        if (e not in built and split and hoisted is not None and isinstance(e, sp.MatPow)
+                and not isinstance(e, sp.Inverse) and sp.sympify(e.exp).is_Integer
+                and e.exp != 0):
+            # An integer power: a product of copies of the base or of its inverse.
+            factor = e.base if e.exp > 0 else sp.Inverse(e.base)
+            built[e] = matrix(sp.MatMul(*[factor] * abs(int(e.exp)), evaluate=False)
+                              if abs(int(e.exp)) > 1 else factor)
+        if e not in built and split and hoisted is not None and isinstance(e, sp.Inverse):
+            # NumPy inverts the hoisted operand (SymPy's symbolic inverse of a matrix of
+            # symbols grows factorially with its size).
+            operand = hoist(e.arg)
+            name = f"{prefix}{len(hoisted)}"
+            hoisted[name] = sp.Inverse(operand)
+            placeholder = sp.MatrixSymbol(name, *operand.shape)
+            hoisted_names[e] = placeholder
+            built[e] = sp.Matrix(*operand.shape, lambda i, j: placeholder[i, j])
         if e not in built:
-            built[e] = build(e)
+            entries = build(e)
+            if split and hoisted is not None and not isinstance(e, _NOT_HOISTED):
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                placeholder = sp.MatrixSymbol(name, entries.rows, entries.cols)
+                hoisted_names[e] = placeholder
+                entries = sp.Matrix(entries.rows, entries.cols,
+                                    lambda i, j: placeholder[i, j])
+            built[e] = entries
         return built[e]
 
     def build(e: MatrixExpr) -> sp.MatrixBase:
@@ -173,6 +212,73 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     return go(sp.sympify(e))
 
 
+_NOT_HOISTED = (sp.MatrixSymbol, sp.Identity, sp.OneMatrix, sp.ZeroMatrix, sp.Transpose,
+                MatrixElement)
+"""Matrix expressions whose entries are already as small as an entry can be."""
+
+
+class ReferenceBudgetExceeded(SymdlError):
+    """The SymPy reference would take (or took) longer than its time budget."""
+
+
+SECONDS_PER_NODE = 2e-5
+"""A lower bound of what ``sympy.lambdify`` costs per node of the expression it prints
+(measured 2e-5 to 8e-5 s on this project's 2-core machine, idle to loaded: a two-layer
+network's backward pass, 30,000 nodes, in 0.6 to 2.5 s); used to refuse a body before printing
+it, so only what surely does not fit is refused."""
+
+
+class Budget:
+    """A time budget for building the reference, checked between its pieces of work."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.rate = SECONDS_PER_NODE
+
+    def printed(self, nodes: int, seconds: float) -> None:
+        """Learns the machine's printing rate from a body of ``nodes`` that took ``seconds``
+        (a busy machine prints several times slower than ``SECONDS_PER_NODE``)."""
+        if nodes >= 1000:
+            self.rate = max(self.rate, seconds / nodes)
+
+    def spent(self) -> float:
+        return time.monotonic() - self.start
+
+    def check(self) -> None:
+        """Raises ``ReferenceBudgetExceeded`` once the budget is spent."""
+        if self.spent() > self.seconds:
+            raise ReferenceBudgetExceeded(
+                f"exceeded its {self.seconds:g} s budget after {self.spent():.1f} s")
+
+    def before_printing(self, nodes: int) -> None:
+        """Raises ``ReferenceBudgetExceeded`` if printing ``nodes`` more nodes would not fit."""
+        estimate = self.spent() + nodes * self.rate
+        if estimate > self.seconds:
+            raise ReferenceBudgetExceeded(
+                f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
+                f"{self.seconds:g} s budget")
+
+
+def _tree_size(e: sp.Basic) -> int:
+    """The number of nodes ``e`` prints as (shared subtrees counted at every use), counted
+    over the distinct subtrees only."""
+    sizes: dict[sp.Basic, int] = {}
+    stack = [e]
+    while stack:
+        node = stack[-1]
+        if node in sizes:
+            stack.pop()
+            continue
+        pending = [a for a in node.args if a not in sizes]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        sizes[node] = 1 + sum(sizes[a] for a in node.args)
+    return sizes[e]
+
+
 def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
     """The last step of a model ``[(symbol, definition), ...]`` written out, each named
     intermediate replaced by its own explicit entries."""
@@ -229,24 +335,70 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
     for s in extra_args:
         symbols.pop(str(s), None)
     names = sorted(symbols)
+    # User names reach generated Python: ``tanh`` shadows NumPy's tanh, ``lambda`` and ``a b``
+    # are no identifiers, ``x0`` is a name lambdify's CSE gives its temporaries. Such
+    # arguments are renamed to generated identifiers (only those: rebuilding every entry
+    # costs seconds on a large body); values are still read by the user's name.
+    renamed = {symbols[k]: _generated_symbol(symbols[k], f"_symdl_arg{i}")
+               for i, k in enumerate(names) if not _safe_name(k)}
+    indices = [s if _safe_name(str(s)) else sp.Symbol(f"_symdl_index{i}", integer=True)
+               for i, s in enumerate(extra_args)]
+    renamed.update({s: t for s, t in zip(extra_args, indices, strict=True) if s != t})
+    if renamed:
+        body = body.xreplace(renamed)
     modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
-    fn = sp.lambdify([symbols[k] for k in names] + list(extra_args), body, modules=modules,
-                     cse=True)
+    arguments = [renamed.get(symbols[k], symbols[k]) for k in names] + indices
+    fn = sp.lambdify(arguments, body, modules=modules, cse=_repeats(body))
     kind = np.complex128 if complex_valued else np.float64
-    is_matrix = isinstance(body, sp.MatrixBase)
+    is_matrix = isinstance(body, (sp.MatrixBase, MatrixExpr))
 
     def call(values: Mapping, *extra) -> object:
         args = [np.asarray(values[k], dtype=kind) if np.ndim(values[k])
                 else kind(np.asarray(values[k]).reshape(())) for k in names]
         out = fn(*args, *extra)
         if is_matrix:
-            return np.asarray(out, dtype=kind).reshape(body.shape)
+            return np.asarray(out, dtype=kind).reshape(tuple(int(s) for s in body.shape))
         return kind(out)
 
     return call
 
 
-def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[Mapping], object]:
+_NAMESPACE = frozenset(dir(np)) | frozenset(dir(builtins)) | frozenset(NUMPY_REFERENCE) | {
+    "Dummy", "numpy", "math", "mpmath", "sympy", "scipy"}
+
+
+def _safe_name(name: str) -> bool:
+    """Whether ``name`` can be a parameter of lambdify's generated function as it is."""
+    return (name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+            and name not in _NAMESPACE and not re.fullmatch(r"x\d+", name))
+
+
+def _repeats(body: sp.Basic) -> bool:
+    """Whether ``body`` prints shared subexpressions more than once in all (then CSE pays;
+    on a body without repeats it only costs time)."""
+    if isinstance(body, sp.MatrixBase):
+        body = sp.ImmutableMatrix(body)
+    distinct = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if node not in distinct:
+            distinct.add(node)
+            stack.extend(node.args)
+    return _tree_size(body) > 2 * len(distinct)
+
+
+def _generated_symbol(s: sp.Basic, name: str) -> sp.Basic:
+    """``s`` (a MatrixSymbol, IndexedBase or Symbol) under the identifier ``name``."""
+    if isinstance(s, sp.MatrixSymbol):
+        return sp.MatrixSymbol(name, *s.shape)
+    if isinstance(s, sp.IndexedBase):
+        return sp.IndexedBase(name, shape=s.shape)
+    return sp.Symbol(name, **s.assumptions0)
+
+
+def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                   budget: Budget | None = None) -> Callable[[Mapping], object]:
     """A NumPy function of a dict of values (by name) computing ``expr`` the SymPy way.
 
     ``expr`` may be a scalar or a matrix expression in the dimension symbols ``dims``.
@@ -255,31 +407,73 @@ def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int]) -> Callable[[M
     expr = sp.sympify(expr)
     # Idx carries its range: after binding dims the summand's Idx and the Sum's would differ.
     plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
-    return lambdified(explicit(expr.xreplace(plain), dims))
+    return _SplitFunction(expr.xreplace(plain), dims, budget=budget)
 
 
-def index_form_function(form, dims: Mapping[sp.Symbol, int],
-                        complex_valued: bool = False) -> Callable[[Mapping], np.ndarray]:
+class _SplitFunction:
+    """An explicit expression evaluated piece by piece: every composite matrix subexpression
+    is its own lambdified matrix (operands first), read by the next ones by a generated name.
+    ``bodies`` are every piece written out (to look for functions in them)."""
+
+    def __init__(self, expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                 complex_valued: bool = False, extra_args: tuple[sp.Symbol, ...] = (),
+                 budget: Budget | None = None):
+        hoisted: dict[str, sp.MatrixBase] = {}
+        body = explicit(expr, dims, hoisted=hoisted, split=True, budget=budget)
+        self.bodies = [*hoisted.values(), body]
+        sizes = [_tree_size(sp.ImmutableMatrix(b) if isinstance(b, sp.MatrixBase)
+                            else sp.sympify(b)) for b in self.bodies]
+        if budget is not None:
+            budget.before_printing(sum(sizes))
+        functions = []
+        for b, size in zip(self.bodies, sizes, strict=True):
+            start = time.monotonic()
+            extra = extra_args if b is body else ()
+            functions.append(lambdified(b, complex_valued, extra_args=extra))
+            if budget is not None:
+                budget.printed(size, time.monotonic() - start)
+                budget.before_printing(0)
+        self._matrices = list(zip(hoisted, functions[:-1], strict=True))
+        self._body = functions[-1]
+
+    def environment(self, values: Mapping) -> dict:
+        """``values`` and every hoisted matrix computed from them."""
+        env = dict(values)
+        for name, fn in self._matrices:
+            env[name] = fn(env)
+        return env
+
+    def __call__(self, values: Mapping, *extra) -> object:
+        return self._body(self.environment(values), *extra)
+
+
+def index_form_function(form, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                        budget: Budget | None = None) -> Callable[[Mapping], np.ndarray]:
     """A NumPy function evaluating an ``IndexForm`` entry by entry (its free indices are
     passed as integers), for small sizes; the result has the form's shape."""
-    plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
-    indices = tuple(plain.get(i, i) for i in form.indices)
-    expr = form.expr.xreplace(plain)
-    hoisted: dict[str, sp.MatrixBase] = {}
-    body = explicit(expr, dims, hoisted=hoisted)
-    entry = lambdified(body, complex_valued, extra_args=indices)
-    matrices = {name: lambdified(m, complex_valued) for name, m in hoisted.items()}
-    shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+    return _IndexFormFunction(form, dims, complex_valued, budget)
 
-    def call(values: Mapping) -> np.ndarray:
-        env = dict(values)
-        env.update({name: fn(values) for name, fn in matrices.items()})
-        out = np.empty(shape, dtype=np.complex128 if complex_valued else np.float64)
-        for idx in np.ndindex(*shape):
-            out[idx] = entry(env, *idx)
+
+class _IndexFormFunction:
+    def __init__(self, form, dims: Mapping[sp.Symbol, int], complex_valued: bool,
+                 budget: Budget | None):
+        plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
+        indices = tuple(plain.get(i, i) for i in form.indices)
+        self._entry = _SplitFunction(form.expr.xreplace(plain), dims, complex_valued,
+                                     extra_args=indices, budget=budget)
+        self.bodies = self._entry.bodies
+        self._shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+        self._kind = np.complex128 if complex_valued else np.float64
+        self._budget = budget
+
+    def __call__(self, values: Mapping) -> np.ndarray:
+        env = self._entry.environment(values)
+        out = np.empty(self._shape, dtype=self._kind)
+        for k, idx in enumerate(np.ndindex(*self._shape)):
+            if self._budget is not None and k % 256 == 0:
+                self._budget.check()
+            out[idx] = self._entry._body(env, *idx)
         return out
-
-    return call
 
 
 def _step_name(symbol: sp.Basic | None) -> str | None:
@@ -291,21 +485,23 @@ def _step_name(symbol: sp.Basic | None) -> str | None:
 class Chain:
     """Evaluates a list of equations in order, each one explicit and lambdified on its own:
     later equations read earlier results by name, so nothing is inlined (an inlined
-    gradient repeats the forward pass in every entry and takes minutes to lambdify)."""
+    gradient repeats the forward pass in every entry and takes minutes to lambdify). Within
+    an equation every composite matrix subexpression is its own piece, too (``explicit``'s
+    ``split``). With a ``budget``, building stops with ``ReferenceBudgetExceeded`` once its
+    time is spent, or before printing what is estimated not to fit."""
 
-    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False):
+    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                 budget: Budget | None = None):
         self.bodies: list[sp.Basic] = []
         self._fns: list[tuple[str | None, Callable]] = []
         for symbol, expr in steps:
             if hasattr(expr, "indices"):
-                fn = index_form_function(expr, dims, complex_valued)
-                self.bodies.append(expr.expr)
+                fn = _IndexFormFunction(expr, dims, complex_valued, budget)
             else:
                 expr = sp.sympify(expr)
                 plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
-                body = explicit(expr.xreplace(plain), dims)
-                self.bodies.append(body)
-                fn = lambdified(body, complex_valued)
+                fn = _SplitFunction(expr.xreplace(plain), dims, complex_valued, budget=budget)
+            self.bodies.extend(fn.bodies)
             self._fns.append((_step_name(symbol), fn))
 
     def __call__(self, values: Mapping) -> tuple[dict, object]:
@@ -318,7 +514,7 @@ class Chain:
         return env, result
 
 
-def _expand_sum(e: sp.Sum) -> sp.Basic:
+def _expand_sum(e: sp.Sum, budget: Budget | None = None) -> sp.Basic:
     """A sum over concrete ranges written out term by term. ``Sum.doit`` would look for a
     closed form first (partial fractions, ...), which took minutes on some random
     definitions of the property tests."""
@@ -326,6 +522,8 @@ def _expand_sum(e: sp.Sum) -> sp.Basic:
     for var, lo, hi in e.limits:
         if not (lo.is_Integer and hi.is_Integer):
             return e.doit()
+        if budget is not None:
+            budget.check()
         terms = [t.xreplace({var: sp.Integer(k)}) for t in terms
                  for k in range(int(lo), int(hi) + 1)]
     return sp.Add(*terms)

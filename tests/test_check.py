@@ -304,3 +304,230 @@ def test_regression_relu_of_a_one_by_one_matrix():
     grad = symdl.evaluate(der.gradient(P0), {"P0": np.array([[0.7]])}, {})
     assert grad.ravel().tolist() == [1.0]
     assert check(der, jit=False).ok
+
+
+# --------------------------------------------------------------------------------------------
+# Regressions of issue 15, item 12: check finishes, never crashes untyped, never false-passes
+
+
+@pytest.mark.parametrize("name", ["tanh", "lambda", "a b", "x0"])
+def test_regression_any_matrix_name_reaches_the_reference(name):
+    """A matrix named like a NumPy function (``tanh``), a keyword (``lambda``), a non-identifier
+    (``a b``) or a temporary of lambdify's CSE (``x0``, an RNN's first input) raised an untyped
+    TypeError/IndexError inside the SymPy reference: names are now generated there."""
+    M = sp.MatrixSymbol(name, n, d)
+    der = symdl.derive(symdl.total(symdl.tanh(M * w)), wrt=[w, M], hessian=True)
+    report = check(der, jit=False, dims={n: 3, d: 2})
+    assert report.ok, str(report)
+    assert {"sympy reference", "complex step"} <= {r.method for r in report.rows}
+
+
+def _textbook_bce():
+    s = symdl.sigmoid(X * w)
+    one = sp.OneMatrix(n, 1)
+    return -symdl.mean(sp.hadamard_product(y, symdl.log(s))
+                       + sp.hadamard_product(one - y, symdl.log(one - s)))
+
+
+@pytest.fixture(scope="module")
+def textbook_bce():
+    return symdl.derive(_textbook_bce(), wrt=[w], hessian=True)
+
+
+def test_regression_textbook_bce_is_no_false_alarm(textbook_bce):
+    """-mean(y ⊙ log σ(Xw) + (1-y) ⊙ log(1-σ(Xw))) FAILED on correct gradients (seeds 3, 9,
+    13, 14: max relative error up to 2e-4 against a tolerance near 1e-6): the drawn logits
+    reached 10-15, where the computed log(1 - σ) carries rounding that the step eps^(1/3)
+    amplified. Drawn points now keep logits moderate, and at a given point with logits of 15
+    the Richardson step eps^(1/5) keeps the rounding below the tolerance."""
+    import torch
+
+    k = textbook_bce.compile(hvp=True, jit=False)
+    for seed in (3, 13):  # finite differences only: the SymPy reference agreed before
+        report = check(textbook_bce, kernel=k, seed=seed, reference_budget=0)
+        assert report.ok, str(report)
+    rng = np.random.default_rng(3)
+    for scale in (1, 3, 6, 10):  # the last point has |Xw| up to 14.5
+        arrays = {"X": rng.standard_normal((5, 7)),
+                  "w": rng.standard_normal((7, 1)) * scale / np.sqrt(7),
+                  "y": (rng.random((5, 1)) < 0.5).astype(float),
+                  "v_w": rng.standard_normal((7, 1))}
+    assert 14 < np.max(np.abs(arrays["X"] @ arrays["w"])) < 15
+    # The kernel's gradient is right there (PyTorch autograd as the oracle) ...
+    tx, ty = torch.tensor(arrays["X"]), torch.tensor(arrays["y"])
+    tw = torch.tensor(arrays["w"], requires_grad=True)
+    torch.nn.functional.binary_cross_entropy(torch.sigmoid(tx @ tw), ty).backward()
+    np.testing.assert_allclose(k(**arrays).grad["w"], tw.grad.numpy(), rtol=1e-9, atol=1e-12)
+    # ... so the check passes; and a gradient wrong by 1e-5 in one entry still fails.
+    report = check(textbook_bce, kernel=k, reference_budget=0, **arrays)
+    assert report.ok, str(report)
+    wrong = _perturb(textbook_bce.compile(hvp=True, jit=False), "grad:w", 1e-5)
+    assert not check(textbook_bce, kernel=wrong, reference_budget=0, **arrays).ok
+    assert not check(textbook_bce, kernel=wrong, seed=3, reference_budget=0).ok
+
+
+def test_regression_erf_gelu_hessian_is_not_vacuous():
+    """GELU written x (1 + erf(x/sqrt(2)))/2 on X W: the constant 1/sqrt(2) made the check
+    draw X and W positive, X W was about 10, the GELU saturated, its Hessian block was 0 by
+    finite differences and 1e-14 by the kernel, and the check PASSED with max_rel_error = inf.
+    Now the inputs are drawn around 0, the Hessian is compared where it is not zero (the
+    kernel's block against PyTorch's Hessian as the oracle) and every error is finite."""
+    import torch
+
+    h = sp.Symbol("h", integer=True, positive=True)
+    W, G = sp.MatrixSymbol("W", d, h), sp.MatrixSymbol("G", n, h)
+    t = sp.Symbol("t")
+    gelu = sp.Lambda(t, t * (1 + sp.erf(t / sp.sqrt(2))) / 2)
+    der = symdl.derive(symdl.total(sp.hadamard_product(G, (X * W).applyfunc(gelu))), wrt=[W],
+                       hessian=True)
+    report = check(der, jit=False)
+    assert report.ok and np.isfinite(report.max_rel_error), str(report)
+    rows = [r for r in report.rows if r.output == "hessian:W,W"
+            and r.method == "central-richardson"]
+    assert max(abs(r.numeric) for r in rows) > 0.1
+    values, _ = draw_inputs(der, der.compile(jit=False), seed=0)
+    x, g = torch.tensor(values["X"]), torch.tensor(values["G"])
+
+    def loss(wt):
+        return (g * torch.nn.functional.gelu(x @ wt)).sum()
+
+    expected = torch.autograd.functional.hessian(loss, torch.tensor(values["W"])).numpy()
+    block = der.compile(jit=False)(**values).hessian["W", "W"]
+    np.testing.assert_allclose(block.reshape(expected.shape), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_regression_relative_error_of_zero_blocks_and_non_finite_values():
+    """A row compared with an all-zero block had relative error inf yet passed; a numeric
+    value of inf passed (inf <= inf); report.ok ignored NaN and inf errors."""
+    from symdl.check import CheckReport, CheckRow, Tolerance, _Collector
+
+    report = CheckReport()
+    out = _Collector(report, Tolerance(rtol=1e-6, atol=1e-9))
+    out.compare("hessian:W,W", "W", [1e-21, 0.0], [0.0, 0.0], "test")
+    assert all(r.passed for r in report.rows)
+    assert report.ok and report.max_rel_error == pytest.approx(1e-18)
+    out.compare("grad:w", "w", [1.0], [np.inf], "test")
+    out.compare("grad:v", "v", [1.0], [np.nan], "test")
+    assert [r.passed for r in report.rows[2:]] == [False, False]
+    assert not report.ok and np.isnan(report.max_rel_error)
+    forged = CheckReport(rows=[CheckRow("grad:w", "w", "0", 1.0, 1.0, 0.0, np.inf, 1e-6, "x",
+                                        True)])
+    assert not forged.ok
+
+
+@pytest.mark.parametrize("gram", ["AtA", "AAt"])
+def test_regression_inverted_gram_matrix_gets_nonsingular_sizes(gram):
+    """(A^T A)^{-1} A^T y drew n < d, so A^T A was singular and check ended in an
+    EvaluationError; the sizes are now ordered so every inverted product has full rank (and
+    a point where the kernel still cannot evaluate is drawn again)."""
+    A = sp.MatrixSymbol("A", n, d)
+    if gram == "AtA":
+        solution = (A.T * A).inv() * A.T * y  # d x d Gram: needs n >= d
+    else:
+        solution = A.T * (A * A.T).inv() * y  # n x n Gram: needs d >= n
+    der = symdl.derive(symdl.total(sp.HadamardPower(solution, 2)), wrt=[A])
+    for seed in range(3):
+        report = check(der, jit=False, seed=seed)
+        assert report.ok, str(report)
+        rows, cols = report.dims["n"], report.dims["d"]
+        assert (rows > cols) if gram == "AtA" else (cols > rows)
+
+
+def test_regression_reference_failure_is_a_row_not_a_traceback(monkeypatch):
+    """SymPy's polynomial code raised an untyped RecursionError out of check on sums of
+    shifted-matrix products. Whatever the reference raises is now a row saying "not
+    applicable" and why; the finite-difference rows still decide. (The definition itself is
+    checked with its reference too.)"""
+    from symdl import check_reference
+
+    A, B, C = (sp.MatrixSymbol(s, n, n) for s in "ABC")
+    eye, c = sp.Identity(n), sp.Symbol("c")
+    shifted = (A + c * eye) * (B + eye) + (B + 3 * eye) * (C + eye) + (A + eye) * (C + 2 * eye)
+    der = symdl.derive(symdl.total(sp.HadamardPower(shifted, 2)), wrt=[A, B, c], hessian=True)
+    report = check(der, jit=False, dims={n: 3})
+    assert report.ok and "sympy reference" in {r.method for r in report.rows}, str(report)
+
+    def recursing(*args, **kwargs):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(check_reference.Chain, "__init__", recursing)
+    report = check(der, jit=False, dims={n: 3})
+    assert report.ok and {r.method for r in report.rows} == {
+        "central-richardson", "central-richardson along v"}
+    assert report.skipped and all("not applicable" in s.reason and "RecursionError" in s.reason
+                                  for s in report.skipped)
+    assert "not applicable" in str(report)
+
+
+def test_regression_one_expression_network_check_is_bounded():
+    """A 3-layer network written as one expression took 393 s to check (the SymPy reference
+    wrote every layer out inside every entry). The reference now runs piece by piece under
+    a time budget; what does not fit is a row saying "not run" with the seconds, and the
+    finite-difference rows still run."""
+    import time
+
+    h, c = sp.symbols("h c", integer=True, positive=True)
+    Y = sp.MatrixSymbol("Y", n, c)
+    Ws = [sp.MatrixSymbol("W1", d, h), sp.MatrixSymbol("W2", h, h), sp.MatrixSymbol("W3", h, h)]
+    Wo = sp.MatrixSymbol("Wo", h, c)
+    a = X
+    for W in Ws:
+        a = symdl.tanh(a * W)
+    der = symdl.derive(symdl.softmax_cross_entropy(a * Wo, Y), wrt=[*Ws, Wo])
+    start = time.monotonic()
+    report = check(der, jit=False, reference_budget=1.0)
+    assert time.monotonic() - start < 60
+    assert report.ok, str(report)
+    finite_differences = {r.output for r in report.rows if r.method == "central-richardson"}
+    assert finite_differences == {f"grad:{p}" for p in ("W1", "W2", "W3", "Wo")}
+    assert report.skipped and all(s.reason.startswith("not run") and " s budget" in s.reason
+                                  for s in report.skipped)
+    assert "not run" in str(report) and report.to_dict()["skipped"]
+
+
+def test_reference_budget_refuses_what_it_estimates_too_slow():
+    from symdl.check_reference import Budget, ReferenceBudgetExceeded
+
+    with pytest.raises(ReferenceBudgetExceeded, match=r"estimated \d+ s .* 1 s budget"):
+        Budget(1.0).before_printing(10**7)
+    assert issubclass(ReferenceBudgetExceeded, symdl.SymdlError)
+
+
+def test_regression_every_check_failure_is_typed(logreg):
+    """Whatever goes wrong inside check reaches the caller as a SymdlError (the cause
+    chained): a sample_inputs hook that raises or returns the wrong shape, a RecursionError
+    from deep inside (SymPy's polynomial code raised one on shifted-matrix products)."""
+    def raising(rng, dims):
+        raise ZeroDivisionError("hook bug")
+
+    with pytest.raises(symdl.SymdlError, match="sample_inputs.*ZeroDivisionError"):
+        check(logreg, jit=False, sample_inputs=raising)
+    with pytest.raises(symdl.SymdlError, match="sample_inputs gave y"):
+        check(logreg, jit=False, sample_inputs=lambda rng, dims: {"y": np.ones(2)})
+    k = logreg.compile(hvp=True, jit=False)
+
+    def recursing(*args, **options):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    k._module = type("Deep", (), {"kernel": staticmethod(recursing)})
+    with pytest.raises(symdl.SymdlError, match="RecursionError") as caught:
+        check(logreg, kernel=k)
+    assert isinstance(caught.value.__cause__, RecursionError)
+
+
+def test_regression_reference_work_without_checkpoints_is_interrupted(logreg, monkeypatch):
+    """Printing a long derivation's equations (minutes for a 6-layer network in one
+    expression: check took 330 s with jitted kernels) has no checkpoint of the budget: a timer
+    interrupts it, the rows say so, and the finite differences still decide."""
+    import time
+
+    from symdl.derivation import Derivation
+
+    monkeypatch.setattr(Derivation, "equations", lambda self: time.sleep(60))
+    start = time.monotonic()
+    report = check(logreg, jit=False, reference_budget=0.5)
+    assert time.monotonic() - start < 30
+    assert report.ok, str(report)
+    reasons = {s.output: s.reason for s in report.skipped}
+    assert "interrupted" in reasons["grad:w"] and "0.5 s budget" in reasons["grad:w"]
+    assert {"central-richardson", "complex step"} <= {r.method for r in report.rows}
