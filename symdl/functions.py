@@ -48,6 +48,11 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
     def _latex(self, printer) -> str:
         return rf"\sigma\left({printer._print(self.args[0])}\right)"
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "sigmoid", self.args[0])
+
 
 class softplus(sp.Function):  # noqa: N801
     """``log(1 + exp(x))``, evaluated without overflow."""
@@ -70,6 +75,11 @@ class softplus(sp.Function):  # noqa: N801
     def _latex(self, printer) -> str:
         return rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)"
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "softplus", self.args[0])
+
 
 class relu(sp.Function):  # noqa: N801
     """``max(x, 0)``. Its derivative at 0 is taken as 0 (``Heaviside(x, 0)``)."""
@@ -88,6 +98,11 @@ class relu(sp.Function):  # noqa: N801
 
     def _latex(self, printer) -> str:
         return rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "relu", self.args[0])
 
 
 class floor(sp.Function):  # noqa: N801

@@ -13,12 +13,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
 from symdl.errors import UnsupportedError
+from symdl.sympy_results import (
+    ElementwiseFunction,
+    ElementwisePower,
+    IdentityMatrix,
+    MatrixTrace,
+    lambdifiable,
+)
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
@@ -108,13 +114,13 @@ class SympyPrinter:
             node = squeeze(distribute(node))
         try:
             if node.rank == 0:
-                return self.scalar(node)
+                return lambdifiable(self.scalar(node))
             if node.rank == 2:
-                return self.matrix(node)
+                return lambdifiable(self.matrix(node))
         except _NoMatrixFormError:
             pass
         indices = tuple(self._fresh_index() for _ in node.shape)
-        return IndexForm(indices, node.shape, self.index(node, indices))
+        return IndexForm(indices, node.shape, lambdifiable(self.index(node, indices)))
 
     def definition(self, node: ir.Node) -> sp.Basic | IndexForm:
         """Like ``result``, but a node that has a name is written out, not named."""
@@ -173,7 +179,7 @@ class SympyPrinter:
         if isinstance(node, ir.Zero):
             return sp.ZeroMatrix(rows, cols)
         if isinstance(node, ir.Identity):
-            return sp.Identity(rows)
+            return IdentityMatrix(rows)
         if isinstance(node, ir.Add):
             return self._add(node)
         if isinstance(node, ir.Map):
@@ -252,7 +258,7 @@ class SympyPrinter:
             if labels[0] is not None and labels[0] == labels[1]:
                 raise _NoMatrixFormError(node)
             if labels == (None, None):
-                scalars.append(sp.Trace(expr))
+                scalars.append(MatrixTrace(expr))
                 continue
             factors.append(_Factor(expr, *labels))
         summed = [lab for lab in dims if label(lab) is not None and lab not in node.out]
@@ -372,7 +378,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
         product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
         return product if coeff == 1 else coeff * product
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
-        return sp.HadamardPower(_elementwise_matrix(body.base, env, shape), body.exp)
+        return ElementwisePower(_elementwise_matrix(body.base, env, shape), body.exp)
     if isinstance(body, sp.Function) and len(body.args) == 1:
         return _apply(body.func, _elementwise_matrix(body.args[0], env, shape))
     variables = [v for v in env if v in body.free_symbols]
@@ -383,10 +389,8 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
 
 
 def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
-    """``function`` entry by entry. Unevaluated: SymPy applies it to a 1 x 1 matrix itself,
-    and Heaviside (relu') raises ValueError on a MatrixSymbol, which is not known real."""
-    with sp.evaluate(False):
-        return ElementwiseApplyFunction(function, matrix)
+    """``function`` entry by entry, as an object that prints as ``f(M)`` and lambdifies."""
+    return ElementwiseFunction(function, matrix)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
