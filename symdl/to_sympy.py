@@ -10,14 +10,17 @@ node prints in index notation: ``Sum`` over named indices of products of entries
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 import sympy as sp
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.errors import UnsupportedError
+from symdl.errors import EvaluationError, UnsupportedError
 from symdl.sympy_results import (
     ElementwiseFunction,
     ElementwisePower,
@@ -47,6 +50,52 @@ class IndexForm:
     def __str__(self) -> str:
         idx = ", ".join(str(i) for i in self.indices)
         return f"[{idx}] -> {self.expr}"
+
+    def lambdify(self, args: Sequence[sp.Basic], modules: str = "numpy") -> Callable:
+        """A NumPy function of ``args`` that returns the whole tensor, entry by entry.
+
+        ``sympy.lambdify`` has no notion of an expression with free indices; this lambdifies
+        the entry (a scalar with ``Sum``s over the other indices) as a function of ``args``
+        and the free indices, and fills an array of the concrete shape. The sizes come from
+        the arrays passed for ``MatrixSymbol``/``IndexedBase`` arguments, or from dimension
+        symbols listed in ``args``. Meant for checks at small sizes: each entry is a Python
+        call. For speed, compile the derivation (``der.compile()``).
+
+        Args:
+            args: the symbols the function takes, in order (as for ``sympy.lambdify``).
+            modules: ``sympy.lambdify``'s ``modules``.
+        """
+        args = list(args)
+        entry = sp.lambdify(args + list(self.indices), self.expr, modules)
+        shape = self.shape
+
+        def tensor(*values):
+            if len(values) != len(args):
+                raise EvaluationError(
+                    f"expected {len(args)} arguments ({args}), got {len(values)}")
+            sizes: dict[sp.Basic, int] = {}
+            for a, v in zip(args, values, strict=True):
+                symbolic = getattr(a, "shape", None)
+                if isinstance(a, sp.Symbol) and a.is_integer:
+                    sizes[a] = sp.Integer(int(v))
+                elif symbolic is not None:
+                    for dim, size in zip(symbolic, np.shape(v), strict=False):
+                        if isinstance(dim, sp.Symbol):
+                            sizes.setdefault(dim, sp.Integer(size))
+            concrete = []
+            for dim in shape:
+                size = sp.sympify(dim).xreplace(sizes)
+                if not size.is_Integer:
+                    raise EvaluationError(
+                        f"the size {dim} is not known from the arguments; add the dimension "
+                        "symbol to args")
+                concrete.append(int(size))
+            out = np.empty(concrete)
+            for idx in np.ndindex(*concrete):
+                out[idx] = entry(*values, *idx)
+            return out
+
+        return tensor
 
 
 class _NoMatrixFormError(Exception):
@@ -112,13 +161,16 @@ class SympyPrinter:
         self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
-        try:
-            if node.rank == 0:
-                return lambdifiable(self.scalar(node))
-            if node.rank == 2:
-                return lambdifiable(self.matrix(node))
-        except _NoMatrixFormError:
-            pass
+        # A product with a sum of tensors (a block of a Hessian times a direction) has a
+        # matrix form once multiplied out: -(1 + mu) G, not Sum(δ δ G) in index notation.
+        for candidate in (node, distribute(node)) if node.rank <= 2 else (node,):
+            try:
+                if candidate.rank == 0:
+                    return lambdifiable(self.scalar(candidate))
+                if candidate.rank == 2:
+                    return lambdifiable(self.matrix(candidate))
+            except _NoMatrixFormError:
+                pass
         indices = tuple(self._fresh_index() for _ in node.shape)
         return IndexForm(indices, node.shape, lambdifiable(self.index(node, indices)))
 
