@@ -20,6 +20,7 @@ from symdl.errors import DefinitionError, DerivationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.limits import check_size
+from symdl.naming import auto_name, names_too_large
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
@@ -91,6 +92,9 @@ class Derivation:
                 self._translator.named[symbol] = node
                 self._intermediates.append(node)
         self.output: ir.Node = node
+        self.source_steps = self.steps
+        self._auto_named: list[ir.Named] = []
+        self._name_shared_subexpressions(wrt)
         self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
         if not self.wrt:
             raise DerivationError("derive() needs at least one parameter in wrt=[...]")
@@ -108,6 +112,35 @@ class Derivation:
                     self.hessian_node(p, q)
 
     # -- construction helpers -------------------------------------------------------------
+
+    def _name_shared_subexpressions(self, wrt: list[Parameter]) -> None:
+        """Gives generated names (``t1``, ``t2``, ...) to the shared, non-small
+        subexpressions of the definition (see ``symdl.naming``), so that a layer written as
+        one expression gets short backprop equations. ``steps`` then lists the definition
+        as named steps (``source_steps`` keeps it as written)."""
+        taken = {str(d) for d in self.dims} | set(self._translator.leaves)
+        taken |= {n.name for n in self._intermediates} | {_symbol_name(p) for p in wrt}
+        taken |= {"d" + name for name in set(taken)}
+        output, generated, replaced = auto_name(
+            self.output, taken, lambda name, shape: _like(None, name, shape))
+        if not generated:
+            return
+        self.output = output
+        self._auto_named = generated
+        self._intermediates = [replaced.get(id(n), n) for n in self._intermediates]
+        for symbol, node in list(self._translator.named.items()):
+            self._translator.named[symbol] = replaced.get(id(node), node)
+        named = [n for n in ir.topological_order([output]) if isinstance(n, ir.Named)]
+        self._intermediates = [n for n in named if n in self._intermediates or n in generated]
+        reserved = {str(d) for d in self.dims} | set(self._translator.leaves)
+        reserved |= {n.name for n in named}
+        printer = SympyPrinter(inline_named=False, aliases={id(n.body): n for n in named},
+                               reserved=reserved)
+        steps = [(n.symbol, printer.definition(n.body)) for n in named]
+        last = self.steps[-1][0]
+        if last is None or not isinstance(output, ir.Named):
+            steps.append((last, printer.result(output)))
+        self.steps = tuple(steps)
 
     def _leaf_for(self, p: Parameter) -> ir.Node:
         name = _symbol_name(p)
@@ -195,6 +228,19 @@ class Derivation:
         self._printers[inline] = printer
         return printer
 
+    def _print(self, node: ir.Node, inline: bool) -> sp.Basic | IndexForm:
+        """A result, written out when ``inline`` as far as ``symdl.naming.INLINE_LIMIT``
+        allows: a named intermediate whose written-out form would exceed it keeps its name,
+        so that the time and size of a closed form stay bounded (a tree written out from a
+        DAG grows exponentially with the depth of the definition)."""
+        if inline:
+            by_name = names_too_large(node)
+            if by_name:
+                printer = self.printer(True)
+                return SympyPrinter(inline_named=True, reserved=printer.reserved,
+                                    by_name=by_name).result(node)
+        return self.printer(inline).result(node)
+
     def gradient(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
         """∂L/∂p for a scalar definition L, with the shape of ``p``.
 
@@ -203,7 +249,7 @@ class Derivation:
             inline: see ``printer``; ``False`` writes it in terms of the named intermediates.
         """
         node = self.gradient_node(p)
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hessian(self, p: Parameter, q: Parameter | None = None,
                 inline: bool = True) -> sp.Basic | IndexForm:
@@ -214,7 +260,7 @@ class Derivation:
         indices are those of ``p`` then those of ``q`` (size-1 axes dropped).
         """
         node = self.hessian_node(p, q)
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hvp(self, p: Parameter, v: sp.Basic | Mapping[Parameter, sp.Basic],
             inline: bool = True) -> sp.Basic:
@@ -237,7 +283,7 @@ class Derivation:
                 )
             seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
         node = autodiff.directional(self.gradient_node(p), seeds)
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hvp_node(self, p: Parameter, directions: Mapping[Parameter, ir.Node]) -> ir.Node:
         seeds = {id(self._require_parameter(q)): v for q, v in directions.items()}
@@ -248,7 +294,7 @@ class Derivation:
 
         The Jacobian of a column vector with respect to a column vector is a matrix.
         """
-        return self.printer(inline).result(self.jacobian_node(p))
+        return self._print(self.jacobian_node(p), inline)
 
     def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None,
                 jit: bool = True) -> Kernel:

@@ -15,7 +15,9 @@ size of a ones vector) as arguments like any other symbol.
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.cache import cacheit
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 _PLACEHOLDER = "symdlplaceholder"
@@ -44,6 +46,16 @@ class ElementwiseFunction(ElementwiseApplyFunction):
         if len(function.variables) != 1:
             raise TypeError(f"ElementwiseFunction needs a function of one variable: {function}")
         return MatrixExpr.__new__(cls, function, matrix)
+
+    @cacheit
+    def doit(self, **hints) -> sp.Basic:
+        # Cached: SymPy's printers call doit() through MatMul.could_extract_minus_sign at
+        # every level of an expression; uncached, a shared subexpression is evaluated once
+        # per path to it, exponential in the depth of an inlined network.
+        expr = self.expr.doit(**hints) if hints.get("deep", True) else self.expr
+        if isinstance(expr, sp.MatrixBase):
+            return expr.applyfunc(self.function)
+        return self if expr == self.expr else ElementwiseFunction(self.function, expr)
 
     def _parts(self) -> tuple[sp.Symbol, sp.Expr, bool]:
         (x,) = self.function.variables
@@ -90,6 +102,25 @@ def _as_sympy_class(expr: sp.Basic, printer, base: type) -> str:
         return method(expr)
     args = ", ".join(printer._print(a) for a in expr.args)
     return f"{base.__name__}({args})"
+
+
+class Diagonal(DiagMatrix):
+    """``diag(v)`` of a vector expression. Its ``doit`` does not ask SymPy's assumption
+    system whether ``v`` is diagonal (which prints the expression, for every ``doit`` of
+    every enclosing product: minutes on an inlined network), and is cached."""
+
+    @cacheit
+    def doit(self, **hints) -> sp.Basic:
+        arg = self.args[0].doit(**hints) if hints.get("deep", True) else self.args[0]
+        if isinstance(arg, sp.MatrixBase):
+            return DiagMatrix(arg).doit(**hints)
+        return self if arg == self.args[0] else Diagonal(arg)
+
+    def _eval_transpose(self) -> Diagonal:
+        return self
+
+    def _sympystr(self, printer) -> str:
+        return _as_sympy_class(self, printer, DiagMatrix)
 
 
 class ElementwisePower(sp.HadamardPower):
@@ -168,6 +199,7 @@ _RESULT_CLASSES: dict[type, type] = {
     sp.Identity: IdentityMatrix,
     sp.Trace: MatrixTrace,
     ElementwiseApplyFunction: ElementwiseFunction,
+    DiagMatrix: Diagonal,
 }
 
 

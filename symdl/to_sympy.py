@@ -22,6 +22,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 from symdl import ir
 from symdl.errors import EvaluationError, UnsupportedError
 from symdl.sympy_results import (
+    Diagonal,
     ElementwiseFunction,
     ElementwisePower,
     IdentityMatrix,
@@ -66,14 +67,20 @@ class IndexForm:
             modules: ``sympy.lambdify``'s ``modules``.
         """
         args = list(args)
-        entry = sp.lambdify(args + list(self.indices), self.expr, modules)
+        # Dimension symbols the entry reads (Sum ranges, ones vectors) that args leave out
+        # are bound from the arrays' shapes.
+        symbols = set(self.expr.free_symbols).union(
+            *[sp.sympify(dim).free_symbols for dim in self.shape])
+        extra = sorted((s for s in symbols - set(args) - set(self.indices)
+                        if isinstance(s, sp.Symbol) and s.is_integer), key=str)
+        entry = sp.lambdify(args + extra + list(self.indices), self.expr, modules)
         shape = self.shape
 
         def tensor(*values):
             if len(values) != len(args):
                 raise EvaluationError(
                     f"expected {len(args)} arguments ({args}), got {len(values)}")
-            sizes: dict[sp.Basic, int] = {}
+            sizes: dict[sp.Basic, sp.Integer] = {}
             for a, v in zip(args, values, strict=True):
                 symbolic = getattr(a, "shape", None)
                 if isinstance(a, sp.Symbol) and a.is_integer:
@@ -82,17 +89,16 @@ class IndexForm:
                     for dim, size in zip(symbolic, np.shape(v), strict=False):
                         if isinstance(dim, sp.Symbol):
                             sizes.setdefault(dim, sp.Integer(size))
-            concrete = []
-            for dim in shape:
-                size = sp.sympify(dim).xreplace(sizes)
-                if not size.is_Integer:
-                    raise EvaluationError(
-                        f"the size {dim} is not known from the arguments; add the dimension "
-                        "symbol to args")
-                concrete.append(int(size))
+            unknown = [s for s in extra if s not in sizes]
+            if unknown:
+                raise EvaluationError(
+                    f"the size {unknown[0]} is not known from the arguments; add the dimension "
+                    "symbol to args, or an array that has it in its shape")
+            concrete = tuple(int(sp.sympify(dim).xreplace(sizes)) for dim in shape)
+            bound = [int(sizes[s]) for s in extra]
             out = np.empty(concrete)
             for idx in np.ndindex(*concrete):
-                out[idx] = entry(*values, *idx)
+                out[idx] = entry(*values, *bound, *idx)
             return out
 
         return tensor
@@ -119,7 +125,13 @@ def _transpose(expr: sp.Basic) -> sp.Basic:
     which costs time exponential in the depth of an inlined network."""
     if isinstance(expr, sp.Transpose):
         return expr.arg
-    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix, sp.MatMul)) and _small(expr):
+    if isinstance(expr, sp.MatMul) and _small(expr):
+        # By hand: SymPy's MatMul transpose calls doit() on every factor, which walks a
+        # shared subexpression once per path to it (exponential in an inlined network).
+        scalars = [a for a in expr.args if not isinstance(a, sp.MatrixExpr)]
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        return sp.MatMul(*scalars, *[_transpose(m) for m in reversed(mats)])
+    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)):
         return expr.T
     if isinstance(expr, (DiagMatrix, sp.Identity)) or (expr.shape[0] == expr.shape[1] == 1):
         return expr
@@ -143,12 +155,18 @@ class SympyPrinter:
     """
 
     def __init__(self, inline_named: bool = True, aliases: dict[int, ir.Named] | None = None,
-                 reserved: set[str] | None = None):
+                 reserved: set[str] | None = None, by_name: set[int] | None = None):
         self.inline_named = inline_named
+        # Named nodes (by id) printed as their symbol even when inline_named: written out,
+        # they would be too large (see symdl.naming.INLINE_LIMIT).
+        self.by_name = set(by_name or ())
         self.aliases = {} if inline_named else dict(aliases or {})
         self.reserved = set(reserved or ())
         self._memo: dict[int, sp.Basic] = {}
         self._index_counter = 0
+
+    def _inlined(self, node: ir.Named) -> bool:
+        return self.inline_named and id(node) not in self.by_name
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -193,7 +211,7 @@ class SympyPrinter:
         if isinstance(node, ir.Leaf):
             return node.symbol
         if isinstance(node, ir.Named):
-            return self.scalar(node.body) if self.inline_named else node.symbol
+            return self.scalar(node.body) if self._inlined(node) else node.symbol
         if isinstance(node, ir.Add):
             return sp.Add(*[self.scalar(t) for t in node.terms])
         if isinstance(node, ir.Map):
@@ -225,7 +243,7 @@ class SympyPrinter:
                 raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
             return node.symbol
         if isinstance(node, ir.Named):
-            return self.matrix(node.body) if self.inline_named else node.symbol
+            return self.matrix(node.body) if self._inlined(node) else node.symbol
         if isinstance(node, ir.Ones):
             return sp.OneMatrix(rows, cols)
         if isinstance(node, ir.Zero):
@@ -273,7 +291,7 @@ class SympyPrinter:
             c, rest = t.as_coeff_mul()
             coeff = sp.Mul(c, *[f for f in rest if not f.free_symbols & set(printed)])
             (p,) = [f for f in rest if f.free_symbols & set(printed)]
-            terms.append(printed[p] if coeff == 1 else coeff * printed[p])
+            terms.append(_scaled(coeff, printed[p]))
         return _scaled(common, _factor_common(terms))
 
     def _map(self, node: ir.Map) -> sp.Basic:
@@ -340,7 +358,7 @@ class SympyPrinter:
         if isinstance(node, ir.Leaf):
             return _entry(node.symbol, indices)
         if isinstance(node, ir.Named):
-            if self.inline_named:
+            if self._inlined(node):
                 return self.index(node.body, indices)
             return _entry(node.symbol, indices)
         if isinstance(node, ir.Ones):
@@ -420,7 +438,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
     if body in env:
         return env[body]
     if not body.free_symbols & set(env):
-        return body * sp.OneMatrix(rows, cols)
+        return _scaled(body, sp.OneMatrix(rows, cols))
     if isinstance(body, sp.Add):
         return sp.MatAdd(*[_elementwise_matrix(t, env, shape) for t in body.args])
     if isinstance(body, sp.Mul):
@@ -428,7 +446,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
         parts = [_elementwise_matrix(f, env, shape) for f in body.args
                  if f.free_symbols & set(env)]
         product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
-        return product if coeff == 1 else coeff * product
+        return _scaled(coeff, product)
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
         return ElementwisePower(_elementwise_matrix(body.base, env, shape), body.exp)
     if isinstance(body, sp.Function) and len(body.args) == 1:
@@ -514,7 +532,7 @@ def _contract(factors: list[_Factor], lab: int, dim: sp.Expr, scalars: list) -> 
     if len(mats) == 2:
         left = mats[0].oriented(_other(mats[0], lab))
         right = mats[1].oriented(lab)
-        middle = [DiagMatrix(weight)] if weight is not None else []
+        middle = [Diagonal(weight)] if weight is not None else []
         product = sp.MatMul(left.expr, *middle, right.expr)
         return rest + [_Factor(product, left.row, right.col)]
     if len(mats) == 1:
@@ -545,11 +563,11 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
         raise _NoMatrixFormError(factors)
     if o1 is not None and o2 is not None:
         if mats and isinstance(mats[0].expr, sp.Identity) and (left or right):
-            expr = DiagMatrix(_hadamard(left + right))
+            expr = Diagonal(_hadamard(left + right))
         elif mats:
             core = mats[0].oriented(o1).expr
-            parts = ([DiagMatrix(left[0])] if left else []) + [core] + (
-                [DiagMatrix(right[0])] if right else [])
+            parts = ([Diagonal(left[0])] if left else []) + [core] + (
+                [Diagonal(right[0])] if right else [])
             expr = sp.MatMul(*parts) if len(parts) > 1 else core
         elif left and right:
             expr = sp.MatMul(left[0], _transpose(right[0]))
