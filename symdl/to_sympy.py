@@ -335,7 +335,11 @@ class SympyPrinter:
         factors = _merge(factors)
         if not out and len(factors) == 1 and factors[0].col is not None:
             return sp.Mul(*scalars) * Total(factors[0].expr)
-        for lab in summed:
+        # Contract first an index that at most two matrices share: in X^T (N ⊙ (W V)) the
+        # index inside W V goes before the one X^T shares with the Hadamard product.
+        while summed:
+            lab = next((lab for lab in summed if len(_split(factors, lab)[0]) <= 2), summed[0])
+            summed.remove(lab)
             factors = _contract(factors, lab, dims[lab], scalars)
             factors = _merge(factors)
         return _assemble(factors, out, node.shape, scalars)
