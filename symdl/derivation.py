@@ -125,6 +125,10 @@ class Derivation:
             self.output, taken, lambda name, shape: _like(None, name, shape))
         if not generated:
             return
+        # A step the generated names did not touch keeps the user's own spelling.
+        unchanged = {n.name: d for n, (_, d) in zip(self._intermediates, [
+            st for st in self.steps if st[0] is not None], strict=True)
+            if replaced.get(id(n), n) is n}
         self.output = output
         self._auto_named = generated
         self._intermediates = [replaced.get(id(n), n) for n in self._intermediates]
@@ -136,7 +140,8 @@ class Derivation:
         reserved |= {n.name for n in named}
         printer = SympyPrinter(inline_named=False, aliases={id(n.body): n for n in named},
                                reserved=reserved)
-        steps = [(n.symbol, printer.definition(n.body)) for n in named]
+        steps = [(n.symbol, unchanged[n.name] if n.name in unchanged and n not in generated
+                  else printer.definition(n.body)) for n in named]
         last = self.steps[-1][0]
         if last is None or not isinstance(output, ir.Named):
             steps.append((last, printer.result(output)))

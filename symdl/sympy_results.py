@@ -224,7 +224,12 @@ def lambdifiable(expr: sp.Basic) -> sp.Basic:
         if not isinstance(node, sp.Lambda) and node.args:
             args = tuple(memo.get(a, a) for a in node.args)
         cls = _RESULT_CLASSES.get(type(node))
-        if cls is not None:
+        if isinstance(node, sp.MatMul) and _unit_scalars(args):
+            # n * (1/n) * A: NumPy's printer writes the scalars of a product whose
+            # coefficient is 1 as factors of .dot() (int has no attribute 'dot').
+            mats = [a for a in args if isinstance(a, MatrixExpr)]
+            memo[node] = mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+        elif cls is not None:
             memo[node] = cls(*args)
         elif args != node.args:
             memo[node] = node.func(*args, evaluate=False) if _takes_evaluate(node) else \
@@ -232,6 +237,12 @@ def lambdifiable(expr: sp.Basic) -> sp.Basic:
         else:
             memo[node] = node
     return memo[expr]
+
+
+def _unit_scalars(args: tuple) -> bool:
+    scalars = [a for a in args if not isinstance(a, MatrixExpr)]
+    return bool(scalars) and any(isinstance(a, MatrixExpr) for a in args) and \
+        sp.Mul(*scalars) == 1
 
 
 def _takes_evaluate(node: sp.Basic) -> bool:

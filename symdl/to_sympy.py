@@ -468,10 +468,16 @@ def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` with the scalars of a product collected into one coefficient (as
+    SymPy's ``*`` would, but without its ``doit()`` of the whole product)."""
     if coeff == 1:
         return expr
     if isinstance(expr, sp.MatMul):
-        return sp.MatMul(coeff, *expr.args)
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        coeff = sp.Mul(coeff, *[a for a in expr.args if not isinstance(a, sp.MatrixExpr)])
+        if coeff == 1:
+            return mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+        return sp.MatMul(coeff, *mats)
     return sp.MatMul(coeff, expr)
 
 
