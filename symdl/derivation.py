@@ -252,6 +252,10 @@ class Derivation:
         Args:
             p: a parameter listed in ``wrt``.
             inline: see ``printer``; ``False`` writes it in terms of the named intermediates.
+                Written out, a named intermediate (a step, an adjoint ``dZ1`` or a generated
+                ``t1``) whose own closed form would exceed ``symdl.naming.INLINE_LIMIT`` IR
+                nodes keeps its name, so that the result stays bounded in size and time;
+                ``definitions()`` and ``equations()`` define every name.
         """
         node = self.gradient_node(p)
         return self._print(node, inline)
