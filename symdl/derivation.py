@@ -360,8 +360,8 @@ class Derivation:
         """A one-line description: the named steps and the output's formula (shortened)."""
         from symdl.pretty import plain
 
-        names = [_symbol_name(s) for s, _ in self.steps if s is not None]
-        text = plain(self.steps[-1][1])
+        names = [_symbol_name(s) for s, _ in self.source_steps if s is not None]
+        text = plain(self.source_steps[-1][1])
         if len(text) > 120:
             text = text[:117] + "..."
         return (" -> ".join(names) + ": " if names else "") + text

@@ -20,7 +20,6 @@ import symdl
 import symdl.functions
 from symdl import registry
 from symdl.pretty import plain
-from symdl.sympy_results import ElementwiseFunction
 from tests.test_derivations import _inputs
 
 torch.set_default_dtype(torch.float64)
@@ -174,6 +173,8 @@ def test_index_form_lambdify_says_which_size_is_missing() -> None:
 ])
 def test_lambdified_functions_are_stable_and_propagate_nan(function, exact) -> None:
     # Elementwise over a matrix (what results are made of) and on a scalar symbol.
+    from symdl.sympy_results import ElementwiseFunction
+
     n = sp.Symbol("n", integer=True, positive=True)
     Z, x = sp.MatrixSymbol("Z", n, 1), sp.Symbol("x", real=True)
     z = np.array([[-1000.0], [-30.0], [0.0], [2.5], [1000.0], [np.nan]])
