@@ -163,6 +163,8 @@ def numpy_call(printer, name: str, arg: sp.Expr) -> str:
         return printer._module_format(f"numpy.{name}")
 
     x = printer._print(arg)
+    if name in printer._settings.get("user_functions", {}):
+        return f"{name}({x})"  # lambdify(..., modules=[{name: ...}, ...]) chose its own
     if name == "sigmoid":
         # exp of a non-positive argument only: no overflow at any logit.
         return (f"(lambda _symdl_t: (lambda _symdl_e: {f('where')}(_symdl_t >= 0, 1.0, "
