@@ -449,7 +449,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
         coeff = sp.Mul(*[f for f in body.args if not f.free_symbols & set(env)])
         parts = [_elementwise_matrix(f, env, shape) for f in body.args
                  if f.free_symbols & set(env)]
-        product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
+        product = parts[0] if len(parts) == 1 else _hadamard_product(parts)
         return _scaled(coeff, product)
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
         return ElementwisePower(_elementwise_matrix(body.base, env, shape), body.exp)
@@ -505,7 +505,15 @@ def _factor_common(terms: list[sp.Basic]) -> sp.Basic:
 
 def _hadamard(exprs: list[sp.Basic]) -> sp.Basic:
     exprs = [e for e in exprs if not isinstance(e, sp.OneMatrix)] or exprs[:1]
-    return exprs[0] if len(exprs) == 1 else sp.HadamardProduct(*exprs)
+    return exprs[0] if len(exprs) == 1 else _hadamard_product(exprs)
+
+
+def _hadamard_product(parts: list[sp.Basic]) -> sp.Basic:
+    """``A ⊙ B ⊙ ...`` with nested products flattened, factors in the order given."""
+    flat = []
+    for p in parts:
+        flat.extend(p.args if isinstance(p, sp.HadamardProduct) else [p])
+    return sp.HadamardProduct(*flat)
 
 
 def _merge(factors: list[_Factor]) -> list[_Factor]:
