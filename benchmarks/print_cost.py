@@ -6,13 +6,14 @@ Measured on the shared 2-core machine (seconds; characters of ``symdl.pretty.pla
 ====================  =========================  ==========================
                       before (e947fde)           after
 ====================  =========================  ==========================
-BN+ReLU one-liner     equations() 75-132 s,      equations() 0.05 s,
+BN+ReLU one-liner     equations() 75-132 s,      equations() 0.09 s,
                       4 eqs, 2,305 chars         8 eqs, 441 chars
-  gradient(X)         65 s, 971 chars            1.1 s, 997 chars
-  gradient(W)         35 s, 973 chars            0.6 s, 997 chars
-3-step GRU (steps)    equations() 0.25 s         0.11 s
-  gradient(bz)        225 s, 182,784 chars       0.16 s, 3,714 chars
-  gradient(Wz)        102 s, 182,803 chars       0.13 s, 3,727 chars
+  gradient(X)         65 s, 971 chars            0.9 s, 995 chars
+  gradient(W)         35 s, 973 chars            0.5 s, 995 chars
+3-step GRU (steps)    equations() 0.25 s,        0.09 s, 1,107 chars
+                      1,131 chars
+  gradient(bz)        225 s, 182,784 chars       0.12 s, 3,708 chars
+  gradient(Wz)        102 s, 182,803 chars       0.10 s, 3,721 chars
 ====================  =========================  ==========================
 """
 
