@@ -71,6 +71,14 @@ class ElementwiseFunction(ElementwiseApplyFunction):
         # A symbol named by the printed matrix prints as that text wherever the variable was.
         return printer._print(body.xreplace({x: sp.Symbol(inner)}))
 
+    def _pretty(self, printer):
+        # sympy.pprint: the formula with the matrix in place of the variable, as in str().
+        x, body, bare = self._parts()
+        inner = sp.sstr(self.expr)
+        if not (bare or self.expr.is_symbol):
+            inner = f"({inner})"
+        return printer._print(body.xreplace({x: sp.Symbol(inner)}))
+
     def _latex(self, printer) -> str:
         own = getattr(type(printer), "_print_ElementwiseApplyFunction", None)
         if own is not None and own.__module__.startswith("symdl"):

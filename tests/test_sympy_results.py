@@ -203,4 +203,5 @@ def test_results_print_readably_in_latex_and_plain_text() -> None:
     grad = der.gradient(s["w"])
     assert sp.latex(grad) == r"\frac{1}{n} X^{T} \left(\sigma\left(X w\right) - y\right)"
     assert plain(grad) == "(X^T*(sigmoid(X*w) - y))/n"
+    assert "sigmoid(X*w)" in sp.pretty(grad) and "↦" not in sp.pretty(grad)
     assert plain(der.hessian(s["w"])) == "(X^T*diag((1_n - sigmoid(X*w)) ⊙ sigmoid(X*w))*X)/n"
