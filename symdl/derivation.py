@@ -21,6 +21,7 @@ from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.limits import check_size
+from symdl.naming import auto_name, names_too_large
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
@@ -104,6 +105,9 @@ class Derivation:
                 self._intermediates.append(node)
         self.output: ir.Node = node
         check_compilable([node])
+        self.source_steps = self.steps
+        self._auto_named: list[ir.Named] = []
+        self._name_shared_subexpressions(wrt)
         self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
         if not self.wrt:
             raise DerivationError("derive() needs at least one parameter in wrt=[...]")
@@ -121,6 +125,40 @@ class Derivation:
                     self.hessian_node(p, q)
 
     # -- construction helpers -------------------------------------------------------------
+
+    def _name_shared_subexpressions(self, wrt: list[Parameter]) -> None:
+        """Gives generated names (``t1``, ``t2``, ...) to the shared, non-small
+        subexpressions of the definition (see ``symdl.naming``), so that a layer written as
+        one expression gets short backprop equations. ``steps`` then lists the definition
+        as named steps (``source_steps`` keeps it as written)."""
+        taken = {str(d) for d in self.dims} | set(self._translator.leaves)
+        taken |= {n.name for n in self._intermediates} | {_symbol_name(p) for p in wrt}
+        taken |= {"d" + name for name in set(taken)}
+        output, generated, replaced = auto_name(
+            self.output, taken, lambda name, shape: _like(None, name, shape))
+        if not generated:
+            return
+        # A step the generated names did not touch keeps the user's own spelling.
+        unchanged = {n.name: d for n, (_, d) in zip(self._intermediates, [
+            st for st in self.steps if st[0] is not None], strict=True)
+            if replaced.get(id(n), n) is n}
+        self.output = output
+        self._auto_named = generated
+        self._intermediates = [replaced.get(id(n), n) for n in self._intermediates]
+        for symbol, node in list(self._translator.named.items()):
+            self._translator.named[symbol] = replaced.get(id(node), node)
+        named = [n for n in ir.topological_order([output]) if isinstance(n, ir.Named)]
+        self._intermediates = [n for n in named if n in self._intermediates or n in generated]
+        reserved = {str(d) for d in self.dims} | set(self._translator.leaves)
+        reserved |= {n.name for n in named}
+        printer = SympyPrinter(inline_named=False, aliases={id(n.body): n for n in named},
+                               reserved=reserved)
+        steps = [(n.symbol, unchanged[n.name] if n.name in unchanged and n not in generated
+                  else printer.definition(n.body)) for n in named]
+        last = self.steps[-1][0]
+        if last is None or not isinstance(output, ir.Named):
+            steps.append((last, printer.result(output)))
+        self.steps = tuple(steps)
 
     def _leaf_for(self, p: Parameter) -> ir.Node:
         name = _symbol_name(p)
@@ -214,15 +252,32 @@ class Derivation:
         self._printers[inline] = printer
         return printer
 
+    def _print(self, node: ir.Node, inline: bool) -> sp.Basic | IndexForm:
+        """A result, written out when ``inline`` as far as ``symdl.naming.INLINE_LIMIT``
+        allows: a named intermediate whose written-out form would exceed it keeps its name,
+        so that the time and size of a closed form stay bounded (a tree written out from a
+        DAG grows exponentially with the depth of the definition)."""
+        if inline:
+            by_name = names_too_large(node)
+            if by_name:
+                printer = self.printer(True)
+                return SympyPrinter(inline_named=True, reserved=printer.reserved,
+                                    by_name=by_name).result(node)
+        return self.printer(inline).result(node)
+
     def gradient(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
         """∂L/∂p for a scalar definition L, with the shape of ``p``.
 
         Args:
             p: a parameter listed in ``wrt``.
             inline: see ``printer``; ``False`` writes it in terms of the named intermediates.
+                Written out, a named intermediate (a step, an adjoint ``dZ1`` or a generated
+                ``t1``) whose own closed form would exceed ``symdl.naming.INLINE_LIMIT`` IR
+                nodes keeps its name, so that the result stays bounded in size and time;
+                ``definitions()`` and ``equations()`` define every name.
         """
         node = self.gradient_node(p)
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hessian(self, p: Parameter, q: Parameter | None = None,
                 inline: bool = True) -> sp.Basic | IndexForm:
@@ -233,7 +288,7 @@ class Derivation:
         indices are those of ``p`` then those of ``q`` (size-1 axes dropped).
         """
         node = self.hessian_node(p, q)
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hvp(self, p: Parameter, v: sp.Basic | Mapping[Parameter, sp.Basic],
             inline: bool = True) -> sp.Basic:
@@ -256,7 +311,7 @@ class Derivation:
                 )
             seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
         node = rewrites.stabilize_one(autodiff.directional(self.gradient_node(p), seeds))
-        return self.printer(inline).result(node)
+        return self._print(node, inline)
 
     def hvp_node(self, p: Parameter, directions: Mapping[Parameter, ir.Node]) -> ir.Node:
         seeds = {id(self._require_parameter(q)): v for q, v in directions.items()}
@@ -267,7 +322,7 @@ class Derivation:
 
         The Jacobian of a column vector with respect to a column vector is a matrix.
         """
-        return self.printer(inline).result(self.jacobian_node(p))
+        return self._print(self.jacobian_node(p), inline)
 
     def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None,
                 jit: bool = True) -> Kernel:
@@ -333,8 +388,8 @@ class Derivation:
         """A one-line description: the named steps and the output's formula (shortened)."""
         from symdl.pretty import plain
 
-        names = [_symbol_name(s) for s, _ in self.steps if s is not None]
-        text = plain(self.steps[-1][1])
+        names = [_symbol_name(s) for s, _ in self.source_steps if s is not None]
+        text = plain(self.source_steps[-1][1])
         if len(text) > 120:
             text = text[:117] + "..."
         return (" -> ".join(names) + ": " if names else "") + text

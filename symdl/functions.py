@@ -58,6 +58,11 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
     def _latex(self, printer, exp: str | None = None) -> str:
         return _power(rf"\sigma\left({printer._print(self.args[0])}\right)", exp)
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "sigmoid", self.args[0])
+
 
 class softplus(sp.Function):  # noqa: N801
     """``log(1 + exp(x))``, evaluated without overflow."""
@@ -85,6 +90,11 @@ class softplus(sp.Function):  # noqa: N801
         return _power(rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)",
                       exp)
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "softplus", self.args[0])
+
 
 class relu(sp.Function):  # noqa: N801
     """``max(x, 0)``. Its derivative at 0 is taken as 0 (``Heaviside(x, 0)``)."""
@@ -103,6 +113,11 @@ class relu(sp.Function):  # noqa: N801
 
     def _latex(self, printer, exp: str | None = None) -> str:
         return _power(rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)", exp)
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import numpy_call
+
+        return numpy_call(printer, "relu", self.args[0])
 
 
 class floor(sp.Function):  # noqa: N801

@@ -10,15 +10,25 @@ node prints in index notation: ``Sum`` over named indices of products of entries
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.errors import UnsupportedError
+from symdl.errors import EvaluationError, UnsupportedError
+from symdl.sympy_results import (
+    Diagonal,
+    ElementwiseFunction,
+    ElementwisePower,
+    IdentityMatrix,
+    MatrixTrace,
+    lambdifiable,
+)
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
@@ -42,6 +52,57 @@ class IndexForm:
         idx = ", ".join(str(i) for i in self.indices)
         return f"[{idx}] -> {self.expr}"
 
+    def lambdify(self, args: Sequence[sp.Basic], modules: str = "numpy") -> Callable:
+        """A NumPy function of ``args`` that returns the whole tensor, entry by entry.
+
+        ``sympy.lambdify`` has no notion of an expression with free indices; this lambdifies
+        the entry (a scalar with ``Sum``s over the other indices) as a function of ``args``
+        and the free indices, and fills an array of the concrete shape. The sizes come from
+        the arrays passed for ``MatrixSymbol``/``IndexedBase`` arguments, or from dimension
+        symbols listed in ``args``. Meant for checks at small sizes: each entry is a Python
+        call. For speed, compile the derivation (``der.compile()``).
+
+        Args:
+            args: the symbols the function takes, in order (as for ``sympy.lambdify``).
+            modules: ``sympy.lambdify``'s ``modules``.
+        """
+        args = list(args)
+        # Dimension symbols the entry reads (Sum ranges, ones vectors) that args leave out
+        # are bound from the arrays' shapes.
+        symbols = set(self.expr.free_symbols).union(
+            *[sp.sympify(dim).free_symbols for dim in self.shape])
+        extra = sorted((s for s in symbols - set(args) - set(self.indices)
+                        if isinstance(s, sp.Symbol) and s.is_integer), key=str)
+        entry = sp.lambdify(args + extra + list(self.indices), self.expr, modules)
+        shape = self.shape
+
+        def tensor(*values):
+            if len(values) != len(args):
+                raise EvaluationError(
+                    f"expected {len(args)} arguments ({args}), got {len(values)}")
+            sizes: dict[sp.Basic, sp.Integer] = {}
+            for a, v in zip(args, values, strict=True):
+                symbolic = getattr(a, "shape", None)
+                if isinstance(a, sp.Symbol) and a.is_integer:
+                    sizes[a] = sp.Integer(int(v))
+                elif symbolic is not None:
+                    for dim, size in zip(symbolic, np.shape(v), strict=False):
+                        if isinstance(dim, sp.Symbol):
+                            sizes.setdefault(dim, sp.Integer(size))
+            unknown = [s for s in extra if s not in sizes]
+            if unknown:
+                raise EvaluationError(
+                    f"the size {unknown[0]} is not known from the arguments; add the dimension "
+                    "symbol to args, or an array that has it in its shape")
+            concrete = tuple(int(sp.sympify(dim).xreplace(sizes)) for dim in shape)
+            bound = [int(sizes[s]) for s in extra]
+            out = np.empty(concrete)
+            for idx in np.ndindex(*concrete):
+                out[idx] = entry(*values, *bound, *idx)
+            return out
+
+        return tensor
+
 
 class _NoMatrixFormError(Exception):
     """The einsum has no matrix form; print it in index notation."""
@@ -64,7 +125,13 @@ def _transpose(expr: sp.Basic) -> sp.Basic:
     which costs time exponential in the depth of an inlined network."""
     if isinstance(expr, sp.Transpose):
         return expr.arg
-    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix, sp.MatMul)) and _small(expr):
+    if isinstance(expr, sp.MatMul) and _small(expr):
+        # By hand: SymPy's MatMul transpose calls doit() on every factor, which walks a
+        # shared subexpression once per path to it (exponential in an inlined network).
+        scalars = [a for a in expr.args if not isinstance(a, sp.MatrixExpr)]
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        return sp.MatMul(*scalars, *[_transpose(m) for m in reversed(mats)])
+    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)):
         return expr.T
     if isinstance(expr, (DiagMatrix, sp.Identity)) or (expr.shape[0] == expr.shape[1] == 1):
         return expr
@@ -88,12 +155,18 @@ class SympyPrinter:
     """
 
     def __init__(self, inline_named: bool = True, aliases: dict[int, ir.Named] | None = None,
-                 reserved: set[str] | None = None):
+                 reserved: set[str] | None = None, by_name: set[int] | None = None):
         self.inline_named = inline_named
+        # Named nodes (by id) printed as their symbol even when inline_named: written out,
+        # they would be too large (see symdl.naming.INLINE_LIMIT).
+        self.by_name = set(by_name or ())
         self.aliases = {} if inline_named else dict(aliases or {})
         self.reserved = set(reserved or ())
         self._memo: dict[int, sp.Basic] = {}
         self._index_counter = 0
+
+    def _inlined(self, node: ir.Named) -> bool:
+        return self.inline_named and id(node) not in self.by_name
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -106,15 +179,18 @@ class SympyPrinter:
         self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
-        try:
-            if node.rank == 0:
-                return self.scalar(node)
-            if node.rank == 2:
-                return self.matrix(node)
-        except _NoMatrixFormError:
-            pass
+        # A product with a sum of tensors (a block of a Hessian times a direction) has a
+        # matrix form once multiplied out: -(1 + mu) G, not Sum(δ δ G) in index notation.
+        for candidate in (node, distribute(node)) if node.rank <= 2 else (node,):
+            try:
+                if candidate.rank == 0:
+                    return lambdifiable(self.scalar(candidate))
+                if candidate.rank == 2:
+                    return lambdifiable(self.matrix(candidate))
+            except _NoMatrixFormError:
+                pass
         indices = tuple(self._fresh_index() for _ in node.shape)
-        return IndexForm(indices, node.shape, self.index(node, indices))
+        return IndexForm(indices, node.shape, lambdifiable(self.index(node, indices)))
 
     def definition(self, node: ir.Node) -> sp.Basic | IndexForm:
         """Like ``result``, but a node that has a name is written out, not named."""
@@ -135,7 +211,7 @@ class SympyPrinter:
         if isinstance(node, ir.Leaf):
             return node.symbol
         if isinstance(node, ir.Named):
-            return self.scalar(node.body) if self.inline_named else node.symbol
+            return self.scalar(node.body) if self._inlined(node) else node.symbol
         if isinstance(node, ir.Add):
             return sp.Add(*[self.scalar(t) for t in node.terms])
         if isinstance(node, ir.Map):
@@ -167,13 +243,13 @@ class SympyPrinter:
                 raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
             return node.symbol
         if isinstance(node, ir.Named):
-            return self.matrix(node.body) if self.inline_named else node.symbol
+            return self.matrix(node.body) if self._inlined(node) else node.symbol
         if isinstance(node, ir.Ones):
             return sp.OneMatrix(rows, cols)
         if isinstance(node, ir.Zero):
             return sp.ZeroMatrix(rows, cols)
         if isinstance(node, ir.Identity):
-            return sp.Identity(rows)
+            return IdentityMatrix(rows)
         if isinstance(node, ir.Add):
             return self._add(node)
         if isinstance(node, ir.Map):
@@ -215,7 +291,7 @@ class SympyPrinter:
             c, rest = t.as_coeff_mul()
             coeff = sp.Mul(c, *[f for f in rest if not f.free_symbols & set(printed)])
             (p,) = [f for f in rest if f.free_symbols & set(printed)]
-            terms.append(printed[p] if coeff == 1 else coeff * printed[p])
+            terms.append(_scaled(coeff, printed[p]))
         return _scaled(common, _factor_common(terms))
 
     def _map(self, node: ir.Map) -> sp.Basic:
@@ -252,14 +328,18 @@ class SympyPrinter:
             if labels[0] is not None and labels[0] == labels[1]:
                 raise _NoMatrixFormError(node)
             if labels == (None, None):
-                scalars.append(sp.Trace(expr))
+                scalars.append(MatrixTrace(expr))
                 continue
             factors.append(_Factor(expr, *labels))
         summed = [lab for lab in dims if label(lab) is not None and lab not in node.out]
         factors = _merge(factors)
         if not out and len(factors) == 1 and factors[0].col is not None:
             return sp.Mul(*scalars) * Total(factors[0].expr)
-        for lab in summed:
+        # Contract first an index that at most two matrices share: in X^T (N ⊙ (W V)) the
+        # index inside W V goes before the one X^T shares with the Hadamard product.
+        while summed:
+            lab = next((lab for lab in summed if len(_split(factors, lab)[0]) <= 2), summed[0])
+            summed.remove(lab)
             factors = _contract(factors, lab, dims[lab], scalars)
             factors = _merge(factors)
         return _assemble(factors, out, node.shape, scalars)
@@ -282,7 +362,7 @@ class SympyPrinter:
         if isinstance(node, ir.Leaf):
             return _entry(node.symbol, indices)
         if isinstance(node, ir.Named):
-            if self.inline_named:
+            if self._inlined(node):
                 return self.index(node.body, indices)
             return _entry(node.symbol, indices)
         if isinstance(node, ir.Ones):
@@ -362,17 +442,17 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
     if body in env:
         return env[body]
     if not body.free_symbols & set(env):
-        return body * sp.OneMatrix(rows, cols)
+        return _scaled(body, sp.OneMatrix(rows, cols))
     if isinstance(body, sp.Add):
         return sp.MatAdd(*[_elementwise_matrix(t, env, shape) for t in body.args])
     if isinstance(body, sp.Mul):
         coeff = sp.Mul(*[f for f in body.args if not f.free_symbols & set(env)])
         parts = [_elementwise_matrix(f, env, shape) for f in body.args
                  if f.free_symbols & set(env)]
-        product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
-        return product if coeff == 1 else coeff * product
+        product = parts[0] if len(parts) == 1 else _hadamard_product(parts)
+        return _scaled(coeff, product)
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
-        return sp.HadamardPower(_elementwise_matrix(body.base, env, shape), body.exp)
+        return ElementwisePower(_elementwise_matrix(body.base, env, shape), body.exp)
     if isinstance(body, sp.Function) and len(body.args) == 1:
         return _apply(body.func, _elementwise_matrix(body.args[0], env, shape))
     variables = [v for v in env if v in body.free_symbols]
@@ -383,17 +463,21 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
 
 
 def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
-    """``function`` entry by entry. Unevaluated: SymPy applies it to a 1 x 1 matrix itself,
-    and Heaviside (relu') raises ValueError on a MatrixSymbol, which is not known real."""
-    with sp.evaluate(False):
-        return ElementwiseApplyFunction(function, matrix)
+    """``function`` entry by entry, as an object that prints as ``f(M)`` and lambdifies."""
+    return ElementwiseFunction(function, matrix)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` with the scalars of a product collected into one coefficient (as
+    SymPy's ``*`` would, but without its ``doit()`` of the whole product)."""
     if coeff == 1:
         return expr
     if isinstance(expr, sp.MatMul):
-        return sp.MatMul(coeff, *expr.args)
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        coeff = sp.Mul(coeff, *[a for a in expr.args if not isinstance(a, sp.MatrixExpr)])
+        if coeff == 1:
+            return mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+        return sp.MatMul(coeff, *mats)
     return sp.MatMul(coeff, expr)
 
 
@@ -421,7 +505,15 @@ def _factor_common(terms: list[sp.Basic]) -> sp.Basic:
 
 def _hadamard(exprs: list[sp.Basic]) -> sp.Basic:
     exprs = [e for e in exprs if not isinstance(e, sp.OneMatrix)] or exprs[:1]
-    return exprs[0] if len(exprs) == 1 else sp.HadamardProduct(*exprs)
+    return exprs[0] if len(exprs) == 1 else _hadamard_product(exprs)
+
+
+def _hadamard_product(parts: list[sp.Basic]) -> sp.Basic:
+    """``A ⊙ B ⊙ ...`` with nested products flattened, factors in the order given."""
+    flat = []
+    for p in parts:
+        flat.extend(p.args if isinstance(p, sp.HadamardProduct) else [p])
+    return sp.HadamardProduct(*flat)
 
 
 def _merge(factors: list[_Factor]) -> list[_Factor]:
@@ -458,7 +550,7 @@ def _contract(factors: list[_Factor], lab: int, dim: sp.Expr, scalars: list) -> 
     if len(mats) == 2:
         left = mats[0].oriented(_other(mats[0], lab))
         right = mats[1].oriented(lab)
-        middle = [DiagMatrix(weight)] if weight is not None else []
+        middle = [Diagonal(weight)] if weight is not None else []
         product = sp.MatMul(left.expr, *middle, right.expr)
         return rest + [_Factor(product, left.row, right.col)]
     if len(mats) == 1:
@@ -489,11 +581,11 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
         raise _NoMatrixFormError(factors)
     if o1 is not None and o2 is not None:
         if mats and isinstance(mats[0].expr, sp.Identity) and (left or right):
-            expr = DiagMatrix(_hadamard(left + right))
+            expr = Diagonal(_hadamard(left + right))
         elif mats:
             core = mats[0].oriented(o1).expr
-            parts = ([DiagMatrix(left[0])] if left else []) + [core] + (
-                [DiagMatrix(right[0])] if right else [])
+            parts = ([Diagonal(left[0])] if left else []) + [core] + (
+                [Diagonal(right[0])] if right else [])
             expr = sp.MatMul(*parts) if len(parts) > 1 else core
         elif left and right:
             expr = sp.MatMul(left[0], _transpose(right[0]))

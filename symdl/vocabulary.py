@@ -89,6 +89,9 @@ class Total(sp.Expr):
     def _latex(self, printer) -> str:
         return rf"\operatorname{{sum}}\left({printer._print(self.arg)}\right)"
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.sum')}({printer._print(self.arg)})"
+
 
 
 class _RowReduction(MatrixExpr):
@@ -138,6 +141,11 @@ class LogSumExp(_RowReduction):
     def _latex(self, printer) -> str:
         return rf"\operatorname{{lse}}\left({printer._print(self.arg)}\right)"
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import row_reduction_code
+
+        return row_reduction_code(printer, "logsumexp", self.arg, self.axis)
+
 
 class Softmax(_RowReduction):
     """``exp(m) / Σ exp(m)`` along ``axis`` (1: each row sums to one)."""
@@ -155,6 +163,11 @@ class Softmax(_RowReduction):
 
     def _latex(self, printer) -> str:
         return rf"\operatorname{{softmax}}\left({printer._print(self.arg)}\right)"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        from symdl.sympy_results import row_reduction_code
+
+        return row_reduction_code(printer, "softmax", self.arg, self.axis)
 
 
 def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:

@@ -1,0 +1,147 @@
+"""Named intermediates chosen automatically, and the size of an expression written out.
+
+A layer written as one expression (batch norm + ReLU in one line) has no named steps, so its
+backprop equations would be one enormous formula each, and writing a gradient out in full
+repeats every shared subexpression once per path to it: exponential in the depth of the
+definition. Two remedies, both over the IR, which is a DAG of interned nodes:
+
+* ``auto_name`` gives a generated name (``t1``, ``t2``, ... avoiding every name in use) to
+  each subexpression that is not small and is used more than once or is a nonlinearity
+  (whose value backprop reads again); backprop then has one adjoint per such step, and
+  ``Derivation.equations()`` prints short equations.
+* ``tree_sizes`` computes, in one pass over the DAG, how many nodes each subexpression has
+  when written out as a tree; the printer writes a named intermediate out only while that
+  stays under a bound (``INLINE_LIMIT``), and refers to it by name beyond.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sympy as sp
+
+from symdl import ir
+
+SHARED_MIN_SIZE = 8
+"""A subexpression used twice or more gets a name when written out it has at least this many
+IR nodes (``X*w``, 3 nodes, stays inline: its name would not make anything shorter)."""
+
+INLINE_LIMIT = 400
+"""``Derivation.gradient`` writes a named intermediate out (a closed form) while the result
+stays under this many IR nodes written out; a larger intermediate is referred to by its
+name, defined by ``Derivation.definitions()`` and ``equations()``."""
+
+_ATOMS = (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)
+
+
+def tree_sizes(roots: list[ir.Node], opaque: Callable[[ir.Node], bool] = lambda n: False
+               ) -> dict[int, int]:
+    """The number of nodes of each subexpression written out as a tree, by node id.
+
+    Args:
+        roots: the expressions.
+        opaque: nodes that count as one (a named intermediate printed by its name).
+    """
+    sizes: dict[int, int] = {}
+    for node in ir.topological_order(roots):
+        if isinstance(node, _ATOMS) or opaque(node):
+            sizes[id(node)] = 1
+        else:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in node.children())
+    return sizes
+
+
+def _rebuild(node: ir.Node, children: list[ir.Node]) -> ir.Node:
+    """``node`` over new children (the same values), through the IR's constructors."""
+    if isinstance(node, ir.Einsum):
+        return ir.einsum(children, node.specs, node.out, node.coeff)
+    if isinstance(node, ir.Map):
+        return ir.map_(node.fn, *children)
+    if isinstance(node, ir.Add):
+        return ir.add(*children)
+    if isinstance(node, ir.LogSumExp):
+        return ir.logsumexp(children[0], node.axis)
+    if isinstance(node, ir.Softmax):
+        return ir.softmax(children[0], node.axis)
+    if isinstance(node, ir.Solve):
+        return ir.solve(children[0], children[1])
+    if isinstance(node, ir.Named):
+        return ir.named(node.name, children[0], node.symbol)
+    return node
+
+
+def auto_name(root: ir.Node, taken: set[str],
+              symbol_for: Callable[[str, tuple], sp.Basic]
+              ) -> tuple[ir.Node, list[ir.Named], dict[int, ir.Node]]:
+    """Wraps each shared, non-small subexpression of ``root`` in a ``Named`` node.
+
+    Args:
+        root: the definition's output.
+        taken: names in use (inputs, parameters, dimensions, steps); a generated name ``tK``
+            is skipped when it, or its adjoint's name ``dtK``, is taken.
+        symbol_for: the SymPy symbol of a generated name for a node of the given shape.
+
+    Returns:
+        The new root (``root`` itself when nothing was named), the new named nodes in the
+        order they are computed, and each old node's replacement by id.
+    """
+    order = ir.topological_order([root])
+    uses: dict[int, int] = {}
+    for node in order:
+        for child in set(map(id, node.children())):
+            uses[child] = uses.get(child, 0) + 1
+    # Sizes up to the named steps already there: a name is as short as it gets.
+    sizes = tree_sizes([root], lambda n: isinstance(n, ir.Named))
+    bodies = {id(node.body) for node in order if isinstance(node, ir.Named)}
+    chosen = {
+        id(node) for node in order
+        if node is not root and id(node) not in bodies
+        and not isinstance(node, (*_ATOMS, ir.Named))
+        and node.rank in (0, 2) and sizes[id(node)] >= SHARED_MIN_SIZE
+        # Shared, or a nonlinearity: backprop reads its value (or argument) again.
+        and (uses.get(id(node), 0) >= 2 or isinstance(node, (ir.Map, ir.Softmax, ir.LogSumExp)))
+    }
+    if not chosen:
+        return root, [], {}
+    counter = 0
+
+    def fresh() -> str:
+        nonlocal counter
+        while True:
+            counter += 1
+            name = f"t{counter}"
+            if name not in taken and "d" + name not in taken:
+                taken.add(name)
+                return name
+
+    new: dict[int, ir.Node] = {}
+    named: list[ir.Named] = []
+    for node in order:
+        children = [new[id(c)] for c in node.children()]
+        same = all(a is b for a, b in zip(children, node.children(), strict=True))
+        rebuilt = node if same else _rebuild(node, children)
+        if id(node) in chosen:
+            name = fresh()
+            rebuilt = ir.named(name, rebuilt, symbol_for(name, rebuilt.shape))
+            named.append(rebuilt)
+        new[id(node)] = rebuilt
+    return new[id(root)], named, new
+
+
+def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
+    """The named nodes under ``root`` (by id) to print by name so that no named
+    intermediate written out exceeds ``limit`` IR nodes (``INLINE_LIMIT``), deciding from
+    the innermost outwards: one pass over the DAG, never a walk of the tree."""
+    limit = INLINE_LIMIT if limit is None else limit
+    sizes: dict[int, int] = {}
+    by_name: set[int] = set()
+    for node in ir.topological_order([root]):
+        if isinstance(node, _ATOMS):
+            sizes[id(node)] = 1
+            continue
+        size = 1 + sum(sizes[id(c)] for c in node.children())
+        if isinstance(node, ir.Named) and size > limit and node is not root:
+            by_name.add(id(node))
+            size = 1
+        sizes[id(node)] = size
+    return by_name
