@@ -561,7 +561,10 @@ class _Generator:
             general = f"np.dot({_flip(right)}, {_flip(left)}, {out})"
         lines = [general]
         sym = step.symmetric
-        if sym is not None:
+        if sym is not None and sym.weight is None:
+            base = self.array_of(sym.base) + ("" if sym.rows_first else ".T")
+            lines = [f"np.dot({base}.T, {base}, {out})  # X^T X: NumPy's BLAS uses syrk"]
+        elif sym is not None:
             weight = f"{self.array_of(sym.weight)}.reshape(-1)"
             base = self.array_of(sym.base) + ("" if sym.rows_first else ".T")
             lines = [

@@ -93,6 +93,10 @@ def symmetric_form(node: ir.Einsum, pattern: tuple[int, int, int]) -> Symmetric 
             weight, spec_w = scaled.operands[1 - j], scaled.specs[1 - j]
             big = [outer.get(lab) for lab in spec_w if dims[lab] != 1]
             if big == [s] and weight.rank in (1, 2):
+                if isinstance(weight, ir.Ones):  # X^T X: a Gram matrix, no weight to read
+                    return Symmetric(base, spec_x.index(s) == 0, None)
+                if _is_value(weight):  # a constant weight has no array to read
+                    return None
                 return Symmetric(base, spec_x.index(s) == 0, weight)
     return None
 
@@ -198,7 +202,8 @@ class Symmetric:
     base: ir.Node
     rows_first: bool
     """Whether ``base``'s first axis is the summed one (else it is read transposed)."""
-    weight: ir.Node
+    weight: ir.Node | None
+    """``c``; None for ``X^T X`` (every weight 1)."""
 
 
 @dataclass
@@ -363,6 +368,13 @@ def node_reads(node: ir.Node) -> list[tuple[ir.Node, tuple]]:
     return operand_reads(node, axis_vars)
 
 
+def _symmetric_reads(symmetric: Symmetric) -> tuple[ir.Node, ...]:
+    """The arrays ``X^T diag(c) X`` reads: ``c`` (unless all ones) and ``X``."""
+    if symmetric.weight is None:
+        return (symmetric.base,)
+    return (symmetric.weight, symmetric.base)
+
+
 def _is_value(node: ir.Node) -> bool:
     """Leaves and constants: read directly, never computed."""
     return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
@@ -438,7 +450,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
         if pattern is not None:
             symmetric = symmetric_form(node, pattern)
             # X^T diag(c) X reads c and X only: the scaled operand is never stored.
-            for op in ((symmetric.weight, symmetric.base) if symmetric else node.operands):
+            for op in (_symmetric_reads(symmetric) if symmetric else node.operands):
                 materialize(op)
             steps.append(Contraction(node, pattern, symmetric))
             step_of[id(node)] = len(steps) - 1
@@ -548,7 +560,7 @@ def _step_reads(step: Step) -> list[tuple[ir.Node, tuple | None]]:
     """(node, index) pairs a step reads (index None: the whole array)."""
     if isinstance(step, Contraction):
         if step.symmetric is not None:
-            return [(step.symmetric.weight, None), (step.symmetric.base, None)]
+            return [(op, None) for op in _symmetric_reads(step.symmetric)]
         return [(op, None) for op in step.node.operands]
     if isinstance(step, RowStats):
         return [(step.arg, None)]

@@ -372,3 +372,23 @@ def test_declared_assumption_checks_admit_exactly_their_sets(assumption: str) ->
     drawn = np.random.default_rng(0).normal(size=20)
     assert violation(p, conform(p, drawn)) is None
     assert violation(p, conform(p, float(drawn[0]))) is None
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_gram_hessian_with_unit_weight_is_computed(jit):
+    """The Hessian of a squared residual through a named nonlinearity is ``2 A^T diag(1) A``:
+    its weight is a ones vector, which has no array (the generated code read an undefined
+    one). Checked against the Hessian written by hand with NumPy."""
+    n, d, h = sp.symbols("n d h", integer=True, positive=True)
+    X, W = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("W", d, h)
+    V, y = sp.MatrixSymbol("V", h, 1), sp.MatrixSymbol("y", n, 1)
+    S = sp.MatrixSymbol("S", n, 1)
+    der = symdl.derive([(S, sp.HadamardPower(symdl.tanh(X * W) * V - y, 2)),
+                        (sp.Symbol("L"), symdl.sum(S))],
+                       wrt=[V], hessian=True)
+    rng = np.random.default_rng(3)
+    x, w, v, yy = (rng.standard_normal(s) for s in [(7, 3), (3, 5), (5, 1), (7, 1)])
+    out = der.compile(jit=jit)(X=x, W=w, V=v, y=yy)
+    a = np.tanh(x @ w)
+    np.testing.assert_allclose(out.hessian["V", "V"], 2 * a.T @ a, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.grad["V"], 2 * a.T @ (a @ v - yy), rtol=1e-12, atol=1e-12)
