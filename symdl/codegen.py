@@ -448,12 +448,12 @@ class _Generator:
             for op, at in reads:
                 factors.append(self._read_tracked(op, at, loop_vars, temps, used_arrays))
             factors = [f for f in factors if f != "1.0"] or ["1.0"]
-            return " * ".join(factors)
+            return _bounded_join(factors, " * ", body)
         at = group.indices[id(node)]
         reads = operand_reads(node, at)
         values = [self._read_tracked(op, a, loop_vars, temps, used_arrays) for op, a in reads]
         if isinstance(node, ir.Add):
-            return " + ".join(values)
+            return _bounded_join(values, " + ", body)
         if isinstance(node, ir.Map):
             names = {}
             for var, value in zip(node.fn.variables, values, strict=True):
@@ -708,6 +708,30 @@ def _stats{number}{variant}(z, peak, total):
             f"dimension {dim} appears only inside compound dimensions; give some input an axis "
             f"of size exactly {dim}"
         )
+
+
+MAX_OPERANDS = 32
+"""The most operands one generated expression joins. Python's compiler recurses once per
+operator of a chain ``a + b + c + ...`` (a sum of 5,000 terms raised RecursionError on
+the generated module); longer sums and products are built from partial results."""
+
+
+def _bounded_join(values: list[str], operator: str, body: list[str]) -> str:
+    """``operator.join(values)`` with at most ``MAX_OPERANDS`` operands per expression: longer
+    lists are reduced in partial results (statements appended to ``body``), a tree of depth
+    log_32 of their number."""
+    while len(values) > MAX_OPERANDS:
+        partial = []
+        for start in range(0, len(values), MAX_OPERANDS):
+            chunk = values[start:start + MAX_OPERANDS]
+            if len(chunk) == 1:
+                partial.append(chunk[0])
+                continue
+            name = f"p{len(body)}"
+            body.append(f"{name} = {operator.join(chunk)}")
+            partial.append(name)
+        values = partial
+    return operator.join(values)
 
 
 def _serial_loop_order(group: LoopGroup) -> list[int]:

@@ -19,7 +19,7 @@ from symdl import autodiff, ir
 from symdl.errors import DefinitionError, DerivationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
-from symdl.limits import check_size
+from symdl.limits import check_size, count_subexpressions
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
@@ -306,7 +306,14 @@ class Derivation:
         from symdl.pretty import plain
 
         names = [_symbol_name(s) for s, _ in self.steps if s is not None]
-        text = plain(self.steps[-1][1])
+        if len(names) > 12:  # a long chain: its ends say what it is
+            names = names[:6] + [f"... ({len(names) - 12} more)"] + names[-6:]
+        last = self.steps[-1][1]
+        # SymPy orders the terms of a sum before printing it (time quadratic in their
+        # number) and prints recursively: a large step is summarised, not printed.
+        nodes = count_subexpressions(last, limit=2000)
+        text = plain(last) if nodes <= 2000 else (
+            f"a {type(last).__name__} of {len(last.args)} terms, over 2000 subexpressions")
         if len(text) > 120:
             text = text[:117] + "..."
         return (" -> ".join(names) + ": " if names else "") + text

@@ -93,6 +93,7 @@ class SympyPrinter:
         self.aliases = {} if inline_named else dict(aliases or {})
         self.reserved = set(reserved or ())
         self._memo: dict[int, sp.Basic] = {}
+        self._scalar_memo: dict[int, tuple[ir.Node, sp.Basic]] = {}
         self._index_counter = 0
 
     # -- entry points ---------------------------------------------------------------------
@@ -106,6 +107,7 @@ class SympyPrinter:
         self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
+        self._warm(node)
         try:
             if node.rank == 0:
                 return self.scalar(node)
@@ -128,6 +130,8 @@ class SympyPrinter:
     def scalar(self, node: ir.Node) -> sp.Expr:
         if node.rank != 0:
             raise ValueError(f"scalar() of a node of shape {node.shape}")
+        if id(node) in self._scalar_memo:
+            return self._scalar_memo[id(node)][1]
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
         if isinstance(node, ir.Zero):
@@ -155,6 +159,52 @@ class SympyPrinter:
         if key not in self._memo:
             self._memo[key] = (node, self._matrix(node))
         return self._memo[key][1]
+
+    def _warm(self, root: ir.Node) -> None:
+        """Prints the matrices and scalars under ``root`` children first when it is deep.
+
+        ``matrix`` and ``scalar`` call themselves on the operands, once per level: a closed
+        form through a chain of a thousand named steps would exhaust Python's recursion limit.
+        Printed bottom-up into the memo, each call finds its operands there and goes one level
+        down only. Shallow results (every usual one) are printed as before, top-down, so
+        their index names do not change.
+        """
+        order = self._print_order(root)
+        if order is None:
+            return
+        counter = self._index_counter
+        for node in order:
+            if id(node) in self.aliases:
+                continue
+            try:
+                if node.rank == 2:
+                    self.matrix(node)
+                elif node.rank == 0 and id(node) not in self._scalar_memo:
+                    self._scalar_memo[id(node)] = (node, self.scalar(node))
+            except (_NoMatrixFormError, UnsupportedError):
+                continue  # printed in index notation when the result needs it
+        self._index_counter = counter
+
+    def _print_order(self, root: ir.Node, shallow: int = 40) -> list[ir.Node] | None:
+        """The nodes that printing ``root`` visits, children first, or None when none of
+        them is nested more than ``shallow`` levels deep."""
+        depth: dict[int, int] = {}
+        order: list[ir.Node] = []
+        stack: list[tuple[ir.Node, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            children = () if id(node) in self.aliases or (
+                isinstance(node, ir.Named) and not self.inline_named) else node.children()
+            if expanded:
+                depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+                order.append(node)
+                continue
+            if id(node) in depth:
+                continue
+            depth[id(node)] = 0  # on the stack; replaced by its depth when expanded
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in depth)
+        return order if depth.get(id(root), 0) > shallow else None
 
     # -- matrices -------------------------------------------------------------------------
 
@@ -215,7 +265,7 @@ class SympyPrinter:
             c, rest = t.as_coeff_mul()
             coeff = sp.Mul(c, *[f for f in rest if not f.free_symbols & set(printed)])
             (p,) = [f for f in rest if f.free_symbols & set(printed)]
-            terms.append(printed[p] if coeff == 1 else coeff * printed[p])
+            terms.append(printed[p] if coeff == 1 else _times(coeff, printed[p]))
         return _scaled(common, _factor_common(terms))
 
     def _map(self, node: ir.Map) -> sp.Basic:
@@ -370,7 +420,7 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
         parts = [_elementwise_matrix(f, env, shape) for f in body.args
                  if f.free_symbols & set(env)]
         product = parts[0] if len(parts) == 1 else sp.HadamardProduct(*parts)
-        return product if coeff == 1 else coeff * product
+        return product if coeff == 1 else _times(coeff, product)
     if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
         return sp.HadamardPower(_elementwise_matrix(body.base, env, shape), body.exp)
     if isinstance(body, sp.Function) and len(body.args) == 1:
@@ -387,6 +437,13 @@ def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
     and Heaviside (relu') raises ValueError on a MatrixSymbol, which is not known real."""
     with sp.evaluate(False):
         return ElementwiseApplyFunction(function, matrix)
+
+
+def _times(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` canonicalised at the top only: SymPy's ``*`` runs ``doit`` over the
+    whole of ``expr``, which re-evaluates every function below it, once per enclosing level
+    (time exponential in the depth of a closed form through many named steps)."""
+    return sp.MatMul(coeff, expr).doit(deep=False)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
