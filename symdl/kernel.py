@@ -18,6 +18,7 @@ Conventions, checked before any jitted code runs:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import warnings
@@ -33,7 +34,8 @@ from symdl import ir
 from symdl.codegen import Source, generate
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted
-from symdl.kernel_plan import plan
+from symdl.kernel_plan import Contraction, LinearSolve, plan
+from symdl.progress import compile_progress
 
 PARALLEL_MIN_ENTRIES = 1 << 15
 """Calls whose largest array has at least this many entries use the parallel loops."""
@@ -113,6 +115,17 @@ class Kernel:
         self._source: Source = generate(self._plan, leaves, title)
         self._leaves = {leaf.name: leaf for leaf in leaves}
         self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
+        self._title = title
+        self._variants_called: set[tuple] = set()
+
+    def _first_call(self, variant: tuple):
+        """Around a call: the first call of each variant (dtype, parallel, in place or
+        compiled) is where Numba compiles, reported when slow (``symdl.progress``)."""
+        if not self.jit or variant in self._variants_called:
+            return contextlib.nullcontext()
+        self._variants_called.add(variant)
+        loops = sum(not isinstance(s, (Contraction, LinearSolve)) for s in self._plan.steps)
+        return compile_progress(self._title, loops)
 
     @property
     def source(self) -> str:
@@ -145,7 +158,8 @@ class Kernel:
         """
         if parallel:
             _warn_if_spinning_threads()
-        self._module.kernel(*inputs, *outputs, parallel=parallel, compiled=True)
+        with self._first_call((outputs[0].dtype if outputs else None, parallel, True)):
+            self._module.kernel(*inputs, *outputs, parallel=parallel, compiled=True)
 
     def export(self, path: str | Path) -> Path:
         """Writes the kernels as one standalone module (no symdl import) and returns its path.
@@ -278,7 +292,8 @@ class Kernel:
             name in out and _same_array(out[name], prepared[name])
             for name in self._source.in_place)
         try:
-            self._module.kernel(*args, *buffers, parallel=parallel, inplace=inplace)
+            with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
+                self._module.kernel(*args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "

@@ -18,7 +18,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.errors import UnsupportedError
+from symdl.errors import DerivationError, UnsupportedError
 from symdl.vocabulary import LogSumExp, Softmax, Total
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
@@ -104,6 +104,16 @@ class SympyPrinter:
         Tensors of rank 3 or more lose their size-1 axes first: the Hessian of a ``d x 1``
         parameter is ``d x d``.
         """
+        try:
+            return self._result(node)
+        except RecursionError:
+            raise DerivationError(
+                "this closed form is nested too deeply for SymPy, which builds and queries "
+                "matrix expressions recursively (a closed form through a long chain of named "
+                "steps); ask for it in terms of the named steps instead: "
+                "der.gradient(p, inline=False) or der.equations()") from None
+
+    def _result(self, node: ir.Node) -> sp.Basic | IndexForm:
         self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
