@@ -19,7 +19,7 @@ number of loop functions. A case that runs past ``--timeout`` seconds is recorde
 This script is not part of the test suite.
 
 Usage: python benchmarks/compile_cost.py [--sizes 10,100,1000] [--kinds chain,sum]
-       [--timeout S] [--out PATH] [--no-compile]
+       [--timeout S] [--out PATH] [--no-compile] [--compile-max N]
 """
 
 from __future__ import annotations
@@ -123,6 +123,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the first call (the cold Numba compile)")
+    parser.add_argument("--compile-max", type=int, default=None,
+                        help="time the cold compile only up to this size")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -132,7 +134,9 @@ def main() -> None:
     rows = []
     for kind in args.kinds.split(","):
         for size in (int(s) for s in args.sizes.split(",")):
-            row = _run(kind, size, args.timeout, not args.no_compile)
+            compile_ = not args.no_compile and (args.compile_max is None
+                                                or size <= args.compile_max)
+            row = _run(kind, size, args.timeout, compile_)
             print(json.dumps(row), flush=True)
             rows.append(row)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
