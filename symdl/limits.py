@@ -28,7 +28,7 @@ MAX_DEPTH = 80
 SymPy recurses about five frames per level when it prints, so 80 levels leave room under
 Python's default recursion limit of 1000 for the caller's own frames."""
 
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 """Most distinct subexpressions in one definition step (a sum of 5,000 terms of a few
 symbols each has about 30,000). Every stage of symdl is linear in this number; SymPy's own
 construction and printing of such a step take the most time (seconds per 10,000 terms)."""
@@ -103,7 +103,9 @@ def check_size(expr: sp.Basic, what: str = "the definition") -> tuple[int, int]:
             continue
         stack.append((node, True))
         stack.extend((a, False) for a in node.args if id(a) not in depth)
-        if len(depth) + len(stack) > 2 * MAX_NODES:
+        # More pending references than the limit (a sum of too many terms, seen at once):
+        # stop before walking them all, so that a huge expression fails in milliseconds.
+        if len(stack) > MAX_NODES or len(depth) + len(stack) > 2 * MAX_NODES:
             break
     if len(depth) > MAX_NODES or stack:
         raise DefinitionTooLargeError(
