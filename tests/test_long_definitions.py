@@ -211,3 +211,19 @@ def test_slow_compile_is_reported(caplog, monkeypatch):
     with caplog.at_level(logging.INFO, logger="symdl"):
         kernel(X=np.ones((2, 3)), w=np.ones((3, 1)))  # compiled already: nothing to say
     assert not [r for r in caplog.records if r.name == "symdl"]
+
+
+def test_compile_progress_goes_to_stderr_when_logging_is_not_configured(monkeypatch, capsys):
+    import time
+
+    from symdl import progress
+
+    monkeypatch.setattr(progress.logger, "hasHandlers", lambda: False)
+    with progress.compile_progress("k", 3, after_s=0.0):
+        time.sleep(0.05)
+    err = capsys.readouterr().err
+    assert "compiling kernel k (3 loops)..." in err and "compiled kernel k in " in err
+    monkeypatch.setattr(progress.logger, "level", logging.WARNING)  # the user silenced it
+    with progress.compile_progress("k", 3, after_s=0.0):
+        time.sleep(0.05)
+    assert capsys.readouterr().err == ""
