@@ -509,12 +509,12 @@ class _Generator:
             for op, at in reads:
                 factors.append(self._read_tracked(op, at, loop_vars, temps, used_arrays))
             factors = [f for f in factors if f != "1.0"] or ["1.0"]
-            return " * ".join(factors)
+            return _bounded_join(factors, " * ", body)
         at = group.indices[id(node)]
         reads = operand_reads(node, at)
         values = [self._read_tracked(op, a, loop_vars, temps, used_arrays) for op, a in reads]
         if isinstance(node, ir.Add):
-            return " + ".join(values)
+            return _bounded_join(values, " + ", body)
         if isinstance(node, ir.Map):
             names = {}
             for var, value in zip(node.fn.variables, values, strict=True):
@@ -707,22 +707,16 @@ def _stats{number}{variant}(z, peak, total):
         # ascii() keeps quotes: a name holding three double quotes would close the docstring.
         text = "\n".join(doc).replace("\\", "\\\\").replace('"', "\\x22")
         lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
-                 "import numpy as np", "from numba import prange", "", HELPERS, CHECK, ""]
+                 "import numpy as np", "from numba import prange", "",
+                 _helpers(HELPERS, self.functions), CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs)
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
         dtype_src = arrays[0] if arrays else "out0"
         run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims]
                              + ["parallel", "inplace"])
-        lines += ["", f"def _steps({run_args}):",
-                  '    """Every step in order: allocations, BLAS products, fused loops."""',
-                  f"    dtype = {dtype_src}.dtype"]
-        lines += [f"    {line}" for line in driver + copies]
-        lines += ["", "",
-                  "# The same steps compiled into one function: no Python between the steps,",
-                  "# for small arrays in training loops; compiled on first use (a few seconds).",
-                  '_steps_compiled = numba.njit(cache=True, error_model="numpy")(_steps)',
-                  "", "", f"def kernel({signature}, parallel=False, compiled=False, "
+        lines += _driver(driver + copies, run_args, f"{dtype_src}.dtype")
+        lines += ["", "", f"def kernel({signature}, parallel=False, compiled=False, "
                   "inplace=False):",
                   '    """Checks the arrays, then computes every output into the preallocated'
                   ' out arrays."""',
@@ -775,6 +769,111 @@ def _stats{number}{variant}(z, peak, total):
             f"dimension {dim} appears only inside compound dimensions; give some input an axis "
             f"of size exactly {dim}"
         )
+
+
+MAX_OPERANDS = 32
+"""The most operands one generated expression joins. Python's compiler recurses once per
+operator of a chain ``a + b + c + ...`` (a sum of 5,000 terms raised RecursionError on
+the generated module); longer sums and products are built from partial results."""
+
+
+def _bounded_join(values: list[str], operator: str, body: list[str]) -> str:
+    """``operator.join(values)`` with at most ``MAX_OPERANDS`` operands per expression: longer
+    lists are reduced in partial results (statements appended to ``body``), a tree of depth
+    log_32 of their number."""
+    while len(values) > MAX_OPERANDS:
+        partial = []
+        for start in range(0, len(values), MAX_OPERANDS):
+            chunk = values[start:start + MAX_OPERANDS]
+            if len(chunk) == 1:
+                partial.append(chunk[0])
+                continue
+            name = f"p{len(body)}"
+            body.append(f"{name} = {operator.join(chunk)}")
+            partial.append(name)
+        values = partial
+    return operator.join(values)
+
+
+MAX_INLINED_CALLS = 24
+"""The most calls of helpers marked ``inline="always"`` (``_tanh``, ``_sigmoid``, ...) one
+module may make with the helpers inlined. Numba inlines at the level of its own IR and
+re-types the caller for every call site: about 0.6 s per call, more in longer functions (a
+loop of 20 tanh calls took 21 s to compile inlined, 7 s called). Past this many calls the
+helpers are called instead: the loops that call them no longer vectorise (tanh over 65,536
+entries 0.12 -> 0.46 ms), but the compile time stays about 0.1 s per call."""
+
+_INLINED_HELPER = re.compile(r'inline="always"\)\s*\ndef (\w+)\(')
+
+
+def _helpers(helpers: str, functions: list[str]) -> str:
+    """The helper functions, inlined where their calls are few (``MAX_INLINED_CALLS``)."""
+    names = _INLINED_HELPER.findall(helpers)
+    if not names:
+        return helpers
+    calls = re.compile(r"\b(?:" + "|".join(map(re.escape, names)) + r")\(")
+    if sum(len(calls.findall(f)) for f in functions) <= MAX_INLINED_CALLS:
+        return helpers
+    return helpers.replace(', inline="always")', ")")
+
+
+MAX_DRIVER_STATEMENTS = 120
+"""The most top-level statements in one driver function. Numba compiles the driver as a
+whole for ``compiled=True``, in time that grows faster than linearly with its length; a
+longer driver is split into parts that the driver calls in order."""
+
+_ASSIGNED = re.compile(r"^([A-Za-z_]\w*) = ")
+_IDENTIFIER = re.compile(r"\b[A-Za-z_]\w*\b")
+
+
+def _driver(statements: list[str], run_args: str, dtype: str) -> list[str]:
+    """The source of ``_steps`` (the driver: ``statements`` in order) and ``_steps_compiled``
+    (the same, jitted). Up to ``MAX_DRIVER_STATEMENTS`` top-level statements it is one
+    function; beyond, the statements go into parts ``_steps_part0, _steps_part1, ...`` that
+    take the arrays earlier parts allocated and return those that later parts read."""
+    header = '    """Every step in order: allocations, BLAS products, fused loops."""'
+    # Top-level statements: a line that is not indented (and not an else:) starts one.
+    blocks: list[list[str]] = []
+    for line in statements:
+        if blocks and (line.startswith((" ", "else:", "elif "))):
+            blocks[-1].append(line)
+        else:
+            blocks.append([line])
+    compiled = ["", "", "# The same steps compiled into one function: no Python between the steps,",
+                "# for small arrays in training loops; compiled on first use (a few seconds)."]
+    if len(blocks) <= MAX_DRIVER_STATEMENTS:
+        return (["", f"def _steps({run_args}):", header, f"    dtype = {dtype}"]
+                + [f"    {line}" for line in statements] + compiled
+                + ['_steps_compiled = numba.njit(cache=True, error_model="numpy")(_steps)'])
+    parts = [blocks[k:k + MAX_DRIVER_STATEMENTS]
+             for k in range(0, len(blocks), MAX_DRIVER_STATEMENTS)]
+    base = [a.strip() for a in run_args.split(",")] + ["dtype"]
+    defined = [{m.group(1) for b in part for m in [_ASSIGNED.match(b[0])] if m}
+               for part in parts]
+    used = [set(_IDENTIFIER.findall("\n".join(line for b in part for line in b)))
+            for part in parts]
+    lines: list[str] = []
+    calls: dict[str, list[str]] = {"": [], "_jit": []}
+    for k, part in enumerate(parts):
+        earlier = set().union(*defined[:k]) - set(base)
+        later = set().union(*used[k + 1:])
+        params = base + sorted(used[k] & earlier)
+        results = sorted(defined[k] & later - set(base))
+        lines += ["", "", f"def _steps_part{k}({', '.join(params)}):",
+                  f'    """Steps, part {k + 1} of {len(parts)} (a long driver is split)."""']
+        lines += [f"    {line}" for b in part for line in b]
+        if results:
+            lines.append(f"    return ({', '.join(results)},)")
+        lines.append(f'_steps_part{k}_jit = numba.njit(cache=True, error_model="numpy")'
+                     f"(_steps_part{k})")
+        target = f"({', '.join(results)},) = " if results else ""
+        for suffix in calls:
+            calls[suffix].append(f"    {target}_steps_part{k}{suffix}({', '.join(params)})")
+    for name, suffix in (("_steps", ""), ("_steps_driver_jit", "_jit")):
+        lines += ["", "", f"def {name}({run_args}):", header, f"    dtype = {dtype}"]
+        lines += calls[suffix]
+    return lines + compiled + [
+        '_steps_compiled = numba.njit(cache=True, error_model="numpy")(_steps_driver_jit)']
 
 
 def _serial_loop_order(group: LoopGroup) -> list[int]:

@@ -20,7 +20,7 @@ from symdl.compilable import check_compilable
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.evaluate import evaluate as evaluate_nodes
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
-from symdl.limits import check_size
+from symdl.limits import check_size, count_subexpressions
 from symdl.naming import auto_name, names_too_large
 from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
 
@@ -389,7 +389,14 @@ class Derivation:
         from symdl.pretty import plain
 
         names = [_symbol_name(s) for s, _ in self.source_steps if s is not None]
-        text = plain(self.source_steps[-1][1])
+        if len(names) > 12:  # a long chain: its ends say what it is
+            names = names[:6] + [f"... ({len(names) - 12} more)"] + names[-6:]
+        last = self.source_steps[-1][1]
+        # SymPy orders the terms of a sum before printing it (time quadratic in their
+        # number) and prints recursively: a large step is summarised, not printed.
+        nodes = count_subexpressions(last, limit=2000)
+        text = plain(last) if nodes <= 2000 else (
+            f"a {type(last).__name__} of {len(last.args)} terms, over 2000 subexpressions")
         if len(text) > 120:
             text = text[:117] + "..."
         return (" -> ".join(names) + ": " if names else "") + text

@@ -66,8 +66,17 @@ class Node:
 
     _fields: ClassVar[tuple[str, ...]] = ()
 
+    def __post_init__(self) -> None:
+        # The shape is computed once, when the node is built: its children are built before
+        # it, so this is one step, whereas a property that asked the child would recurse
+        # through a chain of a thousand named steps.
+        object.__setattr__(self, "_shape", self._compute_shape())
+
     @property
     def shape(self) -> Shape:
+        return self._shape
+
+    def _compute_shape(self) -> Shape:
         return self.dims  # subclasses without a ``dims`` field override this
 
     @property
@@ -111,8 +120,7 @@ class Identity(Node):
     dim: sp.Expr
     _fields: ClassVar[tuple[str, ...]] = ("dim",)
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return (self.dim, self.dim)
 
 
@@ -142,8 +150,7 @@ class Map(Node):
     args: tuple[Node, ...]
     _fields: ClassVar[tuple[str, ...]] = ("fn", "args")
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return self.args[0].shape
 
     def children(self) -> tuple[Node, ...]:
@@ -155,8 +162,7 @@ class Add(Node):
     terms: tuple[Node, ...]
     _fields: ClassVar[tuple[str, ...]] = ("terms",)
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return self.terms[0].shape
 
     def children(self) -> tuple[Node, ...]:
@@ -171,8 +177,7 @@ class LogSumExp(Node):
     axis: int
     _fields: ClassVar[tuple[str, ...]] = ("arg", "axis")
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         dims = list(self.arg.shape)
         dims[self.axis] = sp.Integer(1)
         return tuple(dims)
@@ -189,8 +194,7 @@ class Softmax(Node):
     axis: int
     _fields: ClassVar[tuple[str, ...]] = ("arg", "axis")
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return self.arg.shape
 
     def children(self) -> tuple[Node, ...]:
@@ -207,8 +211,7 @@ class Solve(Node):
     b: Node
     _fields: ClassVar[tuple[str, ...]] = ("a", "b")
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return self.b.shape
 
     def children(self) -> tuple[Node, ...]:
@@ -224,8 +227,7 @@ class Named(Node):
     symbol: sp.Basic = field(repr=False)
     _fields: ClassVar[tuple[str, ...]] = ("name", "body", "symbol")
 
-    @property
-    def shape(self) -> Shape:
+    def _compute_shape(self) -> Shape:
         return self.body.shape
 
     def children(self) -> tuple[Node, ...]:

@@ -18,6 +18,7 @@ Conventions, checked before any jitted code runs:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import threading
@@ -36,7 +37,8 @@ from symdl.codegen import Source, generate
 from symdl.compilable import check_compilable
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.jit import load, load_interpreted, record_compiled
-from symdl.kernel_plan import plan
+from symdl.kernel_plan import Contraction, LinearSolve, plan
+from symdl.progress import compile_progress
 
 PARALLEL_MIN_ENTRIES = 1 << 15
 """Calls whose largest array has at least this many entries use the parallel loops."""
@@ -139,6 +141,17 @@ class Kernel:
         self._source: Source = generate(self._plan, leaves, title)
         self._leaves = {leaf.name: leaf for leaf in leaves}
         self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
+        self._title = title
+        self._variants_called: set[tuple] = set()
+
+    def _first_call(self, variant: tuple):
+        """Around a call: the first call of each variant (dtype, parallel, in place or
+        compiled) is where Numba compiles, reported when slow (``symdl.progress``)."""
+        if not self.jit or variant in self._variants_called:
+            return contextlib.nullcontext()
+        self._variants_called.add(variant)
+        loops = sum(not isinstance(s, (Contraction, LinearSolve)) for s in self._plan.steps)
+        return compile_progress(self._title, loops)
 
     @property
     def source(self) -> str:
@@ -176,9 +189,12 @@ class Kernel:
         """
         if parallel:
             _warn_if_spinning_threads()
-            _run_parallel(self._module.kernel, *inputs, *outputs, parallel=True, compiled=True)
-        else:
-            self._module.kernel(*inputs, *outputs, parallel=False, compiled=True)
+        with self._first_call((outputs[0].dtype if outputs else None, parallel, True)):
+            if parallel:
+                _run_parallel(self._module.kernel, *inputs, *outputs, parallel=True,
+                              compiled=True)
+            else:
+                self._module.kernel(*inputs, *outputs, parallel=False, compiled=True)
         record_compiled()
 
     def export(self, path: str | Path) -> Path:
@@ -365,11 +381,12 @@ class Kernel:
             name in out and _same_array(out[name], prepared[name])
             for name in self._source.in_place)
         try:
-            if parallel:
-                _run_parallel(self._module.kernel, *args, *buffers, parallel=True,
-                              inplace=inplace)
-            else:
-                self._module.kernel(*args, *buffers, parallel=False, inplace=inplace)
+            with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
+                if parallel:
+                    _run_parallel(self._module.kernel, *args, *buffers, parallel=True,
+                                  inplace=inplace)
+                else:
+                    self._module.kernel(*args, *buffers, parallel=False, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "

@@ -119,7 +119,7 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
             new = ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args)))
         elif isinstance(node, ir.Add):
             terms = [get(t) for t in node.terms]
-            new = _factor_common_operand(terms) or ir._intern(ir.Add(tuple(terms)))
+            new = _factor_common_operand(terms) or _add_tree(terms)
         elif isinstance(node, ir.LogSumExp):
             new = ir._intern(ir.LogSumExp(get(node.arg), node.axis))
         elif isinstance(node, ir.Softmax):
@@ -132,6 +132,22 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
             new = node
         lowered[id(node)] = new
     return lowered
+
+
+MAX_ADD_TERMS = 32
+"""A sum of more terms is computed as a tree of partial sums of at most this many."""
+
+
+def _add_tree(terms: list[ir.Node]) -> ir.Node:
+    """The sum of ``terms`` as a tree of partial sums of at most ``MAX_ADD_TERMS`` terms.
+
+    Each partial sum follows its terms in the plan's order, so when a long loop is split
+    (``split_long_groups``), the parts pass on a few partial sums instead of every term."""
+    while len(terms) > MAX_ADD_TERMS:
+        terms = [chunk[0] if len(chunk) == 1 else ir._intern(ir.Add(tuple(chunk)))
+                 for chunk in (terms[k:k + MAX_ADD_TERMS]
+                               for k in range(0, len(terms), MAX_ADD_TERMS))]
+    return ir._intern(ir.Add(tuple(terms)))
 
 
 def _factor_common_operand(terms: list[ir.Node]) -> ir.Node | None:
@@ -154,7 +170,7 @@ def _factor_common_operand(terms: list[ir.Node]) -> ir.Node | None:
             labels = tuple(range(operand.rank))
             scaled.append(raw_einsum([operand], [labels], labels, t.coeff))
         else:
-            combined = ir._intern(ir.Add(tuple(scaled)))
+            combined = _add_tree(scaled)
             return raw_einsum([common, combined], [spec, other_spec], first.out)
     return None
 
@@ -434,6 +450,8 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     group_of: dict[int, LoopGroup] = {}
     step_of: dict[int, int] = {}  # computed node -> index of the step that computes it
     stats_step: dict[tuple[int, int], int] = {}
+    group_step: dict[int, int] = {}  # id of a loop group -> its index in ``steps``
+    group_members: dict[int, set[int]] = {}  # id of a loop group -> ids of its members
     # Cheap pointwise functions of inputs alone (-Y/n, eps broadcast): not stored, but
     # recomputed inside each loop that reads them at its own index.
     deferred: set[int] = set()
@@ -479,16 +497,22 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
         if group is None:
             group = LoopGroup(loop_dims)
             steps.append(group)
+            group_step[id(group)] = len(steps) - 1
+        # Membership by id, not by scanning the members: a loop of thousands of members
+        # (a sum of thousands of terms) would cost time quadratic in its size.
+        members = group_members.setdefault(id(group), set())
         for op in inline:
-            if all(m is not op for m in group.members):
+            if id(op) not in members:
+                members.add(id(op))
                 group.members.append(op)
                 group.indices[id(op)] = _iteration(op)[1]
+        members.add(id(node))
         group.members.append(node)
         group.indices[id(node)] = axis_vars
         if isinstance(node, ir.Einsum) and summed_labels(node):
             group.reductions.add(id(node))
         group_of[id(node)] = group
-        step_of[id(node)] = next(k for k, s in enumerate(steps) if s is group)
+        step_of[id(node)] = group_step[id(group)]
         for op, _ in computed:
             if not _is_value(op) and group_of.get(id(op)) is not group:
                 materialized.add(id(op))
@@ -522,6 +546,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             if (id(m) in materialized and id(m) not in root_ids
                     and id(m) not in group.reductions and not _read_outside(m, group, steps)):
                 materialized.discard(id(m))
+    steps = split_long_groups(steps, materialized)
     # Last: the row stream keeps the arrays its parallel form (three steps) reads.
     return Plan(_stream_rows(steps), roots, materialized)
 
@@ -701,3 +726,60 @@ def _row_stream(first: Step, group: Step, second: Step) -> RowStream | None:
             if op is z and [v for v in at if v is not None] != [0]:
                 return None
     return RowStream(first, group, second, X, rows, cols, rows2, cols2)
+
+
+MAX_LOOP_COST = 400
+"""The most work one generated loop function holds, in ``loop_cost`` units (about one per
+arithmetic statement; a call to an inlined helper such as ``_tanh`` counts as the dozen
+statements it becomes). Numba's compile time grows faster than linearly with the length of
+one function (a fused loop of 500 terms took 726 s), and linearly in the number of
+functions: a longer loop is split into consecutive loops of at most this cost. See
+``benchmarks/compile_cost.py``."""
+
+
+def loop_cost(node: ir.Node) -> int:
+    """The approximate size of the code a loop member becomes (see ``MAX_LOOP_COST``)."""
+    if isinstance(node, ir.Map):
+        calls = sum(1 for _ in sp.preorder_traversal(node.fn.expr)
+                    if isinstance(_, sp.Function))
+        return 1 + len(node.args) + 12 * calls
+    if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+        return 14
+    return 1 + len(node.children())
+
+
+def split_long_groups(steps: list[Step], materialized: set[int],
+                      budget: int = MAX_LOOP_COST) -> list[Step]:
+    """Splits every loop group whose members cost more than ``budget`` into consecutive
+    groups over the same dimensions, each within the budget (a single member costlier than
+    the budget gets a group of its own). A member read by a later part is stored (added to
+    ``materialized``): the parts run one after another, each a full loop nest."""
+    out: list[Step] = []
+    for step in steps:
+        if not isinstance(step, LoopGroup) or sum(map(loop_cost, step.members)) <= budget:
+            out.append(step)
+            continue
+        parts: list[LoopGroup] = []
+        part_of: dict[int, int] = {}
+        cost = budget + 1
+        for member in step.members:
+            c = loop_cost(member)
+            if cost + c > budget:
+                parts.append(LoopGroup(step.dims))
+                cost = 0
+            part = parts[-1]
+            if id(member) in part.indices:  # listed twice (an input map read by two members)
+                part.members.append(member)
+                continue
+            cost += c
+            part.members.append(member)
+            part.indices[id(member)] = step.indices[id(member)]
+            if id(member) in step.reductions:
+                part.reductions.add(id(member))
+            part_of[id(member)] = len(parts) - 1
+            for op, _ in node_reads(member):
+                home = part_of.get(id(op))
+                if home is not None and home != len(parts) - 1:
+                    materialized.add(id(op))  # computed in an earlier part: read from memory
+        out.extend(parts)
+    return out

@@ -20,7 +20,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.errors import EvaluationError, UnsupportedError
+from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.sympy_results import (
     Diagonal,
     ElementwiseFunction,
@@ -163,6 +163,7 @@ class SympyPrinter:
         self.aliases = {} if inline_named else dict(aliases or {})
         self.reserved = set(reserved or ())
         self._memo: dict[int, sp.Basic] = {}
+        self._scalar_memo: dict[int, tuple[ir.Node, sp.Basic]] = {}
         self._index_counter = 0
 
     def _inlined(self, node: ir.Named) -> bool:
@@ -176,9 +177,20 @@ class SympyPrinter:
         Tensors of rank 3 or more lose their size-1 axes first: the Hessian of a ``d x 1``
         parameter is ``d x d``.
         """
+        try:
+            return self._result(node)
+        except RecursionError:
+            raise DerivationError(
+                "this closed form is nested too deeply for SymPy, which builds and queries "
+                "matrix expressions recursively (a closed form through a long chain of named "
+                "steps); ask for it in terms of the named steps instead: "
+                "der.gradient(p, inline=False) or der.equations()") from None
+
+    def _result(self, node: ir.Node) -> sp.Basic | IndexForm:
         self._index_counter = 0
         if node.rank > 2:
             node = squeeze(distribute(node))
+        self._warm(node)
         # A product with a sum of tensors (a block of a Hessian times a direction) has a
         # matrix form once multiplied out: -(1 + mu) G, not Sum(δ δ G) in index notation.
         for candidate in (node, distribute(node)) if node.rank <= 2 else (node,):
@@ -204,6 +216,8 @@ class SympyPrinter:
     def scalar(self, node: ir.Node) -> sp.Expr:
         if node.rank != 0:
             raise ValueError(f"scalar() of a node of shape {node.shape}")
+        if id(node) in self._scalar_memo:
+            return self._scalar_memo[id(node)][1]
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
         if isinstance(node, ir.Zero):
@@ -231,6 +245,52 @@ class SympyPrinter:
         if key not in self._memo:
             self._memo[key] = (node, self._matrix(node))
         return self._memo[key][1]
+
+    def _warm(self, root: ir.Node) -> None:
+        """Prints the matrices and scalars under ``root`` children first when it is deep.
+
+        ``matrix`` and ``scalar`` call themselves on the operands, once per level: a closed
+        form through a chain of a thousand named steps would exhaust Python's recursion limit.
+        Printed bottom-up into the memo, each call finds its operands there and goes one level
+        down only. Shallow results (every usual one) are printed as before, top-down, so
+        their index names do not change.
+        """
+        order = self._print_order(root)
+        if order is None:
+            return
+        counter = self._index_counter
+        for node in order:
+            if id(node) in self.aliases:
+                continue
+            try:
+                if node.rank == 2:
+                    self.matrix(node)
+                elif node.rank == 0 and id(node) not in self._scalar_memo:
+                    self._scalar_memo[id(node)] = (node, self.scalar(node))
+            except (_NoMatrixFormError, UnsupportedError):
+                continue  # printed in index notation when the result needs it
+        self._index_counter = counter
+
+    def _print_order(self, root: ir.Node, shallow: int = 40) -> list[ir.Node] | None:
+        """The nodes that printing ``root`` visits, children first, or None when none of
+        them is nested more than ``shallow`` levels deep."""
+        depth: dict[int, int] = {}
+        order: list[ir.Node] = []
+        stack: list[tuple[ir.Node, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            children = () if id(node) in self.aliases or (
+                isinstance(node, ir.Named) and not self.inline_named) else node.children()
+            if expanded:
+                depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+                order.append(node)
+                continue
+            if id(node) in depth:
+                continue
+            depth[id(node)] = 0  # on the stack; replaced by its depth when expanded
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in depth)
+        return order if depth.get(id(root), 0) > shallow else None
 
     # -- matrices -------------------------------------------------------------------------
 
@@ -465,6 +525,13 @@ def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
 def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
     """``function`` entry by entry, as an object that prints as ``f(M)`` and lambdifies."""
     return ElementwiseFunction(function, matrix)
+
+
+def _times(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` canonicalised at the top only: SymPy's ``*`` runs ``doit`` over the
+    whole of ``expr``, which re-evaluates every function below it, once per enclosing level
+    (time exponential in the depth of a closed form through many named steps)."""
+    return sp.MatMul(coeff, expr).doit(deep=False)
 
 
 def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
