@@ -529,7 +529,7 @@ def _restrictions(der: Derivation) -> tuple[set[str], bool]:
     and whether the definition has kinks."""
     positive: set[str] = set()
     kink = False
-    for _, expr in der.steps:
+    for _, expr in der.source_steps:
         for body, argument in _walk_functions(expr):
             kink = kink or _has_kink(body)
             if argument is not None and _needs_positive(body):
@@ -558,7 +558,7 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
     bound.update(dims or {})
     must_be_positive, kink = _restrictions(der)
     must_be_positive |= set(positive)
-    declared = {str(s): s for _, expr in der.steps for s in expr.free_symbols
+    declared = {str(s): s for _, expr in der.source_steps for s in expr.free_symbols
                 if declared_checks(s)}
     fans = _fan_in(der, bound)
     values: dict = {}
@@ -604,7 +604,7 @@ def _sizes_by_need(der: Derivation, symbols: list[sp.Symbol],
     inverted product is nonsingular: in ``(A^T A)^{-1}`` with ``A`` ``n x d`` the rank of the
     ``d x d`` Gram matrix is at most ``n``, so ``n`` gets a larger size than ``d``."""
     smaller: dict[sp.Symbol, set[sp.Symbol]] = {s: set() for s in symbols}
-    for _, expr in der.steps:
+    for _, expr in der.source_steps:
         for sub in sp.preorder_traversal(sp.sympify(expr)):
             if not (isinstance(sub, sp.Inverse) and isinstance(sub.arg, sp.MatMul)):
                 continue
@@ -645,7 +645,7 @@ def _fan_in(der: Derivation, bound: Mapping[sp.Symbol, int]) -> dict[str, int]:
     def note(name: str, fan: int) -> None:
         fans[name] = max(fans.get(name, 1), fan)
 
-    for _, expr in der.steps:
+    for _, expr in der.source_steps:
         for sub in sp.preorder_traversal(sp.sympify(expr)):
             if isinstance(sub, sp.MatMul):
                 factors = [a for a in sub.args if isinstance(a, MatrixExpr)]
@@ -733,7 +733,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
 
     reasons: list[str] = []
     forward = attempt(["value", *grads, *hessians], "sympy reference",
-                      lambda: reference.Chain(der.steps, bound, budget=budget))
+                      lambda: reference.Chain(der.source_steps, bound, budget=budget))
     result = forward and attempt(["value", *grads, *hessians], "sympy reference",
                                  lambda: forward(exact))
     if not result:
@@ -789,7 +789,7 @@ def _complex_step(der: Derivation, analytic: dict, exact: dict, bound: dict, for
                                 "analytic continuation)")
         return
     complex_forward = attempt(grads, "complex step", lambda: reference.Chain(
-        der.steps, bound, complex_valued=True, budget=budget))
+        der.source_steps, bound, complex_valued=True, budget=budget))
     if complex_forward is None:
         return
     for p in der.wrt:

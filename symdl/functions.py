@@ -172,9 +172,9 @@ class _Extremum(sp.Function):
     def _sympystr(self, printer) -> str:
         return f"{self._name}({', '.join(printer._print(a) for a in self.args)})"
 
-    def _latex(self, printer) -> str:
+    def _latex(self, printer, exp: str | None = None) -> str:
         inner = ", ".join(printer._print(a) for a in self.args)
-        return rf"\{self._name.lower()}\left({inner}\right)"
+        return _power(rf"\{self._name.lower()}\left({inner}\right)", exp)
 
     def _numpycode(self, printer) -> str:
         # numpy.maximum/minimum propagate NaN, like the kernels' _max2/_min2.

@@ -19,6 +19,7 @@ import pytest
 import sympy as sp
 
 import symdl
+import symdl.naming
 from symdl.errors import DerivationError
 from symdl.limits import MAX_DEPTH, DefinitionTooLargeError
 
@@ -102,9 +103,11 @@ def hadamard_chain(steps: int) -> list:
 C = sp.MatrixSymbol("c", n, 1)
 
 
-def test_closed_form_through_60_steps_prints_without_recursion():
+def test_closed_form_through_60_steps_prints_without_recursion(monkeypatch):
     # Printed children first into the printer's memo, not recursively, and without SymPy's
     # doit re-evaluating the closed form at every level (time exponential in the depth).
+    # Written out in full: no step keeps its name (the default bound would keep some).
+    monkeypatch.setattr(symdl.naming, "INLINE_LIMIT", 10**9)
     with shallow_stack():
         der = symdl.derive(hadamard_chain(60), wrt=[w])
         closed = der.gradient(w)
@@ -123,11 +126,24 @@ def test_closed_form_through_60_steps_prints_without_recursion():
                                rtol=1e-10)
 
 
-def test_closed_form_too_deep_for_sympy_is_a_typed_error():
+def test_closed_form_too_deep_for_sympy_is_a_typed_error(monkeypatch):
+    monkeypatch.setattr(symdl.naming, "INLINE_LIMIT", 10**9)  # asked for in full
     der = symdl.derive(hadamard_chain(400), wrt=[w])
     with shallow_stack(), pytest.raises(DerivationError, match="inline=False"):
         der.gradient(w)  # SymPy recurses through the 400 levels of the matrix expression
     assert der.gradient(w, inline=False).shape == (d, 1)
+
+
+def test_closed_form_through_150_steps_keeps_names_within_the_bound():
+    """By default a closed form writes a named step out only while it stays small: the
+    gradient through 150 steps is bounded and refers to the steps beyond by name."""
+    der = symdl.derive(hadamard_chain(150), wrt=[w])
+    with shallow_stack():
+        closed = der.gradient(w)
+    assert closed.shape == (d, 1)
+    assert len(str(closed)) < 20_000
+    named = {str(s) for s in closed.free_symbols}
+    assert named & {f"dZ{k}" for k in range(150)} or named & {f"Z{k}" for k in range(150)}
 
 
 def test_sum_of_5000_terms_compiles_and_computes():
