@@ -30,6 +30,7 @@ logit. Its forms are longer to read, so printed derivations keep the textbook on
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -533,7 +534,11 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
         roots: the outputs.
         exact: also apply ``ACCURACY_REWRITES`` (for computing, not for printing).
     """
-    order = ir.topological_order(list(roots))
+    # A named step already rewritten is a fixed point: its body is not walked again, so that
+    # translating a chain of N named steps costs O(N), not O(N^2) (the accuracy pass, once
+    # per kernel, walks everything: it looks for logits across steps).
+    fixed = () if exact else _FIXED_NAMED
+    order = _order(list(roots), fixed)
     tops = {id(r) for r in roots}
     for node in order:
         if not is_elementwise(node):
@@ -541,6 +546,9 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
     new: dict[int, ir.Node] = {}
     logits = _logit_nodes(order) if exact else set()
     for node in order:
+        if node in fixed:
+            new[id(node)] = node
+            continue
         rebuilt = _rebuilt(node, [new[id(c)] for c in node.children()])
         if id(node) in logits:
             logits.add(id(rebuilt))
@@ -559,7 +567,35 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
         if exact and isinstance(stable or rebuilt, ir.Einsum):
             stable = _masked_products(stable or rebuilt, logits) or stable
         new[id(node)] = rebuilt if stable is None else stable
+    if not exact:
+        _FIXED_NAMED.update(new[id(n)] for n in order if isinstance(new[id(n)], ir.Named))
     return [new[id(r)] for r in roots]
+
+
+_FIXED_NAMED: weakref.WeakSet = weakref.WeakSet()
+"""Named steps whose bodies ``stabilize`` has rewritten (nodes are immutable and interned)."""
+
+
+def _order(roots: list[ir.Node], fixed) -> list[ir.Node]:
+    """``ir.topological_order`` that does not descend below the nodes in ``fixed``."""
+    order: list[ir.Node] = []
+    seen: set[int] = set()
+    stack: list[tuple[ir.Node, bool]] = [(r, False) for r in reversed(roots)]
+    while stack:
+        node, expanded = stack.pop()
+        if expanded:
+            order.append(node)
+            continue
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        stack.append((node, True))
+        if node in fixed:
+            continue
+        for child in reversed(node.children()):
+            if id(child) not in seen:
+                stack.append((child, False))
+    return order
 
 
 def exact(roots: list[ir.Node]) -> list[ir.Node]:
