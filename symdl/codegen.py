@@ -42,7 +42,9 @@ def _exp(x):
     """exp(x) within 3 ulp, without a libm call, so that loops calling it vectorise:
     exp(x) = 2^k exp(r) with |r| <= ln(2)/2, exp(r) by its Taylor polynomial to degree 12
     (Estrin's scheme), 2^k from the exponent bits in two halves (subnormal results)."""
-    xc = min(max(x, -745.2), 709.8)
+    # float(): interpreted (jit=False) float32 input stays float32 under NumPy's rules, which
+    # breaks the rounding constant below; Numba already computes this line in float64.
+    xc = float(min(max(x, -745.2), 709.8))
     t = xc * 1.4426950408889634 + 6755399441055744.0  # round(x / ln 2) in the low bits
     k = t - 6755399441055744.0
     r = (xc - k * 6.93147180369123816490e-01) - k * 1.90821492927058770002e-10
