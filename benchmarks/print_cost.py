@@ -26,8 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import symdl  # noqa: E402
 from print_cost_models import bn_relu_one_liner, gru_named_steps  # noqa: E402
+
+import symdl  # noqa: E402
 from symdl.pretty import plain  # noqa: E402
 
 

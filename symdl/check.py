@@ -719,7 +719,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
         try:
             budget.check()  # once it is spent, nothing more starts
             return work()
-        except reference.ReferenceBudgetExceeded as exc:
+        except reference.ReferenceBudgetExceededError as exc:
             reason = f"not run: {exc} (check(..., reference_budget=seconds) sets it)"
         except RecursionError:
             reason = ("not applicable: SymPy recursed too deep writing it out entry by entry "
@@ -920,7 +920,7 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
             with _alarm(seconds + ALARM_GRACE, f"exceeded its {seconds:g} s budget "
                         f"(interrupted after {seconds + ALARM_GRACE:g} s)"):
                 _reference_checks(der, kernel, values, bound, dtype, out, seconds)
-        except reference.ReferenceBudgetExceeded as exc:  # between two attempts
+        except reference.ReferenceBudgetExceededError as exc:  # between two attempts
             done = {(r.output, r.method) for r in report.rows}
             done |= {(k.output, k.method) for k in report.skipped}
             for name in kernel.output_names:
@@ -939,7 +939,7 @@ checkpoint of its own (printing a long derivation, one large ``Sum`` written out
 
 @contextlib.contextmanager
 def _alarm(seconds: float, message: str):
-    """Raises ``ReferenceBudgetExceeded`` in the block after ``seconds`` (a real-time timer),
+    """Raises ``ReferenceBudgetExceededError`` in the block after ``seconds`` (a real-time timer),
     where that is possible: in the main thread, on a system with ``SIGALRM``, and when no one
     else handles that signal. Elsewhere the budget's own checkpoints bound the work."""
     usable = (hasattr(signal, "SIGALRM") and math.isfinite(seconds)
@@ -951,7 +951,7 @@ def _alarm(seconds: float, message: str):
         return
 
     def interrupt(signum, frame):
-        raise reference.ReferenceBudgetExceeded(message)
+        raise reference.ReferenceBudgetExceededError(message)
 
     signal.signal(signal.SIGALRM, interrupt)
     signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))

@@ -68,7 +68,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             expression in the entries of its operands. Written out whole, a network of two
             layers in one expression has entries of thousands of terms that SymPy's
             assumption queries take minutes to multiply.
-        budget: raises ``ReferenceBudgetExceeded`` once its time is spent.
+        budget: raises ``ReferenceBudgetExceededError`` once its time is spent.
     """
     known = dict(known or {})
     hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
@@ -217,7 +217,7 @@ _NOT_HOISTED = (sp.MatrixSymbol, sp.Identity, sp.OneMatrix, sp.ZeroMatrix, sp.Tr
 """Matrix expressions whose entries are already as small as an entry can be."""
 
 
-class ReferenceBudgetExceeded(SymdlError):
+class ReferenceBudgetExceededError(SymdlError):
     """The SymPy reference would take (or took) longer than its time budget."""
 
 
@@ -246,16 +246,16 @@ class Budget:
         return time.monotonic() - self.start
 
     def check(self) -> None:
-        """Raises ``ReferenceBudgetExceeded`` once the budget is spent."""
+        """Raises ``ReferenceBudgetExceededError`` once the budget is spent."""
         if self.spent() > self.seconds:
-            raise ReferenceBudgetExceeded(
+            raise ReferenceBudgetExceededError(
                 f"exceeded its {self.seconds:g} s budget after {self.spent():.1f} s")
 
     def before_printing(self, nodes: int) -> None:
-        """Raises ``ReferenceBudgetExceeded`` if printing ``nodes`` more nodes would not fit."""
+        """Raises ``ReferenceBudgetExceededError`` if printing ``nodes`` more would not fit."""
         estimate = self.spent() + nodes * self.rate
         if estimate > self.seconds:
-            raise ReferenceBudgetExceeded(
+            raise ReferenceBudgetExceededError(
                 f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
                 f"{self.seconds:g} s budget")
 
@@ -487,7 +487,7 @@ class Chain:
     later equations read earlier results by name, so nothing is inlined (an inlined
     gradient repeats the forward pass in every entry and takes minutes to lambdify). Within
     an equation every composite matrix subexpression is its own piece, too (``explicit``'s
-    ``split``). With a ``budget``, building stops with ``ReferenceBudgetExceeded`` once its
+    ``split``). With a ``budget``, building stops with ``ReferenceBudgetExceededError`` once its
     time is spent, or before printing what is estimated not to fit."""
 
     def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,

@@ -145,7 +145,7 @@ class TrainingStep:
         """The names of the step counter and the state arrays (see ``training_names``)."""
         shapes = self.kernel.inputs
         current = {n: _buffer(n, initial[n], self.dtype, scalar=shapes[n] == ()) for n in names}
-        for (s, n), state in self.names.states.items():
+        for (_, n), state in self.names.states.items():
             current[state] = np.zeros_like(current[n])
         self._names = names
         self._scalars = {n for n in current if shapes.get(n) == ()}

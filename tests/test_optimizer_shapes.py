@@ -15,9 +15,9 @@ import torch
 
 import symdl
 from symdl import optimizers
-from symdl.kernel import Kernel
 from symdl.derivation import compile_expressions
 from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
+from symdl.kernel import Kernel
 from symdl.training import TrainingStep
 
 STEPS = 6
@@ -94,7 +94,8 @@ def _update_kernel(optimizer, param) -> Kernel:
     outputs = optimizers.update_kernel_outputs(optimizer, param)
     exprs = [sp.sympify(e) for e in outputs.values()]
     translator = Translator(dimension_symbols(exprs))
-    nodes = {n: translate_matrix_or_scalar(translator, e) for n, e in zip(outputs, exprs)}
+    nodes = {n: translate_matrix_or_scalar(translator, e)
+             for n, e in zip(outputs, exprs, strict=True)}
     return Kernel(nodes, list(translator.leaves.values()), "update", jit=False)
 
 

@@ -24,9 +24,9 @@ import pytest
 import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from named_steps import check_program, named_step_programs
 
 import symdl
-from named_steps import check_program, named_step_programs
 
 EXAMPLES = 490
 JIT_EXAMPLES = 10

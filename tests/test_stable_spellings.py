@@ -240,7 +240,8 @@ def _oracle(reference: str, param_name: str, names: tuple[str, ...]):
             symbol = {"Z": Z, "Y": Y, "W": W, "z": z, "y": y, "X": X, "w": w, "v": v,
                       "u": u}[name]
             rows, cols = (_shape(symbol) + (1,))[:2]
-            entries = sp.Matrix(rows, cols, lambda r, q: sp.Symbol(f"{name}_{r}_{q}", real=True))
+            entries = sp.Matrix(rows, cols,
+                                lambda r, q, name=name: sp.Symbol(f"{name}_{r}_{q}", real=True))
             matrices[name] = entries
             symbols[name] = list(entries)
         value = REFERENCES[reference](matrices)
