@@ -555,8 +555,9 @@ def _require_matrix(arg: Node, what: str) -> None:
         raise ShapeMismatchError(f"{what} needs a matrix, got shape {arg.shape}", arg.shape)
 
 
-def topological_order(roots: list[Node]) -> list[Node]:
-    """Every node reachable from ``roots``, children before parents."""
+def topological_order(roots: list[Node], stop=()) -> list[Node]:
+    """Every node reachable from ``roots``, children before parents; the nodes in ``stop``
+    are listed but not descended into."""
     order: list[Node] = []
     seen: set[int] = set()
     stack: list[tuple[Node, bool]] = [(r, False) for r in reversed(roots)]
@@ -569,10 +570,34 @@ def topological_order(roots: list[Node]) -> list[Node]:
             continue
         seen.add(id(node))
         stack.append((node, True))
+        if stop and node in stop:
+            continue
         for child in reversed(node.children()):
             if id(child) not in seen:
                 stack.append((child, False))
     return order
+
+
+def rebuilt(node: Node, children: list[Node]) -> Node:
+    """``node`` over new children (the same value, for IR-to-IR rewrites), through the smart
+    constructors; the node itself when no child changed."""
+    if all(new is old for new, old in zip(children, node.children(), strict=True)):
+        return node
+    if isinstance(node, Einsum):
+        return einsum(children, node.specs, node.out, node.coeff)
+    if isinstance(node, Map):
+        return map_(node.fn, *children)
+    if isinstance(node, Add):
+        return add(*children)
+    if isinstance(node, LogSumExp):
+        return logsumexp(children[0], node.axis)
+    if isinstance(node, Softmax):
+        return softmax(children[0], node.axis)
+    if isinstance(node, Solve):
+        return solve(children[0], children[1])
+    if isinstance(node, Named):
+        return named(node.name, children[0], node.symbol)
+    return node  # leaves have no children
 
 
 def count_nodes(roots: list[Node]) -> int:

@@ -51,25 +51,6 @@ def tree_sizes(roots: list[ir.Node], opaque: Callable[[ir.Node], bool] = lambda 
     return sizes
 
 
-def _rebuild(node: ir.Node, children: list[ir.Node]) -> ir.Node:
-    """``node`` over new children (the same values), through the IR's constructors."""
-    if isinstance(node, ir.Einsum):
-        return ir.einsum(children, node.specs, node.out, node.coeff)
-    if isinstance(node, ir.Map):
-        return ir.map_(node.fn, *children)
-    if isinstance(node, ir.Add):
-        return ir.add(*children)
-    if isinstance(node, ir.LogSumExp):
-        return ir.logsumexp(children[0], node.axis)
-    if isinstance(node, ir.Softmax):
-        return ir.softmax(children[0], node.axis)
-    if isinstance(node, ir.Solve):
-        return ir.solve(children[0], children[1])
-    if isinstance(node, ir.Named):
-        return ir.named(node.name, children[0], node.symbol)
-    return node
-
-
 def auto_name(root: ir.Node, taken: set[str],
               symbol_for: Callable[[str, tuple], sp.Basic]
               ) -> tuple[ir.Node, list[ir.Named], dict[int, ir.Node]]:
@@ -119,7 +100,7 @@ def auto_name(root: ir.Node, taken: set[str],
     for node in order:
         children = [new[id(c)] for c in node.children()]
         same = all(a is b for a, b in zip(children, node.children(), strict=True))
-        rebuilt = node if same else _rebuild(node, children)
+        rebuilt = node if same else ir.rebuilt(node, children)
         if id(node) in chosen:
             name = fresh()
             rebuilt = ir.named(name, rebuilt, symbol_for(name, rebuilt.shape))

@@ -386,27 +386,6 @@ def _stable_expression(cluster: _Cluster, e: sp.Expr) -> sp.Expr | None:
 # The stage
 
 
-def _rebuilt(node: ir.Node, children: list[ir.Node]) -> ir.Node:
-    """``node`` over new children (the node itself when nothing changed)."""
-    if all(new is old for new, old in zip(children, node.children(), strict=True)):
-        return node
-    if isinstance(node, ir.Einsum):
-        return ir.einsum(children, node.specs, node.out, node.coeff)
-    if isinstance(node, ir.Map):
-        return ir.map_(node.fn, *children)
-    if isinstance(node, ir.Add):
-        return ir.add(*children)
-    if isinstance(node, ir.LogSumExp):
-        return ir.logsumexp(children[0], node.axis)
-    if isinstance(node, ir.Softmax):
-        return ir.softmax(children[0], node.axis)
-    if isinstance(node, ir.Solve):
-        return ir.solve(*children)
-    if isinstance(node, ir.Named):
-        return ir.named(node.name, children[0], node.symbol)
-    return node  # a node kind without a rebuild rule keeps its (correct) children
-
-
 def _stable_elementwise(node: ir.Node) -> ir.Node | None:
     """The stable form of the elementwise cluster topped by ``node``, or None."""
     labels = tuple(range(node.rank))
@@ -538,7 +517,7 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
     # translating a chain of N named steps costs O(N), not O(N^2) (the accuracy pass, once
     # per kernel, walks everything: it looks for logits across steps).
     fixed = () if exact else _FIXED_NAMED
-    order = _order(list(roots), fixed)
+    order = ir.topological_order(list(roots), stop=fixed)
     tops = {id(r) for r in roots}
     for node in order:
         if not is_elementwise(node):
@@ -549,7 +528,7 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
         if node in fixed:
             new[id(node)] = node
             continue
-        rebuilt = _rebuilt(node, [new[id(c)] for c in node.children()])
+        rebuilt = ir.rebuilt(node, [new[id(c)] for c in node.children()])
         if id(node) in logits:
             logits.add(id(rebuilt))
         stable = None
@@ -575,27 +554,6 @@ def stabilize(roots: list[ir.Node], exact: bool = False) -> list[ir.Node]:
 _FIXED_NAMED: weakref.WeakSet = weakref.WeakSet()
 """Named steps whose bodies ``stabilize`` has rewritten (nodes are immutable and interned)."""
 
-
-def _order(roots: list[ir.Node], fixed) -> list[ir.Node]:
-    """``ir.topological_order`` that does not descend below the nodes in ``fixed``."""
-    order: list[ir.Node] = []
-    seen: set[int] = set()
-    stack: list[tuple[ir.Node, bool]] = [(r, False) for r in reversed(roots)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            order.append(node)
-            continue
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        stack.append((node, True))
-        if node in fixed:
-            continue
-        for child in reversed(node.children()):
-            if id(child) not in seen:
-                stack.append((child, False))
-    return order
 
 
 def exact(roots: list[ir.Node]) -> list[ir.Node]:
