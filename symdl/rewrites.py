@@ -31,6 +31,7 @@ logit. Its forms are longer to read, so printed derivations keep the textbook on
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -557,8 +558,26 @@ _FIXED_NAMED: weakref.WeakSet = weakref.WeakSet()
 
 
 def exact(roots: list[ir.Node]) -> list[ir.Node]:
-    """``stabilize`` with the accuracy rewrites: what kernels and the NumPy evaluator compute."""
-    return stabilize(roots, exact=True)
+    """``stabilize`` with the accuracy rewrites: what kernels and the NumPy evaluator compute.
+
+    Remembered for the last ``_EXACT_MEMO_SIZE`` root lists (nodes are immutable and
+    interned): ``symdl.evaluate`` of one formula at many points (finite differences) rewrites
+    it once."""
+    key = tuple(id(r) for r in roots)
+    hit = _EXACT_MEMO.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], roots, strict=True)):
+        _EXACT_MEMO.move_to_end(key)
+        return list(hit[1])
+    result = stabilize(roots, exact=True)
+    _EXACT_MEMO[key] = (tuple(roots), tuple(result))  # the roots kept alive: ids stay theirs
+    if len(_EXACT_MEMO) > _EXACT_MEMO_SIZE:
+        _EXACT_MEMO.popitem(last=False)
+    return result
+
+
+_EXACT_MEMO: OrderedDict[tuple[int, ...], tuple[tuple[ir.Node, ...], tuple[ir.Node, ...]]] = (
+    OrderedDict())
+_EXACT_MEMO_SIZE = 256
 
 
 def stabilize_one(root: ir.Node) -> ir.Node:
