@@ -51,7 +51,7 @@ def _prefer_workqueue_threading() -> None:
     (the 2-layer network's step took 3x longer at 2 threads with it). The workqueue layer
     cannot run two parallel regions at once (it aborts the process), and Numba releases the GIL
     while a parallel loop runs, so parallel kernel calls take ``_PARALLEL_LOCK`` (see
-    ``_run_parallel``)."""
+    ``_run``)."""
     if os.environ.get("NUMBA_THREADING_LAYER"):
         return
     try:
@@ -69,13 +69,17 @@ _PARALLEL_LOCK = threading.Lock()
 without it, concurrently."""
 
 
-def _run_parallel(function, *args, **options) -> None:
-    """Runs ``function`` (a generated driver called with ``parallel=True``) under the process's
-    parallel lock. A thread that finds the lock taken waits rather than running the serial
-    variant: the running call already uses every core, and a call's result (its summation
-    order) then depends on its arguments, never on what another thread happens to do."""
+def _run(function, *args, parallel: bool, **options) -> None:
+    """Runs ``function`` (a generated driver); its parallel variant under the process's
+    parallel lock, the serial one without. A thread that finds the lock taken waits rather
+    than running the serial variant: the running call already uses every core, and a call's
+    result (its summation order) then depends on its arguments, never on what another thread
+    happens to do."""
+    if not parallel:
+        function(*args, parallel=False, **options)
+        return
     with _PARALLEL_LOCK:
-        function(*args, **options)
+        function(*args, parallel=True, **options)
 
 
 def _warn_if_spinning_threads() -> None:
@@ -190,11 +194,7 @@ class Kernel:
         if parallel:
             _warn_if_spinning_threads()
         with self._first_call((outputs[0].dtype if outputs else None, parallel, True)):
-            if parallel:
-                _run_parallel(self._module.kernel, *inputs, *outputs, parallel=True,
-                              compiled=True)
-            else:
-                self._module.kernel(*inputs, *outputs, parallel=False, compiled=True)
+            _run(self._module.kernel, *inputs, *outputs, parallel=parallel, compiled=True)
         record_compiled()
 
     def export(self, path: str | Path) -> Path:
@@ -382,11 +382,7 @@ class Kernel:
             for name in self._source.in_place)
         try:
             with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
-                if parallel:
-                    _run_parallel(self._module.kernel, *args, *buffers, parallel=True,
-                                  inplace=inplace)
-                else:
-                    self._module.kernel(*args, *buffers, parallel=False, inplace=inplace)
+                _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
