@@ -1,7 +1,7 @@
 """Time and size of printing the backprop equations and closed-form gradients of two
 definitions (issue 15, item 17): ``python benchmarks/print_cost.py [bn|gru] [limit_s]``.
 
-Measured on the shared 2-core machine (seconds; characters of ``symdl.pretty.plain``):
+Measured on the shared 2-core machine (seconds; characters of ``symdl.printing.plain.plain``):
 
 ====================  =========================  ==========================
                       before (e947fde)           after
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from print_cost_models import bn_relu_one_liner, gru_named_steps  # noqa: E402
 
 import symdl  # noqa: E402
-from symdl.pretty import plain  # noqa: E402
+from symdl.printing.plain import plain  # noqa: E402
 
 
 def main(which: str = "bn", limit: int = 60) -> None:

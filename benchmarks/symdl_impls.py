@@ -10,7 +10,7 @@ from __future__ import annotations
 import sympy as sp
 
 import symdl
-from symdl import registry
+from symdl import catalog as registry
 
 N, n, d, k = sp.symbols("N n d k", integer=True, positive=True)
 
@@ -128,8 +128,8 @@ def symdl_train(data):
     """The demo's fused training step (forward, backward, Adam) on the benchmark's data."""
     from peers import TRAIN_HYPER
 
-    from symdl.demo import network_derivation
-    from symdl.optimizers import Adam
+    from symdl.define.optimizers import Adam
+    from symdl.report.demo import network_derivation
     from symdl.training import TrainingStep
 
     hp = TRAIN_HYPER

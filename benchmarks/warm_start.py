@@ -26,7 +26,7 @@ CHILD = textwrap.dedent("""
     import numpy as np
     import symdl
     start = time.perf_counter()
-    from symdl import registry
+    from symdl import catalog as registry
     kernel = registry.load("two_layer_mlp").derive().compile()
     rng = np.random.default_rng(0)
     n, d, h, k = 64, 5, 8, 3

@@ -22,7 +22,7 @@ import numpy as np
 import sympy as sp
 
 import symdl
-from symdl.kernel import Kernel
+from symdl import Kernel
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X = sp.MatrixSymbol("X", n, d)  # design matrix, one row per example

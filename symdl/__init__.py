@@ -1,19 +1,26 @@
-"""symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes."""
+"""symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes.
 
-from symdl import latex  # the module: symdl.latex.document, compile_pdf
-from symdl.check import CheckReport, GradientCheckError, check
-from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
-from symdl.errors import (
-    DefinitionError,
-    DerivationError,
-    EvaluationError,
-    KernelArgumentError,
-    ShapeMismatchError,
-    SymdlError,
-    UnsupportedError,
-)
-from symdl.to_sympy import IndexForm
-from symdl.vocabulary import (
+The package is laid out by the pipeline's stages; a module imports only from its own stage
+or an earlier one (``tests/test_layout.py`` reads the import graph and holds this):
+
+    errors       typed errors, used by every stage
+    primitives/  1. scalar functions (sigmoid, relu, ...): one entry each
+    ir/          2. the tensor IR and the passes over it (rewrites, naming, NumPy evaluation)
+    define/      3. SymPy definitions -> IR, and the vocabulary that writes them
+    derive/      4. derivatives on the IR: reverse and forward mode
+    printing/    5. IR -> SymPy, plain text, LaTeX
+    kernels/     6. IR -> plan -> Numba source -> cached, jitted Kernel
+    derivation   7. ``derive`` and ``Derivation``: the public face over stages 1-6
+    training     7. fused training steps over a Derivation
+    verify/      8. every kernel against finite differences and a reference
+    report/      9. the demo and its LaTeX report
+    catalog, cli 10. the shipped derivations by name, the ``symdl`` command
+"""
+
+import sys as _sys
+
+from symdl.define import optimizers, schedules, vocabulary
+from symdl.define.vocabulary import (
     LogSumExp,
     Softmax,
     Total,
@@ -43,14 +50,36 @@ from symdl.vocabulary import (
     total,
     variance,
 )
+from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
+from symdl.errors import (
+    DefinitionError,
+    DerivationError,
+    EvaluationError,
+    KernelArgumentError,
+    ShapeMismatchError,
+    SymdlError,
+    UnsupportedError,
+)
+from symdl.kernels.kernel import Kernel
+from symdl.printing import latex  # the module: symdl.latex.document, compile_pdf
+from symdl.printing.to_sympy import IndexForm
+from symdl.training import TrainingStep
+from symdl.verify.check import CheckReport, GradientCheckError, check
 
 __version__ = "0.1.0"
 
+# The public module paths users import (``import symdl.optimizers``, ``from symdl.latex import
+# document``) name the modules in their stage packages.
+for _name, _module in {"optimizers": optimizers, "schedules": schedules,
+                       "vocabulary": vocabulary, "latex": latex}.items():
+    _sys.modules.setdefault(f"{__name__}.{_name}", _module)
+del _name, _module
+
 __all__ = [
-    "latex",
+    "latex", "optimizers", "schedules", "vocabulary",
     "CheckReport", "GradientCheckError", "check",
     "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
-    "KernelArgumentError", "compile_expressions",
+    "Kernel", "KernelArgumentError", "TrainingStep", "compile_expressions",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",

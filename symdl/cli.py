@@ -8,11 +8,11 @@ import time
 
 import sympy as sp
 
+from symdl.catalog import entries, load
 from symdl.derivation import Derivation
 from symdl.errors import SymdlError
-from symdl.pretty import plain
-from symdl.registry import entries, load
-from symdl.to_sympy import IndexForm
+from symdl.printing.plain import plain
+from symdl.printing.to_sympy import IndexForm
 
 
 def _shape(expr: sp.Basic | IndexForm) -> str:
@@ -72,7 +72,7 @@ def _cmd_derive(args: argparse.Namespace) -> int:
 def _cmd_latex(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from symdl import latex
+    from symdl.printing import latex
 
     entry = load(args.derivation)
     der = entry.derive()
@@ -102,8 +102,8 @@ def _cmd_latex(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     import json
 
-    from symdl.check import check
-    from symdl.registry import names
+    from symdl.catalog import names
+    from symdl.verify.check import check
 
     targets = list(args.derivations) + (names() if args.all else [])
     if not targets:
@@ -159,7 +159,7 @@ def _suffixed(path: str, name: str) -> str:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from symdl.demo import run
+    from symdl.report.demo import run
 
     start = time.perf_counter()
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf)
@@ -180,7 +180,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from symdl.jit import cache_info, clear_cache
+    from symdl.kernels.jit import cache_info, clear_cache
 
     if args.action == "clear":
         print(f"removed {clear_cache()} files from {cache_info()['folder']}")

@@ -15,17 +15,20 @@ import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
-from symdl import autodiff, ir, rewrites
-from symdl.compilable import check_compilable
+from symdl import ir
+from symdl.define.limits import check_size, count_subexpressions
+from symdl.define.symbols import fresh_name, symbol_name
+from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
+from symdl.derive import autodiff
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
-from symdl.evaluate import evaluate as evaluate_nodes
-from symdl.frontend import Translator, dimension_symbols, translate_matrix_or_scalar
-from symdl.limits import check_size, count_subexpressions
-from symdl.naming import auto_name, names_too_large
-from symdl.to_sympy import IndexForm, SympyPrinter, squeeze
+from symdl.ir import rewrites
+from symdl.ir.evaluate import evaluate as evaluate_nodes
+from symdl.ir.naming import auto_name, names_too_large
+from symdl.kernels.compilable import check_compilable
+from symdl.printing.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
-    from symdl.kernel import Kernel
+    from symdl.kernels.kernel import Kernel
 
 Definition = sp.Basic | Sequence[tuple[sp.Basic, sp.Basic]]
 Parameter = sp.Symbol | sp.MatrixSymbol | sp.IndexedBase
@@ -37,13 +40,6 @@ class Equation(NamedTuple):
     lhs: sp.Basic
     rhs: sp.Basic | IndexForm
 
-
-def _symbol_name(p: sp.Basic) -> str:
-    if isinstance(p, sp.MatrixSymbol):
-        return str(p.name)
-    if isinstance(p, sp.IndexedBase):
-        return str(p.label)
-    return str(p)
 
 
 def _parameter_shape(p: Parameter) -> tuple:
@@ -57,16 +53,6 @@ def _parameter_shape(p: Parameter) -> tuple:
         return tuple(p.shape)
     return ()
 
-
-def fresh_name(name: str, taken: set[str]) -> str:
-    """``name``, or ``name_1``, ``name_2``, ... : the first not in ``taken`` (then added to
-    it), so that a generated input never merges with a user's array of the same name."""
-    candidate, k = name, 0
-    while candidate in taken:
-        k += 1
-        candidate = f"{name}_{k}"
-    taken.add(candidate)
-    return candidate
 
 
 def _like(symbol: sp.Basic, name: str, shape: tuple) -> sp.Basic:
@@ -100,7 +86,7 @@ class Derivation:
         for symbol, definition_k in steps:
             node = translate_matrix_or_scalar(self._translator, definition_k)
             if symbol is not None:
-                node = ir.named(_symbol_name(symbol), node, symbol)
+                node = ir.named(symbol_name(symbol), node, symbol)
                 self._translator.named[symbol] = node
                 self._intermediates.append(node)
         self.output: ir.Node = node
@@ -111,7 +97,7 @@ class Derivation:
         self.wrt: tuple[Parameter, ...] = tuple(_check_parameter(p) for p in wrt)
         if not self.wrt:
             raise DerivationError("derive() needs at least one parameter in wrt=[...]")
-        names = [_symbol_name(p) for p in self.wrt]
+        names = [symbol_name(p) for p in self.wrt]
         if len(set(names)) != len(names):
             raise DerivationError(f"wrt lists a parameter twice: {names}")
         self._leaves = {p: self._leaf_for(p) for p in self.wrt}
@@ -128,11 +114,11 @@ class Derivation:
 
     def _name_shared_subexpressions(self, wrt: list[Parameter]) -> None:
         """Gives generated names (``t1``, ``t2``, ...) to the shared, non-small
-        subexpressions of the definition (see ``symdl.naming``), so that a layer written as
+        subexpressions of the definition (see ``symdl.ir.naming``), so that a layer written as
         one expression gets short backprop equations. ``steps`` then lists the definition
         as named steps (``source_steps`` keeps it as written)."""
         taken = {str(d) for d in self.dims} | set(self._translator.leaves)
-        taken |= {n.name for n in self._intermediates} | {_symbol_name(p) for p in wrt}
+        taken |= {n.name for n in self._intermediates} | {symbol_name(p) for p in wrt}
         taken |= {"d" + name for name in set(taken)}
         output, generated, replaced = auto_name(
             self.output, taken, lambda name, shape: _like(None, name, shape))
@@ -161,7 +147,7 @@ class Derivation:
         self.steps = tuple(steps)
 
     def _leaf_for(self, p: Parameter) -> ir.Node:
-        name = _symbol_name(p)
+        name = symbol_name(p)
         if p in self._translator.named:
             raise DerivationError(
                 f"{name} is a named intermediate, not a parameter; differentiate with respect to "
@@ -186,7 +172,7 @@ class Derivation:
         if p not in self._leaves:
             raise DerivationError(
                 f"{p} is not among the parameters of this derivation "
-                f"({', '.join(_symbol_name(q) for q in self.wrt)}); add it to wrt=[...]"
+                f"({', '.join(symbol_name(q) for q in self.wrt)}); add it to wrt=[...]"
             )
         return self._leaves[p]
 
@@ -253,7 +239,7 @@ class Derivation:
         return printer
 
     def _print(self, node: ir.Node, inline: bool) -> sp.Basic | IndexForm:
-        """A result, written out when ``inline`` as far as ``symdl.naming.INLINE_LIMIT``
+        """A result, written out when ``inline`` as far as ``symdl.ir.naming.INLINE_LIMIT``
         allows: a named intermediate whose written-out form would exceed it keeps its name,
         so that the time and size of a closed form stay bounded (a tree written out from a
         DAG grows exponentially with the depth of the definition)."""
@@ -272,7 +258,7 @@ class Derivation:
             p: a parameter listed in ``wrt``.
             inline: see ``printer``; ``False`` writes it in terms of the named intermediates.
                 Written out, a named intermediate (a step, an adjoint ``dZ1`` or a generated
-                ``t1``) whose own closed form would exceed ``symdl.naming.INLINE_LIMIT`` IR
+                ``t1``) whose own closed form would exceed ``symdl.ir.naming.INLINE_LIMIT`` IR
                 nodes keeps its name, so that the result stays bounded in size and time;
                 ``definitions()`` and ``equations()`` define every name.
         """
@@ -340,30 +326,30 @@ class Derivation:
             jit: ``False`` runs the generated source as plain Python, without compiling
                 (same code, for tests that build many small kernels).
         """
-        from symdl.kernel import Kernel
+        from symdl.kernels.kernel import Kernel
 
         outputs_wanted = None if outputs is None else set(outputs)
         outputs: dict[str, ir.Node] = {"value": self.output}
         if self.is_scalar:
             for p in self.wrt:
-                outputs[f"grad:{_symbol_name(p)}"] = self.gradient_node(p)
+                outputs[f"grad:{symbol_name(p)}"] = self.gradient_node(p)
         for (p, q), node in self._hessians.items():
-            outputs[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
+            outputs[f"hessian:{symbol_name(p)},{symbol_name(q)}"] = squeeze(node)
         leaves = dict(self._translator.leaves)
         leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
         directions: dict[sp.Basic, ir.Node] = {}
         hvp_inputs: dict[str, str] = {}
         if hvp:
-            taken = set(leaves) | {_symbol_name(p) for p in self.wrt}
+            taken = set(leaves) | {symbol_name(p) for p in self.wrt}
             for p in self.wrt:
                 # v_w, unless the definition already reads an array of that name (v_w_1 then).
-                name = fresh_name(f"v_{_symbol_name(p)}", taken)
-                hvp_inputs[_symbol_name(p)] = name
+                name = fresh_name(f"v_{symbol_name(p)}", taken)
+                hvp_inputs[symbol_name(p)] = name
                 shape = _parameter_shape(p)
                 directions[p] = ir.leaf(name, shape, _like(p, name, shape))
                 leaves[name] = directions[p]
             for p in self.wrt:
-                outputs[f"hvp:{_symbol_name(p)}"] = self.hvp_node(p, directions)
+                outputs[f"hvp:{symbol_name(p)}"] = self.hvp_node(p, directions)
         if outputs_wanted is not None:
             unknown = sorted(set(outputs_wanted) - set(outputs))
             if unknown:
@@ -386,9 +372,9 @@ class Derivation:
     @property
     def title(self) -> str:
         """A one-line description: the named steps and the output's formula (shortened)."""
-        from symdl.pretty import plain
+        from symdl.printing.plain import plain
 
-        names = [_symbol_name(s) for s, _ in self.source_steps if s is not None]
+        names = [symbol_name(s) for s, _ in self.source_steps if s is not None]
         if len(names) > 12:  # a long chain: its ends say what it is
             names = names[:6] + [f"... ({len(names) - 12} more)"] + names[-6:]
         last = self.source_steps[-1][1]
@@ -413,7 +399,7 @@ class Derivation:
         printer = self.printer(inline=False)
         eqs = [Equation(adj.symbol, printer.definition(adj.body)) for _, adj in self._adjoints]
         for p in self.wrt:
-            name = "d" + _symbol_name(p)
+            name = "d" + symbol_name(p)
             eqs.append(Equation(_like(p, name, _parameter_shape(p)), printer.result(gradients[p])))
         return eqs
 
@@ -430,9 +416,9 @@ class Derivation:
         roots: dict[str, ir.Node] = {"value": self.output}
         if self.is_scalar:
             for p in self.wrt:
-                roots[f"grad:{_symbol_name(p)}"] = self.gradient_node(p)
+                roots[f"grad:{symbol_name(p)}"] = self.gradient_node(p)
         for (p, q), node in self._hessians.items():
-            roots[f"hessian:{_symbol_name(p)},{_symbol_name(q)}"] = squeeze(node)
+            roots[f"hessian:{symbol_name(p)},{symbol_name(q)}"] = squeeze(node)
         arrays = evaluate_nodes(list(roots.values()), values, dims)
         return dict(zip(roots, arrays, strict=False))
 
@@ -459,14 +445,14 @@ class Derivation:
         return dict(self._translator.leaves)
 
     def __repr__(self) -> str:
-        params = ", ".join(_symbol_name(p) for p in self.wrt)
+        params = ", ".join(symbol_name(p) for p in self.wrt)
         return f"Derivation(output shape {self.output.shape}, wrt [{params}])"
 
     def to_latex(self) -> str:
         """The derivation as a LaTeX ``aligned`` block, ready to paste into a paper: the
         definition, each backprop step as the chain rule then in matrix form, each gradient
         and the Hessian blocks computed so far, with shapes (see ``symdl.latex``)."""
-        from symdl.latex import derivation_latex
+        from symdl.printing.latex import derivation_latex
 
         return derivation_latex(self)
 
@@ -475,8 +461,8 @@ class Derivation:
 
 
 def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:
-    """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernel.as_numpy``)."""
-    from symdl.kernel import as_numpy
+    """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernels.kernel.as_numpy``)."""
+    from symdl.kernels.kernel import as_numpy
 
     if not isinstance(values, Mapping):
         raise EvaluationError(
@@ -631,7 +617,7 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
         outputs: output name -> a matrix or scalar SymPy expression over shared symbols.
         title: what the kernel computes, for the generated module's header.
     """
-    from symdl.kernel import Kernel
+    from symdl.kernels.kernel import Kernel
 
     if not isinstance(outputs, Mapping) or not outputs:
         raise DefinitionError(

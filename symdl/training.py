@@ -26,11 +26,12 @@ import numpy as np
 import sympy as sp
 
 from symdl import ir
-from symdl.derivation import Derivation, _symbol_name, fresh_name
+from symdl.define.optimizers import STEP  # the 1-based step number, a scalar kernel input
+from symdl.define.symbols import fresh_name, symbol_name
+from symdl.define.translate import Translator, translate_matrix_or_scalar
+from symdl.derivation import Derivation
 from symdl.errors import DerivationError, KernelArgumentError
-from symdl.frontend import Translator, translate_matrix_or_scalar
-from symdl.kernel import Kernel, as_numpy
-from symdl.optimizers import STEP  # the 1-based step number, a scalar kernel input
+from symdl.kernels.kernel import Kernel, as_numpy
 
 
 class Optimizer(Protocol):
@@ -52,9 +53,9 @@ class TrainingNames(NamedTuple):
 
 def training_names(der: Derivation, optimizer: Optimizer) -> TrainingNames:
     """The names ``compile_training_step`` gives the step counter and the optimizer states."""
-    taken = set(der.leaves) | {_symbol_name(p) for p in der.wrt}
+    taken = set(der.leaves) | {symbol_name(p) for p in der.wrt}
     step = fresh_name(str(STEP), taken)
-    states = {(s, _symbol_name(p)): fresh_name(f"{s}_{_symbol_name(p)}", taken)
+    states = {(s, symbol_name(p)): fresh_name(f"{s}_{symbol_name(p)}", taken)
               for p in der.wrt for s in optimizer.state_names}
     return TrainingNames(step, states)
 
@@ -89,7 +90,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
     outputs: dict[str, ir.Node] = {"value": der.output}
     leaves = der.leaves
     for p in params:
-        name = _symbol_name(p)
+        name = symbol_name(p)
         grad = _like(p, f"grad_{name}")  # replaced by the gradient node: never an input
         state = {s: _like(p, names.states[(s, name)]) for s in optimizer.state_names}
         new_param, new_state = optimizer.update(p, grad, state, step)
@@ -103,7 +104,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
         leaves.update(translator.leaves)
     used = {leaf.name for leaf in ir.topological_order(list(outputs.values()))
             if isinstance(leaf, ir.Leaf)}
-    kept = {_symbol_name(p) for p in params} | set(names.states.values())
+    kept = {symbol_name(p) for p in params} | set(names.states.values())
     arguments = [leaf for name, leaf in leaves.items() if name in used or name in kept]
     return Kernel(outputs, arguments, f"training step ({type(optimizer).__name__}): "
                   f"{der.title}", jit=jit)
@@ -128,7 +129,7 @@ class TrainingStep:
                  hyperparameters: Mapping[str, float] | None = None, jit: bool = True):
         _check_step_arguments(der, optimizer, params, hyperparameters)
         self.kernel = compile_training_step(der, optimizer, jit=jit)
-        names = [_symbol_name(p) for p in der.wrt]
+        names = [symbol_name(p) for p in der.wrt]
         missing = sorted(set(names) - set(params))
         if missing:
             raise KernelArgumentError(f"initial values missing for parameters {missing}",

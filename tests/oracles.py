@@ -121,9 +121,9 @@ def fd_gradient(f: Callable[[Mapping], float], values: Mapping, name: str) -> np
 # --------------------------------------------------------------------------------------------
 # SymPy as the independent evaluator
 
-# The reusable part lives in symdl.check_reference (symdl.check uses it too); it shares no
+# The reusable part lives in symdl.verify.reference (symdl.check uses it too); it shares no
 # code with symdl's IR, autodiff, evaluator or code generator.
-from symdl.check_reference import (  # noqa: E402
+from symdl.verify.reference import (  # noqa: E402
     NUMPY_REFERENCE,
     explicit,
     sympy_function,

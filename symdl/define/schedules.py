@@ -1,0 +1,62 @@
+"""Learning-rate schedules as SymPy expressions of the step t: step decay, exponential decay
+and cosine annealing, in the closed forms of ``torch.optim.lr_scheduler`` (StepLR,
+ExponentialLR, CosineAnnealingLR), with t counted from 0.
+
+``t`` is a scalar (a ``Symbol`` or a number: the result is the learning rate at that step) or
+a column of steps (a ``MatrixSymbol``: the result is the column of learning rates, entry by
+entry, for a kernel that fills a whole schedule at once). Every parameter may be a number or
+a scalar symbol, so a derivation can differentiate the rate with respect to it.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symdl.define.vocabulary import exp, floor
+from symdl.errors import DefinitionError
+
+Value = float | int | sp.Expr
+
+
+def _cos(x: sp.Basic) -> sp.Basic:
+    return x.applyfunc(sp.cos) if isinstance(x, MatrixExpr) else sp.cos(x)
+
+
+def _power(base: Value, exponent: sp.Basic) -> sp.Basic:
+    """``base ** exponent`` entry by entry (``exp(log(base) exponent)`` for a matrix)."""
+    if isinstance(exponent, MatrixExpr):
+        return exp(sp.log(base) * exponent)
+    return sp.Integer(1) * base**exponent
+
+
+def _check(t: sp.Basic, what: str) -> sp.Basic:
+    t = sp.sympify(t)
+    if isinstance(t, MatrixExpr) and t.shape[1] != 1:
+        raise DefinitionError(f"{what}: steps t must be a scalar or a column T x 1, got "
+                              f"{t.shape[0]} x {t.shape[1]}")
+    return t
+
+
+def step_decay(t: sp.Basic, lr: Value, gamma: Value, step_size: Value) -> sp.Basic:
+    """``lr * gamma ** floor(t / step_size)``: the rate drops by ``gamma`` every
+    ``step_size`` steps (``StepLR``)."""
+    t = _check(t, "step_decay")
+    return lr * _power(gamma, floor(t / step_size))
+
+
+def exponential_decay(t: sp.Basic, lr: Value, gamma: Value) -> sp.Basic:
+    """``lr * gamma ** t`` (``ExponentialLR``)."""
+    t = _check(t, "exponential_decay")
+    return lr * _power(gamma, t)
+
+
+def cosine_annealing(t: sp.Basic, lr: Value, t_max: Value, lr_min: Value = 0) -> sp.Basic:
+    """``lr_min + (lr - lr_min) (1 + cos(pi t / t_max)) / 2``: half a cosine from ``lr`` at
+    step 0 down to ``lr_min`` at step ``t_max`` (``CosineAnnealingLR``)."""
+    t = _check(t, "cosine_annealing")
+    wave = _cos(sp.pi / t_max * t)
+    if isinstance(t, MatrixExpr):
+        ones = sp.OneMatrix(*t.shape)
+        return lr_min * ones + (lr - lr_min) / 2 * (ones + wave)
+    return lr_min + (lr - lr_min) / 2 * (1 + wave)

@@ -1,0 +1,464 @@
+"""Definition -> IR: plain SymPy (matrix or index notation) into the tensor IR of ``symdl.ir``.
+
+Matrix expressions translate structurally (``X*W`` is an einsum ``ik,kj->ij``). Scalar
+expressions with ``Sum``, ``Indexed`` and ``MatrixElement`` translate through their indices:
+a product is an einsum over the indices of its factors, a ``Sum`` contracts its index, a
+function of indexed terms is an elementwise ``Map``. Both meet in the same IR, so a loss may
+mix them (``Total(M)``, ``Trace(A*X*B)``, ``Sum(w[i, 0]**2, (i, 0, d - 1))``).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+from symdl import ir
+from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
+from symdl.ir.rewrites import stabilize_one
+from symdl.primitives.functions import check_supported, lower_kinks
+
+
+def dimension_symbols(exprs: list[sp.Basic]) -> set[sp.Symbol]:
+    """The symbols that appear in the shapes of the matrices and arrays of ``exprs``."""
+    dims: set[sp.Symbol] = set()
+    for e in exprs:
+        for m in e.atoms(sp.MatrixSymbol):
+            for d in m.shape:
+                dims |= sp.sympify(d).free_symbols
+        for b in e.atoms(sp.IndexedBase):
+            if b.shape is not None:
+                for d in b.shape:
+                    dims |= sp.sympify(d).free_symbols
+        for idx in e.atoms(sp.Idx):
+            if idx.upper is not None:
+                dims |= (sp.sympify(idx.upper) + 1).free_symbols
+    return dims
+
+
+class Translator:
+    """Translates SymPy expressions into IR nodes, sharing leaves and named intermediates.
+
+    Args:
+        dims: symbols that are dimensions (constants, never differentiated).
+        named: SymPy symbols standing for named intermediates, mapped to their IR nodes.
+    """
+
+    def __init__(self, dims: set[sp.Symbol], named: dict[sp.Basic, ir.Node] | None = None):
+        self.dims = set(dims)
+        self.named = dict(named or {})
+        self.leaves: dict[str, ir.Leaf] = {}
+        self._labels: dict[sp.Symbol, int] = {}
+        self.index_dims: dict[sp.Symbol, sp.Expr] = {}
+        """The range of each index symbol seen in a Sum (or given by the caller)."""
+
+    # -- leaves ---------------------------------------------------------------------------
+
+    def leaf(self, symbol: sp.Basic, name: str, shape: tuple) -> ir.Node:
+        if symbol in self.named:
+            return self.named[symbol]
+        shape = tuple(sp.sympify(s) for s in shape)
+        known = self.leaves.get(name)
+        if known is not None:
+            if known.shape != shape:
+                raise ShapeMismatchError(
+                    f"{name} is used with two shapes, {known.shape} and {shape}; give each "
+                    "array one shape (or two different names)", known.shape, shape,
+                )
+            return known
+        node = ir.leaf(name, shape, symbol)
+        self.leaves[name] = node
+        return node
+
+    def _label(self, index: sp.Symbol) -> int:
+        if index not in self._labels:
+            self._labels[index] = len(self._labels)
+        return self._labels[index]
+
+    # -- matrices -------------------------------------------------------------------------
+
+    def matrix(self, e: MatrixExpr) -> ir.Node:
+        """Translates a matrix expression into a rank-2 node."""
+        if isinstance(e, sp.MatrixSymbol):
+            return self.leaf(e, str(e.name), e.shape)
+        if isinstance(e, sp.MatMul):
+            return self._matmul(e)
+        if isinstance(e, sp.MatAdd):
+            terms = [self.matrix(a) if isinstance(a, MatrixExpr) else None for a in e.args]
+            if any(t is None for t in terms):
+                raise DefinitionError(f"cannot add a scalar to a matrix in {e}")
+            return ir.add(*terms)
+        if isinstance(e, sp.Transpose):
+            return ir.einsum([self.matrix(e.arg)], [(0, 1)], (1, 0))
+        if isinstance(e, sp.HadamardProduct):
+            return ir.hadamard(*[self.matrix(a) for a in e.args])
+        if isinstance(e, sp.HadamardPower):
+            x = sp.Dummy("x")
+            exponent = self._constant(e.exp, "the exponent of a Hadamard power")
+            return ir.map_(sp.Lambda(x, x**exponent), self.matrix(e.base))
+        if isinstance(e, ElementwiseApplyFunction):
+            fn = e.function
+            if not isinstance(fn, sp.Lambda):
+                x = sp.Dummy("x")
+                fn = sp.Lambda(x, fn(x))
+            check_supported(fn.expr)
+            fn = sp.Lambda(fn.variables, lower_kinks(fn.expr, self._is_constant))
+            return self._applyfunc(fn, self.matrix(e.expr))
+        if isinstance(e, sp.OneMatrix):
+            return ir.ones(e.shape)
+        if isinstance(e, sp.ZeroMatrix):
+            return ir.zero(e.shape)
+        if isinstance(e, sp.Identity):
+            return ir.identity(e.rows)
+        if isinstance(e, sp.MatPow):
+            power = e.exp
+            if power == -1:  # sp.Inverse is a MatPow too
+                return ir.solve(self.matrix(e.base), ir.identity(e.base.shape[0]))
+            if tuple(e.base.shape) == (1, 1):
+                return self._entry_power(e.base, power)
+            if not (power.is_Integer and power >= 1):
+                raise UnsupportedError(
+                    f"matrix power {e} with exponent {power}: only positive integer powers and "
+                    "the inverse (power -1) are supported"
+                )
+            return self._matmul(sp.MatMul(*([e.base] * int(power)), evaluate=False))
+        if isinstance(e, Softmax):
+            return ir.softmax(self.matrix(e.arg), e.axis)
+        if isinstance(e, LogSumExp):
+            return ir.logsumexp(self.matrix(e.arg), e.axis)
+        if isinstance(e, DiagMatrix):
+            v = self.matrix(e.args[0])
+            rows, cols = v.shape
+            spec = (0, 2) if cols == 1 else (2, 0)
+            return ir.einsum([v, ir.identity(e.shape[0])], [spec, (0, 1)], (0, 1))
+        if isinstance(e, sp.MatrixBase):
+            raise UnsupportedError(
+                "explicit matrices (sympy.Matrix) are unrolled per entry and do not scale; use "
+                "a MatrixSymbol with symbolic dimensions instead"
+            )
+        raise UnsupportedError(
+            f"matrix expression of type {type(e).__name__} ({e}) is not supported; supported: "
+            "MatrixSymbol, products, sums, transposes, Hadamard products and powers, applyfunc, "
+            "OneMatrix, Identity, softmax, logsumexp"
+        )
+
+    def _applyfunc(self, fn: sp.Lambda, arg: ir.Node) -> ir.Node:
+        """``fn`` entry by entry; scalar symbols the body closes over (``delta`` in a Huber
+        written ``lambda t: Piecewise(..., (Abs(t) <= delta))``) become map arguments, so
+        they have values in kernels and derivatives (they were constants, with derivative 0)."""
+        closed = sorted(fn.expr.free_symbols - set(fn.variables) - self.dims, key=str)
+        if not closed:
+            return ir.map_(fn, arg)
+        dummies = [sp.Dummy(f"c{k}", real=True) for k in range(len(closed))]
+        body = fn.expr.xreplace(dict(zip(closed, dummies, strict=True)))
+        labels = tuple(range(arg.rank))
+        sizes = dict(zip(labels, arg.shape, strict=True))
+        scalars = [ir.broadcast(self.scalar(c), (), labels, sizes) for c in closed]
+        return ir.map_(sp.Lambda((*fn.variables, *dummies), body), arg, *scalars)
+
+    def _entry_power(self, base: MatrixExpr, power: sp.Expr) -> ir.Node:
+        """A power of a 1 x 1 matrix: the power of its entry. SymPy writes ``applyfunc(f)`` of
+        a 1 x 1 matrix as ``f(M)`` when that is a matrix (``sqrt`` gives ``M**(1/2)``), so an
+        elementwise rule written for any shape reaches here for a bias of one output."""
+        node = self.matrix(base)
+        x = sp.Dummy("x")
+        if not (power.free_symbols - self.dims) and not _has_arrays(power):
+            return ir.map_(sp.Lambda(x, x**power), node)
+        y = sp.Dummy("y")
+        exponent = ir.broadcast(self.scalar(power), (), (0, 1), {0: sp.Integer(1),
+                                                                  1: sp.Integer(1)})
+        return ir.map_(sp.Lambda((x, y), x**y), node, exponent)
+
+    def _matmul(self, e: sp.MatMul) -> ir.Node:
+        scalars = [a for a in e.args if not isinstance(a, MatrixExpr)]
+        mats = [a for a in e.args if isinstance(a, MatrixExpr)]
+        for left, right in zip(mats, mats[1:], strict=False):
+            if left.shape[1] != right.shape[0]:
+                raise ShapeMismatchError(
+                    f"matrix product {left} * {right}: shapes {left.shape[0]} x "
+                    f"{left.shape[1]} and {right.shape[0]} x {right.shape[1]} do not chain "
+                    f"({left.shape[1]} != {right.shape[0]})", left.shape, right.shape,
+                )
+        nodes = self._solved_chain(mats)
+        operands = [self.scalar(s) for s in scalars]
+        specs: list[tuple[int, ...]] = [() for _ in scalars]
+        for k, node in enumerate(nodes):
+            operands.append(node)
+            specs.append((k, k + 1))
+        return ir.einsum(operands, specs, (0, len(nodes)))
+
+    def _solved_chain(self, mats: list[MatrixExpr]) -> list[ir.Node]:
+        """The factors of a product; ``A^{-1} B C`` becomes one linear solve ``A^{-1} (B C)``,
+        never the inverse itself, unless the inverse ends the product."""
+        for k, m in enumerate(mats):
+            if isinstance(m, sp.MatPow) and m.exp == -1 and k + 1 < len(mats):
+                rest = self._solved_chain(mats[k + 1:])
+                specs = [(j, j + 1) for j in range(len(rest))]
+                right = ir.einsum(rest, specs, (0, len(rest)))
+                solved = ir.solve(self.matrix(m.base), right)
+                return [self.matrix(a) for a in mats[:k]] + [solved]
+        return [self.matrix(m) for m in mats]
+
+    def _constant(self, value: sp.Expr, what: str) -> sp.Expr:
+        value = sp.sympify(value)
+        if value.free_symbols - self.dims:
+            raise UnsupportedError(
+                f"{what} must be a constant (numbers and dimensions only), got {value}"
+            )
+        return value
+
+    # -- scalars and index notation -----------------------------------------------------
+
+    def scalar(self, e: sp.Basic) -> ir.Node:
+        """Translates a scalar expression (it may contain index notation) into a rank-0 node."""
+        node, indices = self.indexed(sp.sympify(e))
+        if indices:
+            raise DefinitionError(
+                f"the expression {e} has free indices {indices}: sum over them (Sum) or ask "
+                "for an indexed result"
+            )
+        return node
+
+    def indexed(self, e: sp.Basic) -> tuple[ir.Node, tuple[sp.Symbol, ...]]:
+        """Translates ``e`` into a node whose axes are the returned free index symbols."""
+        if isinstance(e, MatrixExpr):
+            raise DefinitionError(
+                f"a matrix {e} ({e.shape[0]} x {e.shape[1]}) stands where a scalar is expected; "
+                "take an entry, a trace or symdl.sum of it"
+            )
+        if e.is_Number or not (e.free_symbols - self.dims) and not _has_arrays(e):
+            if e.has(sp.zoo, sp.nan, sp.oo):
+                raise DefinitionError(f"the constant {e} is not finite")
+            return ir.scalar(e), ()
+        if isinstance(e, sp.Symbol):
+            return self.leaf(e, str(e.name), ()), ()
+        if isinstance(e, sp.Indexed):
+            return self._indexed_array(e)
+        if isinstance(e, MatrixElement):
+            return self._matrix_element(e)
+        if isinstance(e, sp.Mul):
+            return self._product(e.args)
+        if isinstance(e, sp.Add):
+            return self._sum_of_terms(e.args)
+        if isinstance(e, sp.Pow):
+            base, power = e.args
+            x = sp.Dummy("x")
+            if not (power.free_symbols - self.dims) and not _has_arrays(power):
+                return self._elementwise(sp.Lambda(x, x**power), [base])
+            y = sp.Dummy("y")
+            return self._elementwise(sp.Lambda((x, y), x**y), [base, power])
+        if isinstance(e, sp.Sum):
+            return self._sum(e)
+        if isinstance(e, sp.KroneckerDelta):
+            i, j = e.args
+            node = self._delta(i, j)
+            return node, (i, j)
+        if isinstance(e, sp.Trace):
+            return ir.einsum([self.matrix(e.arg)], [(0, 0)], ()), ()
+        if isinstance(e, Total):
+            return ir.einsum([self.matrix(e.arg)], [(0, 1)], ()), ()
+        if isinstance(e, (sp.Max, sp.Min, sp.Piecewise)):
+            return self._kink(e)
+        if isinstance(e, sp.Function):
+            check_supported(e)
+            # Constant arguments (Heaviside's value at 0) stay in the body as numbers.
+            varying = [a for a in e.args if not a.is_number]
+            xs = {a: sp.Dummy(f"x{k}") for k, a in enumerate(varying)}
+            body = e.func(*[xs.get(a, a) for a in e.args])
+            return self._elementwise(sp.Lambda(tuple(xs.values()), body), varying)
+        raise UnsupportedError(f"{type(e).__name__} ({e}) is not supported in a definition")
+
+    def _is_constant(self, e: sp.Basic) -> bool:
+        e = sp.sympify(e)
+        return not (e.free_symbols - self.dims) and not _has_arrays(e)
+
+    def _kink(self, e: sp.Basic) -> tuple[ir.Node, tuple]:
+        """``Max``, ``Min`` or ``Piecewise`` (possibly nested in each other and in other
+        functions) as one elementwise map of its array-valued parts: each ``Sum``, array entry
+        or scalar symbol in it becomes an argument, the rest is the map's scalar body."""
+        check_supported(e)
+        operands: dict[sp.Basic, sp.Dummy] = {}
+
+        def operand(sub: sp.Basic) -> sp.Dummy:
+            if sub not in operands:
+                operands[sub] = sp.Dummy(f"x{len(operands)}", real=True)
+            return operands[sub]
+
+        def cut(sub: sp.Basic) -> sp.Basic:
+            if isinstance(sub, sp.Expr) and self._is_constant(sub):
+                # Numbers stay in the body; dimensions are values the map reads.
+                return sub if sub.is_number else operand(sub)
+            if isinstance(sub, (sp.Symbol, sp.Indexed, MatrixElement, sp.Sum, sp.Trace, Total,
+                                sp.KroneckerDelta)):
+                return operand(sub)
+            if isinstance(sub, MatrixExpr):
+                self.indexed(sub)  # raises: a matrix where a scalar belongs
+            if not sub.args:
+                return sub
+            return sub.func(*[cut(a) for a in sub.args])
+
+        body = cut(lower_kinks(e, self._is_constant))
+        if not operands:
+            return ir.scalar(body), ()
+        return self._elementwise(sp.Lambda(tuple(operands.values()), body), list(operands))
+
+    def _index_symbol(self, index: sp.Basic, where: sp.Basic) -> sp.Symbol:
+        if isinstance(index, sp.Idx):
+            return index
+        if isinstance(index, sp.Symbol):
+            return index
+        raise UnsupportedError(
+            f"index {index} in {where}: symdl needs plain index symbols (shifted indices such as "
+            "i + 1 and fixed entries are not supported); use a symbol and a Sum"
+        )
+
+    def _indexed_array(self, e: sp.Indexed) -> tuple[ir.Node, tuple[sp.Symbol, ...]]:
+        base = e.base
+        shape = base.shape
+        if shape is None:
+            dims = []
+            for index in e.indices:
+                if not (isinstance(index, sp.Idx) and index.upper is not None):
+                    raise DefinitionError(
+                        f"the shape of {base} is unknown: give IndexedBase a shape "
+                        f"(IndexedBase('{base}', shape=(n, d))) or use Idx with a range"
+                    )
+                dims.append(index.upper - index.lower + 1)
+            shape = tuple(dims)
+        if len(shape) != len(e.indices):
+            raise ShapeMismatchError(
+                f"{e} has {len(e.indices)} indices but {base} has shape {tuple(shape)}",
+                tuple(shape), e.indices,
+            )
+        node = self.leaf(base, str(base.label), shape)
+        indices = tuple(self._index_symbol(i, e) for i in e.indices)
+        return self._with_indices(node, indices)
+
+    def _matrix_element(self, e: MatrixElement) -> tuple[ir.Node, tuple[sp.Symbol, ...]]:
+        parent = e.parent
+        node = self.matrix(parent) if isinstance(parent, MatrixExpr) else None
+        if node is None:
+            raise UnsupportedError(f"entry of {parent} of type {type(parent).__name__}")
+        indices: list[sp.Symbol | None] = []
+        for index, dim in zip((e.i, e.j), parent.shape, strict=False):
+            if index.is_Integer:
+                if dim != 1:
+                    raise UnsupportedError(
+                        f"the fixed entry {e} of an axis of size {dim}: only the single entry of "
+                        "a size-1 axis may be taken by number; index the others with symbols"
+                    )
+                indices.append(None)
+            else:
+                indices.append(self._index_symbol(index, e))
+        return self._with_indices(node, tuple(indices))
+
+    def _with_indices(self, node: ir.Node, indices: tuple) -> tuple[ir.Node, tuple]:
+        """``node`` with its axes named by ``indices`` (None: a size-1 axis, dropped)."""
+        spec = []
+        drop = 1_000_000
+        for index in indices:
+            if index is None:
+                spec.append(drop)
+                drop += 1
+            else:
+                spec.append(self._label(index))
+        kept: list[sp.Symbol] = []
+        for index in indices:
+            if index is not None and index not in kept:
+                kept.append(index)
+        out = tuple(self._label(i) for i in kept)
+        if tuple(spec) == out:
+            return node, tuple(kept)
+        return ir.einsum([node], [tuple(spec)], out), tuple(kept)
+
+    def _delta(self, i: sp.Basic, j: sp.Basic) -> ir.Node:
+        dims = [idx.upper - idx.lower + 1 for idx in (i, j) if isinstance(idx, sp.Idx)
+                and idx.upper is not None]
+        dims += [self.index_dims[idx] for idx in (i, j) if idx in self.index_dims]
+        if not dims:
+            raise DefinitionError(
+                f"KroneckerDelta({i}, {j}): the range of its indices is unknown; use Idx "
+                "indices with ranges, or indices that a Sum runs over"
+            )
+        return ir.identity(dims[0])
+
+    def _product(self, factors) -> tuple[ir.Node, tuple]:
+        operands, specs, order = [], [], []
+        for f in factors:
+            node, indices = self.indexed(f)
+            operands.append(node)
+            specs.append(tuple(self._label(i) for i in indices))
+            order.extend(i for i in indices if i not in order)
+        out = tuple(self._label(i) for i in order)
+        return ir.einsum(operands, specs, out), tuple(order)
+
+    def _sum_of_terms(self, terms) -> tuple[ir.Node, tuple]:
+        parts = [self.indexed(t) for t in terms]
+        order: list[sp.Symbol] = []
+        for _, indices in parts:
+            order.extend(i for i in indices if i not in order)
+        return self._broadcast_all(parts, order, ir.add)
+
+    def _broadcast_all(self, parts, order, combine) -> tuple[ir.Node, tuple]:
+        out = tuple(self._label(i) for i in order)
+        dims: dict[int, sp.Expr] = {}
+        for node, indices in parts:
+            for i, d in zip(indices, node.shape, strict=False):
+                dims[self._label(i)] = d
+        missing = [i for i in order if self._label(i) not in dims]
+        if missing:
+            raise DefinitionError(f"cannot tell the range of the indices {missing}")
+        nodes = [
+            ir.broadcast(node, tuple(self._label(i) for i in indices), out, dims)
+            for node, indices in parts
+        ]
+        return combine(*nodes), tuple(order)
+
+    def _elementwise(self, fn: sp.Lambda, args) -> tuple[ir.Node, tuple]:
+        parts = [self.indexed(a) for a in args]
+        order: list[sp.Symbol] = []
+        for _, indices in parts:
+            order.extend(i for i in indices if i not in order)
+        return self._broadcast_all(parts, order, lambda *nodes: ir.map_(fn, *nodes))
+
+    def _sum(self, e: sp.Sum) -> tuple[ir.Node, tuple]:
+        for index, lower, upper in e.limits:
+            self.index_dims[index] = upper - lower + 1
+        node, indices = self.indexed(e.function)
+        factor = sp.Integer(1)
+        for index, lower, upper in e.limits:
+            if lower != 0:
+                raise UnsupportedError(
+                    f"Sum over {index} from {lower}: symdl sums run from 0 to a dimension minus "
+                    "one; shift the index"
+                )
+            length = upper + 1
+            if index not in indices:
+                factor *= length
+                continue
+            axis = indices.index(index)
+            if sp.simplify(node.shape[axis] - length) != 0:
+                raise ShapeMismatchError(
+                    f"Sum over {index} runs to {upper} but the arrays it indexes have dimension "
+                    f"{node.shape[axis]}", (length,), (node.shape[axis],),
+                )
+            labels = tuple(self._label(i) for i in indices)
+            indices = tuple(i for i in indices if i != index)
+            node = ir.einsum([node], [labels], tuple(self._label(i) for i in indices))
+        if factor != 1:
+            node = ir.scale(node, factor)
+        return node, indices
+
+
+def _has_arrays(e: sp.Basic) -> bool:
+    return bool(e.atoms(sp.Indexed, MatrixElement, sp.MatrixSymbol))
+
+
+def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
+    """Translates a definition that is either a matrix expression or a scalar, in stable form
+    (``symdl.ir.rewrites``: every spelling of a softplus, a softmax or a log-sum-exp)."""
+    if isinstance(e, MatrixExpr):
+        return stabilize_one(translator.matrix(e))
+    return stabilize_one(translator.scalar(e))

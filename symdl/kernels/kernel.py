@@ -1,0 +1,566 @@
+"""Compiled kernels: ``Derivation.compile()`` returns a ``Kernel``; calling it validates the
+arrays and runs the generated code.
+
+Conventions, checked before any jitted code runs:
+
+* arrays are passed by the names of the definition's symbols: ``k(X=X, w=w, y=y)``;
+* every array is float64, or every array is float32 (results then are float32); other
+  dtypes raise ``KernelArgumentError``;
+* each array has exactly the shape of its symbol, with every dimension consistent across
+  arrays (a ``d x 1`` column is a 2-D array of shape ``(d, 1)``); no dimension may be 0;
+* non-contiguous arrays (slices, transposes, Fortran order) are copied to C order first;
+* NaN and inf propagate to the results as IEEE arithmetic does;
+* whole-array sums accumulate in float64; matrix products and partial sums in the dtype of the
+  inputs, as BLAS does;
+* ``out=`` takes preallocated result arrays by output name (``"grad:w"``), so that a training
+  loop allocates no results; temporaries are still allocated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+import sympy as sp
+
+from symdl import ir
+from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
+from symdl.ir import rewrites
+from symdl.ir.assumptions import violation
+from symdl.kernels.codegen import Source, generate
+from symdl.kernels.compilable import check_compilable
+from symdl.kernels.jit import load, load_interpreted, record_compiled
+from symdl.kernels.plan import Contraction, LinearSolve, plan
+from symdl.kernels.progress import compile_progress
+
+PARALLEL_MIN_ENTRIES = 1 << 15
+"""Calls whose largest array has at least this many entries use the parallel loops."""
+
+
+def _prefer_workqueue_threading() -> None:
+    """Numba's parallel loops run on its workqueue threading layer unless the user chose one
+    (``NUMBA_THREADING_LAYER``) or a parallel loop already ran: the OpenMP layer's idle
+    workers spin after each loop and take the cores from the BLAS products that follow
+    (the 2-layer network's step took 3x longer at 2 threads with it). The workqueue layer
+    cannot run two parallel regions at once (it aborts the process), and Numba releases the GIL
+    while a parallel loop runs, so parallel kernel calls take ``_PARALLEL_LOCK`` (see
+    ``_run``)."""
+    if os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        numba.threading_layer()
+    except ValueError:  # no parallel region has run yet: the layer is still to be chosen
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_prefer_workqueue_threading()
+_warned_about_layer = False
+
+_PARALLEL_LOCK = threading.Lock()
+"""Held while a kernel runs its parallel loops: one process runs one parallel kernel at a time
+(two Python threads in parallel regions at once abort the workqueue layer). Serial calls run
+without it, concurrently."""
+
+
+def _run(function, *args, parallel: bool, **options) -> None:
+    """Runs ``function`` (a generated driver); its parallel variant under the process's
+    parallel lock, the serial one without. A thread that finds the lock taken waits rather
+    than running the serial variant: the running call already uses every core, and a call's
+    result (its summation order) then depends on its arguments, never on what another thread
+    happens to do."""
+    if not parallel:
+        function(*args, parallel=False, **options)
+        return
+    with _PARALLEL_LOCK:
+        function(*args, parallel=True, **options)
+
+
+def _warn_if_spinning_threads() -> None:
+    """Warns once per process when parallel loops run on the OpenMP layer the user did not
+    ask for (something started Numba's threads before symdl was imported)."""
+    global _warned_about_layer
+    if _warned_about_layer or os.environ.get("NUMBA_THREADING_LAYER"):
+        return
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # not started yet: the first parallel call starts symdl's choice
+        return
+    _warned_about_layer = True
+    if layer == "omp":
+        warnings.warn(
+            "Numba's parallel loops run on the OpenMP threading layer, because Numba's "
+            "threads started before symdl was imported (numba.get_num_threads() or a "
+            "parallel=True function does that); its idle workers spin and take the cores from "
+            "the BLAS products between loops, which can make kernels several times slower. "
+            "Import symdl first, or set NUMBA_THREADING_LAYER=workqueue, or pass "
+            "parallel=False.", PerformanceWarning, stacklevel=3)
+
+_SUPPORTED_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+_ABSENT = object()
+"""The default of ``Kernel.__call__``'s options: tells "not given" from any value."""
+
+
+@dataclass(frozen=True)
+class KernelResult:
+    """What a kernel computed.
+
+    Attributes:
+        value: the definition's value (a float for a scalar loss).
+        grad: the gradient of each parameter, by name, shaped like the parameter.
+        hessian: Hessian blocks by ``(p, q)`` names; size-1 axes dropped (``d x d`` for a
+            ``d x 1`` parameter).
+        hvp: Hessian-vector products by parameter name, when compiled with ``hvp=True``.
+        outputs: every output array by its internal name (``"grad:w"``).
+    """
+
+    value: float | np.ndarray
+    grad: dict[str, np.ndarray]
+    hessian: dict[tuple[str, str], np.ndarray]
+    hvp: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]
+
+
+class Kernel:
+    """Numba kernels for a derivation's outputs. Call it with arrays by name."""
+
+    def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str,
+                 jit: bool = True, hvp_inputs: Mapping[str, str] | None = None):
+        """``jit=False`` runs the same generated source as plain Python (no Numba compile).
+        ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product."""
+        check_compilable(list(outputs.values()))
+        exact = rewrites.exact(list(outputs.values()))  # same values, without cancellation
+        outputs = dict(zip(outputs, exact, strict=True))
+        self.hvp_inputs: dict[str, str] = dict(hvp_inputs or {})
+        """The input holding the HVP direction of each parameter (``{"w": "v_w"}``)."""
+        self._outputs = outputs
+        self.jit = jit
+        self._plan = plan(outputs)
+        self._source: Source = generate(self._plan, leaves, title)
+        self._leaves = {leaf.name: leaf for leaf in leaves}
+        self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
+        self._title = title
+        self._variants_called: set[tuple] = set()
+
+    def _first_call(self, variant: tuple):
+        """Around a call: the first call of each variant (dtype, parallel, in place or
+        compiled) is where Numba compiles, reported when slow (``symdl.progress``)."""
+        if not self.jit or variant in self._variants_called:
+            return contextlib.nullcontext()
+        self._variants_called.add(variant)
+        loops = sum(not isinstance(s, (Contraction, LinearSolve)) for s in self._plan.steps)
+        return compile_progress(self._title, loops)
+
+    @property
+    def source(self) -> str:
+        """The generated Python source (readable; needs only NumPy and Numba)."""
+        return self._source.text
+
+    @property
+    def inputs(self) -> dict[str, tuple]:
+        """The arrays the kernel takes, by name, with their symbolic shapes."""
+        return {name: self._leaves[name].shape for name in self._source.inputs}
+
+    @property
+    def input_symbols(self) -> dict[str, sp.Basic]:
+        """The SymPy symbol of each input, by name (its declared assumptions are checked)."""
+        return {name: self._leaves[name].symbol for name in self._source.inputs}
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._source.outputs)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The inputs in the order of the generated module's ``kernel`` arguments."""
+        return list(self._source.inputs)
+
+    def run_unchecked(self, inputs: list, outputs: list[np.ndarray],
+                      parallel: bool = False) -> None:
+        """Calls the generated module directly: inputs in ``input_names`` order (contiguous
+        arrays of one dtype, Python floats for scalars), outputs in ``output_names`` order.
+
+        For callers that validated the same shapes once with ``__call__`` (a training loop):
+        the generated driver still checks every shape and dtype, so a wrong array raises
+        ``ValueError`` instead of reading out of bounds, but names, layouts and overlaps are
+        not checked. The steps run as one compiled function (compiled on the first call).
+        """
+        if parallel:
+            _warn_if_spinning_threads()
+        with self._first_call((outputs[0].dtype if outputs else None, parallel, True)):
+            _run(self._module.kernel, *inputs, *outputs, parallel=parallel, compiled=True)
+        record_compiled()
+
+    def export(self, path: str | Path) -> Path:
+        """Writes the kernels as one standalone module (no symdl import) and returns its path.
+
+        The module's ``kernel(a0, a1, ..., out0, out1, ..., parallel=False, compiled=False,
+        inplace=False)`` takes the arrays in the order its docstring lists and fills the
+        preallocated outputs. ``inplace=True`` is for calls whose outputs named like inputs
+        (``Source.in_place``) all are those input arrays; it is not checked there.
+        """
+        path = Path(path)
+        path.write_text(self._source.text, encoding="utf-8")
+        return path
+
+    def _dims_and_arrays(self, arrays: Mapping[str, object]):
+        expected = set(self._source.inputs)
+        missing = sorted(expected - set(arrays))
+        if missing:
+            shapes = ", ".join(f"{m} {self._leaves[m].shape}" for m in missing)
+            raise KernelArgumentError(f"missing arguments: {shapes}", missing[0])
+        unexpected = sorted(set(arrays) - expected)
+        if unexpected:
+            raise KernelArgumentError(
+                f"unexpected arguments {unexpected}; this kernel takes {sorted(expected)}",
+                unexpected[0],
+            )
+        dtype = None
+        dims: dict[sp.Symbol, int] = {}
+        where: dict[sp.Symbol, str] = {}
+        prepared: dict[str, object] = {}
+        for name in self._source.inputs:
+            leaf = self._leaves[name]
+            value = arrays[name]
+            _refuse_masked(name, value, "input")
+            if leaf.rank == 0:
+                prepared[name] = _scalar(name, value)
+                continue
+            array = _as_array(name, value)
+            if array.dtype not in _SUPPORTED_DTYPES:
+                raise KernelArgumentError(
+                    f"{name} has dtype {array.dtype}; kernels take float64 or float32 arrays: "
+                    f"convert it with {name}.astype(np.float64)", name, "float64", array.dtype,
+                )
+            if dtype is None:
+                dtype = array.dtype
+            elif array.dtype != dtype:
+                raise KernelArgumentError(
+                    f"{name} is {array.dtype} but other arguments are {dtype}: pass every array "
+                    "in one precision", name, dtype, array.dtype,
+                )
+            if array.ndim != leaf.rank:
+                raise KernelArgumentError(
+                    f"{name} must have {leaf.rank} axes, shape {_fmt(leaf.shape)}; got shape "
+                    f"{array.shape}" + (" (reshape a vector to a column with .reshape(-1, 1))"
+                                        if array.ndim == 1 and leaf.rank == 2 else ""),
+                    name, leaf.shape, array.shape,
+                )
+            for axis, (dim, size) in enumerate(zip(leaf.shape, array.shape, strict=True)):
+                if size == 0:
+                    raise KernelArgumentError(
+                        f"{name} has an empty axis {axis} (shape {array.shape}); every "
+                        "dimension must be at least 1", name, leaf.shape, array.shape,
+                    )
+                if isinstance(dim, sp.Symbol):
+                    if dim in dims and dims[dim] != size:
+                        raise KernelArgumentError(
+                            f"{name} has {dim} = {size} (axis {axis} of shape {array.shape}) but "
+                            f"{where[dim]} has {dim} = {dims[dim]}; expected {name} of shape "
+                            f"{_fmt(leaf.shape)}", name, leaf.shape, array.shape,
+                        )
+                    dims.setdefault(dim, size)
+                    where.setdefault(dim, f"{name} {array.shape}")
+            prepared[name] = np.ascontiguousarray(array)
+        for name in self._source.inputs:
+            message = violation(self._leaves[name].symbol, prepared[name])
+            if message is not None:
+                raise KernelArgumentError(message, name)
+        for name in self._source.inputs:
+            leaf = self._leaves[name]
+            if leaf.rank == 0:
+                continue
+            expected_shape = _concrete(leaf.shape, dims)
+            if prepared[name].shape != expected_shape:
+                raise KernelArgumentError(
+                    f"{name} must have shape {_fmt(leaf.shape)} = {expected_shape}, got "
+                    f"{prepared[name].shape}", name, expected_shape, prepared[name].shape,
+                )
+        return dims, prepared, dtype or np.dtype(np.float64)
+
+    def __call__(self, /, *positional: object, out: object = _ABSENT,
+                 parallel: object = _ABSENT, **arrays: object) -> KernelResult:
+        """Runs the kernels: ``k(X=X, w=w)``, every input by keyword.
+
+        Args:
+            out: preallocated result arrays by output name (see ``output_names``).
+            parallel: use the parallel loops; by default, when there are several threads and
+                the arrays are large.
+            **arrays: every input by name. A keyword that names an input of this kernel is
+                always that input, whatever its name (``self``, ``out``, ``parallel``): a
+                kernel with an input named ``out`` or ``parallel`` takes those options
+                through ``run``.
+
+        Raises:
+            KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
+        """
+        if positional:
+            by_name = ", ".join(f"{name}=..." for name in self._source.inputs)
+            raise KernelArgumentError(
+                f"kernels take their inputs by name: k({by_name}), or as one dict with "
+                "k.run({...})")
+        options = {"out": out, "parallel": parallel}
+        for key, value in options.items():
+            if value is not _ABSENT and key in self._source.inputs:
+                if key == "out" and isinstance(value, Mapping) or (
+                        key == "parallel" and isinstance(value, bool)):
+                    raise KernelArgumentError(
+                        f"this kernel has an input named {key!r}, so k({key}=...) passes that "
+                        f"input; give the {key}= option through k.run({{...inputs...}}, "
+                        f"{key}=...)", key)
+                arrays[key] = value
+                options[key] = _ABSENT
+        return self.run(arrays, out=None if options["out"] is _ABSENT else options["out"],
+                        parallel=None if options["parallel"] is _ABSENT
+                        else options["parallel"])
+
+    def run(self, arrays: Mapping[str, object], /, *, out: object = None,
+            parallel: bool | None = None) -> KernelResult:
+        """Runs the kernels on inputs given as one mapping: ``k.run({"X": X, "w": w})``.
+
+        The same as calling the kernel, for any input names (a mapping's keys never clash
+        with the options).
+
+        Args:
+            arrays: every input by name.
+            out: preallocated result arrays by output name (see ``output_names``).
+            parallel: use the parallel loops; by default, when there are several threads and
+                the arrays are large.
+
+        Raises:
+            KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
+        """
+        if not isinstance(arrays, Mapping):
+            raise KernelArgumentError(
+                f"run() takes the inputs as one dict by name, e.g. k.run({{'X': X, 'w': w}}); "
+                f"got {type(arrays).__name__}")
+        arrays = dict(arrays)
+        out = _output_arrays(out)
+        if parallel is not None and not isinstance(parallel, (bool, np.bool_)):
+            raise KernelArgumentError(
+                f"parallel= must be True, False or None (automatic), got {parallel!r}",
+                "parallel")
+        dims, prepared, dtype = self._dims_and_arrays(arrays)
+        unknown = sorted(set(out) - set(self._source.outputs))
+        if unknown:
+            raise KernelArgumentError(
+                f"out= names {unknown} that this kernel does not compute; it computes "
+                f"{self._source.outputs}", unknown[0],
+            )
+        buffers = []
+        for name in self._source.outputs:
+            node = self._plan.roots[name]
+            shape = _concrete(node.shape, dims) or (1,)
+            given = out.get(name)
+            if given is None:
+                buffers.append(np.empty(shape, dtype=dtype))
+                continue
+            if given.shape != shape or given.dtype != dtype or not given.flags.c_contiguous:
+                raise KernelArgumentError(
+                    f"out[{name!r}] must be a C-contiguous {dtype} array of shape {shape}, got "
+                    f"{given.dtype} {given.shape}", name, shape, given.shape,
+                )
+            buffers.append(given)
+        self._check_overlaps(prepared, out)
+        if parallel is None:
+            largest = max((a.size for a in prepared.values() if isinstance(a, np.ndarray)),
+                          default=0)
+            parallel = numba.get_num_threads() > 1 and largest >= PARALLEL_MIN_ENTRIES
+        args = [prepared[name] for name in self._source.inputs]
+        if parallel:
+            _warn_if_spinning_threads()
+        # Every output that may update its input in place does: the loops that read and write
+        # through one array (the vectorised form).
+        inplace = bool(self._source.in_place) and all(
+            name in out and _same_array(out[name], prepared[name])
+            for name in self._source.in_place)
+        try:
+            with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
+                _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
+        except np.linalg.LinAlgError as exc:
+            raise EvaluationError(
+                f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
+                "these inputs; regularise it (add a multiple of the identity) or use a "
+                "least-squares solution") from exc
+        finally:
+            record_compiled()  # digests of the Numba cache files a first call wrote
+        return _result(self._source.outputs, buffers, self._plan.roots)
+
+
+    def _check_overlaps(self, prepared: dict[str, object], out: Mapping[str, np.ndarray]) -> None:
+        """Result buffers may not be masked, overlap each other, nor overlap an input unless
+        they are that very input array (same start, shape and strides) and the plan proves it
+        is read entry by entry before the same entry is written (an in-place update).
+
+        Overlap is decided exactly (``np.shares_memory``), not from the arrays' bounds: a view
+        one entry over an input overlaps it, and would read entries the loop already wrote.
+        """
+        names = list(out)
+        for name in names:
+            _refuse_masked(f"out[{name!r}]", out[name], "out buffer")
+        for i, name in enumerate(names):
+            for other in names[i + 1:]:
+                if np.shares_memory(out[name], out[other]):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] and out[{other!r}] share memory; give each output its "
+                        "own array", name)
+            for arg, array in prepared.items():
+                if not isinstance(array, np.ndarray) or not np.shares_memory(out[name], array):
+                    continue
+                if not _same_array(out[name], array):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] overlaps input {arg!r} without being the same array (a "
+                        "shifted or reshaped view of it): the kernel would read entries it has "
+                        f"already written; pass {arg!r} itself (an in-place update) or a "
+                        "separate out array", name)
+                if not self._plan.in_place_safe(name, self._leaves[arg]):
+                    raise KernelArgumentError(
+                        f"out[{name!r}] shares memory with input {arg!r}, which this kernel "
+                        f"still reads after it writes {name!r}; pass a separate out array "
+                        "(swap the two arrays between calls to avoid allocating)", name)
+
+
+def _refuse_masked(name: str, value: object, role: str) -> None:
+    """Kernels read and write an array's memory only: a mask would be silently ignored (an
+    input's masked entries used as numbers, an out buffer's mask hiding results)."""
+    if not isinstance(value, np.ma.MaskedArray):
+        return
+    fix = (f"pass np.ma.filled({name}, fill_value) with the value masked entries should "
+           f"take, or {name}.data if the mask does not matter" if role == "input" else
+           "pass a plain array (np.empty) and mask the result afterwards")
+    raise KernelArgumentError(
+        f"{name} is a masked array; kernels ignore masks, so an {role} may not be one: {fix}",
+        name, "numpy.ndarray", type(value).__name__)
+
+
+def _same_array(a: np.ndarray, b: object) -> bool:
+    """Whether ``a`` and ``b`` are one block of memory: same start, shape and strides."""
+    return (isinstance(b, np.ndarray) and a.shape == b.shape and a.strides == b.strides
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+
+
+@functools.lru_cache(maxsize=4096)
+def _size_function(dim: sp.Expr):
+    """A fast evaluator of one symbolic dimension (SymPy's subs costs ~0.1 ms a call)."""
+    dim = sp.sympify(dim)
+    if dim.is_Integer:
+        value = int(dim)
+        return lambda dims: value
+    if dim.is_Symbol:
+        return lambda dims: dims[dim]
+    symbols = sorted(dim.free_symbols, key=str)
+    fn = sp.lambdify(symbols, dim, modules="math")
+    return lambda dims: int(fn(*(dims[s] for s in symbols)))
+
+
+def _concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
+    return tuple(_size_function(d)(dims) for d in shape)
+
+
+def _is_torch_tensor(value: object) -> bool:
+    # By the class's module: torch is never imported here (a tensor exists only where the
+    # caller imported torch).
+    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
+
+
+def as_numpy(name: str, value: object) -> object:
+    """A PyTorch tensor as a NumPy array (detached from autograd, copied to the CPU when it
+    lives elsewhere; a CPU tensor shares its memory); anything else unchanged."""
+    if not _is_torch_tensor(value):
+        return value
+    try:
+        return value.detach().cpu().numpy()
+    except (TypeError, RuntimeError) as exc:
+        raise KernelArgumentError(
+            f"{name} is a torch tensor of dtype {value.dtype} that NumPy cannot hold ({exc}); "
+            f"convert it with {name}.double() (or .float())", name) from exc
+
+
+def _output_arrays(out: object) -> dict[str, np.ndarray]:
+    """``out=`` as a dict of writeable NumPy arrays by output name (``None`` entries dropped:
+    those results are allocated)."""
+    if out is None:
+        return {}
+    if not isinstance(out, Mapping):
+        raise KernelArgumentError(
+            f"out= takes a dict of result arrays by output name, e.g. out={{'grad:w': buf}} "
+            f"(names in kernel.output_names); got a {type(out).__name__}", "out")
+    arrays: dict[str, np.ndarray] = {}
+    for name, given in out.items():
+        if not isinstance(name, str):
+            raise KernelArgumentError(
+                f"out= keys are output names (strings such as 'grad:w'), got {name!r}", "out")
+        if given is None:
+            continue
+        if _is_torch_tensor(given):
+            if given.requires_grad or given.device.type != "cpu":
+                why = "requires grad" if given.requires_grad else f"is on {given.device}"
+                raise KernelArgumentError(
+                    f"out[{name!r}] is a torch tensor that {why}: symdl writes results into "
+                    "CPU memory outside autograd; pass a NumPy array or a CPU tensor without "
+                    "requires_grad", name)
+            given = given.numpy()  # shares the tensor's memory: results land in the tensor
+        if not isinstance(given, np.ndarray):
+            raise KernelArgumentError(
+                f"out[{name!r}] must be a NumPy array, got {type(given).__name__}; allocate "
+                "it once with np.empty(shape) (kernel outputs of a first call give the "
+                "shapes)", name)
+        if not given.flags.writeable:
+            raise KernelArgumentError(
+                f"out[{name!r}] is read-only; pass a writeable array (np.empty_like(a) or "
+                "a.copy())", name)
+        arrays[name] = given
+    return arrays
+
+
+def _as_array(name: str, value: object) -> np.ndarray:
+    value = as_numpy(name, value)
+    if isinstance(value, np.ndarray):
+        return value
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise KernelArgumentError(
+            f"{name} cannot be read as an array ({exc}); pass a float64 NumPy array of one "
+            "rectangular shape", name) from exc
+
+
+def _scalar(name: str, value: object) -> float:
+    array = np.asarray(as_numpy(name, value))
+    if array.shape != () or array.dtype.kind not in "fiu" or array.dtype == np.bool_:
+        raise KernelArgumentError(
+            f"{name} is a scalar parameter: pass a real number, got {type(value).__name__} "
+            f"{array.dtype} of shape {array.shape}", name, (), array.shape,
+        )
+    return float(array)
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def _result(names: list[str], buffers: list[np.ndarray], roots) -> KernelResult:
+    outputs = {}
+    for name, buf in zip(names, buffers, strict=True):
+        outputs[name] = buf.reshape(()) if roots[name].rank == 0 else buf
+    grad, hessian, hvp = {}, {}, {}
+    value: float | np.ndarray = np.nan
+    for name, array in outputs.items():
+        kind, _, rest = name.partition(":")
+        if kind == "value":
+            value = float(array) if array.ndim == 0 else array
+        elif kind == "grad":
+            grad[rest] = float(array) if array.ndim == 0 else array
+        elif kind == "hessian":
+            p, q = rest.split(",")
+            hessian[(p, q)] = float(array) if array.ndim == 0 else array
+        elif kind == "hvp":
+            hvp[rest] = float(array) if array.ndim == 0 else array
+    return KernelResult(value, grad, hessian, hvp, outputs)

@@ -1,0 +1,668 @@
+"""IR -> SymPy: matrix notation where the pattern is recognised, index notation otherwise.
+
+An einsum whose operands are matrices and vectors prints as matrix algebra by contracting
+one summed index at a time: an index shared by two matrices is a product (``X^T G``),
+vectors on an index are a diagonal between them (``X^T diag(s) X``), an index summed in one
+matrix is a product with a ones vector, operands over the same indices are a Hadamard
+product. When that fails (tensors of rank 3 or more, an index shared by three matrices), the
+node prints in index notation: ``Sum`` over named indices of products of entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.diagonal import DiagMatrix
+from sympy.matrices.expressions.matexpr import MatrixElement
+
+from symdl import ir
+from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.errors import DerivationError, EvaluationError, UnsupportedError
+from symdl.primitives.sympy_results import (
+    Diagonal,
+    ElementwiseFunction,
+    ElementwisePower,
+    IdentityMatrix,
+    MatrixTrace,
+    lambdifiable,
+)
+
+INDEX_NAMES = "ijklmpqrstuvabcefgh"
+
+
+@dataclass(frozen=True)
+class IndexForm:
+    """A tensor result in index notation: ``expr`` is the entry at ``indices``.
+
+    Attributes:
+        indices: the free index symbols, one per axis.
+        shape: the dimension of each axis; ``indices[a]`` runs over ``0 .. shape[a] - 1``.
+        expr: a scalar SymPy expression (``Sum`` over entries) with the indices free.
+    """
+
+    indices: tuple[sp.Symbol, ...]
+    shape: tuple[sp.Expr, ...]
+    expr: sp.Expr
+
+    def __str__(self) -> str:
+        idx = ", ".join(str(i) for i in self.indices)
+        return f"[{idx}] -> {self.expr}"
+
+    def lambdify(self, args: Sequence[sp.Basic], modules: str = "numpy") -> Callable:
+        """A NumPy function of ``args`` that returns the whole tensor, entry by entry.
+
+        ``sympy.lambdify`` has no notion of an expression with free indices; this lambdifies
+        the entry (a scalar with ``Sum``s over the other indices) as a function of ``args``
+        and the free indices, and fills an array of the concrete shape. The sizes come from
+        the arrays passed for ``MatrixSymbol``/``IndexedBase`` arguments, or from dimension
+        symbols listed in ``args``. Meant for checks at small sizes: each entry is a Python
+        call. For speed, compile the derivation (``der.compile()``).
+
+        Args:
+            args: the symbols the function takes, in order (as for ``sympy.lambdify``).
+            modules: ``sympy.lambdify``'s ``modules``.
+        """
+        args = list(args)
+        # Dimension symbols the entry reads (Sum ranges, ones vectors) that args leave out
+        # are bound from the arrays' shapes.
+        symbols = set(self.expr.free_symbols).union(
+            *[sp.sympify(dim).free_symbols for dim in self.shape])
+        extra = sorted((s for s in symbols - set(args) - set(self.indices)
+                        if isinstance(s, sp.Symbol) and s.is_integer), key=str)
+        entry = sp.lambdify(args + extra + list(self.indices), self.expr, modules)
+        shape = self.shape
+
+        def tensor(*values):
+            if len(values) != len(args):
+                raise EvaluationError(
+                    f"expected {len(args)} arguments ({args}), got {len(values)}")
+            sizes: dict[sp.Basic, sp.Integer] = {}
+            for a, v in zip(args, values, strict=True):
+                symbolic = getattr(a, "shape", None)
+                if isinstance(a, sp.Symbol) and a.is_integer:
+                    sizes[a] = sp.Integer(int(v))
+                elif symbolic is not None:
+                    for dim, size in zip(symbolic, np.shape(v), strict=False):
+                        if isinstance(dim, sp.Symbol):
+                            sizes.setdefault(dim, sp.Integer(size))
+            unknown = [s for s in extra if s not in sizes]
+            if unknown:
+                raise EvaluationError(
+                    f"the size {unknown[0]} is not known from the arguments; add the dimension "
+                    "symbol to args, or an array that has it in its shape")
+            concrete = tuple(int(sp.sympify(dim).xreplace(sizes)) for dim in shape)
+            bound = [int(sizes[s]) for s in extra]
+            out = np.empty(concrete)
+            for idx in np.ndindex(*concrete):
+                out[idx] = entry(*values, *bound, *idx)
+            return out
+
+        return tensor
+
+
+class _NoMatrixFormError(Exception):
+    """The einsum has no matrix form; print it in index notation."""
+
+
+@dataclass
+class _Factor:
+    expr: sp.Basic
+    row: int | None
+    col: int | None
+
+    def oriented(self, row: int | None) -> _Factor:
+        if self.row == row:
+            return self
+        return _Factor(_transpose(self.expr), self.col, self.row)
+
+
+def _transpose(expr: sp.Basic) -> sp.Basic:
+    """``expr^T`` without SymPy's recursive push of the transpose into every subexpression,
+    which costs time exponential in the depth of an inlined network."""
+    if isinstance(expr, sp.Transpose):
+        return expr.arg
+    if isinstance(expr, sp.MatMul) and _small(expr):
+        # By hand: SymPy's MatMul transpose calls doit() on every factor, which walks a
+        # shared subexpression once per path to it (exponential in an inlined network).
+        scalars = [a for a in expr.args if not isinstance(a, sp.MatrixExpr)]
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        return sp.MatMul(*scalars, *[_transpose(m) for m in reversed(mats)])
+    if isinstance(expr, (sp.MatrixSymbol, sp.OneMatrix)):
+        return expr.T
+    if isinstance(expr, (DiagMatrix, sp.Identity)) or (expr.shape[0] == expr.shape[1] == 1):
+        return expr
+    return sp.Transpose(expr)
+
+
+def _small(expr: sp.Basic) -> bool:
+    """A product of symbols and ones vectors, whose transpose prints better expanded."""
+    if isinstance(expr, sp.MatMul):
+        return all(isinstance(a, (sp.MatrixSymbol, sp.OneMatrix, sp.Transpose))
+                   or not isinstance(a, sp.MatrixExpr) for a in expr.args)
+    return True
+
+
+class SympyPrinter:
+    """Prints IR nodes as SymPy expressions.
+
+    Args:
+        inline_named: print a named intermediate as its definition (a closed form) rather than
+            as its symbol (a step of the derivation).
+    """
+
+    def __init__(self, inline_named: bool = True, aliases: dict[int, ir.Named] | None = None,
+                 reserved: set[str] | None = None, by_name: set[int] | None = None):
+        self.inline_named = inline_named
+        # Named nodes (by id) printed as their symbol even when inline_named: written out,
+        # they would be too large (see symdl.ir.naming.INLINE_LIMIT).
+        self.by_name = set(by_name or ())
+        self.aliases = {} if inline_named else dict(aliases or {})
+        self.reserved = set(reserved or ())
+        self._memo: dict[int, sp.Basic] = {}
+        self._scalar_memo: dict[int, tuple[ir.Node, sp.Basic]] = {}
+        self._index_counter = 0
+
+    def _inlined(self, node: ir.Named) -> bool:
+        return self.inline_named and id(node) not in self.by_name
+
+    # -- entry points ---------------------------------------------------------------------
+
+    def result(self, node: ir.Node) -> sp.Basic | IndexForm:
+        """A matrix expression for rank 2, a scalar for rank 0, an ``IndexForm`` otherwise.
+
+        Tensors of rank 3 or more lose their size-1 axes first: the Hessian of a ``d x 1``
+        parameter is ``d x d``.
+        """
+        try:
+            return self._result(node)
+        except RecursionError:
+            raise DerivationError(
+                "this closed form is nested too deeply for SymPy, which builds and queries "
+                "matrix expressions recursively (a closed form through a long chain of named "
+                "steps); ask for it in terms of the named steps instead: "
+                "der.gradient(p, inline=False) or der.equations()") from None
+
+    def _result(self, node: ir.Node) -> sp.Basic | IndexForm:
+        self._index_counter = 0
+        if node.rank > 2:
+            node = squeeze(distribute(node))
+        self._warm(node)
+        # A product with a sum of tensors (a block of a Hessian times a direction) has a
+        # matrix form once multiplied out: -(1 + mu) G, not Sum(δ δ G) in index notation.
+        for candidate in (node, distribute(node)) if node.rank <= 2 else (node,):
+            try:
+                if candidate.rank == 0:
+                    return lambdifiable(self.scalar(candidate))
+                if candidate.rank == 2:
+                    return lambdifiable(self.matrix(candidate))
+            except _NoMatrixFormError:
+                pass
+        indices = tuple(self._fresh_index() for _ in node.shape)
+        return IndexForm(indices, node.shape, lambdifiable(self.index(node, indices)))
+
+    def definition(self, node: ir.Node) -> sp.Basic | IndexForm:
+        """Like ``result``, but a node that has a name is written out, not named."""
+        alias = self.aliases.pop(id(node), None)
+        try:
+            return self.result(node)
+        finally:
+            if alias is not None:
+                self.aliases[id(node)] = alias
+
+    def scalar(self, node: ir.Node) -> sp.Expr:
+        if node.rank != 0:
+            raise ValueError(f"scalar() of a node of shape {node.shape}")
+        if id(node) in self._scalar_memo:
+            return self._scalar_memo[id(node)][1]
+        if id(node) in self.aliases:
+            return self.aliases[id(node)].symbol
+        if isinstance(node, ir.Zero):
+            return sp.Integer(0)
+        if isinstance(node, ir.Leaf):
+            return node.symbol
+        if isinstance(node, ir.Named):
+            return self.scalar(node.body) if self._inlined(node) else node.symbol
+        if isinstance(node, ir.Add):
+            return sp.Add(*[self.scalar(t) for t in node.terms])
+        if isinstance(node, ir.Map):
+            return node.fn(*[self.scalar(a) for a in node.args])
+        if isinstance(node, ir.Einsum):
+            try:
+                return self._einsum_matrix(node)
+            except _NoMatrixFormError:
+                return self.index(node, ())
+        return self.index(node, ())
+
+    def matrix(self, node: ir.Node) -> sp.Basic:
+        if node.rank != 2:
+            raise ValueError(f"matrix() of a node of shape {node.shape}")
+        # The node is kept with its result: an id is unique only while its object lives.
+        key = id(node)
+        if key not in self._memo:
+            self._memo[key] = (node, self._matrix(node))
+        return self._memo[key][1]
+
+    def _warm(self, root: ir.Node) -> None:
+        """Prints the matrices and scalars under ``root`` children first when it is deep.
+
+        ``matrix`` and ``scalar`` call themselves on the operands, once per level: a closed
+        form through a chain of a thousand named steps would exhaust Python's recursion limit.
+        Printed bottom-up into the memo, each call finds its operands there and goes one level
+        down only. Shallow results (every usual one) are printed as before, top-down, so
+        their index names do not change.
+        """
+        order = self._print_order(root)
+        if order is None:
+            return
+        counter = self._index_counter
+        for node in order:
+            if id(node) in self.aliases:
+                continue
+            try:
+                if node.rank == 2:
+                    self.matrix(node)
+                elif node.rank == 0 and id(node) not in self._scalar_memo:
+                    self._scalar_memo[id(node)] = (node, self.scalar(node))
+            except (_NoMatrixFormError, UnsupportedError):
+                continue  # printed in index notation when the result needs it
+        self._index_counter = counter
+
+    def _print_order(self, root: ir.Node, shallow: int = 40) -> list[ir.Node] | None:
+        """The nodes that printing ``root`` visits, children first, or None when none of
+        them is nested more than ``shallow`` levels deep."""
+        depth: dict[int, int] = {}
+        order: list[ir.Node] = []
+        stack: list[tuple[ir.Node, bool]] = [(root, False)]
+        while stack:
+            node, expanded = stack.pop()
+            children = () if id(node) in self.aliases or (
+                isinstance(node, ir.Named) and not self.inline_named) else node.children()
+            if expanded:
+                depth[id(node)] = 1 + max((depth[id(c)] for c in children), default=0)
+                order.append(node)
+                continue
+            if id(node) in depth:
+                continue
+            depth[id(node)] = 0  # on the stack; replaced by its depth when expanded
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in depth)
+        return order if depth.get(id(root), 0) > shallow else None
+
+    # -- matrices -------------------------------------------------------------------------
+
+    def _matrix(self, node: ir.Node) -> sp.Basic:
+        rows, cols = node.shape
+        if id(node) in self.aliases:
+            return self.aliases[id(node)].symbol
+        if isinstance(node, ir.Leaf):
+            if not isinstance(node.symbol, sp.MatrixExpr):
+                raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
+            return node.symbol
+        if isinstance(node, ir.Named):
+            return self.matrix(node.body) if self._inlined(node) else node.symbol
+        if isinstance(node, ir.Ones):
+            return sp.OneMatrix(rows, cols)
+        if isinstance(node, ir.Zero):
+            return sp.ZeroMatrix(rows, cols)
+        if isinstance(node, ir.Identity):
+            return IdentityMatrix(rows)
+        if isinstance(node, ir.Add):
+            return self._add(node)
+        if isinstance(node, ir.Map):
+            return self._map(node)
+        if isinstance(node, ir.LogSumExp):
+            return LogSumExp(self.matrix(node.arg), node.axis)
+        if isinstance(node, ir.Softmax):
+            return Softmax(self.matrix(node.arg), node.axis)
+        if isinstance(node, ir.Solve):
+            inverse = sp.Inverse(self.matrix(node.a))
+            if isinstance(node.b, ir.Identity):
+                return inverse
+            return sp.MatMul(inverse, self.matrix(node.b))
+        if isinstance(node, ir.Einsum):
+            try:
+                return self._einsum_matrix(node)
+            except _NoMatrixFormError:
+                pass
+        raise _NoMatrixFormError(node)
+
+    def _add(self, node: ir.Add) -> sp.Basic:
+        """A sum, with the common scalar factor of its terms pulled out: ``(P - Y)/n``."""
+        placeholders, printed = [], {}
+        for k, term in enumerate(node.terms):
+            coeff = term.coeff if isinstance(term, ir.Einsum) else sp.Integer(1)
+            body = ir.scale(term, 1 / coeff) if coeff != 1 else term
+            p = sp.Dummy(f"t{k}")
+            printed[p] = self.matrix(body)
+            placeholders.append(coeff * p)
+        grouped = sp.gcd_terms(sp.Add(*placeholders))
+        common, inner = sp.Integer(1), grouped
+        if isinstance(grouped, sp.Mul):
+            adds = [a for a in grouped.args if a.free_symbols & set(printed)]
+            if len(adds) == 1:
+                inner = adds[0]
+                common = sp.Mul(*[a for a in grouped.args if a is not inner])
+        terms = []
+        for t in sp.Add.make_args(sp.expand(inner)):
+            c, rest = t.as_coeff_mul()
+            coeff = sp.Mul(c, *[f for f in rest if not f.free_symbols & set(printed)])
+            (p,) = [f for f in rest if f.free_symbols & set(printed)]
+            terms.append(_scaled(coeff, printed[p]))
+        return _scaled(common, _factor_common(terms))
+
+    def _map(self, node: ir.Map) -> sp.Basic:
+        args = [self.matrix(a) for a in node.args]
+        shape = node.shape
+        env = dict(zip(node.fn.variables, args, strict=True))
+        return _elementwise_matrix(node.fn.expr, env, shape)
+
+    def _einsum_matrix(self, node: ir.Einsum) -> sp.Basic:
+        dims = node.label_dims()
+
+        def label(lab: int) -> int | None:
+            return None if dims[lab] == 1 else lab
+
+        out = [label(lab) for lab in node.out]
+        if len(out) not in (0, 2):
+            raise _NoMatrixFormError(node)
+        scalars: list[sp.Expr] = [node.coeff]
+        factors: list[_Factor] = []
+        for op, spec in zip(node.operands, node.specs, strict=False):
+            if op.rank == 0:
+                scalars.append(self.scalar(op))
+                continue
+            if isinstance(op, ir.Ones) and all(label(lab) is None for lab in spec):
+                continue
+            if op.rank == 1:
+                if not isinstance(op, ir.Ones):
+                    raise _NoMatrixFormError(node)
+                expr, labels = sp.OneMatrix(op.shape[0], 1), (label(spec[0]), None)
+            elif op.rank == 2:
+                expr, labels = self.matrix(op), (label(spec[0]), label(spec[1]))
+            else:
+                raise _NoMatrixFormError(node)
+            if labels[0] is not None and labels[0] == labels[1]:
+                raise _NoMatrixFormError(node)
+            if labels == (None, None):
+                scalars.append(MatrixTrace(expr))
+                continue
+            factors.append(_Factor(expr, *labels))
+        summed = [lab for lab in dims if label(lab) is not None and lab not in node.out]
+        factors = _merge(factors)
+        if not out and len(factors) == 1 and factors[0].col is not None:
+            return sp.Mul(*scalars) * Total(factors[0].expr)
+        # Contract first an index that at most two matrices share: in X^T (N ⊙ (W V)) the
+        # index inside W V goes before the one X^T shares with the Hadamard product.
+        while summed:
+            lab = next((lab for lab in summed if len(_split(factors, lab)[0]) <= 2), summed[0])
+            summed.remove(lab)
+            factors = _contract(factors, lab, dims[lab], scalars)
+            factors = _merge(factors)
+        return _assemble(factors, out, node.shape, scalars)
+
+    # -- index notation -------------------------------------------------------------------
+
+    def _fresh_index(self) -> sp.Symbol:
+        while True:
+            k = self._index_counter
+            self._index_counter += 1
+            round_, letter = divmod(k, len(INDEX_NAMES))
+            name = INDEX_NAMES[letter] + (str(round_) if round_ else "")
+            if name not in self.reserved:
+                return sp.Symbol(name, integer=True, nonnegative=True)
+
+    def index(self, node: ir.Node, indices: tuple) -> sp.Expr:
+        """The entry of ``node`` at ``indices`` as a scalar SymPy expression."""
+        if id(node) in self.aliases:
+            return _entry(self.aliases[id(node)].symbol, indices)
+        if isinstance(node, ir.Leaf):
+            return _entry(node.symbol, indices)
+        if isinstance(node, ir.Named):
+            if self._inlined(node):
+                return self.index(node.body, indices)
+            return _entry(node.symbol, indices)
+        if isinstance(node, ir.Ones):
+            return sp.Integer(1)
+        if isinstance(node, ir.Zero):
+            return sp.Integer(0)
+        if isinstance(node, ir.Identity):
+            return sp.KroneckerDelta(*indices)
+        if isinstance(node, ir.Add):
+            return sp.Add(*[self.index(t, indices) for t in node.terms])
+        if isinstance(node, ir.Map):
+            return node.fn(*[self.index(a, indices) for a in node.args])
+        if isinstance(node, ir.Einsum):
+            dims = node.label_dims()
+            names = dict(zip(node.out, indices, strict=False))
+            limits = []
+            for lab in dims:
+                if lab not in names:
+                    names[lab] = sp.Integer(0) if dims[lab] == 1 else self._fresh_index()
+                    if dims[lab] != 1:
+                        limits.append((names[lab], 0, dims[lab] - 1))
+            body = node.coeff * sp.Mul(*[
+                self.index(op, tuple(names[lab] for lab in spec))
+                for op, spec in zip(node.operands, node.specs, strict=False)
+            ])
+            return sp.Sum(body, *limits) if limits else body
+        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
+            # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
+            return MatrixElement(self.matrix(node), *indices)
+        if isinstance(node, ir.Solve):
+            if node.rank != 2:
+                raise UnsupportedError(
+                    f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
+                    "a matrix parameter) has no index notation yet; evaluate or compile it"
+                )
+            return MatrixElement(self.matrix(node), *indices)
+        raise TypeError(f"no index form for {type(node).__name__}")
+
+
+def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
+    if not indices:
+        return symbol
+    if isinstance(symbol, sp.IndexedBase):
+        return symbol[indices]
+    return symbol[indices[0], indices[1]]
+
+
+def distribute(node: ir.Node) -> ir.Node:
+    """Multiplies out products with sums of rank 3 or more, which have no matrix form, so
+    that each term can be recognised on its own (Hessian blocks are such sums)."""
+    if isinstance(node, ir.Add):
+        return ir.add(*[distribute(t) for t in node.terms])
+    if isinstance(node, ir.Einsum):
+        for k, op in enumerate(node.operands):
+            if isinstance(op, ir.Add) and op.rank > 2:
+                terms = []
+                for t in op.terms:
+                    operands = node.operands[:k] + (t,) + node.operands[k + 1:]
+                    terms.append(distribute(ir.einsum(operands, node.specs, node.out, node.coeff)))
+                return ir.add(*terms)
+    return node
+
+
+def squeeze(node: ir.Node) -> ir.Node:
+    """Drops the size-1 axes of a node (a ``d x 1 x d x 1`` Hessian becomes ``d x d``)."""
+    keep = tuple(a for a, d in enumerate(node.shape) if d != 1)
+    if len(keep) == node.rank:
+        return node
+    if isinstance(node, ir.Add):
+        return ir.add(*[squeeze(t) for t in node.terms])
+    return ir.einsum([node], [tuple(range(node.rank))], keep)
+
+
+def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:
+    """A scalar body over matrix-valued variables as matrix algebra (``1 - A ⊙ A``)."""
+    rows, cols = shape
+    if body in env:
+        return env[body]
+    if not body.free_symbols & set(env):
+        return _scaled(body, sp.OneMatrix(rows, cols))
+    if isinstance(body, sp.Add):
+        return sp.MatAdd(*[_elementwise_matrix(t, env, shape) for t in body.args])
+    if isinstance(body, sp.Mul):
+        coeff = sp.Mul(*[f for f in body.args if not f.free_symbols & set(env)])
+        parts = [_elementwise_matrix(f, env, shape) for f in body.args
+                 if f.free_symbols & set(env)]
+        product = parts[0] if len(parts) == 1 else _hadamard_product(parts)
+        return _scaled(coeff, product)
+    if isinstance(body, sp.Pow) and body.exp.is_Integer and body.exp > 0:
+        return ElementwisePower(_elementwise_matrix(body.base, env, shape), body.exp)
+    if isinstance(body, sp.Function) and len(body.args) == 1:
+        return _apply(body.func, _elementwise_matrix(body.args[0], env, shape))
+    variables = [v for v in env if v in body.free_symbols]
+    if len(variables) == 1:
+        (v,) = variables
+        return _apply(sp.Lambda(v, body), env[v])
+    raise _NoMatrixFormError(body)
+
+
+def _apply(function: sp.Basic, matrix: sp.Basic) -> sp.Basic:
+    """``function`` entry by entry, as an object that prints as ``f(M)`` and lambdifies."""
+    return ElementwiseFunction(function, matrix)
+
+
+def _times(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` canonicalised at the top only: SymPy's ``*`` runs ``doit`` over the
+    whole of ``expr``, which re-evaluates every function below it, once per enclosing level
+    (time exponential in the depth of a closed form through many named steps)."""
+    return sp.MatMul(coeff, expr).doit(deep=False)
+
+
+def _scaled(coeff: sp.Expr, expr: sp.Basic) -> sp.Basic:
+    """``coeff * expr`` with the scalars of a product collected into one coefficient (as
+    SymPy's ``*`` would, but without its ``doit()`` of the whole product)."""
+    if coeff == 1:
+        return expr
+    if isinstance(expr, sp.MatMul):
+        mats = [a for a in expr.args if isinstance(a, sp.MatrixExpr)]
+        coeff = sp.Mul(coeff, *[a for a in expr.args if not isinstance(a, sp.MatrixExpr)])
+        if coeff == 1:
+            return mats[0] if len(mats) == 1 else sp.MatMul(*mats)
+        return sp.MatMul(coeff, *mats)
+    return sp.MatMul(coeff, expr)
+
+
+def _split_matmul(term: sp.Basic) -> tuple[sp.Expr, list[sp.Basic]]:
+    if isinstance(term, sp.MatMul):
+        coeff = sp.Mul(*[a for a in term.args if not isinstance(a, sp.MatrixExpr)])
+        return coeff, [a for a in term.args if isinstance(a, sp.MatrixExpr)]
+    return sp.Integer(1), [term]
+
+
+def _factor_common(terms: list[sp.Basic]) -> sp.Basic:
+    """``A B + A C`` -> ``A (B + C)``: pulls a shared leftmost or rightmost factor out."""
+    split = [_split_matmul(t) for t in terms]
+    if len(terms) > 1 and all(len(f) > 1 for _, f in split):
+        first = split[0][1][0]
+        if all(f[0] == first for _, f in split):
+            rest = [sp.MatMul(c, *f[1:]) if c != 1 else sp.MatMul(*f[1:]) for c, f in split]
+            return sp.MatMul(first, _factor_common([r.doit(deep=False) for r in rest]))
+        last = split[0][1][-1]
+        if all(f[-1] == last for _, f in split):
+            rest = [sp.MatMul(c, *f[:-1]) if c != 1 else sp.MatMul(*f[:-1]) for c, f in split]
+            return sp.MatMul(_factor_common([r.doit(deep=False) for r in rest]), last)
+    return sp.MatAdd(*terms)
+
+
+def _hadamard(exprs: list[sp.Basic]) -> sp.Basic:
+    exprs = [e for e in exprs if not isinstance(e, sp.OneMatrix)] or exprs[:1]
+    return exprs[0] if len(exprs) == 1 else _hadamard_product(exprs)
+
+
+def _hadamard_product(parts: list[sp.Basic]) -> sp.Basic:
+    """``A ⊙ B ⊙ ...`` with nested products flattened, factors in the order given."""
+    flat = []
+    for p in parts:
+        flat.extend(p.args if isinstance(p, sp.HadamardProduct) else [p])
+    return sp.HadamardProduct(*flat)
+
+
+def _merge(factors: list[_Factor]) -> list[_Factor]:
+    """Joins factors over the same indices into Hadamard products; vectors become columns."""
+    groups: dict[frozenset, list[_Factor]] = {}
+    order: list[frozenset] = []
+    for f in factors:
+        if f.row is None and f.col is not None:
+            f = f.oriented(f.col)
+        key = frozenset(lab for lab in (f.row, f.col) if lab is not None)
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(f)
+    merged = []
+    for key in order:
+        group = groups[key]
+        first = group[0]
+        exprs = [first.expr] + [g.oriented(first.row).expr for g in group[1:]]
+        merged.append(_Factor(_hadamard(exprs), first.row, first.col))
+    return merged
+
+
+def _split(factors: list[_Factor], lab: int):
+    mats = [f for f in factors if f.row is not None and f.col is not None and lab in (f.row, f.col)]
+    vecs = [f for f in factors if f.col is None and f.row == lab]
+    rest = [f for f in factors if f not in mats and f not in vecs]
+    return mats, vecs, rest
+
+
+def _contract(factors: list[_Factor], lab: int, dim: sp.Expr, scalars: list) -> list[_Factor]:
+    mats, vecs, rest = _split(factors, lab)
+    weight = vecs[0].expr if vecs else None
+    if len(mats) == 2:
+        left = mats[0].oriented(_other(mats[0], lab))
+        right = mats[1].oriented(lab)
+        middle = [Diagonal(weight)] if weight is not None else []
+        product = sp.MatMul(left.expr, *middle, right.expr)
+        return rest + [_Factor(product, left.row, right.col)]
+    if len(mats) == 1:
+        m = mats[0].oriented(_other(mats[0], lab))
+        vector = weight if weight is not None else sp.OneMatrix(dim, 1)
+        return rest + [_Factor(sp.MatMul(m.expr, vector), m.row, None)]
+    if len(mats) == 0 and vecs:
+        scalars.append(Total(weight))
+        return rest
+    raise _NoMatrixFormError(lab)
+
+
+def _other(f: _Factor, lab: int) -> int | None:
+    return f.col if f.row == lab else f.row
+
+
+def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) -> sp.Basic:
+    coeff = sp.Mul(*scalars)
+    if not out:
+        if factors:
+            raise _NoMatrixFormError(factors)
+        return coeff
+    o1, o2 = out
+    mats = [f for f in factors if f.row is not None and f.col is not None]
+    left = [f.expr for f in factors if f.col is None and f.row == o1 and f.row is not None]
+    right = [f.expr for f in factors if f.col is None and f.row == o2 and f.row is not None]
+    if len(mats) + len(left) + len(right) != len(factors) or len(mats) > 1:
+        raise _NoMatrixFormError(factors)
+    if o1 is not None and o2 is not None:
+        if mats and isinstance(mats[0].expr, sp.Identity) and (left or right):
+            expr = Diagonal(_hadamard(left + right))
+        elif mats:
+            core = mats[0].oriented(o1).expr
+            parts = ([Diagonal(left[0])] if left else []) + [core] + (
+                [Diagonal(right[0])] if right else [])
+            expr = sp.MatMul(*parts) if len(parts) > 1 else core
+        elif left and right:
+            expr = sp.MatMul(left[0], _transpose(right[0]))
+        else:
+            raise _NoMatrixFormError(factors)
+    elif o1 is not None:
+        expr = left[0] if left else None
+    elif o2 is not None:
+        expr = _transpose(right[0]) if right else None
+    else:
+        expr = sp.OneMatrix(1, 1)
+    if expr is None:
+        raise _NoMatrixFormError(factors)
+    return _scaled(coeff, expr)

@@ -1,0 +1,1 @@
+"""Stage 8, report: the demo (train a network with generated kernels) and its LaTeX report."""

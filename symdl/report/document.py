@@ -1,0 +1,77 @@
+"""The demo's report: the derivation, the finite-difference check, the training curves and
+the second-order comparison, as one LaTeX document compiled with pdflatex."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from symdl.derivation import Derivation
+from symdl.printing.latex import LatexError, compile_pdf, document, escape_text
+
+_SAFE_PATH = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
+def _figure(path: Path, caption: str) -> str:
+    # By its name alone: the report compiles beside its figures (pdflatex reads no file by an
+    # absolute path, see compile_pdf), and the figure is copied next to it.
+    if not _SAFE_PATH.match(path.name):
+        raise LatexError(
+            f"the figure name {path.name!r} has characters LaTeX cannot take in a file "
+            "name; use only letters, digits, '.', '_' and '-'")
+    return ("\\begin{figure}[h]\n\\centering\n"
+            f"\\includegraphics[width=0.95\\linewidth]{{{path.name}}}\n"
+            f"\\caption{{{escape_text(caption)}}}\n\\end{{figure}}")
+
+
+def _training_section(metrics: Mapping, figure: Path) -> str:
+    data, timings = metrics["data"], metrics["timings"]
+    rows = [
+        ("data", f"{data['name']}: {data['train']} training, {data['test']} held-out images"),
+        ("held-out accuracy", f"{metrics['final_test_accuracy']:.4f}"),
+        ("training accuracy", f"{metrics['final_train_accuracy']:.4f}"),
+        ("final training loss", f"{metrics['final_train_loss']:.4f}"),
+        ("training steps", f"{timings['steps']} in {timings['train_s']:.1f} s "
+                           "(first calls compile the kernel)"),
+    ]
+    table = "\n".join(f"{escape_text(k)} & {escape_text(v)} \\\\" for k, v in rows)
+    return ("\\section*{Training}\n"
+            "Every derivative below came from the derivation above: one generated kernel "
+            "computes the loss, the gradients and the Adam update of each mini-batch.\n\n"
+            "\\begin{center}\n\\begin{tabular}{ll}\n\\toprule\n" + table
+            + "\n\\bottomrule\n\\end{tabular}\n\\end{center}\n\n"
+            + _figure(figure, "Training loss and accuracy per epoch."))
+
+
+def _newton_section(metrics: Mapping, figure: Path) -> str:
+    newton = metrics["newton"]
+    matched = newton["gd_iterations_to_match"]
+    gd = (f"gradient descent at step 1/L needed {matched} iterations to come within "
+          "1e-6 (relative) of that optimum" if matched is not None else
+          "gradient descent at step 1/L did not come within 1e-6 of it in 2000 iterations")
+    text = (f"Logistic regression (digits 0-4 against 5-9) with an L2 penalty: Newton's method "
+            f"with the generated Hessian kernel reached the optimum "
+            f"(loss {newton['optimum_loss']:.10f}) in {newton['newton_iterations']} "
+            f"iterations; {gd}.")
+    return ("\\section*{A second-order method}\n" + escape_text(text) + "\n\n"
+            + _figure(figure, "Distance to the optimum against the iteration."))
+
+
+def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: Mapping,
+                 figures: Sequence[str], compile_pdf_too: bool = True) -> Path:
+    """Writes ``report.tex`` (and ``report.pdf`` next to it with ``compile_pdf_too``)."""
+    tex_path = Path(tex_path)
+    folder = tex_path.parent
+    source = document(der, title="symdl demo: a 2-layer network trained with generated kernels",
+                      check_report=check_report)
+    sections = [_training_section(metrics, folder / "training.pdf")]
+    used = [folder / "training.pdf"]
+    if "newton" in metrics and "newton.pdf" in figures:
+        sections.append(_newton_section(metrics, folder / "newton.pdf"))
+        used.append(folder / "newton.pdf")
+    source = source.replace("\\end{document}", "\n\n".join(sections) + "\n\\end{document}")
+    tex_path.write_text(source, encoding="utf-8")
+    if compile_pdf_too:
+        compile_pdf(source, tex_path.with_suffix(".pdf"), files=used)
+    return tex_path

@@ -1,0 +1,528 @@
+"""An independent reference for checks: SymPy itself evaluates a definition.
+
+Bind the dimension symbols to integers, expand every matrix expression into explicit entries
+(structurally, from each node's mathematical definition: softmax and log-sum-exp included)
+and compile with ``sympy.lambdify`` over NumPy. Nothing here uses symdl's IR, autodiff,
+evaluator or code generator, so a kernel compared with it is compared with the *definition*.
+``modules=COMPLEX_REFERENCE`` evaluates the same expansion on complex arrays (complex step).
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+import sympy as sp
+from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
+from sympy.matrices.expressions.diagonal import DiagMatrix
+from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
+
+# Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
+from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.errors import SymdlError
+from symdl.primitives.functions import NON_SMOOTH_FUNCTIONS
+
+NUMPY_REFERENCE: dict[str, Callable] = {
+    # Written here, not imported from symdl.primitives.functions, so the reference shares no code.
+    "sigmoid": lambda x: 0.5 * (1.0 + np.tanh(0.5 * x)),
+    "softplus": lambda x: np.logaddexp(0.0, x),
+    "relu": lambda x: np.maximum(x, 0.0),
+    "Heaviside": lambda x, h0=0.0: np.heaviside(x, h0),
+    "KroneckerDelta": lambda a, b: 1.0 * (a == b),
+}
+
+COMPLEX_REFERENCE: dict[str, Callable] = {
+    # Analytic continuations (no max, no abs): valid for a tiny imaginary part.
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "softplus": lambda x: np.log(1.0 + np.exp(x)),
+    "KroneckerDelta": lambda a, b: 1.0 * (a == b),
+}
+
+# The kinks come from symdl's one list (a list of names, no code); erf is smooth but has no
+# complex implementation here.
+NOT_COMPLEX_STEPPABLE = (*NON_SMOOTH_FUNCTIONS, "erf")
+"""Functions without an analytic continuation here (kinks, ``max``): no complex step."""
+
+
+def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
+             known: Mapping[str, sp.MatrixBase] | None = None,
+             hoisted: dict[str, sp.MatrixBase] | None = None, split: bool = False,
+             budget: Budget | None = None) -> sp.Basic:
+    """``e`` with its dimensions bound and every matrix expression written out entry by entry.
+
+    Args:
+        e: a scalar or matrix SymPy expression.
+        dims: sizes of the dimension symbols.
+        known: explicit matrices for MatrixSymbols by name (earlier steps of a model).
+        hoisted: when given, an entry ``M[i, j]`` of a matrix expression at symbolic indices
+            (an index form's free indices) reads a new MatrixSymbol instead, and ``hoisted``
+            maps its name to ``M`` written out. Otherwise the whole explicit ``M`` would be
+            printed again at every such entry (tens of seconds to lambdify a Hessian block).
+        split: with ``hoisted``, every composite matrix subexpression is hoisted (in the
+            order it must be computed: operands first), so each entry written out is a small
+            expression in the entries of its operands. Written out whole, a network of two
+            layers in one expression has entries of thousands of terms that SymPy's
+            assumption queries take minutes to multiply.
+        budget: raises ``ReferenceBudgetExceededError`` once its time is spent.
+    """
+    known = dict(known or {})
+    hoisted_names: dict[sp.Basic, sp.MatrixSymbol] = {}
+    prefix = "hoisted"
+    if hoisted is not None:
+        # Hoisted names are identifiers (lambdify cannot rename a MatrixSymbol) that no input
+        # name starts with, so they cannot collide (inputs are passed in a dict by name).
+        taken = set(_array_symbols(sp.sympify(e))) | set(known)
+        while any(name.startswith(prefix) for name in taken):
+            prefix = "_" + prefix
+
+    def size(s) -> int:
+        return int(sp.sympify(s).subs(dims))
+
+    def go(e: sp.Basic) -> sp.Basic:
+        if budget is not None:
+            budget.check()
+        if isinstance(e, Total):
+            return sp.Add(*go(e.arg))
+        if isinstance(e, sp.Trace):
+            return go(e.arg).trace()
+        if isinstance(e, MatrixExpr):
+            return sp.ImmutableMatrix(matrix(e))
+        if isinstance(e, sp.Sum):
+            return go(_expand_sum(e.subs(dims), budget))
+        if isinstance(e, sp.Symbol) and e in dims:
+            return sp.Integer(dims[e])
+        if isinstance(e, sp.Symbol) and str(e) in known:
+            return known[str(e)]
+        if (hoisted is not None and isinstance(e, MatrixElement)
+                and not (e.i.is_Integer and e.j.is_Integer)):
+            parent = e.parent
+            if isinstance(parent, sp.MatrixSymbol) and str(parent.name) not in known:
+                rows, cols = (size(s) for s in parent.shape)
+                return sp.MatrixSymbol(parent.name, rows, cols)[go(e.i), go(e.j)]
+            return hoist(parent)[go(e.i), go(e.j)]
+        if isinstance(e, sp.Indexed) and e.base.shape is not None:
+            # Without its shape: the dimensions in it are not inputs of the lambdified body
+            # (an elementwise index form, with no Sum to bind them, asked for them).
+            return sp.IndexedBase(e.base.label)[e.indices]
+        if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
+            return e
+        return e.func(*[go(a) for a in e.args])
+
+    def hoist(parent: MatrixExpr) -> sp.MatrixSymbol:
+        if parent not in hoisted_names:
+            entries = matrix(parent)  # its operands are hoisted first (split)
+            if parent not in hoisted_names:
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                hoisted_names[parent] = sp.MatrixSymbol(name, entries.rows, entries.cols)
+        return hoisted_names[parent]
+
+    built: dict[MatrixExpr, sp.MatrixBase] = {}
+
+    def matrix(e: MatrixExpr) -> sp.MatrixBase:
+        # A subexpression used several times (softmax in its own derivative) is built once.
+        if (e not in built and split and hoisted is not None and isinstance(e, sp.MatPow)
+                and not isinstance(e, sp.Inverse) and sp.sympify(e.exp).is_Integer
+                and e.exp != 0):
+            # An integer power: a product of copies of the base or of its inverse.
+            factor = e.base if e.exp > 0 else sp.Inverse(e.base)
+            built[e] = matrix(sp.MatMul(*[factor] * abs(int(e.exp)), evaluate=False)
+                              if abs(int(e.exp)) > 1 else factor)
+        if e not in built and split and hoisted is not None and isinstance(e, sp.Inverse):
+            # NumPy inverts the hoisted operand (SymPy's symbolic inverse of a matrix of
+            # symbols grows factorially with its size).
+            operand = hoist(e.arg)
+            name = f"{prefix}{len(hoisted)}"
+            hoisted[name] = sp.Inverse(operand)
+            placeholder = sp.MatrixSymbol(name, *operand.shape)
+            hoisted_names[e] = placeholder
+            built[e] = sp.Matrix(*operand.shape, lambda i, j: placeholder[i, j])
+        if e not in built:
+            entries = build(e)
+            if split and hoisted is not None and not isinstance(e, _NOT_HOISTED):
+                name = f"{prefix}{len(hoisted)}"
+                hoisted[name] = entries
+                placeholder = sp.MatrixSymbol(name, entries.rows, entries.cols)
+                hoisted_names[e] = placeholder
+                entries = sp.Matrix(entries.rows, entries.cols,
+                                    lambda i, j: placeholder[i, j])
+            built[e] = entries
+        return built[e]
+
+    def build(e: MatrixExpr) -> sp.MatrixBase:
+        rows, cols = (size(s) for s in e.shape)
+        if isinstance(e, sp.MatrixSymbol):
+            if str(e.name) in known:
+                return known[str(e.name)]
+            bound = sp.MatrixSymbol(e.name, rows, cols)
+            return sp.Matrix(rows, cols, lambda i, j: bound[i, j])
+        if isinstance(e, sp.MatMul):
+            out = sp.Integer(1)
+            for a in e.args:
+                out = out * (matrix(a) if isinstance(a, MatrixExpr) else go(a))
+            return out
+        if isinstance(e, sp.MatAdd):
+            out = sp.zeros(rows, cols)
+            for a in e.args:
+                out = out + matrix(a)
+            return out
+        if isinstance(e, sp.Transpose):
+            return matrix(e.arg).T
+        if isinstance(e, sp.HadamardProduct):
+            out = sp.ones(rows, cols)
+            for a in e.args:
+                out = out.multiply_elementwise(matrix(a))
+            return out
+        if isinstance(e, sp.HadamardPower):
+            exponent = go(e.exp)
+            return matrix(e.base).applyfunc(lambda t: t**exponent)
+        if isinstance(e, ElementwiseApplyFunction):
+            # Unevaluated: Heaviside refuses entries of a MatrixSymbol (not known real).
+            inner = matrix(e.expr)
+            with sp.evaluate(False):
+                return inner.applyfunc(e.function)
+        if isinstance(e, sp.OneMatrix):
+            return sp.ones(rows, cols)
+        if isinstance(e, sp.ZeroMatrix):
+            return sp.zeros(rows, cols)
+        if isinstance(e, sp.Identity):
+            return sp.eye(rows)
+        if isinstance(e, DiagMatrix):
+            return sp.diag(*list(matrix(e.args[0])))
+        if isinstance(e, (Softmax, LogSumExp)):
+            z = matrix(e.arg)
+            lanes = ([z.row(i) for i in range(z.rows)] if e.axis == 1
+                     else [z.col(j) for j in range(z.cols)])
+            sums = [sp.Add(*[sp.exp(t) for t in lane]) for lane in lanes]
+            if isinstance(e, LogSumExp):
+                vals = [sp.log(s) for s in sums]
+                return sp.Matrix(vals) if e.axis == 1 else sp.Matrix([vals])
+            if e.axis == 1:
+                return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[i])
+            return sp.Matrix(z.rows, z.cols, lambda i, j: sp.exp(z[i, j]) / sums[j])
+        if isinstance(e, MatrixElement):
+            return matrix(e.parent)[e.i, e.j]
+        raise NotImplementedError(f"the reference cannot expand {type(e).__name__}: {e}")
+
+    return go(sp.sympify(e))
+
+
+_NOT_HOISTED = (sp.MatrixSymbol, sp.Identity, sp.OneMatrix, sp.ZeroMatrix, sp.Transpose,
+                MatrixElement)
+"""Matrix expressions whose entries are already as small as an entry can be."""
+
+
+class ReferenceBudgetExceededError(SymdlError):
+    """The SymPy reference would take (or took) longer than its time budget."""
+
+
+SECONDS_PER_NODE = 2e-5
+"""A lower bound of what ``sympy.lambdify`` costs per node of the expression it prints
+(measured 2e-5 to 8e-5 s on this project's 2-core machine, idle to loaded: a two-layer
+network's backward pass, 30,000 nodes, in 0.6 to 2.5 s); used to refuse a body before printing
+it, so only what surely does not fit is refused."""
+
+
+class Budget:
+    """A time budget for building the reference, checked between its pieces of work."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+        self.rate = SECONDS_PER_NODE
+
+    def printed(self, nodes: int, seconds: float) -> None:
+        """Learns the machine's printing rate from a body of ``nodes`` that took ``seconds``
+        (a busy machine prints several times slower than ``SECONDS_PER_NODE``)."""
+        if nodes >= 1000:
+            self.rate = max(self.rate, seconds / nodes)
+
+    def spent(self) -> float:
+        return time.monotonic() - self.start
+
+    def check(self) -> None:
+        """Raises ``ReferenceBudgetExceededError`` once the budget is spent."""
+        if self.spent() > self.seconds:
+            raise ReferenceBudgetExceededError(
+                f"exceeded its {self.seconds:g} s budget after {self.spent():.1f} s")
+
+    def before_printing(self, nodes: int) -> None:
+        """Raises ``ReferenceBudgetExceededError`` if printing ``nodes`` more would not fit."""
+        estimate = self.spent() + nodes * self.rate
+        if estimate > self.seconds:
+            raise ReferenceBudgetExceededError(
+                f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
+                f"{self.seconds:g} s budget")
+
+
+def _tree_size(e: sp.Basic) -> int:
+    """The number of nodes ``e`` prints as (shared subtrees counted at every use), counted
+    over the distinct subtrees only."""
+    sizes: dict[sp.Basic, int] = {}
+    stack = [e]
+    while stack:
+        node = stack[-1]
+        if node in sizes:
+            stack.pop()
+            continue
+        pending = [a for a in node.args if a not in sizes]
+        if pending:
+            stack.extend(pending)
+            continue
+        stack.pop()
+        sizes[node] = 1 + sum(sizes[a] for a in node.args)
+    return sizes[e]
+
+
+def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
+    """The last step of a model ``[(symbol, definition), ...]`` written out, each named
+    intermediate replaced by its own explicit entries."""
+    known: dict[str, sp.Basic] = {}
+    body = None
+    for symbol, definition in steps:
+        body = explicit(definition, dims, known)
+        if symbol is not None:
+            name = str(symbol.name) if isinstance(symbol, sp.MatrixSymbol) else str(symbol)
+            known[name] = sp.ImmutableMatrix(body) if isinstance(body, sp.MatrixBase) else body
+    return body
+
+
+def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
+    # One traversal: a large explicit body takes seconds per walk. ``explicit`` writes sums
+    # out, so usually every Symbol left is an input, a free index or an Indexed's label; where
+    # a Sum or Lambda is left, its bound variables are not inputs (a second walk).
+    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol, sp.Sum, sp.Lambda)
+    if any(isinstance(a, (sp.Sum, sp.Lambda)) for a in atoms):
+        free = e.free_symbols
+        atoms = {a for a in atoms if not isinstance(a, sp.Symbol) or a in free}
+    found: dict[str, sp.Basic] = {}
+    for m in atoms:
+        if isinstance(m, sp.MatrixSymbol):
+            found[str(m.name)] = m
+        elif isinstance(m, sp.Indexed):
+            found[str(m.base.label)] = m.base
+    for s in atoms:
+        if isinstance(s, sp.Symbol) and not isinstance(s, sp.Dummy):
+            found.setdefault(str(s), s)
+    return found
+
+
+def uses_function(body: sp.Basic, names: tuple[str, ...]) -> list[str]:
+    """The names among ``names`` of functions applied somewhere in ``body``."""
+    if isinstance(body, sp.MatrixBase):
+        atoms = set().union(*(sp.sympify(t).atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
+                              for t in body))
+    else:
+        atoms = body.atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
+    return sorted({type(a).__name__ for a in atoms} & set(names))
+
+
+def lambdified(body: sp.Basic, complex_valued: bool = False,
+               extra_args: tuple[sp.Symbol, ...] = ()) -> Callable[[Mapping], object]:
+    """A NumPy function of a dict of values (by name) computing an explicit ``body``.
+
+    A scalar body gives a float (complex with ``complex_valued``), a matrix a 2-d array.
+    ``extra_args`` are further symbols (free indices) passed positionally after the dict.
+    """
+    if isinstance(body, sp.MatrixBase):
+        body = sp.ImmutableMatrix(body)
+    symbols = _array_symbols(body)
+    for s in extra_args:
+        symbols.pop(str(s), None)
+    names = sorted(symbols)
+    # User names reach generated Python: ``tanh`` shadows NumPy's tanh, ``lambda`` and ``a b``
+    # are no identifiers, ``x0`` is a name lambdify's CSE gives its temporaries. Such
+    # arguments are renamed to generated identifiers (only those: rebuilding every entry
+    # costs seconds on a large body); values are still read by the user's name.
+    renamed = {symbols[k]: _generated_symbol(symbols[k], f"_symdl_arg{i}")
+               for i, k in enumerate(names) if not _safe_name(k)}
+    indices = [s if _safe_name(str(s)) else sp.Symbol(f"_symdl_index{i}", integer=True)
+               for i, s in enumerate(extra_args)]
+    renamed.update({s: t for s, t in zip(extra_args, indices, strict=True) if s != t})
+    if renamed:
+        body = body.xreplace(renamed)
+    modules = [COMPLEX_REFERENCE if complex_valued else NUMPY_REFERENCE, "numpy"]
+    arguments = [renamed.get(symbols[k], symbols[k]) for k in names] + indices
+    fn = sp.lambdify(arguments, body, modules=modules, cse=_repeats(body))
+    kind = np.complex128 if complex_valued else np.float64
+    is_matrix = isinstance(body, (sp.MatrixBase, MatrixExpr))
+
+    def call(values: Mapping, *extra) -> object:
+        args = [np.asarray(values[k], dtype=kind) if np.ndim(values[k])
+                else kind(np.asarray(values[k]).reshape(())) for k in names]
+        out = fn(*args, *extra)
+        if is_matrix:
+            return np.asarray(out, dtype=kind).reshape(tuple(int(s) for s in body.shape))
+        return kind(out)
+
+    return call
+
+
+_NAMESPACE = frozenset(dir(np)) | frozenset(dir(builtins)) | frozenset(NUMPY_REFERENCE) | {
+    "Dummy", "numpy", "math", "mpmath", "sympy", "scipy"}
+
+
+def _safe_name(name: str) -> bool:
+    """Whether ``name`` can be a parameter of lambdify's generated function as it is."""
+    return (name.isidentifier() and not keyword.iskeyword(name) and not name.startswith("_")
+            and name not in _NAMESPACE and not re.fullmatch(r"x\d+", name))
+
+
+def _repeats(body: sp.Basic) -> bool:
+    """Whether ``body`` prints shared subexpressions more than once in all (then CSE pays;
+    on a body without repeats it only costs time)."""
+    if isinstance(body, sp.MatrixBase):
+        body = sp.ImmutableMatrix(body)
+    distinct = set()
+    stack = [body]
+    while stack:
+        node = stack.pop()
+        if node not in distinct:
+            distinct.add(node)
+            stack.extend(node.args)
+    return _tree_size(body) > 2 * len(distinct)
+
+
+def _generated_symbol(s: sp.Basic, name: str) -> sp.Basic:
+    """``s`` (a MatrixSymbol, IndexedBase or Symbol) under the identifier ``name``."""
+    if isinstance(s, sp.MatrixSymbol):
+        return sp.MatrixSymbol(name, *s.shape)
+    if isinstance(s, sp.IndexedBase):
+        return sp.IndexedBase(name, shape=s.shape)
+    return sp.Symbol(name, **s.assumptions0)
+
+
+def sympy_function(expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                   budget: Budget | None = None) -> Callable[[Mapping], object]:
+    """A NumPy function of a dict of values (by name) computing ``expr`` the SymPy way.
+
+    ``expr`` may be a scalar or a matrix expression in the dimension symbols ``dims``.
+    The result is a float for a scalar and a 2-d array for a matrix.
+    """
+    expr = sp.sympify(expr)
+    # Idx carries its range: after binding dims the summand's Idx and the Sum's would differ.
+    plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
+    return _SplitFunction(expr.xreplace(plain), dims, budget=budget)
+
+
+class _SplitFunction:
+    """An explicit expression evaluated piece by piece: every composite matrix subexpression
+    is its own lambdified matrix (operands first), read by the next ones by a generated name.
+    ``bodies`` are every piece written out (to look for functions in them)."""
+
+    def __init__(self, expr: sp.Basic, dims: Mapping[sp.Symbol, int],
+                 complex_valued: bool = False, extra_args: tuple[sp.Symbol, ...] = (),
+                 budget: Budget | None = None):
+        hoisted: dict[str, sp.MatrixBase] = {}
+        body = explicit(expr, dims, hoisted=hoisted, split=True, budget=budget)
+        self.bodies = [*hoisted.values(), body]
+        sizes = [_tree_size(sp.ImmutableMatrix(b) if isinstance(b, sp.MatrixBase)
+                            else sp.sympify(b)) for b in self.bodies]
+        if budget is not None:
+            budget.before_printing(sum(sizes))
+        functions = []
+        for b, size in zip(self.bodies, sizes, strict=True):
+            start = time.monotonic()
+            extra = extra_args if b is body else ()
+            functions.append(lambdified(b, complex_valued, extra_args=extra))
+            if budget is not None:
+                budget.printed(size, time.monotonic() - start)
+                budget.before_printing(0)
+        self._matrices = list(zip(hoisted, functions[:-1], strict=True))
+        self._body = functions[-1]
+
+    def environment(self, values: Mapping) -> dict:
+        """``values`` and every hoisted matrix computed from them."""
+        env = dict(values)
+        for name, fn in self._matrices:
+            env[name] = fn(env)
+        return env
+
+    def __call__(self, values: Mapping, *extra) -> object:
+        return self._body(self.environment(values), *extra)
+
+
+def index_form_function(form, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                        budget: Budget | None = None) -> Callable[[Mapping], np.ndarray]:
+    """A NumPy function evaluating an ``IndexForm`` entry by entry (its free indices are
+    passed as integers), for small sizes; the result has the form's shape."""
+    return _IndexFormFunction(form, dims, complex_valued, budget)
+
+
+class _IndexFormFunction:
+    def __init__(self, form, dims: Mapping[sp.Symbol, int], complex_valued: bool,
+                 budget: Budget | None):
+        plain = {i: sp.Symbol(str(i.label), integer=True) for i in form.expr.atoms(sp.Idx)}
+        indices = tuple(plain.get(i, i) for i in form.indices)
+        self._entry = _SplitFunction(form.expr.xreplace(plain), dims, complex_valued,
+                                     extra_args=indices, budget=budget)
+        self.bodies = self._entry.bodies
+        self._shape = tuple(int(sp.sympify(s).subs(dims)) for s in form.shape)
+        self._kind = np.complex128 if complex_valued else np.float64
+        self._budget = budget
+
+    def __call__(self, values: Mapping) -> np.ndarray:
+        env = self._entry.environment(values)
+        out = np.empty(self._shape, dtype=self._kind)
+        for k, idx in enumerate(np.ndindex(*self._shape)):
+            if self._budget is not None and k % 256 == 0:
+                self._budget.check()
+            out[idx] = self._entry._body(env, *idx)
+        return out
+
+
+def _step_name(symbol: sp.Basic | None) -> str | None:
+    if symbol is None:
+        return None
+    return str(symbol.name) if isinstance(symbol, sp.MatrixSymbol) else str(symbol)
+
+
+class Chain:
+    """Evaluates a list of equations in order, each one explicit and lambdified on its own:
+    later equations read earlier results by name, so nothing is inlined (an inlined
+    gradient repeats the forward pass in every entry and takes minutes to lambdify). Within
+    an equation every composite matrix subexpression is its own piece, too (``explicit``'s
+    ``split``). With a ``budget``, building stops with ``ReferenceBudgetExceededError`` once its
+    time is spent, or before printing what is estimated not to fit."""
+
+    def __init__(self, steps, dims: Mapping[sp.Symbol, int], complex_valued: bool = False,
+                 budget: Budget | None = None):
+        self.bodies: list[sp.Basic] = []
+        self._fns: list[tuple[str | None, Callable]] = []
+        for symbol, expr in steps:
+            if hasattr(expr, "indices"):
+                fn = _IndexFormFunction(expr, dims, complex_valued, budget)
+            else:
+                expr = sp.sympify(expr)
+                plain = {i: sp.Symbol(str(i.label), integer=True) for i in expr.atoms(sp.Idx)}
+                fn = _SplitFunction(expr.xreplace(plain), dims, complex_valued, budget=budget)
+            self.bodies.extend(fn.bodies)
+            self._fns.append((_step_name(symbol), fn))
+
+    def __call__(self, values: Mapping) -> tuple[dict, object]:
+        env = dict(values)
+        result = None
+        for name, fn in self._fns:
+            result = fn(env)
+            if name is not None:
+                env[name] = result
+        return env, result
+
+
+def _expand_sum(e: sp.Sum, budget: Budget | None = None) -> sp.Basic:
+    """A sum over concrete ranges written out term by term. ``Sum.doit`` would look for a
+    closed form first (partial fractions, ...), which took minutes on some random
+    definitions of the property tests."""
+    terms = [e.function]
+    for var, lo, hi in e.limits:
+        if not (lo.is_Integer and hi.is_Integer):
+            return e.doit()
+        if budget is not None:
+            budget.check()
+        terms = [t.xreplace({var: sp.Integer(k)}) for t in terms
+                 for k in range(int(lo), int(hi) + 1)]
+    return sp.Add(*terms)

@@ -1,0 +1,65 @@
+"""The IR's smart constructors: what they simplify is what keeps derivatives small."""
+
+from __future__ import annotations
+
+import numpy as np
+import sympy as sp
+
+import symdl
+from symdl import ir
+from symdl.printing.plain import plain
+
+n, d, k = sp.symbols("n d k", integer=True, positive=True)
+X = ir.leaf("X", (n, d), sp.MatrixSymbol("X", n, d))
+W = ir.leaf("W", (d, k), sp.MatrixSymbol("W", d, k))
+
+
+def test_equal_products_are_one_object() -> None:
+    first = ir.einsum([X, W], [(0, 1), (1, 2)], (0, 2))
+    assert first is ir.einsum([X, W], [(5, 7), (7, 9)], (5, 9))
+
+
+def test_summed_kronecker_delta_is_eliminated_by_renaming() -> None:
+    product = ir.einsum([X, ir.identity(d)], [(0, 1), (1, 2)], (0, 2))
+    assert product is X
+
+
+def test_delta_between_two_free_indices_stays() -> None:
+    outer = ir.einsum([ir.identity(d), ir.identity(k)], [(0, 2), (1, 3)], (0, 1, 2, 3))
+    assert any(isinstance(op, ir.Identity) for op in outer.operands)
+
+
+def test_trace_of_identity_is_the_dimension() -> None:
+    trace = ir.einsum([ir.identity(d)], [(0, 0)], ())
+    assert ir.is_scalar_constant(trace) and trace.coeff == d
+
+
+def test_ones_summed_alone_become_a_factor() -> None:
+    total = ir.einsum([X, ir.ones((k,))], [(0, 1), (2,)], (0, 1))
+    assert isinstance(total, ir.Einsum) and total.coeff == k and len(total.operands) == 1
+
+
+def test_sums_merge_coefficients_and_cancel() -> None:
+    assert ir.is_zero(ir.add(X, ir.scale(X, -1)))
+    twice = ir.add(X, X)
+    assert isinstance(twice, ir.Einsum) and twice.coeff == 2
+
+
+def test_equal_lambdas_intern_to_one_map() -> None:
+    a, b = sp.Dummy("a"), sp.Dummy("b")
+    assert ir.map_(sp.Lambda(a, sp.tanh(a)), X) is ir.map_(sp.Lambda(b, sp.tanh(b)), X)
+
+
+def test_hand_written_logsumexp_is_stable() -> None:
+    Z, Y = sp.MatrixSymbol("Z", n, k), sp.MatrixSymbol("Y", n, k)
+    lse = symdl.log(symdl.sum(symdl.exp(Z), axis=1))
+    der = symdl.derive(symdl.mean(lse) - symdl.total(sp.hadamard_product(Y, Z)) / n, wrt=[Z])
+    assert plain(der.gradient(Z)) == "(softmax(Z) - Y)/n"
+    logits = np.array([[1000.0, 0.0, -5.0], [3.0, 2.0, -1000.0]])
+    labels = np.eye(3)[[0, 2]]
+    result = der.evaluate({"Z": logits, "Y": labels})
+    assert np.isfinite(result["value"]) and np.all(np.isfinite(result["grad:Z"]))
+    # Row 0: softmax is (1, 0, 0) and the label is class 0, so the loss and gradient vanish.
+    np.testing.assert_allclose(result["grad:Z"][0], 0.0, atol=1e-300)
+    expected = 0.5 * (1000.0 + np.log1p(np.exp(-1.0) + np.exp(-1003.0)) + 3.0)
+    np.testing.assert_allclose(result["value"], expected, rtol=1e-12)
