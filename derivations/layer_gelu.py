@@ -9,9 +9,9 @@ dX = dA ⊙ (1 + T)/2 + sqrt(2/pi) dU ⊙ (1 + 3 · 0.044715 X ⊙ X).
 """
 
 import sympy as sp
-from symdl.vocabulary import GELU_CUBIC  # 0.044715
 
 import symdl
+from symdl.vocabulary import GELU_CUBIC  # 0.044715
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X = sp.MatrixSymbol("X", n, d)

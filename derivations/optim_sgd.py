@@ -15,10 +15,10 @@ the stand-alone update kernel.
 """
 
 import numpy as np
-import symdl.optimizers
 import sympy as sp
 
 import symdl
+import symdl.optimizers
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 W = sp.MatrixSymbol("W", n, d)  # any parameter; every entry is updated alike

@@ -12,9 +12,9 @@ column of steps (a kernel that fills the rates of a whole run).
 
 import numpy as np
 import sympy as sp
-from symdl.schedules import cosine_annealing
 
 import symdl
+from symdl.schedules import cosine_annealing
 
 t = sp.Symbol("t", nonnegative=True)  # the step, counted from 0
 lr, lr_min, t_max = sp.symbols("lr lr_min T_max", positive=True)

@@ -11,9 +11,9 @@ column of steps (a kernel that fills the rates of a whole run).
 
 import numpy as np
 import sympy as sp
-from symdl.schedules import exponential_decay
 
 import symdl
+from symdl.schedules import exponential_decay
 
 t = sp.Symbol("t", nonnegative=True)  # the step, counted from 0
 lr, gamma = sp.symbols("lr gamma", positive=True)

@@ -12,9 +12,9 @@ run: ``symdl.compile_expressions({"lr": step_decay(steps, ...)})``).
 
 import numpy as np
 import sympy as sp
-from symdl.schedules import step_decay
 
 import symdl
+from symdl.schedules import step_decay
 
 t = sp.Symbol("t", nonnegative=True)  # the step, counted from 0
 lr, gamma, s = sp.symbols("lr gamma s", positive=True)

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from symdl.derivations import two_layer_mlp
 
 import symdl
 from symdl import catalog as registry
 from symdl.define import optimizers as optim
+from symdl.derivations import two_layer_mlp
 from symdl.ir.assumptions import conform
 from symdl.training import compile_training_step
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import sympy as sp
-from symdl.derivations import two_layer_mlp
 
 import symdl
+from symdl.derivations import two_layer_mlp
 from symdl.errors import DerivationError, KernelArgumentError
 from symdl.training import TrainingStep, compile_training_step
 

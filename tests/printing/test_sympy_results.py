@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import sympy as sp
 import torch
-from tests.end_to_end.test_derivations import _inputs
 
 import symdl
 import symdl.primitives.functions
 from symdl import catalog as registry
 from symdl.printing.plain import plain
+from tests.end_to_end.test_derivations import _inputs
 
 torch.set_default_dtype(torch.float64)
 
