@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -86,6 +87,15 @@ class Node:
     def children(self) -> tuple[Node, ...]:
         return ()
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        """The same operation over new children, built through the smart constructors (so
+        the result is simplified and interned). Nodes without children return themselves;
+        a node kind with children must define its own."""
+        if self.children():
+            raise NotImplementedError(f"the IR node kind {type(self).__name__} has children "
+                                      "but no with_children rule")
+        return self
+
 
 @dataclass(frozen=True, eq=False)
 class Leaf(Node):
@@ -138,6 +148,9 @@ class Einsum(Node):
     def children(self) -> tuple[Node, ...]:
         return self.operands
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return einsum(children, self.specs, self.out, self.coeff)
+
     def label_dims(self) -> dict[int, sp.Expr]:
         return _label_dims(self.operands, self.specs)
 
@@ -156,6 +169,9 @@ class Map(Node):
     def children(self) -> tuple[Node, ...]:
         return self.args
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return map_(self.fn, *children)
+
 
 @dataclass(frozen=True, eq=False)
 class Add(Node):
@@ -167,6 +183,9 @@ class Add(Node):
 
     def children(self) -> tuple[Node, ...]:
         return self.terms
+
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return add(*children)
 
 
 @dataclass(frozen=True, eq=False)
@@ -185,6 +204,9 @@ class LogSumExp(Node):
     def children(self) -> tuple[Node, ...]:
         return (self.arg,)
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return logsumexp(children[0], self.axis)
+
 
 @dataclass(frozen=True, eq=False)
 class Softmax(Node):
@@ -199,6 +221,9 @@ class Softmax(Node):
 
     def children(self) -> tuple[Node, ...]:
         return (self.arg,)
+
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return softmax(children[0], self.axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -217,6 +242,9 @@ class Solve(Node):
     def children(self) -> tuple[Node, ...]:
         return (self.a, self.b)
 
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return solve(children[0], children[1])
+
 
 @dataclass(frozen=True, eq=False)
 class Named(Node):
@@ -232,6 +260,9 @@ class Named(Node):
 
     def children(self) -> tuple[Node, ...]:
         return (self.body,)
+
+    def with_children(self, children: Sequence[Node]) -> Node:
+        return named(self.name, children[0], self.symbol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -583,21 +614,7 @@ def rebuilt(node: Node, children: list[Node]) -> Node:
     constructors; the node itself when no child changed."""
     if all(new is old for new, old in zip(children, node.children(), strict=True)):
         return node
-    if isinstance(node, Einsum):
-        return einsum(children, node.specs, node.out, node.coeff)
-    if isinstance(node, Map):
-        return map_(node.fn, *children)
-    if isinstance(node, Add):
-        return add(*children)
-    if isinstance(node, LogSumExp):
-        return logsumexp(children[0], node.axis)
-    if isinstance(node, Softmax):
-        return softmax(children[0], node.axis)
-    if isinstance(node, Solve):
-        return solve(children[0], children[1])
-    if isinstance(node, Named):
-        return named(node.name, children[0], node.symbol)
-    return node  # leaves have no children
+    return node.with_children(children)
 
 
 def count_nodes(roots: list[Node]) -> int:

@@ -63,3 +63,37 @@ def test_hand_written_logsumexp_is_stable() -> None:
     np.testing.assert_allclose(result["grad:Z"][0], 0.0, atol=1e-300)
     expected = 0.5 * (1000.0 + np.log1p(np.exp(-1.0) + np.exp(-1003.0)) + 3.0)
     np.testing.assert_allclose(result["value"], expected, rtol=1e-12)
+
+
+def _one_node_of_each_kind() -> list[ir.Node]:
+    n = sp.Symbol("n", integer=True, positive=True)
+    A = ir.leaf("A", (n, n), sp.MatrixSymbol("A", n, n))
+    B = ir.leaf("B", (n, n), sp.MatrixSymbol("B", n, n))
+    x, y = sp.symbols("x y")
+    product = ir.einsum([A, B], [(0, 1), (1, 2)], (0, 2))
+    mapped = ir.map_(sp.Lambda((x, y), x * sp.tanh(y)), A, B)
+    total = ir.add(A, product)
+    return [A, ir.ones((n, n)), ir.zero((n, n)), ir.identity(n), product, mapped, total,
+            ir.logsumexp(mapped, 1), ir.softmax(total, 0), ir.solve(A, B),
+            ir.named("Z", total, sp.MatrixSymbol("Z", n, n))]
+
+
+def test_every_node_kind_rebuilds_over_its_own_children() -> None:
+    """``with_children`` is each node kind's own: over the same children it gives back the
+    same interned node, over new ones the same operation (here: A and B swapped)."""
+    nodes = _one_node_of_each_kind()
+    kinds = {type(node) for node in nodes}
+    assert kinds == {cls for cls in vars(ir.nodes).values()
+                     if isinstance(cls, type) and issubclass(cls, ir.Node) and cls is not ir.Node}
+    for node in nodes:
+        assert ir.rebuilt(node, list(node.children())) is node
+        # Over opaque stand-ins for its children, a node is the same kind of node over them.
+        stand_ins = [ir.named(f"c{k}", c, sp.MatrixSymbol(f"c{k}", *c.shape))
+                     for k, c in enumerate(node.children())]
+        if stand_ins:
+            new = ir.rebuilt(node, stand_ins)
+            assert type(new) is type(node) and list(new.children()) == stand_ins, node
+    n = nodes[0].shape[0]
+    A, B = nodes[0], ir.leaf("B", (n, n), sp.MatrixSymbol("B", n, n))
+    swapped = ir.rebuilt(nodes[4], [B, A])
+    assert swapped is ir.einsum([B, A], [(0, 1), (1, 2)], (0, 2))
