@@ -13,7 +13,7 @@ rule::
 
 A node kind with no rule raises ``MissingRuleError`` naming the kind and the interpreter,
 never a bare ``KeyError`` or a silent skip. Adding a node kind is then one rule in each table,
-and ``tests/ir/test_rules.py`` finds every table and every node class by introspection and
+and ``tests/ir/test_rule_tables.py`` finds every table and every node class by introspection and
 fails until each table covers each kind.
 """
 
