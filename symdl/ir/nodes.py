@@ -27,12 +27,14 @@ from __future__ import annotations
 import atexit
 import itertools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import sympy as sp
 
 from symdl.errors import ShapeMismatchError
+from symdl.ir.rules import Rules
 
 Shape = tuple[sp.Expr, ...]
 Labels = tuple[int, ...]
@@ -583,21 +585,51 @@ def rebuilt(node: Node, children: list[Node]) -> Node:
     constructors; the node itself when no child changed."""
     if all(new is old for new, old in zip(children, node.children(), strict=True)):
         return node
-    if isinstance(node, Einsum):
-        return einsum(children, node.specs, node.out, node.coeff)
-    if isinstance(node, Map):
-        return map_(node.fn, *children)
-    if isinstance(node, Add):
-        return add(*children)
-    if isinstance(node, LogSumExp):
-        return logsumexp(children[0], node.axis)
-    if isinstance(node, Softmax):
-        return softmax(children[0], node.axis)
-    if isinstance(node, Solve):
-        return solve(children[0], children[1])
-    if isinstance(node, Named):
-        return named(node.name, children[0], node.symbol)
+    return REBUILD(node, children)
+
+
+REBUILD: Rules[Callable[[Node, list[Node]], Node]] = Rules("rebuilding over new children")
+"""node kind -> (node, its new children) -> the node over them, through a smart constructor."""
+
+
+@REBUILD.register(Leaf, Ones, Zero, Identity)
+def _rebuild_leaf(node: Node, children: list[Node]) -> Node:
     return node  # leaves have no children
+
+
+@REBUILD.register(Einsum)
+def _rebuild_einsum(node: Einsum, children: list[Node]) -> Node:
+    return einsum(children, node.specs, node.out, node.coeff)
+
+
+@REBUILD.register(Map)
+def _rebuild_map(node: Map, children: list[Node]) -> Node:
+    return map_(node.fn, *children)
+
+
+@REBUILD.register(Add)
+def _rebuild_add(node: Add, children: list[Node]) -> Node:
+    return add(*children)
+
+
+@REBUILD.register(LogSumExp)
+def _rebuild_logsumexp(node: LogSumExp, children: list[Node]) -> Node:
+    return logsumexp(children[0], node.axis)
+
+
+@REBUILD.register(Softmax)
+def _rebuild_softmax(node: Softmax, children: list[Node]) -> Node:
+    return softmax(children[0], node.axis)
+
+
+@REBUILD.register(Solve)
+def _rebuild_solve(node: Solve, children: list[Node]) -> Node:
+    return solve(children[0], children[1])
+
+
+@REBUILD.register(Named)
+def _rebuild_named(node: Named, children: list[Node]) -> Node:
+    return named(node.name, children[0], node.symbol)
 
 
 def count_nodes(roots: list[Node]) -> int:

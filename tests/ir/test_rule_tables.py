@@ -60,7 +60,8 @@ def test_the_interpreters_tables_are_found():
     assert {"symdl.derive.autodiff.VJP", "symdl.derive.autodiff.JVP",
             "symdl.ir.evaluate.EVALUATE", "symdl.printing.to_sympy.SCALAR",
             "symdl.printing.to_sympy.MATRIX", "symdl.printing.to_sympy.INDEX",
-            "symdl.ir.naming.WORTH_A_NAME", "symdl.kernels.compilable.CHECK"} <= set(TABLES)
+            "symdl.ir.naming.WORTH_A_NAME", "symdl.kernels.compilable.CHECK",
+            "symdl.ir.nodes.REBUILD"} <= set(TABLES)
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
