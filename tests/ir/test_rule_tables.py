@@ -9,6 +9,7 @@ added without a rule in some table, or a table that forgets a kind, fails
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import symdl
 from symdl import ir
 from symdl.derive import autodiff
 from symdl.errors import MissingRuleError, SymdlError
-from symdl.ir import naming, nodes
+from symdl.ir import naming, nodes, rewrites
 from symdl.ir.evaluate import evaluate
 from symdl.ir.rules import Rules
 from symdl.kernels.compilable import check_compilable
@@ -75,24 +76,38 @@ def test_every_table_covers_every_node_kind(name):
 # A node kind no interpreter knows
 
 
-@dataclass(frozen=True, eq=False)
-class Mystery(ir.Node):
-    """A test-only node kind: the identity on its argument, with no rule anywhere."""
-
-    arg: ir.Node
-    _fields: ClassVar[tuple[str, ...]] = ("arg",)
-
-    def _compute_shape(self) -> tuple:
-        return self.arg.shape
-
-    def children(self) -> tuple[ir.Node, ...]:
-        return (self.arg,)
-
-
 n = sp.Symbol("n", integer=True, positive=True)
 A = sp.MatrixSymbol("A_rules", n, n)
 LEAF = ir.leaf("A_rules", (n, n), A)
-MYSTERY = Mystery(LEAF)
+
+
+@pytest.fixture(scope="module")
+def mystery_kind():
+    """A test-only node kind: the identity on its argument, with no rule anywhere.
+
+    Defined here, not at module level, and collected after this module: ``ir.Node``'s list of
+    subclasses would otherwise keep listing it to every later test in the process."""
+
+    @dataclass(frozen=True, eq=False)
+    class Mystery(ir.Node):
+        arg: ir.Node
+        _fields: ClassVar[tuple[str, ...]] = ("arg",)
+
+        def _compute_shape(self) -> tuple:
+            return self.arg.shape
+
+        def children(self) -> tuple[ir.Node, ...]:
+            return (self.arg,)
+
+    yield Mystery
+    del Mystery
+    rewrites._EXACT_MEMO.clear()  # evaluate() memoises its roots, the test's node among them
+    gc.collect()
+
+
+@pytest.fixture
+def mystery(mystery_kind):
+    return mystery_kind(LEAF)
 
 
 def _assert_names_kind_and_interpreter(error: pytest.ExceptionInfo, interpreter: str) -> None:
@@ -103,49 +118,49 @@ def _assert_names_kind_and_interpreter(error: pytest.ExceptionInfo, interpreter:
 
 
 @pytest.mark.parametrize("name", sorted(TABLES))
-def test_every_table_raises_the_typed_error_for_an_unknown_kind(name):
+def test_every_table_raises_the_typed_error_for_an_unknown_kind(name, mystery):
     table = TABLES[name]
     with pytest.raises(MissingRuleError) as error:
-        table.rule(MYSTERY)
+        table.rule(mystery)
     _assert_names_kind_and_interpreter(error, table.interpreter)
 
 
-def test_reverse_mode_does_not_skip_an_unknown_kind():
+def test_reverse_mode_does_not_skip_an_unknown_kind(mystery):
     # It used to skip the node silently: the gradient came out as zero.
-    total = ir.einsum([MYSTERY], [(0, 1)], ())
+    total = ir.einsum([mystery], [(0, 1)], ())
     with pytest.raises(MissingRuleError) as error:
         autodiff.reverse(total, [LEAF])
     _assert_names_kind_and_interpreter(error, "reverse-mode differentiation")
 
 
-def test_forward_mode_names_an_unknown_kind():
+def test_forward_mode_names_an_unknown_kind(mystery):
     # It used to raise a bare KeyError naming the class object.
     with pytest.raises(MissingRuleError) as error:
-        autodiff.jacobian(MYSTERY, LEAF)
+        autodiff.jacobian(mystery, LEAF)
     _assert_names_kind_and_interpreter(error, "forward-mode differentiation")
 
 
-def test_evaluation_names_an_unknown_kind():
+def test_evaluation_names_an_unknown_kind(mystery):
     with pytest.raises(MissingRuleError) as error:
-        evaluate([MYSTERY], {"A_rules": np.eye(2)}, {n: 2})
+        evaluate([mystery], {"A_rules": np.eye(2)}, {n: 2})
     _assert_names_kind_and_interpreter(error, "NumPy evaluation")
 
 
-def test_printing_names_an_unknown_kind():
+def test_printing_names_an_unknown_kind(mystery):
     with pytest.raises(MissingRuleError) as error:
-        SympyPrinter().result(MYSTERY)
+        SympyPrinter().result(mystery)
     _assert_names_kind_and_interpreter(error, "IR-to-SymPy (matrices)")
 
 
-def test_the_compilability_check_names_an_unknown_kind():
+def test_the_compilability_check_names_an_unknown_kind(mystery):
     with pytest.raises(MissingRuleError) as error:
-        check_compilable([MYSTERY])
+        check_compilable([mystery])
     _assert_names_kind_and_interpreter(error, "the compilability check")
 
 
-def test_automatic_naming_names_an_unknown_kind():
+def test_automatic_naming_names_an_unknown_kind(mystery_kind):
     body = ir.map_(sp.Lambda(sp.Symbol("x"), sp.tanh(sp.Symbol("x"))), LEAF)
-    big = ir.einsum([Mystery(ir.add(body, ir.einsum([body, body], [(0, 1), (1, 2)], (0, 2))))],
+    big = ir.einsum([mystery_kind(ir.add(body, ir.einsum([body, body], [(0, 1), (1, 2)], (0, 2))))],
                     [(0, 1)], ())
     with pytest.raises(MissingRuleError) as error:
         naming.auto_name(big, set(), lambda name, shape: sp.Symbol(name))
@@ -171,11 +186,11 @@ def test_a_rule_applies_to_its_kinds_only():
     assert "a test interpreter" in str(error.value)
 
 
-def test_a_subclass_of_a_kind_needs_its_own_rule():
+def test_a_subclass_of_a_kind_needs_its_own_rule(mystery):
     table: Rules = Rules("a test interpreter")
     table.register(ir.Node)(lambda node: "node")
     with pytest.raises(MissingRuleError):
-        table(MYSTERY)
+        table(mystery)
 
 
 def test_two_rules_for_one_kind_are_refused():
