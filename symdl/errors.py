@@ -24,6 +24,18 @@ class ShapeMismatchError(DefinitionError):
         self.right = right
 
 
+class MissingRuleError(SymdlError, NotImplementedError):
+    """An interpreter of the IR has no rule for a node kind (a kind added to the IR without a
+    rule in every table: see ``symdl.ir.rules``)."""
+
+    def __init__(self, kind: str, interpreter: str):
+        super().__init__(
+            f"{interpreter} has no rule for the node kind {kind}; register one in its table "
+            f"(@TABLE.register({kind}) next to the other rules of that interpreter)")
+        self.kind = kind
+        self.interpreter = interpreter
+
+
 class DerivationError(SymdlError):
     """A derivative was asked for something the derivation cannot provide."""
 

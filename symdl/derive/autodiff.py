@@ -10,7 +10,9 @@ identity on a parameter's entries, which gives a Jacobian with the parameter's a
 (the Hessian block ``H[p, q]`` is the Jacobian of the gradient of ``p`` with respect to
 ``q``). Kronecker deltas from the seed are eliminated by ``ir.einsum`` as they appear.
 
-The rules of each node kind are one small function each, in the two tables at the bottom.
+Each node kind has one small rule per mode, registered in the tables ``VJP`` (reverse) and
+``JVP`` (forward) with ``@VJP.register(ir.Einsum)``; a kind with no rule raises
+``MissingRuleError`` (see ``symdl.ir.rules``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from symdl import ir
+from symdl.ir.rules import Rules
 from symdl.primitives.functions import OUTPUT_DERIVATIVES, stabilize
 
 
@@ -45,7 +48,17 @@ def _elementwise_factor(node: ir.Map, k: int) -> ir.Node:
 # ---------------------------------------------------------------------------------------------
 # Reverse mode
 
+VJP: Rules[Callable[[ir.Node, ir.Node, int], ir.Node]] = Rules("reverse-mode differentiation")
+"""node kind -> (node, adjoint of node, operand position) -> contribution to that operand."""
 
+
+@VJP.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity)
+def _vjp_leaf(node: ir.Node, adj: ir.Node, k: int) -> ir.Node:
+    # Backprop ends at a leaf: it has no operand to send a contribution to.
+    raise IndexError(f"{type(node).__name__} has no operand {k}")
+
+
+@VJP.register(ir.Einsum)
 def _vjp_einsum(node: ir.Einsum, adj: ir.Node, k: int) -> ir.Node:
     operands = list(node.operands)
     specs = list(node.specs)
@@ -74,14 +87,17 @@ def _vjp_einsum(node: ir.Einsum, adj: ir.Node, k: int) -> ir.Node:
     return ir.einsum(operands, specs, tuple(out), node.coeff)
 
 
+@VJP.register(ir.Map)
 def _vjp_map(node: ir.Map, adj: ir.Node, k: int) -> ir.Node:
     return ir.hadamard(adj, _elementwise_factor(node, k))
 
 
+@VJP.register(ir.Add)
 def _vjp_add(node: ir.Add, adj: ir.Node, k: int) -> ir.Node:
     return adj
 
 
+@VJP.register(ir.LogSumExp)
 def _vjp_logsumexp(node: ir.LogSumExp, adj: ir.Node, k: int) -> ir.Node:
     # d lse_i / d z_ij = softmax_ij: the adjoint spreads along the axis, weighted by softmax.
     p = ir.softmax(node.arg, node.axis)
@@ -89,6 +105,7 @@ def _vjp_logsumexp(node: ir.LogSumExp, adj: ir.Node, k: int) -> ir.Node:
     return ir.einsum([adj, p], [spec, (0, 1)], (0, 1))
 
 
+@VJP.register(ir.Softmax)
 def _vjp_softmax(node: ir.Softmax, adj: ir.Node, k: int) -> ir.Node:
     # z̄ = p ⊙ (p̄ - Σ_axis p̄ ⊙ p)
     p = node
@@ -98,6 +115,7 @@ def _vjp_softmax(node: ir.Softmax, adj: ir.Node, k: int) -> ir.Node:
     return ir.add(direct, through_sum)
 
 
+@VJP.register(ir.Named)
 def _vjp_named(node: ir.Named, adj: ir.Node, k: int) -> ir.Node:
     return adj
 
@@ -106,6 +124,7 @@ def _transpose(a: ir.Node) -> ir.Node:
     return ir.einsum([a], [(0, 1)], (1, 0))
 
 
+@VJP.register(ir.Solve)
 def _vjp_solve(node: ir.Solve, adj: ir.Node, k: int) -> ir.Node:
     # X = A^{-1} B: B̄ = A^{-T} X̄ and Ā = -B̄ X^T (summed over every axis of B after the first).
     b_bar = ir.solve(_transpose(node.a), adj)
@@ -113,18 +132,6 @@ def _vjp_solve(node: ir.Solve, adj: ir.Node, k: int) -> ir.Node:
         return b_bar
     rest = tuple(range(2, 1 + node.rank))
     return ir.einsum([b_bar, node], [(0,) + rest, (1,) + rest], (0, 1), -1)
-
-
-VJP_RULES: dict[type, Callable[[ir.Node, ir.Node, int], ir.Node]] = {
-    ir.Einsum: _vjp_einsum,
-    ir.Map: _vjp_map,
-    ir.Add: _vjp_add,
-    ir.LogSumExp: _vjp_logsumexp,
-    ir.Softmax: _vjp_softmax,
-    ir.Named: _vjp_named,
-    ir.Solve: _vjp_solve,
-}
-"""node kind -> (node, adjoint of node, operand position) -> contribution to that operand."""
 
 
 def dependents(roots: list[ir.Node], targets: list[ir.Node]) -> set[int]:
@@ -166,9 +173,7 @@ def reverse(
             result[id(node)] = adj
         if ir.is_zero(adj):
             continue
-        rule = VJP_RULES.get(type(node))
-        if rule is None:
-            continue
+        rule = VJP.rule(node)
         for k, child in enumerate(node.children()):
             if id(child) in depends:
                 adjoint_terms.setdefault(id(child), []).append(rule(node, adj, k))
@@ -180,11 +185,22 @@ def reverse(
 # ---------------------------------------------------------------------------------------------
 # Forward mode
 
+JVP: Rules[Callable[[ir.Node, list, tuple[int, ...]], ir.Node | None]] = Rules(
+    "forward-mode differentiation")
+"""node kind -> (node, tangents of its children or None, seed axes) -> tangent of the node."""
+
 
 def _extend(spec: tuple[int, ...], extra: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(spec) + tuple(extra)
 
 
+@JVP.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity)
+def _jvp_leaf(node: ir.Node, tangents: list, extra: tuple[int, ...]) -> None:
+    # A leaf that is not seeded is a constant: it has no tangent.
+    return None
+
+
+@JVP.register(ir.Einsum)
 def _jvp_einsum(node: ir.Einsum, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     base = max(node.label_dims(), default=-1) + 1
     ext = tuple(range(base, base + len(extra)))
@@ -200,6 +216,7 @@ def _jvp_einsum(node: ir.Einsum, tangents: list, extra: tuple[int, ...]) -> ir.N
     return ir.add(*terms)
 
 
+@JVP.register(ir.Map)
 def _jvp_map(node: ir.Map, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     labels = tuple(range(node.rank))
     ext = tuple(range(node.rank, node.rank + len(extra)))
@@ -211,10 +228,12 @@ def _jvp_map(node: ir.Map, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     return ir.add(*terms)
 
 
+@JVP.register(ir.Add)
 def _jvp_add(node: ir.Add, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     return ir.add(*[t for t in tangents if t is not None])
 
 
+@JVP.register(ir.LogSumExp)
 def _jvp_logsumexp(node: ir.LogSumExp, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     (t,) = tangents
     p = ir.softmax(node.arg, node.axis)
@@ -223,6 +242,7 @@ def _jvp_logsumexp(node: ir.LogSumExp, tangents: list, extra: tuple[int, ...]) -
     return ir.einsum([p, t, ir.ones((1,))], [(0, 1), (0, 1) + ext, (2,)], keep + ext)
 
 
+@JVP.register(ir.Softmax)
 def _jvp_softmax(node: ir.Softmax, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     (t,) = tangents
     ext = tuple(range(3, 3 + len(extra)))
@@ -232,10 +252,12 @@ def _jvp_softmax(node: ir.Softmax, tangents: list, extra: tuple[int, ...]) -> ir
     return ir.add(direct, through_sum)
 
 
+@JVP.register(ir.Named)
 def _jvp_named(node: ir.Named, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     return tangents[0]
 
 
+@JVP.register(ir.Solve)
 def _jvp_solve(node: ir.Solve, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     # d(A^{-1} B) = A^{-1} (dB - dA X).
     t_a, t_b = tangents
@@ -246,18 +268,6 @@ def _jvp_solve(node: ir.Solve, tangents: list, extra: tuple[int, ...]) -> ir.Nod
     if t_a is not None:
         terms.append(ir.einsum([t_a, node], [(0, 1) + ext, (1,) + rest], (0,) + rest + ext, -1))
     return ir.solve(node.a, ir.add(*terms))
-
-
-JVP_RULES: dict[type, Callable[[ir.Node, list, tuple[int, ...]], ir.Node]] = {
-    ir.Einsum: _jvp_einsum,
-    ir.Map: _jvp_map,
-    ir.Add: _jvp_add,
-    ir.LogSumExp: _jvp_logsumexp,
-    ir.Softmax: _jvp_softmax,
-    ir.Named: _jvp_named,
-    ir.Solve: _jvp_solve,
-}
-"""node kind -> (node, tangents of its children or None, seed axes) -> tangent of the node."""
 
 
 def forward(root: ir.Node, seeds: dict[int, ir.Node], extra: tuple) -> ir.Node:
@@ -274,7 +284,7 @@ def forward(root: ir.Node, seeds: dict[int, ir.Node], extra: tuple) -> ir.Node:
         if all(t is None for t in child_tangents):
             tangents[id(node)] = None
             continue
-        tangents[id(node)] = JVP_RULES[type(node)](node, child_tangents, extra)
+        tangents[id(node)] = JVP(node, child_tangents, extra)
     result = tangents[id(root)]
     if result is None:
         return ir.zero(tuple(root.shape) + tuple(extra))

@@ -4,7 +4,8 @@
 ``from symdl import ir; ir.einsum(...)`` reads as the algebra it builds); ``rewrites`` makes
 every spelling stable, ``naming`` chooses named intermediates, ``evaluate`` is the NumPy
 interpreter every derived formula is checked against, ``assumptions`` checks the declared
-assumptions of inputs.
+assumptions of inputs, ``rules`` is the table (one rule per node kind) through which every
+interpreter of the IR dispatches.
 """
 
 from symdl.ir.nodes import (

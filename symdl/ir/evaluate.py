@@ -2,12 +2,14 @@
 
 It evaluates a node for concrete arrays and concrete dimensions. Softmax and log-sum-exp use
 the max shift; sigmoid and softplus use their stable NumPy forms. Einsums go to
-``numpy.einsum`` with an optimised contraction order.
+``numpy.einsum`` with an optimised contraction order. Each node kind has one rule in the
+table ``EVALUATE``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
@@ -16,6 +18,7 @@ from symdl import ir
 from symdl.errors import EvaluationError
 from symdl.ir import rewrites
 from symdl.ir.assumptions import violation
+from symdl.ir.rules import Rules
 from symdl.primitives.functions import numpy_function
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -28,6 +31,37 @@ def _lambdified(fn: sp.Lambda, cache: dict) -> object:
     return cache[key]
 
 
+@dataclass
+class _Evaluation:
+    """What the rules read: the leaf values, the dimension sizes and the values computed."""
+
+    values: Mapping[str, np.ndarray | float]
+    dim_subs: dict
+    results: dict[int, np.ndarray] = field(default_factory=dict)
+    fn_cache: dict = field(default_factory=dict)
+
+    def __getitem__(self, node: ir.Node) -> np.ndarray:
+        return self.results[id(node)]
+
+    def size(self, d: sp.Expr) -> int:
+        value = sp.sympify(d).subs(self.dim_subs)
+        if not value.is_Integer:
+            raise EvaluationError(f"dimension {d} is not bound to a size; pass it in dims")
+        return int(value)
+
+    def number(self, c: sp.Expr) -> float:
+        value = sp.sympify(c).subs(self.dim_subs)
+        try:
+            return float(value)
+        except TypeError as exc:
+            raise EvaluationError(f"coefficient {c} is not a number after binding dims") from exc
+
+
+EVALUATE: Rules[Callable[[ir.Node, _Evaluation, tuple[int, ...]], object]] = Rules(
+    "NumPy evaluation")
+"""node kind -> (node, the evaluation so far, concrete shape) -> the node's value."""
+
+
 def evaluate(
     roots: list[ir.Node],
     values: Mapping[str, np.ndarray | float],
@@ -36,83 +70,99 @@ def evaluate(
     """Evaluates ``roots`` for leaf ``values`` (by leaf name) and dimension sizes ``dims``."""
     dim_subs = {sp.Symbol(str(k), **k.assumptions0) if isinstance(k, str) else k: v
                 for k, v in dims.items()}
-
-    def size(d: sp.Expr) -> int:
-        value = sp.sympify(d).subs(dim_subs)
-        if not value.is_Integer:
-            raise EvaluationError(f"dimension {d} is not bound to a size; pass it in dims")
-        return int(value)
-
-    def number(c: sp.Expr) -> float:
-        value = sp.sympify(c).subs(dim_subs)
-        try:
-            return float(value)
-        except TypeError as exc:
-            raise EvaluationError(f"coefficient {c} is not a number after binding dims") from exc
-
-    results: dict[int, np.ndarray] = {}
-    fn_cache: dict = {}
+    ev = _Evaluation(values, dim_subs)
     requested = list(roots)
     roots = rewrites.exact(requested)  # the same values, computed without cancellation
     for node in ir.topological_order(list(roots)):
-        shape = tuple(size(d) for d in node.shape)
-        if isinstance(node, ir.Leaf):
-            if node.name not in values:
-                raise EvaluationError(f"no value given for {node.name} (shape {node.shape})")
-            try:
-                value = np.asarray(values[node.name], dtype=float)
-            except (TypeError, ValueError) as exc:
-                raise EvaluationError(
-                    f"{node.name} cannot be read as an array of real numbers ({exc}); pass a "
-                    "float64 NumPy array") from exc
-            if (message := violation(node.symbol, value)) is not None:
-                raise EvaluationError(message)
-            if value.shape != shape:
-                value = value.reshape(shape) if value.size == int(np.prod(shape)) else value
-            if value.shape != shape:
-                raise EvaluationError(
-                    f"{node.name} should have shape {shape} ({node.shape}), got {value.shape}"
-                )
-            out = value
-        elif isinstance(node, ir.Ones):
-            out = np.ones(shape)
-        elif isinstance(node, ir.Zero):
-            out = np.zeros(shape)
-        elif isinstance(node, ir.Identity):
-            out = np.eye(shape[0])
-        elif isinstance(node, ir.Named):
-            out = results[id(node.body)]
-        elif isinstance(node, ir.Add):
-            out = sum(results[id(t)] for t in node.terms)
-        elif isinstance(node, ir.Map):
-            fn = _lambdified(node.fn, fn_cache)
-            out = np.broadcast_to(fn(*[results[id(a)] for a in node.args]), shape).astype(float)
-        elif isinstance(node, ir.Einsum):
-            letters = {lab: _LETTERS[k] for k, lab in enumerate(node.label_dims())}
-            subscripts = ",".join("".join(letters[lab] for lab in s) for s in node.specs)
-            subscripts += "->" + "".join(letters[lab] for lab in node.out)
-            arrays = [results[id(op)] for op in node.operands]
-            product = np.einsum(subscripts, *arrays, optimize=True) if arrays else np.array(1.0)
-            out = number(node.coeff) * product
-        elif isinstance(node, ir.LogSumExp):
-            z = results[id(node.arg)]
-            m = np.max(z, axis=node.axis, keepdims=True)
-            m = np.where(np.isfinite(m), m, 0.0)
-            out = m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
-        elif isinstance(node, ir.Softmax):
-            z = results[id(node.arg)]
-            e = np.exp(z - np.max(z, axis=node.axis, keepdims=True))
-            out = e / np.sum(e, axis=node.axis, keepdims=True)
-        elif isinstance(node, ir.Solve):
-            a, b = results[id(node.a)], results[id(node.b)]
-            try:
-                out = np.linalg.solve(a, b.reshape(b.shape[0], -1)).reshape(b.shape)
-            except np.linalg.LinAlgError as exc:
-                raise EvaluationError(
-                    f"the matrix of a linear solve or an inverse is singular ({exc}); use a "
-                    "regularised system (add lambda I) or the pseudo-inverse outside symdl"
-                ) from exc
-        else:
-            raise TypeError(f"cannot evaluate {type(node).__name__}")
-        results[id(node)] = np.asarray(out, dtype=float).reshape(shape)
-    return [results[id(r)] for r in roots]
+        shape = tuple(ev.size(d) for d in node.shape)
+        ev.results[id(node)] = np.asarray(EVALUATE(node, ev, shape), dtype=float).reshape(shape)
+    return [ev[r] for r in roots]
+
+
+@EVALUATE.register(ir.Leaf)
+def _leaf(node: ir.Leaf, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    if node.name not in ev.values:
+        raise EvaluationError(f"no value given for {node.name} (shape {node.shape})")
+    try:
+        value = np.asarray(ev.values[node.name], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise EvaluationError(
+            f"{node.name} cannot be read as an array of real numbers ({exc}); pass a "
+            "float64 NumPy array") from exc
+    if (message := violation(node.symbol, value)) is not None:
+        raise EvaluationError(message)
+    if value.shape != shape:
+        value = value.reshape(shape) if value.size == int(np.prod(shape)) else value
+    if value.shape != shape:
+        raise EvaluationError(
+            f"{node.name} should have shape {shape} ({node.shape}), got {value.shape}"
+        )
+    return value
+
+
+@EVALUATE.register(ir.Ones)
+def _ones(node: ir.Ones, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return np.ones(shape)
+
+
+@EVALUATE.register(ir.Zero)
+def _zero(node: ir.Zero, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return np.zeros(shape)
+
+
+@EVALUATE.register(ir.Identity)
+def _identity(node: ir.Identity, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return np.eye(shape[0])
+
+
+@EVALUATE.register(ir.Named)
+def _named(node: ir.Named, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return ev[node.body]
+
+
+@EVALUATE.register(ir.Add)
+def _add(node: ir.Add, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return sum(ev[t] for t in node.terms)
+
+
+@EVALUATE.register(ir.Map)
+def _map(node: ir.Map, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    fn = _lambdified(node.fn, ev.fn_cache)
+    return np.broadcast_to(fn(*[ev[a] for a in node.args]), shape).astype(float)
+
+
+@EVALUATE.register(ir.Einsum)
+def _einsum(node: ir.Einsum, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    letters = {lab: _LETTERS[k] for k, lab in enumerate(node.label_dims())}
+    subscripts = ",".join("".join(letters[lab] for lab in s) for s in node.specs)
+    subscripts += "->" + "".join(letters[lab] for lab in node.out)
+    arrays = [ev[op] for op in node.operands]
+    product = np.einsum(subscripts, *arrays, optimize=True) if arrays else np.array(1.0)
+    return ev.number(node.coeff) * product
+
+
+@EVALUATE.register(ir.LogSumExp)
+def _logsumexp(node: ir.LogSumExp, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    z = ev[node.arg]
+    m = np.max(z, axis=node.axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
+
+
+@EVALUATE.register(ir.Softmax)
+def _softmax(node: ir.Softmax, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    z = ev[node.arg]
+    e = np.exp(z - np.max(z, axis=node.axis, keepdims=True))
+    return e / np.sum(e, axis=node.axis, keepdims=True)
+
+
+@EVALUATE.register(ir.Solve)
+def _solve(node: ir.Solve, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    a, b = ev[node.a], ev[node.b]
+    try:
+        return np.linalg.solve(a, b.reshape(b.shape[0], -1)).reshape(b.shape)
+    except np.linalg.LinAlgError as exc:
+        raise EvaluationError(
+            f"the matrix of a linear solve or an inverse is singular ({exc}); use a "
+            "regularised system (add lambda I) or the pseudo-inverse outside symdl"
+        ) from exc

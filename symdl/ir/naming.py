@@ -12,6 +12,8 @@ definition. Two remedies, both over the IR, which is a DAG of interned nodes:
 * ``tree_sizes`` computes, in one pass over the DAG, how many nodes each subexpression has
   when written out as a tree; the printer writes a named intermediate out only while that
   stays under a bound (``INLINE_LIMIT``), and refers to it by name beyond.
+
+Which node kinds are worth a name is one rule per kind, in the table ``WORTH_A_NAME``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from symdl import ir
+from symdl.ir.rules import Rules
 
 SHARED_MIN_SIZE = 8
 """A subexpression used twice or more gets a name when written out it has at least this many
@@ -31,7 +34,23 @@ INLINE_LIMIT = 400
 stays under this many IR nodes written out; a larger intermediate is referred to by its
 name, defined by ``Derivation.definitions()`` and ``equations()``."""
 
-_ATOMS = (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)
+WORTH_A_NAME: Rules[Callable[[ir.Node, int], bool]] = Rules("automatic naming")
+"""node kind -> (node, number of its uses) -> whether a large enough node gets a name."""
+
+
+@WORTH_A_NAME.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Named)
+def _never(node: ir.Node, uses: int) -> bool:
+    return False  # a leaf is as short as a name; a named step has one already
+
+
+@WORTH_A_NAME.register(ir.Einsum, ir.Add, ir.Solve)
+def _when_shared(node: ir.Node, uses: int) -> bool:
+    return uses >= 2
+
+
+@WORTH_A_NAME.register(ir.Map, ir.Softmax, ir.LogSumExp)
+def _nonlinear(node: ir.Node, uses: int) -> bool:
+    return True  # a nonlinearity: backprop reads its value (or argument) again
 
 
 def tree_sizes(roots: list[ir.Node], opaque: Callable[[ir.Node], bool] = lambda n: False
@@ -44,7 +63,7 @@ def tree_sizes(roots: list[ir.Node], opaque: Callable[[ir.Node], bool] = lambda 
     """
     sizes: dict[int, int] = {}
     for node in ir.topological_order(roots):
-        if isinstance(node, _ATOMS) or opaque(node):
+        if opaque(node):
             sizes[id(node)] = 1
         else:
             sizes[id(node)] = 1 + sum(sizes[id(c)] for c in node.children())
@@ -77,10 +96,8 @@ def auto_name(root: ir.Node, taken: set[str],
     chosen = {
         id(node) for node in order
         if node is not root and id(node) not in bodies
-        and not isinstance(node, (*_ATOMS, ir.Named))
         and node.rank in (0, 2) and sizes[id(node)] >= SHARED_MIN_SIZE
-        # Shared, or a nonlinearity: backprop reads its value (or argument) again.
-        and (uses.get(id(node), 0) >= 2 or isinstance(node, (ir.Map, ir.Softmax, ir.LogSumExp)))
+        and WORTH_A_NAME(node, uses.get(id(node), 0))
     }
     if not chosen:
         return root, [], {}
@@ -117,9 +134,6 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
     sizes: dict[int, int] = {}
     by_name: set[int] = set()
     for node in ir.topological_order([root]):
-        if isinstance(node, _ATOMS):
-            sizes[id(node)] = 1
-            continue
         size = 1 + sum(sizes[id(c)] for c in node.children())
         if isinstance(node, ir.Named) and size > limit and node is not root:
             by_name.add(id(node))

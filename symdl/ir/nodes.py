@@ -27,13 +27,14 @@ from __future__ import annotations
 import atexit
 import itertools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 import sympy as sp
 
 from symdl.errors import ShapeMismatchError
+from symdl.ir.rules import Rules
 
 Shape = tuple[sp.Expr, ...]
 Labels = tuple[int, ...]
@@ -87,15 +88,6 @@ class Node:
     def children(self) -> tuple[Node, ...]:
         return ()
 
-    def with_children(self, children: Sequence[Node]) -> Node:
-        """The same operation over new children, built through the smart constructors (so
-        the result is simplified and interned). Nodes without children return themselves;
-        a node kind with children must define its own."""
-        if self.children():
-            raise NotImplementedError(f"the IR node kind {type(self).__name__} has children "
-                                      "but no with_children rule")
-        return self
-
 
 @dataclass(frozen=True, eq=False)
 class Leaf(Node):
@@ -148,9 +140,6 @@ class Einsum(Node):
     def children(self) -> tuple[Node, ...]:
         return self.operands
 
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return einsum(children, self.specs, self.out, self.coeff)
-
     def label_dims(self) -> dict[int, sp.Expr]:
         return _label_dims(self.operands, self.specs)
 
@@ -169,9 +158,6 @@ class Map(Node):
     def children(self) -> tuple[Node, ...]:
         return self.args
 
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return map_(self.fn, *children)
-
 
 @dataclass(frozen=True, eq=False)
 class Add(Node):
@@ -183,9 +169,6 @@ class Add(Node):
 
     def children(self) -> tuple[Node, ...]:
         return self.terms
-
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return add(*children)
 
 
 @dataclass(frozen=True, eq=False)
@@ -204,9 +187,6 @@ class LogSumExp(Node):
     def children(self) -> tuple[Node, ...]:
         return (self.arg,)
 
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return logsumexp(children[0], self.axis)
-
 
 @dataclass(frozen=True, eq=False)
 class Softmax(Node):
@@ -221,9 +201,6 @@ class Softmax(Node):
 
     def children(self) -> tuple[Node, ...]:
         return (self.arg,)
-
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return softmax(children[0], self.axis)
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,9 +219,6 @@ class Solve(Node):
     def children(self) -> tuple[Node, ...]:
         return (self.a, self.b)
 
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return solve(children[0], children[1])
-
 
 @dataclass(frozen=True, eq=False)
 class Named(Node):
@@ -260,9 +234,6 @@ class Named(Node):
 
     def children(self) -> tuple[Node, ...]:
         return (self.body,)
-
-    def with_children(self, children: Sequence[Node]) -> Node:
-        return named(self.name, children[0], self.symbol)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,7 +585,51 @@ def rebuilt(node: Node, children: list[Node]) -> Node:
     constructors; the node itself when no child changed."""
     if all(new is old for new, old in zip(children, node.children(), strict=True)):
         return node
-    return node.with_children(children)
+    return REBUILD(node, children)
+
+
+REBUILD: Rules[Callable[[Node, list[Node]], Node]] = Rules("rebuilding over new children")
+"""node kind -> (node, its new children) -> the node over them, through a smart constructor."""
+
+
+@REBUILD.register(Leaf, Ones, Zero, Identity)
+def _rebuild_leaf(node: Node, children: list[Node]) -> Node:
+    return node  # leaves have no children
+
+
+@REBUILD.register(Einsum)
+def _rebuild_einsum(node: Einsum, children: list[Node]) -> Node:
+    return einsum(children, node.specs, node.out, node.coeff)
+
+
+@REBUILD.register(Map)
+def _rebuild_map(node: Map, children: list[Node]) -> Node:
+    return map_(node.fn, *children)
+
+
+@REBUILD.register(Add)
+def _rebuild_add(node: Add, children: list[Node]) -> Node:
+    return add(*children)
+
+
+@REBUILD.register(LogSumExp)
+def _rebuild_logsumexp(node: LogSumExp, children: list[Node]) -> Node:
+    return logsumexp(children[0], node.axis)
+
+
+@REBUILD.register(Softmax)
+def _rebuild_softmax(node: Softmax, children: list[Node]) -> Node:
+    return softmax(children[0], node.axis)
+
+
+@REBUILD.register(Solve)
+def _rebuild_solve(node: Solve, children: list[Node]) -> Node:
+    return solve(children[0], children[1])
+
+
+@REBUILD.register(Named)
+def _rebuild_named(node: Named, children: list[Node]) -> Node:
+    return named(node.name, children[0], node.symbol)
 
 
 def count_nodes(roots: list[Node]) -> int:

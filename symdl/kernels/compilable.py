@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import sympy as sp
 
 from symdl import ir
 from symdl.errors import SymdlError, UnsupportedError
+from symdl.ir.rules import Rules
 from symdl.kernels.scalar_code import ScalarPrinter
 
 _NOT_FINITE = (sp.S.Infinity, sp.S.NegativeInfinity, sp.S.ComplexInfinity, sp.S.NaN)
@@ -28,10 +30,28 @@ def check_compilable(roots: list[ir.Node]) -> None:
     """Raises ``UnsupportedError`` for the first map body or constant under ``roots`` that a
     kernel could not compute in real floating point."""
     for node in ir.topological_order(roots):
-        if isinstance(node, ir.Map):
-            _check_body(node.fn)
-        elif isinstance(node, ir.Einsum) and node.coeff != 1:
-            _check_constant(sp.sympify(node.coeff))
+        CHECK(node)
+
+
+CHECK: Rules[Callable[[ir.Node], None]] = Rules("the compilability check")
+"""node kind -> (node) -> None, or ``UnsupportedError`` for a scalar a kernel cannot compute."""
+
+
+@CHECK.register(ir.Map)
+def _check_map(node: ir.Map) -> None:
+    _check_body(node.fn)
+
+
+@CHECK.register(ir.Einsum)
+def _check_einsum(node: ir.Einsum) -> None:
+    if node.coeff != 1:
+        _check_constant(sp.sympify(node.coeff))
+
+
+@CHECK.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Add, ir.LogSumExp, ir.Softmax,
+                ir.Solve, ir.Named)
+def _check_nothing(node: ir.Node) -> None:
+    pass  # no scalar body or constant of its own
 
 
 @functools.lru_cache(maxsize=4096)

@@ -6,6 +6,8 @@ vectors on an index are a diagonal between them (``X^T diag(s) X``), an index su
 matrix is a product with a ones vector, operands over the same indices are a Hadamard
 product. When that fails (tensors of rank 3 or more, an index shared by three matrices), the
 node prints in index notation: ``Sum`` over named indices of products of entries.
+
+Each node kind has one rule in each of the three tables ``SCALAR``, ``MATRIX`` and ``INDEX``.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement
 from symdl import ir
 from symdl.define.vocabulary import LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
+from symdl.ir.rules import Rules
 from symdl.primitives.sympy_results import (
     Diagonal,
     ElementwiseFunction,
@@ -145,6 +148,17 @@ def _small(expr: sp.Basic) -> bool:
     return True
 
 
+SCALAR: Rules[Callable[[ir.Node, SympyPrinter], sp.Expr]] = Rules("IR-to-SymPy (scalars)")
+"""node kind -> (rank-0 node, printer) -> a scalar SymPy expression."""
+
+MATRIX: Rules[Callable[[ir.Node, SympyPrinter], sp.Basic]] = Rules("IR-to-SymPy (matrices)")
+"""node kind -> (rank-2 node, printer) -> a matrix expression, or ``_NoMatrixFormError``."""
+
+INDEX: Rules[Callable[[ir.Node, SympyPrinter, tuple], sp.Expr]] = Rules(
+    "IR-to-SymPy (index notation)")
+"""node kind -> (node, printer, index symbols) -> the node's entry at those indices."""
+
+
 class SympyPrinter:
     """Prints IR nodes as SymPy expressions.
 
@@ -219,22 +233,7 @@ class SympyPrinter:
             return self._scalar_memo[id(node)][1]
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
-        if isinstance(node, ir.Zero):
-            return sp.Integer(0)
-        if isinstance(node, ir.Leaf):
-            return node.symbol
-        if isinstance(node, ir.Named):
-            return self.scalar(node.body) if self._inlined(node) else node.symbol
-        if isinstance(node, ir.Add):
-            return sp.Add(*[self.scalar(t) for t in node.terms])
-        if isinstance(node, ir.Map):
-            return node.fn(*[self.scalar(a) for a in node.args])
-        if isinstance(node, ir.Einsum):
-            try:
-                return self._einsum_matrix(node)
-            except _NoMatrixFormError:
-                return self.index(node, ())
-        return self.index(node, ())
+        return SCALAR(node, self)
 
     def matrix(self, node: ir.Node) -> sp.Basic:
         if node.rank != 2:
@@ -294,40 +293,9 @@ class SympyPrinter:
     # -- matrices -------------------------------------------------------------------------
 
     def _matrix(self, node: ir.Node) -> sp.Basic:
-        rows, cols = node.shape
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
-        if isinstance(node, ir.Leaf):
-            if not isinstance(node.symbol, sp.MatrixExpr):
-                raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
-            return node.symbol
-        if isinstance(node, ir.Named):
-            return self.matrix(node.body) if self._inlined(node) else node.symbol
-        if isinstance(node, ir.Ones):
-            return sp.OneMatrix(rows, cols)
-        if isinstance(node, ir.Zero):
-            return sp.ZeroMatrix(rows, cols)
-        if isinstance(node, ir.Identity):
-            return IdentityMatrix(rows)
-        if isinstance(node, ir.Add):
-            return self._add(node)
-        if isinstance(node, ir.Map):
-            return self._map(node)
-        if isinstance(node, ir.LogSumExp):
-            return LogSumExp(self.matrix(node.arg), node.axis)
-        if isinstance(node, ir.Softmax):
-            return Softmax(self.matrix(node.arg), node.axis)
-        if isinstance(node, ir.Solve):
-            inverse = sp.Inverse(self.matrix(node.a))
-            if isinstance(node.b, ir.Identity):
-                return inverse
-            return sp.MatMul(inverse, self.matrix(node.b))
-        if isinstance(node, ir.Einsum):
-            try:
-                return self._einsum_matrix(node)
-            except _NoMatrixFormError:
-                pass
-        raise _NoMatrixFormError(node)
+        return MATRIX(node, self)
 
     def _add(self, node: ir.Add) -> sp.Basic:
         """A sum, with the common scalar factor of its terms pulled out: ``(P - Y)/n``."""
@@ -418,47 +386,180 @@ class SympyPrinter:
         """The entry of ``node`` at ``indices`` as a scalar SymPy expression."""
         if id(node) in self.aliases:
             return _entry(self.aliases[id(node)].symbol, indices)
-        if isinstance(node, ir.Leaf):
-            return _entry(node.symbol, indices)
-        if isinstance(node, ir.Named):
-            if self._inlined(node):
-                return self.index(node.body, indices)
-            return _entry(node.symbol, indices)
-        if isinstance(node, ir.Ones):
-            return sp.Integer(1)
-        if isinstance(node, ir.Zero):
-            return sp.Integer(0)
-        if isinstance(node, ir.Identity):
-            return sp.KroneckerDelta(*indices)
-        if isinstance(node, ir.Add):
-            return sp.Add(*[self.index(t, indices) for t in node.terms])
-        if isinstance(node, ir.Map):
-            return node.fn(*[self.index(a, indices) for a in node.args])
-        if isinstance(node, ir.Einsum):
-            dims = node.label_dims()
-            names = dict(zip(node.out, indices, strict=False))
-            limits = []
-            for lab in dims:
-                if lab not in names:
-                    names[lab] = sp.Integer(0) if dims[lab] == 1 else self._fresh_index()
-                    if dims[lab] != 1:
-                        limits.append((names[lab], 0, dims[lab] - 1))
-            body = node.coeff * sp.Mul(*[
-                self.index(op, tuple(names[lab] for lab in spec))
-                for op, spec in zip(node.operands, node.specs, strict=False)
-            ])
-            return sp.Sum(body, *limits) if limits else body
-        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-            # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
-            return MatrixElement(self.matrix(node), *indices)
-        if isinstance(node, ir.Solve):
-            if node.rank != 2:
-                raise UnsupportedError(
-                    f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
-                    "a matrix parameter) has no index notation yet; evaluate or compile it"
-                )
-            return MatrixElement(self.matrix(node), *indices)
-        raise TypeError(f"no index form for {type(node).__name__}")
+        return INDEX(node, self, indices)
+
+
+# -- the rules of each node kind ----------------------------------------------------------
+
+
+@SCALAR.register(ir.Zero)
+def _scalar_zero(node: ir.Zero, printer: SympyPrinter) -> sp.Expr:
+    return sp.Integer(0)
+
+
+@SCALAR.register(ir.Leaf)
+def _scalar_leaf(node: ir.Leaf, printer: SympyPrinter) -> sp.Expr:
+    return node.symbol
+
+
+@SCALAR.register(ir.Named)
+def _scalar_named(node: ir.Named, printer: SympyPrinter) -> sp.Expr:
+    return printer.scalar(node.body) if printer._inlined(node) else node.symbol
+
+
+@SCALAR.register(ir.Add)
+def _scalar_add(node: ir.Add, printer: SympyPrinter) -> sp.Expr:
+    return sp.Add(*[printer.scalar(t) for t in node.terms])
+
+
+@SCALAR.register(ir.Map)
+def _scalar_map(node: ir.Map, printer: SympyPrinter) -> sp.Expr:
+    return node.fn(*[printer.scalar(a) for a in node.args])
+
+
+@SCALAR.register(ir.Einsum)
+def _scalar_einsum(node: ir.Einsum, printer: SympyPrinter) -> sp.Expr:
+    try:
+        return printer._einsum_matrix(node)
+    except _NoMatrixFormError:
+        return printer.index(node, ())
+
+
+@SCALAR.register(ir.Ones, ir.Identity, ir.LogSumExp, ir.Softmax, ir.Solve)
+def _scalar_entry(node: ir.Node, printer: SympyPrinter) -> sp.Expr:
+    # Never a scalar in practice (ones(()) is the constant 1; the others are matrices): the
+    # entry of a rank-0 node in index notation is the node.
+    return printer.index(node, ())
+
+
+@MATRIX.register(ir.Leaf)
+def _matrix_leaf(node: ir.Leaf, printer: SympyPrinter) -> sp.Basic:
+    if not isinstance(node.symbol, sp.MatrixExpr):
+        raise _NoMatrixFormError(node)  # an IndexedBase stays in index notation
+    return node.symbol
+
+
+@MATRIX.register(ir.Named)
+def _matrix_named(node: ir.Named, printer: SympyPrinter) -> sp.Basic:
+    return printer.matrix(node.body) if printer._inlined(node) else node.symbol
+
+
+@MATRIX.register(ir.Ones)
+def _matrix_ones(node: ir.Ones, printer: SympyPrinter) -> sp.Basic:
+    return sp.OneMatrix(*node.shape)
+
+
+@MATRIX.register(ir.Zero)
+def _matrix_zero(node: ir.Zero, printer: SympyPrinter) -> sp.Basic:
+    return sp.ZeroMatrix(*node.shape)
+
+
+@MATRIX.register(ir.Identity)
+def _matrix_identity(node: ir.Identity, printer: SympyPrinter) -> sp.Basic:
+    return IdentityMatrix(node.dim)
+
+
+@MATRIX.register(ir.Add)
+def _matrix_add(node: ir.Add, printer: SympyPrinter) -> sp.Basic:
+    return printer._add(node)
+
+
+@MATRIX.register(ir.Map)
+def _matrix_map(node: ir.Map, printer: SympyPrinter) -> sp.Basic:
+    return printer._map(node)
+
+
+@MATRIX.register(ir.LogSumExp)
+def _matrix_logsumexp(node: ir.LogSumExp, printer: SympyPrinter) -> sp.Basic:
+    return LogSumExp(printer.matrix(node.arg), node.axis)
+
+
+@MATRIX.register(ir.Softmax)
+def _matrix_softmax(node: ir.Softmax, printer: SympyPrinter) -> sp.Basic:
+    return Softmax(printer.matrix(node.arg), node.axis)
+
+
+@MATRIX.register(ir.Solve)
+def _matrix_solve(node: ir.Solve, printer: SympyPrinter) -> sp.Basic:
+    inverse = sp.Inverse(printer.matrix(node.a))
+    if isinstance(node.b, ir.Identity):  # A^{-1} I is the inverse itself
+        return inverse
+    return sp.MatMul(inverse, printer.matrix(node.b))
+
+
+@MATRIX.register(ir.Einsum)
+def _matrix_einsum(node: ir.Einsum, printer: SympyPrinter) -> sp.Basic:
+    return printer._einsum_matrix(node)
+
+
+@INDEX.register(ir.Leaf)
+def _index_leaf(node: ir.Leaf, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return _entry(node.symbol, indices)
+
+
+@INDEX.register(ir.Named)
+def _index_named(node: ir.Named, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    if printer._inlined(node):
+        return printer.index(node.body, indices)
+    return _entry(node.symbol, indices)
+
+
+@INDEX.register(ir.Ones)
+def _index_ones(node: ir.Ones, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return sp.Integer(1)
+
+
+@INDEX.register(ir.Zero)
+def _index_zero(node: ir.Zero, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return sp.Integer(0)
+
+
+@INDEX.register(ir.Identity)
+def _index_identity(node: ir.Identity, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return sp.KroneckerDelta(*indices)
+
+
+@INDEX.register(ir.Add)
+def _index_add(node: ir.Add, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return sp.Add(*[printer.index(t, indices) for t in node.terms])
+
+
+@INDEX.register(ir.Map)
+def _index_map(node: ir.Map, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return node.fn(*[printer.index(a, indices) for a in node.args])
+
+
+@INDEX.register(ir.Einsum)
+def _index_einsum(node: ir.Einsum, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    dims = node.label_dims()
+    names = dict(zip(node.out, indices, strict=False))
+    limits = []
+    for lab in dims:
+        if lab not in names:
+            names[lab] = sp.Integer(0) if dims[lab] == 1 else printer._fresh_index()
+            if dims[lab] != 1:
+                limits.append((names[lab], 0, dims[lab] - 1))
+    body = node.coeff * sp.Mul(*[
+        printer.index(op, tuple(names[lab] for lab in spec))
+        for op, spec in zip(node.operands, node.specs, strict=False)
+    ])
+    return sp.Sum(body, *limits) if limits else body
+
+
+@INDEX.register(ir.LogSumExp, ir.Softmax)
+def _index_row_function(node: ir.Node, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
+    return MatrixElement(printer.matrix(node), *indices)
+
+
+@INDEX.register(ir.Solve)
+def _index_solve(node: ir.Solve, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    if node.rank != 2:
+        raise UnsupportedError(
+            f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
+            "a matrix parameter) has no index notation yet; evaluate or compile it"
+        )
+    return MatrixElement(printer.matrix(node), *indices)
 
 
 def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:

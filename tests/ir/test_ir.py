@@ -79,7 +79,7 @@ def _one_node_of_each_kind() -> list[ir.Node]:
 
 
 def test_every_node_kind_rebuilds_over_its_own_children() -> None:
-    """``with_children`` is each node kind's own: over the same children it gives back the
+    """``ir.rebuilt`` (the REBUILD table) over the same children gives back the
     same interned node, over new ones the same operation (here: A and B swapped)."""
     nodes = _one_node_of_each_kind()
     kinds = {type(node) for node in nodes}
