@@ -21,7 +21,7 @@ version = release
 
 extensions = ["sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".rst": "restructuredtext"}
-exclude_patterns = ["_build", "design-notes.md", "img"]
+exclude_patterns = ["design-notes.md", "img"]
 root_doc = "index"
 
 autodoc_member_order = "bysource"
