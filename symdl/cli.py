@@ -271,7 +271,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
                                                                              target)))
     failed = errors = False
     results = {}
-    progress = _progress(targets)
+    progress = targets if args.quiet else _progress(targets)
     for target in progress:
         try:
             entry, der = _load_and_derive(target)
@@ -324,7 +324,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     _check_writable_folder(Path(args.out))
-    metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf)
+    metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
+                  progress=not args.quiet)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
