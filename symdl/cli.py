@@ -451,10 +451,16 @@ def main(argv: list[str] | None = None) -> int:
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         return 141
+    except OSError as exc:  # stdout itself failed at the last flush (a full disk)
+        print(f"symdl: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
+        return 2
 
 
 def _run(argv: list[str] | None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with _logging(args.verbose, args.quiet):
             return args.run(args)
@@ -471,6 +477,6 @@ def _run(argv: list[str] | None) -> int:
 
 
 def _message(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror and exc.filename:
-        return f"{exc.filename}: {exc.strerror}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
     return str(exc)
