@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import email
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -154,3 +155,21 @@ def test_sdist_runs_its_own_tests(built: dict, installed: Path) -> None:
     for name in ("linear_regression", "logistic_regression", "two_layer_mlp"):
         assert f"test_latex.py::test_stored_copy[{name}]" in result.stdout, tail
     assert "test_layout.py::" in result.stdout, tail
+
+
+def test_version_is_defined_once() -> None:
+    """pyproject.toml reads the version from symdl.__version__ (setuptools' attr:, read
+    statically), so the wheel, `symdl --version` and the package cannot disagree."""
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    project = text.split("[project]", 1)[1].split("\n[", 1)[0]
+    assert 'dynamic = ["version"]' in project
+    assert not re.search(r"^version\s*=", project, re.MULTILINE)
+    assert 'version = { attr = "symdl.__version__" }' in text
+
+
+def test_license_and_changelog() -> None:
+    license_text = (ROOT / "LICENSE").read_text(encoding="utf-8")
+    assert license_text.startswith("MIT License")
+    assert "Copyright (c) 2026 the symdl developers" in license_text
+    changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
+    assert "keepachangelog.com" in changelog and "## [Unreleased]" in changelog
