@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed-test
 BENCH_INSTALLED := $(VENV)/.installed-bench
 DEMO_INSTALLED := $(VENV)/.installed-demo
+DOCS_INSTALLED := $(VENV)/.installed-docs
 
-.PHONY: test demo pdflatex bench bench-derive bench-kernels lint clean
+.PHONY: test demo docs pdflatex bench bench-derive bench-kernels lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 
 $(DEMO_INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+$(DOCS_INSTALLED): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[docs]"
 	touch $@
 
 $(BENCH_INSTALLED): pyproject.toml | $(BIN)/python
@@ -36,6 +41,12 @@ test: $(INSTALLED) pdflatex
 
 demo: $(INSTALLED) $(DEMO_INSTALLED) pdflatex
 	$(BIN)/symdl demo --newton
+
+# The API reference from the docstrings (Sphinx autodoc), warnings as errors, nothing
+# downloaded; the test suite builds it too (tests/test_docs.py).
+docs: $(DOCS_INSTALLED)
+	$(BIN)/python -m sphinx -W --keep-going -q -b html docs build/docs
+	@echo "API reference: build/docs/index.html"
 
 # Benchmarks (optional dependencies: JAX, PyTorch 2.13.0 CPU, SciPy for Numba's np.dot).
 bench: bench-derive bench-kernels

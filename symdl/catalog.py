@@ -7,6 +7,7 @@ command line accepts a name from this registry or the path of such a file of the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import pkgutil
@@ -58,15 +59,16 @@ def load(name_or_path: str) -> Entry:
     path = Path(name_or_path)
     if path.suffix == ".py":
         if not path.is_file():
-            raise DerivationNotFoundError(f"no such file: {path}")
+            shipped = f"; did you mean {path.stem!r}?" if path.stem in names() else ""
+            raise DerivationNotFoundError(f"no such file: {path}{shipped}")
         spec = importlib.util.spec_from_file_location(f"symdl_user_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:
         if name_or_path not in names():
             raise DerivationNotFoundError(
-                f"no derivation named {name_or_path!r}; `symdl list` shows the names "
-                f"({', '.join(names())}), or pass the path of a .py file"
+                f"no derivation named {name_or_path!r}; {_suggest(name_or_path)}`symdl list` "
+                "shows the names, or pass the path of a .py file"
             )
         module = importlib.import_module(f"symdl.derivations.{name_or_path}")
     if not callable(getattr(module, "derivation", None)):
@@ -74,6 +76,18 @@ def load(name_or_path: str) -> Entry:
             f"{name_or_path} defines no function derivation() returning a symdl.Derivation"
         )
     return Entry(str(name_or_path), _title(module), module)
+
+
+def _suggest(name: str) -> str:
+    """``did you mean ...? `` for the shipped names close to ``name`` (a typo, or a part of
+    the name such as ``adam`` for ``optim_adam``), else nothing."""
+    shipped = names()
+    close = difflib.get_close_matches(name, shipped, n=3, cutoff=0.6)
+    lowered = name.lower()
+    close += [n for n in shipped if lowered and lowered in n.split("_") and n not in close]
+    if not close:
+        return ""
+    return f"did you mean {' or '.join(repr(n) for n in close[:3])}? "
 
 
 def entries() -> list[Entry]:

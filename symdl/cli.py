@@ -1,16 +1,34 @@
-"""The ``symdl`` command: list the shipped derivations and print their equations."""
+"""The ``symdl`` command: list the shipped derivations and print their equations.
+
+Conventions, as in other Unix tools: results go to stdout, messages to stderr; an error is one
+line on stderr (``symdl: error: ...``, no traceback unless ``--traceback``). Exit status: 0 on
+success, 1 when a check fails, 2 on a usage or definition error (a bad option, an unknown
+name, a derivation file that raises, an output that cannot be written), 130 when interrupted,
+141 when the reader of stdout goes away (``symdl list | head -1``), silently.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import difflib
+import logging
+import os
+import re
 import sys
+import tempfile
 import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
 
 import sympy as sp
 
-from symdl.catalog import entries, load
+from symdl import __version__
+from symdl.catalog import Entry, entries, load
 from symdl.derivation import Derivation
-from symdl.errors import SymdlError
+from symdl.errors import DefinitionError, SymdlError
 from symdl.printing.plain import plain
 from symdl.printing.to_sympy import IndexForm
 
@@ -51,7 +69,151 @@ def print_derivation(name: str, title: str, der: Derivation, hessian: bool, out)
         _print_equations("Hessian blocks:", blocks, out)
 
 
+class UsageError(SymdlError):
+    """The command line asks for something that cannot be done as asked."""
+
+
+def _one_line(message: str) -> str:
+    """A message on one line: errors are one line on stderr, whatever the exception said."""
+    return " ".join(message.split())
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=1))
+
+
+def _load_and_derive(target: str) -> tuple[Entry, Derivation]:
+    """The derivation ``target`` names, derived; code of the derivation file that raises is a
+    ``DefinitionError`` naming the file, the line and the exception (one line, no traceback)."""
+    try:
+        entry = load(target)
+        return entry, entry.derive()
+    except SymdlError:
+        raise
+    except Exception as exc:
+        detail = exc.msg if isinstance(exc, SyntaxError) else exc
+        raise DefinitionError(
+            f"{target}: {_where(exc, target)}{type(exc).__name__}: {detail} (the derivation "
+            "file raised it; --traceback shows the whole traceback)"
+        ) from exc
+
+
+def _where(exc: BaseException, target: str) -> str:
+    """``line N: `` of the innermost frame of the derivation file in ``exc``'s traceback."""
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"line {exc.lineno}: "
+    module = Path(target).name if target.endswith(".py") else f"{target}.py"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if Path(f.filename).name == module]
+    return f"line {frames[-1].lineno}: " if frames else ""
+
+
+def _check_writable(path: Path) -> None:
+    """Fails now, not after minutes of work, when ``path`` cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        problem = "is not a folder" if folder.exists() else "does not exist"
+        raise UsageError(f"cannot write {path}: {folder} {problem}")
+    _probe(folder, path)
+
+
+def _check_writable_folder(folder: Path) -> None:
+    """Creates the output folder and checks that files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {folder}: "
+                         f"{exc.strerror or exc}") from exc
+    _probe(folder, folder)
+
+
+def _probe(folder: Path, shown: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write {shown}: {exc.strerror or exc}") from exc
+
+
+def _positive_int(text: str) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit 2) and did-you-mean for a mistyped command."""
+
+    def error(self, message: str) -> NoReturn:
+        match = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if match:
+            choices = re.findall(r"'?([\w-]+)'?", match.group(2))
+            close = difflib.get_close_matches(match.group(1), choices, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"one of {', '.join(choices)}"
+            message = f"{message[:match.start()]}unknown {match.group(1)!r}; {hint}"
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every command takes: how much to log and how to show an error."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what symdl compiles and how long it takes (-vv: every "
+                        "compile, however short)")
+    common.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress messages, errors only")
+    common.add_argument("--traceback", action="store_true",
+                        help="on an error, show the whole Python traceback")
+    return common
+
+
+@contextlib.contextmanager
+def _logging(verbose: int, quiet: bool) -> Iterator[None]:
+    """The ``symdl`` logger for one command: INFO (-v) or DEBUG (-vv) records to stderr, or
+    nothing below WARNING (-q); restored afterwards (``main`` may run inside a program)."""
+    logger = logging.getLogger("symdl")
+    saved = logger.level, logger.propagate
+    handler = None
+    if quiet:
+        logger.setLevel(logging.WARNING)
+    elif verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("symdl: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+        logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
+    if args.json:
+        _print_json({e.name: {"title": e.title, "file": e.module.__file__} for e in entries()})
+        return 0
     rows = [(e.name, e.title) for e in entries()]
     width = max(len(n) for n, _ in rows)
     for name, title in rows:
@@ -60,9 +222,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_derive(args: argparse.Namespace) -> int:
-    entry = load(args.derivation)
     start = time.perf_counter()
-    der = entry.derive()
+    entry, der = _load_and_derive(args.derivation)
     print_derivation(entry.name, entry.title, der, args.hessian, sys.stdout)
     if args.timing:
         print(f"derived and printed in {time.perf_counter() - start:.2f} s")
@@ -70,12 +231,11 @@ def _cmd_derive(args: argparse.Namespace) -> int:
 
 
 def _cmd_latex(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from symdl.printing import latex
 
-    entry = load(args.derivation)
-    der = entry.derive()
+    out = Path(args.output)
+    _check_writable(out)
+    entry, der = _load_and_derive(args.derivation)
     if args.hessian and der.is_scalar:
         for i, p in enumerate(der.wrt):
             for q in der.wrt[i:]:
@@ -89,7 +249,6 @@ def _cmd_latex(args: argparse.Namespace) -> int:
                   "writing the document without the check table", file=sys.stderr)
         else:
             report = symdl.check(der)
-    out = Path(args.output)
     out.write_text(latex.document(der, title=entry.title, check_report=report), encoding="utf-8")
     written = [str(out)]
     if args.pdf:
@@ -100,29 +259,32 @@ def _cmd_latex(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    import json
-
     from symdl.catalog import names
     from symdl.verify.check import check
 
-    targets = list(args.derivations) + (names() if args.all else [])
+    targets = list(dict.fromkeys(list(args.derivations) + (names() if args.all else [])))
     if not targets:
-        print("symdl check: error: name a derivation (see `symdl list`) or pass --all",
-              file=sys.stderr)
-        return 2
+        raise UsageError("check: name a derivation (see `symdl list`) or pass --all")
+    if args.plot:
+        for target in targets:
+            _check_writable(Path(args.plot if len(targets) == 1 else _suffixed(args.plot,
+                                                                             target)))
     failed = errors = False
     results = {}
-    progress = _progress(targets)
+    progress = targets if args.quiet else _progress(targets)
     for target in progress:
         try:
-            entry = load(target)
-            report = check(entry.derive(), seed=args.seed, dtype=args.dtype,
+            entry, der = _load_and_derive(target)
+            report = check(der, seed=args.seed, dtype=args.dtype,
                            sample_inputs=getattr(entry.module, "sample_inputs", None),
                            curves=bool(args.plot))
         except SymdlError as exc:
             errors = True
-            results[target] = {"error": str(exc)}
-            print(f"symdl check: {target}: error: {exc}", file=sys.stderr)
+            message = _one_line(str(exc))
+            if target not in message:
+                message = f"{target}: {message}"
+            results[target] = {"error": message}
+            print(f"symdl check: error: {message}", file=sys.stderr)
             continue
         failed = failed or not report.ok
         results[target] = report.to_dict()
@@ -132,7 +294,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"{entry.title}  ({entry.name})\n{report}\n")
     if args.json:
-        print(json.dumps(results if len(targets) > 1 else results[targets[0]], indent=1))
+        # One shape whatever the number of names: reports keyed by the name as given.
+        _print_json(results)
     return 2 if errors else (1 if failed else 0)
 
 
@@ -152,8 +315,6 @@ def _progress(targets: list[str]):
 
 
 def _suffixed(path: str, name: str) -> str:
-    from pathlib import Path
-
     p = Path(path)
     return str(p.with_name(f"{p.stem}_{Path(name).stem}{p.suffix or '.png'}"))
 
@@ -162,7 +323,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from symdl.report.demo import run
 
     start = time.perf_counter()
-    metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf)
+    _check_writable_folder(Path(args.out))
+    metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
+                  progress=not args.quiet)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -191,25 +354,31 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    common = _common_options()
+    parser = _Parser(
         prog="symdl",
         description="Exact derivatives of deep-learning math written in SymPy, for symbolic "
         "shapes: gradients, Hessians and backprop equations in matrix form.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    listing = commands.add_parser("list", help="list the shipped derivations")
+    listing = commands.add_parser("list", help="list the shipped derivations", parents=[common])
+    listing.add_argument("--json", action="store_true",
+                         help="print {name: {title, file}} as JSON")
     listing.set_defaults(run=_cmd_list)
     derive = commands.add_parser(
         "derive", help="print the forward and backprop equations of a derivation",
         description="Print the forward definitions, the reverse-mode (backprop) equations and "
         "the gradients of a derivation, with the shape of each.",
+        parents=[common],
     )
     derive.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
                         "defines derivation() returning a symdl.Derivation")
     derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
     derive.add_argument("--timing", action="store_true", help="print how long it took")
     derive.set_defaults(run=_cmd_derive)
-    cache = commands.add_parser("cache", help="show or clear the compiled-kernel cache")
+    cache = commands.add_parser("cache", help="show or clear the compiled-kernel cache",
+                                parents=[common])
     cache.add_argument("action", choices=["info", "clear"],
                        help="info: folder, kernels, bytes; clear: remove symdl's files only")
     cache.set_defaults(run=_cmd_cache)
@@ -217,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
         "latex", help="write a derivation as a LaTeX document (optionally a PDF)",
         description="Write a standalone LaTeX document: the definition, each backprop step as "
         "the chain rule and in matrix form, the gradients (and Hessians), with shapes.",
+        parents=[common],
     )
     tex.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
                      "defines derivation() returning a symdl.Derivation")
@@ -232,9 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Derive a 2-layer network (tanh, softmax cross-entropy, weight decay), "
         "generate one fused training-step kernel (forward, backward, Adam), check it against "
         "finite differences, train it on the digits scikit-learn ships and write a report.",
+        parents=[common],
     )
     demo.add_argument("-o", "--out", default="out", help="output folder (default: out)")
-    demo.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
+    demo.add_argument("--epochs", type=_positive_int, default=40,
+                      help="training epochs (default 40)")
     demo.add_argument("--newton", action="store_true",
                       help="also run Newton's method on logistic regression (Hessian kernel)")
     demo.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no pdflatex)")
@@ -245,26 +417,66 @@ def build_parser() -> argparse.ArgumentParser:
         "(gradients, Hessian blocks, Hessian-vector products) against Richardson-extrapolated "
         "central differences, the complex step and SymPy's own evaluation. Exit status: 0 "
         "when every check passes, 1 when one fails, 2 on a usage or definition error.",
+        parents=[common],
     )
     checking.add_argument("derivations", nargs="*", metavar="NAME",
                           help="names from `symdl list` or .py files defining derivation()")
     checking.add_argument("--all", action="store_true", help="every shipped derivation")
-    checking.add_argument("--json", action="store_true", help="print the reports as JSON")
+    checking.add_argument("--json", action="store_true",
+                          help="print the reports as JSON: {name: report}, whatever the "
+                          "number of names (an entry that could not be checked: {name: "
+                          "{\"error\": message}})")
     checking.add_argument("--plot", metavar="PNG", help="draw the finite-difference error "
                           "against the step (needs matplotlib); with several derivations "
                           "the file name gets each name as a suffix")
     checking.add_argument("--dtype", choices=["float64", "float32"], default="float64",
                           help="precision the kernels run in (default float64)")
-    checking.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    checking.add_argument("--seed", type=_non_negative_int, default=0,
+                          help="seed of the inputs (default 0)")
     checking.set_defaults(run=_cmd_check)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    """Runs the command line; returns the exit status (see the module's docstring)."""
     try:
-        return args.run(args)
-    except SymdlError as exc:
-        print(f"symdl: error: {exc}", file=sys.stderr)
+        status = _run(argv)
+        # Flushed here, not at interpreter exit, so that a reader gone away is caught below.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # `symdl list | head -1`: the reader has what it wanted. Point stdout at /dev/null so
+        # that Python's own flush at exit does not raise again, and exit as a killed writer.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # stdout itself failed at the last flush (a full disk)
+        print(f"symdl: error: cannot write the output: {exc.strerror or exc}", file=sys.stderr)
         return 2
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error argparse has printed
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with _logging(args.verbose, args.quiet):
+            return args.run(args)
+    except (SymdlError, OSError) as exc:
+        if args.traceback or isinstance(exc, BrokenPipeError):
+            raise
+        print(f"symdl: error: {_one_line(_message(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if args.traceback:
+            raise
+        print("symdl: interrupted", file=sys.stderr)
+        return 130
+
+
+def _message(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)

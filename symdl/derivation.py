@@ -595,7 +595,7 @@ def derive(definition: Definition, wrt: Iterable[Parameter], hessian: bool = Fal
         definition: a scalar SymPy expression (a loss); a matrix expression (for Jacobians);
             or a model, a list of ``(symbol, definition)`` pairs whose later definitions use
             the earlier symbols and whose last entry is the output.
-        wrt: the parameters: ``MatrixSymbol``s, ``Symbol``s or ``IndexedBase``s.
+        wrt: the parameters, each a ``MatrixSymbol``, ``Symbol`` or ``IndexedBase``.
         hessian: compute every Hessian block now (they are computed on demand otherwise).
 
     Returns:

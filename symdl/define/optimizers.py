@@ -123,7 +123,15 @@ def _decayed(param: sp.Basic, grad: sp.Basic, weight_decay: Hyperparameter) -> s
 
 @dataclass(frozen=True)
 class SGD(_Checked):
-    """Plain gradient descent: ``p - lr (g + wd p)``."""
+    """Plain gradient descent: ``p - lr (g + wd p)``.
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.optimizers import SGD
+        >>> p, g, lr = sp.symbols("p g lr")
+        >>> SGD(lr=lr).update(p, g, {})
+        (-g*lr + p, {})
+    """
 
     lr: Hyperparameter
     weight_decay: Hyperparameter = 0
@@ -138,7 +146,14 @@ class SGD(_Checked):
 @dataclass(frozen=True)
 class Momentum(_Checked):
     """Heavy-ball momentum as ``torch.optim.SGD(momentum=mu)``: ``b = mu b + g``,
-    ``p - lr b`` (the buffer ``b`` accumulates gradients; no dampening)."""
+    ``p - lr b`` (the buffer ``b`` accumulates gradients; no dampening).
+
+    Example:
+        >>> from symdl.optimizers import Momentum
+        >>> new_p, new_state = Momentum(lr=0.1, momentum=0.9).update(1.0, 2.0, {"b": 1.0})
+        >>> round(float(new_state["b"]), 6), round(float(new_p), 6)  # b = 0.9*1 + 2; p = 1 - 0.1*b
+        (2.9, 0.71)
+    """
 
     lr: Hyperparameter
     momentum: Hyperparameter = 0.9
@@ -156,7 +171,14 @@ class Momentum(_Checked):
 @dataclass(frozen=True)
 class Nesterov(_Checked):
     """Nesterov momentum as ``torch.optim.SGD(momentum=mu, nesterov=True)``:
-    ``b = mu b + g``, ``p - lr (g + mu b)`` (the look-ahead written on the gradient)."""
+    ``b = mu b + g``, ``p - lr (g + mu b)`` (the look-ahead written on the gradient).
+
+    Example:
+        >>> from symdl.optimizers import Nesterov
+        >>> new_p, new_state = Nesterov(lr=0.1, momentum=0.9).update(1.0, 2.0, {"b": 1.0})
+        >>> round(float(new_p), 6)  # b = 2.9; p = 1 - 0.1*(2 + 0.9*2.9)
+        0.539
+    """
 
     lr: Hyperparameter
     momentum: Hyperparameter = 0.9
@@ -174,7 +196,14 @@ class Nesterov(_Checked):
 
 @dataclass(frozen=True)
 class RMSprop(_Checked):
-    """RMSprop: ``v = alpha v + (1 - alpha) g^2``, ``p - lr g / (sqrt(v) + eps)``."""
+    """RMSprop: ``v = alpha v + (1 - alpha) g^2``, ``p - lr g / (sqrt(v) + eps)``.
+
+    Example:
+        >>> from symdl.optimizers import RMSprop
+        >>> new_p, new_state = RMSprop(lr=0.01).update(1.0, 2.0, {"v": 0.0})
+        >>> round(float(new_state["v"]), 6), round(float(new_p), 6)  # v = 0.01*2^2; 2/sqrt(v) = 10
+        (0.04, 0.9)
+    """
 
     lr: Hyperparameter
     alpha: Hyperparameter = 0.99
@@ -194,7 +223,14 @@ class RMSprop(_Checked):
 @dataclass(frozen=True)
 class Adagrad(_Checked):
     """Adagrad: ``s = s + g^2``, ``p - lr g / (sqrt(s) + eps)`` (``torch.optim.Adagrad`` with
-    no learning-rate decay and a zero initial accumulator)."""
+    no learning-rate decay and a zero initial accumulator).
+
+    Example:
+        >>> from symdl.optimizers import Adagrad
+        >>> new_p, new_state = Adagrad(lr=0.1).update(1.0, 2.0, {"s": 0.0})
+        >>> round(float(new_state["s"]), 6), round(float(new_p), 6)
+        (4.0, 0.9)
+    """
 
     lr: Hyperparameter
     eps: Hyperparameter = 1e-10
@@ -225,7 +261,22 @@ def _adam_step(param: sp.Basic, g: sp.Basic, state: Mapping[str, sp.Basic], t: s
 class Adam(_Checked):
     """Adam with bias correction: ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``p - lr m̂ / (sqrt(v̂) + eps)`` with ``m̂ = m / (1 - b1^t)``, ``v̂ = v / (1 - b2^t)``.
-    ``weight_decay`` adds ``wd p`` to the gradient (L2, as ``torch.optim.Adam``)."""
+    ``weight_decay`` adds ``wd p`` to the gradient (L2, as ``torch.optim.Adam``).
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.optimizers import Adam
+        >>> new_p, new_state = Adam(lr=0.1).update(1.0, 2.0, {"m": 0.0, "v": 0.0}, t=1)
+        >>> round(float(new_p), 6)  # the first bias-corrected step is lr, whatever the gradient
+        0.9
+        >>> sorted(new_state)
+        ['m', 'v']
+        >>> d, k = sp.symbols("d k", integer=True, positive=True)
+        >>> W, G = sp.MatrixSymbol("W", d, k), sp.MatrixSymbol("G", d, k)
+        >>> state = {"m": sp.MatrixSymbol("m", d, k), "v": sp.MatrixSymbol("v", d, k)}
+        >>> Adam(lr=sp.Symbol("lr")).update(W, G, state)[0].shape
+        (d, k)
+    """
 
     lr: Hyperparameter = 1e-3
     beta1: Hyperparameter = 0.9
@@ -246,7 +297,15 @@ class Adam(_Checked):
 @dataclass(frozen=True)
 class AdamW(_Checked):
     """Adam with decoupled weight decay (``torch.optim.AdamW``): the parameter first shrinks
-    to ``(1 - lr wd) p``, then takes the Adam step of the undecayed gradient."""
+    to ``(1 - lr wd) p``, then takes the Adam step of the undecayed gradient.
+
+    Example:
+        >>> from symdl.optimizers import AdamW
+        >>> optimizer = AdamW(lr=0.1, weight_decay=0.1)
+        >>> new_p, _ = optimizer.update(1.0, 2.0, {"m": 0.0, "v": 0.0}, t=1)
+        >>> round(float(new_p), 6)  # shrunk to (1 - 0.1*0.1)*1 = 0.99, then the Adam step of 0.1
+        0.89
+    """
 
     lr: Hyperparameter = 1e-3
     beta1: Hyperparameter = 0.9
@@ -279,6 +338,15 @@ def update_kernel_outputs(optimizer: Optimizer, param: sp.MatrixSymbol | sp.Symb
     ``<state>_<name>`` per state (shaped like the parameter), ``t`` and every symbolic
     hyperparameter; its outputs are the new parameter under the parameter's name and the new
     state under the state's name (``{"w": ..., "m_w": ..., "v_w": ...}``).
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.optimizers import Adam, update_kernel_outputs
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> w = sp.MatrixSymbol("w", d, 1)
+        >>> outputs = update_kernel_outputs(Adam(lr=1e-3), w)
+        >>> list(outputs)
+        ['w', 'm_w', 'v_w']
     """
     if isinstance(param, sp.MatrixSymbol):
         name = str(param.name)
@@ -310,6 +378,17 @@ def update_step_definition(optimizer: Optimizer, param: sp.MatrixSymbol, t: sp.B
     Returns:
         The steps for ``symdl.derive`` and the arrays a step reads: the parameter, its
         gradient ``grad_W`` and one state per name (``m_W``).
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.optimizers import Momentum, update_step_definition
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> W = sp.MatrixSymbol("W", d, 1)
+        >>> steps, arrays = update_step_definition(Momentum(lr=sp.Symbol("lr")), W)
+        >>> [str(name) for name, _ in steps]
+        ['b_W_new', 'W_new', 'L']
+        >>> [str(a) for a in arrays]
+        ['W', 'grad_W', 'b_W']
     """
     if not isinstance(param, sp.MatrixSymbol):
         raise DefinitionError(f"update_step_definition needs a MatrixSymbol parameter, got "

@@ -40,20 +40,56 @@ def _check(t: sp.Basic, what: str) -> sp.Basic:
 
 def step_decay(t: sp.Basic, lr: Value, gamma: Value, step_size: Value) -> sp.Basic:
     """``lr * gamma ** floor(t / step_size)``: the rate drops by ``gamma`` every
-    ``step_size`` steps (``StepLR``)."""
+    ``step_size`` steps (``StepLR``).
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.schedules import step_decay
+        >>> t = sp.Symbol("t", nonnegative=True)
+        >>> rate = step_decay(t, lr=0.1, gamma=0.5, step_size=10)
+        >>> [round(float(rate.subs(t, step)), 6) for step in (0, 9, 10, 25)]
+        [0.1, 0.1, 0.05, 0.025]
+    """
     t = _check(t, "step_decay")
     return lr * _power(gamma, floor(t / step_size))
 
 
 def exponential_decay(t: sp.Basic, lr: Value, gamma: Value) -> sp.Basic:
-    """``lr * gamma ** t`` (``ExponentialLR``)."""
+    """``lr * gamma ** t`` (``ExponentialLR``).
+
+    Example:
+        >>> import sympy as sp
+        >>> from symdl.schedules import exponential_decay
+        >>> t = sp.Symbol("t", nonnegative=True)
+        >>> rate = exponential_decay(t, lr=0.1, gamma=0.9)
+        >>> [round(float(rate.subs(t, step)), 6) for step in (0, 1, 2)]
+        [0.1, 0.09, 0.081]
+    """
     t = _check(t, "exponential_decay")
     return lr * _power(gamma, t)
 
 
 def cosine_annealing(t: sp.Basic, lr: Value, t_max: Value, lr_min: Value = 0) -> sp.Basic:
     """``lr_min + (lr - lr_min) (1 + cos(pi t / t_max)) / 2``: half a cosine from ``lr`` at
-    step 0 down to ``lr_min`` at step ``t_max`` (``CosineAnnealingLR``)."""
+    step 0 down to ``lr_min`` at step ``t_max`` (``CosineAnnealingLR``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> from symdl.schedules import cosine_annealing
+        >>> t = sp.Symbol("t", nonnegative=True)
+        >>> rate = cosine_annealing(t, lr=0.1, t_max=100)
+        >>> [round(float(rate.subs(t, step)), 6) for step in (0, 50, 100)]
+        [0.1, 0.05, 0.0]
+
+        A column of steps gives the column of rates (one kernel fills a whole schedule):
+
+        >>> m = sp.Symbol("m", integer=True, positive=True)
+        >>> T = sp.MatrixSymbol("T", m, 1)
+        >>> rates = cosine_annealing(T, lr=0.1, t_max=100)
+        >>> symdl.evaluate(rates, {"T": [[0.0], [50.0], [100.0]]}, {m: 3}).round(6).tolist()
+        [[0.1], [0.05], [0.0]]
+    """
     t = _check(t, "cosine_annealing")
     wave = _cos(sp.pi / t_max * t)
     if isinstance(t, MatrixExpr):

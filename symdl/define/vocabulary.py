@@ -36,32 +36,98 @@ def _elementwise(f: type[sp.Function], m: sp.Basic) -> sp.Basic:
 
 
 def sigmoid(m: sp.Basic) -> sp.Basic:
-    """Elementwise logistic function ``1 / (1 + exp(-m))``."""
+    """Elementwise logistic function ``1 / (1 + exp(-m))``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.sigmoid(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.sigmoid(X), {"X": [[0.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.5, 0.8808]]
+    """
     return _elementwise(sigmoid_function, m)
 
 
 def softplus(m: sp.Basic) -> sp.Basic:
-    """Elementwise ``log(1 + exp(m))``."""
+    """Elementwise ``log(1 + exp(m))``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.softplus(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.softplus(X), {"X": [[0.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.6931, 2.1269]]
+    """
     return _elementwise(softplus_function, m)
 
 
 def relu(m: sp.Basic) -> sp.Basic:
-    """Elementwise ``max(m, 0)``; its derivative at 0 is taken as 0."""
+    """Elementwise ``max(m, 0)``; its derivative at 0 is taken as 0.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.relu(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.relu(X), {"X": [[-1.5, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.0, 2.0]]
+    """
     return _elementwise(relu_function, m)
 
 
 def tanh(m: sp.Basic) -> sp.Basic:
-    """Elementwise hyperbolic tangent."""
+    """Elementwise hyperbolic tangent.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.tanh(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.tanh(X), {"X": [[0.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.0, 0.7616]]
+    """
     return _elementwise(sp.tanh, m)
 
 
 def exp(m: sp.Basic) -> sp.Basic:
-    """Elementwise exponential."""
+    """Elementwise exponential.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.exp(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.exp(X), {"X": [[0.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[1.0, 2.7183]]
+    """
     return _elementwise(sp.exp, m)
 
 
 def log(m: sp.Basic) -> sp.Basic:
-    """Elementwise natural logarithm."""
+    """Elementwise natural logarithm.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.log(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.log(X), {"X": [[1.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.0, 0.6931]]
+    """
     return _elementwise(sp.log, m)
 
 
@@ -171,17 +237,53 @@ class Softmax(_RowReduction):
 
 
 def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:
-    """Softmax of each row (``axis=1``) or each column (``axis=0``), computed stably."""
+    """Softmax of each row (``axis=1``) or each column (``axis=0``), computed stably.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, k = sp.symbols("n k", integer=True, positive=True)
+        >>> Z = sp.MatrixSymbol("Z", n, k)
+        >>> symdl.softmax(Z).shape
+        (n, k)
+        >>> P = symdl.evaluate(symdl.softmax(Z), {"Z": [[0.0, 0.0], [1000.0, 0.0]]}, {n: 2, k: 2})
+        >>> P.round(4).tolist()
+        [[0.5, 0.5], [1.0, 0.0]]
+    """
     return Softmax(m, axis)
 
 
 def logsumexp(m: MatrixExpr, axis: int = 1) -> LogSumExp:
-    """Log-sum-exp of each row (``axis=1``, an ``n x 1`` result) or column, with a max shift."""
+    """Log-sum-exp of each row (``axis=1``, an ``n x 1`` result) or column, with a max shift.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, k = sp.symbols("n k", integer=True, positive=True)
+        >>> Z = sp.MatrixSymbol("Z", n, k)
+        >>> symdl.logsumexp(Z).shape
+        (n, 1)
+        >>> L = symdl.evaluate(symdl.logsumexp(Z), {"Z": [[0.0, 0.0], [1000.0, 0.0]]}, {n: 2, k: 2})
+        >>> L.round(4).tolist()
+        [[0.6931], [1000.0]]
+    """
     return LogSumExp(m, axis)
 
 
 def log_softmax(m: MatrixExpr, axis: int = 1) -> MatrixExpr:
-    """``m - logsumexp(m)`` broadcast along ``axis``: the log-probabilities of a softmax."""
+    """``m - logsumexp(m)`` broadcast along ``axis``: the log-probabilities of a softmax.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, k = sp.symbols("n k", integer=True, positive=True)
+        >>> Z = sp.MatrixSymbol("Z", n, k)
+        >>> symdl.log_softmax(Z).shape
+        (n, k)
+        >>> P = symdl.evaluate(symdl.log_softmax(Z), {"Z": [[0.0, 0.0]]}, {n: 1, k: 2})
+        >>> P.round(4).tolist()
+        [[-0.6931, -0.6931]]
+    """
     m = _as_matrix(m, "log_softmax")
     rows, cols = m.shape
     lse = LogSumExp(m, axis)
@@ -190,13 +292,38 @@ def log_softmax(m: MatrixExpr, axis: int = 1) -> MatrixExpr:
 
 
 def total(m: MatrixExpr) -> Total:
-    """The sum of all entries of ``m``."""
+    """The sum of all entries of ``m``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.total(X)
+        Total(X)
+        >>> float(symdl.evaluate(symdl.total(X), {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}))
+        10.0
+    """
     return Total(m)
 
 
 def sum(m: MatrixExpr, axis: int | None = None) -> sp.Basic:  # noqa: A001 - mirrors NumPy
     """Sum of all entries (``axis=None``, a scalar), of each column (``axis=0``, ``1 x k``)
-    or of each row (``axis=1``, ``n x 1``)."""
+    or of each row (``axis=1``, ``n x 1``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.sum(X, axis=0).shape, symdl.sum(X, axis=1).shape
+        ((1, d), (n, 1))
+        >>> values, dims = {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}
+        >>> symdl.evaluate(symdl.sum(X, axis=0), values, dims).tolist()
+        [[4.0, 6.0]]
+        >>> float(symdl.evaluate(symdl.sum(X), values, dims))
+        10.0
+    """
     m = _as_matrix(m, "sum")
     rows, cols = m.shape
     if axis is None:
@@ -209,7 +336,19 @@ def sum(m: MatrixExpr, axis: int | None = None) -> sp.Basic:  # noqa: A001 - mir
 
 
 def mean(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
-    """Mean of all entries (``axis=None``), of each column (``axis=0``) or of each row."""
+    """Mean of all entries (``axis=None``), of each column (``axis=0``) or of each row.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> values, dims = {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}
+        >>> symdl.evaluate(symdl.mean(X, axis=1), values, dims).tolist()
+        [[1.5], [3.5]]
+        >>> float(symdl.evaluate(symdl.mean(X), values, dims))
+        2.5
+    """
     m = _as_matrix(m, "mean")
     rows, cols = m.shape
     size = rows * cols if axis is None else (rows if axis == 0 else cols)
@@ -218,7 +357,19 @@ def mean(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
 
 def bias(b: MatrixExpr, rows: sp.Expr) -> MatrixExpr:
     """A bias row ``b`` (``1 x k``; a ``k x 1`` column is transposed) repeated over ``rows``
-    rows: ``1 b``, shape ``rows x k``."""
+    rows: ``1 b``, shape ``rows x k``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d, k = sp.symbols("n d k", integer=True, positive=True)
+        >>> X, W = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("W", d, k)
+        >>> b = sp.MatrixSymbol("b", 1, k)
+        >>> (X * W + symdl.bias(b, n)).shape
+        (n, k)
+        >>> symdl.evaluate(symdl.bias(b, n), {"b": [[1.0, 2.0]]}, {n: 3, k: 2}).tolist()
+        [[1.0, 2.0], [1.0, 2.0], [1.0, 2.0]]
+    """
     b = _as_matrix(b, "bias")
     if b.shape[0] != 1:
         if b.shape[1] != 1:
@@ -236,6 +387,20 @@ def softmax_cross_entropy(logits: MatrixExpr, labels: MatrixExpr) -> sp.Expr:
     ``labels`` holds one probability distribution per row (one-hot or smoothed labels). The
     definition uses that each row sums to one, ``-Σ_j Y_ij (Z_ij - lse_i) = lse_i - Σ_j
     Y_ij Z_ij``, which is why its gradient is the textbook ``(softmax(Z) - Y) / n``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, k = sp.symbols("n k", integer=True, positive=True)
+        >>> Z = sp.MatrixSymbol("Z", n, k)
+        >>> Y = sp.MatrixSymbol("Y", n, k)
+        >>> loss = symdl.softmax_cross_entropy(Z, Y)
+        >>> grad = symdl.derive(loss, wrt=[Z]).gradient(Z)  # (softmax(Z) - Y)/n
+        >>> values, dims = {"Z": [[0.0, 0.0]], "Y": [[1.0, 0.0]]}, {n: 1, k: 2}
+        >>> round(float(symdl.evaluate(loss, values, dims)), 4)
+        0.6931
+        >>> symdl.evaluate(grad, values, dims).tolist()
+        [[-0.5, 0.5]]
     """
     z = _as_matrix(logits, "softmax_cross_entropy")
     y = _as_matrix(labels, "softmax_cross_entropy")
@@ -249,27 +414,79 @@ def softmax_cross_entropy(logits: MatrixExpr, labels: MatrixExpr) -> sp.Expr:
 
 
 def binary_cross_entropy_with_logits(logits: MatrixExpr, targets: MatrixExpr) -> sp.Expr:
-    """Mean of ``softplus(z) - y z``, which is ``-y log σ(z) - (1 - y) log(1 - σ(z))``."""
+    """Mean of ``softplus(z) - y z``, which is ``-y log σ(z) - (1 - y) log(1 - σ(z))``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
+        >>> y = sp.MatrixSymbol("y", n, 1)
+        >>> loss = symdl.binary_cross_entropy_with_logits(X * w, y)
+        >>> grad = symdl.derive(loss, wrt=[w]).gradient(w)  # X^T (sigmoid(X w) - y)/n
+        >>> values, dims = {"X": [[1.0]], "w": [[0.0]], "y": [[1.0]]}, {n: 1, d: 1}
+        >>> round(float(symdl.evaluate(loss, values, dims)), 4)
+        0.6931
+        >>> symdl.evaluate(grad, values, dims).tolist()
+        [[-0.5]]
+    """
     z = _as_matrix(logits, "binary_cross_entropy_with_logits")
     y = _as_matrix(targets, "binary_cross_entropy_with_logits")
     return mean(softplus(z) - sp.hadamard_product(y, z))
 
 
 def mse(prediction: MatrixExpr, target: MatrixExpr) -> sp.Expr:
-    """Mean squared error over all entries."""
+    """Mean squared error over all entries.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
+        >>> y = sp.MatrixSymbol("y", n, 1)
+        >>> loss = symdl.mse(X * w, y)
+        >>> grad = symdl.derive(loss, wrt=[w]).gradient(w)  # 2 X^T (X w - y)/n
+        >>> values = {"X": [[1.0], [2.0]], "w": [[1.0]], "y": [[0.0], [0.0]]}
+        >>> float(symdl.evaluate(loss, values, {n: 2, d: 1}))
+        2.5
+        >>> symdl.evaluate(grad, values, {n: 2, d: 1}).tolist()
+        [[5.0]]
+    """
     r = _as_matrix(prediction, "mse") - _as_matrix(target, "mse")
     return mean(sp.HadamardPower(r, 2))
 
 
 def sqrt(m: sp.Basic) -> sp.Basic:
-    """Elementwise square root."""
+    """Elementwise square root.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.sqrt(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.sqrt(X), {"X": [[4.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[2.0, 1.4142]]
+    """
     if isinstance(m, MatrixExpr):
         return m.applyfunc(sp.sqrt)
     return sp.sqrt(m)
 
 
 def rsqrt(m: sp.Basic) -> sp.Basic:
-    """Elementwise reciprocal square root ``m^(-1/2)`` (a Hadamard power for matrices)."""
+    """Elementwise reciprocal square root ``m^(-1/2)`` (a Hadamard power for matrices).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.rsqrt(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.rsqrt(X), {"X": [[4.0, 0.25]]}, {n: 1, d: 2}).round(4).tolist()
+        [[0.5, 2.0]]
+    """
     if isinstance(m, MatrixExpr):
         return sp.HadamardPower(m, sp.Rational(-1, 2))
     return 1 / sp.sqrt(m)
@@ -277,7 +494,18 @@ def rsqrt(m: sp.Basic) -> sp.Basic:
 
 def broadcast(m: MatrixExpr, rows: sp.Expr, cols: sp.Expr) -> MatrixExpr:
     """A row ``1 x cols`` repeated over ``rows`` rows, or a column ``rows x 1`` repeated over
-    ``cols`` columns (a product with a ones vector); a matrix of that shape is returned as is."""
+    ``cols`` columns (a product with a ones vector); a matrix of that shape is returned as is.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, k = sp.symbols("n k", integer=True, positive=True)
+        >>> c = sp.MatrixSymbol("c", n, 1)
+        >>> symdl.broadcast(c, n, k).shape
+        (n, k)
+        >>> symdl.evaluate(symdl.broadcast(c, n, k), {"c": [[1.0], [2.0]]}, {n: 2, k: 3}).tolist()
+        [[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    """
     m = _as_matrix(m, "broadcast")
     r, c = m.shape
     if (r, c) == (rows, cols):
@@ -294,7 +522,17 @@ def broadcast(m: MatrixExpr, rows: sp.Expr, cols: sp.Expr) -> MatrixExpr:
 
 def variance(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
     """Biased (population) variance: the mean squared deviation from the mean, of all entries
-    (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``)."""
+    (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> values, dims = {"X": [[1.0, 2.0], [3.0, 6.0]]}, {n: 2, d: 2}
+        >>> symdl.evaluate(symdl.variance(X, axis=0), values, dims).tolist()
+        [[1.0, 4.0]]
+    """
     m = _as_matrix(m, "variance")
     rows, cols = m.shape
     if axis is None:
@@ -309,12 +547,33 @@ def variance(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
 def leaky_relu(m: sp.Basic, slope: sp.Basic | float = 0.01) -> sp.Basic:
     """Elementwise ``x`` for ``x > 0`` and ``slope x`` otherwise, written ``slope x + (1 -
     slope) relu(x)``: ``slope`` may be a scalar symbol, and the derivative at 0 is ``slope``
-    (as PyTorch's)."""
+    (as PyTorch's).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> Y = symdl.leaky_relu(X, slope=0.1)
+        >>> symdl.evaluate(Y, {"X": [[-2.0, 3.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.2, 3.0]]
+    """
     return slope * m + (1 - slope) * relu(m)
 
 
 def gelu(m: sp.Basic) -> sp.Basic:
-    """Elementwise GELU in its tanh form, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    """Elementwise GELU in its tanh form, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.gelu(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.gelu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.1588, 0.8412]]
+    """
     x = sp.Dummy("x")
     body = x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + GELU_CUBIC * x**3)))
     if isinstance(m, MatrixExpr):
@@ -327,19 +586,51 @@ GELU_CUBIC = sp.Rational(44715, 1000000)
 
 
 def floor(m: sp.Basic) -> sp.Basic:
-    """Elementwise floor (the largest integer <= x); its derivative is taken as 0."""
+    """Elementwise floor (the largest integer <= x); its derivative is taken as 0.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.floor(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.floor(X), {"X": [[-0.5, 2.7]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-1.0, 2.0]]
+    """
     return _elementwise(floor_function, m)
 
 
 def absolute(m: sp.Basic) -> sp.Basic:
-    """Elementwise ``|m|``; its derivative at 0 is taken as ``sign(0) = 0`` (a subgradient)."""
+    """Elementwise ``|m|``; its derivative at 0 is taken as ``sign(0) = 0`` (a subgradient).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.absolute(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.absolute(X), {"X": [[-1.5, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[1.5, 2.0]]
+    """
     return _elementwise(sp.Abs, m)
 
 
 def huber(m: sp.Basic, delta: sp.Basic | float = 1) -> sp.Basic:
     """Elementwise Huber function: ``x²/2`` for ``|x| <= delta``, ``delta (|x| - delta/2)``
     beyond, written ``(|x| - e)²/2 + delta e`` with the excess ``e = relu(|x| - delta)``, so
-    ``delta`` may be a scalar symbol and the derivative is ``clip(x, -delta, delta)``."""
+    ``delta`` may be a scalar symbol and the derivative is ``clip(x, -delta, delta)``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> H = symdl.huber(X, delta=1)
+        >>> symdl.evaluate(H, {"X": [[0.5, -3.0]]}, {n: 1, d: 2}).tolist()
+        [[0.125, 2.5]]
+    """
     a = absolute(m)
     delta = sp.sympify(delta)
     if isinstance(m, MatrixExpr):

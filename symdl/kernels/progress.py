@@ -8,7 +8,8 @@ When a first call runs longer than ``PROGRESS_AFTER_S``, symdl logs, on the logg
     compiling kernel <title> (N loops)...
     compiled kernel <title> in X s
 
-Nothing is logged for a call that finishes sooner (a warm Numba cache loads in milliseconds).
+A call that finishes sooner (a warm Numba cache loads in milliseconds) is logged at level
+DEBUG only (``kernel <title> (N loops) ready in X s``).
 Python shows INFO records only where the application configured logging
 (``logging.basicConfig(level=logging.INFO)``); when nothing is configured at all (no handler
 on ``"symdl"`` or the root logger), the two lines go to stderr instead, so that a long wait
@@ -67,5 +68,11 @@ def compile_progress(title: str, loops: int, after_s: float | None = None) -> It
     finally:
         timer.cancel()
         timer.join()
+        elapsed = time.perf_counter() - started
         if reported.is_set():
-            _emit(f"compiled kernel {title} in {time.perf_counter() - started:.1f} s")
+            _emit(f"compiled kernel {title} in {elapsed:.1f} s")
+        else:
+            # Too quick to announce, still worth a record for whoever asks (``symdl -vv``,
+            # the logger at DEBUG): which kernels were built, and what each cost.
+            logger.debug(f"kernel {title} ({loops} loops) ready in {elapsed:.1f} s "
+                         "(compiled, or loaded from the cache)")

@@ -854,6 +854,18 @@ def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = Non
 
     Returns:
         A ``CheckReport``; ``report.raise_if_failed()`` raises ``GradientCheckError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
+        >>> y = sp.MatrixSymbol("y", n, 1)
+        >>> der = symdl.derive(symdl.binary_cross_entropy_with_logits(X * w, y), wrt=[w])
+        >>> report = symdl.check(der, jit=False)  # jit=False: interpreted, no Numba compile
+        >>> report.ok, report.max_rel_error < 1e-6
+        (True, True)
+        >>> report.raise_if_failed()  # GradientCheckError when an output disagrees
     """
     try:
         return _check(target, seed=seed, dtype=dtype, rtol=rtol, atol=atol,
