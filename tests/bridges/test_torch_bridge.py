@@ -1,0 +1,155 @@
+"""The PyTorch bridge: a derived loss inside ``torch.autograd`` (issue 17, item 1).
+
+The oracle is PyTorch's own autograd of the same model written with torch operations, and
+``torch.autograd.gradcheck`` (finite differences in float64).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import symdl
+from symdl import catalog
+from symdl.bridges import BridgeError
+from symdl.bridges import torch as symdl_torch
+
+
+@pytest.fixture(scope="module")
+def mlp_loss():
+    """The shipped two-layer network (tanh, softmax cross-entropy) as a torch function."""
+    return symdl_torch.function(catalog.load("two_layer_mlp").derive())
+
+
+@pytest.fixture(scope="module")
+def logistic_loss():
+    return symdl_torch.function(catalog.load("logistic_regression").derive())
+
+
+def _torch_mlp(X, Y, W1, b1, W2, b2):
+    Z2 = torch.tanh(X @ W1 + b1) @ W2 + b2
+    return -(Y * torch.log_softmax(Z2, dim=1)).sum() / X.shape[0]
+
+
+class Net(torch.nn.Module):
+    """A user's module whose loss comes from the symdl kernel."""
+
+    def __init__(self, loss_fn, d: int, h: int, k: int, dtype: torch.dtype):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.loss_fn = loss_fn
+        self.W1 = torch.nn.Parameter(torch.randn(d, h, generator=g, dtype=dtype) / d ** 0.5)
+        self.b1 = torch.nn.Parameter(torch.zeros(1, h, dtype=dtype))
+        self.W2 = torch.nn.Parameter(torch.randn(h, k, generator=g, dtype=dtype) / h ** 0.5)
+        self.b2 = torch.nn.Parameter(torch.zeros(1, k, dtype=dtype))
+
+    def forward(self, X, Y):
+        return self.loss_fn(X=X, Y=Y, W1=self.W1, b1=self.b1, W2=self.W2, b2=self.b2)
+
+
+def _batch(n: int, d: int, k: int, dtype: torch.dtype, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, d, generator=g, dtype=dtype)
+    Y = torch.nn.functional.one_hot(torch.randint(0, k, (n,), generator=g), k).to(dtype)
+    return X, Y
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_module_trains_like_the_same_model_in_torch(mlp_loss, dtype) -> None:
+    net = Net(mlp_loss, 5, 4, 3, dtype)
+    twin = {name: p.detach().clone().requires_grad_() for name, p in net.named_parameters()
+            if name != "loss_fn"}
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    twin_opt = torch.optim.SGD(twin.values(), lr=0.5)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5
+    X, Y = _batch(7, 5, 3, dtype)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        twin_opt.zero_grad()
+        loss = net(X, Y)
+        want = _torch_mlp(X, Y, **twin)
+        loss.backward()
+        want.backward()
+        assert loss.dtype == dtype and loss.shape == ()
+        losses.append(loss.item())
+        torch.testing.assert_close(loss, want.detach(), rtol=tol, atol=tol)
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(p.grad, twin[name].grad, rtol=tol, atol=tol)
+        opt.step()
+        twin_opt.step()
+    assert all(b < a for a, b in zip(losses, losses[1:], strict=False)), losses
+
+
+def test_gradcheck_in_float64(mlp_loss) -> None:
+    X, Y = _batch(4, 5, 3, torch.float64)
+    g = torch.Generator().manual_seed(3)
+    params = [torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True)
+              for s in [(5, 2), (1, 2), (2, 3), (1, 3)]]
+
+    def loss(W1, b1, W2, b2):
+        return mlp_loss(X=X, Y=Y, W1=W1, b1=b1, W2=W2, b2=b2)
+
+    assert torch.autograd.gradcheck(loss, params)
+
+
+def test_only_inputs_that_require_grad_get_one_and_the_output_is_scaled(logistic_loss) -> None:
+    rng = np.random.default_rng(0)
+    X = torch.tensor(rng.normal(size=(6, 3)))
+    y = rng.uniform(size=(6, 1))   # a NumPy array is data: passed through
+    w = torch.tensor(rng.normal(size=(3, 1)), requires_grad=True)
+    (3.0 * logistic_loss(X=X, w=w, y=y)).backward()
+    w_twin = w.detach().clone().requires_grad_()
+    z = X @ w_twin
+    (3.0 * (torch.nn.functional.softplus(z) - torch.tensor(y) * z).mean()).backward()
+    torch.testing.assert_close(w.grad, w_twin.grad, rtol=1e-12, atol=1e-14)
+    assert X.grad is None
+
+
+def test_second_derivatives_raise_a_typed_error(logistic_loss) -> None:
+    X, y = torch.ones(4, 2, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)
+    w = torch.full((2, 1), 0.3, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(logistic_loss(X=X, w=w, y=y), w, create_graph=True)
+    with pytest.raises(BridgeError, match="second derivatives"):
+        g.sum().backward()
+
+
+def test_bad_arguments_raise_typed_errors(logistic_loss) -> None:
+    X, y = torch.ones(4, 2, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)
+    w = torch.zeros(2, 1, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(BridgeError, match="X requires grad.*wrt"):
+        logistic_loss(X=X.clone().requires_grad_(), w=w, y=y)
+    with pytest.raises(BridgeError, match="on meta.*cpu"):
+        logistic_loss(X=X.to("meta"), w=w, y=y)
+    with pytest.raises(BridgeError, match="float16.*double"):
+        logistic_loss(X=X.half(), w=w, y=y)
+    with pytest.raises(symdl.KernelArgumentError, match="missing arguments \\['y'\\]"):
+        logistic_loss(X=X, w=w)
+    with pytest.raises(symdl.KernelArgumentError, match="unexpected arguments \\['v'\\]"):
+        logistic_loss(X=X, w=w, y=y, v=y)
+    with pytest.raises(symdl.KernelArgumentError, match="w"):
+        logistic_loss(X=X, w=w[:1], y=y)
+
+
+def test_import_symdl_imports_neither_framework() -> None:
+    code = ("import sys, symdl, symdl.bridges; bridges = symdl.bridges; "
+            "print(sorted({'torch', 'jax'} & set(sys.modules)))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2])
+    assert run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_only_scalar_derivations_bridge() -> None:
+    import sympy as sp
+
+    n = sp.Symbol("n", integer=True, positive=True)
+    A = sp.MatrixSymbol("A", n, 2)
+    with pytest.raises(BridgeError, match="scalar definition"):
+        symdl_torch.function(symdl.derive(symdl.tanh(A), wrt=[A]))
+    with pytest.raises(BridgeError, match="symdl.Derivation"):
+        symdl_torch.function("two_layer_mlp")
