@@ -459,6 +459,14 @@ class Derivation:
     def _repr_latex_(self) -> str:
         return "$$" + self.to_latex() + "$$"
 
+    def _repr_html_(self) -> str:
+        from symdl.printing.html import derivation_html
+
+        return derivation_html(
+            self.title, {symbol_name(p): _parameter_shape(p) for p in self.wrt},
+            {name: leaf.shape for name, leaf in self.leaves.items()}, self.output.shape,
+            self.to_latex())
+
 
 def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:
     """Torch tensors among ``values`` as NumPy arrays (see ``symdl.kernels.kernel.as_numpy``)."""
