@@ -13,6 +13,7 @@ import numpy as np
 import sympy as sp
 
 from symdl.bridges import BridgeError
+from symdl.define.symbols import symbol_name
 from symdl.derivation import Derivation
 from symdl.errors import KernelArgumentError
 from symdl.kernels.kernel import Kernel
@@ -101,7 +102,9 @@ def bridge(der: object, *, framework: str) -> Bridge:
             f"symdl.bridges.{framework}.function needs a scalar definition (a loss): its "
             f"backward pass is the derived gradient, and this definition has shape "
             f"{der.output.shape}; reduce it to a scalar (symdl.mean, symdl.total)")
-    kernel = der.compile()
+    # Only what a first-order backward pass reads: not the Hessian blocks the derivation
+    # may also hold (hessian=True), which would cost compile time and work at every call.
+    kernel = der.compile(outputs=["value"] + [f"grad:{symbol_name(p)}" for p in der.wrt])
     names = tuple(kernel.input_names)
     shapes = {name: tuple(shape) for name, shape in kernel.inputs.items()}
     parameters = frozenset(name.partition(":")[2] for name in kernel.output_names

@@ -153,3 +153,8 @@ def test_only_scalar_derivations_bridge() -> None:
         symdl_torch.function(symdl.derive(symdl.tanh(A), wrt=[A]))
     with pytest.raises(BridgeError, match="symdl.Derivation"):
         symdl_torch.function("two_layer_mlp")
+
+
+def test_the_bridge_kernel_computes_value_and_gradients_only(logistic_loss) -> None:
+    # logistic_regression derives its Hessian too; a backward pass never reads it.
+    assert sorted(logistic_loss.kernel.output_names) == ["grad:w", "value"]
