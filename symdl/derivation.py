@@ -29,6 +29,7 @@ from symdl.printing.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
     from symdl.kernels.kernel import Kernel
+    from symdl.printing.numpy_functions import NumpyFunctions
 
 Definition = sp.Basic | Sequence[tuple[sp.Basic, sp.Basic]]
 Parameter = sp.Symbol | sp.MatrixSymbol | sp.IndexedBase
@@ -438,6 +439,36 @@ class Derivation:
                             f"dimension {dim} is {sizes[dim]} in one array and {size} in {name}"
                         )
         return sizes
+
+    def lambdify(self) -> NumpyFunctions:
+        """Plain NumPy functions (no Numba) of the value, each gradient and the Hessian
+        blocks computed so far, made by ``sympy.lambdify`` from the printed results.
+
+        Each takes every input by the name of its symbol and infers the dimension sizes from
+        the arrays: ``f = der.lambdify(); f.grad["w"](X=X, w=w, y=y)``; ``f(X=..., ...)``
+        gives them all by output name (``"value"``, ``"grad:w"``, ``"hessian:w,w"``).
+        A four-index Hessian block is filled entry by entry (small sizes); compile the
+        derivation for speed.
+
+        Raises:
+            EvaluationError: when called with a missing, unknown or misshapen input.
+        """
+        from symdl.printing.numpy_functions import numpy_functions
+
+        shapes: dict[str, tuple] = {"value": self.output.shape}
+        grads, hessians = {}, {}
+        if self.is_scalar:
+            for p in self.wrt:
+                grads[symbol_name(p)] = self.gradient(p)
+                shapes[f"grad:{symbol_name(p)}"] = _parameter_shape(p)
+        for (p, q), node in self._hessians.items():
+            names = (symbol_name(p), symbol_name(q))
+            hessians[names] = self.hessian(p, q)
+            shapes["hessian:{},{}".format(*names)] = squeeze(node).shape
+        symbols = {name: leaf.symbol for name, leaf in self.leaves.items()}
+        symbols.update({symbol_name(p): p for p in self.wrt})
+        return numpy_functions(self._print(self.output, True), grads, hessians, symbols,
+                               shapes)
 
     @property
     def leaves(self) -> dict[str, ir.Leaf]:
