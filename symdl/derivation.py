@@ -25,6 +25,7 @@ from symdl.ir import rewrites
 from symdl.ir.evaluate import evaluate as evaluate_nodes
 from symdl.ir.naming import auto_name, names_too_large
 from symdl.kernels.compilable import check_compilable
+from symdl.primitives.sympy_results import lambdifiable
 from symdl.printing.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
@@ -389,8 +390,9 @@ class Derivation:
         return (" -> ".join(names) + ": " if names else "") + text
 
     def definitions(self) -> list[Equation]:
-        """The forward equations: each named intermediate and its definition."""
-        return [Equation(s, d) for s, d in self.steps if s is not None]
+        """The forward equations: each named intermediate and its definition (in the classes
+        ``sympy.lambdify`` accepts: ``tanh(Z1)``, not ``Lambda(_d, tanh(_d)).(Z1)``)."""
+        return [Equation(s, lambdifiable(d)) for s, d in self.steps if s is not None]
 
     def equations(self) -> list[Equation]:
         """The reverse-mode equations in the order backprop computes them: one adjoint per
