@@ -158,3 +158,21 @@ def test_only_scalar_derivations_bridge() -> None:
 def test_the_bridge_kernel_computes_value_and_gradients_only(logistic_loss) -> None:
     # logistic_regression derives its Hessian too; a backward pass never reads it.
     assert sorted(logistic_loss.kernel.output_names) == ["grad:w", "value"]
+
+
+def test_scalar_parameters_and_numbers() -> None:
+    import sympy as sp
+
+    n = sp.Symbol("n", integer=True, positive=True)
+    x, s, c = sp.MatrixSymbol("x", n, 1), sp.Symbol("s", real=True), sp.Symbol("c", real=True)
+    loss_fn = symdl_torch.function(symdl.derive(symdl.mean(symdl.tanh(s * x)) * c, wrt=[s]))
+    xs = torch.linspace(-1, 2, 5, dtype=torch.float64).reshape(5, 1)
+    scale = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    twin = scale.detach().clone().requires_grad_()
+    loss = loss_fn(x=xs, s=scale, c=2.0)   # a number for a scalar input that is not trained
+    loss.backward()
+    want = torch.tanh(twin * xs).mean() * 2.0
+    want.backward()
+    torch.testing.assert_close(loss, want.detach(), rtol=1e-14, atol=0)
+    assert scale.grad.shape == () and scale.grad.item() == pytest.approx(twin.grad.item(),
+                                                                         rel=1e-13)
