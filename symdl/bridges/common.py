@@ -7,7 +7,7 @@ concrete shapes this module works with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import sympy as sp
@@ -34,6 +34,8 @@ class Bridge:
     names: tuple[str, ...]
     parameters: frozenset[str]
     shapes: Mapping[str, tuple]
+    derivation: Derivation
+    _hvp_kernel: list[Kernel] = field(default_factory=list, repr=False)
 
     def ordered(self, arguments: Mapping[str, object]) -> list[object]:
         """The arguments in ``names`` order; a missing or unknown name is a typed error."""
@@ -86,6 +88,24 @@ class Bridge:
         return value, grads
 
 
+    def hvp(self, arrays: Mapping[str, object], directions: Mapping[str, np.ndarray]
+            ) -> dict[str, np.ndarray]:
+        """``Σ_q H[p, q] v_q`` for every parameter ``p``, at the inputs ``arrays`` along
+        ``directions`` (one per parameter, shaped like it), by the Hessian-vector-product
+        kernel (compiled on first use: only second-order callers pay for it)."""
+        if not self._hvp_kernel:
+            self._hvp_kernel.append(self.derivation.compile(
+                hvp=True, outputs=[f"hvp:{p}" for p in sorted(self.parameters)]))
+        kernel = self._hvp_kernel[0]
+        inputs = dict(arrays)
+        inputs.update({kernel.hvp_inputs[p]: v for p, v in directions.items()})
+        # The HVP may read fewer inputs than the loss (y drops out of a GLM's Hessian).
+        result = kernel.run({name: inputs[name] for name in kernel.input_names})
+        dtype = np.asarray(next(iter(directions.values()))).dtype
+        return {p: np.asarray(h, dtype=dtype).reshape(np.shape(arrays[p]))
+                for p, h in result.hvp.items()}
+
+
 def bridge(der: object, *, framework: str) -> Bridge:
     """Compiles the value-and-gradient kernel of a scalar derivation for a framework.
 
@@ -109,7 +129,7 @@ def bridge(der: object, *, framework: str) -> Bridge:
     shapes = {name: tuple(shape) for name, shape in kernel.inputs.items()}
     parameters = frozenset(name.partition(":")[2] for name in kernel.output_names
                            if name.startswith("grad:"))
-    return Bridge(kernel, names, parameters, shapes)
+    return Bridge(kernel, names, parameters, shapes, der)
 
 
 def concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:

@@ -9,12 +9,16 @@
 The forward pass runs the compiled value-and-gradient kernel once and keeps the gradients;
 the backward pass multiplies them by the incoming gradient. Inputs that require grad must be
 parameters of the derivation (its ``wrt``); the others get ``None``. Tensors live on the CPU,
-all in float64 or all in float32. Second derivatives (``create_graph=True`` then a second
-``backward``) raise ``BridgeError``: use ``der.compile(hvp=True)`` or ``der.hessian``.
+all in float64 or all in float32. Second derivatives (``backward(create_graph=True)`` then a
+second ``backward``: Hessian-vector products, gradient penalties, ``gradgradcheck``) run the
+Hessian-vector-product kernel, compiled on first use; third derivatives, and
+``torch.autograd.functional.hvp``/``hessian`` (which differentiate a double backward once
+more), raise ``BridgeError``.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from symdl.bridges import BridgeError
@@ -109,38 +113,74 @@ class _KernelFunction(torch.autograd.Function):
         ctx.grads = [torch.from_numpy(grads[name]) if want else None
                      for name, want in zip(bridge_.names, wanted, strict=True)]
         ctx.save_for_backward(*[a if w else None for a, w in zip(args, wanted, strict=True)])
+        ctx.bridge, ctx.arrays = bridge_, arrays  # for a second derivative (HVP kernel)
         return torch.from_numpy(value)
 
     @staticmethod
     def backward(ctx, grad_output: torch.Tensor):
-        if torch.is_grad_enabled():
-            # backward(create_graph=True): the saved gradients are numbers, not functions of
-            # the inputs, so a second derivative through them would be silently zero. The
-            # result goes through a function whose own backward says so.
-            inputs = ctx.saved_tensors
-            present = [g is not None for g in ctx.grads]
-            scaled = _FirstOrderOnly.apply(
-                grad_output, [g for g in ctx.grads if g is not None],
-                *[x for x, p in zip(inputs, present, strict=True) if p])
-            scaled = iter(scaled if isinstance(scaled, tuple) else (scaled,))
-            return (None, *[next(scaled) if p else None for p in present])
-        return (None, *[None if g is None else g * grad_output for g in ctx.grads])
+        if not torch.is_grad_enabled():
+            return (None, *[None if g is None else g * grad_output for g in ctx.grads])
+        # backward(create_graph=True): the gradients must themselves be differentiable in
+        # the parameters, through the Hessian-vector-product kernel.
+        present = [g is not None for g in ctx.grads]
+        inputs = [x for x, p in zip(ctx.saved_tensors, present, strict=True) if p]
+        names = [n for n, p in zip(ctx.bridge.names, present, strict=True) if p]
+        scaled = _Gradients.apply(ctx.bridge, ctx.arrays, names,
+                                  [g for g in ctx.grads if g is not None], grad_output, *inputs)
+        scaled = iter(scaled)
+        return (None, *[next(scaled) if p else None for p in present])
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """The first-order gradients as a function of the inputs that refuses to be differentiated
-    again (the kernels have no second-order backward)."""
+class _Gradients(torch.autograd.Function):
+    """The scaled gradients ``grad_output * g_p`` as a function of ``grad_output`` and the
+    parameters: its backward is ``Σ_p <g_p, v_p>`` for ``grad_output`` and the
+    Hessian-vector products ``grad_output * Σ_q H[p, q] v_q`` for the parameters."""
 
     @staticmethod
-    def forward(ctx, grad_output: torch.Tensor, grads: list[torch.Tensor], *inputs):
+    def forward(ctx, bridge_: Bridge, arrays: dict, names: list[str],
+                grads: list[torch.Tensor], grad_output: torch.Tensor, *inputs: torch.Tensor):
+        ctx.bridge, ctx.arrays, ctx.names = bridge_, arrays, names
+        ctx.save_for_backward(grad_output, *grads, *inputs)
         return tuple(g * grad_output for g in grads)
+
+    @staticmethod
+    def backward(ctx, *directions: torch.Tensor):
+        saved = ctx.saved_tensors
+        grad_output, grads = saved[0], saved[1:1 + len(ctx.names)]
+        inputs = saved[1 + len(ctx.names):]
+        bridge_: Bridge = ctx.bridge
+        by_name = {n: v.detach().numpy() for n, v in zip(ctx.names, directions, strict=True)}
+        dtype = grads[0].numpy().dtype
+        v = {p: by_name.get(p, np.zeros(np.shape(ctx.arrays[p]), dtype=dtype))
+             for p in bridge_.parameters}
+        hvp = bridge_.hvp(ctx.arrays, v)
+        d_output = sum((g * d.detach()).sum() for g, d in zip(grads, directions, strict=True))
+        d_output = d_output.reshape(grad_output.shape)
+        d_inputs = [torch.from_numpy(hvp[n]) * grad_output.detach() for n in ctx.names]
+        if torch.is_grad_enabled():
+            # A third derivative would differentiate numbers: refuse rather than give 0.
+            d_output, *d_inputs = _ThirdOrderRefused.apply(
+                [d_output, *d_inputs], grad_output, *directions, *inputs)
+        return (None, None, None, None, d_output, *d_inputs)
+
+
+class _ThirdOrderRefused(torch.autograd.Function):
+    """Second derivatives, as a function of what they depend on, that refuses to be
+    differentiated again (there are no third-order kernels)."""
+
+    @staticmethod
+    def forward(ctx, results: list[torch.Tensor], *depends_on: torch.Tensor):
+        return tuple(r.clone() for r in results)
 
     @staticmethod
     def backward(ctx, *_):
         raise BridgeError(
-            "second derivatives through symdl.bridges.torch are not supported (the backward "
-            "pass is the derived gradient, computed once): for Hessians or Hessian-vector "
-            "products use der.compile(hvp=True) or der.hessian(...)")
+            "third derivatives through symdl.bridges.torch are not supported: the second "
+            "derivatives come from the Hessian-vector-product kernel, which is not "
+            "differentiated again. torch.autograd.functional.hvp and .hessian differentiate "
+            "a double backward once more (the double-backward trick); compute a "
+            "Hessian-vector product as torch.autograd.grad(torch.autograd.grad(loss, w, "
+            "create_graph=True), w, grad_outputs=v) instead")
 
 
 __all__ = ["SymdlFunction", "function"]

@@ -111,12 +111,45 @@ def test_only_inputs_that_require_grad_get_one_and_the_output_is_scaled(logistic
     assert X.grad is None
 
 
-def test_second_derivatives_raise_a_typed_error(logistic_loss) -> None:
-    X, y = torch.ones(4, 2, dtype=torch.float64), torch.ones(4, 1, dtype=torch.float64)
-    w = torch.full((2, 1), 0.3, dtype=torch.float64, requires_grad=True)
+def _hvp(loss, params: list[torch.Tensor], directions: list[torch.Tensor]):
+    """The Hessian-vector product by double backward (no forward-over-reverse)."""
+    params = [p.detach().clone().requires_grad_() for p in params]
+    grads = torch.autograd.grad(loss(*params), params, create_graph=True)
+    return torch.autograd.grad(grads, params, grad_outputs=directions)
+
+
+def test_second_derivatives_run_the_hvp_kernel_and_match_torch(mlp_loss) -> None:
+    X, Y = _batch(6, 4, 3, torch.float64)
+    g = torch.Generator().manual_seed(5)
+    shapes = [(4, 3), (1, 3), (3, 3), (1, 3)]
+    params = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    directions = [torch.randn(*s, generator=g, dtype=torch.float64) for s in shapes]
+    got = _hvp(lambda W1, b1, W2, b2: mlp_loss(X=X, Y=Y, W1=W1, b1=b1, W2=W2, b2=b2),
+               params, directions)
+    want = _hvp(lambda *p: _torch_mlp(X, Y, *p), params, directions)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    # A gradient penalty on one parameter: the others are data there (directions zero).
+    W1 = params[0].clone().requires_grad_()
+    W1_twin = params[0].clone().requires_grad_()
+    (gW1,) = torch.autograd.grad(mlp_loss(X=X, Y=Y, W1=W1, b1=params[1], W2=params[2],
+                                          b2=params[3]), W1, create_graph=True)
+    (gW1 ** 2).sum().backward()
+    (want_g,) = torch.autograd.grad(_torch_mlp(X, Y, W1_twin, *params[1:]), W1_twin,
+                                    create_graph=True)
+    (want_g ** 2).sum().backward()
+    torch.testing.assert_close(W1.grad, W1_twin.grad, rtol=1e-12, atol=1e-14)
+
+
+def test_gradgradcheck_and_third_derivatives_raise(logistic_loss) -> None:
+    rng = np.random.default_rng(4)
+    X, y = torch.tensor(rng.normal(size=(5, 3))), torch.tensor(rng.uniform(size=(5, 1)))
+    w = torch.tensor(rng.normal(size=(3, 1)), requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda w: logistic_loss(X=X, w=w, y=y), (w,))
     (g,) = torch.autograd.grad(logistic_loss(X=X, w=w, y=y), w, create_graph=True)
-    with pytest.raises(BridgeError, match="second derivatives"):
-        g.sum().backward()
+    (h,) = torch.autograd.grad(g.sum(), w, create_graph=True)
+    with pytest.raises(BridgeError, match="third derivatives.*grad_outputs=v"):
+        h.sum().backward()
 
 
 def test_bad_arguments_raise_typed_errors(logistic_loss) -> None:
