@@ -12,7 +12,8 @@ keeps the gradients as residuals; the backward pass scales them by the cotangent
 Differentiating with respect to an input that is not a parameter of the derivation (not in
 its ``wrt``) raises ``BridgeError`` when the function is traced, rather than give a zero.
 Arrays are all float32 (JAX's default) or all float64 (``jax_enable_x64``). Second
-derivatives (``jax.hessian``) are not supported: the backward pass is not differentiable.
+derivatives (``jax.hessian``, a grad of a grad) are not supported: JAX stops them with
+"Pure callbacks do not support JVP" (the PyTorch bridge has them, through the HVP kernel).
 """
 
 from __future__ import annotations
