@@ -16,6 +16,15 @@ from symdl.bridges import BridgeError
 from symdl.bridges import jax as symdl_jax
 
 
+def _x64():
+    """float64 within a block (``jax.enable_x64`` from JAX 0.8, experimental before)."""
+    if hasattr(jax, "enable_x64"):
+        return jax.enable_x64(True)
+    from jax.experimental import enable_x64
+
+    return enable_x64()
+
+
 @pytest.fixture(scope="module")
 def mlp_loss():
     return symdl_jax.function(catalog.load("two_layer_mlp").derive())
@@ -62,7 +71,7 @@ def test_float64_and_a_scaled_cotangent() -> None:
     # (float64 on the small model: each dtype is a Numba compile of its own.)
     loss_fn = symdl_jax.function(catalog.load("logistic_regression").derive())
     rng = np.random.default_rng(3)
-    with jax.enable_x64(True):
+    with _x64():
         X = jnp.asarray(rng.normal(size=(6, 3)))
         y = jnp.asarray(rng.uniform(size=(6, 1)))
         w = jnp.asarray(rng.normal(size=(3, 1)))
