@@ -12,6 +12,8 @@ or an earlier one (``tests/test_layout.py`` reads the import graph and holds thi
     kernels/     6. IR -> plan -> Numba source -> cached, jitted Kernel
     derivation   7. ``derive`` and ``Derivation``: the public face over stages 1-6
     training     7. fused training steps over a Derivation
+    bridges/     7. a derivation's loss as a PyTorch or JAX function (imports its framework
+                    only when used: ``symdl.bridges.torch``, ``symdl.bridges.jax``)
     verify/      8. every kernel against finite differences and a reference
     report/      9. the demo and its LaTeX report
     catalog, cli 10. the shipped derivations by name, the ``symdl`` command
@@ -74,6 +76,16 @@ for _name, _module in {"optimizers": optimizers, "schedules": schedules,
                        "vocabulary": vocabulary, "latex": latex}.items():
     _sys.modules.setdefault(f"{__name__}.{_name}", _module)
 del _name, _module
+
+
+def __getattr__(name: str) -> object:
+    # ``symdl.bridges`` on first use, so that ``import symdl`` imports neither torch nor jax.
+    if name == "bridges":
+        import importlib
+
+        return importlib.import_module("symdl.bridges")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "latex", "optimizers", "schedules", "vocabulary",

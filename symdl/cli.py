@@ -304,7 +304,7 @@ def _progress(targets: list[str]):
     if len(targets) < 2:
         return targets
     try:
-        from tqdm import tqdm
+        from tqdm.auto import tqdm
     except ImportError:
         def lines():
             for k, target in enumerate(targets, 1):

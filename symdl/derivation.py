@@ -25,10 +25,12 @@ from symdl.ir import rewrites
 from symdl.ir.evaluate import evaluate as evaluate_nodes
 from symdl.ir.naming import auto_name, names_too_large
 from symdl.kernels.compilable import check_compilable
+from symdl.primitives.sympy_results import lambdifiable
 from symdl.printing.to_sympy import IndexForm, SympyPrinter, squeeze
 
 if TYPE_CHECKING:
     from symdl.kernels.kernel import Kernel
+    from symdl.printing.numpy_functions import NumpyFunctions
 
 Definition = sp.Basic | Sequence[tuple[sp.Basic, sp.Basic]]
 Parameter = sp.Symbol | sp.MatrixSymbol | sp.IndexedBase
@@ -388,8 +390,9 @@ class Derivation:
         return (" -> ".join(names) + ": " if names else "") + text
 
     def definitions(self) -> list[Equation]:
-        """The forward equations: each named intermediate and its definition."""
-        return [Equation(s, d) for s, d in self.steps if s is not None]
+        """The forward equations: each named intermediate and its definition (in the classes
+        ``sympy.lambdify`` accepts: ``tanh(Z1)``, not ``Lambda(_d, tanh(_d)).(Z1)``)."""
+        return [Equation(s, lambdifiable(d)) for s, d in self.steps if s is not None]
 
     def equations(self) -> list[Equation]:
         """The reverse-mode equations in the order backprop computes them: one adjoint per
@@ -439,6 +442,36 @@ class Derivation:
                         )
         return sizes
 
+    def lambdify(self) -> NumpyFunctions:
+        """Plain NumPy functions (no Numba) of the value, each gradient and the Hessian
+        blocks computed so far, made by ``sympy.lambdify`` from the printed results.
+
+        Each takes every input by the name of its symbol and infers the dimension sizes from
+        the arrays: ``f = der.lambdify(); f.grad["w"](X=X, w=w, y=y)``; ``f(X=..., ...)``
+        gives them all by output name (``"value"``, ``"grad:w"``, ``"hessian:w,w"``).
+        A four-index Hessian block is filled entry by entry (small sizes); compile the
+        derivation for speed.
+
+        Raises:
+            EvaluationError: when called with a missing, unknown or misshapen input.
+        """
+        from symdl.printing.numpy_functions import numpy_functions
+
+        shapes: dict[str, tuple] = {"value": self.output.shape}
+        grads, hessians = {}, {}
+        if self.is_scalar:
+            for p in self.wrt:
+                grads[symbol_name(p)] = self.gradient(p)
+                shapes[f"grad:{symbol_name(p)}"] = _parameter_shape(p)
+        for (p, q), node in self._hessians.items():
+            names = (symbol_name(p), symbol_name(q))
+            hessians[names] = self.hessian(p, q)
+            shapes["hessian:{},{}".format(*names)] = squeeze(node).shape
+        symbols = {name: leaf.symbol for name, leaf in self.leaves.items()}
+        symbols.update({symbol_name(p): p for p in self.wrt})
+        return numpy_functions(self._print(self.output, True), grads, hessians, symbols,
+                               shapes)
+
     @property
     def leaves(self) -> dict[str, ir.Leaf]:
         """Every array and scalar the definition reads, by name."""
@@ -458,6 +491,14 @@ class Derivation:
 
     def _repr_latex_(self) -> str:
         return "$$" + self.to_latex() + "$$"
+
+    def _repr_html_(self) -> str:
+        from symdl.printing.html import derivation_html
+
+        return derivation_html(
+            self.title, {symbol_name(p): _parameter_shape(p) for p in self.wrt},
+            {name: leaf.shape for name, leaf in self.leaves.items()}, self.output.shape,
+            self.to_latex())
 
 
 def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:

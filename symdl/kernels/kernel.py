@@ -210,6 +210,13 @@ class Kernel:
         path.write_text(self._source.text, encoding="utf-8")
         return path
 
+    def _repr_html_(self) -> str:
+        from symdl.printing.html import kernel_html
+
+        return kernel_html(self._title, self.inputs,
+                           {name: self._plan.roots[name].shape for name in self.output_names},
+                           [type(step).__name__ for step in self._plan.steps], self.hvp_inputs)
+
     def _dims_and_arrays(self, arrays: Mapping[str, object]):
         expected = set(self._source.inputs)
         missing = sorted(expected - set(arrays))

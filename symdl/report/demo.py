@@ -171,7 +171,7 @@ class _Progress:
         self.bar = None
         if enabled:
             try:
-                from tqdm import tqdm
+                from tqdm.auto import tqdm
             except ImportError:
                 tqdm = None
             if tqdm is not None:

@@ -206,6 +206,15 @@ class CheckReport:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str:
+        from symdl.printing.html import check_report_html
+
+        text = str(self).splitlines()
+        return check_report_html(
+            text[0], self.ok, self.summary(),
+            [(k.output, k.parameter, k.method, k.reason) for k in self.skipped],
+            [line.strip() for line in text if line.startswith("  FAILED")], self.notes)
+
     def to_dict(self) -> dict:
         """Everything in the report as JSON-able data."""
         return {"ok": self.ok, "max_rel_error": self.max_rel_error, "dtype": self.dtype,

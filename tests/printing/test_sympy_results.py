@@ -208,3 +208,28 @@ def test_results_print_readably_in_latex_and_plain_text() -> None:
     assert plain(grad) == "(X^T*(sigmoid(X*w) - y))/n"
     assert "sigmoid(X*w)" in sp.pretty(grad) and "↦" not in sp.pretty(grad)
     assert plain(der.hessian(s["w"])) == "(X^T*diag((1_n - sigmoid(X*w)) ⊙ sigmoid(X*w))*X)/n"
+
+
+@pytest.mark.parametrize("name", ["two_layer_mlp", "layer_batchnorm", "layer_attention",
+                                  "loss_gaussian_nll"])
+def test_backprop_equations_lambdify_step_by_step(name: str) -> None:
+    """The other printed results, ``der.definitions()`` and ``der.equations()``: each step
+    lambdified on its own and run in order (forward, then backprop) ends in the gradients
+    that ``symdl.evaluate`` computes from the IR (issue 17, item 2)."""
+    entry = registry.load(name)
+    der = entry.derive()
+    values, dims = _inputs(der, np.random.default_rng(5), {"default": 2, "n": 3},
+                           entry.module)
+    env = {**{str(d): size for d, size in dims.items()}, **values}
+    for symbol, expr in [*der.definitions(), *der.equations()]:
+        assert not isinstance(expr, symdl.IndexForm), f"{name}: {symbol} has no matrix form"
+        assert not UNREADABLE.search(str(expr)), f"{name} {symbol}: {expr}"
+        args = _arguments(expr, getattr(symbol, "shape", ()))
+        got = sp.lambdify(args, expr, "numpy")(*[env[str(getattr(a, "name", a))]
+                                                 for a in args])
+        env[str(symbol.name)] = np.broadcast_to(got, tuple(
+            int(sp.sympify(s).subs(dims)) for s in getattr(symbol, "shape", ())))
+    want = der.evaluate(values, dims)
+    for p in der.wrt:
+        np.testing.assert_allclose(env[f"d{p.name}"], want[f"grad:{p.name}"], rtol=1e-10,
+                                   atol=1e-12, err_msg=f"{name} d{p.name}")
