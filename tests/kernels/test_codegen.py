@@ -22,7 +22,7 @@ import pytest
 import sympy as sp
 
 import symdl
-from symdl import catalog
+from symdl import catalog, ir
 from symdl.kernels import codegen
 from symdl.kernels.plan import plan
 
@@ -79,3 +79,71 @@ def test_golden_kernel_source(name: str) -> None:
     assert text == path.read_text(), (
         f"the generated kernel of {name} changed: review the diff, then run with "
         "SYMDL_UPDATE_GOLDEN=1 to accept it")
+
+
+# -- unit tests of the generator on hand-built plans ------------------------------------------
+
+n, d, h = sp.symbols("n d h", integer=True, positive=True)
+x0 = sp.Symbol("x0", real=True)
+
+
+def _leaf(name: str, *dims) -> ir.Leaf:
+    return ir.leaf(name, dims, sp.MatrixSymbol(name, *dims))
+
+
+def _generator(outputs: dict[str, ir.Node], leaves: list[ir.Leaf]) -> codegen.Generator:
+    return codegen.Generator(plan(outputs), leaves, "unit")
+
+
+def _function(source: str, name: str) -> str:
+    """The text of the generated function ``name`` (up to the next blank line)."""
+    start = source.index(f"def {name}(")
+    return source[start:source.index("\n\n", start)]
+
+
+def test_a_transposed_product_is_one_blas_call_on_the_arrays_as_given() -> None:
+    X, W = _leaf("X", n, d), _leaf("W", n, h)  # noqa: N806 - math names
+    product = ir.einsum([X, W], [(1, 0), (1, 2)], (0, 2))  # X^T W
+    gen = _generator({"out": product}, [X, W])
+    (step,) = gen.plan.steps
+    assert step.emit(gen, 0) == ["np.dot(a1.T, a0, out0)"]  # arguments by name: W is a0
+
+
+def test_an_update_written_in_place_writes_through_the_input_array() -> None:
+    """The in-place variant is generated from the loop (no rewriting of its text): every
+    store and read of the output goes through the input's array ``a0``."""
+    p, g = _leaf("p", n, 1), _leaf("g", n, 1)
+    update = ir.add(p, ir.scale(g, sp.Rational(-1, 10)))
+    source = codegen.generate(plan({"p": update}), [p, g], "sgd")
+    assert source.in_place == ["p"]
+    plain, through = _function(source.text, "_loop0"), _function(source.text, "_loop0_inplace")
+    assert "out0[i0, 0] = " in plain and "a1[i0, 0] = " not in plain
+    assert "a1[i0, 0] = " in through and "out0[" not in through
+    assert through.replace("a1[i0, 0] = ", "out0[i0, 0] = ").replace(
+        "_loop0_inplace(", "_loop0(") == plain
+
+
+def test_loop_code_of_a_reduction_accumulates_then_stores() -> None:
+    X = _leaf("X", n, d)  # noqa: N806 - a math name
+    values = ir.map_(sp.Lambda((x0,), sp.exp(x0)), X)
+    total = ir.einsum([values], [(0, 1)], ())
+    gen = _generator({"value": total}, [X])
+    (group,) = gen.plan.steps
+    code = gen.loop_code(group, ["i0", "i1"], {})
+    assert code.before == ["acc0 = 0.0"]
+    assert code.body[-1] == "acc0 += t0"
+    assert code.after == ["out0[0] = acc0"]
+    assert code.arrays == {"a0", "out0"}
+    through = gen.loop_code(group, ["i0", "i1"], {}, write_through={"out0": "a0"})
+    assert through.after == ["a0[0] = acc0"] and through.body == code.body
+
+
+def test_the_module_docstring_counts_the_steps_and_their_operations() -> None:
+    X, W = _leaf("X", n, d), _leaf("W", d, h)  # noqa: N806 - math names
+    z = ir.einsum([X, W], [(0, 1), (1, 2)], (0, 2))
+    text = codegen.generate(plan({"p": ir.softmax(z, 1)}), [X, W], "softmax").text
+    assert "Steps: 3 (1 BLAS products, 1 fused loops, 1 softmax row passes)" in text
+    # X W: 2 n d h; the row statistics: 4 n h; softmax: 3 per entry.
+    line = text.split("Floating-point operations, about: ")[1].split("\n")[0]
+    flops = sp.sympify(line, locals={"n": n, "d": d, "h": h})
+    assert sp.expand(flops - (2 * n * d * h + 4 * n * h + 3 * n * h)) == 0
