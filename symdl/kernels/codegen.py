@@ -14,6 +14,7 @@ Each step of the plan emits its own code (``Step.emit`` in ``symdl.kernels.steps
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -24,6 +25,7 @@ from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
 from symdl.kernels.rules import RuleTable
 from symdl.kernels.scalar_code import CHECK, FASTMATH, HELPERS, ScalarPrinter
+from symdl.kernels.steps import STEP_KINDS
 
 
 @dataclass
@@ -355,8 +357,10 @@ class Generator:
 
     def _docstring(self, inputs: list[str]) -> str:
         steps = self.plan.steps
-        n_blas = sum(step.summary == "blas" for step in steps)
-        n_loops = sum(step.summary == "loop" for step in steps)
+        counts = Counter(step.summary for step in steps)
+        # Each kind by its own name (a row stream or a solve is no softmax pass).
+        kinds = ", ".join(f"{counts[kind.summary]} {kind.summary}" for kind in STEP_KINDS
+                          if counts[kind.summary])
         flops = sp.expand(sp.Add(*(step.flops() for step in steps)))
         # ascii() keeps quotes: a name holding three double quotes would close the docstring.
         return "\n".join([
@@ -366,8 +370,7 @@ class Generator:
             "Arguments (a0, a1, ...): " + ", ".join(ascii(n) for n in inputs),
             "Outputs (out0, out1, ...): " + ", ".join(ascii(n) for n in self.outputs),
             "Dimensions (n0, n1, ...): " + ", ".join(ascii(str(d)) for d in self.dims),
-            f"Steps: {len(steps)} ({n_blas} BLAS products, {n_loops} fused loops, "
-            f"{len(steps) - n_blas - n_loops} softmax row passes)",
+            f"Steps: {len(steps)}" + (f" ({kinds})" if kinds else ""),
             f"Floating-point operations, about: {flops}",
         ])
 

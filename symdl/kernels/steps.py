@@ -35,8 +35,8 @@ Read = tuple[ir.Node, "tuple | None"]
 class Step:
     """What every kind of step answers (the planner and the code generator ask only this)."""
 
-    summary: ClassVar[str] = "other"
-    """How the module's docstring counts it: ``"blas"``, ``"loop"`` or ``"other"``."""
+    summary: ClassVar[str] = "steps"
+    """What the module's docstring counts it as (plural: "2 BLAS products")."""
 
     def reads(self) -> list[Read]:
         """The (node, index) pairs the step reads."""
@@ -96,7 +96,7 @@ class Contraction(Step):
     pattern: tuple[int, int, int]
     symmetric: Symmetric | None = None
 
-    summary: ClassVar[str] = "blas"
+    summary: ClassVar[str] = "BLAS products"
 
     def reads(self) -> list[Read]:
         # X^T diag(c) X reads c and X only: the scaled operand is never stored.
@@ -168,6 +168,8 @@ class LinearSolve(Step):
 
     node: ir.Solve
 
+    summary: ClassVar[str] = "linear solves"
+
     def reads(self) -> list[Read]:
         return [(self.node.a, None), (self.node.b, None)]
 
@@ -205,6 +207,8 @@ class RowStats(Step):
 
     arg: ir.Node
     axis: int
+
+    summary: ClassVar[str] = "softmax row passes"
 
     def reads(self) -> list[Read]:
         return [(self.arg, None)]
@@ -274,7 +278,7 @@ class LoopGroup(Step):
     member_reads: dict[int, list[tuple[ir.Node, tuple]]] = field(default_factory=dict)
     stores: set[int] = field(default_factory=set)
 
-    summary: ClassVar[str] = "loop"
+    summary: ClassVar[str] = "fused loops"
 
     def add(self, node: ir.Node, indices: tuple, reduction: bool = False) -> None:
         """Appends ``node`` to the loop's members, computed at loop variables ``indices``."""
@@ -388,6 +392,8 @@ class RowStream(Step):
     vector: ir.Node  # v
     residual: ir.Node  # r
 
+    summary: ClassVar[str] = "row streams"
+
     def parts(self) -> list[Step]:
         return [self.first, self.group, self.second]
 
@@ -417,6 +423,10 @@ class RowStream(Step):
         header = gen.stream_function(self, number)
         return ["if parallel:", *(f"    {line}" for line in parallel), "else:",
                 f"    _stream{number}({header})"]
+
+
+STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve, RowStream)
+"""Every kind of step, in the order the module's docstring counts them."""
 
 
 def dispatch(function: str, args: str, parallel: bool, inplace: bool = False) -> list[str]:

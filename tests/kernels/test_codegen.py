@@ -142,8 +142,21 @@ def test_the_module_docstring_counts_the_steps_and_their_operations() -> None:
     X, W = _leaf("X", n, d), _leaf("W", d, h)  # noqa: N806 - math names
     z = ir.einsum([X, W], [(0, 1), (1, 2)], (0, 2))
     text = codegen.generate(plan({"p": ir.softmax(z, 1)}), [X, W], "softmax").text
-    assert "Steps: 3 (1 BLAS products, 1 fused loops, 1 softmax row passes)" in text
+    assert "Steps: 3 (1 BLAS products, 1 fused loops, 1 softmax row passes)\n" in text
     # X W: 2 n d h; the row statistics: 4 n h; softmax: 3 per entry.
     line = text.split("Floating-point operations, about: ")[1].split("\n")[0]
     flops = sp.sympify(line, locals={"n": n, "d": d, "h": h})
     assert sp.expand(flops - (2 * n * d * h + 4 * n * h + 3 * n * h)) == 0
+
+
+def test_the_module_docstring_names_each_kind_of_step() -> None:
+    """A linear solve and a row stream are counted as what they are (they were once
+    counted as softmax row passes); kinds absent from the plan are not listed."""
+    X, A = _leaf("X", n, d), _leaf("A", d, d)  # noqa: N806 - math names
+    v, y = _leaf("v", d, 1), _leaf("y", n, 1)
+    z = ir.einsum([X, v], [(0, 1), (1, 2)], (0, 2))
+    residual = ir.add(ir.map_(sp.Lambda((x0,), sp.tanh(x0)), z), ir.scale(y, -1))
+    gradient = ir.einsum([X, residual], [(1, 0), (1, 2)], (0, 2))
+    outputs = {"g": gradient, "s": ir.solve(A, v)}
+    text = codegen.generate(plan(outputs), [A, X, v, y], "stream and solve").text
+    assert "Steps: 2 (1 linear solves, 1 row streams)\n" in text
