@@ -229,6 +229,12 @@ def test_an_update_may_be_written_into_its_input_unless_another_step_reads_it() 
     gram = ir.einsum([p_leaf, p_leaf], [(0, 1), (0, 2)], (1, 2))
     mixed = plan({"p": update, "gram": gram})
     assert not mixed.in_place_safe("p", p_leaf)
+    # A later member of the same loop reading p would see the new values.
+    doubled = ir.scale(p_leaf, 2)
+    later = plan({"p": update, "q": doubled})
+    (group,) = later.steps
+    assert group.members.index(doubled) > group.members.index(update)
+    assert not later.in_place_safe("p", p_leaf)
     # Reading p at another index than the one written (a reversal) is never in place.
     flipped = ir.add(ir.einsum([A], [(0, 1)], (1, 0)), A)
     assert not plan({"A": flipped}).in_place_safe("A", A)
