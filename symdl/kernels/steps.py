@@ -26,7 +26,7 @@ from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
 from symdl.kernels.scalar_code import FASTMATH
 
 if TYPE_CHECKING:
-    from symdl.kernels.codegen import Generator
+    from symdl.kernels.codegen import Generator, LoopCode
 
 Read = tuple[ir.Node, "tuple | None"]
 """A node a step reads and the loop variables it reads it at (None: the whole array)."""
@@ -356,7 +356,8 @@ class LoopGroup(Step):
         return dispatch(f"_loop{number}", header, parallel=bool(self.dims),
                         inplace=bool(in_place))
 
-    def _function(self, gen: Generator, name: str, header: str, parallel: bool, code) -> str:
+    def _function(self, gen: Generator, name: str, header: str, parallel: bool,
+                  code: LoopCode) -> str:
         decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
             ", parallel=True)" if parallel else ")")
         lines = [decorator, f"def {name}({header}):"]
