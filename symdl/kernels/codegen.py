@@ -24,8 +24,8 @@ from symdl.errors import UnsupportedError
 from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
 from symdl.kernels.rules import RuleTable
-from symdl.kernels.scalar_code import CHECK, FASTMATH, HELPERS, ScalarPrinter
-from symdl.kernels.steps import STEP_KINDS
+from symdl.kernels.scalar_code import CHECK, HELPERS, ScalarPrinter
+from symdl.kernels.steps import STEP_KINDS, jit_decorator
 
 
 @dataclass
@@ -259,7 +259,7 @@ class Generator:
         # Blocks of rows that fit in L2 (256 KB of X): X is read from memory once, the row
         # products and the pointwise part each run as their own loop over the block (the
         # pointwise loop vectorises across rows), then X^T r re-reads the block from cache.
-        lines = [f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH})',
+        lines = [jit_decorator(parallel=False),
                  f"def _stream{number}({header}):",
                  f"    {self.array_of(g)}[...] = 0.0",
                  *(f"    {s}" for s in loop.before),

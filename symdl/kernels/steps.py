@@ -67,6 +67,12 @@ class Step:
         raise NotImplementedError
 
 
+def jit_decorator(parallel: bool) -> str:
+    """The decorator of a generated loop function (serial, or ``parallel=True``)."""
+    options = ", parallel=True" if parallel else ""
+    return f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}{options})'
+
+
 def stats_key(arg: ir.Node, axis: int) -> tuple:
     """The key under which a ``RowStats`` step provides the statistics of ``arg``."""
     return ("stats", id(arg), axis)
@@ -236,8 +242,7 @@ def _stats_function(number: int, axis: int, parallel: bool) -> str:
     at = "r, c" if axis == 1 else "c, r"
     lane = "r, c + {}" if axis == 1 else "c + {}, r"
     chains = "\n".join(f"            m{k} = max(m{k}, z[{lane.format(k)}])" for k in range(8))
-    decorator = (f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}'
-                 + (", parallel=True)" if parallel else ")"))
+    decorator = jit_decorator(parallel)
     variant, loop = ("_parallel", "prange") if parallel else ("", "range")
     return f'''{decorator}
 def _stats{number}{variant}(z, peak, total):
@@ -358,9 +363,7 @@ class LoopGroup(Step):
 
     def _function(self, gen: Generator, name: str, header: str, parallel: bool,
                   code: LoopCode) -> str:
-        decorator = f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}' + (
-            ", parallel=True)" if parallel else ")")
-        lines = [decorator, f"def {name}({header}):"]
+        lines = [jit_decorator(parallel), f"def {name}({header}):"]
         lines += [f"    {s}" for s in code.before]
         indent = "    "
         # The parallel variant splits the first loop (never a summed one: no races); the
