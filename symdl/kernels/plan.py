@@ -1,13 +1,10 @@
 """Kernel plan: the IR of a derivation's outputs as an ordered list of steps to execute.
 
-Three kinds of step:
-
-* ``Contraction``: a matrix product ``A^T B`` and its kin, given to NumPy's BLAS;
-* ``RowStats``: the row (or column) maximum and sum of exponentials that ``softmax`` and
-  ``logsumexp`` need, in one pass per row with a max shift;
-* ``LoopGroup``: one fused loop nest over an iteration space, computing every elementwise node
-  and every reduction over that space as scalar temporaries, storing only what later steps
-  or the caller read.
+The kinds of step (``symdl.kernels.steps``): ``Contraction`` (a BLAS product),
+``LinearSolve``, ``RowStats`` (the row maxima and sums of exponentials of softmax and
+logsumexp), ``LoopGroup`` (one fused loop nest computing every elementwise node and every
+reduction over its iteration space, storing only what later steps or the caller read) and
+``RowStream`` (``X v``, a loop over rows and ``X^T r`` in one pass).
 
 Before grouping, products of three or more tensors are split into pairwise contractions in
 a cheap order (``X^T (s ⊙ (X v))``, never ``(X^T diag(s) X) v``), and vectors are folded into
@@ -17,11 +14,33 @@ the matrix they scale, so that what remains is either elementwise or a BLAS prod
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import sympy as sp
 
 from symdl import ir
+from symdl.kernels.loops import (
+    einsum_label_vars,
+    is_pointwise,
+    is_reduction,
+    is_value,
+    iteration,
+    loop_cost,
+    node_reads,
+    operand_reads,
+    row_stats_of,
+    summed_labels,
+)
+from symdl.kernels.rules import RuleTable
+from symdl.kernels.steps import (
+    Contraction,
+    LinearSolve,
+    LoopGroup,
+    RowStats,
+    RowStream,
+    Step,
+    Symmetric,
+)
 
 
 def raw_einsum(operands, specs, out, coeff: sp.Expr = 1) -> ir.Einsum:
@@ -31,18 +50,6 @@ def raw_einsum(operands, specs, out, coeff: sp.Expr = 1) -> ir.Einsum:
     dims = ir._label_dims(operands, specs)
     shape = tuple(dims[lab] for lab in out)
     return ir._intern(ir.Einsum(operands, specs, out, sp.sympify(coeff), shape))
-
-
-def summed_labels(node: ir.Einsum) -> list[int]:
-    """Labels that are summed over (size-1 labels excluded: a sum of one term is no sum)."""
-    dims = node.label_dims()
-    return [lab for lab in dims if lab not in node.out and dims[lab] != 1]
-
-
-def is_pointwise(node: ir.Node) -> bool:
-    if isinstance(node, (ir.Map, ir.Add, ir.LogSumExp, ir.Softmax)):
-        return True
-    return isinstance(node, ir.Einsum) and bool(node.operands) and not summed_labels(node)
 
 
 def _big_labels(spec, dims) -> frozenset:
@@ -95,7 +102,7 @@ def symmetric_form(node: ir.Einsum, pattern: tuple[int, int, int]) -> Symmetric 
             if big == [s] and weight.rank in (1, 2):
                 if isinstance(weight, ir.Ones):  # X^T X: a Gram matrix, no weight to read
                     return Symmetric(base, spec_x.index(s) == 0, None)
-                if _is_value(weight):  # a constant weight has no array to read
+                if is_value(weight):  # a constant weight has no array to read
                     return None
                 return Symmetric(base, spec_x.index(s) == 0, weight)
     return None
@@ -112,26 +119,32 @@ def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
         return lowered[id(node)]
 
     for node in ir.topological_order(roots):
-        if isinstance(node, ir.Einsum) and node.operands:
-            operands = [get(op) for op in node.operands]
-            new = _lower_einsum(operands, list(node.specs), node.out, node.coeff, node)
-        elif isinstance(node, ir.Map):
-            new = ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args)))
-        elif isinstance(node, ir.Add):
-            terms = [get(t) for t in node.terms]
-            new = _factor_common_operand(terms) or _add_tree(terms)
-        elif isinstance(node, ir.LogSumExp):
-            new = ir._intern(ir.LogSumExp(get(node.arg), node.axis))
-        elif isinstance(node, ir.Softmax):
-            new = ir._intern(ir.Softmax(get(node.arg), node.axis))
-        elif isinstance(node, ir.Solve):
-            new = ir._intern(ir.Solve(get(node.a), get(node.b)))
-        elif isinstance(node, ir.Named):
-            new = get(node.body)
-        else:
-            new = node
-        lowered[id(node)] = new
+        lowered[id(node)] = _LOWER(node, get)
     return lowered
+
+
+def _lower_einsum_node(node: ir.Einsum, get) -> ir.Node:
+    if not node.operands:  # a constant
+        return node
+    operands = [get(op) for op in node.operands]
+    return _lower_einsum(operands, list(node.specs), node.out, node.coeff, node)
+
+
+def _lower_add(node: ir.Add, get) -> ir.Node:
+    terms = [get(t) for t in node.terms]
+    return _factor_common_operand(terms) or _add_tree(terms)
+
+
+_LOWER = RuleTable("kernel lowering", {
+    ir.Einsum: _lower_einsum_node,
+    ir.Map: lambda node, get: ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args))),
+    ir.Add: _lower_add,
+    ir.LogSumExp: lambda node, get: ir._intern(ir.LogSumExp(get(node.arg), node.axis)),
+    ir.Softmax: lambda node, get: ir._intern(ir.Softmax(get(node.arg), node.axis)),
+    ir.Solve: lambda node, get: ir._intern(ir.Solve(get(node.a), get(node.b))),
+    ir.Named: lambda node, get: get(node.body),
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity): lambda node, get: node,
+})
 
 
 MAX_ADD_TERMS = 32
@@ -211,70 +224,6 @@ def _lower_einsum(operands, specs, out, coeff, original) -> ir.Node:
 
 
 @dataclass
-class Symmetric:
-    """``X^T diag(c) X``: the product is symmetric, and when ``c >= 0`` it is ``B^T B`` with
-    ``B = sqrt(c) ⊙ X``, which BLAS computes as one triangle (syrk), half the work."""
-
-    base: ir.Node
-    rows_first: bool
-    """Whether ``base``'s first axis is the summed one (else it is read transposed)."""
-    weight: ir.Node | None
-    """``c``; None for ``X^T X`` (every weight 1)."""
-
-
-@dataclass
-class Contraction:
-    node: ir.Einsum
-    pattern: tuple[int, int, int]
-    symmetric: Symmetric | None = None
-
-
-@dataclass
-class RowStats:
-    """Max and sum of exp along ``axis`` of ``arg`` (which is materialised)."""
-
-    arg: ir.Node
-    axis: int
-
-
-@dataclass
-class LinearSolve:
-    """``A^{-1} B`` by LU factorisation (LAPACK through ``np.linalg.solve``)."""
-
-    node: ir.Solve
-
-
-@dataclass
-class LoopGroup:
-    """One loop nest over ``dims``; ``members`` in order, each with the loop variables that
-    index its axes (``None`` for a size-1 axis)."""
-
-    dims: tuple[sp.Expr, ...]
-    members: list[ir.Node] = field(default_factory=list)
-    indices: dict[int, tuple] = field(default_factory=dict)
-    reductions: set[int] = field(default_factory=set)
-
-
-@dataclass
-class RowStream:
-    """``z = X v``, a loop over the rows of ``X`` that reads ``z`` and computes ``r``, then
-    ``g = X^T r``: run serially as one pass over the rows of ``X`` (each row is read once,
-    for its dot product and for its share of ``g``), in parallel as the three steps."""
-
-    first: Contraction
-    group: LoopGroup
-    second: Contraction
-    matrix: ir.Node
-    rows: int  # the label of X's row axis in ``first``
-    cols: int  # the label of X's column axis in ``first``
-    rows2: int  # ... and in ``second``
-    cols2: int
-
-
-Step = Contraction | RowStats | LoopGroup | RowStream
-
-
-@dataclass
 class Plan:
     steps: list[Step]
     roots: dict[str, ir.Node]
@@ -297,103 +246,16 @@ class Plan:
         if home is None or id(root) in home.reductions:
             return False
         position = next(k for k, m in enumerate(home.members) if m is root)
-        for step in self.steps:
-            if isinstance(step, Contraction):
-                weight = step.symmetric.weight if step.symmetric else None
-                if any(op is leaf for op in step.node.operands) or weight is leaf:
-                    return False
-            elif isinstance(step, RowStats):
-                if step.arg is leaf:
-                    return False
-            elif isinstance(step, LinearSolve):
-                if leaf in (step.node.a, step.node.b):
-                    return False
-            elif isinstance(step, RowStream):
-                parts = (step.first.node.operands + step.second.node.operands
-                         + tuple(op for m in step.group.members for op, _ in node_reads(m)))
-                if any(op is leaf for op in parts):
-                    return False
-            else:
-                for k, member in enumerate(step.members):
-                    reads = [at for op, at in node_reads(member) if op is leaf]
-                    if not reads:
-                        continue
-                    own = home.indices.get(id(member))
-                    if (step is not home or k > position or id(member) in home.reductions
-                            or own != home.indices[id(root)] or any(at != own for at in reads)):
-                        return False
+        own = home.indices[id(root)]
+        if any(op is leaf for step in self.steps if step is not home for op, _ in step.reads()):
+            return False
+        for k, member in enumerate(home.members):
+            reads = [at for op, at in home.reads_of(member) if op is leaf]
+            if reads and (k > position or id(member) in home.reductions
+                          or home.indices.get(id(member)) != own
+                          or any(at != own for at in reads)):
+                return False
         return True
-
-
-def _iteration(node: ir.Node) -> tuple[tuple, tuple]:
-    """(loop dims, loop variable of each axis of the node) for a node computed in a loop.
-
-    A reduction iterates over its output labels, then its summed labels.
-    """
-    if isinstance(node, ir.Einsum) and summed_labels(node):
-        dims = node.label_dims()
-        order = [lab for lab in node.out if dims[lab] != 1] + summed_labels(node)
-        loop_dims = tuple(dims[lab] for lab in order)
-        axis_vars = tuple(order.index(lab) if dims[lab] != 1 else None for lab in node.out)
-        return loop_dims, axis_vars
-    loop_dims = tuple(d for d in node.shape if d != 1)
-    axis_vars, k = [], 0
-    for d in node.shape:
-        if d == 1:
-            axis_vars.append(None)
-        else:
-            axis_vars.append(k)
-            k += 1
-    return loop_dims, tuple(axis_vars)
-
-
-def operand_reads(node: ir.Node, loop_vars: tuple) -> list[tuple[ir.Node, tuple]]:
-    """The operands of a loop-computed node and the loop variables each is read at.
-
-    ``loop_vars`` maps each label (einsum) or axis (elementwise) to a loop variable.
-    """
-    if isinstance(node, ir.Einsum):
-        return [(op, tuple(loop_vars[lab] for lab in spec))
-                for op, spec in zip(node.operands, node.specs, strict=True)]
-    if isinstance(node, (ir.Map, ir.Add)):
-        return [(c, loop_vars) for c in node.children()]
-    if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-        return [(node.arg, loop_vars)]
-    return []
-
-
-def einsum_label_vars(node: ir.Einsum) -> dict[int, object]:
-    """Loop variable per label of a loop-computed einsum (None for size-1 labels)."""
-    dims = node.label_dims()
-    _, axis_vars = _iteration(node)
-    mapping: dict[int, object] = {lab: None for lab in dims}
-    for lab, var in zip(node.out, axis_vars, strict=True):
-        mapping[lab] = var
-    if summed_labels(node):
-        start = sum(1 for lab in node.out if dims[lab] != 1)
-        for k, lab in enumerate(summed_labels(node)):
-            mapping[lab] = start + k
-    return mapping
-
-
-def node_reads(node: ir.Node) -> list[tuple[ir.Node, tuple]]:
-    """Operand reads of ``node`` in its own loop variables."""
-    if isinstance(node, ir.Einsum):
-        return operand_reads(node, einsum_label_vars(node))
-    _, axis_vars = _iteration(node)
-    return operand_reads(node, axis_vars)
-
-
-def _symmetric_reads(symmetric: Symmetric) -> tuple[ir.Node, ...]:
-    """The arrays ``X^T diag(c) X`` reads: ``c`` (unless all ones) and ``X``."""
-    if symmetric.weight is None:
-        return (symmetric.base,)
-    return (symmetric.weight, symmetric.base)
-
-
-def _is_value(node: ir.Node) -> bool:
-    """Leaves and constants: read directly, never computed."""
-    return isinstance(node, (ir.Leaf, ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(node)
 
 
 def _fusable_group(steps: list[Step], after: int, loop_dims: tuple,
@@ -424,15 +286,23 @@ def computes(group: LoopGroup, node: ir.Node) -> bool:
 def _cheap_function_of_inputs(node: ir.Node) -> bool:
     """A pointwise node of inputs and constants alone whose arithmetic costs less than
     storing it and reading it back: products, sums, integer powers (no exp, log, sqrt)."""
-    if not is_pointwise(node) or isinstance(node, (ir.LogSumExp, ir.Softmax)):
+    if not is_pointwise(node) or not _CHEAP_ARITHMETIC(node):
         return False
-    if not all(_is_value(op) for op, _ in node_reads(node)):
-        return False
-    if isinstance(node, ir.Map):
-        expr = node.fn.expr
-        return not expr.has(sp.Function) and all(
-            p.exp.is_Integer for p in expr.atoms(sp.Pow))
-    return True
+    return all(is_value(op) for op, _ in node_reads(node))
+
+
+def _cheap_map(node: ir.Map) -> bool:
+    expr = node.fn.expr
+    return not expr.has(sp.Function) and all(p.exp.is_Integer for p in expr.atoms(sp.Pow))
+
+
+_CHEAP_ARITHMETIC = RuleTable("test for cheap arithmetic", {
+    ir.Map: _cheap_map,
+    (ir.Einsum, ir.Add): lambda node: True,
+    # Row statistics, solves: never cheap; the rest is never computed in a loop.
+    (ir.LogSumExp, ir.Softmax, ir.Solve, ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Named):
+        lambda node: False,
+})
 
 
 def plan(outputs: dict[str, ir.Node]) -> Plan:
@@ -441,114 +311,163 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
     lowered = lower(originals)
     roots = {name: lowered[id(node)] for name, node in outputs.items()}
     for name, node in roots.items():
-        if _is_value(node):  # an output that is a leaf or a constant is copied in a loop
+        if is_value(node):  # an output that is a leaf or a constant is copied in a loop
             labels = tuple(range(node.rank))
             roots[name] = raw_einsum([node], [labels], labels) if node.rank else node
-    root_ids = {id(n) for n in roots.values()}
-    steps: list[Step] = []
-    materialized: set[int] = set()
-    group_of: dict[int, LoopGroup] = {}
-    step_of: dict[int, int] = {}  # computed node -> index of the step that computes it
-    stats_step: dict[tuple[int, int], int] = {}
-    group_step: dict[int, int] = {}  # id of a loop group -> its index in ``steps``
-    group_members: dict[int, set[int]] = {}  # id of a loop group -> ids of its members
-    # Cheap pointwise functions of inputs alone (-Y/n, eps broadcast): not stored, but
-    # recomputed inside each loop that reads them at its own index.
-    deferred: set[int] = set()
+    planner = _Planner({id(n) for n in roots.values()})
+    for node in ir.topological_order(list(roots.values())):
+        planner.visit(node)
+    return planner.finish(roots)
 
-    def place(node: ir.Node) -> None:
-        if isinstance(node, ir.Solve):
-            materialize(node.a)
-            materialize(node.b)
-            steps.append(LinearSolve(node))
-            step_of[id(node)] = len(steps) - 1
-            materialized.add(id(node))
+
+class _Planner:
+    """Places each node of the lowered IR, in topological order, into a step."""
+
+    def __init__(self, root_ids: set[int]):
+        self.root_ids = root_ids
+        self.steps: list[Step] = []
+        self.materialized: set[int] = set()
+        self.group_of: dict[int, LoopGroup] = {}
+        self.step_of: dict[int, int] = {}  # computed node -> index of the step computing it
+        self.stats_step: dict[tuple[int, int], int] = {}
+        self.group_step: dict[int, int] = {}  # id of a loop group -> its index in ``steps``
+        self.group_members: dict[int, set[int]] = {}  # id of a loop group -> member ids
+        # Cheap pointwise functions of inputs alone (-Y/n, eps broadcast): not stored, but
+        # recomputed inside each loop that reads them at its own index.
+        self.deferred: set[int] = set()
+
+    def visit(self, node: ir.Node) -> None:
+        if is_value(node):
             return
+        if id(node) not in self.root_ids and _cheap_function_of_inputs(node):
+            self.deferred.add(id(node))
+            return
+        self.place(node)
+
+    def place(self, node: ir.Node) -> None:
+        _PLACE(node, self)
+
+    def add_step(self, step: Step, node: ir.Node) -> None:
+        """Appends a step that computes ``node`` into an array."""
+        self.steps.append(step)
+        self.step_of[id(node)] = len(self.steps) - 1
+        self.materialized.add(id(node))
+
+    def place_solve(self, node: ir.Solve) -> None:
+        self.materialize(node.a)
+        self.materialize(node.b)
+        self.add_step(LinearSolve(node), node)
+
+    def place_computed(self, node: ir.Node) -> None:
+        """A BLAS product when ``node`` is one, else a member of a fused loop."""
         pattern = blas_pattern(node)
-        if pattern is not None:
-            symmetric = symmetric_form(node, pattern)
-            # X^T diag(c) X reads c and X only: the scaled operand is never stored.
-            for op in (_symmetric_reads(symmetric) if symmetric else node.operands):
-                materialize(op)
-            steps.append(Contraction(node, pattern, symmetric))
-            step_of[id(node)] = len(steps) - 1
-            materialized.add(id(node))
+        if pattern is None:
+            self.place_in_loop(node)
             return
+        step = Contraction(node, pattern, symmetric_form(node, pattern))
+        for op, _ in step.reads():
+            self.materialize(op)
+        self.add_step(step, node)
+
+    def place_in_loop(self, node: ir.Node) -> None:
         reads = node_reads(node)
-        loop_dims, axis_vars = _iteration(node)
+        loop_dims, axis_vars = iteration(node)
         inline = []
         for op, at in reads:
-            if id(op) in deferred:
-                if _iteration(op) == (loop_dims, at):
+            if id(op) in self.deferred:
+                if iteration(op) == (loop_dims, at):
                     inline.append(op)
                 else:
-                    materialize(op)
+                    self.materialize(op)
         # The earliest step this node may join: after every step that computes an operand.
-        after = max((step_of[id(op)] for op, _ in reads if id(op) in step_of), default=-1)
-        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-            materialize(node.arg)
-            key = (id(node.arg), node.axis)
-            if key not in stats_step:
-                steps.append(RowStats(node.arg, node.axis))
-                stats_step[key] = len(steps) - 1
-            after = max(after, stats_step[key] + 1)
-        computed = [(op, at) for op, at in reads if id(op) not in deferred]
-        group = _fusable_group(steps, after, loop_dims, computed)
+        after = max((self.step_of[id(op)] for op, _ in reads if id(op) in self.step_of),
+                    default=-1)
+        stats = row_stats_of(node)
+        if stats is not None:
+            after = max(after, self.row_stats(*stats) + 1)
+        computed = [(op, at) for op, at in reads if id(op) not in self.deferred]
+        group = _fusable_group(self.steps, after, loop_dims, computed)
         if group is None:
             group = LoopGroup(loop_dims)
-            steps.append(group)
-            group_step[id(group)] = len(steps) - 1
+            self.steps.append(group)
+            self.group_step[id(group)] = len(self.steps) - 1
         # Membership by id, not by scanning the members: a loop of thousands of members
         # (a sum of thousands of terms) would cost time quadratic in its size.
-        members = group_members.setdefault(id(group), set())
+        members = self.group_members.setdefault(id(group), set())
         for op in inline:
             if id(op) not in members:
                 members.add(id(op))
-                group.members.append(op)
-                group.indices[id(op)] = _iteration(op)[1]
+                group.add(op, iteration(op)[1])
         members.add(id(node))
-        group.members.append(node)
-        group.indices[id(node)] = axis_vars
-        if isinstance(node, ir.Einsum) and summed_labels(node):
-            group.reductions.add(id(node))
-        group_of[id(node)] = group
-        step_of[id(node)] = group_step[id(group)]
+        group.add(node, axis_vars, is_reduction(node))
+        self.group_of[id(node)] = group
+        self.step_of[id(node)] = self.group_step[id(group)]
         for op, _ in computed:
-            if not _is_value(op) and group_of.get(id(op)) is not group:
-                materialized.add(id(op))
+            if not is_value(op) and self.group_of.get(id(op)) is not group:
+                self.materialized.add(id(op))
 
-    def materialize(op: ir.Node) -> None:
+    def row_stats(self, arg: ir.Node, axis: int) -> int:
+        """The index of the step computing the row statistics of ``arg`` (added if new)."""
+        self.materialize(arg)
+        key = (id(arg), axis)
+        if key not in self.stats_step:
+            self.steps.append(RowStats(arg, axis))
+            self.stats_step[key] = len(self.steps) - 1
+        return self.stats_step[key]
+
+    def materialize(self, op: ir.Node) -> None:
         """``op`` is read from an array: a deferred node is now computed once and stored."""
-        if _is_value(op):
+        if is_value(op):
             return
-        if id(op) in deferred:
-            deferred.discard(id(op))
-            place(op)
-        materialized.add(id(op))
+        if id(op) in self.deferred:
+            self.deferred.discard(id(op))
+            self.place(op)
+        self.materialized.add(id(op))
 
-    for node in ir.topological_order(list(roots.values())):
-        if _is_value(node):
-            continue
-        if id(node) not in root_ids and _cheap_function_of_inputs(node):
-            deferred.add(id(node))
-            continue
-        place(node)
-    steps = _sink_groups(_drop_unread(steps, root_ids))
-    materialized |= root_ids
-    # A reduction's result is complete only after its loop: readers elsewhere need it stored.
-    for group in (s for s in steps if isinstance(s, LoopGroup)):
-        for m in group.members:
-            if id(m) in group.reductions:
-                materialized.add(id(m))
-    # Nodes that were stored only for a loop they have now joined are loop temporaries.
-    for group in (s for s in steps if isinstance(s, LoopGroup)):
-        for m in group.members:
-            if (id(m) in materialized and id(m) not in root_ids
-                    and id(m) not in group.reductions and not _read_outside(m, group, steps)):
-                materialized.discard(id(m))
-    steps = split_long_groups(steps, materialized)
-    # Last: the row stream keeps the arrays its parallel form (three steps) reads.
-    return Plan(_stream_rows(steps), roots, materialized)
+    def finish(self, roots: dict[str, ir.Node]) -> Plan:
+        root_ids, materialized = self.root_ids, self.materialized
+        steps = _sink_groups(_drop_unread(self.steps, root_ids))
+        materialized |= root_ids
+        groups = [s for s in steps if isinstance(s, LoopGroup)]
+        # A reduction's result is complete only after its loop: readers elsewhere need it.
+        for group in groups:
+            materialized.update(id(m) for m in group.members if id(m) in group.reductions)
+        # Nodes that were stored only for a loop they have now joined are loop temporaries.
+        for group in groups:
+            for m in group.members:
+                if (id(m) in materialized and id(m) not in root_ids
+                        and id(m) not in group.reductions
+                        and not _read_outside(m, group, steps)):
+                    materialized.discard(id(m))
+        steps = split_long_groups(steps, materialized)
+        # Last: the row stream keeps the arrays its parallel form (three steps) reads.
+        steps = _stream_rows(steps)
+        _mark_stores(steps, materialized)
+        return Plan(steps, roots, materialized)
+
+
+def _not_placed(node: ir.Node, planner: _Planner) -> None:
+    raise TypeError(f"symdl internal error: a {type(node).__name__} node reached the planner")
+
+
+_PLACE = RuleTable("kernel planning", {
+    ir.Solve: lambda node, planner: planner.place_solve(node),
+    (ir.Einsum, ir.Map, ir.Add, ir.LogSumExp, ir.Softmax):
+        lambda node, planner: planner.place_computed(node),
+    # Values are read where they are needed; names are lowered away.
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Named): _not_placed,
+})
+
+
+def _mark_stores(steps: list[Step], materialized: set[int]) -> None:
+    """Sets each loop's ``stores``: the members it writes into arrays. A node recomputed in
+    several loops (a cheap function of inputs) is stored by the first of them only: one
+    array, written once, complete before any later reader."""
+    home = storing_groups(steps)
+    for step in steps:
+        for group in step.loop_groups():
+            group.stores = {id(m) for m in group.members
+                            if id(m) in materialized and home.get(id(m)) == id(group)}
 
 
 def storing_groups(steps: list[Step]) -> dict[int, int]:
@@ -557,8 +476,7 @@ def storing_groups(steps: list[Step]) -> dict[int, int]:
     copy is the same values, so the first loop's array serves every later reader."""
     home: dict[int, int] = {}
     for step in steps:
-        group = step.group if isinstance(step, RowStream) else step
-        if isinstance(group, LoopGroup):
+        for group in step.loop_groups():
             for member in group.members:
                 home.setdefault(id(member), id(group))
     return home
@@ -570,7 +488,7 @@ def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
     changed = True
     while changed:
         changed = False
-        read = {id(op) for step in steps for op, _ in _step_reads(step)}
+        read = {id(op) for step in steps for op, _ in step.reads()}
         for group in (s for s in steps if isinstance(s, LoopGroup)):
             for member in list(group.members):
                 if id(member) not in read and id(member) not in root_ids:
@@ -581,43 +499,12 @@ def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
     return steps
 
 
-def _step_reads(step: Step) -> list[tuple[ir.Node, tuple | None]]:
-    """(node, index) pairs a step reads (index None: the whole array)."""
-    if isinstance(step, Contraction):
-        if step.symmetric is not None:
-            return [(op, None) for op in _symmetric_reads(step.symmetric)]
-        return [(op, None) for op in step.node.operands]
-    if isinstance(step, RowStats):
-        return [(step.arg, None)]
-    if isinstance(step, LinearSolve):
-        return [(step.node.a, None), (step.node.b, None)]
-    if isinstance(step, RowStream):
-        return _step_reads(step.first) + _step_reads(step.group) + _step_reads(step.second)
-    return [(op, at) for m in step.members for op, at in node_reads(m)]
-
-
 def _read_outside(node: ir.Node, home: LoopGroup, steps: list[Step]) -> bool:
-    if any(op is node for s in steps if s is not home for op, _ in _step_reads(s)):
+    if any(op is node for s in steps if s is not home for op, _ in s.reads()):
         return True
     # Inside its own loop a node is a temporary only where it is read at its own index.
     own = home.indices[id(node)]
-    return any(op is node and at != own for m in home.members for op, at in node_reads(m))
-
-
-def _provides(step: Step) -> set:
-    if isinstance(step, (Contraction, LinearSolve)):
-        return {id(step.node)}
-    if isinstance(step, RowStats):
-        return {("stats", id(step.arg), step.axis)}
-    return {id(m) for m in step.members}
-
-
-def _needs(step: Step) -> set:
-    keys = {id(op) for op, _ in _step_reads(step)}
-    if isinstance(step, LoopGroup):
-        keys |= {("stats", id(m.arg), m.axis) for m in step.members
-                 if isinstance(m, (ir.LogSumExp, ir.Softmax))}
-    return keys
+    return any(op is node and at != own for op, at in home.reads())
 
 
 def _sink_groups(steps: list[Step]) -> list[Step]:
@@ -647,21 +534,22 @@ def _try_sink(steps: list[Step], i: int) -> list[Step] | None:
     moved_keys: set = set(mine)
     for j in range(i + 1, len(steps)):
         late = steps[j]
-        needs = _needs(late)
+        needs = late.needs()
         if isinstance(late, LoopGroup) and late.dims == early.dims:
             others = moved_keys - mine
             if not (needs & others) and all(
                     id(op) not in mine
                     or (at == early.indices[id(op)] and id(op) not in early.reductions)
-                    for op, at in _step_reads(late)):
+                    for op, at in late.reads()):
                 merged = LoopGroup(late.dims, early.members + late.members,
                                    {**early.indices, **late.indices},
-                                   early.reductions | late.reductions)
+                                   early.reductions | late.reductions,
+                                   {**early.member_reads, **late.member_reads})
                 stay = [s for s in steps[i + 1:j] if all(s is not m for m in moved)]
                 return steps[:i] + stay + [merged] + moved + steps[j + 1:]
         if needs & moved_keys:
             moved.append(late)
-            moved_keys |= _provides(late)
+            moved_keys |= late.provides()
     return None
 
 
@@ -707,7 +595,7 @@ def _row_stream(first: Step, group: Step, second: Step) -> RowStream | None:
     one, two = _matrix_vector(first), _matrix_vector(second)
     if one is None or two is None or not isinstance(group, LoopGroup):
         return None
-    X, cols, rows, _ = one
+    X, cols, rows, vector = one
     X2, rows2, cols2, r = two
     if X2 is not X or first.node.coeff != 1:
         return None
@@ -722,10 +610,10 @@ def _row_stream(first: Step, group: Step, second: Step) -> RowStream | None:
     for member in group.members:
         if id(member) in group.reductions and any(v is not None for v in group.indices[id(member)]):
             return None
-        for op, at in node_reads(member):
+        for op, at in group.reads_of(member):
             if op is z and [v for v in at if v is not None] != [0]:
                 return None
-    return RowStream(first, group, second, X, rows, cols, rows2, cols2)
+    return RowStream(first, group, second, X, rows, cols, rows2, cols2, vector, r)
 
 
 MAX_LOOP_COST = 400
@@ -735,17 +623,6 @@ statements it becomes). Numba's compile time grows faster than linearly with the
 one function (a fused loop of 500 terms took 726 s), and linearly in the number of
 functions: a longer loop is split into consecutive loops of at most this cost. See
 ``benchmarks/compile_cost.py``."""
-
-
-def loop_cost(node: ir.Node) -> int:
-    """The approximate size of the code a loop member becomes (see ``MAX_LOOP_COST``)."""
-    if isinstance(node, ir.Map):
-        calls = sum(1 for _ in sp.preorder_traversal(node.fn.expr)
-                    if isinstance(_, sp.Function))
-        return 1 + len(node.args) + 12 * calls
-    if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-        return 14
-    return 1 + len(node.children())
 
 
 def split_long_groups(steps: list[Step], materialized: set[int],
@@ -772,14 +649,23 @@ def split_long_groups(steps: list[Step], materialized: set[int],
                 part.members.append(member)
                 continue
             cost += c
-            part.members.append(member)
-            part.indices[id(member)] = step.indices[id(member)]
-            if id(member) in step.reductions:
-                part.reductions.add(id(member))
+            part.add(member, step.indices[id(member)], id(member) in step.reductions)
             part_of[id(member)] = len(parts) - 1
-            for op, _ in node_reads(member):
+            for op, _ in step.reads_of(member):
                 home = part_of.get(id(op))
                 if home is not None and home != len(parts) - 1:
                     materialized.add(id(op))  # computed in an earlier part: read from memory
         out.extend(parts)
     return out
+
+
+TABLES = (_LOWER, _PLACE, _CHEAP_ARITHMETIC)
+"""The rule tables of this module (their coverage of every node kind is tested)."""
+
+__all__ = [
+    "MAX_ADD_TERMS", "MAX_LOOP_COST", "Contraction", "LinearSolve", "LoopGroup", "Plan",
+    "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
+    "einsum_label_vars", "is_pointwise", "loop_cost", "lower", "node_reads", "operand_reads",
+    "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",
+    "symmetric_form",
+]

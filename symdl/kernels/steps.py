@@ -1,0 +1,447 @@
+"""The steps of a kernel plan. Each kind of step knows what it reads, what it computes, its
+operation count and the code it becomes:
+
+* ``Contraction``: a matrix product ``A^T B`` and its kin, given to NumPy's BLAS;
+* ``LinearSolve``: ``A^{-1} B`` by LU factorisation (LAPACK);
+* ``RowStats``: the row (or column) maximum and sum of exponentials that ``softmax`` and
+  ``logsumexp`` need, in one pass per row with a max shift;
+* ``LoopGroup``: one fused loop nest over an iteration space, computing every elementwise node
+  and every reduction over that space as scalar temporaries;
+* ``RowStream``: ``X v``, a loop over X's rows and ``X^T r`` in one pass over the rows.
+
+``emit(gen, number)`` returns the driver's lines for the step and adds its jitted functions
+to ``gen.functions``; ``gen`` is the module's ``codegen.Generator`` (naming and reading).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import sympy as sp
+
+from symdl import ir
+from symdl.errors import UnsupportedError
+from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
+from symdl.kernels.scalar_code import FASTMATH
+
+if TYPE_CHECKING:
+    from symdl.kernels.codegen import Generator, LoopCode
+
+Read = tuple[ir.Node, "tuple | None"]
+"""A node a step reads and the loop variables it reads it at (None: the whole array)."""
+
+
+class Step:
+    """What every kind of step answers (the planner and the code generator ask only this)."""
+
+    summary: ClassVar[str] = "steps"
+    """What the module's docstring counts it as (plural: "2 BLAS products")."""
+
+    def reads(self) -> list[Read]:
+        """The (node, index) pairs the step reads."""
+        raise NotImplementedError
+
+    def provides(self) -> set:
+        """Keys of what the step computes: node ids, and row-statistics keys."""
+        raise NotImplementedError
+
+    def needs(self) -> set:
+        """Keys of what the step needs computed before it runs."""
+        return {id(op) for op, _ in self.reads()}
+
+    def computed(self) -> list[ir.Node]:
+        """The nodes the step writes into arrays the driver allocates (when stored)."""
+        return []
+
+    def loop_groups(self) -> list[LoopGroup]:
+        """The fused loops the step runs."""
+        return []
+
+    def flops(self) -> sp.Expr:
+        """The floating-point operations, about, in the dimension symbols."""
+        raise NotImplementedError
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        """The driver's lines for the step (its jitted functions go to ``gen.functions``)."""
+        raise NotImplementedError
+
+
+def jit_decorator(parallel: bool) -> str:
+    """The decorator of a generated loop function (serial, or ``parallel=True``)."""
+    options = ", parallel=True" if parallel else ""
+    return f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}{options})'
+
+
+def stats_key(arg: ir.Node, axis: int) -> tuple:
+    """The key under which a ``RowStats`` step provides the statistics of ``arg``."""
+    return ("stats", id(arg), axis)
+
+
+@dataclass
+class Symmetric:
+    """``X^T diag(c) X``: the product is symmetric, and when ``c >= 0`` it is ``B^T B`` with
+    ``B = sqrt(c) ⊙ X``, which BLAS computes as one triangle (syrk), half the work."""
+
+    base: ir.Node
+    rows_first: bool
+    """Whether ``base``'s first axis is the summed one (else it is read transposed)."""
+    weight: ir.Node | None
+    """``c``; None for ``X^T X`` (every weight 1)."""
+
+    def reads(self) -> tuple[ir.Node, ...]:
+        """The arrays ``X^T diag(c) X`` reads: ``c`` (unless all ones) and ``X``."""
+        if self.weight is None:
+            return (self.base,)
+        return (self.weight, self.base)
+
+
+@dataclass(eq=False)
+class Contraction(Step):
+    node: ir.Einsum
+    pattern: tuple[int, int, int]
+    symmetric: Symmetric | None = None
+
+    summary: ClassVar[str] = "BLAS products"
+
+    def reads(self) -> list[Read]:
+        # X^T diag(c) X reads c and X only: the scaled operand is never stored.
+        operands = self.symmetric.reads() if self.symmetric else self.node.operands
+        return [(op, None) for op in operands]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def computed(self) -> list[ir.Node]:
+        return [self.node]
+
+    def flops(self) -> sp.Expr:
+        dims = self.node.label_dims()
+        a, s, b = self.pattern
+        return 2 * dims[a] * dims[s] * dims[b]
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        a_other, s, b_other = self.pattern
+        (a, b), (sa, sb) = node.operands, node.specs
+        left = gen.array_of(a) + ("" if sa == (a_other, s) else ".T")
+        right = gen.array_of(b) + ("" if sb == (s, b_other) else ".T")
+        out = gen.array_of(node)
+        if node.out == (a_other, b_other):
+            lines = [f"np.dot({left}, {right}, {out})"]
+        else:
+            lines = [f"np.dot({_flip(right)}, {_flip(left)}, {out})"]
+        sym = self.symmetric
+        if sym is not None:
+            base = gen.array_of(sym.base) + ("" if sym.rows_first else ".T")
+            lines = _symmetric_product(gen, sym, base, out)
+        if node.coeff != 1:
+            lines.append(f"{out} *= {gen.constant(node.coeff)}")
+        return lines
+
+
+def _symmetric_product(gen: Generator, sym: Symmetric, base: str, out: str) -> list[str]:
+    if sym.weight is None:
+        return [f"np.dot({base}.T, {base}, {out})  # X^T X: NumPy's BLAS uses syrk"]
+    return [
+        f"w = {gen.array_of(sym.weight)}.reshape(-1)",
+        "if np.all(w >= 0):  # X^T diag(w) X = B^T B: BLAS computes one triangle",
+        f"    b = np.sqrt(w)[:, None] * {base}",
+        f"    np.dot(b.T, b, {out})",
+        "else:",
+        f"    b = w[:, None] * {base}",
+        f"    np.dot(b.T, {base}, {out})",
+    ]
+
+
+def _flip(operand: str) -> str:
+    if operand.endswith(".T"):
+        return operand[:-2]
+    return operand + ".T"
+
+
+_SOLVE_OPERAND = {
+    ir.Identity: lambda gen, op: f"np.eye(int({gen.size(op.dim)}), dtype=dtype)",
+    ir.Ones: None,
+    ir.Zero: None,
+}
+"""How a linear solve reads an operand that is no array (None: it cannot)."""
+
+
+@dataclass(eq=False)
+class LinearSolve(Step):
+    """``A^{-1} B`` by LU factorisation (LAPACK through ``np.linalg.solve``)."""
+
+    node: ir.Solve
+
+    summary: ClassVar[str] = "linear solves"
+
+    def reads(self) -> list[Read]:
+        return [(self.node.a, None), (self.node.b, None)]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def flops(self) -> sp.Expr:
+        # LU: 2/3 r^3, then two triangular solves per column.
+        rows = self.node.a.shape[0]
+        return sp.Rational(2, 3) * rows**3 + 2 * rows**2 * sp.Mul(*self.node.shape[1:])
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        operands = []
+        for op in (node.a, node.b):
+            if type(op) in _SOLVE_OPERAND or ir.is_scalar_constant(op):
+                read = _SOLVE_OPERAND.get(type(op))
+                if read is None:
+                    raise UnsupportedError(f"a linear solve of a constant {type(op).__name__}")
+                operands.append(read(gen, op))
+            else:
+                operands.append(gen.array_of(op))
+        a, b = operands
+        out = gen.array_of(node)
+        solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
+        if gen.is_root(node):
+            return [f"{out}[...] = {solved}"]
+        return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+                f"{out}[...] = {solved}"]
+
+
+@dataclass(eq=False)
+class RowStats(Step):
+    """Max and sum of exp along ``axis`` of ``arg`` (which is materialised)."""
+
+    arg: ir.Node
+    axis: int
+
+    summary: ClassVar[str] = "softmax row passes"
+
+    def reads(self) -> list[Read]:
+        return [(self.arg, None)]
+
+    def provides(self) -> set:
+        return {stats_key(self.arg, self.axis)}
+
+    def flops(self) -> sp.Expr:
+        return 4 * sp.Mul(*self.arg.shape)
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        arg = gen.array_of(self.arg)
+        peak, total = f"peak{number}", f"total{number}"
+        gen.stats[(id(self.arg), self.axis)] = (peak, total)
+        lanes = 0 if self.axis == 1 else 1
+        for parallel in (False, True):
+            gen.functions.append(_stats_function(number, self.axis, parallel))
+        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+                f"{total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+                *dispatch(f"_stats{number}", f"{arg}, {peak}, {total}", parallel=True)]
+
+
+def _stats_function(number: int, axis: int, parallel: bool) -> str:
+    lanes, length = (0, 1) if axis == 1 else (1, 0)
+    at = "r, c" if axis == 1 else "c, r"
+    lane = "r, c + {}" if axis == 1 else "c + {}, r"
+    chains = "\n".join(f"            m{k} = max(m{k}, z[{lane.format(k)}])" for k in range(8))
+    decorator = jit_decorator(parallel)
+    variant, loop = ("_parallel", "prange") if parallel else ("", "range")
+    return f'''{decorator}
+def _stats{number}{variant}(z, peak, total):
+    length = z.shape[{length}]
+    for r in {loop}(z.shape[{lanes}]):
+        # Eight running maxima: a max reduction does not vectorise without no-NaN fast-math,
+        # but eight independent chains keep the core busy (3.5x faster over 1000 columns).
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -math.inf
+        c = 0
+        while c + 8 <= length:
+{chains}
+            c += 8
+        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        while c < length:
+            m = max(m, z[{at}])
+            c += 1
+        if not math.isfinite(m):
+            m = 0.0
+        s = 0.0
+        for c in range(length):
+            s += _exp(z[{at}] - m)
+        peak[r] = m
+        total[r] = s
+'''
+
+
+@dataclass(eq=False)
+class LoopGroup(Step):
+    """One loop nest over ``dims``; ``members`` in order, each with the loop variables that
+    index its axes (``None`` for a size-1 axis), the operands it reads at which loop
+    variables (``member_reads``), and which members the loop stores into arrays
+    (``stores``, set when the plan is complete)."""
+
+    dims: tuple[sp.Expr, ...]
+    members: list[ir.Node] = field(default_factory=list)
+    indices: dict[int, tuple] = field(default_factory=dict)
+    reductions: set[int] = field(default_factory=set)
+    member_reads: dict[int, list[tuple[ir.Node, tuple]]] = field(default_factory=dict)
+    stores: set[int] = field(default_factory=set)
+
+    summary: ClassVar[str] = "fused loops"
+
+    def add(self, node: ir.Node, indices: tuple, reduction: bool = False) -> None:
+        """Appends ``node`` to the loop's members, computed at loop variables ``indices``."""
+        self.members.append(node)
+        self.indices[id(node)] = indices
+        self.member_reads[id(node)] = node_reads(node)
+        if reduction:
+            self.reductions.add(id(node))
+
+    def reads_of(self, node: ir.Node) -> list[tuple[ir.Node, tuple]]:
+        """The operands member ``node`` reads and the loop variables it reads them at."""
+        reads = self.member_reads.get(id(node))
+        if reads is None:
+            reads = self.member_reads[id(node)] = node_reads(node)
+        return reads
+
+    def reads(self) -> list[Read]:
+        return [(op, at) for m in self.members for op, at in self.reads_of(m)]
+
+    def provides(self) -> set:
+        return {id(m) for m in self.members}
+
+    def needs(self) -> set:
+        stats = (row_stats_of(m) for m in self.members)
+        return super().needs() | {stats_key(*s) for s in stats if s is not None}
+
+    def computed(self) -> list[ir.Node]:
+        return list(self.members)
+
+    def loop_groups(self) -> list[LoopGroup]:
+        return [self]
+
+    def flops(self) -> sp.Expr:
+        per_entry = sum(entry_flops(m, id(m) in self.reductions) for m in self.members)
+        return per_entry * sp.Mul(*self.dims)
+
+    def serial_loop_order(self) -> list[int]:
+        """Loop variables outermost first: the one that indexes the last (contiguous) axis of
+        the most array accesses goes innermost (a column sum then runs along rows)."""
+        count = [0] * len(self.dims)
+        for member in self.members:
+            accesses = [self.indices[id(member)]] + [at for _, at in self.reads_of(member)]
+            for at in accesses:
+                used = [v for v in at if v is not None]
+                if used:
+                    count[used[-1]] += 1
+        order = list(range(len(self.dims)))
+        if not order:
+            return order
+        inner = max(reversed(order), key=lambda v: count[v])
+        return [v for v in order if v != inner] + [inner]
+
+    def emit(self, gen: Generator, number: int, allow_in_place: bool = True) -> list[str]:
+        loop_vars = [f"i{k}" for k in range(len(self.dims))]
+        code = gen.loop_code(self, loop_vars, {})
+        params = sorted(code.arrays) + [gen.dim_names[d] for d in gen.dims]
+        header = ", ".join(params)
+        # Outputs this group writes into an input it also reads (a group that only reads the
+        # output, written by an earlier group, keeps reading it under its own name).
+        in_place = {o: a for o, a in gen.in_place.items()
+                    if allow_in_place and o in code.arrays and a in code.arrays}
+        gen.in_place_written.update(in_place)
+        variants = [("", False, code)]
+        if self.dims:
+            variants.append(("_parallel", True, code))
+        if in_place:
+            # The same loop, writing through the inputs' own arrays.
+            through = gen.loop_code(self, loop_vars, {}, write_through=in_place)
+            variants.append(("_inplace", False, through))
+            if self.dims:
+                variants.append(("_inplace_parallel", True, through))
+        text = [self._function(gen, f"_loop{number}{variant}", header, parallel, body)
+                for variant, parallel, body in variants]
+        gen.functions.append("\n\n".join(text))
+        return dispatch(f"_loop{number}", header, parallel=bool(self.dims),
+                        inplace=bool(in_place))
+
+    def _function(self, gen: Generator, name: str, header: str, parallel: bool,
+                  code: LoopCode) -> str:
+        lines = [jit_decorator(parallel), f"def {name}({header}):"]
+        lines += [f"    {s}" for s in code.before]
+        indent = "    "
+        # The parallel variant splits the first loop (never a summed one: no races); the
+        # serial one nests the loops so that the innermost walks memory contiguously.
+        order = range(len(self.dims)) if parallel else self.serial_loop_order()
+        for k, v in enumerate(order):
+            loop = "prange" if (parallel and k == 0) else "range"
+            lines.append(f"{indent}for i{v} in {loop}(int({gen.size(self.dims[v])})):")
+            indent += "    "
+        lines += [f"{indent}{s}" for s in code.body]
+        lines += [f"    {s}" for s in code.after]
+        lines.append("")
+        return "\n".join(lines)
+
+
+@dataclass(eq=False)
+class RowStream(Step):
+    """``z = X v``, a loop over the rows of ``X`` that reads ``z`` and computes ``r``, then
+    ``g = X^T r``: run serially as one pass over the rows of ``X`` (each row is read once,
+    for its dot product and for its share of ``g``), in parallel as the three steps."""
+
+    first: Contraction
+    group: LoopGroup
+    second: Contraction
+    matrix: ir.Node
+    rows: int  # the label of X's row axis in ``first``
+    cols: int  # the label of X's column axis in ``first``
+    rows2: int  # ... and in ``second``
+    cols2: int
+    vector: ir.Node  # v
+    residual: ir.Node  # r
+
+    summary: ClassVar[str] = "row streams"
+
+    def parts(self) -> list[Step]:
+        return [self.first, self.group, self.second]
+
+    def reads(self) -> list[Read]:
+        return [read for part in self.parts() for read in part.reads()]
+
+    def provides(self) -> set:
+        return set().union(*(part.provides() for part in self.parts()))
+
+    def needs(self) -> set:
+        return set().union(*(part.needs() for part in self.parts()))
+
+    def computed(self) -> list[ir.Node]:
+        return [node for part in self.parts() for node in part.computed()]
+
+    def loop_groups(self) -> list[LoopGroup]:
+        return [self.group]
+
+    def flops(self) -> sp.Expr:
+        return sp.Add(*(part.flops() for part in self.parts()))
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        """Serial: one function, one pass over the rows of X. Parallel: the three steps."""
+        parallel = [*self.first.emit(gen, number),
+                    self.group.emit(gen, number, allow_in_place=False)[1].strip(),
+                    *self.second.emit(gen, number)]
+        header = gen.stream_function(self, number)
+        return ["if parallel:", *(f"    {line}" for line in parallel), "else:",
+                f"    _stream{number}({header})"]
+
+
+STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve, RowStream)
+"""Every kind of step, in the order the module's docstring counts them."""
+
+
+def dispatch(function: str, args: str, parallel: bool, inplace: bool = False) -> list[str]:
+    """Lines that call ``function`` or, when the caller asks for them, its parallel and its
+    in-place variants."""
+    def choose(prefix: str) -> list[str]:
+        if not parallel:
+            return [f"{prefix}({args})"]
+        return ["if parallel:", f"    {prefix}_parallel({args})", "else:", f"    {prefix}({args})"]
+
+    if not inplace:
+        return choose(function)
+    return (["if inplace:", *(f"    {line}" for line in choose(f"{function}_inplace")), "else:",
+             *(f"    {line}" for line in choose(function))])
