@@ -11,6 +11,8 @@ rule::
 
     EVALUATE(node, ...)          # calls the rule of type(node)
 
+or, for tables of one-liners, ``Rules("loop cost", {ir.Leaf: ..., (ir.Map, ir.Add): ...})``.
+
 A node kind with no rule raises ``MissingRuleError`` naming the kind and the interpreter,
 never a bare ``KeyError`` or a silent skip. Adding a node kind is then one rule in each table,
 and ``tests/ir/test_rule_tables.py`` finds every table and every node class by introspection and
@@ -19,7 +21,7 @@ fails until each table covers each kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 from symdl.errors import MissingRuleError
@@ -33,11 +35,16 @@ class Rules(Generic[F]):
     Args:
         interpreter: what the table does, in words (``"reverse-mode differentiation"``); the
             error for a missing rule names it.
+        rules: rules given at once, ``{kind or tuple of kinds: rule}``, for tables whose rules
+            are one-liners written side by side (the same as registering each).
     """
 
-    def __init__(self, interpreter: str):
+    def __init__(self, interpreter: str,
+                 rules: Mapping[type | tuple[type, ...], F] | None = None):
         self.interpreter = interpreter
         self._rules: dict[type, F] = {}
+        for kinds, rule in (rules or {}).items():
+            self.register(*(kinds if isinstance(kinds, tuple) else (kinds,)))(rule)
 
     def register(self, *kinds: type) -> Callable[[F], F]:
         """A decorator that makes the function the rule of each of ``kinds``.

@@ -21,9 +21,9 @@ import sympy as sp
 
 from symdl import ir
 from symdl.errors import UnsupportedError
+from symdl.ir.rules import Rules
 from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
-from symdl.kernels.rules import RuleTable
 from symdl.kernels.scalar_code import CHECK, HELPERS, ScalarPrinter
 from symdl.kernels.steps import STEP_KINDS, jit_decorator
 
@@ -457,7 +457,7 @@ def _not_a_loop_member(node: ir.Node, gen: Generator, loop: LoopCode) -> str:
     raise TypeError(f"symdl internal error: no loop code for {type(node).__name__}")
 
 
-_MEMBER_CODE = RuleTable("loop code", {
+_MEMBER_CODE = Rules("loop code", {
     ir.Einsum: _einsum_code,
     ir.Add: _add_code,
     ir.Map: _map_code,

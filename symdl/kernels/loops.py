@@ -1,13 +1,13 @@
 """Nodes computed inside loops: their iteration space, the operands they read at which loop
 variables, and the size of the code they become. Each is a rule table by node kind
-(``symdl.kernels.rules``)."""
+(``symdl.ir.rules``)."""
 
 from __future__ import annotations
 
 import sympy as sp
 
 from symdl import ir
-from symdl.kernels.rules import RuleTable
+from symdl.ir.rules import Rules
 
 
 def summed_labels(node: ir.Einsum) -> list[int]:
@@ -32,7 +32,7 @@ def _never(what: str):
     return rule
 
 
-_POINTWISE = RuleTable("test for pointwise nodes", {
+_POINTWISE = Rules("test for pointwise nodes", {
     (ir.Map, ir.Add, ir.LogSumExp, ir.Softmax): lambda node: True,
     ir.Einsum: lambda node: bool(node.operands) and not summed_labels(node),
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Named): lambda node: False,
@@ -44,7 +44,7 @@ def is_pointwise(node: ir.Node) -> bool:
     return _POINTWISE(node)
 
 
-_ROW_STATS = RuleTable("row statistics", {
+_ROW_STATS = Rules("row statistics", {
     (ir.LogSumExp, ir.Softmax): lambda node: (node.arg, node.axis),
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Map, ir.Add, ir.Solve, ir.Named):
         lambda node: None,
@@ -78,7 +78,7 @@ def iteration(node: ir.Node) -> tuple[tuple, tuple]:
     return loop_dims, tuple(axis_vars)
 
 
-_OPERAND_READS = RuleTable("loop reads", {
+_OPERAND_READS = Rules("loop reads", {
     ir.Einsum: lambda node, loop_vars: [
         (op, tuple(loop_vars[lab] for lab in spec))
         for op, spec in zip(node.operands, node.specs, strict=True)],
@@ -111,7 +111,7 @@ def einsum_label_vars(node: ir.Einsum) -> dict[int, object]:
     return mapping
 
 
-_OWN_LOOP_VARS = RuleTable("loop variables", {
+_OWN_LOOP_VARS = Rules("loop variables", {
     ir.Einsum: einsum_label_vars,
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Map, ir.Add, ir.LogSumExp, ir.Softmax,
      ir.Solve, ir.Named): lambda node: iteration(node)[1],
@@ -128,7 +128,7 @@ def _map_cost(node: ir.Map) -> int:
     return 1 + len(node.args) + 12 * calls
 
 
-_LOOP_COST = RuleTable("loop cost", {
+_LOOP_COST = Rules("loop cost", {
     ir.Map: _map_cost,
     (ir.LogSumExp, ir.Softmax): lambda node: 14,
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Add, ir.Solve, ir.Named):
@@ -141,7 +141,7 @@ def loop_cost(node: ir.Node) -> int:
     return _LOOP_COST(node)
 
 
-_ENTRY_FLOPS = RuleTable("operation count", {
+_ENTRY_FLOPS = Rules("operation count", {
     ir.Einsum: lambda node, reduction: (
         max(len(node.operands) - 1, 0) + (1 if reduction else 0) + (node.coeff != 1)),
     ir.Map: lambda node, reduction: max(sp.count_ops(node.fn.expr), 1),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symdl import ir
+from symdl.ir.rules import Rules
 from symdl.kernels.loops import (
     einsum_label_vars,
     is_pointwise,
@@ -31,7 +32,6 @@ from symdl.kernels.loops import (
     row_stats_of,
     summed_labels,
 )
-from symdl.kernels.rules import RuleTable
 from symdl.kernels.steps import (
     Contraction,
     LinearSolve,
@@ -135,7 +135,7 @@ def _lower_add(node: ir.Add, get) -> ir.Node:
     return _factor_common_operand(terms) or _add_tree(terms)
 
 
-_LOWER = RuleTable("kernel lowering", {
+_LOWER = Rules("kernel lowering", {
     ir.Einsum: _lower_einsum_node,
     ir.Map: lambda node, get: ir._intern(ir.Map(node.fn, tuple(get(a) for a in node.args))),
     ir.Add: _lower_add,
@@ -296,7 +296,7 @@ def _cheap_map(node: ir.Map) -> bool:
     return not expr.has(sp.Function) and all(p.exp.is_Integer for p in expr.atoms(sp.Pow))
 
 
-_CHEAP_ARITHMETIC = RuleTable("test for cheap arithmetic", {
+_CHEAP_ARITHMETIC = Rules("test for cheap arithmetic", {
     ir.Map: _cheap_map,
     (ir.Einsum, ir.Add): lambda node: True,
     # Row statistics, solves: never cheap; the rest is never computed in a loop.
@@ -450,7 +450,7 @@ def _not_placed(node: ir.Node, planner: _Planner) -> None:
     raise TypeError(f"symdl internal error: a {type(node).__name__} node reached the planner")
 
 
-_PLACE = RuleTable("kernel planning", {
+_PLACE = Rules("kernel planning", {
     ir.Solve: lambda node, planner: planner.place_solve(node),
     (ir.Einsum, ir.Map, ir.Add, ir.LogSumExp, ir.Softmax):
         lambda node, planner: planner.place_computed(node),
