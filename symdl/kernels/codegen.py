@@ -29,7 +29,7 @@ from symdl.kernels.plan import (
     storing_groups,
     summed_labels,
 )
-from symdl.kernels.scalar_code import CHECK, FASTMATH, HELPERS, ScalarPrinter
+from symdl.kernels.scalar_code import CHECK, FASTMATH, ScalarPrinter, helper_source
 
 
 @dataclass
@@ -504,7 +504,7 @@ def _stats{number}{variant}(z, peak, total):
         text = "\n".join(doc).replace("\\", "\\\\").replace('"', "\\x22")
         lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
                  "import numpy as np", "from numba import prange", "",
-                 _helpers(HELPERS, self.functions), CHECK, ""]
+                 _helpers(helper_source(self.functions), self.functions), CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs)
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
