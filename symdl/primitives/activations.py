@@ -13,7 +13,7 @@ import math
 import sympy as sp
 from sympy.codegen import cfunctions
 
-from symdl.primitives.functions import RegisteredFunction
+from symdl.primitives.functions import RegisteredFunction, minimum
 
 
 class silu(RegisteredFunction):  # noqa: N801 - SymPy function classes are lower case
@@ -26,7 +26,8 @@ class silu(RegisteredFunction):  # noqa: N801 - SymPy function classes are lower
 
 class gelu(RegisteredFunction):  # noqa: N801
     """Exact GELU, ``x Φ(x) = x (1 + erf(x/√2))/2`` (PyTorch's ``gelu(approximate="none")``;
-    ``symdl.gelu`` writes the tanh approximation unless asked for this one)."""
+    ``symdl.gelu`` writes the tanh approximation unless asked for this one). Its value is
+    computed as ``x erfc(-x/√2)/2``: accurate in the tail ``x < -5`` too."""
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
@@ -52,22 +53,22 @@ class softsign(RegisteredFunction):  # noqa: N801
 
 class elu(RegisteredFunction):  # noqa: N801
     """``elu(x, alpha)``: ``x`` for ``x > 0``, ``alpha (exp(x) - 1)`` at and below 0. At the
-    kink ``x = 0`` both derivatives take the branch ``x <= 0`` (as PyTorch): ``elu'(0) =
-    alpha``, ``elu''(0) = alpha``."""
+    kink ``x = 0``, as PyTorch: ``elu'(0) = alpha`` (the branch ``x <= 0``), ``elu''(0) = 0``."""
 
     nargs = 2
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         if argindex == 2:  # alpha may be a parameter (a symbol)
             x = self.args[0]
-            return sp.Piecewise((sp.Integer(0), x > 0), (expm1(x), True))
+            return sp.Piecewise((sp.Integer(0), x > 0),
+                                (expm1(minimum(sp.Integer(0), x)), True))
         return super().fdiff(argindex)
 
 
 class log1p(cfunctions.log1p):  # noqa: N801
     """``log(1 + x)``, accurate for small ``x``."""
 
-    primitive = None  # set by the registry
+    registry_entry = None  # set by the registry
     _latex = RegisteredFunction._latex
     entry = RegisteredFunction.__dict__["entry"]  # the classmethod itself, not bound
 
@@ -75,6 +76,6 @@ class log1p(cfunctions.log1p):  # noqa: N801
 class expm1(cfunctions.expm1):  # noqa: N801
     """``exp(x) - 1``, accurate for small ``x``."""
 
-    primitive = None  # set by the registry
+    registry_entry = None  # set by the registry
     _latex = RegisteredFunction._latex
     entry = RegisteredFunction.__dict__["entry"]  # the classmethod itself, not bound

@@ -26,16 +26,16 @@ def _power(latex: str, exp: str | None) -> str:
 class RegisteredFunction(sp.Function):
     """A symdl scalar function whose derivative, numeric value and LaTeX come from its entry
     in ``symdl.primitives.registry.PRIMITIVES``: the entry is the one place that says what
-    the function is. The registry attaches the entry to the class (``primitive``) when it is
+    the function is. The registry attaches the entry to the class (``registry_entry``) when it is
     built (it imports this module, so this module cannot import it)."""
 
-    primitive = None  # the registry's Primitive, set by symdl.primitives.registry
+    registry_entry = None  # the registry's Primitive, set by symdl.primitives.registry
 
     @classmethod
     def entry(cls):  # -> registry.Primitive
-        if cls.primitive is None:
+        if cls.registry_entry is None:
             raise UnsupportedError(f"{cls.__name__} has no entry in the primitive registry")
-        return cls.primitive
+        return cls.registry_entry
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
         if argindex != 1:

@@ -104,6 +104,8 @@ _ENTRIES = [
     # erf is analytic, but NumPy has no complex erf for the checks' complex step.
     Primitive(sp.erf, sp.erf, lambda x: 2 * sp.exp(-x**2) / sp.sqrt(sp.pi), numpy_impl.erf,
               "math.erf", False, None, "erf", r"\operatorname{erf}\left(#\right)"),
+    Primitive(sp.erfc, sp.erfc, lambda x: -2 * sp.exp(-x**2) / sp.sqrt(sp.pi), numpy_impl.erfc,
+              "math.erfc", False, None, "erfc", r"\operatorname{erfc}\left(#\right)"),
     Primitive(sigmoid, lambda x: 1 / (1 + sp.exp(-x)),
               lambda x: sigmoid(x) * (1 - sigmoid(x)), numpy_impl.sigmoid, "_sigmoid", True,
               None, "sigmoid", r"\sigma\left(#\right)",
@@ -130,6 +132,9 @@ _ENTRIES = [
               r"\min\left(#\right)", arity=None),
     Primitive(silu, lambda x: x * sigmoid(x), lambda x: sigmoid(x) * (1 + x * sigmoid(-x)),
               numpy_impl.silu, "_silu", True, None, "silu", r"\operatorname{silu}\left(#\right)"),
+    # The value is computed with erfc (numpy_impl, numba_impl: the tail x < -5 keeps its
+    # relative accuracy); the derivative is written with erf, as PyTorch's, because SymPy
+    # rewrites erfc(-u) as 2 - erfc(u): below -5 it is accurate in absolute terms only.
     Primitive(gelu, lambda x: x * (1 + sp.erf(x * _SQRT_HALF)) / 2,
               lambda x: (1 + sp.erf(x * _SQRT_HALF)) / 2
               + x * sp.exp(-x**2 / 2) / sp.sqrt(2 * sp.pi),
@@ -139,23 +144,26 @@ _ENTRIES = [
               numpy_impl.softsign, "_softsign", False,
               "x = 0: the second derivative jumps from 2 to -2 and is taken as 0 (sign(0)), "
               "as PyTorch", "softsign", r"\operatorname{softsign}\left(#\right)"),
-    Primitive(elu, lambda x, a: sp.Piecewise((x, x > 0), (a * (sp.exp(x) - 1), True)),
-              lambda x, a: sp.Piecewise((sp.Integer(1), x > 0), (a * sp.exp(x), True)),
+    # exp(min(0, x)): the branch not taken cannot overflow (NumPy evaluates both).
+    Primitive(elu, lambda x, a: sp.Piecewise((x, x > 0), (a * (sp.exp(sp.Min(x, 0)) - 1), True)),
+              lambda x, a: sp.Piecewise((sp.Integer(1), x > 0),
+                                        (a * sp.exp(minimum(sp.Integer(0), x)), True)),
               numpy_impl.elu, "_elu", False,
-              "x = 0: the branch x <= 0 gives both derivatives there (elu'(0) = elu''(0) = "
-              "alpha), as PyTorch", "elu", r"\operatorname{elu}\left(#\right)", arity=2),
+              "x = 0: elu'(0) = alpha (the branch x <= 0) and elu''(0) = 0 (min(0, x) gives "
+              "its derivative to the 0 at the tie), as PyTorch", "elu",
+              r"\operatorname{elu}\left(#\right)", arity=2),
     Primitive(log1p, lambda x: sp.log(1 + x), lambda x: 1 / (1 + x), np.log1p, "math.log1p",
               True, None, "log1p", r"\log\left(1 + #\right)"),
     Primitive(expm1, lambda x: sp.exp(x) - 1, sp.exp, np.expm1, "math.expm1", True, None,
-              "expm1", r"\left(e^{#} - 1\right)", output_derivative=lambda y: y + 1),
+              "expm1", r"\left(e^{#} - 1\right)"),  # not y + 1: it cancels for x << 0
 ]
 
 PRIMITIVES: dict[str, Primitive] = {p.function.__name__: p for p in _ENTRIES}
 """Every scalar primitive by its SymPy class name."""
 
 for _entry in _ENTRIES:
-    if "primitive" in dir(_entry.function):  # symdl's own classes read their entry
-        _entry.function.primitive = _entry
+    if hasattr(_entry.function, "registry_entry"):  # symdl's own classes read their entry
+        _entry.function.registry_entry = _entry
 del _entry
 
 SUPPORTED_FUNCTIONS: tuple[type, ...] = (*(p.function for p in _ENTRIES), sp.Piecewise)
