@@ -354,9 +354,9 @@ def silu(m: sp.Basic) -> sp.Basic:
 
 def elu(m: sp.Basic, alpha: sp.Basic | float = 1) -> sp.Basic:
     """Elementwise ELU: ``x`` for ``x > 0``, ``alpha (exp(x) - 1)`` at and below 0 (PyTorch's
-    ``elu``). At the kink ``x = 0`` the derivatives are those of the branch ``x <= 0``, as in
-    PyTorch: ``elu'(0) = alpha``, ``elu''(0) = alpha``. ``alpha`` may be a number or a scalar
-    symbol (then it gets a derivative too)."""
+    ``elu``). At the kink ``x = 0``, as in PyTorch: ``elu'(0) = alpha`` (the branch ``x <=
+    0``) and ``elu''(0) = 0``. ``alpha`` may be a number or a scalar symbol (then it gets a
+    derivative too)."""
     alpha = sp.sympify(alpha)
     if not isinstance(alpha, sp.Expr) or isinstance(alpha, MatrixExpr) or alpha.is_Matrix:
         raise DefinitionError(f"elu: alpha must be a scalar (a number or a symbol), got {alpha}")
