@@ -145,7 +145,7 @@ _ENTRIES = [
               "x = 0: the second derivative jumps from 2 to -2 and is taken as 0 (sign(0)), "
               "as PyTorch", "softsign", r"\operatorname{softsign}\left(#\right)"),
     # exp(min(0, x)): the branch not taken cannot overflow (NumPy evaluates both).
-    Primitive(elu, lambda x, a: sp.Piecewise((x, x > 0), (a * (sp.exp(sp.Min(x, 0)) - 1), True)),
+    Primitive(elu, lambda x, a: sp.Piecewise((x, x > 0), (a * expm1(sp.Min(x, 0)), True)),
               lambda x, a: sp.Piecewise((sp.Integer(1), x > 0),
                                         (a * sp.exp(minimum(sp.Integer(0), x)), True)),
               numpy_impl.elu, "_elu", False,

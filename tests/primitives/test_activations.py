@@ -149,3 +149,15 @@ def test_compiled_kernel_against_torch_and_mpmath(dtype, kernel) -> None:
             for order, (g, e) in enumerate(zip(got, exact, strict=True), start=1):
                 np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-37,
                                            err_msg=f"{name}, derivative {order}, float32")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_sympy_lambdify_of_a_result_is_stable(name: str) -> None:
+    """A derived formula handed to ``sympy.lambdify(..., "numpy")`` computes each function
+    in a stable form too (no overflow warning, the tails right)."""
+    f, _, points, _ = CASES[name]
+    t = sp.Symbol("t", real=True)
+    fn = sp.lambdify(t, f(t), "numpy")
+    with np.errstate(over="raise", invalid="raise", divide="raise"):
+        got = fn(np.array(points))
+    np.testing.assert_allclose(got, _mpmath(name)[0], rtol=2e-13, atol=0)
