@@ -1,7 +1,7 @@
 """symdl: deep-learning math in SymPy -> exact derivatives, for symbolic shapes.
 
 The package is laid out by the pipeline's stages; a module imports only from its own stage
-or an earlier one (``tests/test_layout.py`` reads the import graph and holds this):
+or an earlier one (``tests/test_layout.py`` reads the import graph and holds this)::
 
     errors       typed errors, used by every stage
     primitives/  1. scalar functions (sigmoid, relu, ...): one entry each
@@ -30,12 +30,15 @@ from symdl.define.vocabulary import (
     bias,
     binary_cross_entropy_with_logits,
     broadcast,
+    elu,
     exp,
+    expm1,
     floor,
     gelu,
     huber,
     leaky_relu,
     log,
+    log1p,
     log_softmax,
     logsumexp,
     mean,
@@ -43,9 +46,11 @@ from symdl.define.vocabulary import (
     relu,
     rsqrt,
     sigmoid,
+    silu,
     softmax,
     softmax_cross_entropy,
     softplus,
+    softsign,
     sqrt,
     sum,
     tanh,
@@ -97,5 +102,5 @@ __all__ = [
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
-    "absolute", "huber",
+    "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
 ]

@@ -18,7 +18,8 @@ from symdl import ir
 from symdl.define.vocabulary import LogSumExp, Softmax, Total
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
-from symdl.primitives.functions import check_supported, lower_kinks
+from symdl.primitives.functions import lower_kinks
+from symdl.primitives.registry import check_supported
 
 
 def dimension_symbols(exprs: list[sp.Basic]) -> set[sp.Symbol]:

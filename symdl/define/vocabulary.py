@@ -14,6 +14,12 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl.errors import DefinitionError, ShapeMismatchError
+from symdl.primitives.activations import elu as elu_function
+from symdl.primitives.activations import expm1 as expm1_function
+from symdl.primitives.activations import gelu as gelu_function
+from symdl.primitives.activations import log1p as log1p_function
+from symdl.primitives.activations import silu as silu_function
+from symdl.primitives.activations import softsign as softsign_function
 from symdl.primitives.functions import floor as floor_function
 from symdl.primitives.functions import relu as relu_function
 from symdl.primitives.functions import sigmoid as sigmoid_function
@@ -561,8 +567,16 @@ def leaky_relu(m: sp.Basic, slope: sp.Basic | float = 0.01) -> sp.Basic:
     return slope * m + (1 - slope) * relu(m)
 
 
-def gelu(m: sp.Basic) -> sp.Basic:
-    """Elementwise GELU in its tanh form, ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+def gelu(m: sp.Basic, approximate: str = "tanh") -> sp.Basic:
+    """Elementwise GELU, ``x Φ(x)``, as PyTorch's ``gelu(x, approximate=...)``.
+
+    Args:
+        m: a matrix expression or a scalar.
+        approximate: ``"tanh"`` (the default, as in symdl before it had the exact form): the
+            tanh approximation ``x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (GPT-2,
+            BERT), written out. ``"none"``: the exact ``x (1 + erf(x/√2))/2``, one function
+            ``gelu(x)`` in formulas (PyTorch's default; symdl keeps ``"tanh"`` as its default
+            so that existing definitions keep their results).
 
     Example:
         >>> import sympy as sp
@@ -573,7 +587,16 @@ def gelu(m: sp.Basic) -> sp.Basic:
         (n, d)
         >>> symdl.evaluate(symdl.gelu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
         [[-0.1588, 0.8412]]
+        >>> exact = symdl.gelu(X, approximate="none")
+        >>> symdl.evaluate(exact, {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.1587, 0.8413]]
     """
+    if approximate == "none":
+        return _elementwise(gelu_function, m)
+    if approximate != "tanh":
+        raise DefinitionError(
+            f"gelu(approximate={approximate!r}): use approximate=\"tanh\" (the tanh form) "
+            "or approximate=\"none\" (the exact form with erf)")
     x = sp.Dummy("x")
     body = x / 2 * (1 + sp.tanh(sp.sqrt(2 / sp.pi) * (x + GELU_CUBIC * x**3)))
     if isinstance(m, MatrixExpr):
@@ -583,6 +606,98 @@ def gelu(m: sp.Basic) -> sp.Basic:
 
 GELU_CUBIC = sp.Rational(44715, 1000000)
 """The cubic coefficient 0.044715 of the tanh approximation of GELU."""
+
+
+def silu(m: sp.Basic) -> sp.Basic:
+    """Elementwise SiLU (swish), ``x σ(x)`` (PyTorch's ``silu``); no overflow at any input.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.silu(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.silu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.2689, 0.7311]]
+    """
+    return _elementwise(silu_function, m)
+
+
+def elu(m: sp.Basic, alpha: sp.Basic | float = 1) -> sp.Basic:
+    """Elementwise ELU: ``x`` for ``x > 0``, ``alpha (exp(x) - 1)`` at and below 0 (PyTorch's
+    ``elu``). At the kink ``x = 0``, as in PyTorch: ``elu'(0) = alpha`` (the branch ``x <=
+    0``) and ``elu''(0) = 0``. ``alpha`` may be a number or a scalar symbol (then it gets a
+    derivative too).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.elu(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.elu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.6321, 1.0]]
+    """
+    alpha = sp.sympify(alpha)
+    if not isinstance(alpha, sp.Expr) or isinstance(alpha, MatrixExpr) or alpha.is_Matrix:
+        raise DefinitionError(f"elu: alpha must be a scalar (a number or a symbol), got {alpha}")
+    if alpha.is_number and not alpha.is_extended_real:
+        raise DefinitionError(f"elu: alpha must be real, got {alpha}")
+    x = sp.Dummy("x")
+    if isinstance(m, MatrixExpr):
+        return m.applyfunc(sp.Lambda(x, elu_function(x, alpha)))
+    return elu_function(m, alpha)
+
+
+def softsign(m: sp.Basic) -> sp.Basic:
+    """Elementwise softsign, ``x / (1 + |x|)`` (PyTorch's ``softsign``). Its second derivative
+    jumps at 0 (from 2 to -2) and is taken as 0 there, as in PyTorch.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.softsign(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.softsign(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
+        [[-0.5, 0.5]]
+    """
+    return _elementwise(softsign_function, m)
+
+
+def log1p(m: sp.Basic) -> sp.Basic:
+    """Elementwise ``log(1 + x)``, accurate for small ``x`` (NumPy's and PyTorch's ``log1p``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.log1p(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.log1p(X), {"X": [[1e-10, 1.0]]}, {n: 1, d: 2}).tolist()
+        [[9.999999999500001e-11, 0.6931471805599453]]
+    """
+    return _elementwise(log1p_function, m)
+
+
+def expm1(m: sp.Basic) -> sp.Basic:
+    """Elementwise ``exp(x) - 1``, accurate for small ``x`` (NumPy's and PyTorch's ``expm1``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.expm1(X).shape
+        (n, d)
+        >>> symdl.evaluate(symdl.expm1(X), {"X": [[1e-10, 1.0]]}, {n: 1, d: 2}).tolist()
+        [[1.00000000005e-10, 1.7182818284590453]]
+    """
+    return _elementwise(expm1_function, m)
 
 
 def floor(m: sp.Basic) -> sp.Basic:

@@ -23,7 +23,7 @@ import sympy as sp
 
 from symdl import ir
 from symdl.ir.rules import Rules
-from symdl.primitives.functions import OUTPUT_DERIVATIVES, stabilize
+from symdl.primitives.registry import output_derivative, stabilize
 
 
 def partial_derivatives(fn: sp.Lambda) -> list[sp.Lambda]:
@@ -37,11 +37,12 @@ def partial_derivatives(fn: sp.Lambda) -> list[sp.Lambda]:
 def _elementwise_factor(node: ir.Map, k: int) -> ir.Node:
     """∂node/∂args[k] as a tensor; in terms of the output where that reads better (tanh)."""
     fn = node.fn
-    if len(fn.variables) == 1 and fn.expr.func in OUTPUT_DERIVATIVES:
+    in_output = output_derivative(fn.expr.func)
+    if len(fn.variables) == 1 and in_output is not None:
         (x,) = fn.variables
         if fn.expr.args == (x,):
             y = sp.Dummy("y")
-            return ir.map_(sp.Lambda(y, OUTPUT_DERIVATIVES[fn.expr.func](y)), node)
+            return ir.map_(sp.Lambda(y, in_output(y)), node)
     return ir.map_(partial_derivatives(fn)[k], *node.args)
 
 

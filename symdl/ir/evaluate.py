@@ -19,7 +19,7 @@ from symdl.errors import EvaluationError
 from symdl.ir import rewrites
 from symdl.ir.assumptions import violation
 from symdl.ir.rules import Rules
-from symdl.primitives.functions import numpy_function
+from symdl.primitives.registry import numpy_function
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

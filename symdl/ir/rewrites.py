@@ -17,7 +17,7 @@ the rules below rewrite that expression, and when they remove an overflow-prone 
 stable expression. Otherwise the graph is left exactly as it was.
 
 The rules are data: ``LOG_FORMS`` says which atoms have a stable logarithm (softmax ->
-log-softmax, a row sum of ``exp`` -> log-sum-exp), ``symdl.primitives.functions.STABILITY_REWRITES``
+log-softmax, a row sum of ``exp`` -> log-sum-exp), ``symdl.primitives.registry.STABILITY_REWRITES``
 holds the scalar rewrites (``log(1 + exp(x))`` -> ``softplus(x)``), and one more rule writes
 ``exp(z_ij) / Σ_k exp(z_ik)`` as a softmax. A contraction's factors that multiply entry by
 entry (``Σ P ⊙ log P``) are one cluster too.
@@ -38,8 +38,9 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symdl import ir
-from symdl.primitives.functions import ACCURACY_REWRITES, sigmoid, softplus
-from symdl.primitives.functions import stabilize as stabilize_scalar
+from symdl.primitives.functions import sigmoid, softplus
+from symdl.primitives.registry import ACCURACY_REWRITES
+from symdl.primitives.registry import stabilize as stabilize_scalar
 
 Labels = tuple[int, ...]
 

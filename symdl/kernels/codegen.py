@@ -24,7 +24,7 @@ from symdl.errors import UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
-from symdl.kernels.scalar_code import CHECK, HELPERS, ScalarPrinter
+from symdl.kernels.scalar_code import CHECK, ScalarPrinter, helper_source
 from symdl.kernels.steps import STEP_KINDS, jit_decorator
 
 
@@ -294,7 +294,7 @@ class Generator:
         text = self._docstring(inputs).replace("\\", "\\\\").replace('"', "\\x22")
         lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
                  "import numpy as np", "from numba import prange", "",
-                 _helpers(HELPERS, self.functions), CHECK, ""]
+                 _helpers(helper_source(self.functions), self.functions), CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs)
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]

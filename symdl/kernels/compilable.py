@@ -128,7 +128,7 @@ def _check_prints(expr: sp.Expr) -> None:
         raise UnsupportedError(
             f"{type(culprit).__name__} ({_short(culprit)}) cannot be compiled into a kernel "
             f"({exc}); write the definition with the supported functions "
-            "(symdl.primitives.functions.supported_names()), evaluate integrals and derivatives "
+            "(symdl.primitives.registry.supported_names()), evaluate integrals and derivatives "
             "first (.doit()), and use real numbers only") from exc
 
 

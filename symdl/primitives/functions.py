@@ -1,27 +1,18 @@
-"""Scalar functions: the deep-learning primitives SymPy lacks, and the registry of what symdl
-differentiates and evaluates.
+"""Scalar functions: the deep-learning primitives SymPy lacks, as SymPy ``Function`` classes,
+and the stable rewrites that produce them.
 
 Elementwise layers are scalar functions applied entry by entry. SymPy already has ``exp``,
-``log`` and ``tanh``; this module adds ``sigmoid``, ``softplus`` and ``relu`` as SymPy
-``Function`` classes, so they differentiate, print and substitute like any SymPy function.
-
-Three tables drive the rest of symdl:
-
-* ``SUPPORTED_FUNCTIONS``: the scalar functions a definition may use. Anything else raises
-  ``UnsupportedError`` naming the function.
-* ``OUTPUT_DERIVATIVES``: derivatives written in terms of the function's output ``y``
-  (``tanh' = 1 - y**2``), so backprop reuses the forward activations (``1 - A1 ⊙ A1``).
-* ``STABILITY_REWRITES``: rewrites from overflow-prone forms to stable ones
-  (``exp(x)/(exp(x) + 1)`` -> ``sigmoid(x)``), applied to every scalar derivative and, by
-  ``symdl.ir.rewrites``, to the IR of every definition and derivative.
+``log`` and ``tanh``; this module adds ``sigmoid``, ``softplus``, ``relu``, ``floor``,
+``maximum`` and ``minimum``, so they differentiate, print and substitute like any SymPy
+function. What symdl knows about each (derivative, NumPy and Numba implementations, kinks,
+names, rewrites) is its entry in ``symdl.primitives.registry.PRIMITIVES``; a
+``RegisteredFunction`` reads its derivative, value and LaTeX name from there.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
-import numpy as np
 import sympy as sp
 
 from symdl.errors import UnsupportedError
@@ -32,12 +23,42 @@ def _power(latex: str, exp: str | None) -> str:
     return latex if exp is None else rf"{latex}^{{{exp}}}"
 
 
-class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower case
-    """The logistic function ``1 / (1 + exp(-x))``."""
+class RegisteredFunction(sp.Function):
+    """A symdl scalar function whose derivative, numeric value and LaTeX come from its entry
+    in ``symdl.primitives.registry.PRIMITIVES``: the entry is the one place that says what
+    the function is. The registry attaches the entry to the class (``registry_entry``) when it is
+    built (it imports this module, so this module cannot import it)."""
+
+    registry_entry = None  # the registry's Primitive, set by symdl.primitives.registry
+
+    @classmethod
+    def entry(cls):  # -> registry.Primitive
+        if cls.registry_entry is None:
+            raise UnsupportedError(f"{cls.__name__} has no entry in the primitive registry")
+        return cls.registry_entry
 
     def fdiff(self, argindex: int = 1) -> sp.Expr:
-        s = sigmoid(self.args[0])
-        return s * (1 - s)
+        if argindex != 1:
+            raise sp.ArgumentIndexError(self, argindex)
+        return self.entry().derivative(*self.args)
+
+    def _eval_evalf(self, prec: int) -> sp.Expr:
+        return self.entry().definition(*self.args)._eval_evalf(prec)
+
+    def _latex(self, printer, exp: str | None = None) -> str:
+        inner = ", ".join(printer._print(a) for a in self.args)
+        return _power(self.entry().latex.replace("#", inner), exp)
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        name = type(self).__name__
+        if name in printer._settings.get("user_functions", {}):
+            # lambdify(..., modules=[{name: ...}, ...]) chose its own implementation.
+            return f"{name}({', '.join(printer._print(a) for a in self.args)})"
+        return printer._print(self.entry().definition(*self.args))
+
+
+class sigmoid(RegisteredFunction):  # noqa: N801 - SymPy function classes are lower case
+    """The logistic function ``1 / (1 + exp(-x))``."""
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
@@ -52,23 +73,14 @@ class sigmoid(sp.Function):  # noqa: N801 - SymPy function classes are lower cas
     def _eval_rewrite_as_exp(self, x: sp.Expr, **kwargs) -> sp.Expr:
         return 1 / (1 + sp.exp(-x))
 
-    def _eval_evalf(self, prec: int) -> sp.Expr:
-        return (1 / (1 + sp.exp(-self.args[0])))._eval_evalf(prec)
-
-    def _latex(self, printer, exp: str | None = None) -> str:
-        return _power(rf"\sigma\left({printer._print(self.args[0])}\right)", exp)
-
     def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
         from symdl.primitives.sympy_results import numpy_call
 
         return numpy_call(printer, "sigmoid", self.args[0])
 
 
-class softplus(sp.Function):  # noqa: N801
+class softplus(RegisteredFunction):  # noqa: N801
     """``log(1 + exp(x))``, evaluated without overflow."""
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        return sigmoid(self.args[0])
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
@@ -83,36 +95,20 @@ class softplus(sp.Function):  # noqa: N801
     def _eval_rewrite_as_log(self, x: sp.Expr, **kwargs) -> sp.Expr:
         return sp.log(1 + sp.exp(x))
 
-    def _eval_evalf(self, prec: int) -> sp.Expr:
-        return sp.log(1 + sp.exp(self.args[0]))._eval_evalf(prec)
-
-    def _latex(self, printer, exp: str | None = None) -> str:
-        return _power(rf"\operatorname{{softplus}}\left({printer._print(self.args[0])}\right)",
-                      exp)
-
     def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
         from symdl.primitives.sympy_results import numpy_call
 
         return numpy_call(printer, "softplus", self.args[0])
 
 
-class relu(sp.Function):  # noqa: N801
+class relu(RegisteredFunction):  # noqa: N801
     """``max(x, 0)``. Its derivative at 0 is taken as 0 (``Heaviside(x, 0)``)."""
-
-    def fdiff(self, argindex: int = 1) -> sp.Expr:
-        return sp.Heaviside(self.args[0], 0)
 
     @classmethod
     def eval(cls, x: sp.Expr) -> sp.Expr | None:
         if x.is_number and x.is_extended_real:
             return sp.Max(x, 0)
         return None
-
-    def _eval_evalf(self, prec: int) -> sp.Expr:
-        return sp.Max(self.args[0], 0)._eval_evalf(prec)
-
-    def _latex(self, printer, exp: str | None = None) -> str:
-        return _power(rf"\operatorname{{relu}}\left({printer._print(self.args[0])}\right)", exp)
 
     def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
         from symdl.primitives.sympy_results import numpy_call
@@ -208,21 +204,6 @@ class minimum(_Extremum):  # noqa: N801
 
     def _wins(self, strict: bool, a: sp.Expr, b: sp.Expr) -> sp.Basic:
         return a < b if strict else a <= b
-
-
-SUPPORTED_FUNCTIONS: tuple[type, ...] = (
-    sp.exp, sp.log, sp.tanh, sp.sin, sp.cos, sp.Abs, sp.sign, sp.Heaviside, sp.erf,
-    sigmoid, softplus, relu, floor, maximum, minimum, sp.Piecewise,
-)
-"""Scalar functions a definition may contain; powers, sums and products are always allowed."""
-
-
-OUTPUT_DERIVATIVES: dict[type, Callable[[sp.Symbol], sp.Expr]] = {
-    sp.tanh: lambda y: 1 - y**2,
-    sigmoid: lambda y: y * (1 - y),
-    sp.exp: lambda y: y,
-}
-"""f'(x) written in terms of y = f(x): backprop then reuses the stored activation."""
 
 
 def _reciprocal_of_one_plus_exp(e: sp.Expr) -> tuple[sp.Expr, int] | None:
@@ -336,18 +317,6 @@ def _term_count(e: sp.Expr) -> int:
     return 0 if e == 0 else len(sp.Add.make_args(e))
 
 
-STABILITY_REWRITES: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = (
-    _sigmoid_quotients,
-    _log_of_one_plus_exp,
-    _log_of_sigmoid,
-    _one_minus_sigmoid,
-    _softplus_minus_linear,
-)
-"""Scalar rewrites from overflow-prone forms to stable ones: each takes a subexpression and
-returns an equal stable one, or None where it does not apply. ``stabilize`` applies them
-bottom-up; ``symdl.ir.rewrites`` applies them to whole elementwise clusters of the IR."""
-
-
 def _scaled(term: sp.Expr, f: type[sp.Function]) -> tuple[sp.Expr, sp.Symbol] | None:
     """``(c, u)`` when ``term`` is ``c f(u)`` for a symbol ``u`` and ``c`` free of it."""
     calls = [a for a in sp.Mul.make_args(term) if isinstance(a, f)]
@@ -398,73 +367,6 @@ def _sigmoid_minus_label(e: sp.Expr) -> sp.Expr | None:
     return None
 
 
-ACCURACY_REWRITES: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = (
-    _one_minus_sigmoid,
-    _softplus_plus_linear,
-    _sigmoid_minus_label,
-)
-"""Rewrites that trade a cheap cancelling form for an exact one (``σ(u)(1 - σ(u))`` ->
-``σ(u) σ(-u)``). They make printed formulas longer, so they are applied where numbers are
-computed (``symdl.ir.rewrites.exact``: kernels and NumPy evaluation), not where they are read."""
-
-
-def _rewrite_node(e: sp.Expr,
-                  rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
-    rules = rules or STABILITY_REWRITES
-    for _ in range(8):  # a rewrite may enable another on the same node; each one simplifies
-        for rule in rules:
-            new = rule(e)
-            if new is not None and new != e:
-                e = new
-                break
-        else:
-            return e
-    return e
-
-
-def stabilize(expr: sp.Expr,
-              rules: tuple[Callable[[sp.Expr], sp.Expr | None], ...] = ()) -> sp.Expr:
-    """Rewrites overflow-prone scalar forms to stable ones (``rules``, by default
-    ``STABILITY_REWRITES``).
-
-    Outer forms first: ``exp(u)/(1 + exp(u))`` must be seen whole before its denominator
-    alone becomes ``σ(-u)`` (``exp(u) σ(-u)`` overflows to ``inf · 0``)."""
-    expr = _rewrite_node(expr, rules)
-    if not expr.args or isinstance(expr, (sp.Lambda, sp.Dummy)):
-        return expr
-    args = tuple(stabilize(a, rules) for a in expr.args)
-    if args != expr.args:
-        expr = _rewrite_node(expr.func(*args), rules)
-    return expr
-
-
-def check_supported(expr: sp.Expr) -> None:
-    """Raises ``UnsupportedError`` naming the first scalar function symdl cannot handle."""
-    for f in expr.atoms(sp.Function):
-        if isinstance(f, sp.core.function.AppliedUndef):
-            raise UnsupportedError(
-                f"undefined function {f.func.__name__}() in a definition: symdl needs a "
-                f"concrete function; use one of {supported_names()} or define it as a Lambda"
-            )
-        if not isinstance(f, SUPPORTED_FUNCTIONS):
-            raise UnsupportedError(
-                f"function {f.func.__name__}() is not supported by symdl; supported scalar "
-                f"functions: {supported_names()}. Rewrite it with these, or open an issue"
-            )
-    for node in sp.preorder_traversal(expr):
-        if isinstance(node, sp.Piecewise):
-            check_piecewise(node)
-
-
-NON_SMOOTH_FUNCTIONS: tuple[str, ...] = (
-    "relu", "Heaviside", "Abs", "sign", "Max", "Min", "maximum", "minimum", "Piecewise",
-    "floor", "ceiling", "DiracDelta",
-)
-"""Names of the functions with kinks or jumps: the one list ``symdl.check`` uses both to
-keep test points away from kinks and to skip the complex step (which needs an analytic
-continuation). Vocabulary built from these (``leaky_relu``, ``absolute``, ``huber``) is
-written with them, so it is covered."""
-
 _CONDITIONS = (sp.core.relational.Relational, sp.And, sp.Or, sp.Not)
 
 
@@ -501,42 +403,3 @@ def lower_kinks(body: sp.Basic, is_constant: Callable[[sp.Basic], bool]) -> sp.B
     return body.replace(lambda e: isinstance(e, (sp.Max, sp.Min)),
                         lambda e: (maximum if isinstance(e, sp.Max) else minimum)(
                             *ordered(e.args)))
-
-
-def supported_names() -> str:
-    return ", ".join(f.__name__ for f in SUPPORTED_FUNCTIONS)
-
-
-def _np_sigmoid(x: np.ndarray) -> np.ndarray:
-    # exp of a non-positive argument only: no overflow for large |x|.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
-
-
-def _np_softplus(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0) + np.log1p(np.exp(-np.abs(x)))
-
-
-def _np_relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
-
-
-def _np_heaviside(x: np.ndarray, h0: float = 0.0) -> np.ndarray:
-    return np.heaviside(x, h0)
-
-
-NUMPY_IMPLEMENTATIONS: dict[str, Callable] = {
-    # maximum/minimum print themselves as numpy.maximum/minimum (NaN propagates).
-    "sigmoid": _np_sigmoid,
-    "softplus": _np_softplus,
-    "relu": _np_relu,
-    "Heaviside": _np_heaviside,
-    "floor": np.floor,
-}
-"""Stable NumPy versions of the functions, for ``sympy.lambdify``'s ``modules``."""
-
-
-def numpy_function(args: tuple[sp.Symbol, ...], body: sp.Expr) -> Callable:
-    """Compiles a scalar SymPy body into a vectorised NumPy function of ``args``."""
-    modules = [NUMPY_IMPLEMENTATIONS, {"erf": np.vectorize(math.erf, otypes=[float])}, "numpy"]
-    return sp.lambdify(args, body, modules=modules)

@@ -67,7 +67,7 @@ from symdl.derivation import Derivation
 from symdl.errors import EvaluationError, SymdlError
 from symdl.ir.assumptions import conform, declared_checks, step_limit
 from symdl.kernels.kernel import Kernel
-from symdl.primitives.functions import NON_SMOOTH_FUNCTIONS
+from symdl.primitives.registry import NON_SMOOTH_FUNCTIONS
 from symdl.verify import reference
 
 ENTRYWISE_MAX = 64

@@ -24,7 +24,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.define.vocabulary import LogSumExp, Softmax, Total
 from symdl.errors import SymdlError
-from symdl.primitives.functions import NON_SMOOTH_FUNCTIONS
+from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE  # noqa: F401 - check reads it here
 
 NUMPY_REFERENCE: dict[str, Callable] = {
     # Written here, not imported from symdl.primitives.functions, so the reference shares no code.
@@ -42,10 +42,8 @@ COMPLEX_REFERENCE: dict[str, Callable] = {
     "KroneckerDelta": lambda a, b: 1.0 * (a == b),
 }
 
-# The kinks come from symdl's one list (a list of names, no code); erf is smooth but has no
-# complex implementation here.
-NOT_COMPLEX_STEPPABLE = (*NON_SMOOTH_FUNCTIONS, "erf")
-"""Functions without an analytic continuation here (kinks, ``max``): no complex step."""
+# NOT_COMPLEX_STEPPABLE (kinks, and erf: smooth, but no complex implementation here) comes
+# from symdl's registry: a list of names, no code.
 
 
 def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],

@@ -451,7 +451,7 @@ def test_one_list_of_non_smooth_functions():
     from symdl.verify import reference as check_reference
 
     check_module = importlib.import_module("symdl.verify.check")
-    from symdl.primitives.functions import NON_SMOOTH_FUNCTIONS
+    from symdl.primitives.registry import NON_SMOOTH_FUNCTIONS
 
     assert set(NON_SMOOTH_FUNCTIONS) <= set(check_reference.NOT_COMPLEX_STEPPABLE)
     for body in [sp.Max(0, a[i]), sp.Min(a[i], b[i]), sp.Piecewise((a[i], a[i] > 0), (0, True)),

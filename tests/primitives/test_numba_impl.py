@@ -1,6 +1,6 @@
-"""The scalar helpers every generated kernel carries (symdl/kernels/scalar_code.py HELPERS): the
-vectorisable exp and tanh against NumPy's (libm), in ulps, over the whole range and at the
-special values."""
+"""The scalar helpers every generated kernel carries (symdl/primitives/numba_impl.py, imported
+and jitted here as a kernel module jits them): the vectorisable exp and tanh against NumPy's
+(libm), in ulps, over the whole range and at the special values."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ import numba
 import numpy as np
 import pytest
 
-from symdl.kernels.scalar_code import HELPERS
+from symdl.kernels.scalar_code import jitted_helpers
 
-_NAMESPACE: dict = {}
-exec("import math\nimport numba\nimport numpy as np\n"  # noqa: S102 - our own constant
-     + HELPERS.replace("cache=True", "cache=False"), _NAMESPACE)
+_NAMESPACE = jitted_helpers(cache=False)
 
 
 def _vectorised(name: str):
