@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symdl import ir
+from symdl.ir.rules import Rules
 from symdl.primitives.functions import sigmoid, softplus
 from symdl.primitives.registry import ACCURACY_REWRITES
 from symdl.primitives.registry import stabilize as stabilize_scalar
@@ -63,11 +64,26 @@ def _unnamed(node: ir.Node) -> ir.Node:
 def is_elementwise(node: ir.Node) -> bool:
     """Whether ``node`` is computed entry by entry from same-position entries of its
     operands (possibly broadcast): a ``Map``, an ``Add``, or an ``Einsum`` that sums nothing."""
-    if isinstance(node, (ir.Map, ir.Add)):
-        return True
-    if isinstance(node, ir.Einsum):
-        out = set(node.out)
-        return all(lab in out for spec in node.specs for lab in spec)
+    return ELEMENTWISE(node)
+
+
+ELEMENTWISE: Rules[Callable[[ir.Node], bool]] = Rules("the elementwise test of stable rewriting")
+
+
+@ELEMENTWISE.register(ir.Map, ir.Add)
+def _always_elementwise(node: ir.Node) -> bool:
+    return True
+
+
+@ELEMENTWISE.register(ir.Einsum)
+def _einsum_elementwise(node: ir.Einsum) -> bool:
+    out = set(node.out)
+    return all(lab in out for spec in node.specs for lab in spec)
+
+
+@ELEMENTWISE.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.LogSumExp, ir.Softmax,
+                      ir.Solve, ir.Named)
+def _never_elementwise(node: ir.Node) -> bool:
     return False
 
 
@@ -210,30 +226,11 @@ class _Cluster:
         key = (id(node), spec)
         if key in self._memo:
             return self._memo[key]
-        if isinstance(node, ir.Ones):
-            value: sp.Expr = sp.Integer(1)
-        elif isinstance(node, ir.Zero):
-            value = sp.Integer(0)
-        elif isinstance(node, ir.Einsum) and depth <= MAX_CLUSTER_DEPTH \
-                and not is_elementwise(node):
-            value = self._contraction(node, spec, depth)
-        elif not is_elementwise(node) or depth > MAX_CLUSTER_DEPTH:
-            value = self.atom(node, spec)
-        elif isinstance(node, ir.Map):
-            args = [self.expr(a, spec, depth + 1) for a in node.args]
-            value = node.fn.expr.xreplace(dict(zip(node.fn.variables, args, strict=True)))
-        elif isinstance(node, ir.Add):
-            value = sp.Add(*[self.expr(t, spec, depth + 1) for t in node.terms])
-        else:
-            position = dict(zip(node.out, spec, strict=True))
-            factors = [node.coeff]
-            for op, op_spec in zip(node.operands, node.specs, strict=True):
-                factors.append(self.expr(op, tuple(position[lab] for lab in op_spec), depth + 1))
-            value = sp.Mul(*factors)
+        value: sp.Expr = CLUSTER_ENTRY(node, self, spec, depth)
         self._memo[key] = value
         return value
 
-    def _contraction(self, node: ir.Einsum, spec: Labels, depth: int) -> sp.Expr:
+    def contraction(self, node: ir.Einsum, spec: Labels, depth: int) -> sp.Expr:
         """A contraction's factors that only carry output labels multiply entry by entry:
         ``y ⊙ (X w)`` (one einsum of y, X, w) reads as ``y`` times the atom ``X w``."""
         out = set(node.out)
@@ -269,6 +266,55 @@ class _Cluster:
         symbols = sorted(mine, key=lambda s: s.name)
         nodes = [self.by_symbol[s].node for s in symbols]
         return ir.map_(sp.Lambda(tuple(symbols), e), *nodes)
+
+
+CLUSTER_ENTRY: Rules[Callable[[ir.Node, _Cluster, Labels, int], sp.Expr]] = Rules(
+    "the entries of an elementwise cluster (stable rewriting)")
+"""node kind -> (node, cluster, the labels of its axes, depth) -> its entry as a scalar over
+the cluster's atoms. Past ``MAX_CLUSTER_DEPTH`` every node is an atom."""
+
+
+@CLUSTER_ENTRY.register(ir.Ones)
+def _one(node: ir.Ones, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    return sp.Integer(1)
+
+
+@CLUSTER_ENTRY.register(ir.Zero)
+def _zero(node: ir.Zero, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    return sp.Integer(0)
+
+
+@CLUSTER_ENTRY.register(ir.Leaf, ir.Identity, ir.LogSumExp, ir.Softmax, ir.Solve, ir.Named)
+def _opaque(node: ir.Node, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    return cluster.atom(node, spec)
+
+
+@CLUSTER_ENTRY.register(ir.Map)
+def _map_entry(node: ir.Map, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    if depth > MAX_CLUSTER_DEPTH:
+        return cluster.atom(node, spec)
+    args = [cluster.expr(a, spec, depth + 1) for a in node.args]
+    return node.fn.expr.xreplace(dict(zip(node.fn.variables, args, strict=True)))
+
+
+@CLUSTER_ENTRY.register(ir.Add)
+def _add_entry(node: ir.Add, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    if depth > MAX_CLUSTER_DEPTH:
+        return cluster.atom(node, spec)
+    return sp.Add(*[cluster.expr(t, spec, depth + 1) for t in node.terms])
+
+
+@CLUSTER_ENTRY.register(ir.Einsum)
+def _einsum_entry(node: ir.Einsum, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    if depth > MAX_CLUSTER_DEPTH:
+        return cluster.atom(node, spec)
+    if not is_elementwise(node):
+        return cluster.contraction(node, spec, depth)
+    position = dict(zip(node.out, spec, strict=True))
+    factors = [node.coeff]
+    for op, op_spec in zip(node.operands, node.specs, strict=True):
+        factors.append(cluster.expr(op, tuple(position[lab] for lab in op_spec), depth + 1))
+    return sp.Mul(*factors)
 
 
 # ---------------------------------------------------------------------------------------------
