@@ -154,7 +154,7 @@ def row_split(der: Derivation, rows: str | sp.Symbol | None = None) -> RowSplit:
     return RowSplit(n, data, tuple(shared), sp.simplify(info.scale))
 
 
-class _Refusal(Exception):
+class _RefusalError(Exception):
     """Why a node couples rows (turned into ``NotRowSeparableError`` with its location)."""
 
 
@@ -189,8 +189,8 @@ class _Analysis:
         self.n = n
         self.memo: dict[int, _Info] = {}
 
-    def refuse(self, why: str) -> _Refusal:
-        return _Refusal(why)
+    def refuse(self, why: str) -> _RefusalError:
+        return _RefusalError(why)
 
     def info(self, node: ir.Node) -> _Info:
         # Iterative post-order: chains of a thousand named steps must not recurse.
@@ -200,7 +200,7 @@ class _Analysis:
                 continue
             try:
                 self.memo[id(item)] = self._classify(item)
-            except _Refusal as refusal:
+            except _RefusalError as refusal:
                 raise NotRowSeparableError(
                     f"the loss is not row-separable over {self.n}: {refusal} (in "
                     f"{_where(item, order[k:])}). A chunk's result would depend on the other "
