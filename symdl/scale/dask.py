@@ -268,7 +268,7 @@ class DaskLoss:
                     f"directions for {unknown}, which are not parameters ({list(hvp_names)})",
                     unknown[0])
             for p, name in hvp_names.items():
-                value = given.get(p)
+                value = given.get(p, extra.get(name))  # by parameter, or by input (v_w=...)
                 shared[name] = (np.zeros_like(np.asarray(shared[p], dtype=np.float64))
                                 if value is None else _numeric(name, value))
         elif directions:
