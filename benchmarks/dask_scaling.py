@@ -87,27 +87,26 @@ def by_hand(X: da.Array, y: da.Array, w: np.ndarray) -> tuple:
     return dask.compute(value, grad)
 
 
-_PEAK = {"rss": 0}
-
-
-def _sample_rss(stop: threading.Event) -> None:
+def _sample_rss(peak: dict, stop: threading.Event) -> None:
     process = psutil.Process()
     while not stop.wait(0.02):
-        _PEAK["rss"] = max(_PEAK["rss"], process.memory_info().rss)
+        peak["rss"] = max(peak["rss"], process.memory_info().rss)
 
 
-def start_rss_sampler() -> None:
-    """In a worker: records its resident memory every 20 ms (the kernel's ru_maxrss would
-    count the parent's pages at fork time)."""
-    _PEAK["rss"] = psutil.Process().memory_info().rss
+def start_rss_sampler(dask_worker) -> None:
+    """On each worker: records its resident memory every 20 ms (``ru_maxrss`` would count
+    the pages of the process it was forked from). The state lives on the worker object:
+    functions defined here travel by value, their globals with them."""
+    peak = {"rss": psutil.Process().memory_info().rss}
     stop = threading.Event()
-    threading.Thread(target=_sample_rss, args=(stop,), daemon=True).start()
-    _PEAK["stop"] = stop
+    threading.Thread(target=_sample_rss, args=(peak, stop), daemon=True).start()
+    dask_worker.symdl_rss_sampler = (peak, stop)
 
 
-def peak_rss() -> int:
-    _PEAK["stop"].set()
-    return int(_PEAK["rss"])
+def peak_rss(dask_worker) -> int:
+    peak, stop = dask_worker.symdl_rss_sampler
+    stop.set()
+    return int(peak["rss"])
 
 
 def transfer_bytes(client: Client) -> int:
