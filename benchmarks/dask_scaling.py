@@ -6,7 +6,8 @@ features; symdl's generated kernel, no Hessian):
 1. in memory (``--rows`` rows): the single-process kernel (serial and with its parallel
    loops), ``DaskLoss`` on a ``LocalCluster`` of 1 and 2 worker processes (one thread each,
    data persisted on the workers), and the same computation written by hand with
-   ``dask.array`` on the same clusters;
+   ``dask.array`` on the same clusters; and one L-BFGS iteration of ``symdl.scale.lbfgs`` on
+   ``DaskLoss`` against dask-ml's ``LogisticRegression(solver="lbfgs")`` (dask-glm);
 2. out of core (``--ooc-rows`` rows, larger than the workers' total memory limit): the rows are
    generated chunk by chunk on the workers at every pass and never held whole; a value +
    gradient pass and ``--ooc-steps`` Adam steps, with each worker's peak resident memory;
@@ -36,7 +37,7 @@ import sympy as sp
 from distributed import Client, LocalCluster
 
 import symdl
-from symdl.scale import gradient_descent
+from symdl.scale import gradient_descent, lbfgs
 from symdl.scale.dask import DaskLoss
 
 D = 100
@@ -85,6 +86,25 @@ def by_hand(X: da.Array, y: da.Array, w: np.ndarray) -> tuple:
     value = da.mean(da.logaddexp(np.float32(0), z) - y * z)
     grad = X.T @ (1 / (1 + da.exp(-z)) - y) / X.shape[0]
     return dask.compute(value, grad)
+
+
+def per_iteration(fit, rows: int, few: int = 2, more: int = 6) -> float:
+    """Rows per second of one optimizer iteration: the time of ``more - few`` extra
+    iterations (the fixed costs of a fit cancel), after a warm-up fit."""
+    fit(few)
+    start = time.perf_counter()
+    fit(few)
+    middle = time.perf_counter()
+    fit(more)
+    return rows * (more - few) / ((time.perf_counter() - middle) - (middle - start))
+
+
+def dask_ml_fit(X: da.Array, y: da.Array, iterations: int) -> None:
+    """dask-ml's logistic regression (dask-glm's L-BFGS, unregularised, no intercept)."""
+    from dask_ml.linear_model import LogisticRegression
+
+    LogisticRegression(solver="lbfgs", max_iter=iterations, fit_intercept=False, C=1e12,
+                       tol=0.0).fit(X, y[:, 0])
 
 
 def _sample_rss(peak: dict, stop: threading.Event) -> None:
@@ -169,6 +189,12 @@ def main() -> None:
                 transfer_bytes(client) - before)
             t = timed(lambda Xp=Xp, yp=yp: by_hand(Xp, yp, w), args.repeats)
             rates[f"dask.array by hand, {workers} worker(s)"] = args.rows / t
+            iterations = report.setdefault("lbfgs_iterations_rows_per_s", {})
+            iterations[f"symdl.scale.lbfgs on DaskLoss, {workers} worker(s)"] = per_iteration(
+                lambda k, loss=loss: lbfgs(loss, {"w": w.astype(np.float64)}, steps=k,
+                                           tol=0.0), args.rows)
+            iterations[f"dask-ml LogisticRegression(solver='lbfgs'), {workers} worker(s)"] = (
+                per_iteration(lambda k, Xp=Xp, yp=yp: dask_ml_fit(Xp, yp, k), args.rows))
     chunks = -(-args.rows // args.chunk)
     tree = sum(-(-chunks // 8 ** k) for k in range(1, 8) if chunks > 8 ** (k - 1))
     report["bytes_per_step"] = {
