@@ -12,6 +12,7 @@ or an earlier one (``tests/test_layout.py`` reads the import graph and holds thi
     kernels/     6. IR -> plan -> Numba source -> cached, jitted Kernel
     derivation   7. ``derive`` and ``Derivation``: the public face over stages 1-6
     training     7. fused training steps over a Derivation
+    scale/       7. data-parallel evaluation and training over row chunks (Dask, when used)
     bridges/     7. a derivation's loss as a PyTorch or JAX function (imports its framework
                     only when used: ``symdl.bridges.torch``, ``symdl.bridges.jax``)
     verify/      8. every kernel against finite differences and a reference

@@ -17,8 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "symdl"
 # Each module's stage: its subpackage, or its own name for the top-level modules. A module
 # may import from its own stage or an earlier one (see the layout in symdl/__init__.py).
 STAGES = ["errors", "primitives", "ir", "define", "derive", "printing", "kernels",
-          "derivation", "training", "bridges", "verify", "report", "catalog", "cli", "__main__",
-          "__init__"]
+          "derivation", "training", "scale", "bridges", "verify", "report", "catalog", "cli",
+          "__main__", "__init__"]
 
 
 def module_name(path: Path) -> str:
