@@ -179,8 +179,8 @@ class Named(OutputKey):
 
 
 _KINDS: dict[str, type[OutputKey]] = {k.kind: k for k in (Gradient, HessianBlock, HVP, Update)}
-_NEW_SPELLING = ("write the key itself: symdl.Gradient(p), symdl.HessianBlock(p, q), "
-                 "symdl.HVP(p) (from symdl.ir.keys), or quote the names: hessian:'a,b','c'")
+_NEW_SPELLING = ("write the key itself (from symdl.ir.keys import HessianBlock; "
+                 "HessianBlock(p, q)), or quote the names as Python strings: hessian:'a,b','c'")
 
 
 def parse(text: str) -> OutputKey:
