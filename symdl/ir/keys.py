@@ -7,13 +7,14 @@ state) and ``compile_expressions`` names each output ``Named(name)``. Parameter 
 whatever SymPy allows (commas, colons, quotes, spaces, keywords): a key holds them as they
 are and never parses them back out of text.
 
-Each key has one spelling, ``str(key)``: ``value``, ``grad:w``, ``hessian:p,q``, ``hvp:w``,
+A key is a ``str``, its one spelling: ``value``, ``grad:w``, ``hessian:p,q``, ``hvp:w``,
 ``new:W1`` and ``W``, with a name written as a Python string literal where it could be read
 two ways (``grad:'a,b'``, ``hessian:'a,b','c'``, ``'new:W'``). Distinct keys have distinct
-spellings, so a key compares equal to its own spelling and hashes like it: a dict keyed by
-keys is read with the spelling too (``outputs["grad:w"]``), and ``report.rows[0].output ==
-"grad:w"`` holds. ``resolve`` also accepts the plain spelling ``hessian:a,b,c`` where it names
-one output of a given set, and says how to write it where it names several.
+spellings, so a dict keyed by keys is read with the spelling too (``outputs["grad:w"]``),
+``report.rows[0].output == "grad:w"`` holds, and keys print and go into JSON as text. Code
+that needs the names reads them from the key (``key.param``, ``key.p``), never from the text.
+``resolve`` also accepts the plain spelling ``hessian:a,b,c`` where it names one output of a
+given set, and says how to write it where it names several.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 from symdl.errors import SymdlError
@@ -38,28 +38,43 @@ class OutputKeyError(SymdlError, ValueError):
     """An output named by a string that names no output, or several, or is no spelling."""
 
 
-@dataclass(frozen=True, eq=False)
-class OutputKey:
-    """The name of one output of a kernel (see the module docstring)."""
+class OutputKey(str):
+    """The name of one output of a kernel (see the module docstring): a string, its spelling,
+    that also holds the names it was built from (``key.names``; ``Gradient("w").param``).
+    Immutable; code reads the names, never the text."""
 
     kind: ClassVar[str] = ""
-    _text: str = field(init=False, repr=False)
+    fields: ClassVar[tuple[str, ...]] = ()
+    """The names the constructor takes, in order (``("p", "q")`` for a Hessian block)."""
 
-    def __post_init__(self) -> None:
-        for name in self.names:
+    def __new__(cls, *args: str, **kwargs: str) -> OutputKey:
+        names = list(args) + [kwargs.pop(f) for f in cls.fields[len(args):] if f in kwargs]
+        if kwargs or len(names) != len(cls.fields):
+            raise TypeError(f"{cls.__name__} takes the names {cls.fields}, got {args!r} "
+                            f"{kwargs!r}")
+        for name in names:
             if not isinstance(name, str):
                 raise OutputKeyError(
-                    f"{type(self).__name__} takes parameter names as strings (the symbol's "
-                    f"name, e.g. 'w'), got {type(name).__name__} {name!r}")
-        object.__setattr__(self, "_text", self._spell())
+                    f"{cls.__name__} takes parameter names as strings (the symbol's name, "
+                    f"e.g. 'w'), got {type(name).__name__} {name!r}")
+        names = tuple(str(n) for n in names)  # plain strings, even from a key
+        self = super().__new__(cls, cls._spell(names))
+        object.__setattr__(self, "_names", names)
+        return self
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    __delattr__ = __setattr__
 
     @property
     def names(self) -> tuple[str, ...]:
         """The parameter (or output) names the key holds, in order."""
-        return ()
+        return self._names
 
-    def _spell(self) -> str:
-        return self.kind + ":" + ",".join(_token(n) for n in self.names)
+    @classmethod
+    def _spell(cls, names: tuple[str, ...]) -> str:
+        return cls.kind + ":" + ",".join(_token(n) for n in names)
 
     def plain(self) -> str:
         """The spelling with every name written as it is (``hessian:a,b,c``): what a user
@@ -70,112 +85,92 @@ class OutputKey:
         """The key as JSON-able data: ``{"kind": "hessian", "names": ["p", "q"]}``."""
         return {"kind": self.kind, "names": list(self.names)}
 
-    def __str__(self) -> str:
-        return self._text
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(map(repr, self.names))})"
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, (OutputKey, str)):
-            return self._text == str(other)
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self._text)
-
-    def __lt__(self, other: object) -> bool:  # sorted() of keys, as of their spellings
-        if isinstance(other, (OutputKey, str)):
-            return self._text < str(other)
-        return NotImplemented
 
     def __reduce__(self):
         return type(self), self.names
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Value(OutputKey):
     """The definition's value: ``value``."""
 
     kind: ClassVar[str] = "value"
 
-    def _spell(self) -> str:
+    @classmethod
+    def _spell(cls, names: tuple[str, ...]) -> str:
         return "value"
 
     def plain(self) -> str:
         return "value"
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Gradient(OutputKey):
     """∂L/∂param: ``grad:w``."""
 
-    param: str
     kind: ClassVar[str] = "grad"
+    fields: ClassVar[tuple[str, ...]] = ("param",)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self.param,)
+    def param(self) -> str:
+        return self.names[0]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class HessianBlock(OutputKey):
     """The Hessian block ∂²L/∂p∂q, size-1 axes dropped: ``hessian:p,q``."""
 
-    p: str
-    q: str
     kind: ClassVar[str] = "hessian"
+    fields: ClassVar[tuple[str, ...]] = ("p", "q")
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self.p, self.q)
+    def p(self) -> str:
+        return self.names[0]
+
+    @property
+    def q(self) -> str:
+        return self.names[1]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class HVP(OutputKey):
     """The Hessian-vector product Σ_q H[param, q] v_q: ``hvp:w``."""
 
-    param: str
     kind: ClassVar[str] = "hvp"
+    fields: ClassVar[tuple[str, ...]] = ("param",)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self.param,)
+    def param(self) -> str:
+        return self.names[0]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Update(OutputKey):
     """A training step's new value of a parameter or optimizer state: ``new:W1``."""
 
-    name: str
     kind: ClassVar[str] = "new"
+    fields: ClassVar[tuple[str, ...]] = ("name",)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name,)
+    def name(self) -> str:
+        return self.names[0]
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class Named(OutputKey):
     """An output of ``compile_expressions``, by the name the user gave it: ``W``."""
 
-    name: str
     kind: ClassVar[str] = "named"
+    fields: ClassVar[tuple[str, ...]] = ("name",)
 
     @property
-    def names(self) -> tuple[str, ...]:
-        return (self.name,)
+    def name(self) -> str:
+        return self.names[0]
 
-    def _spell(self) -> str:
+    @classmethod
+    def _spell(cls, names: tuple[str, ...]) -> str:
         # Quoted where it could be read as another kind's spelling ('value', 'grad:w').
-        return self.name if _PLAIN.fullmatch(self.name) and self.name != "value" else repr(
-            self.name)
+        (name,) = names
+        return name if _PLAIN.fullmatch(name) and name != "value" else repr(name)
 
     def plain(self) -> str:
         return self.name
-
-    def to_dict(self) -> dict:
-        return {"kind": self.kind, "names": [self.name]}
 
 
 _KINDS: dict[str, type[OutputKey]] = {k.kind: k for k in (Gradient, HessianBlock, HVP, Update)}
