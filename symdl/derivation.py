@@ -23,10 +23,22 @@ from symdl.derive import autodiff
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.ir import rewrites
 from symdl.ir.evaluate import evaluate as evaluate_nodes
+from symdl.ir.keys import (
+    HVP,
+    Gradient,
+    HessianBlock,
+    Named,
+    OutputKey,
+    OutputKeyError,
+    Outputs,
+    Value,
+    resolve_all,
+)
 from symdl.ir.naming import auto_name, names_too_large
+from symdl.ir.shape import squeeze
 from symdl.kernels.compilable import check_compilable
 from symdl.primitives.sympy_results import lambdifiable
-from symdl.printing.to_sympy import IndexForm, SympyPrinter, squeeze
+from symdl.printing.to_sympy import IndexForm, SympyPrinter
 
 if TYPE_CHECKING:
     from symdl.kernels.kernel import Kernel
@@ -200,6 +212,38 @@ class Derivation:
         name = "d" + node.name
         return name, _like(node.symbol, name, node.shape)
 
+    # -- read-only views (used by LaTeX, kernels, training and checks) --------------------
+
+    @property
+    def adjoints(self) -> list[tuple[ir.Named, ir.Named]]:
+        """The reverse-mode adjoints in the order backprop computes them: pairs of a named
+        intermediate and its named adjoint (``Z2`` and ``dZ2``), the ones ``equations()``
+        lists first. Derives the gradients when that has not happened yet.
+
+        Raises:
+            DerivationError: the definition is not a scalar (it has Jacobians, no adjoints).
+        """
+        self._ensure_gradients()
+        return list(self._adjoints)
+
+    @property
+    def hessian_blocks(self) -> list[tuple[Parameter, Parameter]]:
+        """The ``(p, q)`` parameter pairs whose Hessian blocks have been derived, in the order
+        they were (every pair with ``derive(..., hessian=True)``)."""
+        return list(self._hessians)
+
+    def output_nodes(self) -> dict[OutputKey, ir.Node]:
+        """What ``compile()`` and ``evaluate()`` compute, by output key, as IR: the value,
+        each gradient (of a scalar definition) and the Hessian blocks derived so far, with
+        their size-1 axes dropped (``d x d`` for a ``d x 1`` parameter)."""
+        nodes: dict[OutputKey, ir.Node] = {Value(): self.output}
+        if self.is_scalar:
+            for p in self.wrt:
+                nodes[Gradient(symbol_name(p))] = self.gradient_node(p)
+        for (p, q), node in self._hessians.items():
+            nodes[HessianBlock(symbol_name(p), symbol_name(q))] = squeeze(node)
+        return nodes
+
     # -- IR-level results (used by kernels, checks and reports) ---------------------------
 
     def gradient_node(self, p: Parameter) -> ir.Node:
@@ -312,7 +356,7 @@ class Derivation:
         """
         return self._print(self.jacobian_node(p), inline)
 
-    def compile(self, hvp: bool = False, outputs: Iterable[str] | None = None,
+    def compile(self, hvp: bool = False, outputs: Iterable[OutputKey | str] | None = None,
                 jit: bool = True) -> Kernel:
         """Numba kernels for the value, every gradient and the Hessian blocks computed so
         far (``derive(..., hessian=True)`` computes them all).
@@ -323,20 +367,19 @@ class Derivation:
                 computed without forming the Hessian. Where the definition already has an
                 input named ``v_p`` the direction is ``v_p_1`` (``Kernel.hvp_inputs`` maps
                 each parameter to its direction's name).
-            outputs: compile only these outputs (``"value"``, ``"grad:w"``,
-                ``"hessian:w,w"``, ``"hvp:w"``); all of them by default.
+            outputs: compile only these outputs, by key (``Value()``, ``Gradient("w")``,
+                ``HessianBlock("w", "w")``, ``HVP("w")`` from ``symdl.ir.keys``) or spelling
+                (``"value"``, ``"grad:w"``, ``"hessian:w,w"``, ``"hvp:w"``; see
+                ``symdl.ir.keys.resolve``); all of them by default.
             jit: ``False`` runs the generated source as plain Python, without compiling
                 (same code, for tests that build many small kernels).
         """
         from symdl.kernels.kernel import Kernel
 
-        outputs_wanted = None if outputs is None else set(outputs)
-        outputs: dict[str, ir.Node] = {"value": self.output}
-        if self.is_scalar:
-            for p in self.wrt:
-                outputs[f"grad:{symbol_name(p)}"] = self.gradient_node(p)
-        for (p, q), node in self._hessians.items():
-            outputs[f"hessian:{symbol_name(p)},{symbol_name(q)}"] = squeeze(node)
+        if isinstance(outputs, (str, OutputKey)):
+            outputs = [outputs]  # one output named alone, not a string's characters
+        outputs_wanted = None if outputs is None else list(outputs)
+        outputs: dict[OutputKey, ir.Node] = self.output_nodes()
         leaves = dict(self._translator.leaves)
         leaves.update({leaf.name: leaf for leaf in self._leaves.values()})
         directions: dict[sp.Basic, ir.Node] = {}
@@ -351,22 +394,21 @@ class Derivation:
                 directions[p] = ir.leaf(name, shape, _like(p, name, shape))
                 leaves[name] = directions[p]
             for p in self.wrt:
-                outputs[f"hvp:{symbol_name(p)}"] = self.hvp_node(p, directions)
+                outputs[HVP(symbol_name(p))] = self.hvp_node(p, directions)
         if outputs_wanted is not None:
-            unknown = sorted(set(outputs_wanted) - set(outputs))
-            if unknown:
-                raise DerivationError(
-                    f"no outputs named {unknown}; this derivation has {sorted(outputs)}"
-                )
-            outputs = {name: node for name, node in outputs.items() if name in outputs_wanted}
+            try:
+                wanted = set(resolve_all(outputs_wanted, outputs))
+            except OutputKeyError as exc:
+                raise DerivationError(f"compile(outputs=...): {exc}") from None
+            outputs = {key: node for key, node in outputs.items() if key in wanted}
         used = {leaf.name for leaf in _leaves_under(list(outputs.values()))}
         # Parameters and HVP directions stay arguments even where an output does not use
         # them (a zero Hessian), so that the calling convention follows the derivation.
         kept = set(self._leaves.values())
-        if any(name.startswith("hvp:") for name in outputs):
+        if any(isinstance(key, HVP) for key in outputs):
             kept.update(directions.values())
         leaves = {name: leaf for name, leaf in leaves.items() if name in used or leaf in kept}
-        if not any(name.startswith("hvp:") for name in outputs):
+        if not any(isinstance(key, HVP) for key in outputs):
             hvp_inputs = {}
         return Kernel(outputs, list(leaves.values()), self.title, jit=jit,
                       hvp_inputs=hvp_inputs)
@@ -407,23 +449,22 @@ class Derivation:
         return eqs
 
     def evaluate(self, values: Mapping[str, np.ndarray | float],
-                 dims: Mapping[sp.Symbol, int] | None = None) -> dict[str, np.ndarray]:
+                 dims: Mapping[sp.Symbol, int] | None = None) -> Outputs:
         """NumPy values of the output, the gradients and any Hessians computed so far.
 
         Args:
             values: an array per input and parameter, by name.
             dims: sizes of the dimension symbols; inferred from the arrays when omitted.
+
+        Returns:
+            The arrays by output key (``Value()``, ``Gradient("w")``, ``HessianBlock("w",
+            "w")``), also read by spelling: ``["value"]``, ``["grad:w"]``, ``["hessian:w,w"]``.
         """
         values = _numpy_values(values)
         dims = dict(dims) if dims is not None else self.infer_dims(values)
-        roots: dict[str, ir.Node] = {"value": self.output}
-        if self.is_scalar:
-            for p in self.wrt:
-                roots[f"grad:{symbol_name(p)}"] = self.gradient_node(p)
-        for (p, q), node in self._hessians.items():
-            roots[f"hessian:{symbol_name(p)},{symbol_name(q)}"] = squeeze(node)
+        roots = self.output_nodes()
         arrays = evaluate_nodes(list(roots.values()), values, dims)
-        return dict(zip(roots, arrays, strict=False))
+        return Outputs(zip(roots, arrays, strict=False))
 
     def infer_dims(self, values: Mapping[str, np.ndarray | float]) -> dict[sp.Symbol, int]:
         """Binds each dimension symbol to a size from the shapes of ``values``."""
@@ -655,7 +696,9 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
     pass. Each output is computed into an array of its expression's shape.
 
     Args:
-        outputs: output name -> a matrix or scalar SymPy expression over shared symbols.
+        outputs: output name -> a matrix or scalar SymPy expression over shared symbols. The
+            results are keyed ``Named(name)`` (``symdl.ir.keys``), read by the name itself
+            (``result.outputs["W"]``); any non-empty string is a name.
         title: what the kernel computes, for the generated module's header.
     """
     from symdl.kernels.kernel import Kernel
@@ -669,11 +712,11 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
             raise DefinitionError(f"output names must be strings, got {name!r}")
     exprs = [_check_value(e, f"output {name!r}") for name, e in outputs.items()]
     translator = Translator(dimension_symbols(exprs))
-    nodes = {name: translate_matrix_or_scalar(translator, e) for name, e in
+    for name in outputs:
+        if not name:
+            raise DefinitionError("an output name must be a non-empty string, got ''")
+    nodes = {Named(name): translate_matrix_or_scalar(translator, e) for name, e in
              zip(outputs, exprs, strict=True)}
-    for name in nodes:
-        if ":" in name or not name:
-            raise DefinitionError(f"output name {name!r} must be non-empty and without ':'")
     return Kernel(nodes, list(translator.leaves.values()), title or ", ".join(outputs))
 
 

@@ -31,6 +31,7 @@ from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.translate import Translator, translate_matrix_or_scalar
 from symdl.derivation import Derivation
 from symdl.errors import DerivationError, KernelArgumentError
+from symdl.ir.keys import Gradient, OutputKey, Update, Value
 from symdl.kernels.kernel import Kernel, as_numpy
 
 
@@ -72,9 +73,10 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
     Inputs: the definition's inputs, the parameters, one state array per optimizer state and
     parameter (``m_W1``, ``v_W1``), the step ``t`` and any hyperparameter the optimizer left
     symbolic (``training_names`` says how the step and states are named where the definition
-    already uses ``t`` or ``m_W1``). Outputs: ``value`` (the loss before the update),
-    ``grad:W1`` (the gradient the update used: the same kernel can be checked against finite
-    differences of its value), ``new:W1`` for each parameter and ``new:m_W1`` for each state.
+    already uses ``t`` or ``m_W1``). Outputs (keys of ``symdl.ir.keys``): ``Value()`` (the
+    loss before the update), ``Gradient("W1")`` (the gradient the update used: the same kernel
+    can be checked against finite differences of its value), ``Update("W1")`` (spelt
+    ``new:W1``) for each parameter and ``Update("m_W1")`` for each state.
     Parameters are ``MatrixSymbol``s of any shape (``1 x 1`` included) or real ``Symbol``s.
     ``jit=False`` runs the generated source as plain Python (see ``Derivation.compile``).
     """
@@ -87,7 +89,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
             "parameters as n x 1 MatrixSymbols")
     names = training_names(der, optimizer)
     step = STEP if names.step == str(STEP) else sp.Symbol(names.step, positive=True)
-    outputs: dict[str, ir.Node] = {"value": der.output}
+    outputs: dict[OutputKey, ir.Node] = {Value(): der.output}
     leaves = der.leaves
     for p in params:
         name = symbol_name(p)
@@ -96,10 +98,10 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
         new_param, new_state = optimizer.update(p, grad, state, step)
         translator = Translator(set(der.dims), {grad: der.gradient_node(p)})
         translator.leaves.update(leaves)
-        outputs[f"grad:{name}"] = der.gradient_node(p)
-        outputs[f"new:{name}"] = translate_matrix_or_scalar(translator, sp.sympify(new_param))
+        outputs[Gradient(name)] = der.gradient_node(p)
+        outputs[Update(name)] = translate_matrix_or_scalar(translator, sp.sympify(new_param))
         for s in optimizer.state_names:
-            outputs[f"new:{names.states[(s, name)]}"] = translate_matrix_or_scalar(
+            outputs[Update(names.states[(s, name)])] = translate_matrix_or_scalar(
                 translator, sp.sympify(new_state[s]))
         leaves.update(translator.leaves)
     used = {leaf.name for leaf in ir.topological_order(list(outputs.values()))
@@ -159,9 +161,23 @@ class TrainingStep:
         self.t = 1
         self._validated: tuple | None = None
         self._inputs = self.kernel.input_names
-        self._outputs = self.kernel.output_names
-        if self._outputs[0] != "value":
+        self._outputs = self.kernel.output_keys
+        if self._outputs[0] != Value():
             raise AssertionError("a training-step kernel computes the value first")
+
+    def _buffers(self) -> list[np.ndarray]:
+        """The arrays the kernel writes, in the order of its outputs."""
+        buffers = []
+        for key in self._outputs:
+            if isinstance(key, Value):
+                buffers.append(self._value)
+            elif isinstance(key, Gradient):
+                buffers.append(self.grad[key.param])
+            elif isinstance(key, Update):
+                buffers.append(self._next[key.name])
+            else:
+                raise AssertionError(f"a training-step kernel has no output {key!r}")
+        return buffers
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -206,17 +222,10 @@ class TrainingStep:
                           for n, a in data.items())
         arrays = self._arguments(data)
         if signature != self._validated:
-            out = {f"new:{n}": a for n, a in self._next.items()}
-            out.update({f"grad:{n}": a for n, a in self.grad.items()})
-            out["value"] = self._value
-            self.kernel.run(arrays, out=out)
+            self.kernel.run(arrays, out=dict(zip(self._outputs, self._buffers(), strict=True)))
             self._validated = signature
         else:
-            buffers = {"new": self._next, "grad": self.grad}
-            self.kernel.run_unchecked(
-                [arrays[n] for n in self._inputs],
-                [self._value] + [buffers[kind][name] for kind, _, name in
-                                 (n.partition(":") for n in self._outputs[1:])])
+            self.kernel.run_unchecked([arrays[n] for n in self._inputs], self._buffers())
         self._current, self._next = self._next, self._current
         self.t += 1
         return float(self._value[0])

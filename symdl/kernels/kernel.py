@@ -12,8 +12,9 @@ Conventions, checked before any jitted code runs:
 * NaN and inf propagate to the results as IEEE arithmetic does;
 * whole-array sums accumulate in float64; matrix products and partial sums in the dtype of the
   inputs, as BLAS does;
-* ``out=`` takes preallocated result arrays by output name (``"grad:w"``), so that a training
-  loop allocates no results; temporaries are still allocated.
+* ``out=`` takes preallocated result arrays by output key (``symdl.ir.keys``: ``Gradient("w")``)
+  or its spelling (``"grad:w"``, see ``symdl.ir.keys.resolve``), so that a training loop
+  allocates no results; temporaries are still allocated.
 """
 
 from __future__ import annotations
@@ -35,6 +36,17 @@ from symdl import ir
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.ir import rewrites
 from symdl.ir.assumptions import violation
+from symdl.ir.keys import (
+    HVP,
+    Gradient,
+    HessianBlock,
+    OutputKey,
+    OutputKeyError,
+    Outputs,
+    Value,
+    as_key,
+    resolve,
+)
 from symdl.kernels.codegen import Source, generate
 from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
@@ -118,26 +130,34 @@ class KernelResult:
         hessian: Hessian blocks by ``(p, q)`` names; size-1 axes dropped (``d x d`` for a
             ``d x 1`` parameter).
         hvp: Hessian-vector products by parameter name, when compiled with ``hvp=True``.
-        outputs: every output array by its internal name (``"grad:w"``).
+        outputs: every output array by its key (``symdl.ir.keys``), also read by the key's
+            spelling (``outputs["grad:w"]``, ``outputs["W"]``).
     """
 
     value: float | np.ndarray
     grad: dict[str, np.ndarray]
     hessian: dict[tuple[str, str], np.ndarray]
     hvp: dict[str, np.ndarray]
-    outputs: dict[str, np.ndarray]
+    outputs: Outputs
 
 
 class Kernel:
     """Numba kernels for a derivation's outputs. Call it with arrays by name."""
 
-    def __init__(self, outputs: dict[str, ir.Node], leaves: list[ir.Leaf], title: str,
-                 jit: bool = True, hvp_inputs: Mapping[str, str] | None = None):
-        """``jit=False`` runs the same generated source as plain Python (no Numba compile).
+    def __init__(self, outputs: Mapping[OutputKey | str, ir.Node], leaves: list[ir.Leaf],
+                 title: str, jit: bool = True, hvp_inputs: Mapping[str, str] | None = None):
+        """``outputs`` by key (``symdl.ir.keys``) or spelling (``symdl.ir.keys.parse``).
+        ``jit=False`` runs the same generated source as plain Python (no Numba compile).
         ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product."""
+        keys = [as_key(name) for name in outputs]
+        if len(set(keys)) != len(keys):
+            raise OutputKeyError(f"two outputs have one key: {[str(k) for k in keys]}")
         check_compilable(list(outputs.values()))
         exact = rewrites.exact(list(outputs.values()))  # same values, without cancellation
-        outputs = dict(zip(outputs, exact, strict=True))
+        # The plan and the generated code name outputs by their spellings (distinct for
+        # distinct keys): text for comments, never parsed back.
+        self._keys: dict[str, OutputKey] = {str(k): k for k in keys}
+        outputs = dict(zip(self._keys, exact, strict=True))
         self.hvp_inputs: dict[str, str] = dict(hvp_inputs or {})
         """The input holding the HVP direction of each parameter (``{"w": "v_w"}``)."""
         self._outputs = outputs
@@ -174,8 +194,31 @@ class Kernel:
         return {name: self._leaves[name].symbol for name in self._source.inputs}
 
     @property
-    def output_names(self) -> list[str]:
-        return list(self._source.outputs)
+    def output_keys(self) -> list[OutputKey]:
+        """The outputs in the order of the generated module's ``kernel`` arguments, by key
+        (``Value()``, ``Gradient("w")``, ...; each equals its spelling, ``"grad:w"``)."""
+        return [self._keys[name] for name in self._source.outputs]
+
+    @property
+    def output_names(self) -> list[OutputKey]:
+        """The same as ``output_keys`` (keys compare equal to their spellings)."""
+        return self.output_keys
+
+    @property
+    def output_nodes(self) -> dict[OutputKey, ir.Node]:
+        """The IR each output computes (after the exact rewrites), by key."""
+        return {self._keys[name]: node for name, node in self._outputs.items()}
+
+    @property
+    def in_place(self) -> list[OutputKey]:
+        """The outputs named like an input that may be written into that input's array (an
+        update ``out={"W": W}``; see ``Source.in_place``)."""
+        return [self._keys[name] for name in self._source.in_place]
+
+    @property
+    def module(self):
+        """The loaded generated module (its ``kernel`` function and the jitted loops)."""
+        return self._module
 
     @property
     def input_names(self) -> list[str]:
@@ -297,7 +340,7 @@ class Kernel:
         """Runs the kernels: ``k(X=X, w=w)``, every input by keyword.
 
         Args:
-            out: preallocated result arrays by output name (see ``output_names``).
+            out: preallocated result arrays by output key or spelling (see ``run``).
             parallel: use the parallel loops; by default, when there are several threads and
                 the arrays are large.
             **arrays: every input by name. A keyword that names an input of this kernel is
@@ -337,7 +380,10 @@ class Kernel:
 
         Args:
             arrays: every input by name.
-            out: preallocated result arrays by output name (see ``output_names``).
+            out: preallocated result arrays, by output key (``Gradient("w")``, see
+                ``output_keys``), by its spelling (``"grad:w"``, ``"hessian:w,w"``,
+                ``"value"``) or by the plain spelling where that names one output
+                (``"hessian:a,b,c"``; see ``symdl.ir.keys.resolve``).
             parallel: use the parallel loops; by default, when there are several threads and
                 the arrays are large.
 
@@ -355,12 +401,7 @@ class Kernel:
                 f"parallel= must be True, False or None (automatic), got {parallel!r}",
                 "parallel")
         dims, prepared, dtype = self._dims_and_arrays(arrays)
-        unknown = sorted(set(out) - set(self._source.outputs))
-        if unknown:
-            raise KernelArgumentError(
-                f"out= names {unknown} that this kernel does not compute; it computes "
-                f"{self._source.outputs}", unknown[0],
-            )
+        out = self._by_spelling(out)
         buffers = []
         for name in self._source.outputs:
             node = self._plan.roots[name]
@@ -398,8 +439,29 @@ class Kernel:
                 "least-squares solution") from exc
         finally:
             record_compiled()  # digests of the Numba cache files a first call wrote
-        return _result(self._source.outputs, buffers, self._plan.roots)
+        return _result([self._keys[n] for n in self._source.outputs], buffers,
+                       [self._plan.roots[n] for n in self._source.outputs])
 
+    def _by_spelling(self, out: Mapping[object, np.ndarray]) -> dict[str, np.ndarray]:
+        """``out=`` by the spelling of the output each entry names (``resolve``)."""
+        keys = list(self._keys.values())
+        arrays: dict[str, np.ndarray] = {}
+        for name, array in out.items():
+            try:
+                key = resolve(name, keys)
+            except OutputKeyError as exc:
+                raise KernelArgumentError(f"out=: {exc}", str(name)) from None
+            if key is None:
+                raise KernelArgumentError(
+                    f"out= names {str(name)!r}, which this kernel does not compute; it computes "
+                    f"{[str(k) for k in keys]} (keys from symdl.ir.keys, or these spellings)",
+                    str(name))
+            if str(key) in arrays:
+                raise KernelArgumentError(
+                    f"out= gives output {str(key)!r} twice (as {name!r} and another spelling)",
+                    str(key))
+            arrays[str(key)] = array
+        return arrays
 
     def _check_overlaps(self, prepared: dict[str, object], out: Mapping[str, np.ndarray]) -> None:
         """Result buffers may not be masked, overlap each other, nor overlap an input unless
@@ -490,20 +552,22 @@ def as_numpy(name: str, value: object) -> object:
             f"convert it with {name}.double() (or .float())", name) from exc
 
 
-def _output_arrays(out: object) -> dict[str, np.ndarray]:
+def _output_arrays(out: object) -> dict[object, np.ndarray]:
     """``out=`` as a dict of writeable NumPy arrays by output name (``None`` entries dropped:
     those results are allocated)."""
     if out is None:
         return {}
     if not isinstance(out, Mapping):
         raise KernelArgumentError(
-            f"out= takes a dict of result arrays by output name, e.g. out={{'grad:w': buf}} "
-            f"(names in kernel.output_names); got a {type(out).__name__}", "out")
-    arrays: dict[str, np.ndarray] = {}
+            f"out= takes a dict of result arrays by output key, e.g. out={{'grad:w': buf}} "
+            f"(keys in kernel.output_keys); got a {type(out).__name__}", "out")
+    arrays: dict[object, np.ndarray] = {}
     for name, given in out.items():
-        if not isinstance(name, str):
+        if not isinstance(name, (str, OutputKey)):
             raise KernelArgumentError(
-                f"out= keys are output names (strings such as 'grad:w'), got {name!r}", "out")
+                f"out= keys are output names: keys (symdl.ir.keys.Gradient('w')) or their "
+                f"spellings (strings such as 'grad:w'), got {name!r}", "out")
+        name = str(name) if isinstance(name, OutputKey) else name
         if given is None:
             continue
         if _is_torch_tensor(given):
@@ -553,21 +617,21 @@ def _fmt(shape: tuple) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-def _result(names: list[str], buffers: list[np.ndarray], roots) -> KernelResult:
-    outputs = {}
-    for name, buf in zip(names, buffers, strict=True):
-        outputs[name] = buf.reshape(()) if roots[name].rank == 0 else buf
+def _result(keys: list[OutputKey], buffers: list[np.ndarray],
+            roots: list[ir.Node]) -> KernelResult:
+    outputs = Outputs()
+    for key, buf, root in zip(keys, buffers, roots, strict=True):
+        outputs[key] = buf.reshape(()) if root.rank == 0 else buf
     grad, hessian, hvp = {}, {}, {}
     value: float | np.ndarray = np.nan
-    for name, array in outputs.items():
-        kind, _, rest = name.partition(":")
-        if kind == "value":
-            value = float(array) if array.ndim == 0 else array
-        elif kind == "grad":
-            grad[rest] = float(array) if array.ndim == 0 else array
-        elif kind == "hessian":
-            p, q = rest.split(",")
-            hessian[(p, q)] = float(array) if array.ndim == 0 else array
-        elif kind == "hvp":
-            hvp[rest] = float(array) if array.ndim == 0 else array
+    for key, array in outputs.items():
+        entry = float(array) if array.ndim == 0 else array
+        if isinstance(key, Value):
+            value = entry
+        elif isinstance(key, Gradient):
+            grad[key.param] = entry
+        elif isinstance(key, HessianBlock):
+            hessian[(key.p, key.q)] = entry
+        elif isinstance(key, HVP):
+            hvp[key.param] = entry
     return KernelResult(value, grad, hessian, hvp, outputs)

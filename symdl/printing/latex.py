@@ -420,8 +420,7 @@ class _Builder:
         self.names: dict[sp.Basic, str] = {}
         self.delta: set[sp.Basic] = set()
         if der.is_scalar:
-            der._ensure_gradients()
-            for node, adj in der._adjoints:
+            for node, adj in der.adjoints:
                 self.names[adj.symbol] = self._adjoint_latex(node.name)
                 if self.names[adj.symbol].startswith(r"\delta"):
                     self.delta.add(adj.symbol)
@@ -519,10 +518,11 @@ class _Builder:
         backprop = Section("Backpropagation", intro="Each adjoint from the adjoints of the "
                            "steps that read it (the chain rule), then in matrix form.")
         equations = der.equations()
-        adjoint_eqs = equations[:len(der._adjoints)]
-        grad_eqs = equations[len(der._adjoints):]
+        adjoints = der.adjoints
+        adjoint_eqs = equations[:len(adjoints)]
+        grad_eqs = equations[len(adjoints):]
         simplified: dict[sp.Basic, sp.Basic] = {}
-        for (node, adj), eq in zip(der._adjoints, adjoint_eqs, strict=True):
+        for (node, adj), eq in zip(adjoints, adjoint_eqs, strict=True):
             rhs = eq.rhs
             forms: list = []
             lhs = self.names[adj.symbol]
@@ -553,7 +553,7 @@ class _Builder:
             lhs = rf"\nabla_{{{latex_name(self.symbol_name(p))}}} {self.loss}"
             grads.rows.append(self.row(lhs, forms, self.shape_of(eq.rhs)))
         out.append(grads)
-        if hessian_blocks and der._hessians:
+        if hessian_blocks and der.hessian_blocks:
             out.append(self._hessians())
         return out
 
@@ -587,7 +587,7 @@ class _Builder:
         der = self.der
         section = Section("Hessian blocks")
         seen = set()
-        for (p, q) in der._hessians:
+        for (p, q) in der.hessian_blocks:
             if (q, p) in seen:
                 continue
             seen.add((p, q))

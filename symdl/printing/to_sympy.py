@@ -24,6 +24,7 @@ from symdl import ir
 from symdl.define.vocabulary import LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
+from symdl.ir.shape import squeeze
 from symdl.primitives.sympy_results import (
     Diagonal,
     ElementwiseFunction,
@@ -584,16 +585,6 @@ def distribute(node: ir.Node) -> ir.Node:
                     terms.append(distribute(ir.einsum(operands, node.specs, node.out, node.coeff)))
                 return ir.add(*terms)
     return node
-
-
-def squeeze(node: ir.Node) -> ir.Node:
-    """Drops the size-1 axes of a node (a ``d x 1 x d x 1`` Hessian becomes ``d x d``)."""
-    keep = tuple(a for a, d in enumerate(node.shape) if d != 1)
-    if len(keep) == node.rank:
-        return node
-    if isinstance(node, ir.Add):
-        return ir.add(*[squeeze(t) for t in node.terms])
-    return ir.einsum([node], [tuple(range(node.rank))], keep)
 
 
 def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:

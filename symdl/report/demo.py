@@ -28,6 +28,7 @@ import sympy as sp
 
 import symdl
 from symdl.errors import SymdlError
+from symdl.ir.keys import Gradient, Value
 from symdl.training import TrainingStep
 
 
@@ -233,7 +234,7 @@ def newton_vs_gradient_descent(split: Split, weight_decay: float = 1e-2,
     # Gradient descent at step 1/L, L = λ_max(X^T X)/(4n) + λ, the Hessian's bound.
     lipschitz = np.linalg.eigvalsh(features.T @ features).max() / (4 * len(features)) \
         + weight_decay
-    gradient_only = der.compile(outputs=["value", "grad:w"])
+    gradient_only = der.compile(outputs=[Value(), Gradient("w")])
     weights = np.zeros_like(weights)
     gd_loss, matched = [], None
     for iteration in range(gd_steps):

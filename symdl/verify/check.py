@@ -56,7 +56,7 @@ import math
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import sympy as sp
@@ -66,6 +66,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symdl.derivation import Derivation
 from symdl.errors import EvaluationError, SymdlError
 from symdl.ir.assumptions import conform, declared_checks, step_limit
+from symdl.ir.keys import HVP, Gradient, HessianBlock, OutputKey, Value
 from symdl.kernels.kernel import Kernel
 from symdl.primitives.registry import NON_SMOOTH_FUNCTIONS
 from symdl.verify import reference
@@ -112,9 +113,10 @@ class GradientCheckError(SymdlError, AssertionError):
 
 @dataclass(frozen=True)
 class CheckRow:
-    """One compared entry."""
+    """One compared entry. ``output`` is the output's key (``symdl.ir.keys``; it equals its
+    spelling, ``"grad:w"``)."""
 
-    output: str
+    output: OutputKey | str
     parameter: str
     entry: str
     analytic: float
@@ -131,7 +133,7 @@ class Skipped:
     """A comparison that did not run: the reference would exceed its time budget, or SymPy
     cannot evaluate it; ``reason`` says which (in seconds for the budget)."""
 
-    output: str
+    output: OutputKey | str
     parameter: str
     method: str
     reason: str
@@ -168,15 +170,16 @@ class CheckReport:
         return _worst([r.rel_error for r in self.rows])
 
     def summary(self) -> list[dict]:
-        """One line per (output, parameter, method): entries, worst errors, passed."""
-        groups: dict[tuple[str, str, str], list[CheckRow]] = {}
+        """One line per (output, parameter, method): entries, worst errors, passed; the
+        output by its spelling (``"grad:w"``) and as data (``"key"``: kind and names)."""
+        groups: dict[tuple[OutputKey | str, str, str], list[CheckRow]] = {}
         for r in self.rows:
             groups.setdefault((r.output, r.parameter, r.method), []).append(r)
         lines = []
         for (output, parameter, method), rows in groups.items():
             worst = max(rows, key=lambda r: r.abs_error / r.tolerance if r.tolerance else 0.0)
-            lines.append({"output": output, "parameter": parameter, "method": method,
-                          "entries": len(rows),
+            lines.append({"output": str(output), "key": _key_data(output),
+                          "parameter": parameter, "method": method, "entries": len(rows),
                           "max_abs_error": _worst([r.abs_error for r in rows]),
                           "max_rel_error": _worst([r.rel_error for r in rows]),
                           "tolerance": worst.tolerance, "passed": all(r.passed for r in rows)})
@@ -189,7 +192,7 @@ class CheckReport:
                  f"{s['max_abs_error']:.1e}", f"{s['max_rel_error']:.1e}",
                  f"{s['tolerance']:.1e}", "ok" if s["passed"] else "FAILED")
                 for s in self.summary()]
-        body += [(k.output, k.parameter, k.method, "-", "-", "-", "-", k.reason)
+        body += [(str(k.output), k.parameter, k.method, "-", "-", "-", "-", k.reason)
                  for k in self.skipped]
         widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
@@ -200,7 +203,7 @@ class CheckReport:
                      + (f", {dims}" if dims else "")
                      + f", rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g}")
         for r in self.failures[:10]:
-            lines.append(f"  FAILED {r.output} / {r.parameter}[{r.entry}] ({r.method}): "
+            lines.append(f"  FAILED {r.output!s} / {r.parameter}[{r.entry}] ({r.method}): "
                          f"analytic {r.analytic:.8g}, numeric {r.numeric:.8g}, abs error "
                          f"{r.abs_error:.2e}, rel error {r.rel_error:.2e} > tol {r.tolerance:.2e}")
         lines += [f"  note: {n}" for n in self.notes]
@@ -220,8 +223,8 @@ class CheckReport:
         return {"ok": self.ok, "max_rel_error": self.max_rel_error, "dtype": self.dtype,
                 "seed": self.seed, "dims": dict(self.dims), "tolerance": asdict(self.tolerance),
                 "summary": self.summary(), "notes": list(self.notes),
-                "skipped": [asdict(k) for k in self.skipped],
-                "rows": [asdict(r) for r in self.rows]}
+                "skipped": [_with_key(k) for k in self.skipped],
+                "rows": [_with_key(r) for r in self.rows]}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
@@ -263,6 +266,18 @@ class CheckReport:
         from symdl.verify.plot import plot_curves
 
         plot_curves(self.curves, path, title=f"finite-difference error ({self.dtype} kernel)")
+
+
+def _key_data(output: OutputKey | str) -> dict:
+    """An output as JSON-able data: ``{"kind": "hessian", "names": ["p", "q"]}`` (its
+    spelling alone is ambiguous to split where names hold commas)."""
+    return output.to_dict() if isinstance(output, OutputKey) else {"kind": "named",
+                                                                   "names": [str(output)]}
+
+
+def _with_key(entry: CheckRow | Skipped) -> dict:
+    data = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    return {**data, "output": str(entry.output), "key": _key_data(entry.output)}
 
 
 def _worst(errors: list[float]) -> float:
@@ -338,7 +353,7 @@ class _Collector:
         self.report = report
         self.tol = tol
 
-    def skip(self, output: str, parameter: str, method: str, reason: str) -> None:
+    def skip(self, output: OutputKey | str, parameter: str, method: str, reason: str) -> None:
         """Records a comparison that did not run, and why (a row of its own in the table)."""
         self.report.skipped.append(Skipped(output, parameter, method, reason))
 
@@ -348,7 +363,7 @@ class _Collector:
             return self.tol.atol / self.tol.rtol
         return self.tol.atol
 
-    def compare(self, output: str, parameter: str, analytic, numeric, method: str,
+    def compare(self, output: OutputKey | str, parameter: str, analytic, numeric, method: str,
                 labels: list[str] | None = None) -> None:
         a = np.asarray(analytic, dtype=np.float64).ravel()
         n = np.asarray(numeric, dtype=np.float64).ravel()
@@ -382,9 +397,9 @@ class _Collector:
                                              passed))
 
 
-def _split(name: str) -> tuple[str, str]:
-    kind, _, rest = name.partition(":")
-    return kind, rest
+def _parameter(key: OutputKey) -> str:
+    """The parameter an output is a derivative in (the report's "parameter" column)."""
+    return key.names[-1] if key.names and not isinstance(key, Value) else ""
 
 
 def _size(a) -> int:
@@ -399,43 +414,41 @@ def _unit(rng: np.random.Generator, shape) -> np.ndarray:
 def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Generator,
                   out: _Collector, curves: bool, power: float = 1 / 3) -> None:
     """The finite-difference checks of every output of ``kernel`` at ``values`` (float64)."""
-    names = kernel.output_names
+    keys = kernel.output_keys
     inputs = set(kernel.input_names)
     cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
-    analytic = kernel(**cast).outputs
+    analytic = kernel.run(cast).outputs
     exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
              for k, v in cast.items()}  # the float32-rounded point, in float64
 
-    def output(name):
-        return lambda vals: kernel(**vals).outputs[name]
+    def output(key: OutputKey):
+        return lambda vals: kernel.run(vals).outputs[key]
 
     # Kernels refuse values outside an input's declared sign: probes stay inside.
     limits = {k: step_limit(symbol, exact[k]) for k, symbol in kernel.input_symbols.items()}
 
-    for name in names:
-        kind, rest = _split(name)
-        if kind == "grad" and "value" in names and rest in inputs:
-            _compare_derivative(out, name, rest, analytic[name], output("value"), exact, rng,
-                                extra_axes=0, limits=limits, power=power)
-        elif kind == "hessian":
-            p, q = rest.split(",")
-            if f"grad:{p}" in names and q in inputs:
-                _compare_derivative(out, name, q, analytic[name], output(f"grad:{p}"), exact,
-                                    rng, extra_axes=np.ndim(exact[p]), limits=limits,
-                                    power=power)
-        elif kind == "hvp" and f"grad:{rest}" in names:
+    for key in keys:
+        if isinstance(key, Gradient) and Value() in keys and key.param in inputs:
+            _compare_derivative(out, key, key.param, analytic[key], output(Value()), exact,
+                                rng, extra_axes=0, limits=limits, power=power)
+        elif isinstance(key, HessianBlock):
+            if Gradient(key.p) in keys and key.q in inputs:
+                _compare_derivative(out, key, key.q, analytic[key], output(Gradient(key.p)),
+                                    exact, rng, extra_axes=np.ndim(exact[key.p]),
+                                    limits=limits, power=power)
+        elif isinstance(key, HVP) and Gradient(key.param) in keys:
             # By the kernel's own map: a direction is v_W_1 where the definition has a v_W.
             directions = {p: np.asarray(exact[v], dtype=np.float64)
                           for p, v in kernel.hvp_inputs.items()}
-            numeric = _fd_directional(output(f"grad:{rest}"), exact, directions,
+            numeric = _fd_directional(output(Gradient(key.param)), exact, directions,
                                       limits=limits, power=power)
-            out.compare(name, ",".join(sorted(directions)), analytic[name],
-                        numeric.reshape(np.shape(analytic[name])), "central-richardson along v")
+            out.compare(key, ",".join(sorted(directions)), analytic[key],
+                        numeric.reshape(np.shape(analytic[key])), "central-richardson along v")
     if curves:
         out.report.curves.update(_step_curves(kernel, exact, rng))
 
 
-def _compare_derivative(out: _Collector, name: str, param: str, analytic, f, values, rng,
+def _compare_derivative(out: _Collector, name: OutputKey, param: str, analytic, f, values, rng,
                         extra_axes: int, limits: Mapping[str, float] | None = None,
                         power: float = 1 / 3) -> None:
     """An output that is ∂f/∂param (f's axes first): entry by entry or along directions."""
@@ -461,29 +474,27 @@ def _compare_derivative(out: _Collector, name: str, param: str, analytic, f, val
 def _step_curves(kernel: Kernel, values: dict, rng: np.random.Generator) -> dict:
     """Per derivative output: |plain central difference - analytic| / scale against h."""
     steps = np.logspace(-13, -1, 37)
-    names = kernel.output_names
+    keys = kernel.output_keys
     inputs = set(kernel.input_names)
-    curves = {}
-    for name in names:
-        kind, rest = _split(name)
-        if kind == "grad" and "value" in names and rest in inputs:
-            f_name, params = "value", [rest]
-        elif kind == "hessian" and f"grad:{rest.split(',')[0]}" in names:
-            f_name, params = f"grad:{rest.split(',')[0]}", [rest.split(",")[1]]
+    curves: dict[OutputKey, tuple[list[float], list[float]]] = {}
+    for name in keys:
+        if isinstance(name, Gradient) and Value() in keys and name.param in inputs:
+            f_name, p = Value(), name.param
+        elif isinstance(name, HessianBlock) and Gradient(name.p) in keys:
+            f_name, p = Gradient(name.p), name.q
         else:
             continue
-        p = params[0]
         u = _unit(rng, np.shape(values[p]))
-        analytic = np.asarray(kernel(**values).outputs[name], dtype=np.float64)
+        analytic = np.asarray(kernel.run(values).outputs[name], dtype=np.float64)
         x_axes = np.ndim(values[p])
-        f_shape = np.shape(kernel(**values).outputs[f_name])
+        f_shape = np.shape(kernel.run(values).outputs[f_name])
         exact = np.tensordot(analytic.reshape(f_shape + np.shape(values[p])), u, axes=x_axes)
         scale = max(float(np.max(np.abs(exact))), 1e-300)
         errors = []
         def g(t, p=p, u=u, f_name=f_name):
             moved = np.asarray(values[p], dtype=np.float64) + t * u
-            return np.asarray(kernel(**{**values, p: moved if np.ndim(moved) else
-                                        float(moved)}).outputs[f_name], dtype=np.float64)
+            return np.asarray(kernel.run({**values, p: moved if np.ndim(moved) else
+                                          float(moved)}).outputs[f_name], dtype=np.float64)
 
         for h in steps:
             d = (g(h) - g(-h)) / (2 * h)
@@ -685,11 +696,11 @@ def _draw_evaluable(der: Derivation, kernel: Kernel, seed: int, sample_inputs, d
         values, bound = draw_inputs(der, kernel, seed + 7919 * attempt, sample_inputs, dims,
                                     positive)
         try:
-            outputs = kernel(**values).outputs
+            outputs = kernel.run(values).outputs
         except EvaluationError as exc:
             problems.append(f"seed {seed + 7919 * attempt}: {exc}")
             continue
-        bad = sorted(k for k, v in outputs.items() if not np.all(np.isfinite(v)))
+        bad = sorted(str(k) for k, v in outputs.items() if not np.all(np.isfinite(v)))
         if not bad:
             break
         problems.append(f"seed {seed + 7919 * attempt}: {', '.join(bad)} not finite")
@@ -714,17 +725,17 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
     cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
     exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
              for k, v in cast.items()}
-    analytic = kernel(**cast).outputs
+    analytic = kernel.run(cast).outputs
     largest = max(_size(v) for v in [*values.values(), *analytic.values()])
     if largest > REFERENCE_MAX_ENTRIES:
         out.report.notes.append(f"SymPy reference and complex step: not applicable (an input "
                                 f"or output has {largest} > {REFERENCE_MAX_ENTRIES} entries)")
         return
     budget = reference.Budget(budget_seconds)
-    grads = [f"grad:{_name(p)}" for p in der.wrt if f"grad:{_name(p)}" in analytic]
-    hessians = [name for name in analytic if _split(name)[0] == "hessian"]
+    grads = [Gradient(_name(p)) for p in der.wrt if Gradient(_name(p)) in analytic]
+    hessians = [key for key in analytic if isinstance(key, HessianBlock)]
 
-    def attempt(outputs: list[str], method: str, work: Callable[[], object]) -> object:
+    def attempt(outputs: list[OutputKey], method: str, work: Callable[[], object]) -> object:
         try:
             budget.check()  # once it is spent, nothing more starts
             return work()
@@ -736,23 +747,23 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
         except Exception as exc:  # noqa: BLE001 - SymPy raises anything; the reference is optional
             reason = f"not applicable: SymPy could not evaluate it ({type(exc).__name__}: {exc})"
         for name in outputs:
-            out.skip(name, name.partition(":")[2].split(",")[-1], method, reason)
+            out.skip(name, _parameter(name), method, reason)
         reasons.append(reason)
         return None
 
     reasons: list[str] = []
-    forward = attempt(["value", *grads, *hessians], "sympy reference",
+    forward = attempt([Value(), *grads, *hessians], "sympy reference",
                       lambda: reference.Chain(der.source_steps, bound, budget=budget))
-    result = forward and attempt(["value", *grads, *hessians], "sympy reference",
+    result = forward and attempt([Value(), *grads, *hessians], "sympy reference",
                                  lambda: forward(exact))
     if not result:
         # The complex step evaluates the same forward pass: it cannot run either.
         for name in grads:
-            out.skip(name, name.partition(":")[2], "complex step", reasons[-1])
+            out.skip(name, name.param, "complex step", reasons[-1])
         return
     env, value = result
-    out.compare("value", "", analytic["value"], np.reshape(value, np.shape(analytic["value"])),
-                "sympy reference")
+    out.compare(Value(), "", analytic[Value()],
+                np.reshape(value, np.shape(analytic[Value()])), "sympy reference")
     if not der.is_scalar:
         return
 
@@ -766,7 +777,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
     env = attempt([*grads, *hessians], "sympy reference", backward_pass)
     if env is not None:
         for p in der.wrt:
-            name = f"grad:{_name(p)}"
+            name = Gradient(_name(p))
             if name in analytic:
                 out.compare(name, _name(p), analytic[name],
                             np.reshape(env["d" + _name(p)], np.shape(analytic[name])),
@@ -774,7 +785,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
     if env is None:
         return
     for name in hessians:
-        p, q = (next(w for w in der.wrt if _name(w) == s) for s in _split(name)[1].split(","))
+        p, q = (next(w for w in der.wrt if _name(w) == s) for s in (name.p, name.q))
 
         def block(p=p, q=q):
             chain = reference.Chain([(None, der.hessian(p, q, inline=False))], bound,
@@ -790,7 +801,7 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
 def _complex_step(der: Derivation, analytic: dict, exact: dict, bound: dict, forward,
                   out: _Collector, budget, attempt) -> None:
     """Every gradient against the complex-step derivative of the SymPy definition."""
-    grads = [f"grad:{_name(p)}" for p in der.wrt if f"grad:{_name(p)}" in analytic]
+    grads = [Gradient(_name(p)) for p in der.wrt if Gradient(_name(p)) in analytic]
     blocking = sorted({f for body in forward.bodies
                        for f in reference.uses_function(body, reference.NOT_COMPLEX_STEPPABLE)})
     if blocking:
@@ -802,7 +813,7 @@ def _complex_step(der: Derivation, analytic: dict, exact: dict, bound: dict, for
     if complex_forward is None:
         return
     for p in der.wrt:
-        name, pname = f"grad:{_name(p)}", _name(p)
+        name, pname = Gradient(_name(p)), _name(p)
         if name not in analytic:
             continue
 
@@ -944,10 +955,9 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
         except reference.ReferenceBudgetExceededError as exc:  # between two attempts
             done = {(r.output, r.method) for r in report.rows}
             done |= {(k.output, k.method) for k in report.skipped}
-            for name in kernel.output_names:
-                if _split(name)[0] != "hvp" and (name, "sympy reference") not in done:
-                    out.skip(name, _split(name)[1].split(",")[-1], "sympy reference",
-                             f"not run: {exc}")
+            for name in kernel.output_keys:
+                if not isinstance(name, HVP) and (name, "sympy reference") not in done:
+                    out.skip(name, _parameter(name), "sympy reference", f"not run: {exc}")
     else:
         _ir_reference(kernel, values, dtype, out)
     return report
@@ -989,13 +999,13 @@ def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> 
     cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
     exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
              for k, v in cast.items()}
-    analytic = kernel(**cast).outputs
+    analytic = kernel.run(cast).outputs
     dims = {}
     for name, shape in kernel.inputs.items():
         for d, s in zip(shape, np.shape(exact[name]), strict=False):
             if isinstance(d, sp.Symbol):
                 dims[d] = s
-    roots = kernel._outputs
+    roots = kernel.output_nodes
     results = evaluate(list(roots.values()), exact, dims)
     for name, result in zip(roots, results, strict=True):
         out.compare(name, "", analytic[name], np.reshape(result, np.shape(analytic[name])),

@@ -307,3 +307,130 @@ def test_check_report_table_with_hostile_names(tmp_path):
     text = _pdf_text(latex.compile_pdf(source, tmp_path / "check.pdf").read_bytes())
     assert "Gradients" in text and "etc/passwd" in text
     assert SECRET not in text and "texlive" not in text
+
+
+# --------------------------------------------------------------------------------------------
+# Output keys: a parameter may have any name SymPy takes, separators of the old string names
+# ("grad:w", "hessian:p,q") included; results are keyed by symdl.ir.keys, never parsed back.
+# Oracle: the loss s * mean(softplus(X w)) and its derivatives written out in NumPy.
+
+KEY_NAMES = {
+    "comma": ("a,b", "b,a"),
+    "ambiguous-hessian": ("a", "a,a"),  # hessian:a,a,a would name both cross blocks
+    "colon": ("x:y", "grad:w"),
+    "old-spellings": ("value", "hessian:w,w"),
+    "quotes-spaces": ("q'\" x", " s "),
+    "unicode-keyword": ("Δ", "class"),
+    "backslash-keyword": ("a\\b", "lambda"),
+}
+FULL_REFERENCE = ("comma", "ambiguous-hessian")
+"""Cases checked against the SymPy reference too (2 s each); the others by finite
+differences only."""
+
+
+def _by_hand(xv, wv, sv, vw, vs):
+    """Value, gradients, Hessian blocks (size-1 axes dropped) and HVPs of s mean softplus(Xw)."""
+    n = xv.shape[0]
+    z = xv @ wv
+    sig = 1 / (1 + np.exp(-z))
+    value = sv * np.mean(np.logaddexp(0, z))
+    gw, gs = sv * xv.T @ sig / n, np.mean(np.logaddexp(0, z))
+    hww = sv * xv.T @ (sig * (1 - sig) * xv) / n
+    hws = (xv.T @ sig / n).ravel()
+    hessian = {"ww": hww, "ws": hws, "sw": hws, "ss": 0.0}
+    hvp = {"w": hww @ vw + hws.reshape(-1, 1) * vs, "s": float(hws @ vw.ravel())}
+    return value, {"w": gw, "s": gs}, hessian, hvp
+
+
+@pytest.mark.parametrize("case", list(KEY_NAMES))
+def test_any_parameter_name_through_every_output(case):
+    from symdl.ir.keys import HVP, Gradient, HessianBlock, OutputKeyError, Value
+    from symdl.optimizers import Momentum
+    from symdl.training import TrainingStep
+
+    wname, sname = names = KEY_NAMES[case]
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X = sp.MatrixSymbol("X", n, d)
+    w = sp.MatrixSymbol(wname, d, 1)
+    s = sp.Symbol(sname, real=True)
+    der = symdl.derive(s * symdl.mean(symdl.softplus(X * w)), wrt=[w, s], hessian=True)
+    kernel = der.compile(hvp=True, jit=False)
+    rng = np.random.default_rng(3)
+    xv, wv, sv = rng.standard_normal((5, 3)), rng.standard_normal((3, 1)), 0.7
+    vw, vs = rng.standard_normal((3, 1)), -1.3
+    arrays = {"X": xv, wname: wv, sname: sv, kernel.hvp_inputs[wname]: vw,
+              kernel.hvp_inputs[sname]: vs}
+    value, grad, hessian, hvp = _by_hand(xv, wv, sv, vw, vs)
+    by = {"w": wname, "s": sname}
+
+    buffer = np.empty((3, 3))
+    result = kernel.run(arrays, out={HessianBlock(wname, wname): buffer})
+    assert result.value == pytest.approx(value, rel=1e-13)
+    for p in "ws":
+        np.testing.assert_allclose(result.grad[by[p]], grad[p], rtol=1e-12)
+        np.testing.assert_allclose(result.hvp[by[p]], hvp[p], rtol=1e-12, atol=1e-15)
+        for q in "ws":
+            np.testing.assert_allclose(result.hessian[by[p], by[q]], hessian[p + q],
+                                       rtol=1e-12, atol=1e-15)
+    assert result.hessian[wname, wname] is buffer
+    # Every key reads the outputs, and so does its spelling (names quoted where needed).
+    keys = [Value(), Gradient(wname), Gradient(sname), HVP(wname), HVP(sname)] + [
+        HessianBlock(p, q) for p in (wname, sname) for q in (wname, sname)]
+    assert sorted(kernel.output_keys) == sorted(keys)
+    for key in keys:
+        assert np.array_equal(result.outputs[key], result.outputs[str(key)])
+    # The plain spelling where it names one output, a typed error where it names two.
+    plain = f"hessian:{wname},{sname}"
+    if names == KEY_NAMES["ambiguous-hessian"]:
+        with pytest.raises(OutputKeyError, match="names 2 outputs"):
+            result.outputs[plain]
+        with pytest.raises(symdl.KernelArgumentError, match="names 2 outputs"):
+            kernel.run(arrays, out={plain: np.empty(3)})
+    else:
+        np.testing.assert_allclose(result.outputs[plain], hessian["ws"], rtol=1e-12)
+        out = np.empty(3)
+        kernel.run(arrays, out={plain: out})
+        np.testing.assert_allclose(out, hessian["ws"], rtol=1e-12)
+    evaluated = der.evaluate({"X": xv, wname: wv, sname: sv})
+    np.testing.assert_allclose(evaluated[Gradient(sname)], grad["s"], rtol=1e-12)
+    np.testing.assert_allclose(evaluated[str(HessianBlock(sname, wname))], hessian["sw"],
+                               rtol=1e-12)
+    only = der.compile(outputs=[Gradient(wname), str(HessianBlock(sname, sname))], jit=False)
+    assert only.output_keys == [Gradient(wname), HessianBlock(sname, sname)]
+
+    report = symdl.check(der, kernel=kernel, jit=False,
+                         reference_budget=None if case in FULL_REFERENCE else 0)
+    assert report.ok, str(report)
+    assert {r.output for r in report.rows} >= set(keys) - {Value()}  # the value: reference
+    if case in FULL_REFERENCE:
+        compared = {(r.output, r.method) for r in report.rows}
+        assert {(HessianBlock(wname, sname), "sympy reference"),
+                (Gradient(sname), "complex step")} <= compared
+    json_rows = report.to_dict()["rows"]
+    assert {(r["key"]["kind"], tuple(r["key"]["names"])) for r in json_rows} >= {
+        ("hessian", (sname, wname)), ("hvp", (wname,)), ("grad", (sname,))}
+
+    step = TrainingStep(der, Momentum(lr=0.1, momentum=0.9), {wname: wv, sname: sv},
+                        jit=False)
+    assert step(X=xv) == pytest.approx(value, rel=1e-13)
+    np.testing.assert_allclose(step.params[wname], wv - 0.1 * grad["w"], rtol=1e-12)
+    assert float(step.params[sname]) == pytest.approx(sv - 0.1 * grad["s"], rel=1e-12)
+    np.testing.assert_allclose(step.state[step.names.states[("b", wname)]], grad["w"],
+                               rtol=1e-12)
+    assert "Hessian" in symdl.latex.document(der, title=wname) and der.to_latex()
+
+
+def test_string_output_names_say_how_to_write_an_ambiguous_one():
+    from symdl.ir.keys import Gradient, HessianBlock, Named, OutputKeyError, Update, Value, parse
+
+    assert parse("value") == Value() and parse("grad:a,b") == Gradient("a,b")
+    assert parse("hessian:'a,b',c") == HessianBlock("a,b", "c") == "hessian:'a,b',c"
+    assert parse("new:m_W") == Update("m_W") and parse("W") == Named("W")
+    assert parse("'value'") == Named("value") != Value()
+    with pytest.raises(OutputKeyError, match=r"HessianBlock\(p, q\).*hessian:'a,b','c'"):
+        parse("hessian:a,b,c")
+    with pytest.raises(OutputKeyError, match="as strings"):
+        Gradient(sp.Symbol("w"))
+    for key in (Value(), Gradient("a,b"), HessianBlock("", "x:y"), Update("q'\""),
+                Named("grad:w"), Named("Δ")):
+        assert parse(str(key)) == key and repr(key).startswith(type(key).__name__)

@@ -12,6 +12,7 @@ import torch
 import symdl
 from symdl.define import optimizers
 from symdl.errors import KernelArgumentError
+from symdl.ir.keys import Gradient, HessianBlock, Value
 from symdl.training import TrainingStep, training_names
 
 n, d = sp.symbols("n d", integer=True, positive=True)
@@ -227,6 +228,8 @@ OUT_ERRORS = [
     ("broadcast-view", {"grad:w": np.broadcast_to(np.empty((1, 1)), (3, 1))},
      ["grad:w", "read-only"]),
     ("non-string-key", {0: np.empty((3, 1))}, ["output names", "0"]),
+    ("unknown-output", {"grad:X": np.empty((6, 3))}, ["grad:X", "does not compute", "grad:w"]),
+    ("unknown-key", {Gradient("y"): np.empty((6, 1))}, ["grad:y", "does not compute"]),
 ]
 
 
@@ -237,3 +240,37 @@ def test_malformed_out_is_a_typed_error(mse_kernel, out, words):
         mse_kernel(out=out, X=XV, w=WV, y=YV)
     for word in words:
         assert word in str(info.value), (word, str(info.value))
+
+
+# -- outputs by key ------------------------------------------------------------------------------
+
+def test_out_takes_keys_and_spellings(mse_kernel):
+    """``out=`` names an output by its key or its spelling; the two name one output."""
+    grad, value = np.empty((3, 1)), np.empty(1)
+    result = mse_kernel(out={Gradient("w"): grad, "value": value}, X=XV, w=WV, y=YV)
+    want_value, want_grad = _mse_grad(XV, WV, YV)
+    assert result.grad["w"] is grad and result.outputs[Gradient("w")] is grad
+    np.testing.assert_allclose(grad, want_grad, rtol=1e-13)
+    assert value[0] == pytest.approx(want_value, rel=1e-14)
+    assert mse_kernel.output_keys == [Value(), Gradient("w")] == ["value", "grad:w"]
+    assert {Gradient("w"): 1}["grad:w"] == 1 and sorted([Gradient("w"), Value()])[0] == "grad:w"
+
+
+def test_one_output_under_two_spellings_is_refused():
+    a = sp.MatrixSymbol("a,b", 3, 1)
+    k = symdl.derive(symdl.total(sp.hadamard_product(a, a)), wrt=[a]).compile(jit=False)
+    with pytest.raises(KernelArgumentError, match="twice"):
+        k.run({"a,b": np.ones((3, 1))}, out={"grad:a,b": np.empty((3, 1)),
+                                            Gradient("a,b"): np.empty((3, 1))})
+    grad = np.empty((3, 1))
+    k.run({"a,b": np.ones((3, 1))}, out={"grad:a,b": grad})
+    np.testing.assert_array_equal(grad, 2.0)
+
+
+def test_compile_outputs_by_key_or_spelling():
+    der = symdl.derive(symdl.mse(X_ * W_, Y_), wrt=[W_], hessian=True)
+    assert der.compile(outputs=[HessianBlock("w", "w")], jit=False).output_keys == [
+        "hessian:w,w"]
+    assert der.compile(outputs="grad:w", jit=False).output_keys == [Gradient("w")]
+    with pytest.raises(symdl.DerivationError, match=r"no outputs named \['grad:v'\].*grad:w"):
+        der.compile(outputs=["grad:v"], jit=False)
