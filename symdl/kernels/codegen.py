@@ -352,7 +352,7 @@ class Generator:
                 checks.append(f"_check({name}, {shape}, dtype, {ascii(leaf.name)})")
         for k, name in enumerate(self.outputs):
             node = self.plan.roots[name]
-            checks.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(name)})")
+            checks.append(f"_check(out{k}, {self.shape_tuple(node)}, dtype, {ascii(str(name))})")
         return checks
 
     def _docstring(self, inputs: list[str]) -> str:
@@ -368,7 +368,7 @@ class Generator:
             "",
             f"Definition: {ascii(self.title)}",
             "Arguments (a0, a1, ...): " + ", ".join(ascii(n) for n in inputs),
-            "Outputs (out0, out1, ...): " + ", ".join(ascii(n) for n in self.outputs),
+            "Outputs (out0, out1, ...): " + ", ".join(ascii(str(n)) for n in self.outputs),
             "Dimensions (n0, n1, ...): " + ", ".join(ascii(str(d)) for d in self.dims),
             f"Steps: {len(steps)}" + (f" ({kinds})" if kinds else ""),
             f"Floating-point operations, about: {flops}",

@@ -194,6 +194,16 @@ class Kernel:
         return {name: self._leaves[name].symbol for name in self._source.inputs}
 
     @property
+    def title(self) -> str:
+        """What the kernel computes, in words (the first line of its docstring)."""
+        return self._title
+
+    @property
+    def leaves(self) -> list[ir.Leaf]:
+        """The IR leaves of the inputs, in the order the generated code takes them."""
+        return list(self._leaves.values())
+
+    @property
     def output_keys(self) -> list[OutputKey]:
         """The outputs in the order of the generated module's ``kernel`` arguments, by key
         (``Value()``, ``Gradient("w")``, ...; each equals its spelling, ``"grad:w"``)."""

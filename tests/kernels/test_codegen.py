@@ -63,8 +63,8 @@ def _kernel(name: str) -> symdl.Kernel:
 
 def _regenerated(kernel: symdl.Kernel) -> str:
     """The kernel's source generated again from a fresh plan of its outputs."""
-    fresh = plan(kernel._outputs)
-    return codegen.generate(fresh, list(kernel._leaves.values()), kernel._title).text
+    fresh = plan(kernel.output_nodes)
+    return codegen.generate(fresh, kernel.leaves, kernel.title).text
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
