@@ -36,6 +36,9 @@ class Step:
     """What every kind of step answers (the planner and the code generator ask only this)."""
 
     summary: ClassVar[str] = "steps"
+    jitted: ClassVar[bool] = True
+    """Whether the step runs as jitted loop functions (Numba compiles them on the first call)
+    rather than a NumPy/BLAS call from the driver."""
     """What the module's docstring counts it as (plural: "2 BLAS products")."""
 
     def reads(self) -> list[Read]:
@@ -103,6 +106,7 @@ class Contraction(Step):
     symmetric: Symmetric | None = None
 
     summary: ClassVar[str] = "BLAS products"
+    jitted: ClassVar[bool] = False
 
     def reads(self) -> list[Read]:
         # X^T diag(c) X reads c and X only: the scaled operand is never stored.
@@ -175,6 +179,7 @@ class LinearSolve(Step):
     node: ir.Solve
 
     summary: ClassVar[str] = "linear solves"
+    jitted: ClassVar[bool] = False
 
     def reads(self) -> list[Read]:
         return [(self.node.a, None), (self.node.b, None)]

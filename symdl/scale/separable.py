@@ -31,7 +31,7 @@ X^T``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import sympy as sp
@@ -40,6 +40,7 @@ from symdl import ir
 from symdl.define.symbols import symbol_name
 from symdl.derivation import Derivation
 from symdl.errors import DerivationError
+from symdl.ir.rules import Rules
 
 CONST, ROWS, SUM = "const", "rows", "sum"
 
@@ -217,49 +218,44 @@ class _Analysis:
 
     def _classify(self, node: ir.Node) -> _Info:
         self._check_shape(node)
-        n = self.n
-        if isinstance(node, ir.Named):
-            return self.memo[id(node.body)]
-        if isinstance(node, ir.Leaf):
-            axes = [k for k, d in enumerate(node.shape) if d == n]
-            if len(axes) > 1:
-                raise self.refuse(f"{node.name} has the batch dimension on two axes")
-            return _Info(ROWS, axes[0]) if axes else _Info(CONST)
-        if isinstance(node, (ir.Ones, ir.Zero, ir.Identity)):
-            return _Info(CONST)
-        kids = [self.memo[id(c)] for c in node.children()]
-        if isinstance(node, ir.Einsum):
-            return self._einsum(node, kids)
-        if isinstance(node, ir.Map):
-            return self._map(node, kids)
-        if isinstance(node, ir.Add):
-            return self._add(kids)
-        if isinstance(node, (ir.LogSumExp, ir.Softmax)):
-            (arg,) = kids
-            what = type(node).__name__.lower()
-            if arg.kind == SUM:
-                raise self.refuse(f"a {what} of a sum over the rows (a nonlinear function "
-                                  "of a batch statistic)")
-            if arg.kind == ROWS and arg.axis == node.axis:
-                raise self.refuse(f"a {what} along the rows normalises over the whole batch")
-            if not _n_free(arg.scale, n):
-                if arg.kind == ROWS:
-                    raise self.refuse(f"a {what} of a row term scaled by {arg.scale}")
-                return _Info(CONST, scale=None)
-            return _Info(arg.kind, arg.axis)
-        if isinstance(node, ir.Solve):
-            a, b = kids
-            if a.kind != CONST or n in node.a.shape:
-                raise self.refuse("a linear solve whose matrix depends on the data rows")
-            if b.kind == ROWS and b.axis == 0:
-                raise self.refuse("a linear solve along the rows")
-            scale = None if a.scale is None or b.scale is None else b.scale / a.scale
-            extras = tuple(None if e is None or a.scale is None else e / a.scale
-                           for e in b.extras)
-            return _Info(b.kind, b.axis, scale, extras)
-        raise self.refuse(f"a {type(node).__name__} node, which the analysis does not know")
+        return ROW_SPLIT(node, self)
 
-    def _einsum(self, node: ir.Einsum, kids: list[_Info]) -> _Info:
+    def kids(self, node: ir.Node) -> list[_Info]:
+        """What is known of the node's children (they are classified first)."""
+        return [self.memo[id(c)] for c in node.children()]
+
+    def along_axis(self, node: ir.LogSumExp | ir.Softmax, kids: list[_Info]) -> _Info:
+        (arg,) = kids
+        what = type(node).__name__.lower()
+        if arg.kind == SUM:
+            raise self.refuse(f"a {what} of a sum over the rows (a nonlinear function "
+                              "of a batch statistic)")
+        if arg.kind == ROWS and arg.axis == node.axis:
+            raise self.refuse(f"a {what} along the rows normalises over the whole batch")
+        if not _n_free(arg.scale, self.n):
+            if arg.kind == ROWS:
+                raise self.refuse(f"a {what} of a row term scaled by {arg.scale}")
+            return _Info(CONST, scale=None)
+        return _Info(arg.kind, arg.axis)
+
+    def solve(self, node: ir.Solve, kids: list[_Info]) -> _Info:
+        a, b = kids
+        if a.kind != CONST or self.n in node.a.shape:
+            raise self.refuse("a linear solve whose matrix depends on the data rows")
+        if b.kind == ROWS and b.axis == 0:
+            raise self.refuse("a linear solve along the rows")
+        scale = None if a.scale is None or b.scale is None else b.scale / a.scale
+        extras = tuple(None if e is None or a.scale is None else e / a.scale
+                       for e in b.extras)
+        return _Info(b.kind, b.axis, scale, extras)
+
+    def leaf(self, node: ir.Leaf) -> _Info:
+        axes = [k for k, d in enumerate(node.shape) if d == self.n]
+        if len(axes) > 1:
+            raise self.refuse(f"{node.name} has the batch dimension on two axes")
+        return _Info(ROWS, axes[0]) if axes else _Info(CONST)
+
+    def einsum(self, node: ir.Einsum, kids: list[_Info]) -> _Info:
         n = self.n
         rest, coeff_n = sp.sympify(node.coeff).as_independent(n, as_Add=False)
         del rest
@@ -304,7 +300,7 @@ class _Analysis:
             return _Info(CONST, scale=None)
         return _Info(CONST, scale=scale)
 
-    def _map(self, node: ir.Map, kids: list[_Info]) -> _Info:
+    def map(self, node: ir.Map, kids: list[_Info]) -> _Info:
         n = self.n
         if any(k.kind == SUM for k in kids):
             raise self.refuse(f"the function {node.fn.expr} of a sum over the rows (a "
@@ -319,7 +315,7 @@ class _Analysis:
             return _Info(ROWS, rows[0].axis)
         return _Info(CONST, scale=None if depends else sp.Integer(1))
 
-    def _add(self, kids: list[_Info]) -> _Info:
+    def add(self, kids: list[_Info]) -> _Info:
         n = self.n
         sums = [k for k in kids if k.kind == SUM]
         rows = [k for k in kids if k.kind == ROWS]
@@ -350,3 +346,47 @@ def chunk_weights(split: RowSplit, chunk_rows: Mapping[int, int] | list[int]) ->
     counts = list(chunk_rows.values() if isinstance(chunk_rows, Mapping) else chunk_rows)
     total = sum(counts)
     return [split.weight(m, total) for m in counts]
+
+
+ROW_SPLIT: Rules[Callable[[ir.Node, _Analysis], _Info]] = Rules("the row-separability analysis")
+"""node kind -> (node, the analysis) -> how the node depends on the rows."""
+
+
+@ROW_SPLIT.register(ir.Named)
+def _named(node: ir.Named, analysis: _Analysis) -> _Info:
+    return analysis.memo[id(node.body)]
+
+
+@ROW_SPLIT.register(ir.Leaf)
+def _leaf(node: ir.Leaf, analysis: _Analysis) -> _Info:
+    return analysis.leaf(node)
+
+
+@ROW_SPLIT.register(ir.Ones, ir.Zero, ir.Identity)
+def _constant(node: ir.Node, analysis: _Analysis) -> _Info:
+    return _Info(CONST)
+
+
+@ROW_SPLIT.register(ir.Einsum)
+def _einsum(node: ir.Einsum, analysis: _Analysis) -> _Info:
+    return analysis.einsum(node, analysis.kids(node))
+
+
+@ROW_SPLIT.register(ir.Map)
+def _map(node: ir.Map, analysis: _Analysis) -> _Info:
+    return analysis.map(node, analysis.kids(node))
+
+
+@ROW_SPLIT.register(ir.Add)
+def _add(node: ir.Add, analysis: _Analysis) -> _Info:
+    return analysis.add(analysis.kids(node))
+
+
+@ROW_SPLIT.register(ir.LogSumExp, ir.Softmax)
+def _along_axis(node: ir.LogSumExp | ir.Softmax, analysis: _Analysis) -> _Info:
+    return analysis.along_axis(node, analysis.kids(node))
+
+
+@ROW_SPLIT.register(ir.Solve)
+def _solve(node: ir.Solve, analysis: _Analysis) -> _Info:
+    return analysis.solve(node, analysis.kids(node))
