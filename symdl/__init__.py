@@ -72,7 +72,8 @@ from symdl.kernels.kernel import Kernel
 from symdl.printing import latex  # the module: symdl.latex.document, compile_pdf
 from symdl.printing.to_sympy import IndexForm
 from symdl.training import TrainingStep
-from symdl.verify.check import CheckReport, GradientCheckError, check
+from symdl.verify.check import check
+from symdl.verify.report import CheckReport, GradientCheckError
 
 __version__ = "0.1.0"
 

@@ -51,25 +51,31 @@ cannot evaluate, is a row saying "not run" or "not applicable" and why.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import signal
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import sympy as sp
-from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
-from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl.derivation import Derivation
-from symdl.errors import EvaluationError, SymdlError
-from symdl.ir.assumptions import conform, declared_checks, step_limit
+from symdl.errors import SymdlError
+from symdl.ir.assumptions import step_limit
 from symdl.ir.keys import HVP, Gradient, HessianBlock, OutputKey, Value
 from symdl.kernels.kernel import Kernel
-from symdl.primitives.registry import NON_SMOOTH_FUNCTIONS
 from symdl.verify import reference
+from symdl.verify.finite_differences import fd_directional, fd_entrywise
+from symdl.verify.report import (
+    DEFAULT_TOLERANCES,
+    CheckArgumentError,
+    CheckError,
+    CheckReport,
+    CheckRow,
+    Skipped,
+    Tolerance,
+)
+from symdl.verify.sampling import draw_evaluable, draw_inputs, restrictions
 
 ENTRYWISE_MAX = 64
 """A parameter with at most this many entries is checked entry by entry; larger ones along
@@ -81,267 +87,7 @@ REFERENCE_MAX_ENTRIES = 1500
 REFERENCE_BUDGET = 10.0
 """Seconds the SymPy reference (and complex step) may take in all; what would take longer
 is reported as not run (``check(..., reference_budget=)`` changes it)."""
-DRAWS = 3
-"""Drawn test points tried before giving up on one where the kernel evaluates (a singular
-matrix to solve, a non-finite value)."""
-KINK_MARGIN = 0.05
-SIZES = (3, 5, 7, 9, 11, 13)
 COMPLEX_STEP = 1e-30
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """``|analytic - numeric| <= atol + rtol * scale`` (see the module docstring)."""
-
-    rtol: float
-    atol: float
-
-
-DEFAULT_TOLERANCES = {
-    "float64": Tolerance(rtol=1e-6, atol=1e-9),
-    "float32": Tolerance(rtol=2e-3, atol=1e-5),
-}
-
-
-class GradientCheckError(SymdlError, AssertionError):
-    """A derivative disagrees with its numeric estimate; ``rows`` holds the failures."""
-
-    def __init__(self, message: str, rows: list[CheckRow]):
-        super().__init__(message)
-        self.rows = rows
-
-
-@dataclass(frozen=True)
-class CheckRow:
-    """One compared entry. ``output`` is the output's key (``symdl.ir.keys``; it equals its
-    spelling, ``"grad:w"``)."""
-
-    output: OutputKey | str
-    parameter: str
-    entry: str
-    analytic: float
-    numeric: float
-    abs_error: float
-    rel_error: float
-    tolerance: float
-    method: str
-    passed: bool
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A comparison that did not run: the reference would exceed its time budget, or SymPy
-    cannot evaluate it; ``reason`` says which (in seconds for the budget)."""
-
-    output: OutputKey | str
-    parameter: str
-    method: str
-    reason: str
-
-
-@dataclass
-class CheckReport:
-    """The outcome of ``symdl.check``: one row per compared entry, notes on what was not
-    applicable and why, and error-against-step curves for ``plot``."""
-
-    rows: list[CheckRow] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    dtype: str = "float64"
-    seed: int = 0
-    dims: dict[str, int] = field(default_factory=dict)
-    tolerance: Tolerance = DEFAULT_TOLERANCES["float64"]
-    curves: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    skipped: list[Skipped] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        """Whether something was compared, every row passed and no error is NaN or inf."""
-        return bool(self.rows) and all(
-            r.passed and math.isfinite(r.abs_error) and math.isfinite(r.rel_error)
-            for r in self.rows)
-
-    @property
-    def failures(self) -> list[CheckRow]:
-        return [r for r in self.rows if not r.passed]
-
-    @property
-    def max_rel_error(self) -> float:
-        """The largest relative error; NaN when any is NaN (``max`` would skip it)."""
-        return _worst([r.rel_error for r in self.rows])
-
-    def summary(self) -> list[dict]:
-        """One line per (output, parameter, method): entries, worst errors, passed; the
-        output by its spelling (``"grad:w"``) and as data (``"key"``: kind and names)."""
-        groups: dict[tuple[OutputKey | str, str, str], list[CheckRow]] = {}
-        for r in self.rows:
-            groups.setdefault((r.output, r.parameter, r.method), []).append(r)
-        lines = []
-        for (output, parameter, method), rows in groups.items():
-            worst = max(rows, key=lambda r: r.abs_error / r.tolerance if r.tolerance else 0.0)
-            lines.append({"output": str(output), "key": _key_data(output),
-                          "parameter": parameter, "method": method, "entries": len(rows),
-                          "max_abs_error": _worst([r.abs_error for r in rows]),
-                          "max_rel_error": _worst([r.rel_error for r in rows]),
-                          "tolerance": worst.tolerance, "passed": all(r.passed for r in rows)})
-        return lines
-
-    def __str__(self) -> str:
-        head = ("output", "parameter", "method", "entries", "max abs err", "max rel err",
-                "tol", "")
-        body = [(s["output"], s["parameter"], s["method"], str(s["entries"]),
-                 f"{s['max_abs_error']:.1e}", f"{s['max_rel_error']:.1e}",
-                 f"{s['tolerance']:.1e}", "ok" if s["passed"] else "FAILED")
-                for s in self.summary()]
-        body += [(str(k.output), k.parameter, k.method, "-", "-", "-", "-", k.reason)
-                 for k in self.skipped]
-        widths = [max(len(row[i]) for row in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                 for row in [head, *body]]
-        dims = ", ".join(f"{k}={v}" for k, v in self.dims.items())
-        verdict = "passed" if self.ok else f"FAILED ({len(self.failures)} entries)"
-        lines.insert(0, f"gradient check {verdict}: {self.dtype}, seed {self.seed}"
-                     + (f", {dims}" if dims else "")
-                     + f", rtol {self.tolerance.rtol:g}, atol {self.tolerance.atol:g}")
-        for r in self.failures[:10]:
-            lines.append(f"  FAILED {r.output!s} / {r.parameter}[{r.entry}] ({r.method}): "
-                         f"analytic {r.analytic:.8g}, numeric {r.numeric:.8g}, abs error "
-                         f"{r.abs_error:.2e}, rel error {r.rel_error:.2e} > tol {r.tolerance:.2e}")
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def _repr_html_(self) -> str:
-        from symdl.printing.html import check_report_html
-
-        text = str(self).splitlines()
-        return check_report_html(
-            text[0], self.ok, self.summary(),
-            [(k.output, k.parameter, k.method, k.reason) for k in self.skipped],
-            [line.strip() for line in text if line.startswith("  FAILED")], self.notes)
-
-    def to_dict(self) -> dict:
-        """Everything in the report as JSON-able data."""
-        return {"ok": self.ok, "max_rel_error": self.max_rel_error, "dtype": self.dtype,
-                "seed": self.seed, "dims": dict(self.dims), "tolerance": asdict(self.tolerance),
-                "summary": self.summary(), "notes": list(self.notes),
-                "skipped": [_with_key(k) for k in self.skipped],
-                "rows": [_with_key(r) for r in self.rows]}
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
-
-    def to_latex(self) -> str:
-        """The summary as a LaTeX ``tabular`` (booktabs rules)."""
-        # Output and parameter names are user strings: the one escaping of symdl.latex (^^5c
-        # and the like included).
-        from symdl.printing.latex import escape_text as tex
-
-        lines = [r"\begin{tabular}{lllrrrrl}", r"\toprule",
-                 r"output & parameter & method & entries & max abs err & max rel err & tol & \\",
-                 r"\midrule"]
-        for s in self.summary():
-            lines.append(" & ".join([tex(s["output"]), tex(s["parameter"]), tex(s["method"]),
-                                     str(s["entries"]), f"{s['max_abs_error']:.1e}",
-                                     f"{s['max_rel_error']:.1e}", f"{s['tolerance']:.1e}",
-                                     "ok" if s["passed"] else r"\textbf{FAILED}"]) + r" \\")
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines)
-
-    def raise_if_failed(self) -> None:
-        """Raises ``GradientCheckError`` naming the worst failing entry."""
-        failures = self.failures
-        if not failures:
-            if not self.rows:
-                raise GradientCheckError("nothing was checked: the kernel has no derivative "
-                                         "outputs and no reference", [])
-            return
-        r = max(failures, key=lambda r: r.abs_error / r.tolerance)
-        raise GradientCheckError(
-            f"{len(failures)} of {len(self.rows)} checked entries fail; worst: output "
-            f"{r.output}, parameter {r.parameter}, entry {r.entry} ({r.method}): analytic "
-            f"{r.analytic:.10g}, numeric {r.numeric:.10g}, abs error {r.abs_error:.3e}, rel "
-            f"error {r.rel_error:.3e}, tolerance {r.tolerance:.3e}", failures)
-
-    def plot(self, path: str) -> None:
-        """Draws, per output, the finite-difference error against the step on log-log axes."""
-        from symdl.verify.plot import plot_curves
-
-        plot_curves(self.curves, path, title=f"finite-difference error ({self.dtype} kernel)")
-
-
-def _key_data(output: OutputKey | str) -> dict:
-    """An output as JSON-able data: ``{"kind": "hessian", "names": ["p", "q"]}`` (its
-    spelling alone is ambiguous to split where names hold commas)."""
-    return output.to_dict() if isinstance(output, OutputKey) else {"kind": "named",
-                                                                   "names": [str(output)]}
-
-
-def _with_key(entry: CheckRow | Skipped) -> dict:
-    data = {f.name: getattr(entry, f.name) for f in fields(entry)}
-    return {**data, "output": str(entry.output), "key": _key_data(entry.output)}
-
-
-def _worst(errors: list[float]) -> float:
-    """The largest error; NaN when any is NaN (``max`` would skip it by where it stands)."""
-    if any(math.isnan(e) for e in errors):
-        return math.nan
-    return max(errors, default=0.0)
-
-
-# --------------------------------------------------------------------------------------------
-# Finite differences
-
-
-def _richardson(g: Callable[[float], np.ndarray], h: float) -> np.ndarray:
-    """d/dt g at 0 by central differences at h and h/2, Richardson-extrapolated."""
-    d1 = (g(h) - g(-h)) / (2 * h)
-    d2 = (g(h / 2) - g(-h / 2)) / h
-    return (4 * d2 - d1) / 3
-
-
-def _fd_entrywise(f: Callable[[dict], np.ndarray], values: dict, name: str,
-                  limit: float = math.inf, power: float = 1 / 3) -> np.ndarray:
-    """∂f/∂values[name] entry by entry: shape f.shape + shape of the parameter; steps at most
-    ``limit`` (probes stay inside the input's declared sign, which kernels enforce)."""
-    x = np.asarray(values[name], dtype=np.float64)
-    eps = np.finfo(np.float64).eps
-    columns = []
-    for idx in np.ndindex(*x.shape):
-        def g(t, idx=idx):
-            moved = x.copy()
-            moved[idx] += t
-            return np.asarray(f({**values, name: moved if x.shape else float(moved)}),
-                              dtype=np.float64)
-        columns.append(_richardson(g, min(eps ** power * max(1.0, abs(float(x[idx]))),
-                                          limit)))
-    out = np.stack(columns, axis=-1) if columns else np.zeros(0)
-    return out.reshape(out.shape[:-1] + x.shape)
-
-
-def _fd_directional(f: Callable[[dict], np.ndarray], values: dict,
-                    directions: Mapping[str, np.ndarray], step: float | None = None,
-                    limits: Mapping[str, float] | None = None,
-                    power: float = 1 / 3) -> np.ndarray:
-    """The derivative of f along ``directions`` (by input name), all inputs moved at once;
-    no input moves by more than its ``limits`` entry."""
-    eps = np.finfo(np.float64).eps
-    # The step moves every input in ``directions`` at once: scaled to the smallest of them,
-    # so that a small input next to a large one (a decay factor next to a step count) is not
-    # moved by a step sized for the large one.
-    scale = min([max(1.0, float(np.max(np.abs(values[k])))) for k in directions], default=1.0)
-    if step is None:
-        step = eps ** power * scale
-        for k, u in directions.items():
-            reach = float(np.max(np.abs(u))) if np.size(u) else 0.0
-            if limits and k in limits and reach > 0:
-                step = min(step, limits[k] / reach)
-
-    def g(t):
-        moved = {k: np.asarray(values[k], dtype=np.float64) + t * u
-                 for k, u in directions.items()}
-        moved = {k: (float(v) if np.ndim(values[k]) == 0 else v) for k, v in moved.items()}
-        return np.asarray(f({**values, **moved}), dtype=np.float64)
-
-    return _richardson(g, step)
 
 
 # --------------------------------------------------------------------------------------------
@@ -440,7 +186,7 @@ def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Gener
             # By the kernel's own map: a direction is v_W_1 where the definition has a v_W.
             directions = {p: np.asarray(exact[v], dtype=np.float64)
                           for p, v in kernel.hvp_inputs.items()}
-            numeric = _fd_directional(output(Gradient(key.param)), exact, directions,
+            numeric = fd_directional(output(Gradient(key.param)), exact, directions,
                                       limits=limits, power=power)
             out.compare(key, ",".join(sorted(directions)), analytic[key],
                         numeric.reshape(np.shape(analytic[key])), "central-richardson along v")
@@ -456,7 +202,7 @@ def _compare_derivative(out: _Collector, name: OutputKey, param: str, analytic, 
     analytic = np.asarray(analytic, dtype=np.float64)
     f_shape = np.shape(f(values)) if extra_axes else ()
     if _size(x) <= ENTRYWISE_MAX:
-        numeric = _fd_entrywise(f, values, param, (limits or {}).get(param, math.inf),
+        numeric = fd_entrywise(f, values, param, (limits or {}).get(param, math.inf),
                                 power)
         out.compare(name, param, analytic, numeric.reshape(analytic.shape), "central-richardson")
         return
@@ -465,7 +211,7 @@ def _compare_derivative(out: _Collector, name: OutputKey, param: str, analytic, 
     for k in range(DIRECTIONS):
         u = _unit(rng, np.shape(x))
         a = np.tensordot(block, u, axes=np.ndim(x))
-        numeric = _fd_directional(f, values, {param: u}, limits=limits, power=power)
+        numeric = fd_directional(f, values, {param: u}, limits=limits, power=power)
         labels = [f"u{k}" + (f"[{','.join(map(str, i))}]" if f_shape else "")
                   for i in np.ndindex(*np.shape(a))]
         out.compare(name, param, a, numeric, "central-richardson along random u", labels)
@@ -501,214 +247,6 @@ def _step_curves(kernel: Kernel, values: dict, rng: np.random.Generator) -> dict
             errors.append(float(np.max(np.abs(d - exact))) / scale)
         curves[name] = ([float(h) for h in steps], errors)
     return curves
-
-
-# --------------------------------------------------------------------------------------------
-# Test points
-
-
-def _walk_functions(expr: sp.Basic):
-    """Every scalar function body applied in ``expr`` (elementwise maps included)."""
-    for sub in sp.preorder_traversal(expr):
-        if isinstance(sub, ElementwiseApplyFunction):
-            t = sp.Dummy("t")
-            yield sub.function(t), sub.expr
-        elif isinstance(sub, (sp.Function, sp.Pow, sp.Abs, sp.Max, sp.Min, sp.HadamardPower)):
-            yield sub, None
-
-
-def _needs_positive(body: sp.Basic) -> bool:
-    # Only a log or fractional power of a variable argument that no function maps first: the
-    # constant 1/sqrt(2) of an erf GELU, or log(sigmoid(t)), made the inputs positive, so X w
-    # was large and the functions after it saturated (no digits left for finite differences,
-    # a Hessian that vanishes).
-    for sub in sp.preorder_traversal(body):
-        if isinstance(sub, sp.log):
-            argument = sub.args[0]
-        elif isinstance(sub, (sp.Pow, sp.HadamardPower)) and not sp.sympify(sub.exp).is_integer:
-            argument = sp.sympify(sub.base)
-        else:
-            continue
-        if argument.free_symbols and not argument.atoms(sp.Function, ElementwiseApplyFunction):
-            return True
-    return False
-
-
-def _has_kink(body: sp.Basic) -> bool:
-    return bool(reference.uses_function(body, NON_SMOOTH_FUNCTIONS))
-
-
-def _leaf_names(expr: sp.Basic) -> set[str]:
-    names = {str(m.name) for m in expr.atoms(sp.MatrixSymbol)}
-    names |= {str(s) for s in expr.free_symbols if isinstance(s, sp.Symbol)}
-    return names
-
-
-def _restrictions(der: Derivation) -> tuple[set[str], bool]:
-    """Names that must be positive (under log, sqrt, fractional powers, declared positive)
-    and whether the definition has kinks."""
-    positive: set[str] = set()
-    kink = False
-    for _, expr in der.source_steps:
-        for body, argument in _walk_functions(expr):
-            kink = kink or _has_kink(body)
-            if argument is not None and _needs_positive(body):
-                if not any(isinstance(s, (sp.Function, ElementwiseApplyFunction))
-                           for s in sp.preorder_traversal(argument)):
-                    positive |= _leaf_names(argument)
-            elif argument is None and _needs_positive(body):
-                inner = body.args[0] if isinstance(body, sp.log) else body.args[0]
-                if not inner.atoms(sp.Function):
-                    positive |= _leaf_names(inner)
-        positive |= {str(s) for s in expr.free_symbols
-                     if isinstance(s, sp.Symbol) and s.is_positive and not s.is_integer}
-    return positive, kink
-
-
-def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
-                sample_inputs: Callable | None = None,
-                dims: Mapping[sp.Symbol, int] | None = None,
-                positive: tuple[str, ...] = ()) -> tuple[dict, dict]:
-    """Seeded inputs for every kernel argument, and the dimension sizes (see module doc)."""
-    rng = np.random.default_rng(seed)
-    symbols = sorted(der.dims, key=str)
-    sizes = list(SIZES[:max(len(symbols), 3)])
-    rng.shuffle(sizes)
-    bound = _sizes_by_need(der, symbols, sizes)
-    bound.update(dims or {})
-    must_be_positive, kink = _restrictions(der)
-    must_be_positive |= set(positive)
-    declared = {str(s): s for _, expr in der.source_steps for s in expr.free_symbols
-                if declared_checks(s)}
-    fans = _fan_in(der, bound)
-    values: dict = {}
-    for name, shape in kernel.inputs.items():
-        concrete = tuple(int(sp.sympify(d).subs(bound)) for d in shape)
-        if name in must_be_positive:
-            a = rng.uniform(0.5, 2.0, size=concrete)
-        else:
-            # Scaled like a Glorot initialisation, so that products stay of order one and the
-            # sigmoids and tanhs after them are not saturated (where a finite difference of
-            # the saturated value loses every digit, and a Hessian vanishes).
-            a = rng.standard_normal(size=concrete) * fans.get(name, 1) ** -0.25
-            if kink:
-                a = np.where(np.abs(a) < KINK_MARGIN, a + np.where(a < 0, -1, 1) * KINK_MARGIN,
-                             a)
-        values[name] = float(a) if concrete == () else a
-        if name in declared:  # kernels refuse values that break a declared assumption
-            values[name] = conform(declared[name], values[name])
-    if sample_inputs is not None:
-        by_name = {**{str(s): v for s, v in bound.items()}, **bound}
-        try:
-            sampled = dict(sample_inputs(rng, by_name))
-        except Exception as exc:  # noqa: BLE001 - the user's function: any error is theirs
-            raise CheckArgumentError(f"sample_inputs(rng, dims) raised {type(exc).__name__}: "
-                                     f"{exc}") from exc
-        for name, given in sampled.items():
-            if name not in values:
-                continue
-            try:
-                given = np.asarray(given, dtype=np.float64)
-                values[name] = float(given) if np.ndim(values[name]) == 0 else given.reshape(
-                    np.shape(values[name]))
-            except (TypeError, ValueError) as exc:
-                raise CheckArgumentError(
-                    f"sample_inputs gave {name} that is not a float array of shape "
-                    f"{np.shape(values[name])} ({exc})") from exc
-    return values, bound
-
-
-def _sizes_by_need(der: Derivation, symbols: list[sp.Symbol],
-                   sizes: list[int]) -> dict[sp.Symbol, int]:
-    """Sizes for the dimension symbols, drawn (``sizes`` shuffled) but ordered so that every
-    inverted product is nonsingular: in ``(A^T A)^{-1}`` with ``A`` ``n x d`` the rank of the
-    ``d x d`` Gram matrix is at most ``n``, so ``n`` gets a larger size than ``d``."""
-    smaller: dict[sp.Symbol, set[sp.Symbol]] = {s: set() for s in symbols}
-    for _, expr in der.source_steps:
-        for sub in sp.preorder_traversal(sp.sympify(expr)):
-            if not (isinstance(sub, sp.Inverse) and isinstance(sub.arg, sp.MatMul)):
-                continue
-            outer = sub.arg.shape[0]
-            factors = [a for a in sub.arg.args if isinstance(a, MatrixExpr)]
-            for left in factors[:-1]:
-                inner = left.shape[1]
-                if inner in smaller and outer in smaller and inner != outer:
-                    smaller[inner].add(outer)
-    depth: dict[sp.Symbol, int] = {}
-
-    def level(s: sp.Symbol, seen: frozenset = frozenset()) -> int:
-        # The longest chain of dimensions that must be smaller (cycles cannot all be met).
-        if s not in depth:
-            depth[s] = 1 + max((level(t, seen | {s}) for t in smaller[s] if t not in seen),
-                               default=-1)
-        return depth[s]
-
-    drawn = {s: sizes[k % len(sizes)] for k, s in enumerate(symbols)}
-    if not any(smaller.values()):
-        return drawn
-    order = sorted(symbols, key=lambda s: (level(s), drawn[s]))
-    return dict(zip(order, sorted(drawn.values()), strict=True))
-
-
-def _fan_in(der: Derivation, bound: Mapping[sp.Symbol, int]) -> dict[str, int]:
-    """For each input, the product of the sizes it is contracted over in a matrix product or
-    an index sum (the largest over its uses): its entries are drawn with standard deviation
-    ``fan ** -0.25``, so a product of two drawn factors has entries of variance about 1."""
-    fans: dict[str, int] = {}
-
-    def size(dim) -> int:
-        try:
-            return max(int(sp.sympify(dim).subs(bound)), 1)
-        except (TypeError, ValueError):
-            return 1
-
-    def note(name: str, fan: int) -> None:
-        fans[name] = max(fans.get(name, 1), fan)
-
-    for _, expr in der.source_steps:
-        for sub in sp.preorder_traversal(sp.sympify(expr)):
-            if isinstance(sub, sp.MatMul):
-                factors = [a for a in sub.args if isinstance(a, MatrixExpr)]
-                for k, factor in enumerate(factors):
-                    leaf = factor.arg if isinstance(factor, sp.Transpose) else factor
-                    if not isinstance(leaf, sp.MatrixSymbol):
-                        continue
-                    fan = (size(factor.shape[0]) if k > 0 else 1) * (
-                        size(factor.shape[1]) if k < len(factors) - 1 else 1)
-                    note(str(leaf.name), fan)
-            elif isinstance(sub, sp.Sum):
-                ranges = {var: size(hi - lo + 1) for var, lo, hi in sub.limits}
-                for indexed in sub.function.atoms(sp.Indexed):
-                    fan = math.prod(r for var, r in ranges.items()
-                                    if var in indexed.indices
-                                    or sp.Symbol(str(var)) in indexed.indices)
-                    note(str(indexed.base.label), fan)
-    return fans
-
-
-def _draw_evaluable(der: Derivation, kernel: Kernel, seed: int, sample_inputs, dims,
-                    positive) -> tuple[dict, dict, str]:
-    """``draw_inputs``, drawn again (other seeds, so other sizes and entries) while the kernel
-    cannot evaluate the point: a singular matrix to solve, a non-finite value. The note says
-    what was redrawn; after ``DRAWS`` tries the last point is checked as it is."""
-    problems = []
-    for attempt in range(DRAWS):
-        values, bound = draw_inputs(der, kernel, seed + 7919 * attempt, sample_inputs, dims,
-                                    positive)
-        try:
-            outputs = kernel.run(values).outputs
-        except EvaluationError as exc:
-            problems.append(f"seed {seed + 7919 * attempt}: {exc}")
-            continue
-        bad = sorted(str(k) for k, v in outputs.items() if not np.all(np.isfinite(v)))
-        if not bad:
-            break
-        problems.append(f"seed {seed + 7919 * attempt}: {', '.join(bad)} not finite")
-    else:
-        return values, bound, ("no drawn test point was evaluable (" + "; ".join(problems)
-                               + "); the last one is checked")
-    note = ("test points redrawn (" + "; ".join(problems) + ")") if problems else ""
-    return values, bound, note
 
 
 # --------------------------------------------------------------------------------------------
@@ -921,7 +459,7 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
         dtype = dtype or (str(given[0]) if given else "float64")
         bound = der.infer_dims(values) if der is not None else {}
     elif der is not None:
-        values, bound, redrawn = _draw_evaluable(der, kernel, seed, sample_inputs, dims,
+        values, bound, redrawn = draw_evaluable(der, kernel, seed, sample_inputs, dims,
                                                  positive)
     else:
         raise CheckArgumentError("check(kernel) needs the kernel's inputs: check(k, " +
@@ -943,7 +481,7 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
     # only suits a plain central difference). A value computed with cancellation (log(1 -
     # sigmoid(z))) carries more rounding; at eps^(1/3) it failed correct gradients. Near a
     # kink (relu of a product) the smaller step keeps the points on one side.
-    kink = der is not None and _restrictions(der)[1]
+    kink = der is not None and restrictions(der)[1]
     _check_kernel(kernel, values, dtype, rng, out, curves,
                   power=1 / 3 if der is None or kink else 1 / 5)
     if der is not None:
@@ -1010,11 +548,3 @@ def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> 
     for name, result in zip(roots, results, strict=True):
         out.compare(name, "", analytic[name], np.reshape(result, np.shape(analytic[name])),
                     "numpy reference (IR)")
-
-
-class CheckArgumentError(SymdlError, ValueError):
-    """``check`` was called with something it cannot check."""
-
-
-class CheckError(SymdlError, RuntimeError):
-    """``check`` failed for a reason that is no wrong derivative (the cause is chained)."""

@@ -293,7 +293,7 @@ def test_compile_pdf_runs_no_program_and_reads_no_outside_file(tmp_path):
 
 def test_check_report_table_with_hostile_names(tmp_path):
     from symdl.printing import latex
-    from symdl.verify.check import CheckReport, CheckRow
+    from symdl.verify.report import CheckReport, CheckRow
 
     names = _tex_payloads(tmp_path)
     report = CheckReport(rows=[CheckRow(f"grad:{name}", name, "0", 1.0, 1.0, 0.0, 0.0, 1e-8,

@@ -13,7 +13,7 @@ import sympy as sp
 
 import symdl
 from symdl.printing.html import FAIL_COLOUR, PASS_COLOUR
-from symdl.verify.check import CheckReport, CheckRow, Skipped
+from symdl.verify.report import CheckReport, CheckRow, Skipped
 
 
 def _row(output: str, passed: bool, error: float) -> CheckRow:

@@ -16,7 +16,9 @@ import sympy as sp
 import symdl
 from symdl.catalog import load, names
 from symdl.cli import main
-from symdl.verify.check import KINK_MARGIN, GradientCheckError, check, draw_inputs
+from symdl.verify.check import check
+from symdl.verify.report import GradientCheckError
+from symdl.verify.sampling import KINK_MARGIN, draw_inputs
 
 n, d = sp.symbols("n d", integer=True, positive=True)
 X = sp.MatrixSymbol("X", n, d)
@@ -239,7 +241,7 @@ def test_check_rejects_bad_arguments(logreg):
 
 def test_cli_passes_with_json(capsys):
     assert main(["check", "logistic_regression", "--json"]) == 0
-    data = json.loads(capsys.readouterr().out)
+    data = json.loads(capsys.readouterr().out)["logistic_regression"]  # {name: report}, always
     assert data["ok"] is True and data["rows"]
 
 
@@ -399,7 +401,8 @@ def test_regression_erf_gelu_hessian_is_not_vacuous():
 def test_regression_relative_error_of_zero_blocks_and_non_finite_values():
     """A row compared with an all-zero block had relative error inf yet passed; a numeric
     value of inf passed (inf <= inf); report.ok ignored NaN and inf errors."""
-    from symdl.verify.check import CheckReport, CheckRow, Tolerance, _Collector
+    from symdl.verify.check import _Collector
+    from symdl.verify.report import CheckReport, CheckRow, Tolerance
 
     report = CheckReport()
     out = _Collector(report, Tolerance(rtol=1e-6, atol=1e-9))
