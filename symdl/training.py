@@ -19,7 +19,10 @@ An optimizer is any object with
 
 from __future__ import annotations
 
+import os
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -30,8 +33,8 @@ from symdl.define.optimizers import STEP  # the 1-based step number, a scalar ke
 from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.translate import Translator, translate_matrix_or_scalar
 from symdl.derivation import Derivation
-from symdl.errors import DerivationError, KernelArgumentError
-from symdl.ir.keys import Gradient, OutputKey, Update, Value
+from symdl.errors import DerivationError, KernelArgumentError, SymdlError
+from symdl.ir.keys import Gradient, Named, OutputKey, Update, Value
 from symdl.kernels.kernel import Kernel, as_numpy
 
 
@@ -124,12 +127,32 @@ class TrainingStep:
     float32 array, else float64; parameters, states, gradients and the loss keep it, and
     float32/float64 data is converted to it. ``jit=False`` runs the step as plain Python
     (the same generated source, not compiled: for tests).
+
+    The same derivation gives the forward pass: ``output=`` names the model's output, one of
+    the definition's named intermediates (its symbol, ``output=Z2``, or its name,
+    ``output="Z2"``). Then ``step.predict(X=X_test)`` returns it at the current parameters
+    and ``step.evaluate(X=X_test, Y=Y_test)`` returns the loss and it on held-out data,
+    without an update (each kernel compiled once, on first use):
+
+    >>> step = TrainingStep(der, Adam(lr=1e-3), {"W1": W1, ...}, output=Z2)  # doctest: +SKIP
+    >>> logits = step.predict(X=X_test)                                       # doctest: +SKIP
+    >>> step.save("checkpoint.npz")                                          # doctest: +SKIP
+    >>> step = TrainingStep.load("checkpoint.npz", der, Adam(lr=1e-3), output=Z2)  # doctest: +SKIP
+
+    ``save``/``load_state``/``load`` write and read the parameters, optimizer states and
+    step counter as ``.npz`` (no pickle: loading never runs code).
     """
 
     def __init__(self, der: Derivation, optimizer: Optimizer,
                  params: Mapping[str, np.ndarray], dtype: type | None = None,
-                 hyperparameters: Mapping[str, float] | None = None, jit: bool = True):
+                 hyperparameters: Mapping[str, float] | None = None, jit: bool = True,
+                 output: sp.Basic | str | None = None):
         _check_step_arguments(der, optimizer, params, hyperparameters)
+        self._der = der
+        self._optimizer_name = type(optimizer).__name__
+        self._jit = jit
+        self._output = None if output is None else _named_output(der, output)
+        self._forward: dict[bool, Kernel] = {}
         self.kernel = compile_training_step(der, optimizer, jit=jit)
         names = [symbol_name(p) for p in der.wrt]
         missing = sorted(set(names) - set(params))
@@ -230,8 +253,257 @@ class TrainingStep:
         self.t += 1
         return float(self._value[0])
 
+    # -- forward pass and held-out evaluation --------------------------------------------
+
+    @property
+    def output(self) -> str | None:
+        """The name of the named intermediate ``predict`` returns (``output=``), if any."""
+        return None if self._output is None else self._output.name
+
+    def forward_kernel(self, loss: bool = False) -> Kernel:
+        """The kernel of the forward pass (``output=``), and of the loss with ``loss=True``
+        (``evaluate``): compiled on first use, once per step object."""
+        if not loss and self._output is None:
+            raise DerivationError(
+                "predict() needs the model's output: name one of the definition's named "
+                f"intermediates ({_named_list(self._der)}) with TrainingStep(..., output=Z2)")
+        if loss not in self._forward:
+            outputs: dict[OutputKey, ir.Node] = {Value(): self._der.output} if loss else {}
+            if self._output is not None:
+                outputs[Named(self._output.name)] = self._output
+            leaves = [n for n in ir.topological_order(list(outputs.values()))
+                      if isinstance(n, ir.Leaf)]
+            what = "loss and output" if loss else f"forward pass to {self._output.name}"
+            self._forward[loss] = Kernel(outputs, leaves, f"{what}: {self._der.title}",
+                                         jit=self._jit)
+        return self._forward[loss]
+
+    def _forward_arguments(self, kernel: Kernel, data: Mapping[str, object]
+                           ) -> dict[str, object]:
+        """The data (in the step's precision) and the parameters and hyperparameters the
+        forward kernel reads."""
+        own = sorted(set(data) & (set(self._current) | set(self.hyperparameters)))
+        if own:
+            raise KernelArgumentError(
+                f"{own} belong to the training step (parameters, optimizer states or "
+                "hyperparameters), not to the data: pass only the data arrays", own[0])
+        arrays = {n: _converted(n, a, self.dtype) for n, a in data.items()}
+        for n in kernel.input_names:
+            if n in self._current:
+                arrays[n] = float(self._current[n][0]) if n in self._scalars else self._current[n]
+            elif n in self.hyperparameters:
+                arrays[n] = self.hyperparameters[n]
+        return arrays
+
+    def predict(self, /, **data: np.ndarray) -> np.ndarray:
+        """The model's output (``output=``) on ``data`` at the current parameters: the
+        forward pass alone (only the data it reads: ``predict(X=X_test)``).
+
+        Raises:
+            DerivationError: the step was built without ``output=``.
+            KernelArgumentError: missing, unexpected or misshapen data.
+        """
+        kernel = self.forward_kernel()
+        result = kernel.run(self._forward_arguments(kernel, data))
+        return result.outputs[Named(self._output.name)]
+
+    def evaluate(self, /, **data: np.ndarray) -> Evaluation:
+        """The loss (and the ``output=`` intermediate, when named) on held-out data at the
+        current parameters, without an update: ``step.evaluate(X=X_test, Y=Y_test)``."""
+        kernel = self.forward_kernel(loss=True)
+        result = kernel.run(self._forward_arguments(kernel, data))
+        output = None if self._output is None else result.outputs[Named(self._output.name)]
+        return Evaluation(float(result.value), output)
+
+    # -- saving and loading the state ---------------------------------------------------
+
+    def save(self, path: str | Path) -> Path:
+        """Writes the parameters, optimizer states and step counter to ``path`` (``.npz``,
+        NumPy arrays and strings only); returns the path.
+
+        The file holds a format name and version, the array names, the optimizer's class
+        name and the definition's title: ``load_state`` checks them all.
+        """
+        path = Path(path)
+        names = list(self._current)
+        content = {
+            "format": np.array(STATE_FORMAT), "version": np.array(STATE_VERSION),
+            "names": np.array(names, dtype=str), "t": np.array(self.t, dtype=np.int64),
+            "optimizer": np.array(self._optimizer_name), "model": np.array(self._der.title),
+        }
+        content.update({f"array{k}": self._current[n] for k, n in enumerate(names)})
+        partial = path.with_name(path.name + ".partial")
+        with open(partial, "wb") as file:  # np.savez would append .npz to a str path
+            np.savez(file, **content)
+        os.replace(partial, path)  # never a half-written file under the name
+        return path
+
+    def load_state(self, path: str | Path, check_model: bool = True) -> None:
+        """Replaces the parameters, optimizer states and step counter with those ``save``
+        wrote to ``path``. Hyperparameters stay as this step has them.
+
+        Args:
+            path: a file written by ``save``.
+            check_model: refuse a file saved from another definition (by its title); pass
+                False to load the arrays into a changed definition of the same parameters.
+
+        Raises:
+            TrainingStateError: the file is no symdl training state, of another version,
+                optimizer or model, lacks an array or has one of another shape or dtype.
+        """
+        state = read_state(path)
+        if state.optimizer != self._optimizer_name:
+            raise TrainingStateError(
+                f"{path} holds the state of a {state.optimizer} optimizer; this step uses "
+                f"{self._optimizer_name}: build the step with the same optimizer")
+        if check_model and state.model != self._der.title:
+            raise TrainingStateError(
+                f"{path} was saved from another model ({state.model!r:.120}); this step "
+                f"trains {self._der.title!r:.120}. Pass check_model=False to load its arrays "
+                "anyway (same names, shapes and dtypes)")
+        missing = [n for n in self._current if n not in state.arrays]
+        unknown = [n for n in state.arrays if n not in self._current]
+        if missing or unknown:
+            raise TrainingStateError(
+                f"{path} does not fit this step: it lacks {missing} and has {unknown} that "
+                f"this step does not (the step holds {list(self._current)})")
+        for n, array in state.arrays.items():
+            own = self._current[n]
+            if array.shape != own.shape or array.dtype != own.dtype:
+                raise TrainingStateError(
+                    f"{n} in {path} is {array.dtype} of shape {array.shape}; this step holds "
+                    f"{own.dtype} of shape {own.shape}", )
+        for n, array in state.arrays.items():
+            np.copyto(self._current[n], array)
+        self.t = state.t
+
+    @classmethod
+    def load(cls, path: str | Path, der: Derivation, optimizer: Optimizer,
+             hyperparameters: Mapping[str, float] | None = None, jit: bool = True,
+             output: sp.Basic | str | None = None, check_model: bool = True) -> TrainingStep:
+        """A step built from ``der`` and ``optimizer`` with the state ``save`` wrote to
+        ``path`` (parameters, optimizer states, step counter; the precision of the file).
+        The other arguments are those of ``TrainingStep``; see ``load_state``."""
+        state = read_state(path)
+        names = {symbol_name(p) for p in der.wrt} if isinstance(der, Derivation) else set()
+        params = {n: a for n, a in state.arrays.items() if n in names}
+        if names - set(params):
+            raise TrainingStateError(
+                f"{path} has no values of the parameters {sorted(names - set(params))} of this "
+                f"derivation (it holds {list(state.arrays)}): it is the state of another model")
+        dtypes = {a.dtype for a in state.arrays.values()}
+        step = cls(der, optimizer, params, dtype=dtypes.pop() if len(dtypes) == 1 else None,
+                   hyperparameters=hyperparameters, jit=jit, output=output)
+        step.load_state(path, check_model=check_model)
+        return step
+
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+STATE_FORMAT = "symdl.TrainingStep"
+STATE_VERSION = 1
+"""The version of the ``.npz`` layout ``TrainingStep.save`` writes (``load_state`` reads
+only this one)."""
+
+
+class TrainingStateError(SymdlError, ValueError):
+    """A saved training state that cannot be loaded: no symdl state file, another format
+    version, optimizer or model, a missing array or one of another shape or dtype."""
+
+
+class Evaluation(NamedTuple):
+    """What ``TrainingStep.evaluate`` returns: the loss, and the ``output=`` intermediate
+    (``None`` when the step names none)."""
+
+    loss: float
+    output: np.ndarray | None
+
+
+class SavedState(NamedTuple):
+    """A training state as ``read_state`` found it in a file."""
+
+    arrays: dict[str, np.ndarray]
+    t: int
+    optimizer: str
+    model: str
+
+
+def read_state(path: str | Path) -> SavedState:
+    """The state ``TrainingStep.save`` wrote to ``path``, checked for its format, version and
+    completeness; never runs code (``np.load(..., allow_pickle=False)``).
+
+    Raises:
+        TrainingStateError: an unreadable file, or one that is no symdl training state of
+            this version.
+    """
+    path = Path(path)
+    try:
+        content = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise TrainingStateError(f"cannot read a training state from {path}: {exc}") from None
+    if not hasattr(content, "files"):  # one .npy array, not an .npz archive
+        raise TrainingStateError(f"{path} is one array, not a symdl training state "
+                                 "(TrainingStep.save writes an .npz archive)")
+    try:
+        with content:
+            return _state_from(path, content)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+        # TrainingStateError is a ValueError: the messages above pass through unchanged.
+        if isinstance(exc, TrainingStateError):
+            raise
+        raise TrainingStateError(f"cannot read a training state from {path}: {exc}") from None
+
+
+def _state_from(path: Path, content) -> SavedState:
+    files = set(content.files)
+    header = {"format", "version", "names", "t", "optimizer", "model"}
+    if "format" not in files or str(content["format"]) != STATE_FORMAT:
+        raise TrainingStateError(f"{path} is no symdl training state (TrainingStep.save "
+                                 "writes one)")
+    if not header <= files:
+        raise TrainingStateError(f"{path} lacks {sorted(header - files)}: a damaged file")
+    version = content["version"]
+    if version.shape != () or version.dtype.kind not in "iu" or int(version) != STATE_VERSION:
+        raise TrainingStateError(f"{path} has format version {version}; this symdl reads "
+                                 f"version {STATE_VERSION}")
+    names = content["names"]
+    if names.dtype.kind != "U" or names.ndim != 1:
+        raise TrainingStateError(f"{path}: its names are not a list of strings")
+    arrays = {}
+    for k, name in enumerate(names.tolist()):
+        key = f"array{k}"
+        if key not in files:
+            raise TrainingStateError(f"{path} lacks the array of {name!r} ({key})")
+        array = content[key]
+        if array.dtype not in _FLOATS:
+            raise TrainingStateError(f"{name} in {path} has dtype {array.dtype}; states are "
+                                     "float32 or float64")
+        arrays[name] = array
+    t = content["t"]
+    if t.shape != () or t.dtype.kind not in "iu" or int(t) < 1:
+        raise TrainingStateError(f"{path}: the step counter t = {t} is no positive integer")
+    return SavedState(arrays, int(t), str(content["optimizer"]), str(content["model"]))
+
+
+def _named_list(der: Derivation) -> list[str]:
+    return [n.name for n in ir.topological_order([der.output]) if isinstance(n, ir.Named)]
+
+
+def _named_output(der: Derivation, output: object) -> ir.Named:
+    """The named intermediate ``output`` names (its symbol or its name)."""
+    if isinstance(output, str):
+        name = output
+    elif isinstance(output, sp.Basic):
+        name = symbol_name(output)
+    else:
+        raise DerivationError(f"output= takes a named intermediate's symbol or name (Z2 or "
+                              f"'Z2'), got {type(output).__name__}")
+    for node in ir.topological_order([der.output]):
+        if isinstance(node, ir.Named) and node.name == name:
+            return node
+    raise DerivationError(
+        f"output={name!r} names no intermediate of this definition; its named intermediates "
+        f"are {_named_list(der)} (name a step of the definition, e.g. (Z2, A1 * W2))")
 
 
 def _check_step_arguments(der: object, optimizer: object, params: object,

@@ -252,12 +252,25 @@ class Kernel:
         record_compiled()
 
     def export(self, path: str | Path) -> Path:
-        """Writes the kernels as one standalone module (no symdl import) and returns its path.
+        """Writes the kernels as one standalone module (NumPy and Numba only, no symdl
+        import) and returns its path.
 
-        The module's ``kernel(a0, a1, ..., out0, out1, ..., parallel=False, compiled=False,
-        inplace=False)`` takes the arrays in the order its docstring lists and fills the
-        preallocated outputs. ``inplace=True`` is for calls whose outputs named like inputs
-        (``Source.in_place``) all are those input arrays; it is not checked there.
+        Call the module's ``compute(*, X=..., w=..., out=None, parallel=False,
+        compiled=False)``: every input by keyword, named after its symbol (an ASCII
+        identifier: ``lambda`` -> ``lambda_``, ``a,b`` -> ``a_b``, ``α`` -> ``alpha``;
+        ``help(module.compute)`` lists each keyword with its symbol, symbolic shape and
+        dtype). It checks the arguments as this kernel does and raises the module's own
+        ``KernelArgumentError`` (a ``ValueError``), then returns the outputs in a dict by
+        spelling (``"value"`` as a float, ``"grad:w"``, ...).
+
+        The module also keeps the low-level ``kernel(a0, a1, ..., out0, out1, ...,
+        parallel=False, compiled=False, inplace=False)`` that symdl itself calls: arrays by
+        position in the order its docstring lists, preallocated outputs, shapes and dtypes
+        checked but not which array is which.
+
+        >>> k.export("logreg_kernels.py")  # doctest: +SKIP
+        >>> import logreg_kernels  # doctest: +SKIP
+        >>> logreg_kernels.compute(X=X, w=w, y=y)["grad:w"]  # doctest: +SKIP
         """
         path = Path(path)
         path.write_text(self._source.text, encoding="utf-8")

@@ -231,3 +231,137 @@ def test_step_exposes_the_gradients_it_used(mlp):
     _, grads = _numpy_mlp(X, Y, **before)
     for name, g in grads.items():
         np.testing.assert_allclose(step.grad[name], g, rtol=1e-10, atol=1e-13)
+
+
+# --------------------------------------------------------------------------------------------
+# Forward pass, held-out evaluation, saving and loading the state. Oracles: the NumPy
+# evaluation of the definition's own SymPy steps (symdl.evaluate, no kernel), a PyTorch twin
+# of the network, and a step that trains on without saving.
+
+def _forward_oracles(params, X):
+    """Z2 by symdl.evaluate of the definition's steps, and by PyTorch."""
+    torch = pytest.importorskip("torch")
+    n_, d_, h_, k_ = two_layer_mlp.n, two_layer_mlp.d, two_layer_mlp.h, two_layer_mlp.k
+    dims = {n_: X.shape[0], d_: X.shape[1], h_: params["W1"].shape[1],
+            k_: params["W2"].shape[1]}
+    values = {"X": X, **params}
+    for symbol, definition in two_layer_mlp.MODEL[:3]:  # Z1, A1, Z2
+        values[str(symbol)] = symdl.evaluate(definition, values, dims)
+    t = {k: torch.tensor(v) for k, v in values.items()}
+    twin = torch.tanh(t["X"] @ t["W1"] + t["b1"]) @ t["W2"] + t["b2"]
+    return values["Z2"], twin.numpy()
+
+
+def test_predict_and_evaluate_at_the_current_parameters(mlp):
+    params, X, Y = _problem()
+    step = TrainingStep(mlp, _SGD(lr=0.1), params, jit=False, output=two_layer_mlp.Z2)
+    for _ in range(3):
+        step(X=X, Y=Y)
+    _, X_test, Y_test = _problem(n=11, seed=5)
+    current = {k: v.copy() for k, v in step.params.items()}
+    logits = step.predict(X=X_test)
+    by_evaluate, by_torch = _forward_oracles(current, X_test)
+    np.testing.assert_allclose(logits, by_evaluate, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(logits, by_torch, rtol=1e-12, atol=1e-14)
+    held_out = step.evaluate(X=X_test, Y=Y_test)
+    assert held_out.loss == pytest.approx(_numpy_mlp(X_test, Y_test, **current)[0], rel=1e-12)
+    np.testing.assert_array_equal(held_out.output, logits)
+    # Neither moved the parameters or the counter; the output is named either way.
+    assert step.t == 4 and all(np.array_equal(step.params[k], current[k]) for k in current)
+    assert TrainingStep(mlp, _SGD(lr=0.1), params, jit=False, output="Z2").output == "Z2"
+    assert step.forward_kernel() is step.forward_kernel()  # built once
+
+
+def test_predict_errors(mlp):
+    params, X, Y = _problem()
+    with pytest.raises(DerivationError, match="Z1, A1|'Z1', 'A1'"):
+        TrainingStep(mlp, _SGD(lr=0.1), params, jit=False, output="logits")
+    step = TrainingStep(mlp, _SGD(lr=0.1), params, jit=False)
+    with pytest.raises(DerivationError, match="output="):
+        step.predict(X=X)
+    assert step.evaluate(X=X, Y=Y).output is None  # the loss needs no output=
+    step = TrainingStep(mlp, _SGD(lr=0.1), params, jit=False, output="Z2")
+    with pytest.raises(KernelArgumentError, match="W1"):
+        step.predict(X=X, W1=params["W1"])
+    with pytest.raises(KernelArgumentError):
+        step.predict(X=X[:, :3])
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["interpreted", "compiled"])
+def test_save_load_continues_bitwise(mlp, tmp_path, jit):
+    params, X, Y = _problem()
+    batches = [_problem(seed=s)[1:] for s in range(6)]
+    step = TrainingStep(mlp, _Adam(lr=0.05), params, jit=jit)
+    for Xb, Yb in batches[:3]:
+        step(X=Xb, Y=Yb)
+    path = step.save(tmp_path / "state")
+    assert path == tmp_path / "state" and not (tmp_path / "state.npz").exists()
+    resumed = TrainingStep.load(path, mlp, _Adam(lr=0.05), jit=jit)
+    assert resumed.t == step.t == 4
+    for Xb, Yb in batches[3:]:
+        assert resumed(X=Xb, Y=Yb) == step(X=Xb, Y=Yb)
+    for name, array in {**step.params, **step.state}.items():
+        other = {**resumed.params, **resumed.state}[name]
+        assert array.dtype == other.dtype and np.array_equal(array, other), name
+    # load_state into a step built with other initial values: the same state.
+    fresh = TrainingStep(mlp, _Adam(lr=0.05), _problem(seed=9)[0], jit=jit)
+    fresh.load_state(path)
+    assert fresh.t == 4 and fresh(X=X, Y=Y) == TrainingStep.load(path, mlp, _Adam(lr=0.05),
+                                                                 jit=jit)(X=X, Y=Y)
+
+
+def test_load_refuses_what_does_not_fit(mlp, tmp_path):
+    from symdl.training import TrainingStateError, read_state
+
+    params, X, Y = _problem()
+    step = TrainingStep(mlp, _Adam(lr=0.05), params, jit=False)
+    step(X=X, Y=Y)
+    path = step.save(tmp_path / "state.npz")
+    saved = dict(np.load(path, allow_pickle=False))
+
+    def variant(name, **changes):
+        content = {**saved, **changes}
+        for key in [k for k, v in changes.items() if v is None]:
+            del content[key]
+        target = tmp_path / f"{name}.npz"
+        np.savez(target, **content)
+        return target
+
+    names = saved["names"].tolist()
+    w1 = f"array{names.index('W1')}"
+    bad = {
+        "missing": variant("missing", **{w1: None}),
+        "shape": variant("shape", **{w1: np.zeros((2, 2))}),
+        "dtype": variant("dtype", **{w1: saved[w1].astype(np.float32)}),
+        "version": variant("version", version=np.array(99)),
+        "format": variant("format", format=np.array("something else")),
+        "names": variant("names", names=np.array([n.replace("W1", "V1") for n in names])),
+        "pickled": variant("pickled", **{w1: np.array([object()], dtype=object)}),
+        "counter": variant("counter", t=np.array(0)),
+    }
+    np.save(tmp_path / "one.npy", np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    bad |= {"npy": tmp_path / "one.npy", "junk": tmp_path / "junk.npz",
+            "absent": tmp_path / "absent.npz"}
+    for case, file in bad.items():
+        with pytest.raises(TrainingStateError):
+            TrainingStep(mlp, _Adam(lr=0.05), params, jit=False).load_state(file)
+        with pytest.raises(TrainingStateError):
+            if case in {"shape", "names", "dtype"}:  # a well-formed file of another step
+                TrainingStep.load(file, mlp, _Adam(lr=0.05), jit=False)
+            else:
+                read_state(file)
+    # Another optimizer, another model (a loss with weight decay), a float32 step.
+    with pytest.raises(TrainingStateError, match="Adam"):
+        TrainingStep(mlp, _SGD(lr=0.1), params, jit=False).load_state(path)
+    decayed = symdl.derive(two_layer_mlp.MODEL[:3] + [
+        (two_layer_mlp.L, symdl.softmax_cross_entropy(two_layer_mlp.Z2, two_layer_mlp.Y)
+         + symdl.total(sp.hadamard_product(two_layer_mlp.W1, two_layer_mlp.W1)))],
+        wrt=two_layer_mlp.PARAMETERS)
+    other = TrainingStep(decayed, _Adam(lr=0.05), params, jit=False)
+    with pytest.raises(TrainingStateError, match="another model"):
+        other.load_state(path)
+    other.load_state(path, check_model=False)
+    assert np.array_equal(other.params["W1"], step.params["W1"])
+    with pytest.raises(TrainingStateError, match="float32"):
+        TrainingStep(mlp, _Adam(lr=0.05), params, dtype=np.float32, jit=False).load_state(path)

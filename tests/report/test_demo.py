@@ -64,21 +64,18 @@ def test_exported_kernels_run_without_symdl(demo_run, tmp_path: Path) -> None:
         n, d, h, k = 5, 64, 64, 10
         arrays = {{"W1": rng.normal(size=(d, h)) * 0.1, "W2": rng.normal(size=(h, k)) * 0.1,
                    "X": rng.random((n, d)), "Y": np.eye(k)[rng.integers(0, k, n)],
-                   "b1": np.zeros((1, h)), "b2": np.zeros((1, k)), "lambda": 1e-4, "t": 1.0}}
+                   "b1": np.zeros((1, h)), "b2": np.zeros((1, k)), "t": 1.0}}
         for p in ("W1", "W2", "b1", "b2"):
             arrays["m_" + p] = np.zeros_like(arrays[p])
             arrays["v_" + p] = np.zeros_like(arrays[p])
-        doc = kernels.__doc__
-        names = [s.strip().strip("'") for s in
-                 doc.split("Arguments (a0, a1, ...):")[1].splitlines()[0].split(",")]
-        outs = [s.strip().strip("'") for s in
-                doc.split("Outputs (out0, out1, ...):")[1].splitlines()[0].split(",")]
-        shapes = {{"value": (1,)}}
-        for o in outs[1:]:
-            shapes[o] = arrays[o.split(":", 1)[1]].shape
-        buffers = [np.empty(shapes[o]) for o in outs]
-        kernels.kernel(*[arrays[a] for a in names], *buffers)
-        print(json.dumps({{"value": float(buffers[0][0])}}))
+        # Every input by keyword, named after its symbol (lambda, a keyword, as lambda_).
+        results = kernels.compute(lambda_=1e-4, **arrays)
+        try:
+            kernels.compute(lambda_=1e-4, **{{**arrays, "W1": arrays["W2"]}})
+            raise SystemExit("a swapped array was accepted")
+        except kernels.KernelArgumentError:
+            pass
+        print(json.dumps({{"value": results["value"]}}))
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=300, cwd=tmp_path)
