@@ -94,7 +94,8 @@ class Generator:
         self.arrays: dict[int, str] = {}
         for k, leaf in enumerate(self.leaves):
             self.arrays[id(leaf)] = f"a{k}"
-        self.outputs = list(plan.roots)
+        # Output names as plain strings: a typed output key is written as its spelling.
+        self.outputs = [str(name) for name in plan.roots]
         for k, name in enumerate(self.outputs):
             node = plan.roots[name]
             self.arrays.setdefault(id(node), f"out{k}")
