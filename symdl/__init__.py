@@ -71,7 +71,7 @@ from symdl.errors import (
 from symdl.kernels.kernel import Kernel
 from symdl.printing import latex  # the module: symdl.latex.document, compile_pdf
 from symdl.printing.to_sympy import IndexForm
-from symdl.training import TrainingStep
+from symdl.training import TrainingStateError, TrainingStep
 from symdl.verify.check import check
 from symdl.verify.report import CheckReport, GradientCheckError
 
@@ -98,7 +98,7 @@ __all__ = [
     "latex", "optimizers", "schedules", "vocabulary",
     "CheckReport", "GradientCheckError", "check",
     "DefinitionError", "Derivation", "DerivationError", "Equation", "EvaluationError",
-    "Kernel", "KernelArgumentError", "TrainingStep", "compile_expressions",
+    "Kernel", "KernelArgumentError", "TrainingStateError", "TrainingStep", "compile_expressions",
     "IndexForm", "LogSumExp", "ShapeMismatchError", "Softmax", "SymdlError", "Total",
     "UnsupportedError", "bias", "binary_cross_entropy_with_logits", "derive", "evaluate", "exp",
     "log", "log_softmax", "logsumexp", "mean", "mse", "relu", "sigmoid", "softmax",
