@@ -81,6 +81,14 @@ def test_every_public_function_has_an_example() -> None:
     assert not done, f"these have an example now: remove them from PENDING_EXAMPLES: {done}"
 
 
+def example_namespace() -> dict:
+    """What the examples assume (written at the top of each module's docstring)."""
+    import sympy as sp
+
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    return {"sp": sp, "symdl": symdl, "n": n, "d": d, "X": sp.MatrixSymbol("X", n, d)}
+
+
 @pytest.mark.parametrize("module", [symdl.define.vocabulary, symdl.define.optimizers,
                                     symdl.define.schedules, symdl.verify.check],
                          ids=lambda m: m.__name__)
@@ -88,6 +96,6 @@ def test_docstring_examples_run(module) -> None:
     """The examples are doctests: their values (sigmoid(2) = 0.8808, Adam's first step of
     lr, a cosine schedule at half time...) are worked out by hand, not taken from symdl."""
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                             verbose=False, report=True)
+                             verbose=False, report=True, extraglobs=example_namespace())
     assert result.attempted > 0
     assert result.failed == 0

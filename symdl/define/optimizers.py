@@ -19,6 +19,13 @@ kernel step equals one ``optimizer.step()``.
 
 ``update_kernel_outputs(optimizer, param)`` names the inputs and outputs of a stand-alone
 update kernel for ``symdl.compile_expressions``.
+
+Examples assume::
+
+    import sympy as sp
+    import symdl
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X = sp.MatrixSymbol("X", n, d)
 """
 
 from __future__ import annotations
@@ -126,7 +133,6 @@ class SGD(_Checked):
     """Plain gradient descent: ``p - lr (g + wd p)``.
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.optimizers import SGD
         >>> p, g, lr = sp.symbols("p g lr")
         >>> SGD(lr=lr).update(p, g, {})
@@ -264,7 +270,6 @@ class Adam(_Checked):
     ``weight_decay`` adds ``wd p`` to the gradient (L2, as ``torch.optim.Adam``).
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.optimizers import Adam
         >>> new_p, new_state = Adam(lr=0.1).update(1.0, 2.0, {"m": 0.0, "v": 0.0}, t=1)
         >>> round(float(new_p), 6)  # the first bias-corrected step is lr, whatever the gradient
@@ -340,7 +345,6 @@ def update_kernel_outputs(optimizer: Optimizer, param: sp.MatrixSymbol | sp.Symb
     state under the state's name (``{"w": ..., "m_w": ..., "v_w": ...}``).
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.optimizers import Adam, update_kernel_outputs
         >>> d = sp.Symbol("d", integer=True, positive=True)
         >>> w = sp.MatrixSymbol("w", d, 1)
@@ -380,7 +384,6 @@ def update_step_definition(optimizer: Optimizer, param: sp.MatrixSymbol, t: sp.B
         gradient ``grad_W`` and one state per name (``m_W``).
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.optimizers import Momentum, update_step_definition
         >>> d = sp.Symbol("d", integer=True, positive=True)
         >>> W = sp.MatrixSymbol("W", d, 1)

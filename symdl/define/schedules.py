@@ -6,6 +6,13 @@ ExponentialLR, CosineAnnealingLR), with t counted from 0.
 a column of steps (a ``MatrixSymbol``: the result is the column of learning rates, entry by
 entry, for a kernel that fills a whole schedule at once). Every parameter may be a number or
 a scalar symbol, so a derivation can differentiate the rate with respect to it.
+
+Examples assume::
+
+    import sympy as sp
+    import symdl
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X = sp.MatrixSymbol("X", n, d)
 """
 
 from __future__ import annotations
@@ -43,7 +50,6 @@ def step_decay(t: sp.Basic, lr: Value, gamma: Value, step_size: Value) -> sp.Bas
     ``step_size`` steps (``StepLR``).
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.schedules import step_decay
         >>> t = sp.Symbol("t", nonnegative=True)
         >>> rate = step_decay(t, lr=0.1, gamma=0.5, step_size=10)
@@ -58,7 +64,6 @@ def exponential_decay(t: sp.Basic, lr: Value, gamma: Value) -> sp.Basic:
     """``lr * gamma ** t`` (``ExponentialLR``).
 
     Example:
-        >>> import sympy as sp
         >>> from symdl.schedules import exponential_decay
         >>> t = sp.Symbol("t", nonnegative=True)
         >>> rate = exponential_decay(t, lr=0.1, gamma=0.9)
@@ -74,8 +79,6 @@ def cosine_annealing(t: sp.Basic, lr: Value, t_max: Value, lr_min: Value = 0) ->
     step 0 down to ``lr_min`` at step ``t_max`` (``CosineAnnealingLR``).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> from symdl.schedules import cosine_annealing
         >>> t = sp.Symbol("t", nonnegative=True)
         >>> rate = cosine_annealing(t, lr=0.1, t_max=100)

@@ -6,6 +6,13 @@ sums over an axis are products with ``OneMatrix``, and a bias row broadcast over
 ``OneMatrix(n, 1) * b``. Only three things SymPy cannot express with symbolic shapes get
 classes of their own: the sum of all entries (``Total``), and the row-wise ``Softmax`` and
 ``LogSumExp``, whose stable forms matter.
+
+Examples assume::
+
+    import sympy as sp
+    import symdl
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X = sp.MatrixSymbol("X", n, d)
 """
 
 from __future__ import annotations
@@ -45,10 +52,6 @@ def sigmoid(m: sp.Basic) -> sp.Basic:
     """Elementwise logistic function ``1 / (1 + exp(-m))``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.sigmoid(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.sigmoid(X), {"X": [[0.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -61,10 +64,6 @@ def softplus(m: sp.Basic) -> sp.Basic:
     """Elementwise ``log(1 + exp(m))``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.softplus(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.softplus(X), {"X": [[0.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -77,10 +76,6 @@ def relu(m: sp.Basic) -> sp.Basic:
     """Elementwise ``max(m, 0)``; its derivative at 0 is taken as 0.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.relu(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.relu(X), {"X": [[-1.5, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -93,10 +88,6 @@ def tanh(m: sp.Basic) -> sp.Basic:
     """Elementwise hyperbolic tangent.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.tanh(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.tanh(X), {"X": [[0.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -109,10 +100,6 @@ def exp(m: sp.Basic) -> sp.Basic:
     """Elementwise exponential.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.exp(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.exp(X), {"X": [[0.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -125,10 +112,6 @@ def log(m: sp.Basic) -> sp.Basic:
     """Elementwise natural logarithm.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.log(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.log(X), {"X": [[1.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -246,8 +229,6 @@ def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:
     """Softmax of each row (``axis=1``) or each column (``axis=0``), computed stably.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
         >>> Z = sp.MatrixSymbol("Z", n, k)
         >>> symdl.softmax(Z).shape
@@ -263,8 +244,6 @@ def logsumexp(m: MatrixExpr, axis: int = 1) -> LogSumExp:
     """Log-sum-exp of each row (``axis=1``, an ``n x 1`` result) or column, with a max shift.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
         >>> Z = sp.MatrixSymbol("Z", n, k)
         >>> symdl.logsumexp(Z).shape
@@ -280,8 +259,6 @@ def log_softmax(m: MatrixExpr, axis: int = 1) -> MatrixExpr:
     """``m - logsumexp(m)`` broadcast along ``axis``: the log-probabilities of a softmax.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
         >>> Z = sp.MatrixSymbol("Z", n, k)
         >>> symdl.log_softmax(Z).shape
@@ -301,10 +278,6 @@ def total(m: MatrixExpr) -> Total:
     """The sum of all entries of ``m``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.total(X)
         Total(X)
         >>> float(symdl.evaluate(symdl.total(X), {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}))
@@ -318,10 +291,6 @@ def sum(m: MatrixExpr, axis: int | None = None) -> sp.Basic:  # noqa: A001 - mir
     or of each row (``axis=1``, ``n x 1``).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.sum(X, axis=0).shape, symdl.sum(X, axis=1).shape
         ((1, d), (n, 1))
         >>> values, dims = {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}
@@ -345,10 +314,6 @@ def mean(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
     """Mean of all entries (``axis=None``), of each column (``axis=0``) or of each row.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> values, dims = {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}
         >>> symdl.evaluate(symdl.mean(X, axis=1), values, dims).tolist()
         [[1.5], [3.5]]
@@ -366,8 +331,6 @@ def bias(b: MatrixExpr, rows: sp.Expr) -> MatrixExpr:
     rows: ``1 b``, shape ``rows x k``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, d, k = sp.symbols("n d k", integer=True, positive=True)
         >>> X, W = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("W", d, k)
         >>> b = sp.MatrixSymbol("b", 1, k)
@@ -395,8 +358,6 @@ def softmax_cross_entropy(logits: MatrixExpr, labels: MatrixExpr) -> sp.Expr:
     Y_ij Z_ij``, which is why its gradient is the textbook ``(softmax(Z) - Y) / n``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
         >>> Z = sp.MatrixSymbol("Z", n, k)
         >>> Y = sp.MatrixSymbol("Y", n, k)
@@ -423,9 +384,6 @@ def binary_cross_entropy_with_logits(logits: MatrixExpr, targets: MatrixExpr) ->
     """Mean of ``softplus(z) - y z``, which is ``-y log σ(z) - (1 - y) log(1 - σ(z))``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
         >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
         >>> y = sp.MatrixSymbol("y", n, 1)
         >>> loss = symdl.binary_cross_entropy_with_logits(X * w, y)
@@ -445,9 +403,6 @@ def mse(prediction: MatrixExpr, target: MatrixExpr) -> sp.Expr:
     """Mean squared error over all entries.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
         >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
         >>> y = sp.MatrixSymbol("y", n, 1)
         >>> loss = symdl.mse(X * w, y)
@@ -466,10 +421,6 @@ def sqrt(m: sp.Basic) -> sp.Basic:
     """Elementwise square root.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.sqrt(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.sqrt(X), {"X": [[4.0, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -484,10 +435,6 @@ def rsqrt(m: sp.Basic) -> sp.Basic:
     """Elementwise reciprocal square root ``m^(-1/2)`` (a Hadamard power for matrices).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.rsqrt(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.rsqrt(X), {"X": [[4.0, 0.25]]}, {n: 1, d: 2}).round(4).tolist()
@@ -503,8 +450,6 @@ def broadcast(m: MatrixExpr, rows: sp.Expr, cols: sp.Expr) -> MatrixExpr:
     ``cols`` columns (a product with a ones vector); a matrix of that shape is returned as is.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
         >>> c = sp.MatrixSymbol("c", n, 1)
         >>> symdl.broadcast(c, n, k).shape
@@ -531,10 +476,6 @@ def variance(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
     (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> values, dims = {"X": [[1.0, 2.0], [3.0, 6.0]]}, {n: 2, d: 2}
         >>> symdl.evaluate(symdl.variance(X, axis=0), values, dims).tolist()
         [[1.0, 4.0]]
@@ -556,10 +497,6 @@ def leaky_relu(m: sp.Basic, slope: sp.Basic | float = 0.01) -> sp.Basic:
     (as PyTorch's).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> Y = symdl.leaky_relu(X, slope=0.1)
         >>> symdl.evaluate(Y, {"X": [[-2.0, 3.0]]}, {n: 1, d: 2}).round(4).tolist()
         [[-0.2, 3.0]]
@@ -579,10 +516,6 @@ def gelu(m: sp.Basic, approximate: str = "tanh") -> sp.Basic:
             so that existing definitions keep their results).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.gelu(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.gelu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -612,10 +545,6 @@ def silu(m: sp.Basic) -> sp.Basic:
     """Elementwise SiLU (swish), ``x σ(x)`` (PyTorch's ``silu``); no overflow at any input.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.silu(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.silu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -631,10 +560,6 @@ def elu(m: sp.Basic, alpha: sp.Basic | float = 1) -> sp.Basic:
     derivative too).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.elu(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.elu(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -656,10 +581,6 @@ def softsign(m: sp.Basic) -> sp.Basic:
     jumps at 0 (from 2 to -2) and is taken as 0 there, as in PyTorch.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.softsign(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.softsign(X), {"X": [[-1.0, 1.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -672,10 +593,6 @@ def log1p(m: sp.Basic) -> sp.Basic:
     """Elementwise ``log(1 + x)``, accurate for small ``x`` (NumPy's and PyTorch's ``log1p``).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.log1p(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.log1p(X), {"X": [[1e-10, 1.0]]}, {n: 1, d: 2}).tolist()
@@ -688,10 +605,6 @@ def expm1(m: sp.Basic) -> sp.Basic:
     """Elementwise ``exp(x) - 1``, accurate for small ``x`` (NumPy's and PyTorch's ``expm1``).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.expm1(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.expm1(X), {"X": [[1e-10, 1.0]]}, {n: 1, d: 2}).tolist()
@@ -704,10 +617,6 @@ def floor(m: sp.Basic) -> sp.Basic:
     """Elementwise floor (the largest integer <= x); its derivative is taken as 0.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.floor(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.floor(X), {"X": [[-0.5, 2.7]]}, {n: 1, d: 2}).round(4).tolist()
@@ -720,10 +629,6 @@ def absolute(m: sp.Basic) -> sp.Basic:
     """Elementwise ``|m|``; its derivative at 0 is taken as ``sign(0) = 0`` (a subgradient).
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> symdl.absolute(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.absolute(X), {"X": [[-1.5, 2.0]]}, {n: 1, d: 2}).round(4).tolist()
@@ -738,10 +643,6 @@ def huber(m: sp.Basic, delta: sp.Basic | float = 1) -> sp.Basic:
     ``delta`` may be a scalar symbol and the derivative is ``clip(x, -delta, delta)``.
 
     Example:
-        >>> import sympy as sp
-        >>> import symdl
-        >>> n, d = sp.symbols("n d", integer=True, positive=True)
-        >>> X = sp.MatrixSymbol("X", n, d)
         >>> H = symdl.huber(X, delta=1)
         >>> symdl.evaluate(H, {"X": [[0.5, -3.0]]}, {n: 1, d: 2}).tolist()
         [[0.125, 2.5]]
