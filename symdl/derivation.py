@@ -498,16 +498,16 @@ class Derivation:
         """
         from symdl.printing.numpy_functions import numpy_functions
 
-        shapes: dict[str, tuple] = {"value": self.output.shape}
+        shapes: dict[str, tuple] = {Value(): self.output.shape}
         grads, hessians = {}, {}
         if self.is_scalar:
             for p in self.wrt:
                 grads[symbol_name(p)] = self.gradient(p)
-                shapes[f"grad:{symbol_name(p)}"] = _parameter_shape(p)
+                shapes[Gradient(symbol_name(p))] = _parameter_shape(p)
         for (p, q), node in self._hessians.items():
             names = (symbol_name(p), symbol_name(q))
             hessians[names] = self.hessian(p, q)
-            shapes["hessian:{},{}".format(*names)] = squeeze(node).shape
+            shapes[HessianBlock(*names)] = squeeze(node).shape
         symbols = {name: leaf.symbol for name, leaf in self.leaves.items()}
         symbols.update({symbol_name(p): p for p in self.wrt})
         return numpy_functions(self._print(self.output, True), grads, hessians, symbols,

@@ -16,6 +16,7 @@ from symdl.bridges import BridgeError
 from symdl.define.symbols import symbol_name
 from symdl.derivation import Derivation
 from symdl.errors import KernelArgumentError
+from symdl.ir.keys import HVP, Gradient, Value
 from symdl.kernels.kernel import Kernel
 
 
@@ -95,7 +96,7 @@ class Bridge:
         kernel (compiled on first use: only second-order callers pay for it)."""
         if not self._hvp_kernel:
             self._hvp_kernel.append(self.derivation.compile(
-                hvp=True, outputs=[f"hvp:{p}" for p in sorted(self.parameters)]))
+                hvp=True, outputs=[HVP(p) for p in sorted(self.parameters)]))
         kernel = self._hvp_kernel[0]
         inputs = dict(arrays)
         inputs.update({kernel.hvp_inputs[p]: v for p, v in directions.items()})
@@ -124,11 +125,10 @@ def bridge(der: object, *, framework: str) -> Bridge:
             f"{der.output.shape}; reduce it to a scalar (symdl.mean, symdl.total)")
     # Only what a first-order backward pass reads: not the Hessian blocks the derivation
     # may also hold (hessian=True), which would cost compile time and work at every call.
-    kernel = der.compile(outputs=["value"] + [f"grad:{symbol_name(p)}" for p in der.wrt])
+    kernel = der.compile(outputs=[Value()] + [Gradient(symbol_name(p)) for p in der.wrt])
     names = tuple(kernel.input_names)
     shapes = {name: tuple(shape) for name, shape in kernel.inputs.items()}
-    parameters = frozenset(name.partition(":")[2] for name in kernel.output_names
-                           if name.startswith("grad:"))
+    parameters = frozenset(key.param for key in kernel.output_keys if isinstance(key, Gradient))
     return Bridge(kernel, names, parameters, shapes, der)
 
 

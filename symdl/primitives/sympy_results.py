@@ -257,3 +257,16 @@ def _unit_scalars(args: tuple) -> bool:
 
 def _takes_evaluate(node: sp.Basic) -> bool:
     return isinstance(node, (sp.Add, sp.Mul, sp.Pow, sp.MatAdd, sp.MatMul))
+
+
+def entrywise_body(fn: sp.Basic) -> tuple[sp.Symbol, sp.Expr, bool]:
+    """The variable and scalar body of the function an ``ElementwiseApplyFunction`` applies
+    (a ``Lambda``, or a function class such as ``sympy.tanh``), and whether the body is that
+    function called on the variable alone (then ``f(M)`` needs no parentheses around ``M``)."""
+    if isinstance(fn, sp.Lambda):
+        (x,) = fn.variables
+        body = fn.expr
+    else:
+        x = sp.Dummy("x")
+        body = fn(x)
+    return x, body, isinstance(body, sp.Function) and body.args == (x,)

@@ -26,6 +26,7 @@ from sympy.printing.latex import LatexPrinter
 
 from symdl.define.symbols import symbol_name
 from symdl.errors import SymdlError
+from symdl.primitives.sympy_results import entrywise_body
 from symdl.printing.to_sympy import IndexForm
 
 if TYPE_CHECKING:
@@ -249,15 +250,9 @@ class SymdlLatexPrinter(LatexPrinter):
     # Matrix notation.
     def _print_ElementwiseApplyFunction(self, expr: ElementwiseApplyFunction) -> str:
         # f applied entrywise prints as f(M): the scalar body with the matrix in its place.
-        fn = expr.function
-        if isinstance(fn, sp.Lambda):
-            (x,) = fn.variables
-            body = fn.expr
-        else:
-            x = sp.Dummy("x")
-            body = fn(x)
+        x, body, plain_call = entrywise_body(expr.function)
         inner = self._print(expr.expr)
-        if not (isinstance(body, sp.Function) and body.args == (x,)) and not expr.expr.is_symbol:
+        if not plain_call and not expr.expr.is_symbol:
             inner = rf"\left({inner}\right)"
         placeholder = sp.Dummy("f")
         self.names[placeholder] = inner

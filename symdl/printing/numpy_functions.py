@@ -18,6 +18,7 @@ import numpy as np
 import sympy as sp
 
 from symdl.errors import EvaluationError
+from symdl.ir.keys import Gradient, HessianBlock, Value
 from symdl.printing.to_sympy import IndexForm
 
 
@@ -79,9 +80,9 @@ class NumpyFunctions:
     def __call__(self, **arrays: object) -> dict[str, float | np.ndarray]:
         """Every result by the kernels' output names (``"value"``, ``"grad:w"``,
         ``"hessian:w,w"``)."""
-        results = {"value": self.value(**arrays)}
-        results.update({f"grad:{p}": f(**arrays) for p, f in self.grad.items()})
-        results.update({f"hessian:{p},{q}": f(**arrays) for (p, q), f in self.hessian.items()})
+        results = {Value(): self.value(**arrays)}
+        results.update({Gradient(p): f(**arrays) for p, f in self.grad.items()})
+        results.update({HessianBlock(p, q): f(**arrays) for (p, q), f in self.hessian.items()})
         return results
 
 
@@ -97,8 +98,8 @@ def numpy_functions(value: sp.Basic | IndexForm, grads: Mapping[str, sp.Basic | 
         hessians: the printed Hessian blocks, by ``(p, q)``.
         symbols: the SymPy symbol of every input, by name (``MatrixSymbol``,
             ``IndexedBase`` with a shape, or a scalar ``Symbol``).
-        shapes: the symbolic shape of each result, by ``"value"``, ``"grad:p"`` and
-            ``"hessian:p,q"``.
+        shapes: the symbolic shape of each result, by output key (``Value()``,
+            ``Gradient(p)``, ``HessianBlock(p, q)``).
     """
     symbols = dict(symbols)
 
@@ -106,9 +107,9 @@ def numpy_functions(value: sp.Basic | IndexForm, grads: Mapping[str, sp.Basic | 
         return _function(expr, shape, symbols)
 
     return NumpyFunctions(
-        one(value, shapes["value"]),
-        {p: one(e, shapes[f"grad:{p}"]) for p, e in grads.items()},
-        {pq: one(e, shapes["hessian:{},{}".format(*pq)]) for pq, e in hessians.items()},
+        one(value, shapes[Value()]),
+        {p: one(e, shapes[Gradient(p)]) for p, e in grads.items()},
+        {pq: one(e, shapes[HessianBlock(*pq)]) for pq, e in hessians.items()},
         tuple(symbols))
 
 

@@ -10,6 +10,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.printing.str import StrPrinter
 
+from symdl.primitives.sympy_results import entrywise_body
 from symdl.printing.to_sympy import IndexForm
 
 
@@ -18,15 +19,9 @@ class PlainPrinter(StrPrinter):
 
     def _print_ElementwiseApplyFunction(self, expr: ElementwiseApplyFunction) -> str:
         # Write f(M) as the scalar body with the matrix in place of the variable.
-        fn = expr.function
-        if isinstance(fn, sp.Lambda):
-            (x,) = fn.variables
-            body = fn.expr
-        else:
-            x = sp.Dummy("x")
-            body = fn(x)
+        x, body, plain_call = entrywise_body(expr.function)
         inner = self._print(expr.expr)
-        bare = expr.expr.is_symbol or (isinstance(body, sp.Function) and body.args == (x,))
+        bare = expr.expr.is_symbol or plain_call
         placeholder = sp.Symbol(inner if bare else f"({inner})")
         return self._print(body.xreplace({x: placeholder}))
 

@@ -33,6 +33,7 @@ import sympy as sp
 from symdl.define.symbols import symbol_name
 from symdl.derivation import Derivation, derive
 from symdl.errors import KernelArgumentError
+from symdl.ir.keys import HessianBlock
 from symdl.kernels.kernel import Kernel
 from symdl.scale.separable import RowSplit, row_split
 
@@ -185,7 +186,7 @@ class DaskLoss:
             definition = definition[0][1]
         else:
             definition = list(definition)
-        has_hessian = any(n.startswith("hessian:") for n in self.kernel.output_names)
+        has_hessian = any(isinstance(key, HessianBlock) for key in self.kernel.output_keys)
         self._spec = _KernelSpec(definition, tuple(der.wrt), has_hessian, hvp,
                                  tuple(self.kernel.output_names), jit,
                                  _digest(self.kernel.source))

@@ -199,18 +199,24 @@ def _line_search(loss: Objective, flat: _Flat, x: np.ndarray, f: float, g: np.nd
     return None
 
 
+def _start(loss: Objective, params: Mapping[str, object]):
+    """The state a second-order method starts from: the parameters (copied), their flat
+    layout, the flat vector, the loss, its flat gradient and the result that records them."""
+    current = _copy(params)
+    flat = _Flat(current)
+    f, grad = loss.value_and_grad(current)
+    g = flat.vector(grad)
+    return current, flat, flat.vector(current), f, g, TrainResult(current, [float(f)],
+                                                                  float(np.linalg.norm(g)), 1)
+
+
 def lbfgs(loss: Objective, params: Mapping[str, object], steps: int = 100,
           memory: int = 10, tol: float = 1e-8) -> TrainResult:
     """Limited-memory BFGS: the two-loop recursion over the last ``memory`` steps, with a
     backtracking Armijo line search. Stops after ``steps`` iterations or when the gradient's
     norm is at most ``tol``.
     """
-    current = _copy(params)
-    flat = _Flat(current)
-    x = flat.vector(current)
-    f, grad = loss.value_and_grad(current)
-    g = flat.vector(grad)
-    result = TrainResult(current, [float(f)], float(np.linalg.norm(g)), 1)
+    current, flat, x, f, g, result = _start(loss, params)
     history: list[tuple[np.ndarray, np.ndarray, float]] = []
     for _ in range(steps):
         if np.linalg.norm(g) <= tol:
@@ -250,12 +256,7 @@ def newton_cg(loss: HessianObjective, params: Mapping[str, object], steps: int =
     vector product, one pass over the data, per iteration; stopped at a relative residual of
     ``min(0.5, sqrt(|g|)) |g|`` or at negative curvature), then backtracks along ``p``.
     """
-    current = _copy(params)
-    flat = _Flat(current)
-    x = flat.vector(current)
-    f, grad = loss.value_and_grad(current)
-    g = flat.vector(grad)
-    result = TrainResult(current, [float(f)], float(np.linalg.norm(g)), 1)
+    current, flat, x, f, g, result = _start(loss, params)
     for _ in range(steps):
         gnorm = float(np.linalg.norm(g))
         if gnorm <= tol:
