@@ -216,7 +216,8 @@ def lanczos(matvec: Callable[[np.ndarray], np.ndarray], start: np.ndarray, steps
     alpha, beta = [], []
     scale = 0.0
     for j in range(steps):
-        w = np.asarray(matvec(basis[j]), dtype=np.float64)
+        # A copy: the product may be read-only (a JAX array) or the operator's own buffer.
+        w = np.array(matvec(basis[j]), dtype=np.float64)
         a = float(basis[j] @ w)
         alpha.append(a)
         # Two passes of classical Gram-Schmidt against every earlier vector ("twice is

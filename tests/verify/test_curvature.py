@@ -235,3 +235,16 @@ def test_plot_writes_a_png_and_names_the_extra_when_matplotlib_is_missing(
 
     with pytest.raises(MissingExtraError, match=r"symdl\[plot\]"):
         report.plot(str(tmp_path / "again.png"))
+
+
+def test_lanczos_takes_read_only_products() -> None:
+    """An operator may return a read-only array (JAX does) or reuse one buffer."""
+    matrix = np.diag([1.0, 2.0, 5.0])
+
+    def read_only(v):
+        out = matrix @ v
+        out.flags.writeable = False
+        return out
+
+    found = cv.extreme_eigenvalues(read_only, 3, iterations=3)
+    assert (found.bottom, found.top) == (pytest.approx(1.0), pytest.approx(5.0))
