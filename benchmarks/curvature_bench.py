@@ -210,7 +210,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child[0], args.child[1], args.steps, args.repeats)))
         return 0
-    cells = []
+    # Cells already in --out are kept unless measured again (the grid can be run in parts).
+    cells = json.loads(args.out.read_text())["cells"] if args.out.exists() else []
+
+    def record(cell: dict) -> None:
+        key = (cell["impl"], cell["dtype"], cell["threads"])
+        cells[:] = [c for c in cells if (c["impl"], c["dtype"], c["threads"]) != key] + [cell]
+        args.out.write_text(json.dumps({"machine": _machine(), "cells": cells}, indent=1)
+                            + "\n")
+
     for threads in (int(t) for t in args.threads.split(",")):
         for dtype in args.dtypes.split(","):
             row = {}
@@ -225,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 cell = json.loads(proc.stdout.strip().splitlines()[-1])
                 cell["threads"] = threads
-                cells.append(cell)
+                cell["load_average"] = os.getloadavg()[0]
                 row[impl] = cell
                 print(f"threads {threads} {dtype:7s} {impl:5s}: Lanczos "
                       f"{cell['lanczos_median_s'] * 1e3:8.1f} ms (HVP "
@@ -237,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = row["symdl"]["lanczos_median_s"] / fastest
                 row["symdl"]["ratio_to_fastest"] = ratio
                 print(f"threads {threads} {dtype:7s} symdl / fastest = {ratio:.2f}", flush=True)
-    args.out.write_text(json.dumps({"machine": _machine(), "cells": cells}, indent=1) + "\n")
+            for cell in row.values():
+                record(cell)
     print(f"wrote {args.out}")
     return 0
 

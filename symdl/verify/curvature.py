@@ -69,12 +69,14 @@ class HessianOperator:
         calls: how many products were computed (one kernel call each).
     """
 
-    def __init__(self, kernel: Kernel, values: Mapping[str, object]):
+    def __init__(self, kernel: Kernel, values: Mapping[str, object],
+                 parallel: bool | None = None):
         """Args:
             kernel: a kernel with Hessian-vector products (``der.compile(hvp=True)``).
             values: every input the kernel reads other than the HVP directions: the
                 parameters (the point where the Hessian is taken), the data and the
                 hyperparameters, by name.
+            parallel: the kernel's ``parallel=`` option (``None``: its own choice).
         """
         directions = dict(getattr(kernel, "hvp_inputs", {}) or {})
         if not directions:
@@ -105,6 +107,7 @@ class HessianOperator:
         self.dtype = np.dtype(np.float32) if floats and all(
             a.dtype == np.float32 for a in floats) else np.dtype(np.float64)
         self.calls = 0
+        self.parallel = parallel
 
     def split(self, vector: np.ndarray) -> dict[str, np.ndarray | float]:
         """A flat vector as one array per parameter (shaped like it), by the direction's name."""
@@ -120,7 +123,7 @@ class HessianOperator:
         vector = np.ascontiguousarray(vector, dtype=self.dtype)
         if vector.shape != (self.dim,):
             raise CurvatureError(f"the vector must have shape ({self.dim},), got {vector.shape}")
-        result = self.kernel.run({**self._arrays, **self.split(vector)})
+        result = self.kernel.run({**self._arrays, **self.split(vector)}, parallel=self.parallel)
         self.calls += 1
         return np.concatenate([a.ravel() for a in _hvp_arrays(result, self.params)])
 
@@ -131,13 +134,15 @@ class HessianOperator:
         return np.column_stack([self(eye[:, j]) for j in range(self.dim)])
 
 
-def hessian_operator(target: Derivation | Kernel, values: Mapping[str, object]) -> HessianOperator:
+def hessian_operator(target: Derivation | Kernel, values: Mapping[str, object],
+                     parallel: bool | None = None) -> HessianOperator:
     """The Hessian of a derivation's scalar loss (all parameters jointly) as an operator.
 
     Args:
         target: a ``Derivation`` (its HVP outputs are compiled, nothing else) or a kernel
             compiled with ``hvp=True``.
         values: the parameters, data and hyperparameters by name.
+        parallel: the kernel's ``parallel=`` option (``None``: its own choice).
 
     Raises:
         CurvatureError: the loss is not a scalar, or the kernel has no HVP outputs.
@@ -150,7 +155,7 @@ def hessian_operator(target: Derivation | Kernel, values: Mapping[str, object]) 
                                  "value is a matrix")
         names = [f"hvp:{_name(p)}" for p in target.wrt]
         target = target.compile(hvp=True, outputs=names)
-    return HessianOperator(target, values)
+    return HessianOperator(target, values, parallel=parallel)
 
 
 def _name(p) -> str:
@@ -428,8 +433,10 @@ class CurvatureReport:
                     f"{self.condition_number:.3g}" + (" (ill-conditioned)"
                                                      if self.condition_number > 1e3 else ""))
         elif self.reading == "indefinite":
-            tail = ("negative eigenvalues present: a saddle point, not a minimum; no condition "
-                    "number (the Hessian is indefinite)")
+            tail = (f"negative eigenvalues present (|bottom|/top = "
+                    f"{abs(e.bottom) / abs(e.top):.2g}): the loss curves downward along some "
+                    "direction, so this is no minimum (at a stationary point, a saddle); no "
+                    "condition number (the Hessian is indefinite)")
         elif self.reading == "singular":
             tail = ("no negative eigenvalues, but the smallest is zero within tolerance: the "
                     "Hessian is singular (flat directions); the condition number is infinite")
