@@ -8,7 +8,9 @@ one seeded start vector, no early stop) runs over Hessian-vector products from:
 - symdl: the derivation's HVP kernel (``der.compile(hvp=True, outputs=[hvp:...])``) behind
   ``HessianOperator`` (every call checked, as a user calls it);
 - torch: ``torch.func.jvp`` over ``torch.func.grad`` (forward over reverse), eager;
-- jax: ``jax.jvp`` over ``jax.grad``, ``jax.jit``-compiled.
+- jax: ``jax.jvp`` over ``jax.grad``, ``jax.jit``-compiled;
+- symdl_serial (not in the default grid): symdl with ``parallel=False`` (serial loops; BLAS
+  still uses the pinned threads), to separate the cost of the parallel loops.
 
 Each cell (implementation x dtype x threads) runs in its own process with the thread count
 pinned in the environment (OpenMP, MKL, OpenBLAS, Numba, XLA) before anything is imported.
@@ -48,6 +50,12 @@ def _problem():
 
     split = demo.digits()
     return split.X_train, split.Y_train, demo.initial_parameters(split)
+
+
+def _symdl_serial_hvp(X, Y, params, dtype):
+    op = _symdl_hvp(X, Y, params, dtype)
+    op.parallel = False
+    return op
 
 
 def _symdl_hvp(X, Y, params, dtype):
@@ -124,12 +132,13 @@ def child(impl: str, dtype: str, steps: int, repeats: int) -> dict:
     import numpy as np
 
     start = time.perf_counter()
-    if impl == "symdl":
+    if impl.startswith("symdl"):
         import symdl  # first: symdl chooses Numba's threading layer before any thread starts
     from symdl.verify.curvature import lanczos
 
     X, Y, params = _problem()
-    build = {"symdl": _symdl_hvp, "torch": _torch_hvp, "jax": _jax_hvp}[impl]
+    build = {"symdl": _symdl_hvp, "symdl_serial": _symdl_serial_hvp, "torch": _torch_hvp,
+             "jax": _jax_hvp}[impl]
     hvp = build(X, Y, params, dtype)
     setup_s = time.perf_counter() - start
     dim = sum(v.size for v in params.values())
@@ -159,7 +168,7 @@ def child(impl: str, dtype: str, steps: int, repeats: int) -> dict:
             "setup_s": setup_s, "first_call_s": first_call_s,
             "lanczos_median_s": statistics.median(times), "lanczos_min_s": min(times),
             "hvp_median_ms": 1e3 * statistics.median(hvp_times), "top": value}
-    if impl == "symdl":
+    if impl.startswith("symdl"):
         info["symdl_version"] = symdl.__version__
     return info
 
@@ -240,11 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                       f"{cell['hvp_median_ms']:.3f} ms), first call "
                       f"{cell['first_call_s']:.2f} s, setup {cell['setup_s']:.2f} s, top "
                       f"{cell['top']:.10g}", flush=True)
-            if "symdl" in row and len(row) > 1:
-                fastest = min(c["lanczos_median_s"] for k, c in row.items() if k != "symdl")
-                ratio = row["symdl"]["lanczos_median_s"] / fastest
-                row["symdl"]["ratio_to_fastest"] = ratio
-                print(f"threads {threads} {dtype:7s} symdl / fastest = {ratio:.2f}", flush=True)
+            # Against the peers measured in this run, or recorded earlier for this cell.
+            peers = [c["lanczos_median_s"] for c in list(row.values()) + [
+                c for c in cells if c["dtype"] == dtype and c["threads"] == threads
+                and c["impl"] not in row] if not c["impl"].startswith("symdl")]
+            for name in ("symdl", "symdl_serial"):
+                if name in row and peers:
+                    ratio = row[name]["lanczos_median_s"] / min(peers)
+                    row[name]["ratio_to_fastest"] = ratio
+                    print(f"threads {threads} {dtype:7s} {name} / fastest = {ratio:.2f}",
+                          flush=True)
             for cell in row.values():
                 record(cell)
     print(f"wrote {args.out}")
