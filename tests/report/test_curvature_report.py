@@ -120,13 +120,11 @@ def test_cli_curvature_matches_eigvalsh_of_its_inputs(capsys, tmp_path: Path) ->
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_cli_curvature_errors_exit_2(tmp_path: Path) -> None:
-    def symdl(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "symdl", "curvature", *args],
-                              capture_output=True, text=True, timeout=120)
-
-    unknown = symdl("logistic_regression", "--dim", "q=3")
+def test_cli_curvature_errors_exit_2(tmp_path: Path, capsys) -> None:
+    unknown = subprocess.run([sys.executable, "-m", "symdl", "curvature", "logistic_regression",
+                              "--dim", "q=3"], capture_output=True, text=True, timeout=120)
     assert unknown.returncode == 2 and "q" in unknown.stderr and "'d', 'n'" in unknown.stderr
+    assert unknown.stderr.count("\n") == 1  # one line, no traceback
     source = tmp_path / "elementwise.py"
     source.write_text(textwrap.dedent('''
         """An elementwise map: its value is a matrix."""
@@ -138,7 +136,9 @@ def test_cli_curvature_errors_exit_2(tmp_path: Path) -> None:
             x = sp.MatrixSymbol("x", n, 1)
             return symdl.derive(symdl.tanh(x), wrt=[x])
     '''))
-    matrix = symdl(str(source))
-    assert matrix.returncode == 2 and "scalar loss" in matrix.stderr
-    bad = symdl("logistic_regression", "--dim", "n")
-    assert bad.returncode == 2 and "NAME=SIZE" in bad.stderr
+    assert main(["curvature", str(source)]) == 2
+    assert "scalar loss" in capsys.readouterr().err
+    assert main(["curvature", "logistic_regression", "--dim", "n"]) == 2
+    assert "NAME=SIZE" in capsys.readouterr().err
+    assert main(["curvature", "logistic_regression", "-o", str(tmp_path / "no" / "x.png")]) == 2
+    assert "does not exist" in capsys.readouterr().err
