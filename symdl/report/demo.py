@@ -7,8 +7,11 @@
 3. checks that kernel's loss and gradients against finite differences;
 4. trains it on the handwritten digits that scikit-learn ships (1,797 8x8 images, nothing is
    downloaded) and evaluates it on a held-out split;
-5. writes ``out/``: ``report.pdf`` (the derivation, the check table, the curves),
-   ``kernels.py`` (the exported standalone kernels) and ``metrics.json``.
+5. takes the Hessian spectrum of the training loss (all 4,810 parameters jointly, from the
+   generated HVP kernel: top and bottom eigenvalues, density, trace, condition number) at
+   initialisation and after training (``symdl demo --no-curvature`` skips it);
+6. writes ``out/``: ``report.pdf`` (the derivation, the check table, the curves, the
+   spectrum), ``kernels.py`` (the exported standalone kernels) and ``metrics.json``.
 
 ``symdl demo --newton`` adds the second-order demo: Newton's method on (L2-regularised)
 logistic regression with the generated Hessian kernel, against gradient descent.
