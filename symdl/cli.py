@@ -325,7 +325,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
-                  progress=not args.quiet)
+                  progress=not args.quiet, curvature=not args.no_curvature)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -335,11 +335,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         newton = metrics["newton"]
         print(f"Newton's method: optimum in {newton['newton_iterations']} iterations; gradient "
               f"descent needed {newton['gd_iterations_to_match']} to get within 1e-6 of it")
+    for point, spectrum in metrics.get("curvature", {}).items():
+        print(f"Hessian at {point}: {spectrum['summary']}")
     written = ["metrics.json", "kernels.py", "training.png"] + (
+        ["curvature.png"] if "curvature" in metrics else []) + (
         [] if args.no_pdf else ["report.pdf"])
     print(f"wrote {', '.join(f'{out}/{name}' for name in written)} in "
           f"{time.perf_counter() - start:.1f} s")
     return 0 if metrics["check"]["ok"] else 1
+
+
+def _dimension(text: str) -> tuple[str, int]:
+    name, sep, size = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"must be NAME=SIZE (e.g. n=64), got {text!r}")
+    return name.strip(), _positive_int(size)
+
+
+def _cmd_curvature(args: argparse.Namespace) -> int:
+    from symdl.verify.check import draw_inputs
+    from symdl.verify.curvature import analyze, hessian_operator
+
+    if args.output:
+        _check_writable(Path(args.output))
+    entry, der = _load_and_derive(args.derivation)
+    if not der.is_scalar:
+        raise UsageError(f"{entry.name}: a Hessian spectrum needs a scalar loss; this "
+                         "derivation's value is a matrix")
+    by_name = {str(s): s for s in der.dims}
+    unknown = sorted(name for name, _ in args.dim if name not in by_name)
+    if unknown:
+        raise UsageError(f"--dim names {unknown}, which {entry.name} does not have; its "
+                         f"dimensions are {sorted(by_name)}")
+    dims = {by_name[name]: size for name, size in args.dim}
+    kernel = der.compile(hvp=True, outputs=[f"hvp:{getattr(p, 'name', p)}" for p in der.wrt])
+    values, bound = draw_inputs(der, kernel, seed=args.seed, dims=dims,
+                                sample_inputs=getattr(entry.module, "sample_inputs", None))
+    op = hessian_operator(kernel, values)
+    report = analyze(op, iterations=args.iterations, density_probes=args.probes,
+                     trace_probes=args.trace_probes, seed=args.seed)
+    sizes = {str(s): int(v) for s, v in sorted(bound.items(), key=lambda kv: str(kv[0]))}
+    if args.output:
+        report.plot(args.output, title=f"{entry.name}: Hessian spectral density")
+    if args.json:
+        _print_json({"name": entry.name, "dims": sizes, "seed": args.seed,
+                     **report.to_dict()})
+    else:
+        shown = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        print(f"{entry.title}  ({entry.name})\nseeded inputs (seed {args.seed}), {shown}\n"
+              f"{report}")
+        if args.output:
+            print(f"wrote {args.output}")
+    return 0
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
@@ -410,6 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--newton", action="store_true",
                       help="also run Newton's method on logistic regression (Hessian kernel)")
     demo.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no pdflatex)")
+    demo.add_argument("--no-curvature", action="store_true",
+                      help="skip the Hessian spectrum at initialisation and after training")
     demo.set_defaults(run=_cmd_demo)
     checking = commands.add_parser(
         "check", help="check derivations' kernels against finite differences",
@@ -434,6 +483,34 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--seed", type=_non_negative_int, default=0,
                           help="seed of the inputs (default 0)")
     checking.set_defaults(run=_cmd_check)
+    curv = commands.add_parser(
+        "curvature", help="the Hessian spectrum of a derivation's loss (Lanczos, density)",
+        description="The Hessian of a scalar loss with respect to all its parameters jointly, "
+        "at seeded inputs, from Hessian-vector products alone: the top and bottom eigenvalues "
+        "(Lanczos with full reorthogonalisation), a spectral density (stochastic Lanczos "
+        "quadrature), the trace (Hutchinson) and the reading: negative eigenvalues (a "
+        "saddle point), singular, or the condition number. Exit status: 0 on success, 2 on a "
+        "usage or definition error.",
+        parents=[common],
+    )
+    curv.add_argument("derivation", metavar="NAME",
+                      help="a name from `symdl list`, or a .py file defining derivation()")
+    curv.add_argument("--json", action="store_true", help="print the analysis as JSON")
+    curv.add_argument("-o", "--output", metavar="PNG",
+                      help="plot the density with the extreme eigenvalues marked (needs "
+                      "matplotlib)")
+    curv.add_argument("--seed", type=_non_negative_int, default=0,
+                      help="seed of the inputs and of the random probes (default 0)")
+    curv.add_argument("--dim", type=_dimension, action="append", default=[],
+                      metavar="NAME=SIZE", help="bind a dimension (repeatable; the others "
+                      "get small drawn sizes, as in `symdl check`)")
+    curv.add_argument("--iterations", type=_positive_int, default=80,
+                      help="Lanczos steps at most for the extreme eigenvalues (default 80)")
+    curv.add_argument("--probes", type=_positive_int, default=8,
+                      help="random probes of the density estimate (default 8)")
+    curv.add_argument("--trace-probes", type=_positive_int, default=30,
+                      help="Rademacher probes of the trace estimate (default 30)")
+    curv.set_defaults(run=_cmd_curvature)
     return parser
 
 

@@ -8,8 +8,11 @@
 4. trains it on the handwritten digits that scikit-learn ships (1,797 8x8 images, nothing is
    downloaded) and evaluates it on a held-out split with ``step.predict`` (the forward pass
    of the same derivation, no model typed twice);
-5. writes ``out/``: ``report.pdf`` (the derivation, the check table, the curves),
-   ``kernels.py`` (the exported standalone kernels) and ``metrics.json``.
+5. takes the Hessian spectrum of the training loss (all 4,810 parameters jointly, from the
+   generated HVP kernel: top and bottom eigenvalues, density, trace, condition number) at
+   initialisation and after training (``symdl demo --no-curvature`` skips it);
+6. writes ``out/``: ``report.pdf`` (the derivation, the check table, the curves, the
+   spectrum), ``kernels.py`` (the exported standalone kernels) and ``metrics.json``.
 
 ``symdl demo --newton`` adds the second-order demo: Newton's method on (L2-regularised)
 logistic regression with the generated Hessian kernel, against gradient descent.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,13 +126,7 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     from symdl.define.optimizers import Adam
 
     rng = np.random.default_rng(seed)
-    features, classes = split.X_train.shape[1], split.Y_train.shape[1]
-    init = {
-        "W1": rng.normal(size=(features, hidden)) / np.sqrt(features),
-        "b1": np.zeros((1, hidden)),
-        "W2": rng.normal(size=(hidden, classes)) / np.sqrt(hidden),
-        "b2": np.zeros((1, classes)),
-    }
+    init = _draw_initial(rng, split, hidden)
     timings = {}
     start = time.perf_counter()
     der = network_derivation()
@@ -158,6 +156,22 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     timings["train_s"] = time.perf_counter() - start
     timings["steps"] = step.t - 1
     return step, der, history, timings
+
+
+def _draw_initial(rng: np.random.Generator, split: Split, hidden: int) -> dict[str, np.ndarray]:
+    features, classes = split.X_train.shape[1], split.Y_train.shape[1]
+    return {
+        "W1": rng.normal(size=(features, hidden)) / np.sqrt(features),
+        "b1": np.zeros((1, hidden)),
+        "W2": rng.normal(size=(hidden, classes)) / np.sqrt(hidden),
+        "b2": np.zeros((1, classes)),
+    }
+
+
+def initial_parameters(split: Split, hidden: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+    """The parameters ``train(split, hidden=hidden, seed=seed)`` starts from (its generator's
+    first draws)."""
+    return _draw_initial(np.random.default_rng(seed), split, hidden)
 
 
 class _Progress:
@@ -242,6 +256,52 @@ def newton_vs_gradient_descent(split: Split, weight_decay: float = 1e-2,
     return NewtonResult(newton_loss, gd_loss, len(newton_loss) - 1, matched, optimum)
 
 
+# -- the Hessian spectrum ---------------------------------------------------------------------
+
+def hessian_spectra(der: symdl.Derivation, points: Mapping[str, Mapping[str, np.ndarray]],
+                    features: np.ndarray, labels: np.ndarray, weight_decay: float, *,
+                    seed: int = 0, jit: bool = True, **options) -> dict:
+    """The Hessian spectrum of the training loss (all parameters jointly, the whole training
+    set) at each named point, from the network's HVP kernel (compiled once).
+
+    Args:
+        der: the network's derivation.
+        points: parameters by name, for each point (``{"initialisation": {...}, ...}``).
+        features, labels: the data the loss is taken over.
+        weight_decay: the loss's ``lambda``.
+        seed: the seed of the Lanczos start and the probes.
+        jit: ``False`` runs the kernel as plain Python (for tests on small networks).
+        **options: passed to ``symdl.verify.curvature.analyze``.
+
+    Returns:
+        ``{point: CurvatureReport}``.
+    """
+    from symdl.verify.curvature import analyze, hessian_operator
+
+    kernel = der.compile(hvp=True, outputs=[f"hvp:{p.name}" for p in der.wrt], jit=jit)
+    return {name: analyze(hessian_operator(kernel, {**params, "X": features, "Y": labels,
+                                                    "lambda": weight_decay}),
+                          seed=seed, **options)
+            for name, params in points.items()}
+
+
+def add_curvature(out: Path, metrics: dict, figures: list[str], reports: Mapping) -> None:
+    """Puts the spectra into the metrics (numbers, not the density grid) and draws the
+    density figure (``curvature.pdf`` and ``.png``)."""
+    from symdl.verify.curvature import plot_density
+
+    metrics["curvature"] = {}
+    for name, report in reports.items():
+        summary = report.to_dict()
+        summary.pop("density")
+        metrics["curvature"][name] = summary
+    panels = [(f"{name}: Hessian spectral density", r) for name, r in reports.items()]
+    _pyplot()  # the demo extra's error when matplotlib is missing
+    plot_density(panels, str(out / "curvature.pdf"))
+    plot_density(panels, str(out / "curvature.png"))
+    figures.append("curvature.pdf")
+
+
 # -- outputs --------------------------------------------------------------------------------
 
 def _plot_training(history: History, path: Path) -> None:
@@ -285,11 +345,16 @@ def _pyplot():
 
 
 def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
-        pdf: bool = True, progress: bool = True) -> dict:
-    """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``."""
+        pdf: bool = True, progress: bool = True, curvature: bool = True) -> dict:
+    """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``.
+
+    ``curvature`` adds the Hessian spectrum of the training loss at initialisation and after
+    training (a few hundred Hessian-vector products over the training set at each point).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     split = digits()
+    initial = initial_parameters(split)
     step, der, history, timings = train(split, epochs=epochs, progress=progress)
     check_report = _check_step(step, split)
     step.kernel.export(out / "kernels.py")
@@ -316,6 +381,13 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         _plot_newton(result, out / "newton.pdf")
         _plot_newton(result, out / "newton.png")
         figures.append("newton.pdf")
+    if curvature:
+        start = time.perf_counter()
+        reports = hessian_spectra(der, {"initialisation": initial, "trained": step.params},
+                                  split.X_train, split.Y_train,
+                                  step.hyperparameters.get("lambda", 0.0))
+        add_curvature(out, metrics, figures, reports)
+        timings["curvature_s"] = time.perf_counter() - start
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if pdf:
         from symdl.report.document import write_report

@@ -1,5 +1,6 @@
-"""The demo's report: the derivation, the finite-difference check, the training curves and
-the second-order comparison, as one LaTeX document compiled with pdflatex."""
+"""The demo's report: the derivation, the finite-difference check, the training curves, the
+second-order comparison and the Hessian spectrum, as one LaTeX document compiled with
+pdflatex."""
 
 from __future__ import annotations
 
@@ -58,6 +59,51 @@ def _newton_section(metrics: Mapping, figure: Path) -> str:
             + _figure(figure, "Distance to the optimum against the iteration."))
 
 
+def _curvature_section(metrics: Mapping, figure: Path) -> str:
+    spectra = metrics["curvature"]
+
+    def condition(c: Mapping) -> str:
+        if c["condition_number"] is not None:
+            return f"{c['condition_number']:.3g}"
+        return {"indefinite": "none (indefinite)", "singular": "infinite (singular)"}.get(
+            c["reading"], f"none ({c['reading']})")
+
+    names = list(spectra)
+    rows = [
+        ("parameters", [f"{spectra[n]['dim']}" for n in names]),
+        ("top eigenvalue", [f"{spectra[n]['top']:.6g}" for n in names]),
+        ("bottom eigenvalue", [f"{spectra[n]['bottom']:.6g}" for n in names]),
+        ("negative eigenvalues", ["yes (a saddle)" if spectra[n]["negative_eigenvalues"]
+                                  else "no" for n in names]),
+        ("condition number", [condition(spectra[n]) for n in names]),
+        ("trace (Hutchinson)", [f"{spectra[n]['trace']['trace']:.4g} "
+                                f"+/- {spectra[n]['trace']['standard_error']:.2g}"
+                                for n in names]),
+        ("Lanczos steps", [f"{spectra[n]['lanczos_iterations']}" for n in names]),
+    ]
+    table = "\n".join(escape_text(label) + " & " + " & ".join(escape_text(v) for v in values)
+                      + " \\\\" for label, values in rows)
+    readings = " ".join(escape_text(f"{n.capitalize()}: {spectra[n]['summary']}.")
+                        for n in names)
+    header = "quantity & " + " & ".join(escape_text(n) for n in names) + " \\\\"
+    return ("\\section*{The curvature of the loss}\n"
+            "The Hessian of the training loss with respect to all the parameters jointly, "
+            "never formed: each product with a vector is one call of the generated "
+            "Hessian-vector-product kernel. The extreme eigenvalues come from Lanczos "
+            "iterations (full reorthogonalisation), the density from stochastic Lanczos "
+            "quadrature, the trace from Hutchinson's estimator. A negative eigenvalue means "
+            "that the loss curves downward along some direction: no minimum (at a "
+            "stationary point, a saddle point); a large ratio of the extreme eigenvalues of a "
+            "positive definite Hessian means ill-conditioning (gradient descent needs a step "
+            "below 2 over the top eigenvalue and then crawls along the flattest "
+            "directions).\n\n" + readings + "\n\n"
+            "\\begin{center}\n\\begin{tabular}{l" + "r" * len(names) + "}\n\\toprule\n"
+            + header + "\n\\midrule\n" + table
+            + "\n\\bottomrule\n\\end{tabular}\n\\end{center}\n\n"
+            + _figure(figure, "Hessian spectral density (log scale), extreme eigenvalues "
+                      "dashed."))
+
+
 def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: Mapping,
                  figures: Sequence[str], compile_pdf_too: bool = True) -> Path:
     """Writes ``report.tex`` (and ``report.pdf`` next to it with ``compile_pdf_too``)."""
@@ -70,6 +116,9 @@ def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: M
     if "newton" in metrics and "newton.pdf" in figures:
         sections.append(_newton_section(metrics, folder / "newton.pdf"))
         used.append(folder / "newton.pdf")
+    if "curvature" in metrics and "curvature.pdf" in figures:
+        sections.append(_curvature_section(metrics, folder / "curvature.pdf"))
+        used.append(folder / "curvature.pdf")
     source = source.replace("\\end{document}", "\n\n".join(sections) + "\n\\end{document}")
     tex_path.write_text(source, encoding="utf-8")
     if compile_pdf_too:

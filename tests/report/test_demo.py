@@ -19,7 +19,7 @@ from symdl.report import demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("demo")
-    metrics = demo.run(out, newton=True, epochs=10, progress=False)
+    metrics = demo.run(out, newton=True, epochs=10, progress=False, curvature=False)
     return out, metrics
 
 
