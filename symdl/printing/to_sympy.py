@@ -554,12 +554,14 @@ def _index_row_function(node: ir.Node, printer: SympyPrinter, indices: tuple) ->
 
 @INDEX.register(ir.Solve)
 def _index_solve(node: ir.Solve, printer: SympyPrinter, indices: tuple) -> sp.Expr:
-    if node.rank != 2:
-        raise UnsupportedError(
-            f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
-            "a matrix parameter) has no index notation yet; evaluate or compile it"
-        )
-    return MatrixElement(printer.matrix(node), *indices)
+    if node.rank == 2:
+        return MatrixElement(printer.matrix(node), *indices)
+    # A right-hand side with more axes (a tangent of a matrix parameter, in a Hessian block):
+    # (A^{-1} B)[i, r...] = Σ_k (A^{-1})[i, k] B[k, r...].
+    k = printer._fresh_index()
+    inverse = MatrixElement(sp.Inverse(printer.matrix(node.a)), indices[0], k)
+    body = inverse * printer.index(node.b, (k,) + tuple(indices[1:]))
+    return sp.Sum(body, (k, 0, node.a.shape[0] - 1))
 
 
 def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
