@@ -23,6 +23,8 @@ import sys as _sys
 
 from symdl.define import optimizers, schedules, vocabulary
 from symdl.define.vocabulary import (
+    Det,
+    LogDet,
     LogSumExp,
     Softmax,
     Total,
@@ -30,6 +32,7 @@ from symdl.define.vocabulary import (
     bias,
     binary_cross_entropy_with_logits,
     broadcast,
+    det,
     elu,
     exp,
     expm1,
@@ -40,6 +43,7 @@ from symdl.define.vocabulary import (
     log,
     log1p,
     log_softmax,
+    logdet,
     logsumexp,
     mean,
     mse,
@@ -55,6 +59,7 @@ from symdl.define.vocabulary import (
     sum,
     tanh,
     total,
+    trace,
     variance,
 )
 from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
@@ -103,4 +108,5 @@ __all__ = [
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
+    "Det", "LogDet", "det", "logdet", "trace",
 ]

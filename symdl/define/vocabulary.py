@@ -753,3 +753,136 @@ def huber(m: sp.Basic, delta: sp.Basic | float = 1) -> sp.Basic:
         return sp.HadamardPower(a - excess, 2) / 2 + delta * excess
     excess = relu(a - delta)
     return (a - excess) ** 2 / 2 + delta * excess
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinants
+
+
+class _DetBase(sp.Expr):
+    """A scalar function of a square matrix expression, with its ``spd`` declaration."""
+
+    is_commutative = True
+    is_real = True
+    # Between a product (50) and a power (60): printed in parentheses as the base of a power,
+    # (det S)^2, but not as a factor, 2 det S.
+    precedence = 55
+
+    def __new__(cls, m: MatrixExpr, spd: bool = False):
+        m = _as_matrix(sp.sympify(m), cls.__name__)
+        rows, cols = m.shape
+        if rows != cols:
+            raise ShapeMismatchError(
+                f"{cls.__name__.lower()} needs a square matrix, got {m} of shape "
+                f"{rows} x {cols}", (rows, cols))
+        if not isinstance(spd, bool):
+            raise DefinitionError(f"spd= must be True or False, got {spd!r}")
+        return super().__new__(cls, m, sp.true if spd else sp.false)
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def spd(self) -> bool:
+        """Whether the user declared the matrix symmetric positive definite."""
+        return bool(self.args[1])
+
+    def _operand_latex(self, printer) -> str:
+        text = printer._print(self.arg)
+        return text if isinstance(self.arg, sp.MatrixSymbol) else rf"\left({text}\right)"
+
+
+class LogDet(_DetBase):
+    """``log |det A|`` of a square matrix expression (``log det A`` where ``det A > 0``)."""
+
+    def doit(self, **hints) -> sp.Expr:
+        return sp.log(sp.Abs(sp.Determinant(self.arg).doit(**hints)))
+
+    def _latex(self, printer) -> str:
+        return rf"\log\det {self._operand_latex(printer)}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.linalg.slogdet')}({printer._print(self.arg)})[1]"
+
+
+class Det(_DetBase):
+    """``det A`` of a square matrix expression."""
+
+    def doit(self, **hints) -> sp.Expr:
+        return sp.Determinant(self.arg).doit(**hints)
+
+    def _latex(self, printer) -> str:
+        return rf"\det {self._operand_latex(printer)}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.linalg.det')}({printer._print(self.arg)})"
+
+
+def logdet(m: MatrixExpr, spd: bool = False) -> LogDet:
+    """``log |det m|`` of a square matrix: ``log det m`` wherever ``det m > 0`` (a covariance).
+
+    Its gradient is ``m^{-T}`` (``d log det A = tr(A^{-1} dA)``), computed by a linear solve,
+    never an explicit inverse. ``sympy.log(sympy.Determinant(m))`` means the same.
+
+    Args:
+        m: a square matrix expression.
+        spd: declares ``m`` symmetric positive definite: kernels factor it by Cholesky (half
+            the work of LU) and raise ``EvaluationError`` when it is not positive definite.
+            Without it, LU with the sign (``numpy.linalg.slogdet``); a singular ``m`` raises
+            ``EvaluationError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> S = sp.MatrixSymbol("S", d, d)
+        >>> symdl.derive(symdl.logdet(S, spd=True), wrt=[S]).gradient(S)
+        S.T**(-1)
+        >>> round(float(symdl.evaluate(symdl.logdet(S), {"S": [[2.0, 0.0], [0.0, 3.0]]},
+        ...                            {d: 2})), 6)
+        1.791759
+    """
+    return LogDet(m, spd)
+
+
+def det(m: MatrixExpr, spd: bool = False) -> Det:
+    """``det m`` of a square matrix; ``sympy.det(m)`` (a ``Determinant``) means the same.
+
+    Its gradient is ``det(m) m^{-T}``, computed by a linear solve. Kernels compute it from
+    ``log |det m|`` and the sign of an LU factorisation (Cholesky when ``spd``), so a large
+    matrix neither overflows nor underflows in the factorisation.
+
+    Args:
+        m: a square matrix expression.
+        spd: declares ``m`` symmetric positive definite (Cholesky in kernels).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> A = sp.MatrixSymbol("A", d, d)
+        >>> round(float(symdl.evaluate(symdl.det(A), {"A": [[1.0, 2.0], [3.0, 4.0]]},
+        ...                            {d: 2})), 12)
+        -2.0
+    """
+    return Det(m, spd)
+
+
+def trace(m: MatrixExpr) -> sp.Expr:
+    """The trace ``Σ_i m[i, i]`` of a square matrix (``sympy.Trace``); its gradient is ``I``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> A = sp.MatrixSymbol("A", d, d)
+        >>> float(symdl.evaluate(symdl.trace(A), {"A": [[1.0, 2.0], [3.0, 4.0]]}, {d: 2}))
+        5.0
+    """
+    m = _as_matrix(sp.sympify(m), "trace")
+    if m.shape[0] != m.shape[1]:
+        raise ShapeMismatchError(
+            f"trace needs a square matrix, got {m} of shape {m.shape[0]} x {m.shape[1]}",
+            tuple(m.shape))
+    return sp.Trace(m)

@@ -166,3 +166,24 @@ def _solve(node: ir.Solve, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarra
             f"the matrix of a linear solve or an inverse is singular ({exc}); use a "
             "regularised system (add lambda I) or the pseudo-inverse outside symdl"
         ) from exc
+
+
+@EVALUATE.register(ir.Det)
+def _det(node: ir.Det, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    a = ev[node.a]
+    if node.spd:
+        try:
+            logdet = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky(a))))
+        except np.linalg.LinAlgError as exc:
+            raise EvaluationError(
+                f"a determinant declared symmetric positive definite (spd=True) got a matrix "
+                f"that is not ({exc}); drop spd=True or pass a positive definite matrix"
+            ) from exc
+        sign = 1.0
+    else:
+        sign, logdet = np.linalg.slogdet(a)
+        if node.log and (sign == 0 or not np.isfinite(logdet)):
+            raise EvaluationError(
+                "the matrix of a determinant is singular (determinant 0), so its log and the "
+                "derivatives (through A^{-1}) do not exist; regularise it (add lambda I)")
+    return np.asarray(logdet if node.log else sign * np.exp(logdet))

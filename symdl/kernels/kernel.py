@@ -38,7 +38,7 @@ from symdl.ir.assumptions import violation
 from symdl.kernels.codegen import Source, generate
 from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
-from symdl.kernels.plan import Contraction, LinearSolve, plan
+from symdl.kernels.plan import Contraction, Determinant, LinearSolve, plan
 from symdl.kernels.progress import compile_progress
 
 PARALLEL_MIN_ENTRIES = 1 << 15
@@ -155,7 +155,8 @@ class Kernel:
         if not self.jit or variant in self._variants_called:
             return contextlib.nullcontext()
         self._variants_called.add(variant)
-        loops = sum(not isinstance(s, (Contraction, LinearSolve)) for s in self._plan.steps)
+        loops = sum(not isinstance(s, (Contraction, LinearSolve, Determinant))
+                    for s in self._plan.steps)
         return compile_progress(self._title, loops)
 
     @property
@@ -393,7 +394,8 @@ class Kernel:
                 _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
-                f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
+                f"a linear solve or a determinant in this kernel failed ({exc}): its matrix is "
+                "singular (or, declared positive definite, is not) at "
                 "these inputs; regularise it (add a multiple of the identity) or use a "
                 "least-squares solution") from exc
         finally:

@@ -3,6 +3,7 @@ operation count and the code it becomes:
 
 * ``Contraction``: a matrix product ``A^T B`` and its kin, given to NumPy's BLAS;
 * ``LinearSolve``: ``A^{-1} B`` by LU factorisation (LAPACK);
+* ``Determinant``: ``det A`` or ``log |det A|`` by LU, or Cholesky for a declared SPD ``A``;
 * ``RowStats``: the row (or column) maximum and sum of exponentials that ``softmax`` and
   ``logsumexp`` need, in one pass per row with a max shift;
 * ``LoopGroup``: one fused loop nest over an iteration space, computing every elementwise node
@@ -205,6 +206,54 @@ class LinearSolve(Step):
             return [f"{out}[...] = {solved}"]
         return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
                 f"{out}[...] = {solved}"]
+
+
+@dataclass(eq=False)
+class Determinant(Step):
+    """``det A`` or ``log |det A|`` in the driver: Cholesky for a matrix declared symmetric
+    positive definite (``log det A = 2 Σ log diag L``), else LU with its sign
+    (``np.linalg.slogdet``). A singular (or, declared SPD, not positive definite) matrix
+    raises ``LinAlgError``, which the kernel turns into a typed ``EvaluationError``."""
+
+    node: ir.Det
+
+    summary: ClassVar[str] = "determinants"
+
+    def reads(self) -> list[Read]:
+        return [(self.node.a, None)]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def flops(self) -> sp.Expr:
+        rows = self.node.a.shape[0]
+        return (sp.Rational(1, 3) if self.node.spd else sp.Rational(2, 3)) * rows**3
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        a = node.a
+        if type(a) in _SOLVE_OPERAND or ir.is_scalar_constant(a):
+            read = _SOLVE_OPERAND.get(type(a))
+            if read is None:
+                raise UnsupportedError(f"the determinant of a constant {type(a).__name__}")
+            matrix = read(gen, a)
+        else:
+            matrix = gen.array_of(a)
+        sign, logdet = f"sign{number}", f"logdet{number}"
+        if node.spd:
+            lines = [f"{logdet} = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky({matrix}))))",
+                     f"{sign} = 1.0"]
+        else:
+            lines = [f"{sign}, {logdet} = np.linalg.slogdet({matrix})"]
+            if node.log:  # det A = 0 is a value; log |det A| = -inf is not
+                lines += [f"if {sign} == 0 or not np.isfinite({logdet}):",
+                          "    raise np.linalg.LinAlgError('Singular matrix (determinant 0)')"]
+        value = logdet if node.log else f"{sign} * np.exp({logdet})"
+        out = gen.array_of(node)
+        if gen.is_root(node):
+            return [*lines, f"{out}[...] = {value}"]
+        return [*lines, f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+                f"{out}[...] = {value}"]
 
 
 @dataclass(eq=False)
@@ -429,7 +478,8 @@ class RowStream(Step):
                 f"    _stream{number}({header})"]
 
 
-STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve, RowStream)
+STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve,
+                                     Determinant, RowStream)
 """Every kind of step, in the order the module's docstring counts them."""
 
 

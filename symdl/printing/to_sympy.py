@@ -21,7 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.primitives.sympy_results import (
@@ -430,6 +430,22 @@ def _scalar_entry(node: ir.Node, printer: SympyPrinter) -> sp.Expr:
     # Never a scalar in practice (ones(()) is the constant 1; the others are matrices): the
     # entry of a rank-0 node in index notation is the node.
     return printer.index(node, ())
+
+
+@SCALAR.register(ir.Det)
+def _scalar_det(node: ir.Det, printer: SympyPrinter) -> sp.Expr:
+    kind = LogDet if node.log else Det
+    return kind(printer.matrix(node.a), node.spd)
+
+
+@MATRIX.register(ir.Det)
+def _matrix_det(node: ir.Det, printer: SympyPrinter) -> sp.Basic:
+    raise _NoMatrixFormError(node)  # a scalar (matrix() refuses rank 0 before this)
+
+
+@INDEX.register(ir.Det)
+def _index_det(node: ir.Det, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return printer.scalar(node)  # a scalar has no indices
 
 
 @MATRIX.register(ir.Leaf)

@@ -43,3 +43,124 @@ def test_hessian_and_latex_through_an_inverse_match_torch() -> None:
                                rtol=1e-10, atol=1e-12)
     latex = der.to_latex()
     assert "A^{-1}" in latex and "Hessian" in latex
+
+
+# ---------------------------------------------------------------------------------------------
+# det and logdet: one kernel for the three (LU log |det A|, Cholesky log det S, det A).
+
+S = sp.MatrixSymbol("S", d, d)
+
+
+def _torch_loss(a, s):
+    return (torch.linalg.slogdet(a)[1] + torch.logdet(s)
+            + torch.linalg.det(a) ** 2 / 2)
+
+
+@pytest.fixture(scope="module")
+def det_derivation() -> symdl.Derivation:
+    loss = symdl.logdet(A) + symdl.logdet(S, spd=True) + symdl.det(A) ** 2 / 2
+    return symdl.derive(loss, wrt=[A, S], hessian=True)
+
+
+@pytest.fixture(scope="module")
+def det_kernel(det_derivation) -> symdl.Kernel:
+    return det_derivation.compile(hvp=True)
+
+
+def _inputs(condition: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A (not symmetric, negative determinant allowed) and an SPD S, both of the given
+    condition number (singular values spread geometrically)."""
+    rng = np.random.default_rng(seed)
+    q1, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    q2, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    spectrum = np.geomspace(1.0, 1.0 / condition, 4)
+    a = q1 @ np.diag(spectrum * [1, -1, 1, 1]) @ q2
+    s = q1 @ np.diag(spectrum) @ q1.T
+    return a, (s + s.T) / 2
+
+
+@pytest.mark.parametrize("condition", [3.0, 1e6], ids=["well", "ill"])
+def test_det_and_logdet_match_torch_linalg(det_derivation, det_kernel, condition) -> None:
+    a, s = _inputs(condition, 1)
+    ta, ts = torch.tensor(a, requires_grad=True), torch.tensor(s, requires_grad=True)
+    value = _torch_loss(ta, ts)
+    grad_a, grad_s = torch.autograd.grad(value, (ta, ts))
+    hessian = torch.autograd.functional.hessian(_torch_loss, (ta.detach(), ts.detach()))
+    # Derivatives of an inverse lose about log10(condition) digits, in torch as here.
+    rtol = 1e-12 * condition
+    out = det_kernel(A=a, S=s, v_A=np.ones((4, 4)), v_S=np.eye(4))
+    reference = det_derivation.evaluate({"A": a, "S": s}, {d: 4})
+    for got in (out.value, reference["value"]):
+        np.testing.assert_allclose(got, value.item(), rtol=max(rtol, 1e-13))
+    for got in (out.grad["A"], reference["grad:A"]):
+        np.testing.assert_allclose(got, grad_a.numpy(), rtol=rtol, atol=rtol * abs(grad_a).max())
+    for got in (out.grad["S"], reference["grad:S"]):
+        np.testing.assert_allclose(got, grad_s.numpy(), rtol=rtol, atol=rtol * abs(grad_s).max())
+    for (p, q), block in (("A", "A"), hessian[0][0]), (("S", "S"), hessian[1][1]):
+        want = block.numpy().reshape(16, 16)
+        scale = abs(want).max()
+        np.testing.assert_allclose(out.hessian[p, q].reshape(16, 16), want, rtol=rtol,
+                                   atol=rtol * scale)
+    # The Hessian-vector product along (V_A, V_S) = (ones, I).
+    h = np.block([[hessian[0][0].numpy().reshape(16, 16), hessian[0][1].numpy().reshape(16, 16)],
+                  [hessian[1][0].numpy().reshape(16, 16), hessian[1][1].numpy().reshape(16, 16)]])
+    hv = h @ np.concatenate([np.ones(16), np.eye(4).reshape(-1)])
+    np.testing.assert_allclose(np.concatenate([out.hvp["A"].reshape(-1), out.hvp["S"].reshape(-1)]),
+                               hv, rtol=rtol, atol=rtol * abs(hv).max())
+
+
+def test_det_gradient_matches_finite_differences(det_kernel) -> None:
+    a, s = _inputs(3.0, 2)
+    out = det_kernel(A=a, S=s, v_A=np.zeros((4, 4)), v_S=np.zeros((4, 4)))
+    rng = np.random.default_rng(3)
+    for name, x in (("A", a), ("S", s)):
+        direction = rng.normal(size=(4, 4))
+        if name == "S":
+            direction = (direction + direction.T) / 2  # S stays symmetric positive definite
+        h = 1e-6
+
+        def at(t, name=name, x=x, direction=direction):
+            moved = {"A": a, "S": s, name: x + t * direction}
+            return det_kernel(**moved, v_A=np.zeros((4, 4)), v_S=np.zeros((4, 4))).value
+
+        numeric = (at(h) - at(-h)) / (2 * h)
+        np.testing.assert_allclose(np.sum(out.grad[name] * direction), numeric, rtol=1e-7)
+
+
+def test_det_printing_and_the_plain_sympy_spellings(det_derivation) -> None:
+    from symdl.printing.plain import plain
+
+    assert "\\log\\det S" in det_derivation.to_latex()
+    text = plain(det_derivation.printer().scalar(det_derivation.output))
+    assert text.count("logdet(") == 2 and "det(A)" in text
+    # sympy's own spellings mean the same nodes, and evaluate to torch's numbers.
+    a, s = _inputs(3.0, 4)
+    for expr, want in ((sp.log(sp.Determinant(S)), torch.logdet(torch.tensor(s))),
+                       (sp.log(sp.Abs(sp.det(A))), torch.linalg.slogdet(torch.tensor(a))[1]),
+                       (sp.det(A), torch.linalg.det(torch.tensor(a)))):
+        der = symdl.derive(expr, wrt=[A] if expr.has(A) else [S])
+        values = {"A": a, "S": s}
+        np.testing.assert_allclose(der.evaluate(values, {d: 4})["value"], want.item(),
+                                   rtol=1e-12)
+    gradient = symdl.derive(sp.log(sp.Determinant(S)), wrt=[S]).gradient(S)
+    assert plain(gradient) == "S^T**(-1)"  # A^{-T}: one solve in a kernel, no inverse
+
+
+def test_singular_and_indefinite_matrices_raise_typed_errors(det_derivation, det_kernel):
+    a, s = _inputs(3.0, 5)
+    singular = a.copy()
+    singular[:, 0] = singular[:, 1]
+    zeros = np.zeros((4, 4))
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        det_kernel(A=singular, S=s, v_A=zeros, v_S=zeros)
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        det_derivation.evaluate({"A": singular, "S": s}, {d: 4})
+    indefinite = s - 2 * np.eye(4)
+    with pytest.raises(symdl.EvaluationError, match="positive definite"):
+        det_kernel(A=a, S=indefinite, v_A=zeros, v_S=zeros)
+    with pytest.raises(symdl.EvaluationError, match="positive definite"):
+        det_derivation.evaluate({"A": a, "S": indefinite}, {d: 4})
+    with pytest.raises(symdl.ShapeMismatchError, match="square"):
+        symdl.logdet(sp.MatrixSymbol("X", d, 3))
+    with pytest.raises(symdl.DefinitionError, match="spd"):
+        symdl.logdet(S, spd="yes")

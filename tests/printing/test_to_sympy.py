@@ -13,7 +13,6 @@ import pytest
 import sympy as sp
 
 from symdl import ir
-from symdl.errors import UnsupportedError
 from symdl.printing.to_sympy import IndexForm, SympyPrinter
 
 n, d, k = sp.symbols("n d k", integer=True, positive=True)
