@@ -26,6 +26,7 @@ from symdl.define.vocabulary import (
     Det,
     LogDet,
     LogSumExp,
+    PseudoInverse,
     Softmax,
     Total,
     absolute,
@@ -47,6 +48,7 @@ from symdl.define.vocabulary import (
     logsumexp,
     mean,
     mse,
+    pinv,
     relu,
     rsqrt,
     sigmoid,
@@ -108,5 +110,5 @@ __all__ = [
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
-    "Det", "LogDet", "det", "logdet", "trace",
+    "Det", "LogDet", "PseudoInverse", "det", "logdet", "pinv", "trace",
 ]

@@ -15,7 +15,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
-from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
 from symdl.primitives.functions import lower_kinks
@@ -129,6 +129,14 @@ class Translator:
             return ir.softmax(self.matrix(e.arg), e.axis)
         if isinstance(e, LogSumExp):
             return ir.logsumexp(self.matrix(e.arg), e.axis)
+        if isinstance(e, PseudoInverse):
+            # (A^T A)^{-1} A^T or A^T (A A^T)^{-1} = ((A A^T)^{-1} A)^T: one Cholesky solve
+            # with the Gram matrix, symmetric positive definite when A has full rank.
+            m = self.matrix(e.arg)
+            gram = self.matrix(e.gram())
+            if e.full_rank == "columns":
+                return ir.solve(gram, ir.einsum([m], [(0, 1)], (1, 0)), spd=True)
+            return ir.einsum([ir.solve(gram, m, spd=True)], [(0, 1)], (1, 0))
         if isinstance(e, DiagMatrix):
             v = self.matrix(e.args[0])
             rows, cols = v.shape

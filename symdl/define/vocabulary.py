@@ -886,3 +886,88 @@ def trace(m: MatrixExpr) -> sp.Expr:
             f"trace needs a square matrix, got {m} of shape {m.shape[0]} x {m.shape[1]}",
             tuple(m.shape))
     return sp.Trace(m)
+
+
+class PseudoInverse(MatrixExpr):
+    """The Moore-Penrose pseudo-inverse of a full-rank matrix expression: ``(A^T A)^{-1} A^T``
+    (full column rank, ``rows="columns"``) or ``A^T (A A^T)^{-1}`` (full row rank)."""
+
+    def __new__(cls, m: MatrixExpr, full_rank: str):
+        m = _as_matrix(sp.sympify(m), "pinv")
+        if full_rank not in ("columns", "rows"):
+            raise DefinitionError(
+                f"pinv(m, full_rank=...) takes 'columns' (a tall m whose columns are linearly "
+                f"independent) or 'rows' (a wide m, independent rows), got {full_rank!r}")
+        return super().__new__(cls, m, sp.Symbol(full_rank))
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def full_rank(self) -> str:
+        return str(self.args[1])
+
+    @property
+    def shape(self) -> tuple[sp.Expr, sp.Expr]:
+        rows, cols = self.arg.shape
+        return (cols, rows)
+
+    def gram(self) -> MatrixExpr:
+        """The Gram matrix that is inverted: ``A^T A`` or ``A A^T``."""
+        m = self.arg
+        return m.T * m if self.full_rank == "columns" else m * m.T
+
+    def doit(self, **hints) -> MatrixExpr:
+        # Kept whole (as SymPy keeps Inverse): products call doit() on their factors, and the
+        # translator reads the full-rank declaration from this node (a checked Cholesky).
+        m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
+        return PseudoInverse(m, self.full_rank)
+
+    def explicit(self) -> MatrixExpr:
+        """``(A^T A)^{-1} A^T`` or ``A^T (A A^T)^{-1}``."""
+        m = self.arg
+        if self.full_rank == "columns":
+            return sp.Inverse(self.gram()) * m.T
+        return m.T * sp.Inverse(self.gram())
+
+    def _entry(self, i, j, **kwargs) -> sp.Expr:
+        return MatrixElement(self, i, j)
+
+    def _latex(self, printer) -> str:
+        base = printer._print(self.arg)
+        if not isinstance(self.arg, sp.MatrixSymbol):
+            base = rf"\left({base}\right)"
+        return rf"{base}^{{+}}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.linalg.pinv')}({printer._print(self.arg)})"
+
+
+def pinv(m: MatrixExpr, full_rank: str = "columns") -> PseudoInverse:
+    """The pseudo-inverse ``m^+`` of a matrix of full rank.
+
+    Assumption (stated, and checked at run time): ``m`` has full rank. With
+    ``full_rank="columns"`` (a tall ``n x d`` matrix, ``n >= d``, independent columns) it is
+    ``(m^T m)^{-1} m^T``; with ``full_rank="rows"`` (a wide one, independent rows) it is
+    ``m^T (m m^T)^{-1}``. Kernels and evaluation solve with the Gram matrix by Cholesky, never
+    forming an inverse, and raise ``EvaluationError`` where the Gram matrix is numerically
+    singular (rank-deficient ``m``). Derivatives, Hessians and LaTeX (``m^{+}``) follow from
+    the derivative of the inverse. SymPy's ``MatrixSymbol`` has no ``.pinv()``: use this.
+
+    Args:
+        m: a matrix expression.
+        full_rank: ``"columns"`` (default) or ``"rows"``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> P = symdl.pinv(X)
+        >>> P.shape
+        (d, n)
+        >>> symdl.evaluate(P, {"X": [[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]}, {n: 3, d: 2}).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]
+    """
+    return PseudoInverse(m, full_rank)

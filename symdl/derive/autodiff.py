@@ -128,7 +128,7 @@ def _transpose(a: ir.Node) -> ir.Node:
 @VJP.register(ir.Solve)
 def _vjp_solve(node: ir.Solve, adj: ir.Node, k: int) -> ir.Node:
     # X = A^{-1} B: B̄ = A^{-T} X̄ and Ā = -B̄ X^T (summed over every axis of B after the first).
-    b_bar = ir.solve(_transpose(node.a), adj)
+    b_bar = ir.solve(_transpose(node.a), adj, node.spd)
     if k == 1:
         return b_bar
     rest = tuple(range(2, 1 + node.rank))
@@ -281,7 +281,7 @@ def _jvp_solve(node: ir.Solve, tangents: list, extra: tuple[int, ...]) -> ir.Nod
     terms = [] if t_b is None else [t_b]
     if t_a is not None:
         terms.append(ir.einsum([t_a, node], [(0, 1) + ext, (1,) + rest], (0,) + rest + ext, -1))
-    return ir.solve(node.a, ir.add(*terms))
+    return ir.solve(node.a, ir.add(*terms), node.spd)
 
 
 @JVP.register(ir.Det)

@@ -212,7 +212,10 @@ class Solve(Node):
 
     a: Node
     b: Node
-    _fields: ClassVar[tuple[str, ...]] = ("a", "b")
+    spd: bool = False
+    """``A`` is symmetric positive definite by construction (a Gram matrix ``X^T X``): solved
+    by Cholesky, which fails, as a typed error, where ``A`` is numerically singular."""
+    _fields: ClassVar[tuple[str, ...]] = ("a", "b", "spd")
 
     def _compute_shape(self) -> Shape:
         return self.b.shape
@@ -554,8 +557,9 @@ def softmax(arg: Node, axis: int) -> Softmax:
     return _intern(Softmax(arg, axis))
 
 
-def solve(a: Node, b: Node) -> Node:
-    """``A^{-1} B`` (the inverse itself is ``solve(A, identity)``); zero when ``B`` is."""
+def solve(a: Node, b: Node, spd: bool = False) -> Node:
+    """``A^{-1} B`` (the inverse itself is ``solve(A, identity)``); zero when ``B`` is.
+    ``spd``: ``A`` is symmetric positive definite by construction (Cholesky, checked)."""
     _require_matrix(a, "solve")
     if a.shape[0] != a.shape[1]:
         raise ShapeMismatchError(
@@ -568,7 +572,7 @@ def solve(a: Node, b: Node) -> Node:
         )
     if is_zero(b):
         return b
-    return _intern(Solve(a, b))
+    return _intern(Solve(a, b, bool(spd)))
 
 
 def det(a: Node, log: bool = False, spd: bool = False) -> Det:
@@ -653,7 +657,7 @@ def _rebuild_softmax(node: Softmax, children: list[Node]) -> Node:
 
 @REBUILD.register(Solve)
 def _rebuild_solve(node: Solve, children: list[Node]) -> Node:
-    return solve(children[0], children[1])
+    return solve(children[0], children[1], node.spd)
 
 
 @REBUILD.register(Det)

@@ -142,7 +142,7 @@ _LOWER = Rules("kernel lowering", {
     ir.Add: _lower_add,
     ir.LogSumExp: lambda node, get: ir._intern(ir.LogSumExp(get(node.arg), node.axis)),
     ir.Softmax: lambda node, get: ir._intern(ir.Softmax(get(node.arg), node.axis)),
-    ir.Solve: lambda node, get: ir._intern(ir.Solve(get(node.a), get(node.b))),
+    ir.Solve: lambda node, get: ir._intern(ir.Solve(get(node.a), get(node.b), node.spd)),
     ir.Det: lambda node, get: ir._intern(ir.Det(get(node.a), node.log, node.spd)),
     ir.Named: lambda node, get: get(node.body),
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity): lambda node, get: node,

@@ -23,6 +23,7 @@ import sympy as sp
 
 from symdl import ir
 from symdl.errors import UnsupportedError
+from symdl.ir.evaluate import GRAM_PIVOT_TOLERANCE
 from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
 from symdl.kernels.scalar_code import FASTMATH
 
@@ -201,10 +202,23 @@ class LinearSolve(Step):
                 operands.append(gen.array_of(op))
         a, b = operands
         out = gen.array_of(node)
-        solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
+        lines = []
+        if node.spd:  # Cholesky: LinAlgError where the Gram matrix is numerically singular
+            lower = f"lower{number}"
+            pivots = f"pivots{number}"
+            lines += [f"{lower} = np.linalg.cholesky({a})",
+                      f"{pivots} = np.abs(np.diag({lower}))",
+                      f"if {pivots}.min() ** 2 <= ({GRAM_PIVOT_TOLERANCE} * {pivots}.size"
+                      f" * np.finfo(np.float64).eps * {pivots}.max() ** 2):",
+                      "    raise np.linalg.LinAlgError('the Gram matrix of a pseudo-inverse is "
+                      "numerically singular: the matrix does not have full rank')"]
+            half = f"np.linalg.solve({lower}, {b}.reshape({b}.shape[0], -1))"
+            solved = f"np.linalg.solve({lower}.T, {half}).reshape({out}.shape)"
+        else:
+            solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
         if gen.is_root(node):
-            return [f"{out}[...] = {solved}"]
-        return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+            return [*lines, f"{out}[...] = {solved}"]
+        return [*lines, f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
                 f"{out}[...] = {solved}"]
 
 

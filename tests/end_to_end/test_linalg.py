@@ -164,3 +164,81 @@ def test_singular_and_indefinite_matrices_raise_typed_errors(det_derivation, det
         symdl.logdet(sp.MatrixSymbol("X", d, 3))
     with pytest.raises(symdl.DefinitionError, match="spd"):
         symdl.logdet(S, spd="yes")
+
+
+# ---------------------------------------------------------------------------------------------
+# pinv of full-rank matrices: tall (full column rank) and wide (full row rank), one kernel.
+
+n = sp.Symbol("n", integer=True, positive=True)
+X = sp.MatrixSymbol("X", n, d)
+Y = sp.MatrixSymbol("Y", d, n)
+G = sp.MatrixSymbol("G", d, n)
+
+
+def _pinv_torch(x, y, g):
+    tall = torch.linalg.pinv(x)
+    wide = torch.linalg.pinv(y)
+    return (g * tall).sum() + (tall @ torch.tanh(x)).pow(2).sum() + (g @ wide).trace() \
+        + (wide * g.T).pow(2).sum() + (y @ wide).trace()
+
+
+@pytest.fixture(scope="module")
+def pinv_derivation() -> symdl.Derivation:
+    tall, wide = symdl.pinv(X), symdl.pinv(Y, full_rank="rows")
+    loss = (symdl.total(sp.hadamard_product(G, tall))
+            + symdl.total(sp.HadamardPower(tall * symdl.tanh(X), 2))
+            + symdl.trace(G * wide) + symdl.total(sp.HadamardPower(sp.hadamard_product(
+                wide, G.T), 2)) + symdl.trace(Y * wide))
+    return symdl.derive(loss, wrt=[X, Y], hessian=True)
+
+
+def _full_rank(condition: float, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(5, 3)))
+    v, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    x = u @ np.diag(np.geomspace(1.0, 1.0 / condition, 3)) @ v
+    return {"X": x, "Y": rng.normal(size=(3, 5)), "G": rng.normal(size=(3, 5))}
+
+
+@pytest.mark.parametrize("condition", [2.0, 1e4], ids=["well", "ill"])
+def test_pinv_value_gradient_and_hessian_match_torch(pinv_derivation, condition) -> None:
+    values = _full_rank(condition, 6)
+    tensors = [torch.tensor(values[k], requires_grad=True) for k in ("X", "Y")]
+    g = torch.tensor(values["G"])
+    value = _pinv_torch(*tensors, g)
+    grads = torch.autograd.grad(value, tensors)
+    hessian = torch.autograd.functional.hessian(lambda x, y: _pinv_torch(x, y, g),
+                                                tuple(t.detach() for t in tensors))
+    out = pinv_derivation.evaluate(values, {n: 5, d: 3})
+    # The Gram matrix squares the condition number: derivatives lose that many digits.
+    rtol = 1e-13 * condition**2
+    np.testing.assert_allclose(out["value"], value.item(), rtol=rtol)
+    for name, grad in zip(("X", "Y"), grads, strict=True):
+        want = grad.numpy()
+        np.testing.assert_allclose(out[f"grad:{name}"], want, rtol=rtol,
+                                   atol=rtol * abs(want).max())
+    for (i, p), (j, q) in [((0, "X"), (0, "X")), ((1, "Y"), (0, "X")), ((1, "Y"), (1, "Y"))]:
+        want = hessian[i][j].numpy().reshape(15, 15)
+        got = np.reshape(out[f"hessian:{p},{q}"], (15, 15))
+        np.testing.assert_allclose(got, want, rtol=rtol * 10, atol=rtol * 10 * abs(want).max())
+
+
+def test_pinv_kernel_matches_numpy_and_refuses_rank_deficient_matrices(pinv_derivation):
+    kernel = symdl.compile_expressions({"tall": symdl.pinv(X),
+                                        "wide": symdl.pinv(Y, full_rank="rows")})
+    values = _full_rank(10.0, 7)
+    out = kernel(X=values["X"], Y=values["Y"])
+    for name, key in (("tall", "X"), ("wide", "Y")):
+        np.testing.assert_allclose(out.outputs[name], np.linalg.pinv(values[key]), rtol=1e-12,
+                                   atol=1e-13)
+    assert "np.linalg.cholesky" in kernel.source and "np.linalg.inv" not in kernel.source
+    deficient = values["X"].copy()
+    deficient[:, 2] = deficient[:, 0] - deficient[:, 1]  # rank 2 of 3 columns
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        kernel(X=deficient, Y=values["Y"])
+    with pytest.raises(symdl.EvaluationError, match="full rank"):
+        pinv_derivation.evaluate({**values, "X": deficient}, {n: 5, d: 3})
+    assert sp.latex(symdl.pinv(X)) == "X^{+}"
+    with pytest.raises(symdl.DefinitionError, match="columns"):
+        symdl.pinv(X, full_rank="tall")
+
