@@ -827,8 +827,10 @@ def logdet(m: MatrixExpr, spd: bool = False) -> LogDet:
 
     Args:
         m: a square matrix expression.
-        spd: declares ``m`` symmetric positive definite: kernels factor it by Cholesky (half
-            the work of LU) and raise ``EvaluationError`` when it is not positive definite.
+        spd: declares ``m`` symmetric positive definite: kernels factor its symmetric part
+            ``(m + m^T)/2`` by Cholesky (half the work of LU; at a symmetric ``m`` the
+            gradient ``m^{-T}`` is exact for every entry) and raise ``EvaluationError`` when
+            it is not positive definite.
             Without it, LU with the sign (``numpy.linalg.slogdet``); a singular ``m`` raises
             ``EvaluationError``.
 

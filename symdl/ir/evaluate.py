@@ -198,7 +198,9 @@ def _det(node: ir.Det, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     a = ev[node.a]
     if node.spd:
         try:
-            logdet = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky(a))))
+            # The symmetric part: Cholesky reads one triangle, and the derivative A^{-T}
+            # counts both (a finite difference of one off-diagonal entry agrees with it).
+            logdet = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky((a + a.T) / 2))))
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
                 f"a determinant declared symmetric positive definite (spd=True) got a matrix "

@@ -255,7 +255,9 @@ class Determinant(Step):
             matrix = gen.array_of(a)
         sign, logdet = f"sign{number}", f"logdet{number}"
         if node.spd:
-            lines = [f"{logdet} = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky({matrix}))))",
+            # Of the symmetric part, as evaluation does (Cholesky reads one triangle).
+            lines = [f"{logdet} = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky("
+                     f"({matrix} + {matrix}.T) / 2))))",
                      f"{sign} = 1.0"]
         else:
             lines = [f"{sign}, {logdet} = np.linalg.slogdet({matrix})"]
