@@ -775,6 +775,8 @@ class _DetBase(sp.Expr):
             raise ShapeMismatchError(
                 f"{cls.__name__.lower()} needs a square matrix, got {m} of shape "
                 f"{rows} x {cols}", (rows, cols))
+        if isinstance(spd, sp.logic.boolalg.BooleanAtom):  # SymPy rebuilding from args
+            spd = bool(spd)
         if not isinstance(spd, bool):
             raise DefinitionError(f"spd= must be True or False, got {spd!r}")
         return super().__new__(cls, m, sp.true if spd else sp.false)
@@ -803,7 +805,12 @@ class LogDet(_DetBase):
         return rf"\log\det {self._operand_latex(printer)}"
 
     def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
-        return f"{printer._module_format('numpy.linalg.slogdet')}({printer._print(self.arg)})[1]"
+        # log(det A * sign(Re det A)): log |det A| for a real A, and analytic near it, so a
+        # complex-step derivative of it is right (slogdet's log |det| drops the imaginary
+        # part). For the small sizes checks use: det A may overflow where slogdet would not.
+        det = f"{printer._module_format('numpy.linalg.det')}({printer._print(self.arg)})"
+        return (f"{printer._module_format('numpy.log')}({det} * "
+                f"{printer._module_format('numpy.sign')}({det}.real))")
 
 
 class Det(_DetBase):
@@ -896,6 +903,8 @@ class PseudoInverse(MatrixExpr):
 
     def __new__(cls, m: MatrixExpr, full_rank: str):
         m = _as_matrix(sp.sympify(m), "pinv")
+        if isinstance(full_rank, sp.Symbol):  # SymPy rebuilding from args
+            full_rank = full_rank.name
         if full_rank not in ("columns", "rows"):
             raise DefinitionError(
                 f"pinv(m, full_rank=...) takes 'columns' (a tall m whose columns are linearly "

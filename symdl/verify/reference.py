@@ -87,6 +87,10 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             return sp.Add(*go(e.arg))
         if isinstance(e, sp.Trace):
             return go(e.arg).trace()
+        if isinstance(e, (Det, LogDet)) and hoisted is not None:
+            # NumPy takes the determinant of the hoisted matrix (SymPy's symbolic one grows
+            # factorially with its size).
+            return type(e)(hoist(e.arg), e.spd)
         if isinstance(e, (Det, LogDet)):  # the determinant of the explicit matrix
             value = go(e.arg).det()
             return sp.log(sp.Abs(value)) if isinstance(e, LogDet) else value

@@ -242,3 +242,14 @@ def test_pinv_kernel_matches_numpy_and_refuses_rank_deficient_matrices(pinv_deri
     with pytest.raises(symdl.DefinitionError, match="columns"):
         symdl.pinv(X, full_rank="tall")
 
+
+
+def test_the_new_sympy_objects_rebuild_from_their_args() -> None:
+    # SymPy rebuilds expressions as func(*args) (subs, xreplace, the reference evaluator):
+    # the spd flag and the full-rank declaration survive, and substitution works.
+    B = sp.MatrixSymbol("B", d, d)  # noqa: N806
+    for expr in (symdl.logdet(S, spd=True), symdl.det(A), symdl.pinv(X, full_rank="columns"),
+                 symdl.pinv(Y, full_rank="rows")):
+        assert expr.func(*expr.args) == expr
+    assert symdl.logdet(S, spd=True).subs(S, B) == symdl.logdet(B, spd=True)
+    assert symdl.pinv(Y, full_rank="rows").xreplace({Y: G}).full_rank == "rows"
