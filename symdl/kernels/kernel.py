@@ -38,7 +38,7 @@ from symdl.ir.assumptions import violation
 from symdl.kernels.codegen import Source, generate
 from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
-from symdl.kernels.plan import Contraction, Determinant, LinearSolve, plan
+from symdl.kernels.plan import Contraction, LinearSolve, plan
 from symdl.kernels.progress import compile_progress
 
 PARALLEL_MIN_ENTRIES = 1 << 15
@@ -155,8 +155,7 @@ class Kernel:
         if not self.jit or variant in self._variants_called:
             return contextlib.nullcontext()
         self._variants_called.add(variant)
-        loops = sum(not isinstance(s, (Contraction, LinearSolve, Determinant))
-                    for s in self._plan.steps)
+        loops = sum(not isinstance(s, (Contraction, LinearSolve)) for s in self._plan.steps)
         return compile_progress(self._title, loops)
 
     @property

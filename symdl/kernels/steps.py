@@ -164,7 +164,8 @@ def _flip(operand: str) -> str:
 
 _SOLVE_OPERAND = {
     ir.Identity: lambda gen, op: f"np.eye(int({gen.size(op.dim)}), dtype=dtype)",
-    ir.Ones: None,
+    # A^{-T} 1: the adjoint of a sum of all entries of a solve (total(A^{-1} B) in B).
+    ir.Ones: lambda gen, op: f"np.ones({gen.shape_tuple(op)}, dtype=dtype)",
     ir.Zero: None,
 }
 """How a linear solve reads an operand that is no array (None: it cannot)."""
@@ -232,6 +233,7 @@ class Determinant(Step):
     node: ir.Det
 
     summary: ClassVar[str] = "determinants"
+    jitted: ClassVar[bool] = False  # NumPy's LAPACK in the driver (main's Step.jitted)
 
     def reads(self) -> list[Read]:
         return [(self.node.a, None)]

@@ -253,3 +253,16 @@ def test_the_new_sympy_objects_rebuild_from_their_args() -> None:
         assert expr.func(*expr.args) == expr
     assert symdl.logdet(S, spd=True).subs(S, B) == symdl.logdet(B, spd=True)
     assert symdl.pinv(Y, full_rank="rows").xreplace({Y: G}).full_rank == "rows"
+
+
+def test_the_sum_of_a_solve_compiles_its_gradient() -> None:
+    # d total(A^{-1} b) / db = A^{-T} 1: a solve with a right-hand side of ones, which the
+    # kernel refused ("a linear solve of a constant Ones").
+    kernel = symdl.derive(symdl.total(A.inv() * b), wrt=[A, b]).compile()
+    rng = np.random.default_rng(8)
+    a, v = rng.normal(size=(3, 3)) + 3 * np.eye(3), rng.normal(size=(3, 1))
+    ta, tb = torch.tensor(a, requires_grad=True), torch.tensor(v, requires_grad=True)
+    torch.linalg.solve(ta, tb).sum().backward()
+    out = kernel(A=a, b=v)
+    np.testing.assert_allclose(out.grad["b"], tb.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(out.grad["A"], ta.grad.numpy(), rtol=1e-12)
