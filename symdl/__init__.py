@@ -24,13 +24,17 @@ import sys as _sys
 
 from symdl.define import optimizers, schedules, vocabulary
 from symdl.define.vocabulary import (
+    Det,
+    LogDet,
     LogSumExp,
+    PseudoInverse,
     Softmax,
     Total,
     absolute,
     bias,
     binary_cross_entropy_with_logits,
     broadcast,
+    det,
     elu,
     exp,
     expm1,
@@ -41,9 +45,11 @@ from symdl.define.vocabulary import (
     log,
     log1p,
     log_softmax,
+    logdet,
     logsumexp,
     mean,
     mse,
+    pinv,
     relu,
     rsqrt,
     sigmoid,
@@ -56,6 +62,7 @@ from symdl.define.vocabulary import (
     sum,
     tanh,
     total,
+    trace,
     variance,
 )
 from symdl.derivation import Derivation, Equation, compile_expressions, derive, evaluate
@@ -105,4 +112,5 @@ __all__ = [
     "softmax_cross_entropy", "softplus", "sum", "tanh", "total",
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
+    "Det", "LogDet", "PseudoInverse", "det", "logdet", "pinv", "trace",
 ]

@@ -15,7 +15,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
-from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
 from symdl.primitives.functions import lower_kinks
@@ -129,6 +129,14 @@ class Translator:
             return ir.softmax(self.matrix(e.arg), e.axis)
         if isinstance(e, LogSumExp):
             return ir.logsumexp(self.matrix(e.arg), e.axis)
+        if isinstance(e, PseudoInverse):
+            # (A^T A)^{-1} A^T or A^T (A A^T)^{-1} = ((A A^T)^{-1} A)^T: one Cholesky solve
+            # with the Gram matrix, symmetric positive definite when A has full rank.
+            m = self.matrix(e.arg)
+            gram = self.matrix(e.gram())
+            if e.full_rank == "columns":
+                return ir.solve(gram, ir.einsum([m], [(0, 1)], (1, 0)), spd=True)
+            return ir.einsum([ir.solve(gram, m, spd=True)], [(0, 1)], (1, 0))
         if isinstance(e, DiagMatrix):
             v = self.matrix(e.args[0])
             rows, cols = v.shape
@@ -260,6 +268,9 @@ class Translator:
             return ir.einsum([self.matrix(e.arg)], [(0, 0)], ()), ()
         if isinstance(e, Total):
             return ir.einsum([self.matrix(e.arg)], [(0, 1)], ()), ()
+        determinant = self._determinant(e)
+        if determinant is not None:
+            return determinant, ()
         if isinstance(e, (sp.Max, sp.Min, sp.Piecewise)):
             return self._kink(e)
         if isinstance(e, sp.Function):
@@ -270,6 +281,20 @@ class Translator:
             body = e.func(*[xs.get(a, a) for a in e.args])
             return self._elementwise(sp.Lambda(tuple(xs.values()), body), varying)
         raise UnsupportedError(f"{type(e).__name__} ({e}) is not supported in a definition")
+
+    def _determinant(self, e: sp.Basic) -> ir.Node | None:
+        """``det A`` (``sympy.Determinant``, ``symdl.det``) or ``log |det A|`` (its log, the log
+        of its absolute value, ``symdl.logdet``) as one node; None for anything else."""
+        if isinstance(e, (Det, LogDet)):
+            return ir.det(self.matrix(e.arg), log=isinstance(e, LogDet), spd=e.spd)
+        if isinstance(e, sp.Determinant):
+            return ir.det(self.matrix(e.arg))
+        if isinstance(e, sp.log):
+            inner = e.args[0].args[0] if isinstance(e.args[0], sp.Abs) else e.args[0]
+            if isinstance(inner, (Det, sp.Determinant)):
+                node = self._determinant(inner)
+                return ir.det(node.a, log=True, spd=node.spd)
+        return None
 
     def _is_constant(self, e: sp.Basic) -> bool:
         e = sp.sympify(e)

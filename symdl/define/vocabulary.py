@@ -654,3 +654,232 @@ def huber(m: sp.Basic, delta: sp.Basic | float = 1) -> sp.Basic:
         return sp.HadamardPower(a - excess, 2) / 2 + delta * excess
     excess = relu(a - delta)
     return (a - excess) ** 2 / 2 + delta * excess
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinants
+
+
+class _DetBase(sp.Expr):
+    """A scalar function of a square matrix expression, with its ``spd`` declaration."""
+
+    is_commutative = True
+    is_real = True
+    # Between a product (50) and a power (60): printed in parentheses as the base of a power,
+    # (det S)^2, but not as a factor, 2 det S.
+    precedence = 55
+
+    def __new__(cls, m: MatrixExpr, spd: bool = False):
+        m = _as_matrix(sp.sympify(m), cls.__name__)
+        rows, cols = m.shape
+        if rows != cols:
+            raise ShapeMismatchError(
+                f"{cls.__name__.lower()} needs a square matrix, got {m} of shape "
+                f"{rows} x {cols}", (rows, cols))
+        if isinstance(spd, sp.logic.boolalg.BooleanAtom):  # SymPy rebuilding from args
+            spd = bool(spd)
+        if not isinstance(spd, bool):
+            raise DefinitionError(f"spd= must be True or False, got {spd!r}")
+        return super().__new__(cls, m, sp.true if spd else sp.false)
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def spd(self) -> bool:
+        """Whether the user declared the matrix symmetric positive definite."""
+        return bool(self.args[1])
+
+    def _operand_latex(self, printer) -> str:
+        text = printer._print(self.arg)
+        return text if isinstance(self.arg, sp.MatrixSymbol) else rf"\left({text}\right)"
+
+
+class LogDet(_DetBase):
+    """``log |det A|`` of a square matrix expression (``log det A`` where ``det A > 0``)."""
+
+    def doit(self, **hints) -> sp.Expr:
+        return sp.log(sp.Abs(sp.Determinant(self.arg).doit(**hints)))
+
+    def _latex(self, printer) -> str:
+        return rf"\log\det {self._operand_latex(printer)}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        # log(det A * sign(Re det A)): log |det A| for a real A, and analytic near it, so a
+        # complex-step derivative of it is right (slogdet's log |det| drops the imaginary
+        # part). For the small sizes checks use: det A may overflow where slogdet would not.
+        det = f"{printer._module_format('numpy.linalg.det')}({printer._print(self.arg)})"
+        return (f"{printer._module_format('numpy.log')}({det} * "
+                f"{printer._module_format('numpy.sign')}({det}.real))")
+
+
+class Det(_DetBase):
+    """``det A`` of a square matrix expression."""
+
+    def doit(self, **hints) -> sp.Expr:
+        return sp.Determinant(self.arg).doit(**hints)
+
+    def _latex(self, printer) -> str:
+        return rf"\det {self._operand_latex(printer)}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.linalg.det')}({printer._print(self.arg)})"
+
+
+def logdet(m: MatrixExpr, spd: bool = False) -> LogDet:
+    """``log |det m|`` of a square matrix: ``log det m`` wherever ``det m > 0`` (a covariance).
+
+    Its gradient is ``m^{-T}`` (``d log det A = tr(A^{-1} dA)``), computed by a linear solve,
+    never an explicit inverse. ``sympy.log(sympy.Determinant(m))`` means the same.
+
+    Args:
+        m: a square matrix expression.
+        spd: declares ``m`` symmetric positive definite: kernels factor its symmetric part
+            ``(m + m^T)/2`` by Cholesky (half the work of LU; at a symmetric ``m`` the
+            gradient ``m^{-T}`` is exact for every entry) and raise ``EvaluationError`` when
+            it is not positive definite.
+            Without it, LU with the sign (``numpy.linalg.slogdet``); a singular ``m`` raises
+            ``EvaluationError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> S = sp.MatrixSymbol("S", d, d)
+        >>> symdl.derive(symdl.logdet(S, spd=True), wrt=[S]).gradient(S)
+        S.T**(-1)
+        >>> round(float(symdl.evaluate(symdl.logdet(S), {"S": [[2.0, 0.0], [0.0, 3.0]]},
+        ...                            {d: 2})), 6)
+        1.791759
+    """
+    return LogDet(m, spd)
+
+
+def det(m: MatrixExpr, spd: bool = False) -> Det:
+    """``det m`` of a square matrix; ``sympy.det(m)`` (a ``Determinant``) means the same.
+
+    Its gradient is ``det(m) m^{-T}``, computed by a linear solve. Kernels compute it from
+    ``log |det m|`` and the sign of an LU factorisation (Cholesky when ``spd``), so a large
+    matrix neither overflows nor underflows in the factorisation.
+
+    Args:
+        m: a square matrix expression.
+        spd: declares ``m`` symmetric positive definite (Cholesky in kernels).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> A = sp.MatrixSymbol("A", d, d)
+        >>> round(float(symdl.evaluate(symdl.det(A), {"A": [[1.0, 2.0], [3.0, 4.0]]},
+        ...                            {d: 2})), 12)
+        -2.0
+    """
+    return Det(m, spd)
+
+
+def trace(m: MatrixExpr) -> sp.Expr:
+    """The trace ``Σ_i m[i, i]`` of a square matrix (``sympy.Trace``); its gradient is ``I``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> A = sp.MatrixSymbol("A", d, d)
+        >>> float(symdl.evaluate(symdl.trace(A), {"A": [[1.0, 2.0], [3.0, 4.0]]}, {d: 2}))
+        5.0
+    """
+    m = _as_matrix(sp.sympify(m), "trace")
+    if m.shape[0] != m.shape[1]:
+        raise ShapeMismatchError(
+            f"trace needs a square matrix, got {m} of shape {m.shape[0]} x {m.shape[1]}",
+            tuple(m.shape))
+    return sp.Trace(m)
+
+
+class PseudoInverse(MatrixExpr):
+    """The Moore-Penrose pseudo-inverse of a full-rank matrix expression: ``(A^T A)^{-1} A^T``
+    (full column rank, ``rows="columns"``) or ``A^T (A A^T)^{-1}`` (full row rank)."""
+
+    def __new__(cls, m: MatrixExpr, full_rank: str):
+        m = _as_matrix(sp.sympify(m), "pinv")
+        if isinstance(full_rank, sp.Symbol):  # SymPy rebuilding from args
+            full_rank = full_rank.name
+        if full_rank not in ("columns", "rows"):
+            raise DefinitionError(
+                f"pinv(m, full_rank=...) takes 'columns' (a tall m whose columns are linearly "
+                f"independent) or 'rows' (a wide m, independent rows), got {full_rank!r}")
+        return super().__new__(cls, m, sp.Symbol(full_rank))
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def full_rank(self) -> str:
+        return str(self.args[1])
+
+    @property
+    def shape(self) -> tuple[sp.Expr, sp.Expr]:
+        rows, cols = self.arg.shape
+        return (cols, rows)
+
+    def gram(self) -> MatrixExpr:
+        """The Gram matrix that is inverted: ``A^T A`` or ``A A^T``."""
+        m = self.arg
+        return m.T * m if self.full_rank == "columns" else m * m.T
+
+    def doit(self, **hints) -> MatrixExpr:
+        # Kept whole (as SymPy keeps Inverse): products call doit() on their factors, and the
+        # translator reads the full-rank declaration from this node (a checked Cholesky).
+        m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
+        return PseudoInverse(m, self.full_rank)
+
+    def explicit(self) -> MatrixExpr:
+        """``(A^T A)^{-1} A^T`` or ``A^T (A A^T)^{-1}``."""
+        m = self.arg
+        if self.full_rank == "columns":
+            return sp.Inverse(self.gram()) * m.T
+        return m.T * sp.Inverse(self.gram())
+
+    def _entry(self, i, j, **kwargs) -> sp.Expr:
+        return MatrixElement(self, i, j)
+
+    def _latex(self, printer) -> str:
+        base = printer._print(self.arg)
+        if not isinstance(self.arg, sp.MatrixSymbol):
+            base = rf"\left({base}\right)"
+        return rf"{base}^{{+}}"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        return f"{printer._module_format('numpy.linalg.pinv')}({printer._print(self.arg)})"
+
+
+def pinv(m: MatrixExpr, full_rank: str = "columns") -> PseudoInverse:
+    """The pseudo-inverse ``m^+`` of a matrix of full rank.
+
+    Assumption (stated, and checked at run time): ``m`` has full rank. With
+    ``full_rank="columns"`` (a tall ``n x d`` matrix, ``n >= d``, independent columns) it is
+    ``(m^T m)^{-1} m^T``; with ``full_rank="rows"`` (a wide one, independent rows) it is
+    ``m^T (m m^T)^{-1}``. Kernels and evaluation solve with the Gram matrix by Cholesky, never
+    forming an inverse, and raise ``EvaluationError`` where the Gram matrix is numerically
+    singular (rank-deficient ``m``). Derivatives, Hessians and LaTeX (``m^{+}``) follow from
+    the derivative of the inverse. SymPy's ``MatrixSymbol`` has no ``.pinv()``: use this.
+
+    Args:
+        m: a matrix expression.
+        full_rank: ``"columns"`` (default) or ``"rows"``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> P = symdl.pinv(X)
+        >>> P.shape
+        (d, n)
+        >>> symdl.evaluate(P, {"X": [[1.0, 0.0], [0.0, 2.0], [0.0, 0.0]]}, {n: 3, d: 2}).tolist()
+        [[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]
+    """
+    return PseudoInverse(m, full_rank)

@@ -128,11 +128,24 @@ def _transpose(a: ir.Node) -> ir.Node:
 @VJP.register(ir.Solve)
 def _vjp_solve(node: ir.Solve, adj: ir.Node, k: int) -> ir.Node:
     # X = A^{-1} B: B̄ = A^{-T} X̄ and Ā = -B̄ X^T (summed over every axis of B after the first).
-    b_bar = ir.solve(_transpose(node.a), adj)
+    b_bar = ir.solve(_transpose(node.a), adj, node.spd)
     if k == 1:
         return b_bar
     rest = tuple(range(2, 1 + node.rank))
     return ir.einsum([b_bar, node], [(0,) + rest, (1,) + rest], (0, 1), -1)
+
+
+def _inverse_transpose(a: ir.Node) -> ir.Node:
+    """``A^{-T}`` as the linear solve ``(A^T)^{-1} I``: kernels factor, never invert."""
+    return ir.solve(_transpose(a), ir.identity(a.shape[0]))
+
+
+@VJP.register(ir.Det)
+def _vjp_det(node: ir.Det, adj: ir.Node, k: int) -> ir.Node:
+    # d log|det A| = tr(A^{-1} dA): Ā = ā A^{-T}; and d det A = det A tr(A^{-1} dA).
+    scale = [adj] if node.log else [adj, node]
+    return ir.einsum([*scale, _inverse_transpose(node.a)], [()] * len(scale) + [(0, 1)],
+                     (0, 1))
 
 
 def dependents(roots: list[ir.Node], targets: list[ir.Node]) -> set[int]:
@@ -268,7 +281,19 @@ def _jvp_solve(node: ir.Solve, tangents: list, extra: tuple[int, ...]) -> ir.Nod
     terms = [] if t_b is None else [t_b]
     if t_a is not None:
         terms.append(ir.einsum([t_a, node], [(0, 1) + ext, (1,) + rest], (0,) + rest + ext, -1))
-    return ir.solve(node.a, ir.add(*terms))
+    return ir.solve(node.a, ir.add(*terms), node.spd)
+
+
+@JVP.register(ir.Det)
+def _jvp_det(node: ir.Det, tangents: list, extra: tuple[int, ...]) -> ir.Node:
+    # d log|det A| = tr(A^{-1} dA), the trace over the matrix axes of a solve with the tangent
+    # (seed axes kept); d det A = det A tr(A^{-1} dA).
+    (t_a,) = tangents
+    ext = tuple(range(1, 1 + len(extra)))
+    solved = ir.solve(node.a, t_a)
+    if node.log:
+        return ir.einsum([solved], [(0, 0) + ext], ext)
+    return ir.einsum([node, solved], [(), (0, 0) + ext], ext)
 
 
 def forward(root: ir.Node, seeds: dict[int, ir.Node], extra: tuple) -> ir.Node:

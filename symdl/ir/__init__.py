@@ -10,6 +10,7 @@ interpreter of the IR dispatches.
 
 from symdl.ir.nodes import (
     Add,
+    Det,
     Einsum,
     Identity,
     Labels,
@@ -30,6 +31,7 @@ from symdl.ir.nodes import (
     broadcast,
     canonical_lambda,
     count_nodes,
+    det,
     einsum,
     hadamard,
     identity,
@@ -51,6 +53,7 @@ from symdl.ir.nodes import (
 
 __all__ = [
     "Add",
+    "Det",
     "Einsum",
     "Identity",
     "Labels",
@@ -71,6 +74,7 @@ __all__ = [
     "broadcast",
     "canonical_lambda",
     "count_nodes",
+    "det",
     "einsum",
     "hadamard",
     "identity",

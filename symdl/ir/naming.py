@@ -43,7 +43,7 @@ def _never(node: ir.Node, uses: int) -> bool:
     return False  # a leaf is as short as a name; a named step has one already
 
 
-@WORTH_A_NAME.register(ir.Einsum, ir.Add, ir.Solve)
+@WORTH_A_NAME.register(ir.Einsum, ir.Add, ir.Solve, ir.Det)
 def _when_shared(node: ir.Node, uses: int) -> bool:
     return uses >= 2
 

@@ -12,6 +12,7 @@ few node kinds, and one of them does most of the work:
 * ``Add``: a sum of tensors of one shape.
 * ``LogSumExp`` and ``Softmax`` along an axis: stable primitives.
 * ``Solve``: ``A^{-1} B``, a linear solve (the matrix inverse is ``A^{-1} I``).
+* ``Det``: ``det A`` or ``log |det A|``, a scalar (LU or Cholesky in kernels).
 * ``Named``: a user's intermediate (``Z1``) or its adjoint (``dZ1``); it blocks inlining so
   equations stay small.
 * Leaves: ``Leaf`` (an input or parameter), ``Ones``, ``Identity`` and ``Zero``.
@@ -211,13 +212,34 @@ class Solve(Node):
 
     a: Node
     b: Node
-    _fields: ClassVar[tuple[str, ...]] = ("a", "b")
+    spd: bool = False
+    """``A`` is symmetric positive definite by construction (a Gram matrix ``X^T X``): solved
+    by Cholesky, which fails, as a typed error, where ``A`` is numerically singular."""
+    _fields: ClassVar[tuple[str, ...]] = ("a", "b", "spd")
 
     def _compute_shape(self) -> Shape:
         return self.b.shape
 
     def children(self) -> tuple[Node, ...]:
         return (self.a, self.b)
+
+
+@dataclass(frozen=True, eq=False)
+class Det(Node):
+    """The determinant of a square matrix ``a`` (a scalar): ``log |det a|`` when ``log``,
+    else ``det a``. ``spd``: the user declared ``a`` symmetric positive definite, so kernels
+    factor it by Cholesky (LU with the sign otherwise)."""
+
+    a: Node
+    log: bool
+    spd: bool
+    _fields: ClassVar[tuple[str, ...]] = ("a", "log", "spd")
+
+    def _compute_shape(self) -> Shape:
+        return ()
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.a,)
 
 
 @dataclass(frozen=True, eq=False)
@@ -535,8 +557,9 @@ def softmax(arg: Node, axis: int) -> Softmax:
     return _intern(Softmax(arg, axis))
 
 
-def solve(a: Node, b: Node) -> Node:
-    """``A^{-1} B`` (the inverse itself is ``solve(A, identity)``); zero when ``B`` is."""
+def solve(a: Node, b: Node, spd: bool = False) -> Node:
+    """``A^{-1} B`` (the inverse itself is ``solve(A, identity)``); zero when ``B`` is.
+    ``spd``: ``A`` is symmetric positive definite by construction (Cholesky, checked)."""
     _require_matrix(a, "solve")
     if a.shape[0] != a.shape[1]:
         raise ShapeMismatchError(
@@ -549,7 +572,17 @@ def solve(a: Node, b: Node) -> Node:
         )
     if is_zero(b):
         return b
-    return _intern(Solve(a, b))
+    return _intern(Solve(a, b, bool(spd)))
+
+
+def det(a: Node, log: bool = False, spd: bool = False) -> Det:
+    """``det a``, or ``log |det a|`` when ``log``; ``spd`` declares ``a`` symmetric positive
+    definite (its kernel then factors it by Cholesky)."""
+    _require_matrix(a, "a determinant")
+    if a.shape[0] != a.shape[1]:
+        raise ShapeMismatchError(
+            f"a determinant needs a square matrix, got shape {a.shape}", a.shape)
+    return _intern(Det(a, bool(log), bool(spd)))
 
 
 def _require_matrix(arg: Node, what: str) -> None:
@@ -624,7 +657,12 @@ def _rebuild_softmax(node: Softmax, children: list[Node]) -> Node:
 
 @REBUILD.register(Solve)
 def _rebuild_solve(node: Solve, children: list[Node]) -> Node:
-    return solve(children[0], children[1])
+    return solve(children[0], children[1], node.spd)
+
+
+@REBUILD.register(Det)
+def _rebuild_det(node: Det, children: list[Node]) -> Node:
+    return det(children[0], node.log, node.spd)
 
 
 @REBUILD.register(Named)

@@ -469,7 +469,8 @@ _MEMBER_CODE = Rules("loop code", {
     ir.LogSumExp: _logsumexp_code,
     ir.Softmax: _softmax_code,
     # Values are read, not computed; a solve is a step of its own; names are lowered away.
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Named): _not_a_loop_member,
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Det, ir.Named):
+        _not_a_loop_member,
 })
 
 

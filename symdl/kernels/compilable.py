@@ -49,7 +49,7 @@ def _check_einsum(node: ir.Einsum) -> None:
 
 
 @CHECK.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Add, ir.LogSumExp, ir.Softmax,
-                ir.Solve, ir.Named)
+                ir.Solve, ir.Det, ir.Named)
 def _check_nothing(node: ir.Node) -> None:
     pass  # no scalar body or constant of its own
 

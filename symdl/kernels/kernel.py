@@ -457,7 +457,8 @@ class Kernel:
                 _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
             raise EvaluationError(
-                f"a linear solve in this kernel failed ({exc}): its matrix is singular at "
+                f"a linear solve or a determinant in this kernel failed ({exc}): its matrix is "
+                "singular (or, declared positive definite, is not) at "
                 "these inputs; regularise it (add a multiple of the identity) or use a "
                 "least-squares solution") from exc
         finally:

@@ -35,7 +35,7 @@ def _never(what: str):
 _POINTWISE = Rules("test for pointwise nodes", {
     (ir.Map, ir.Add, ir.LogSumExp, ir.Softmax): lambda node: True,
     ir.Einsum: lambda node: bool(node.operands) and not summed_labels(node),
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Named): lambda node: False,
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Det, ir.Named): lambda node: False,
 })
 
 
@@ -46,7 +46,8 @@ def is_pointwise(node: ir.Node) -> bool:
 
 _ROW_STATS = Rules("row statistics", {
     (ir.LogSumExp, ir.Softmax): lambda node: (node.arg, node.axis),
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Map, ir.Add, ir.Solve, ir.Named):
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Map, ir.Add, ir.Solve, ir.Det,
+     ir.Named):
         lambda node: None,
 })
 
@@ -85,7 +86,8 @@ _OPERAND_READS = Rules("loop reads", {
     (ir.Map, ir.Add): lambda node, loop_vars: [(c, loop_vars) for c in node.children()],
     (ir.LogSumExp, ir.Softmax): lambda node, loop_vars: [(node.arg, loop_vars)],
     # Values are read, not computed; a solve is a step of its own; names are lowered away.
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Named): lambda node, loop_vars: [],
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Det, ir.Named):
+        lambda node, loop_vars: [],
 })
 
 
@@ -114,7 +116,7 @@ def einsum_label_vars(node: ir.Einsum) -> dict[int, object]:
 _OWN_LOOP_VARS = Rules("loop variables", {
     ir.Einsum: einsum_label_vars,
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Map, ir.Add, ir.LogSumExp, ir.Softmax,
-     ir.Solve, ir.Named): lambda node: iteration(node)[1],
+     ir.Solve, ir.Det, ir.Named): lambda node: iteration(node)[1],
 })
 
 
@@ -131,7 +133,8 @@ def _map_cost(node: ir.Map) -> int:
 _LOOP_COST = Rules("loop cost", {
     ir.Map: _map_cost,
     (ir.LogSumExp, ir.Softmax): lambda node: 14,
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Add, ir.Solve, ir.Named):
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Einsum, ir.Add, ir.Solve, ir.Det,
+     ir.Named):
         lambda node: 1 + len(node.children()),
 })
 
@@ -147,7 +150,8 @@ _ENTRY_FLOPS = Rules("operation count", {
     ir.Map: lambda node, reduction: max(sp.count_ops(node.fn.expr), 1),
     ir.Add: lambda node, reduction: len(node.terms) - 1,
     (ir.LogSumExp, ir.Softmax): lambda node, reduction: 3,
-    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Named): _never("a loop member"),
+    (ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Solve, ir.Det, ir.Named):
+        _never("a loop member"),
 })
 
 

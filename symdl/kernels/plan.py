@@ -34,6 +34,7 @@ from symdl.kernels.loops import (
 )
 from symdl.kernels.steps import (
     Contraction,
+    Determinant,
     LinearSolve,
     LoopGroup,
     RowStats,
@@ -141,7 +142,8 @@ _LOWER = Rules("kernel lowering", {
     ir.Add: _lower_add,
     ir.LogSumExp: lambda node, get: ir._intern(ir.LogSumExp(get(node.arg), node.axis)),
     ir.Softmax: lambda node, get: ir._intern(ir.Softmax(get(node.arg), node.axis)),
-    ir.Solve: lambda node, get: ir._intern(ir.Solve(get(node.a), get(node.b))),
+    ir.Solve: lambda node, get: ir._intern(ir.Solve(get(node.a), get(node.b), node.spd)),
+    ir.Det: lambda node, get: ir._intern(ir.Det(get(node.a), node.log, node.spd)),
     ir.Named: lambda node, get: get(node.body),
     (ir.Leaf, ir.Ones, ir.Zero, ir.Identity): lambda node, get: node,
 })
@@ -300,8 +302,8 @@ _CHEAP_ARITHMETIC = Rules("test for cheap arithmetic", {
     ir.Map: _cheap_map,
     (ir.Einsum, ir.Add): lambda node: True,
     # Row statistics, solves: never cheap; the rest is never computed in a loop.
-    (ir.LogSumExp, ir.Softmax, ir.Solve, ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.Named):
-        lambda node: False,
+    (ir.LogSumExp, ir.Softmax, ir.Solve, ir.Det, ir.Leaf, ir.Ones, ir.Zero, ir.Identity,
+     ir.Named): lambda node: False,
 })
 
 
@@ -357,6 +359,10 @@ class _Planner:
         self.materialize(node.a)
         self.materialize(node.b)
         self.add_step(LinearSolve(node), node)
+
+    def place_determinant(self, node: ir.Det) -> None:
+        self.materialize(node.a)
+        self.add_step(Determinant(node), node)
 
     def place_computed(self, node: ir.Node) -> None:
         """A BLAS product when ``node`` is one, else a member of a fused loop."""
@@ -452,6 +458,7 @@ def _not_placed(node: ir.Node, planner: _Planner) -> None:
 
 _PLACE = Rules("kernel planning", {
     ir.Solve: lambda node, planner: planner.place_solve(node),
+    ir.Det: lambda node, planner: planner.place_determinant(node),
     (ir.Einsum, ir.Map, ir.Add, ir.LogSumExp, ir.Softmax):
         lambda node, planner: planner.place_computed(node),
     # Values are read where they are needed; names are lowered away.
@@ -663,8 +670,8 @@ TABLES = (_LOWER, _PLACE, _CHEAP_ARITHMETIC)
 """The rule tables of this module (their coverage of every node kind is tested)."""
 
 __all__ = [
-    "MAX_ADD_TERMS", "MAX_LOOP_COST", "Contraction", "LinearSolve", "LoopGroup", "Plan",
-    "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
+    "MAX_ADD_TERMS", "MAX_LOOP_COST", "Contraction", "Determinant", "LinearSolve", "LoopGroup",
+    "Plan", "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
     "einsum_label_vars", "is_pointwise", "loop_cost", "lower", "node_reads", "operand_reads",
     "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",
     "symmetric_form",

@@ -3,6 +3,7 @@ operation count and the code it becomes:
 
 * ``Contraction``: a matrix product ``A^T B`` and its kin, given to NumPy's BLAS;
 * ``LinearSolve``: ``A^{-1} B`` by LU factorisation (LAPACK);
+* ``Determinant``: ``det A`` or ``log |det A|`` by LU, or Cholesky for a declared SPD ``A``;
 * ``RowStats``: the row (or column) maximum and sum of exponentials that ``softmax`` and
   ``logsumexp`` need, in one pass per row with a max shift;
 * ``LoopGroup``: one fused loop nest over an iteration space, computing every elementwise node
@@ -22,6 +23,7 @@ import sympy as sp
 
 from symdl import ir
 from symdl.errors import UnsupportedError
+from symdl.ir.evaluate import GRAM_PIVOT_TOLERANCE
 from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
 from symdl.kernels.scalar_code import FASTMATH
 
@@ -166,7 +168,8 @@ def _flip(operand: str) -> str:
 
 _SOLVE_OPERAND = {
     ir.Identity: lambda gen, op: f"np.eye(int({gen.size(op.dim)}), dtype=dtype)",
-    ir.Ones: None,
+    # A^{-T} 1: the adjoint of a sum of all entries of a solve (total(A^{-1} B) in B).
+    ir.Ones: lambda gen, op: f"np.ones({gen.shape_tuple(op)}, dtype=dtype)",
     ir.Zero: None,
 }
 """How a linear solve reads an operand that is no array (None: it cannot)."""
@@ -205,11 +208,75 @@ class LinearSolve(Step):
                 operands.append(gen.array_of(op))
         a, b = operands
         out = gen.array_of(node)
-        solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
+        lines = []
+        if node.spd:  # Cholesky: LinAlgError where the Gram matrix is numerically singular
+            lower = f"lower{number}"
+            pivots = f"pivots{number}"
+            lines += [f"{lower} = np.linalg.cholesky({a})",
+                      f"{pivots} = np.abs(np.diag({lower}))",
+                      f"if {pivots}.min() ** 2 <= ({GRAM_PIVOT_TOLERANCE} * {pivots}.size"
+                      f" * np.finfo(np.float64).eps * {pivots}.max() ** 2):",
+                      "    raise np.linalg.LinAlgError('the Gram matrix of a pseudo-inverse is "
+                      "numerically singular: the matrix does not have full rank')"]
+            half = f"np.linalg.solve({lower}, {b}.reshape({b}.shape[0], -1))"
+            solved = f"np.linalg.solve({lower}.T, {half}).reshape({out}.shape)"
+        else:
+            solved = f"np.linalg.solve({a}, {b}.reshape({b}.shape[0], -1)).reshape({out}.shape)"
         if gen.is_root(node):
-            return [f"{out}[...] = {solved}"]
-        return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+            return [*lines, f"{out}[...] = {solved}"]
+        return [*lines, f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
                 f"{out}[...] = {solved}"]
+
+
+@dataclass(eq=False)
+class Determinant(Step):
+    """``det A`` or ``log |det A|`` in the driver: Cholesky for a matrix declared symmetric
+    positive definite (``log det A = 2 Σ log diag L``), else LU with its sign
+    (``np.linalg.slogdet``). A singular (or, declared SPD, not positive definite) matrix
+    raises ``LinAlgError``, which the kernel turns into a typed ``EvaluationError``."""
+
+    node: ir.Det
+
+    summary: ClassVar[str] = "determinants"
+    jitted: ClassVar[bool] = False  # NumPy's LAPACK in the driver (main's Step.jitted)
+
+    def reads(self) -> list[Read]:
+        return [(self.node.a, None)]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def flops(self) -> sp.Expr:
+        rows = self.node.a.shape[0]
+        return (sp.Rational(1, 3) if self.node.spd else sp.Rational(2, 3)) * rows**3
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        a = node.a
+        if type(a) in _SOLVE_OPERAND or ir.is_scalar_constant(a):
+            read = _SOLVE_OPERAND.get(type(a))
+            if read is None:
+                raise UnsupportedError(f"the determinant of a constant {type(a).__name__}")
+            matrix = read(gen, a)
+        else:
+            matrix = gen.array_of(a)
+        sign, logdet = f"sign{number}", f"logdet{number}"
+        if node.spd:
+            # Of the symmetric part, as evaluation does (Cholesky reads one triangle).
+            lines = [f"{logdet} = 2.0 * np.sum(np.log(np.diag(np.linalg.cholesky("
+                     f"({matrix} + {matrix}.T) / 2))))",
+                     f"{sign} = 1.0"]
+        else:
+            lines = [f"{sign}, {logdet} = np.linalg.slogdet({matrix})"]
+            if node.log:  # det A = 0 is a value; log |det A| = -inf is not
+                lines += [f"if {sign} == 0 or not np.isfinite({logdet}):",
+                          "    raise np.linalg.LinAlgError('Singular matrix (determinant 0)')"]
+        value = logdet if node.log else f"{sign} * np.exp({logdet})"
+        out = gen.array_of(node)
+        if gen.is_root(node):
+            return [*lines, f"{out}[...] = {value}"]
+        return [*lines, f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+                f"{out}[...] = {value}"]
 
 
 @dataclass(eq=False)
@@ -434,7 +501,8 @@ class RowStream(Step):
                 f"    _stream{number}({header})"]
 
 
-STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve, RowStream)
+STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve,
+                                     Determinant, RowStream)
 """Every kind of step, in the order the module's docstring counts them."""
 
 

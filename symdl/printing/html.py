@@ -17,6 +17,7 @@ SKIP_COLOUR = "#eeeeee"
 _STEP_LABELS = {
     "Contraction": "matrix product (BLAS)",
     "LinearSolve": "linear solve (LAPACK)",
+    "Determinant": "determinant (LU, or Cholesky when SPD)",
     "LoopGroup": "fused loop",
     "RowStats": "row pass (max and sum of exp)",
     "RowStream": "one pass over the rows (X v, loop, X^T r)",

@@ -83,6 +83,12 @@ class PlainPrinter(StrPrinter):
     def _print_Total(self, expr) -> str:
         return f"sum({self._print(expr.arg)})"
 
+    def _print_LogDet(self, expr) -> str:
+        return f"logdet({self._print(expr.arg)})"
+
+    def _print_Det(self, expr) -> str:
+        return f"det({self._print(expr.arg)})"
+
 
 def _is_negative(term: sp.Basic) -> bool:
     coeff = term.as_coeff_mmul()[0] if isinstance(term, sp.MatMul) else 1

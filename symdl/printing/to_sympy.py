@@ -21,7 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.ir.shape import squeeze
@@ -433,6 +433,22 @@ def _scalar_entry(node: ir.Node, printer: SympyPrinter) -> sp.Expr:
     return printer.index(node, ())
 
 
+@SCALAR.register(ir.Det)
+def _scalar_det(node: ir.Det, printer: SympyPrinter) -> sp.Expr:
+    kind = LogDet if node.log else Det
+    return kind(printer.matrix(node.a), node.spd)
+
+
+@MATRIX.register(ir.Det)
+def _matrix_det(node: ir.Det, printer: SympyPrinter) -> sp.Basic:
+    raise _NoMatrixFormError(node)  # a scalar (matrix() refuses rank 0 before this)
+
+
+@INDEX.register(ir.Det)
+def _index_det(node: ir.Det, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return printer.scalar(node)  # a scalar has no indices
+
+
 @MATRIX.register(ir.Leaf)
 def _matrix_leaf(node: ir.Leaf, printer: SympyPrinter) -> sp.Basic:
     if not isinstance(node.symbol, sp.MatrixExpr):
@@ -555,12 +571,14 @@ def _index_row_function(node: ir.Node, printer: SympyPrinter, indices: tuple) ->
 
 @INDEX.register(ir.Solve)
 def _index_solve(node: ir.Solve, printer: SympyPrinter, indices: tuple) -> sp.Expr:
-    if node.rank != 2:
-        raise UnsupportedError(
-            f"a linear solve with a right-hand side of rank {node.rank} (a tangent of "
-            "a matrix parameter) has no index notation yet; evaluate or compile it"
-        )
-    return MatrixElement(printer.matrix(node), *indices)
+    if node.rank == 2:
+        return MatrixElement(printer.matrix(node), *indices)
+    # A right-hand side with more axes (a tangent of a matrix parameter, in a Hessian block):
+    # (A^{-1} B)[i, r...] = Σ_k (A^{-1})[i, k] B[k, r...].
+    k = printer._fresh_index()
+    inverse = MatrixElement(sp.Inverse(printer.matrix(node.a)), indices[0], k)
+    body = inverse * printer.index(node.b, (k,) + tuple(indices[1:]))
+    return sp.Sum(body, (k, 0, node.a.shape[0] - 1))
 
 
 def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:

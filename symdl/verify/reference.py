@@ -22,7 +22,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
-from symdl.define.vocabulary import LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import SymdlError
 from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE  # noqa: F401 - check reads it here
 
@@ -87,6 +87,13 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             return sp.Add(*go(e.arg))
         if isinstance(e, sp.Trace):
             return go(e.arg).trace()
+        if isinstance(e, (Det, LogDet)) and hoisted is not None:
+            # NumPy takes the determinant of the hoisted matrix (SymPy's symbolic one grows
+            # factorially with its size).
+            return type(e)(hoist(e.arg), e.spd)
+        if isinstance(e, (Det, LogDet)):  # the determinant of the explicit matrix
+            value = go(e.arg).det()
+            return sp.log(sp.Abs(value)) if isinstance(e, LogDet) else value
         if isinstance(e, MatrixExpr):
             return sp.ImmutableMatrix(matrix(e))
         if isinstance(e, sp.Sum):
@@ -189,6 +196,8 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             return sp.zeros(rows, cols)
         if isinstance(e, sp.Identity):
             return sp.eye(rows)
+        if isinstance(e, PseudoInverse):  # (A^T A)^{-1} A^T or A^T (A A^T)^{-1}
+            return matrix(e.explicit())
         if isinstance(e, DiagMatrix):
             return sp.diag(*list(matrix(e.args[0])))
         if isinstance(e, (Softmax, LogSumExp)):

@@ -18,7 +18,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from symdl import catalog as registry
 from symdl.ir.assumptions import conform
 
-DIMS = {"n": 5, "k": 3, "d": 4, "m": 6}
+DIMS = {"n": 5, "k": 3, "d": 4, "m": 6, "p": 7}
 _KERNELS: dict[str, tuple] = {}
 
 
@@ -185,6 +185,37 @@ def np_map_gaussian_prior(X, y, w, sigma, tau):  # noqa: N803
                    "tau": d / tau - np.sum(w**2) / tau**3}
 
 
+def np_gaussian_mvn_nll(X, mu, S):  # noqa: N803
+    n, d = X.shape
+    r = X - mu
+    s_inv = np.linalg.inv(S)
+    value = (np.linalg.slogdet(S)[1] + np.trace(s_inv @ r.T @ r) / n + d * np.log(2 * np.pi)) / 2
+    return value, {"mu": -(r.sum(axis=0, keepdims=True) @ (s_inv + s_inv.T)) / (2 * n),
+                   "S": (s_inv.T - s_inv.T @ r.T @ r @ s_inv.T / n) / 2}
+
+
+def np_ridge_closed_form(X, y, Xv, yv, lam):  # noqa: N803
+    a = X.T @ X + lam * np.eye(X.shape[1])
+    w = np.linalg.solve(a, X.T @ y)
+    r = Xv @ w - yv
+    m = Xv.shape[0]
+    g = np.linalg.solve(a, Xv.T @ r / m)  # A is symmetric: A^{-T} = A^{-1}
+    return np.sum(r**2) / (2 * m), {"lambda": -float((g.T @ w)[0, 0]),
+                                    "X": (y - X @ w) @ g.T - X @ g @ w.T}
+
+
+def np_matrix_factorization(R, M, U, V, nnz, lam):  # noqa: N803
+    e = M * (U @ V.T - R)
+    value = np.sum(e**2) / nnz + lam * (np.sum(U**2) + np.sum(V**2))
+    return value, {"U": 2 * e @ V / nnz + 2 * lam * U, "V": 2 * e.T @ U / nnz + 2 * lam * V}
+
+
+def np_pca(X, W):  # noqa: N803
+    e = X @ W @ W.T - X
+    n = X.shape[0]
+    return np.sum(e**2) / n, {"W": 2 * (X.T @ e @ W + e.T @ X @ W) / n}
+
+
 NUMPY_ORACLES: dict[str, Callable] = {
     "loss_mse": np_mse, "loss_mae": np_mae, "loss_huber": np_huber,
     "loss_bce_logits": np_bce_logits, "loss_cross_entropy": np_cross_entropy,
@@ -196,6 +227,10 @@ NUMPY_ORACLES: dict[str, Callable] = {
     "model_normal_equations": np_normal_equations,
     "model_logistic_newton": np_logistic_newton,
     "model_map_gaussian_prior": np_map_gaussian_prior,
+    "loss_gaussian_mvn_nll": np_gaussian_mvn_nll,
+    "model_ridge_closed_form": np_ridge_closed_form,
+    "model_matrix_factorization": np_matrix_factorization,
+    "model_pca": np_pca,
 }
 NAMES = sorted(NUMPY_ORACLES)
 
@@ -247,6 +282,12 @@ def _torch_kl_gaussian(mu, s, m, t):
     return torch.distributions.kl_divergence(q, p).sum() / mu.shape[0]
 
 
+def _torch_ridge(X, y, Xv, yv, lam):  # noqa: N803
+    eye = torch.eye(X.shape[1], dtype=torch.float64)
+    w = torch.linalg.inv(X.T @ X + lam * eye) @ X.T @ y
+    return (Xv @ w - yv).pow(2).sum() / (2 * Xv.shape[0])
+
+
 TORCH_ORACLES: dict[str, tuple[tuple[str, ...], Callable]] = {
     "loss_mse": (("P", "T"), lambda P, T: F.mse_loss(P, T)),
     "loss_mae": (("P", "T"), lambda P, T: F.l1_loss(P, T)),
@@ -269,6 +310,15 @@ TORCH_ORACLES: dict[str, tuple[tuple[str, ...], Callable]] = {
     "reg_l2": (("W", "lambda"), lambda W, lam: lam / 2 * (W**2).sum()),
     "reg_elastic_net": (("W", "lambda", "alpha"), lambda W, lam, alpha: lam * (
         alpha * W.abs().sum() + (1 - alpha) / 2 * (W**2).sum())),
+    "loss_gaussian_mvn_nll": (("X", "mu", "S"), lambda X, mu, S: (
+        torch.linalg.slogdet(S)[1]
+        + torch.trace(torch.linalg.solve(S, (X - mu).T @ (X - mu))) / X.shape[0]
+        + X.shape[1] * np.log(2 * np.pi)) / 2),
+    "model_ridge_closed_form": (("X", "y", "Xv", "yv", "lambda"), _torch_ridge),
+    "model_matrix_factorization": (("R", "M", "U", "V", "nnz", "lambda"), lambda R, M, U, V,
+                                   nnz, lam: (M * (U @ V.T - R)).pow(2).sum() / nnz
+                                   + lam * (U.pow(2).sum() + V.pow(2).sum())),
+    "model_pca": (("X", "W"), lambda X, W: (X @ W @ W.T - X).pow(2).sum() / X.shape[0]),
 }
 
 
@@ -637,3 +687,25 @@ def test_existing_models_match_pytorch(name: str) -> None:
         pname = _scalar_name(p)
         np.testing.assert_allclose(out.grad[pname], tensors[pname].grad.numpy().reshape(
             np.shape(out.grad[pname])), rtol=1e-10, atol=1e-13, err_msg=f"{name}: {pname}")
+
+
+# ---------------------------------------------------------------------------------------------
+# PCA: at the top eigenvectors the gradient vanishes and the loss is the discarded variance.
+
+
+def test_pca_gradient_vanishes_at_the_top_eigenvectors() -> None:
+    module, der, kernel = _kernel("model_pca")
+    rng = np.random.default_rng(9)
+    scales = np.array([3.0, 2.0, 1.0, 0.5])  # distinct eigenvalues: a unique top subspace
+    x = rng.normal(size=(40, 4)) * scales
+    x -= x.mean(axis=0)
+    w, discarded = module.eigen_solution(x, 3)
+    eigenvalues = np.linalg.eigvalsh(x.T @ x / 40)  # independent of eigen_solution's order
+    np.testing.assert_allclose(discarded, eigenvalues[0], rtol=1e-12)
+    out = kernel(X=x, W=np.ascontiguousarray(w))
+    np.testing.assert_allclose(out.value, discarded, rtol=1e-10)
+    np.testing.assert_allclose(out.grad["W"], 0.0, atol=1e-12)
+    # Any other orthonormal W loses more variance, and is not stationary.
+    q, _ = np.linalg.qr(rng.normal(size=(4, 3)))
+    other = kernel(X=x, W=q)
+    assert other.value > discarded + 1e-3 and np.abs(other.grad["W"]).max() > 1e-3

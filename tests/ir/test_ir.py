@@ -75,6 +75,7 @@ def _one_node_of_each_kind() -> list[ir.Node]:
     total = ir.add(A, product)
     return [A, ir.ones((n, n)), ir.zero((n, n)), ir.identity(n), product, mapped, total,
             ir.logsumexp(mapped, 1), ir.softmax(total, 0), ir.solve(A, B),
+            ir.det(total, log=True, spd=False),
             ir.named("Z", total, sp.MatrixSymbol("Z", n, n))]
 
 

@@ -13,7 +13,6 @@ import pytest
 import sympy as sp
 
 from symdl import ir
-from symdl.errors import UnsupportedError
 from symdl.printing.to_sympy import IndexForm, SympyPrinter
 
 n, d, k = sp.symbols("n d k", integer=True, positive=True)
@@ -160,9 +159,16 @@ def test_index_notation_of_every_kind():
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=case)
 
 
-def test_a_solve_with_a_tensor_right_hand_side_has_no_index_notation_yet():
-    with pytest.raises(UnsupportedError, match="linear solve with a right-hand side of rank 3"):
-        SympyPrinter().result(ir.solve(S, T))
+def test_a_solve_with_a_tensor_right_hand_side_prints_in_index_notation():
+    # A Hessian block through an inverse solves for a rank-4 tangent: its entries are
+    # Σ_k (S^{-1})[i, k] T[k, r, s], checked against numpy.linalg.solve.
+    form = SympyPrinter(reserved=RESERVED).result(ir.solve(S, T))
+    assert isinstance(form, IndexForm)
+    values = _values(3)
+    values["S"] = values["S"] + 3 * np.eye(3)
+    got = form.lambdify([S.symbol, T.symbol, n, d, k])(values["S"], values["T"], 3, 2, 4)
+    want = np.linalg.solve(values["S"], values["T"].reshape(3, -1)).reshape(3, 2, 4)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
 
 
 def test_scalar_and_matrix_refuse_the_wrong_rank():
