@@ -82,7 +82,7 @@ def _einsum_elementwise(node: ir.Einsum) -> bool:
 
 
 @ELEMENTWISE.register(ir.Leaf, ir.Ones, ir.Zero, ir.Identity, ir.LogSumExp, ir.Softmax,
-                      ir.Solve, ir.Named)
+                      ir.Solve, ir.Det, ir.Named)
 def _never_elementwise(node: ir.Node) -> bool:
     return False
 
@@ -284,7 +284,8 @@ def _zero(node: ir.Zero, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr
     return sp.Integer(0)
 
 
-@CLUSTER_ENTRY.register(ir.Leaf, ir.Identity, ir.LogSumExp, ir.Softmax, ir.Solve, ir.Named)
+@CLUSTER_ENTRY.register(ir.Leaf, ir.Identity, ir.LogSumExp, ir.Softmax, ir.Solve, ir.Det,
+                        ir.Named)
 def _opaque(node: ir.Node, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
     return cluster.atom(node, spec)
 
