@@ -400,19 +400,16 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = _common_options()
-    parser = _Parser(
-        prog="symdl",
-        description="Exact derivatives of deep-learning math written in SymPy, for symbolic "
-        "shapes: gradients, Hessians and backprop equations in matrix form.",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def _add_list_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl list`` subcommand."""
     listing = commands.add_parser("list", help="list the shipped derivations", parents=[common])
     listing.add_argument("--json", action="store_true",
                          help="print {name: {title, file}} as JSON")
     listing.set_defaults(run=_cmd_list)
+
+
+def _add_derive_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl derive`` subcommand."""
     derive = commands.add_parser(
         "derive", help="print the forward and backprop equations of a derivation",
         description="Print the forward definitions, the reverse-mode (backprop) equations and "
@@ -424,11 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
     derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
     derive.add_argument("--timing", action="store_true", help="print how long it took")
     derive.set_defaults(run=_cmd_derive)
+
+
+def _add_cache_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl cache`` subcommand."""
     cache = commands.add_parser("cache", help="show or clear the compiled-kernel cache",
                                 parents=[common])
     cache.add_argument("action", choices=["info", "clear"],
                        help="info: folder, kernels, bytes; clear: remove symdl's files only")
     cache.set_defaults(run=_cmd_cache)
+
+
+def _add_latex_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl latex`` subcommand."""
     tex = commands.add_parser(
         "latex", help="write a derivation as a LaTeX document (optionally a PDF)",
         description="Write a standalone LaTeX document: the definition, each backprop step as "
@@ -444,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     tex.add_argument("--check", action="store_true", help="run symdl.check and include its "
                      "finite-difference table")
     tex.set_defaults(run=_cmd_latex)
+
+
+def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl demo`` subcommand."""
     demo = commands.add_parser(
         "demo", help="train a network on scikit-learn's digits with generated kernels",
         description="Derive a 2-layer network (tanh, softmax cross-entropy, weight decay), "
@@ -460,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-curvature", action="store_true",
                       help="skip the Hessian spectrum at initialisation and after training")
     demo.set_defaults(run=_cmd_demo)
+
+
+def _add_check_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl check`` subcommand."""
     checking = commands.add_parser(
         "check", help="check derivations' kernels against finite differences",
         description="Compile each derivation, draw seeded inputs and check every output "
@@ -483,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     checking.add_argument("--seed", type=_non_negative_int, default=0,
                           help="seed of the inputs (default 0)")
     checking.set_defaults(run=_cmd_check)
+
+
+def _add_curvature_command(commands, common: argparse.ArgumentParser) -> None:
+    """The ``symdl curvature`` subcommand."""
     curv = commands.add_parser(
         "curvature", help="the Hessian spectrum of a derivation's loss (Lanczos, density)",
         description="The Hessian of a scalar loss with respect to all its parameters jointly, "
@@ -511,6 +528,24 @@ def build_parser() -> argparse.ArgumentParser:
     curv.add_argument("--trace-probes", type=_positive_int, default=30,
                       help="Rademacher probes of the trace estimate (default 30)")
     curv.set_defaults(run=_cmd_curvature)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options()
+    parser = _Parser(
+        prog="symdl",
+        description="Exact derivatives of deep-learning math written in SymPy, for symbolic "
+        "shapes: gradients, Hessians and backprop equations in matrix form.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_list_command(commands, common)
+    _add_derive_command(commands, common)
+    _add_cache_command(commands, common)
+    _add_latex_command(commands, common)
+    _add_demo_command(commands, common)
+    _add_check_command(commands, common)
+    _add_curvature_command(commands, common)
     return parser
 
 
