@@ -400,6 +400,14 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_derivation() -> argparse.ArgumentParser:
+    """The positional argument of the commands that take one derivation."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("derivation", metavar="NAME", help="a name from `symdl list`, or a .py "
+                        "file that defines derivation() returning a symdl.Derivation")
+    return parent
+
+
 def _add_list_command(commands, common: argparse.ArgumentParser) -> None:
     """The ``symdl list`` subcommand."""
     listing = commands.add_parser("list", help="list the shipped derivations", parents=[common])
@@ -414,10 +422,8 @@ def _add_derive_command(commands, common: argparse.ArgumentParser) -> None:
         "derive", help="print the forward and backprop equations of a derivation",
         description="Print the forward definitions, the reverse-mode (backprop) equations and "
         "the gradients of a derivation, with the shape of each.",
-        parents=[common],
+        parents=[common, _one_derivation()],
     )
-    derive.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
-                        "defines derivation() returning a symdl.Derivation")
     derive.add_argument("--hessian", action="store_true", help="also print the Hessian blocks")
     derive.add_argument("--timing", action="store_true", help="print how long it took")
     derive.set_defaults(run=_cmd_derive)
@@ -438,10 +444,8 @@ def _add_latex_command(commands, common: argparse.ArgumentParser) -> None:
         "latex", help="write a derivation as a LaTeX document (optionally a PDF)",
         description="Write a standalone LaTeX document: the definition, each backprop step as "
         "the chain rule and in matrix form, the gradients (and Hessians), with shapes.",
-        parents=[common],
+        parents=[common, _one_derivation()],
     )
-    tex.add_argument("derivation", help="a name from `symdl list`, or a .py file that "
-                     "defines derivation() returning a symdl.Derivation")
     tex.add_argument("-o", "--output", required=True, help="the .tex file to write")
     tex.add_argument("--pdf", action="store_true", help="also compile it with pdflatex (the PDF "
                      "goes next to the .tex)")
@@ -508,10 +512,8 @@ def _add_curvature_command(commands, common: argparse.ArgumentParser) -> None:
         "quadrature), the trace (Hutchinson) and the reading: negative eigenvalues (a "
         "saddle point), singular, or the condition number. Exit status: 0 on success, 2 on a "
         "usage or definition error.",
-        parents=[common],
+        parents=[common, _one_derivation()],
     )
-    curv.add_argument("derivation", metavar="NAME",
-                      help="a name from `symdl list`, or a .py file defining derivation()")
     curv.add_argument("--json", action="store_true", help="print the analysis as JSON")
     curv.add_argument("-o", "--output", metavar="PNG",
                       help="plot the density with the extreme eigenvalues marked (needs "

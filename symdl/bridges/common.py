@@ -135,3 +135,26 @@ def bridge(der: object, *, framework: str) -> Bridge:
 def concrete(shape: tuple, dims: Mapping[sp.Symbol, int]) -> tuple[int, ...]:
     """A symbolic shape with its dimension symbols bound."""
     return tuple(int(sp.sympify(d).xreplace(dict(dims))) for d in shape)
+
+
+class BridgeFunction:
+    """What both frameworks' function objects share: the kernel, the names they take and
+    the parameters that get gradients (``framework`` names the bridge in ``repr``).
+
+    Attributes:
+        kernel: the compiled ``symdl.Kernel`` that computes the value and the gradients.
+        input_names: the names the function takes.
+        parameters: the inputs that have a gradient (the derivation's ``wrt``).
+    """
+
+    framework = ""
+
+    def __init__(self, bridge_: Bridge):
+        self._bridge = bridge_
+        self.kernel = bridge_.kernel
+        self.input_names: tuple[str, ...] = bridge_.names
+        self.parameters: frozenset[str] = bridge_.parameters
+
+    def __repr__(self) -> str:
+        return (f"symdl.bridges.{self.framework}.function({', '.join(self.input_names)}; "
+                f"gradients for {', '.join(sorted(self.parameters))})")

@@ -25,37 +25,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from symdl.bridges import BridgeError
-from symdl.bridges.common import Bridge, bridge
+from symdl.bridges.common import Bridge, BridgeFunction, bridge
 from symdl.derivation import Derivation
 
 
-class SymdlFunction:
+class SymdlFunction(BridgeFunction):
     """A derivation's scalar loss as a JAX function of its inputs, by name.
 
     Call it with every input by the name of its symbol: ``f(X=X, w=w, y=y)``; it returns a
     0-d array of the inputs' dtype and is differentiable (first order) in the parameters.
     Build it with ``symdl.bridges.jax.function``.
-
-    Attributes:
-        kernel: the compiled ``symdl.Kernel`` that computes the value and the gradients.
-        input_names: the names the function takes.
-        parameters: the inputs that have a gradient (the derivation's ``wrt``).
     """
 
+    framework = "jax"
+
     def __init__(self, bridge_: Bridge):
-        self._bridge = bridge_
-        self.kernel = bridge_.kernel
-        self.input_names: tuple[str, ...] = bridge_.names
-        self.parameters: frozenset[str] = bridge_.parameters
+        super().__init__(bridge_)
         self._function = _custom_vjp(bridge_)
 
     def __call__(self, **arrays: object) -> jax.Array:
         args = [jnp.asarray(a) for a in self._bridge.ordered(arrays)]
         return self._function(*args)
-
-    def __repr__(self) -> str:
-        return (f"symdl.bridges.jax.function({', '.join(self.input_names)}; gradients for "
-                f"{', '.join(sorted(self.parameters))})")
 
 
 def function(der: Derivation) -> SymdlFunction:

@@ -22,39 +22,26 @@ import numpy as np
 import torch
 
 from symdl.bridges import BridgeError
-from symdl.bridges.common import Bridge, bridge
+from symdl.bridges.common import Bridge, BridgeFunction, bridge
 from symdl.derivation import Derivation
 
 _DTYPES = (torch.float64, torch.float32)
 
 
-class SymdlFunction:
+class SymdlFunction(BridgeFunction):
     """A derivation's scalar loss as a differentiable function of torch tensors.
 
     Call it with every input by the name of its symbol: ``f(X=X, w=w, y=y)``. It returns a
     0-d tensor of the inputs' dtype. Build it with ``symdl.bridges.torch.function``.
-
-    Attributes:
-        kernel: the compiled ``symdl.Kernel`` that computes the value and the gradients.
-        input_names: the names the function takes.
-        parameters: the inputs that have a gradient (the derivation's ``wrt``).
     """
 
-    def __init__(self, bridge_: Bridge):
-        self._bridge = bridge_
-        self.kernel = bridge_.kernel
-        self.input_names: tuple[str, ...] = bridge_.names
-        self.parameters: frozenset[str] = bridge_.parameters
+    framework = "torch"
 
     def __call__(self, **tensors: object) -> torch.Tensor:
         args = self._bridge.ordered(tensors)
         for name, value in zip(self.input_names, args, strict=True):
             _check_tensor(name, value)
         return _KernelFunction.apply(self._bridge, *args)
-
-    def __repr__(self) -> str:
-        return (f"symdl.bridges.torch.function({', '.join(self.input_names)}; gradients for "
-                f"{', '.join(sorted(self.parameters))})")
 
 
 def function(der: Derivation) -> SymdlFunction:

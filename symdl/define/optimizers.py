@@ -150,7 +150,18 @@ class SGD(_Checked):
 
 
 @dataclass(frozen=True)
-class Momentum(_Checked):
+class _WithMomentum(_Checked):
+    """The hyperparameters and the state (the velocity ``b``) of the momentum methods."""
+
+    lr: Hyperparameter
+    momentum: Hyperparameter = 0.9
+    weight_decay: Hyperparameter = 0
+    state_names: ClassVar[tuple[str, ...]] = ("b",)
+    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"momentum": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Momentum(_WithMomentum):
     """Heavy-ball momentum as ``torch.optim.SGD(momentum=mu)``: ``b = mu b + g``,
     ``p - lr b`` (the buffer ``b`` accumulates gradients; no dampening).
 
@@ -161,12 +172,6 @@ class Momentum(_Checked):
         (2.9, 0.71)
     """
 
-    lr: Hyperparameter
-    momentum: Hyperparameter = 0.9
-    weight_decay: Hyperparameter = 0
-    state_names: ClassVar[tuple[str, ...]] = ("b",)
-    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"momentum": (0.0, 1.0)}
-
     def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
                t: sp.Basic = STEP) -> Update:
         _check_arguments(self, param, grad, state)
@@ -175,7 +180,7 @@ class Momentum(_Checked):
 
 
 @dataclass(frozen=True)
-class Nesterov(_Checked):
+class Nesterov(_WithMomentum):
     """Nesterov momentum as ``torch.optim.SGD(momentum=mu, nesterov=True)``:
     ``b = mu b + g``, ``p - lr (g + mu b)`` (the look-ahead written on the gradient).
 
@@ -185,12 +190,6 @@ class Nesterov(_Checked):
         >>> round(float(new_p), 6)  # b = 2.9; p = 1 - 0.1*(2 + 0.9*2.9)
         0.539
     """
-
-    lr: Hyperparameter
-    momentum: Hyperparameter = 0.9
-    weight_decay: Hyperparameter = 0
-    state_names: ClassVar[tuple[str, ...]] = ("b",)
-    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {"momentum": (0.0, 1.0)}
 
     def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
                t: sp.Basic = STEP) -> Update:

@@ -92,7 +92,7 @@ def test_version_is_the_package_version() -> None:
     (["demo", "--epochs", "many"], "--epochs: must be a whole number, got 'many'"),
     (["check", "--seed", "-1"], "--seed: must be 0 or more, got -1"),
     (["check"], "name a derivation"),
-    (["derive"], "the following arguments are required: derivation"),
+    (["derive"], "the following arguments are required: NAME"),
     ([], "the following arguments are required: COMMAND"),
     (["derive", "two_layer_mlp", "--no-such-option"], "unrecognized arguments"),
     (["lst"], "did you mean 'list'?"),
