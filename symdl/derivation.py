@@ -687,11 +687,22 @@ def derive(definition: Definition, wrt: Iterable[Parameter], hessian: bool = Fal
         DefinitionError: the definition is malformed (``ShapeMismatchError`` for shapes that
             do not agree, ``UnsupportedError`` for functions symdl does not differentiate).
         DerivationError: a parameter is not a symbol.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X, w = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1)
+        >>> y = sp.MatrixSymbol("y", n, 1)
+        >>> der = symdl.derive(symdl.mse(X * w, y), wrt=[w])
+        >>> der.gradient(w)
+        (2/n)*X.T*(X*w - y)
     """
     return Derivation(definition, wrt, hessian=hessian)
 
 
-def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Kernel:
+def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "",
+                        jit: bool = True) -> Kernel:
     """Numba kernels for plain expressions (no derivative): an optimizer update, a forward
     pass. Each output is computed into an array of its expression's shape.
 
@@ -700,6 +711,17 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
             results are keyed ``Named(name)`` (``symdl.ir.keys``), read by the name itself
             (``result.outputs["W"]``); any non-empty string is a name.
         title: what the kernel computes, for the generated module's header.
+        jit: compile with Numba (``False``: run the same generated source as plain Python).
+
+    Example:
+        >>> import numpy as np
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n = sp.Symbol("n", integer=True, positive=True)
+        >>> p, g = sp.MatrixSymbol("p", n, 1), sp.MatrixSymbol("g", n, 1)
+        >>> step = symdl.compile_expressions({"p_new": p - g / 10}, title="SGD", jit=False)
+        >>> step(p=np.ones((2, 1)), g=np.ones((2, 1))).outputs["p_new"].ravel().tolist()
+        [0.9, 0.9]
     """
     from symdl.kernels.kernel import Kernel
 
@@ -717,7 +739,7 @@ def compile_expressions(outputs: Mapping[str, sp.Basic], title: str = "") -> Ker
             raise DefinitionError("an output name must be a non-empty string, got ''")
     nodes = {Named(name): translate_matrix_or_scalar(translator, e) for name, e in
              zip(outputs, exprs, strict=True)}
-    return Kernel(nodes, list(translator.leaves.values()), title or ", ".join(outputs))
+    return Kernel(nodes, list(translator.leaves.values()), title or ", ".join(outputs), jit=jit)
 
 
 def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float],
@@ -725,6 +747,14 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
     """Evaluates a SymPy expression over matrices (or an ``IndexForm``) with NumPy.
 
     This is how a derived formula is checked: bind the dimensions, give arrays by name.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> float(symdl.evaluate(symdl.sum(X), {"X": [[1.0, 2.0], [3.0, 4.0]]}, {n: 2, d: 2}))
+        10.0
     """
     values = _numpy_values(values)
     if not isinstance(dims, Mapping):
