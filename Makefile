@@ -60,7 +60,7 @@ bench-kernels: $(BENCH_INSTALLED)
 
 lint: $(INSTALLED)
 	$(BIN)/python -m pip install --quiet ruff
-	$(BIN)/python -m ruff check symdl derivations tests benchmarks
+	$(BIN)/python -m ruff check symdl derivations tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
