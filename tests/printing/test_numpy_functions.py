@@ -89,3 +89,22 @@ def test_bad_arguments_raise_evaluation_errors() -> None:
         f.grad["w"](X=X, w=w, y=y[:3])
     with pytest.raises(symdl.EvaluationError, match="reshape a vector to a column"):
         f.grad["w"](X=X, w=w.ravel(), y=y)
+
+
+def test_hessian_blocks_of_names_with_commas_stay_apart() -> None:
+    """Blocks (``a,b``, ``c``) and (``a``, ``b,c``) were both spelled ``hessian:a,b,c``: one
+    overwrote the other in ``f(...)``. Keyed by ``HessianBlock`` they stay apart. Oracle: the
+    second derivatives of ``L = p q^2 + r^3 s`` written out by hand."""
+    p, q, r, s = (sp.Symbol(name, real=True) for name in ("a,b", "c", "a", "b,c"))
+    der = symdl.derive(p * q**2 + r**3 * s, wrt=[p, q, r, s], hessian=True)
+    f = der.lambdify()
+    at = {"a,b": 2.0, "c": 3.0, "a": 5.0, "b,c": 7.0}
+    results = f(**at)
+    assert len(results) == 1 + 4 + 16  # value, 4 gradients, 16 Hessian blocks
+    from symdl.ir.keys import HessianBlock
+
+    pv, qv, rv, sv = at["a,b"], at["c"], at["a"], at["b,c"]
+    assert float(results[HessianBlock("a,b", "c")]) == pytest.approx(2 * qv)
+    assert float(results[HessianBlock("a", "b,c")]) == pytest.approx(3 * rv**2)
+    assert float(results[HessianBlock("c", "c")]) == pytest.approx(2 * pv)
+    assert float(results[HessianBlock("a", "a")]) == pytest.approx(6 * rv * sv)
