@@ -263,7 +263,22 @@ def _adam_step(param: sp.Basic, g: sp.Basic, state: Mapping[str, sp.Basic], t: s
 
 
 @dataclass(frozen=True)
-class Adam(_Checked):
+class _WithMoments(_Checked):
+    """The hyperparameters and the state (first and second moments ``m``, ``v``) of Adam and
+    AdamW."""
+
+    lr: Hyperparameter = 1e-3
+    beta1: Hyperparameter = 0.9
+    beta2: Hyperparameter = 0.999
+    eps: Hyperparameter = 1e-8
+    weight_decay: Hyperparameter = 0
+    state_names: ClassVar[tuple[str, ...]] = ("m", "v")
+    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
+        "beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
+
+
+@dataclass(frozen=True)
+class Adam(_WithMoments):
     """Adam with bias correction: ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``,
     ``p - lr m̂ / (sqrt(v̂) + eps)`` with ``m̂ = m / (1 - b1^t)``, ``v̂ = v / (1 - b2^t)``.
     ``weight_decay`` adds ``wd p`` to the gradient (L2, as ``torch.optim.Adam``).
@@ -282,14 +297,6 @@ class Adam(_Checked):
         (d, k)
     """
 
-    lr: Hyperparameter = 1e-3
-    beta1: Hyperparameter = 0.9
-    beta2: Hyperparameter = 0.999
-    eps: Hyperparameter = 1e-8
-    weight_decay: Hyperparameter = 0
-    state_names: ClassVar[tuple[str, ...]] = ("m", "v")
-    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
-        "beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
 
     def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
                t: sp.Basic = STEP) -> Update:
@@ -299,7 +306,7 @@ class Adam(_Checked):
 
 
 @dataclass(frozen=True)
-class AdamW(_Checked):
+class AdamW(_WithMoments):
     """Adam with decoupled weight decay (``torch.optim.AdamW``): the parameter first shrinks
     to ``(1 - lr wd) p``, then takes the Adam step of the undecayed gradient.
 
@@ -311,14 +318,7 @@ class AdamW(_Checked):
         0.89
     """
 
-    lr: Hyperparameter = 1e-3
-    beta1: Hyperparameter = 0.9
-    beta2: Hyperparameter = 0.999
-    eps: Hyperparameter = 1e-8
-    weight_decay: Hyperparameter = 1e-2
-    state_names: ClassVar[tuple[str, ...]] = ("m", "v")
-    _ranges: ClassVar[dict[str, tuple[float, float | None]]] = {
-        "beta1": (0.0, 1.0), "beta2": (0.0, 1.0)}
+    weight_decay: Hyperparameter = 1e-2  # AdamW's default, as torch.optim.AdamW
 
     def update(self, param: sp.Basic, grad: sp.Basic, state: Mapping[str, sp.Basic],
                t: sp.Basic = STEP) -> Update:

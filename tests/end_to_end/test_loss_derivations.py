@@ -322,17 +322,23 @@ TORCH_ORACLES: dict[str, tuple[tuple[str, ...], Callable]] = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(TORCH_ORACLES))
-def test_value_and_gradients_match_pytorch(name: str) -> None:
-    _, der, kernel = _kernel(name)
-    values = _inputs(name, seed=3)
-    argnames, loss_fn = TORCH_ORACLES[name]
+def _against_torch(kernel, values: dict, argnames, loss_fn) -> tuple[dict, object]:
+    """The kernel's value against the torch oracle's (float64, 1e-12); returns the oracle's
+    tensors (their ``.grad`` filled by backward) and the kernel's result."""
     tensors = {a: torch.tensor(values[a], dtype=torch.float64, requires_grad=True)
                for a in argnames}
     loss = loss_fn(*tensors.values())
     loss.backward()
     out = kernel(**values)
     np.testing.assert_allclose(out.value, loss.item(), rtol=1e-12)
+    return tensors, out
+
+
+@pytest.mark.parametrize("name", sorted(TORCH_ORACLES))
+def test_value_and_gradients_match_pytorch(name: str) -> None:
+    _, der, kernel = _kernel(name)
+    values = _inputs(name, seed=3)
+    tensors, out = _against_torch(kernel, values, *TORCH_ORACLES[name])
     wrt = {_scalar_name(p) for p in der.wrt}
     for a, tensor in tensors.items():
         if a in wrt and not (name == "loss_huber" and a == "delta"):
@@ -676,13 +682,7 @@ def test_existing_models_match_pytorch(name: str) -> None:
         values["Y"] = np.eye(3)[rng.integers(0, 3, 6)]
     if name == "logistic_regression":
         values["y"] = rng.integers(0, 2, (6, 1)).astype(float)
-    argnames, loss_fn = EXISTING_MODELS[name]
-    tensors = {a: torch.tensor(values[a], dtype=torch.float64, requires_grad=True)
-               for a in argnames}
-    loss = loss_fn(*tensors.values())
-    loss.backward()
-    out = kernel(**values)
-    np.testing.assert_allclose(out.value, loss.item(), rtol=1e-12)
+    tensors, out = _against_torch(kernel, values, *EXISTING_MODELS[name])
     for p in der.wrt:
         pname = _scalar_name(p)
         np.testing.assert_allclose(out.grad[pname], tensors[pname].grad.numpy().reshape(
