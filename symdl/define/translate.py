@@ -15,7 +15,16 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
-from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
+from symdl.define.vocabulary import (
+    Det,
+    LogDet,
+    LogSumExp,
+    Norm,
+    PseudoInverse,
+    Softmax,
+    Spectrum,
+    Total,
+)
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
 from symdl.primitives.functions import lower_kinks
@@ -137,6 +146,8 @@ class Translator:
             if e.full_rank == "columns":
                 return ir.solve(gram, ir.einsum([m], [(0, 1)], (1, 0)), spd=True)
             return ir.einsum([ir.solve(gram, m, spd=True)], [(0, 1)], (1, 0))
+        if isinstance(e, Spectrum):
+            return ir.matrix_function(self.matrix(e.arg), e.kind)
         if isinstance(e, DiagMatrix):
             v = self.matrix(e.args[0])
             rows, cols = v.shape
@@ -271,6 +282,8 @@ class Translator:
         determinant = self._determinant(e)
         if determinant is not None:
             return determinant, ()
+        if isinstance(e, Norm):
+            return ir.matrix_function(self.matrix(e.arg), e.kind), ()
         if isinstance(e, (sp.Max, sp.Min, sp.Piecewise)):
             return self._kink(e)
         if isinstance(e, sp.Function):

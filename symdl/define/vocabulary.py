@@ -18,6 +18,7 @@ Examples assume::
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl.errors import DefinitionError, ShapeMismatchError
@@ -883,3 +884,201 @@ def pinv(m: MatrixExpr, full_rank: str = "columns") -> PseudoInverse:
         [[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]
     """
     return PseudoInverse(m, full_rank)
+
+
+# ---------------------------------------------------------------------------------------------
+# Norms, singular values and eigenvalues
+
+
+_NORM_ORDERS = {"fro": ("fro", "F"), "nuc": ("nuclear", "*"), "2": ("norm2", "2")}
+"""``norm(m, ord)`` -> (the IR's matrix function, the LaTeX subscript)."""
+
+
+class Norm(sp.Expr):
+    """A matrix norm: Frobenius (``ord="fro"``), nuclear (``"nuc"``, the sum of the singular
+    values) or spectral (``2``, the largest singular value)."""
+
+    is_commutative = True
+    is_real = True
+    is_nonnegative = True
+
+    def __new__(cls, m: MatrixExpr, ord: str | int | sp.Basic = "fro"):  # noqa: A002 - NumPy's
+        m = _as_matrix(sp.sympify(m), "norm")
+        key = str(ord.name) if isinstance(ord, (sp.Symbol, Str)) else str(ord)
+        if key not in _NORM_ORDERS:
+            raise DefinitionError(
+                f"norm(m, ord=...) takes 'fro' (Frobenius), 'nuc' (nuclear: the sum of the "
+                f"singular values) or 2 (the largest singular value), got {ord!r}")
+        # A Str, not a Symbol: the order is no variable (substitutions leave it alone).
+        return super().__new__(cls, m, Str(key))
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def ord(self) -> str:  # noqa: A003 - NumPy's name
+        return str(self.args[1].name)
+
+    @property
+    def kind(self) -> str:
+        """The IR's ``MatrixFunction`` kind: ``fro``, ``nuclear`` or ``norm2``."""
+        return _NORM_ORDERS[self.ord][0]
+
+    def doit(self, **hints) -> sp.Expr:
+        m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
+        return Norm(m, self.ord)
+
+    def _latex(self, printer) -> str:
+        return rf"\left\|{printer._print(self.arg)}\right\|_{{{_NORM_ORDERS[self.ord][1]}}}"
+
+    def _sympystr(self, printer) -> str:
+        order = {"fro": "", "nuc": ", 'nuc'", "2": ", 2"}[self.ord]
+        return f"norm({printer._print(self.arg)}{order})"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        order = "2" if self.ord == "2" else repr(self.ord)
+        return (f"{printer._module_format('numpy.linalg.norm')}("
+                f"{printer._print(self.arg)}, {order})")
+
+
+_SPECTRUM_KINDS = {
+    # kind: (text, LaTeX of the operand #, NumPy of the operand #)
+    "svdvals": ("svdvals", r"\sigma\left(#\right)",
+                "numpy.linalg.svd(#, compute_uv=False).reshape(-1, 1)"),
+    "eigvalsh": ("eigvalsh", r"\lambda\left(#\right)",
+                 "numpy.linalg.eigvalsh((# + (#).T) / 2).reshape(-1, 1)"),
+    "polar": ("svd_polar", r"U_{#} V_{#}^{T}",
+              "(lambda u, s, vt: u @ vt)(*numpy.linalg.svd(#, full_matrices=False))"),
+    "top": ("svd_top", r"u_{1}\left(#\right) v_{1}\left(#\right)^{T}",
+            "(lambda u, s, vt: numpy.outer(u[:, 0], vt[0]))"
+            "(*numpy.linalg.svd(#, full_matrices=False))"),
+    "svd_u": ("svd_u", r"U_{#}", "numpy.linalg.svd(#, full_matrices=False)[0]"),
+    "svd_v": ("svd_v", r"V_{#}", "numpy.linalg.svd(#, full_matrices=False)[2].T"),
+    "eigvecsh": ("eigvecsh", r"V_{#}", "numpy.linalg.eigh((# + (#).T) / 2)[1]"),
+}
+
+
+class Spectrum(MatrixExpr):
+    """Singular values (``kind="svdvals"``), eigenvalues of a symmetric matrix
+    (``"eigvalsh"``), both as a column, or a factor of the SVD or eigendecomposition that
+    their derivatives are written in (``"polar"``: ``U V^T``, ``"top"``: ``u_1 v_1^T``,
+    ``"svd_u"``, ``"svd_v"``, ``"eigvecsh"``)."""
+
+    def __new__(cls, m: MatrixExpr, kind: str | sp.Symbol):
+        m = _as_matrix(sp.sympify(m), "a spectrum")
+        kind = str(kind.name) if isinstance(kind, (sp.Symbol, Str)) else kind
+        if kind not in _SPECTRUM_KINDS:
+            raise DefinitionError(f"unknown spectrum kind {kind!r}: one of "
+                                  f"{list(_SPECTRUM_KINDS)}")
+        rows, cols = m.shape
+        if kind in ("eigvalsh", "eigvecsh") and rows != cols:
+            raise ShapeMismatchError(
+                f"eigenvalues need a square (symmetric) matrix, got {m} of shape {rows} x "
+                f"{cols}", (rows, cols))
+        if kind in ("svdvals", "svd_u", "svd_v") and (rows - cols).is_negative:
+            raise ShapeMismatchError(
+                f"svdvals(m) of a wide matrix ({rows} x {cols}) has {rows} singular values, "
+                f"not {cols}: take svdvals(m.T)", (rows, cols))
+        return super().__new__(cls, m, Str(kind))
+
+    @property
+    def arg(self) -> MatrixExpr:
+        return self.args[0]
+
+    @property
+    def kind(self) -> str:
+        return str(self.args[1].name)
+
+    @property
+    def shape(self) -> tuple[sp.Expr, sp.Expr]:
+        rows, cols = self.arg.shape
+        return {"svdvals": (cols, sp.Integer(1)), "eigvalsh": (rows, sp.Integer(1)),
+                "polar": (rows, cols), "top": (rows, cols), "svd_u": (rows, cols),
+                "svd_v": (cols, cols), "eigvecsh": (rows, rows)}[self.kind]
+
+    def doit(self, **hints) -> MatrixExpr:
+        m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
+        return Spectrum(m, self.kind)
+
+    def _entry(self, i, j, **kwargs) -> sp.Expr:
+        return MatrixElement(self, i, j)
+
+    def _latex(self, printer) -> str:
+        return _SPECTRUM_KINDS[self.kind][1].replace("#", printer._print(self.arg))
+
+    def _sympystr(self, printer) -> str:
+        return f"{_SPECTRUM_KINDS[self.kind][0]}({printer._print(self.arg)})"
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
+        code = _SPECTRUM_KINDS[self.kind][2].replace("#", printer._print(self.arg))
+        return code.replace("numpy.", printer._module_format("numpy") + ".")
+
+
+def norm(m: MatrixExpr, ord: str | int = "fro") -> Norm:  # noqa: A002 - NumPy's name
+    """A matrix norm, differentiable: Frobenius, nuclear or spectral (``numpy.linalg.norm``).
+
+    * ``ord="fro"`` (default): ``sqrt(Σ m_ij²)``; gradient ``m / ||m||_F``, Hessians too. At
+      ``m = 0`` the gradient is taken as 0 (a subgradient, as PyTorch).
+    * ``ord="nuc"``: the sum of the singular values; gradient ``U V^T`` (thin SVD). It assumes
+      every singular value nonzero (full rank), checked where the gradient is computed:
+      ``EvaluationError`` naming the smallest and the tolerance.
+    * ``ord=2``: the largest singular value; gradient ``u_1 v_1^T``, assuming it simple
+      (``sigma_1 > sigma_2``), checked the same way.
+
+    Nuclear and 2-norms have gradients only: a Hessian or Hessian-vector product through them
+    raises ``UnsupportedError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> A = sp.MatrixSymbol("A", d, d)
+        >>> symdl.derive(symdl.norm(A), wrt=[A]).gradient(A)
+        Piecewise((1/norm(A), norm(A) > 0), (0, True))*A
+        >>> float(symdl.evaluate(symdl.norm(A, "nuc"), {"A": [[3.0, 0.0], [0.0, -4.0]]}, {d: 2}))
+        7.0
+    """
+    return Norm(m, ord)
+
+
+def svdvals(m: MatrixExpr) -> Spectrum:
+    """The singular values of a tall or square matrix ``m`` (rows >= columns), largest first,
+    as a column; ``svdvals(m.T)`` for a wide one.
+
+    The gradient of ``sigma_i`` is ``u_i v_i^T``: it assumes the singular values distinct
+    and nonzero, which is checked where a derivative is computed (``EvaluationError`` naming
+    the two closest values, their gap and the tolerance ``GAP_TOLERANCE`` relative to the
+    largest). Gradients only: Hessians through them raise ``UnsupportedError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> n, d = sp.symbols("n d", integer=True, positive=True)
+        >>> X = sp.MatrixSymbol("X", n, d)
+        >>> symdl.evaluate(symdl.svdvals(X), {"X": [[3.0, 0.0], [0.0, 4.0], [0.0, 0.0]]},
+        ...                {n: 3, d: 2}).tolist()
+        [[4.0], [3.0]]
+    """
+    return Spectrum(m, "svdvals")
+
+
+def eigvalsh(m: MatrixExpr) -> Spectrum:
+    """The eigenvalues of a symmetric matrix, ascending, as a column (``numpy.linalg.eigvalsh``).
+
+    It is the eigenvalues of the symmetric part ``(m + m^T)/2``, so it is defined (and its
+    derivative exact) for every square ``m``: ``d lambda_i = v_i^T dm v_i``, gradient
+    ``v_i v_i^T``. That assumes the eigenvalues distinct, checked where a derivative is
+    computed (``EvaluationError`` naming the two closest eigenvalues, their gap and the
+    tolerance relative to the largest magnitude). Gradients only: Hessians through them raise
+    ``UnsupportedError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> S = sp.MatrixSymbol("S", d, d)
+        >>> symdl.evaluate(symdl.eigvalsh(S), {"S": [[2.0, 1.0], [1.0, 2.0]]}, {d: 2}).tolist()
+        [[1.0], [3.0]]
+    """
+    return Spectrum(m, "eigvalsh")

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from symdl import ir
+from symdl.errors import UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.primitives.registry import output_derivative, stabilize
 
@@ -335,3 +336,64 @@ def jacobian(root: ir.Node, leaf: ir.Node) -> ir.Node:
 def directional(root: ir.Node, directions: dict[int, ir.Node]) -> ir.Node:
     """The derivative of ``root`` along ``directions`` (leaf id -> same-shape tensor)."""
     return forward(root, directions, ())
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix functions (norms, singular values, symmetric eigenvalues)
+
+_SPECTRAL_FACTORS = {"nuclear": ("polar",), "norm2": ("top",), "svdvals": ("svd_u", "svd_v"),
+                     "eigvalsh": ("eigvecsh", "eigvecsh")}
+"""Each differentiable matrix function -> the factors its first derivative is written in."""
+
+
+def _reciprocal_or_zero(node: ir.Node) -> ir.Node:
+    """``1/x`` entry by entry, and 0 at ``x = 0``: the gradient ``A/||A||_F`` of the Frobenius
+    norm is then 0 at ``A = 0`` (a subgradient, PyTorch's convention), not 0/0."""
+    x = sp.Dummy("x", real=True)
+    return ir.map_(sp.Lambda(x, sp.Piecewise((1 / x, x > 0), (0, True))), node)
+
+
+def _no_second_derivative(node: ir.MatrixFunction) -> UnsupportedError:
+    return UnsupportedError(
+        f"second derivatives through {ir.MATRIX_FUNCTION_KINDS[node.kind]} are not "
+        "supported: the nuclear and 2-norms, svdvals and eigvalsh have gradients in symdl, not "
+        "Hessians or Hessian-vector products (the Frobenius norm, trace, det, logdet and the "
+        "inverse have both); derive without hessian=True and compile without hvp=True")
+
+
+@VJP.register(ir.MatrixFunction)
+def _vjp_matrix_function(node: ir.MatrixFunction, adj: ir.Node, k: int) -> ir.Node:
+    # ||A||_F: A/||A||; nuclear: U V^T; 2-norm: u_1 v_1^T; sigma_i: u_i v_i^T (so the sum over
+    # i weighted by the adjoint is U diag(adj) V^T); lambda_i: v_i v_i^T.
+    a = node.a
+    if node.kind == "fro":
+        return ir.einsum([adj, _reciprocal_or_zero(node), a], [(), (), (0, 1)], (0, 1))
+    factors = _SPECTRAL_FACTORS.get(node.kind)
+    if factors is None:
+        raise _no_second_derivative(node)
+    if len(factors) == 1:
+        return ir.einsum([adj, ir.matrix_function(a, factors[0])], [(), (0, 1)], (0, 1))
+    left, right = (ir.matrix_function(a, f) for f in factors)
+    return ir.einsum([left, adj, right], [(0, 2), (2, 3), (1, 2)], (0, 1))
+
+
+@JVP.register(ir.MatrixFunction)
+def _jvp_matrix_function(node: ir.MatrixFunction, tangents: list,
+                         extra: tuple[int, ...]) -> ir.Node:
+    # d||A||_F = <A, dA>/||A||; d nuclear = <U V^T, dA>; d sigma_1 = u_1^T dA v_1;
+    # d sigma_i = u_i^T dA v_i; d lambda_i = v_i^T dA v_i.
+    (t,) = tangents
+    a = node.a
+    if node.kind == "fro":
+        ext = tuple(range(2, 2 + len(extra)))
+        return ir.einsum([_reciprocal_or_zero(node), a, t], [(), (0, 1), (0, 1) + ext], ext)
+    factors = _SPECTRAL_FACTORS.get(node.kind)
+    if factors is None:
+        raise _no_second_derivative(node)
+    if len(factors) == 1:
+        ext = tuple(range(2, 2 + len(extra)))
+        return ir.einsum([ir.matrix_function(a, factors[0]), t], [(0, 1), (0, 1) + ext], ext)
+    left, right = (ir.matrix_function(a, f) for f in factors)
+    ext = tuple(range(4, 4 + len(extra)))
+    return ir.einsum([left, t, right, ir.ones((1,))], [(1, 0), (1, 2) + ext, (2, 0), (3,)],
+                     (0, 3) + ext)

@@ -9,6 +9,7 @@ interpreter of the IR dispatches.
 """
 
 from symdl.ir.nodes import (
+    MATRIX_FUNCTION_KINDS,
     Add,
     Det,
     Einsum,
@@ -17,6 +18,7 @@ from symdl.ir.nodes import (
     Leaf,
     LogSumExp,
     Map,
+    MatrixFunction,
     Named,
     Node,
     Ones,
@@ -40,6 +42,7 @@ from symdl.ir.nodes import (
     leaf,
     logsumexp,
     map_,
+    matrix_function,
     named,
     ones,
     rebuilt,
@@ -93,3 +96,4 @@ __all__ = [
     "topological_order",
     "zero",
 ]
+__all__ += ["MATRIX_FUNCTION_KINDS", "MatrixFunction", "matrix_function"]

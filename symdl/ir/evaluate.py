@@ -18,6 +18,7 @@ from symdl import ir
 from symdl.errors import EvaluationError
 from symdl.ir import rewrites
 from symdl.ir.assumptions import violation
+from symdl.ir.matrix_functions import matrix_function_value
 from symdl.ir.rules import Rules
 from symdl.primitives.registry import numpy_function
 
@@ -214,3 +215,12 @@ def _det(node: ir.Det, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
                 "the matrix of a determinant is singular (determinant 0), so its log and the "
                 "derivatives (through A^{-1}) do not exist; regularise it (add lambda I)")
     return np.asarray(logdet if node.log else sign * np.exp(logdet))
+
+
+@EVALUATE.register(ir.MatrixFunction)
+def _matrix_function(node: ir.MatrixFunction, ev: _Evaluation,
+                     shape: tuple[int, ...]) -> np.ndarray:
+    try:
+        return matrix_function_value(node.kind, np.asarray(ev[node.a]))
+    except np.linalg.LinAlgError as exc:
+        raise EvaluationError(str(exc)) from exc

@@ -140,3 +140,8 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
             size = 1
         sizes[id(node)] = size
     return by_name
+
+
+@WORTH_A_NAME.register(ir.MatrixFunction)
+def _matrix_function_when_shared(node: ir.Node, uses: int) -> bool:
+    return uses >= 2  # as a determinant: one call, shorter than its spelling only when shared

@@ -672,3 +672,63 @@ def _rebuild_named(node: Named, children: list[Node]) -> Node:
 
 def count_nodes(roots: list[Node]) -> int:
     return len(topological_order(roots))
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix functions computed by a factorisation (norms, singular values, eigenvalues)
+
+
+MATRIX_FUNCTION_KINDS: dict[str, str] = {
+    "fro": "the Frobenius norm ||A||_F (a scalar)",
+    "nuclear": "the nuclear norm, the sum of the singular values (a scalar)",
+    "norm2": "the 2-norm, the largest singular value (a scalar)",
+    "svdvals": "the singular values, largest first (a column; rows >= columns)",
+    "eigvalsh": "the eigenvalues of the symmetric part (A + A^T)/2, ascending (a column)",
+    # Factors that derivatives read (each checks its assumption where it is computed):
+    "polar": "U V^T of the thin SVD: the gradient of the nuclear norm (all sigma > 0)",
+    "top": "u_1 v_1^T: the gradient of the 2-norm (sigma_1 > sigma_2)",
+    "svd_u": "U of the thin SVD (distinct, nonzero singular values)",
+    "svd_v": "V of the thin SVD (distinct, nonzero singular values)",
+    "eigvecsh": "the eigenvectors of (A + A^T)/2, as columns (distinct eigenvalues)",
+}
+"""Every kind of ``MatrixFunction`` and what it is. The first five are values a definition
+writes; the others are the factors their derivatives are written in."""
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixFunction(Node):
+    """A function of a matrix ``a`` that a factorisation (SVD, symmetric eigendecomposition)
+    or a norm computes: ``kind`` is one of ``MATRIX_FUNCTION_KINDS``. One node kind serves
+    them all because every interpreter treats them alike (an opaque step of their own in
+    kernels, a NumPy call in evaluation); their rules differ in the derivative only."""
+
+    a: Node
+    kind: str
+    _fields: ClassVar[tuple[str, ...]] = ("a", "kind")
+
+    def _compute_shape(self) -> Shape:
+        rows, cols = self.a.shape
+        one = sp.Integer(1)
+        return {"fro": (), "nuclear": (), "norm2": (), "svdvals": (cols, one),
+                "eigvalsh": (rows, one), "polar": (rows, cols), "top": (rows, cols),
+                "svd_u": (rows, cols), "svd_v": (cols, cols), "eigvecsh": (rows, rows),
+                }[self.kind]
+
+    def children(self) -> tuple[Node, ...]:
+        return (self.a,)
+
+
+def matrix_function(a: Node, kind: str) -> MatrixFunction:
+    """The matrix function ``kind`` (one of ``MATRIX_FUNCTION_KINDS``) of the matrix ``a``."""
+    if kind not in MATRIX_FUNCTION_KINDS:
+        raise ValueError(f"unknown matrix function {kind!r}; one of {list(MATRIX_FUNCTION_KINDS)}")
+    _require_matrix(a, MATRIX_FUNCTION_KINDS[kind])
+    if kind in ("eigvalsh", "eigvecsh") and a.shape[0] != a.shape[1]:
+        raise ShapeMismatchError(
+            f"eigenvalues need a square (symmetric) matrix, got shape {a.shape}", a.shape)
+    return _intern(MatrixFunction(a, kind))
+
+
+@REBUILD.register(MatrixFunction)
+def _rebuild_matrix_function(node: MatrixFunction, children: list[Node]) -> Node:
+    return matrix_function(children[0], node.kind)

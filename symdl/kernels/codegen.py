@@ -525,3 +525,6 @@ TABLES = (_MEMBER_CODE,)
 
 __all__ = ["MAX_DRIVER_STATEMENTS", "MAX_OPERANDS", "Generator", "LoopCode", "Source",
            "generate", "summed_labels"]
+
+
+_MEMBER_CODE.register(ir.MatrixFunction)(_not_a_loop_member)  # a step of its own

@@ -456,6 +456,8 @@ class Kernel:
             with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
                 _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
         except np.linalg.LinAlgError as exc:
+            if type(exc).__name__ == "MatrixFunctionAssumptionError":  # says what and why
+                raise EvaluationError(str(exc)) from exc
             raise EvaluationError(
                 f"a linear solve or a determinant in this kernel failed ({exc}): its matrix is "
                 "singular (or, declared positive definite, is not) at "

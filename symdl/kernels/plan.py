@@ -37,6 +37,7 @@ from symdl.kernels.steps import (
     Determinant,
     LinearSolve,
     LoopGroup,
+    MatrixFunctionStep,
     RowStats,
     RowStream,
     Step,
@@ -676,3 +677,17 @@ __all__ = [
     "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",
     "symmetric_form",
 ]
+
+
+# A matrix function (norm, singular values, eigenvalues): a step of its own, as a determinant.
+_LOWER.register(ir.MatrixFunction)(
+    lambda node, get: ir._intern(ir.MatrixFunction(get(node.a), node.kind)))
+_CHEAP_ARITHMETIC.register(ir.MatrixFunction)(lambda node: False)
+
+
+def _place_matrix_function(node: ir.MatrixFunction, planner: _Planner) -> None:
+    planner.materialize(node.a)
+    planner.add_step(MatrixFunctionStep(node), node)
+
+
+_PLACE.register(ir.MatrixFunction)(_place_matrix_function)

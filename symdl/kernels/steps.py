@@ -24,6 +24,7 @@ import sympy as sp
 from symdl import ir
 from symdl.errors import UnsupportedError
 from symdl.ir.evaluate import GRAM_PIVOT_TOLERANCE
+from symdl.ir.matrix_functions import SOURCE as MATRIX_FUNCTION_SOURCE
 from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
 from symdl.kernels.scalar_code import FASTMATH
 
@@ -518,3 +519,52 @@ def dispatch(function: str, args: str, parallel: bool, inplace: bool = False) ->
         return choose(function)
     return (["if inplace:", *(f"    {line}" for line in choose(f"{function}_inplace")), "else:",
              *(f"    {line}" for line in choose(function))])
+
+
+@dataclass(eq=False)
+class MatrixFunctionStep(Step):
+    """A norm, the singular values, the symmetric eigenvalues, or a factor their derivatives
+    read (``ir.MatrixFunction``), in the driver through NumPy's LAPACK (SVD, ``eigh``). The
+    module embeds ``symdl.ir.matrix_functions.SOURCE``, the code NumPy evaluation runs, so a
+    kernel refuses the inputs evaluation refuses (repeated singular values or eigenvalues
+    where a derivative reads their vectors): ``LinAlgError``, which the kernel turns into a
+    typed ``EvaluationError``."""
+
+    node: ir.MatrixFunction
+
+    summary: ClassVar[str] = "factorisations"
+    jitted: ClassVar[bool] = False  # NumPy's LAPACK in the driver, as determinants
+
+    def reads(self) -> list[Read]:
+        return [(self.node.a, None)]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def flops(self) -> sp.Expr:
+        rows, cols = self.node.a.shape
+        if self.node.kind == "fro":
+            return 2 * rows * cols
+        return 4 * rows * cols**2 + 8 * cols**3  # an SVD or eigh, about
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        a = node.a
+        if type(a) in _SOLVE_OPERAND or ir.is_scalar_constant(a):
+            read = _SOLVE_OPERAND.get(type(a))
+            if read is None:
+                raise UnsupportedError(f"a matrix function of a constant {type(a).__name__}")
+            matrix = read(gen, a)
+        else:
+            matrix = gen.array_of(a)
+        if MATRIX_FUNCTION_SOURCE not in gen.functions:
+            gen.functions.append(MATRIX_FUNCTION_SOURCE)
+        value = f"_matrix_function({node.kind!r}, {matrix})"
+        out = gen.array_of(node)
+        if gen.is_root(node):
+            return [f"{out}[...] = {value}"]
+        return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
+                f"{out}[...] = {value}"]
+
+
+STEP_KINDS += (MatrixFunctionStep,)

@@ -18,6 +18,7 @@ _STEP_LABELS = {
     "Contraction": "matrix product (BLAS)",
     "LinearSolve": "linear solve (LAPACK)",
     "Determinant": "determinant (LU, or Cholesky when SPD)",
+    "MatrixFunctionStep": "norm, SVD or eigh (LAPACK)",
     "LoopGroup": "fused loop",
     "RowStats": "row pass (max and sum of exp)",
     "RowStream": "one pass over the rows (X v, loop, X^T r)",

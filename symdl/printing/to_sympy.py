@@ -21,7 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
-from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
+from symdl.define.vocabulary import Det, LogDet, LogSumExp, Norm, Softmax, Spectrum, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.ir.shape import squeeze
@@ -776,3 +776,26 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
     if expr is None:
         raise _NoMatrixFormError(factors)
     return _scaled(coeff, expr)
+
+
+_NORM_OF_KIND = {"fro": "fro", "nuclear": "nuc", "norm2": "2"}
+
+
+@SCALAR.register(ir.MatrixFunction)
+def _scalar_matrix_function(node: ir.MatrixFunction, printer: SympyPrinter) -> sp.Expr:
+    return Norm(printer.matrix(node.a), _NORM_OF_KIND[node.kind])  # the scalar kinds
+
+
+@MATRIX.register(ir.MatrixFunction)
+def _matrix_matrix_function(node: ir.MatrixFunction, printer: SympyPrinter) -> sp.Basic:
+    if node.rank != 2:
+        raise _NoMatrixFormError(node)
+    return Spectrum(printer.matrix(node.a), node.kind)
+
+
+@INDEX.register(ir.MatrixFunction)
+def _index_matrix_function(node: ir.MatrixFunction, printer: SympyPrinter,
+                           indices: tuple) -> sp.Expr:
+    if node.rank == 0:
+        return printer.scalar(node)
+    return MatrixElement(printer.matrix(node), *indices)

@@ -398,3 +398,12 @@ def _det(node: ir.Det, analysis: _Analysis) -> _Info:
     if a.kind != CONST:
         raise analysis.refuse("a determinant of a matrix that depends on the data rows")
     return _Info(CONST)
+
+
+@ROW_SPLIT.register(ir.MatrixFunction)
+def _matrix_function(node: ir.MatrixFunction, analysis: _Analysis) -> _Info:
+    (a,) = analysis.kids(node)
+    if a.kind != CONST:
+        raise analysis.refuse("a norm, singular values or eigenvalues of a matrix that depends "
+                              "on the data rows")
+    return _Info(CONST)

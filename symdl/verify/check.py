@@ -60,7 +60,7 @@ import numpy as np
 import sympy as sp
 
 from symdl.derivation import Derivation
-from symdl.errors import SymdlError
+from symdl.errors import SymdlError, UnsupportedError
 from symdl.ir.assumptions import step_limit
 from symdl.ir.keys import HVP, Gradient, HessianBlock, OutputKey, Value
 from symdl.kernels.kernel import Kernel
@@ -439,9 +439,11 @@ def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = Non
 
 def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hvp, jit,
            curves, kernel, reference_budget, arrays) -> CheckReport:
+    hvp_note = ""
     if isinstance(target, Derivation):
         der = target
-        kernel = kernel or der.compile(hvp=hvp and der.is_scalar, jit=jit)
+        if kernel is None:
+            kernel, hvp_note = _compiled(der, hvp, jit)
     elif isinstance(target, Kernel):
         der, kernel = None, target
     else:
@@ -475,6 +477,8 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
                          tolerance=tol)
     if redrawn:
         report.notes.append(redrawn)
+    if hvp_note:
+        report.notes.append(hvp_note)
     out = _Collector(report, tol)
     # Richardson's error is O(h^4) + O(eps/h): the step eps^(1/5) balances the two (rounding
     # error about eps^(4/5), a hundred times below the eps^(2/3) of the step eps^(1/3), which
@@ -548,3 +552,15 @@ def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> 
     for name, result in zip(roots, results, strict=True):
         out.compare(name, "", analytic[name], np.reshape(result, np.shape(analytic[name])),
                     "numpy reference (IR)")
+
+
+def _compiled(der: Derivation, hvp: bool, jit: bool) -> tuple[Kernel, str]:
+    """The derivation's kernel with Hessian-vector products where asked for; without them,
+    and a note saying why, where a primitive has no second derivative (singular values,
+    eigenvalues): the gradients are still checked."""
+    try:
+        return der.compile(hvp=hvp and der.is_scalar, jit=jit), ""
+    except UnsupportedError as exc:
+        if not (hvp and der.is_scalar):
+            raise
+        return der.compile(hvp=False, jit=jit), f"Hessian-vector products: not checked ({exc})"

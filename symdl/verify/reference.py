@@ -22,9 +22,18 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
-from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
-from symdl.errors import SymdlError
-from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE  # noqa: F401 - check reads it here
+from symdl.define.vocabulary import (
+    Det,
+    LogDet,
+    LogSumExp,
+    Norm,
+    PseudoInverse,
+    Softmax,
+    Spectrum,
+    Total,
+)
+from symdl.errors import SymdlError, UnsupportedError
+from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE as _SCALAR_NOT_STEPPABLE
 
 NUMPY_REFERENCE: dict[str, Callable] = {
     # Written here, not imported from symdl.primitives.functions, so the reference shares no code.
@@ -42,8 +51,12 @@ COMPLEX_REFERENCE: dict[str, Callable] = {
     "KroneckerDelta": lambda a, b: 1.0 * (a == b),
 }
 
-# NOT_COMPLEX_STEPPABLE (kinks, and erf: smooth, but no complex implementation here) comes
-# from symdl's registry: a list of names, no code.
+NOT_COMPLEX_STEPPABLE: tuple[str, ...] = (*_SCALAR_NOT_STEPPABLE, "Norm", "Spectrum")
+"""Names of what a complex step must not differentiate: the scalar functions of symdl's
+registry (kinks, and erf: smooth, but no complex implementation here), a list of names, no
+code; and the nuclear and 2-norms, singular values and eigenvalues, which NumPy computes from
+an SVD or eigendecomposition (of a complex matrix: another function). The Frobenius norm is
+written out, analytic."""
 
 
 def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
@@ -91,6 +104,13 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             # NumPy takes the determinant of the hoisted matrix (SymPy's symbolic one grows
             # factorially with its size).
             return type(e)(hoist(e.arg), e.spd)
+        if isinstance(e, Norm) and e.ord == "fro":  # sqrt(Σ m_ij²), analytic
+            return sp.sqrt(sp.Add(*[t**2 for t in go(e.arg)]))
+        if isinstance(e, Norm) and hoisted is not None:  # NumPy's SVD of the hoisted matrix
+            return Norm(hoist(e.arg), e.ord)
+        if isinstance(e, Norm):
+            raise UnsupportedError(f"{e}: a nuclear or 2-norm is computed by NumPy from "
+                                            "a hoisted matrix only")
         if isinstance(e, (Det, LogDet)):  # the determinant of the explicit matrix
             value = go(e.arg).det()
             return sp.log(sp.Abs(value)) if isinstance(e, LogDet) else value
@@ -146,6 +166,18 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             placeholder = sp.MatrixSymbol(name, *operand.shape)
             hoisted_names[e] = placeholder
             built[e] = sp.Matrix(*operand.shape, lambda i, j: placeholder[i, j])
+        if e not in built and isinstance(e, Spectrum):
+            # NumPy's SVD or eigendecomposition of the hoisted operand.
+            if hoisted is None:
+                raise UnsupportedError(f"{e}: singular values and eigenvalues are "
+                                                "computed by NumPy from a hoisted matrix only")
+            operand = hoist(e.arg)
+            name = f"{prefix}{len(hoisted)}"
+            hoisted[name] = Spectrum(operand, e.kind)
+            rows, cols = (size(s) for s in e.shape)
+            placeholder = sp.MatrixSymbol(name, rows, cols)
+            hoisted_names[e] = placeholder
+            built[e] = sp.Matrix(rows, cols, lambda i, j: placeholder[i, j])
         if e not in built:
             entries = build(e)
             if split and hoisted is not None and not isinstance(e, _NOT_HOISTED):
@@ -324,7 +356,7 @@ def uses_function(body: sp.Basic, names: tuple[str, ...]) -> list[str]:
         atoms = set().union(*(sp.sympify(t).atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
                               for t in body))
     else:
-        atoms = body.atoms(sp.Function, sp.Max, sp.Min, sp.Abs)
+        atoms = body.atoms(sp.Function, sp.Max, sp.Min, sp.Abs, Norm, Spectrum)
     return sorted({type(a).__name__ for a in atoms} & set(names))
 
 

@@ -1,0 +1,159 @@
+"""Norms, singular values and symmetric eigenvalues (``ir.MatrixFunction``): values and
+gradients against ``torch.linalg`` through autograd (float64, 1e-10), the Frobenius norm's
+Hessian, the run-time checks of the distinct-value assumptions, finite differences through
+``symdl.check``, and printing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+import torch
+
+import symdl
+from symdl.errors import EvaluationError, ShapeMismatchError, UnsupportedError
+
+n, d = sp.symbols("n d", integer=True, positive=True)
+A = sp.MatrixSymbol("A", n, d)
+S = sp.MatrixSymbol("S", d, d)
+w = sp.MatrixSymbol("w", d, 1)
+
+LOSS = (symdl.norm(A) + 2 * symdl.norm(A, "nuc") + 3 * symdl.norm(A, 2)
+        + symdl.total(symdl.svdvals(A).T * w) + symdl.total(symdl.eigvalsh(S).T * w))
+
+
+def _torch_loss(a, s, v):
+    return (torch.linalg.matrix_norm(a) + 2 * torch.linalg.matrix_norm(a, "nuc")
+            + 3 * torch.linalg.matrix_norm(a, 2) + (torch.linalg.svdvals(a) * v[:, 0]).sum()
+            + (torch.linalg.eigvalsh((s + s.T) / 2) * v[:, 0]).sum())
+
+
+@pytest.fixture(scope="module")
+def derivation() -> symdl.Derivation:
+    return symdl.derive(LOSS, wrt=[A, S, w])
+
+
+@pytest.fixture(scope="module")
+def kernel(derivation):
+    return derivation.compile()  # the one Numba compile of this module
+
+
+def _inputs(seed: int, rows: int = 5, cols: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"A": rng.normal(size=(rows, cols)), "S": rng.normal(size=(cols, cols)),
+            "w": rng.normal(size=(cols, 1))}
+
+
+@pytest.mark.parametrize("seed,rows", [(0, 5), (1, 3)])
+def test_values_and_gradients_match_torch_linalg(derivation, kernel, seed, rows) -> None:
+    values = _inputs(seed, rows)
+    tensors = {k: torch.tensor(v, requires_grad=True) for k, v in values.items()}
+    want = _torch_loss(tensors["A"], tensors["S"], tensors["w"])
+    want.backward()
+    numpy_outputs = derivation.evaluate(values)
+    result = kernel(**values)
+    for got_value, got_grad in ((numpy_outputs["value"], lambda p: numpy_outputs[f"grad:{p}"]),
+                                (result.value, lambda p: result.grad[p])):
+        np.testing.assert_allclose(float(got_value), want.item(), rtol=1e-10)
+        for p in ("A", "S", "w"):
+            np.testing.assert_allclose(np.reshape(got_grad(p), values[p].shape),
+                                       tensors[p].grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_gradients_are_the_factors_of_the_svd_and_eigh(derivation) -> None:
+    # The formulas: U V^T, u_1 v_1^T, U diag(w) V^T and V diag(w) V^T, by name.
+    text = str(derivation.gradient(A))
+    assert "svd_polar(A)" in text and "svd_top(A)" in text and "svd_u(A)" in text
+    assert str(derivation.gradient(S)) == "eigvecsh(S)*DiagMatrix(w)*eigvecsh(S).T"
+    assert sp.latex(symdl.norm(A, "nuc")) == r"\left\|A\right\|_{*}"
+    assert sp.latex(symdl.norm(A, 2)) == r"\left\|A\right\|_{2}"
+    assert sp.latex(symdl.norm(A)) == r"\left\|A\right\|_{F}"
+    assert sp.latex(symdl.eigvalsh(S)) == r"\lambda\left(S\right)"
+    assert str(symdl.norm(A, "nuc")) == "norm(A, 'nuc')"
+    assert r"\left\|A\right\|_{F}" in derivation.to_latex()
+
+
+def test_the_frobenius_norm_has_hessians_matching_torch() -> None:
+    der = symdl.derive(symdl.norm(A * w) + symdl.norm(A) ** 2 / 2, wrt=[A, w], hessian=True)
+    values = _inputs(2, 4)
+    ta, tw = (torch.tensor(values[k]) for k in ("A", "w"))
+    want = torch.autograd.functional.hessian(
+        lambda a, v: torch.linalg.matrix_norm(a @ v) + torch.linalg.matrix_norm(a) ** 2 / 2,
+        (ta, tw))
+    got = der.evaluate({"A": values["A"], "w": values["w"]})
+    np.testing.assert_allclose(got["hessian:A,A"], want[0][0].numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.reshape(got["hessian:A,w"], (4, 3, 3)),
+                               want[0][1].numpy().reshape(4, 3, 3), rtol=1e-10, atol=1e-12)
+    hvp = der.compile(hvp=True, jit=False)
+    direction = {"v_A": np.ones((4, 3)), "v_w": np.zeros((3, 1))}
+    result = hvp(A=values["A"], w=values["w"], **direction)
+    np.testing.assert_allclose(
+        result.hvp["A"], np.einsum("ijkl,kl->ij", want[0][0].numpy(), np.ones((4, 3))),
+        rtol=1e-10, atol=1e-12)
+
+
+def test_the_frobenius_gradient_at_zero_is_zero_as_torch() -> None:
+    der = symdl.derive(symdl.norm(A), wrt=[A])
+    zero = np.zeros((2, 3))
+    ta = torch.tensor(zero, requires_grad=True)
+    torch.linalg.matrix_norm(ta).backward()
+    want = ta.grad.numpy()
+    assert not want.any()
+    with np.errstate(divide="ignore"):  # NumPy evaluates both branches of the Piecewise
+        np.testing.assert_array_equal(der.evaluate({"A": zero})["grad:A"], want)
+    np.testing.assert_array_equal(der.compile(jit=False)(A=zero).grad["A"], want)
+
+
+@pytest.mark.parametrize("case,matrix,message", [
+    ("eigvalsh", np.diag([2.0, 2.0 + 1e-9, -1.0]),
+     r"eigenvalues 1 and 2 \(ascending, 2 and 2\) are 1e-09 apart, at or below the tolerance "
+     r"1e-06 times the largest magnitude 2"),
+    ("svdvals", np.array([[3.0, 0, 0], [0, 3.0, 0], [0, 0, 1.0], [0, 0, 0]]),
+     r"singular values 0 and 1 \(largest first, 3 and 3\) are 0 apart, at or below the "
+     r"tolerance 1e-06"),
+    ("nuclear", np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [0, 0, 1.0], [0, 0, 0]]),
+     r"the smallest, .* is at or below the tolerance 1e-06 times the largest"),
+    ("norm2", np.array([[2.0, 0, 0], [0, 2.0, 0], [0, 0, 1.0], [0, 0, 0]]),
+     r"sigma_1 = 2 and sigma_2 = 2 are at most the tolerance 1e-06 times sigma_1 apart"),
+])
+def test_repeated_or_zero_values_raise_a_typed_error_naming_the_gap(case, matrix, message):
+    expr = {"eigvalsh": symdl.total(symdl.eigvalsh(S).T * w),
+            "svdvals": symdl.total(symdl.svdvals(A).T * w),
+            "nuclear": symdl.norm(A, "nuc"), "norm2": symdl.norm(A, 2)}[case]
+    leaf = S if case == "eigvalsh" else A
+    der = symdl.derive(expr, wrt=[leaf])
+    values = {leaf.name: matrix}
+    if case in ("eigvalsh", "svdvals"):
+        values["w"] = np.ones((3, 1))
+    with pytest.raises(EvaluationError, match=message):
+        der.evaluate(values)
+    with pytest.raises(EvaluationError, match=message):
+        der.compile(jit=False)(**values)
+    # The value alone is computed anywhere: only a derivative reads the vectors.
+    assert np.isfinite(float(symdl.evaluate(expr, values, {n: 4, d: 3})))
+
+
+def test_second_derivatives_through_spectra_raise_unsupported() -> None:
+    with pytest.raises(UnsupportedError, match="second derivatives .* not supported"):
+        symdl.derive(symdl.norm(A, "nuc"), wrt=[A], hessian=True)
+    with pytest.raises(UnsupportedError, match="hvp=True"):
+        symdl.derive(symdl.total(symdl.eigvalsh(S).T * w), wrt=[S]).compile(hvp=True,
+                                                                           jit=False)
+
+
+def test_check_passes_with_finite_differences_and_notes_the_missing_hvp() -> None:
+    square = sp.MatrixSymbol("A", d, d)  # square: singular values for every drawn size
+    der = symdl.derive(symdl.norm(square, "nuc") + symdl.norm(square, 2)
+                       + symdl.total(symdl.eigvalsh(square).T * w), wrt=[square, w])
+    report = symdl.check(der, jit=False)
+    report.raise_if_failed()
+    methods = {(row.output, row.method) for row in report.rows}
+    assert ("grad:A", "central-richardson") in methods
+    assert any("Hessian-vector products: not checked" in note for note in report.notes)
+
+
+def test_a_wide_matrix_has_no_column_of_singular_values() -> None:
+    wide = sp.MatrixSymbol("W", 2, 3)
+    with pytest.raises(ShapeMismatchError, match=r"svdvals\(m.T\)"):
+        symdl.svdvals(wide)
+    assert symdl.svdvals(wide.T).shape == (2, 1)
