@@ -353,12 +353,19 @@ def _reciprocal_or_zero(node: ir.Node) -> ir.Node:
     return ir.map_(sp.Lambda(x, sp.Piecewise((1 / x, x > 0), (0, True))), node)
 
 
+_FACTOR_NAMES = {"polar": "U V^T (the gradient of the nuclear norm)",
+                 "top": "u_1 v_1^T (the gradient of the 2-norm)",
+                 "svd_u": "the singular vectors (the gradient of svdvals)",
+                 "svd_v": "the singular vectors (the gradient of svdvals)",
+                 "eigvecsh": "the eigenvectors (the gradient of eigvalsh)"}
+
+
 def _no_second_derivative(node: ir.MatrixFunction) -> UnsupportedError:
     return UnsupportedError(
-        f"second derivatives through {ir.MATRIX_FUNCTION_KINDS[node.kind]} are not "
-        "supported: the nuclear and 2-norms, svdvals and eigvalsh have gradients in symdl, not "
-        "Hessians or Hessian-vector products (the Frobenius norm, trace, det, logdet and the "
-        "inverse have both); derive without hessian=True and compile without hvp=True")
+        f"Hessians and Hessian-vector products through {_FACTOR_NAMES[node.kind]} are not "
+        "supported: the nuclear and 2-norms, svdvals and eigvalsh have gradients only (the "
+        "Frobenius norm, trace, det, logdet and the inverse have Hessians too); derive "
+        "without hessian=True and compile without hvp=True")
 
 
 @VJP.register(ir.MatrixFunction)

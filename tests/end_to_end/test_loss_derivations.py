@@ -216,6 +216,11 @@ def np_pca(X, W):  # noqa: N803
     return np.sum(e**2) / n, {"W": 2 * (X.T @ e @ W + e.T @ X @ W) / n}
 
 
+def np_nuclear_norm(W, lam):  # noqa: N803
+    u, s, vt = np.linalg.svd(W, full_matrices=False)
+    return lam * np.sum(s), {"W": lam * u @ vt, "lambda": float(np.sum(s))}
+
+
 NUMPY_ORACLES: dict[str, Callable] = {
     "loss_mse": np_mse, "loss_mae": np_mae, "loss_huber": np_huber,
     "loss_bce_logits": np_bce_logits, "loss_cross_entropy": np_cross_entropy,
@@ -231,6 +236,7 @@ NUMPY_ORACLES: dict[str, Callable] = {
     "model_ridge_closed_form": np_ridge_closed_form,
     "model_matrix_factorization": np_matrix_factorization,
     "model_pca": np_pca,
+    "reg_nuclear_norm": np_nuclear_norm,
 }
 NAMES = sorted(NUMPY_ORACLES)
 
@@ -319,6 +325,8 @@ TORCH_ORACLES: dict[str, tuple[tuple[str, ...], Callable]] = {
                                    nnz, lam: (M * (U @ V.T - R)).pow(2).sum() / nnz
                                    + lam * (U.pow(2).sum() + V.pow(2).sum())),
     "model_pca": (("X", "W"), lambda X, W: (X @ W @ W.T - X).pow(2).sum() / X.shape[0]),
+    "reg_nuclear_norm": (("W", "lambda"),
+                         lambda W, lam: lam * torch.linalg.matrix_norm(W, "nuc")),
 }
 
 
