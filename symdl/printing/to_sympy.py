@@ -339,6 +339,7 @@ class SympyPrinter:
             raise _NoMatrixFormError(node)
         scalars: list[sp.Expr] = [node.coeff]
         factors: list[_Factor] = []
+        traced: set[int] = set()
         for op, spec in zip(node.operands, node.specs, strict=False):
             if op.rank == 0:
                 scalars.append(self.scalar(op))
@@ -354,12 +355,18 @@ class SympyPrinter:
             else:
                 raise _NoMatrixFormError(node)
             if labels[0] is not None and labels[0] == labels[1]:
-                raise _NoMatrixFormError(node)
+                if labels[0] in node.out or sum(spec_.count(labels[0])
+                                                for spec_ in node.specs) != 2:
+                    raise _NoMatrixFormError(node)
+                scalars.append(sp.Trace(expr))  # Σ_i M[i, i], summed here alone
+                traced.add(labels[0])
+                continue
             if labels == (None, None):
                 scalars.append(MatrixTrace(expr))
                 continue
             factors.append(_Factor(expr, *labels))
-        summed = [lab for lab in dims if label(lab) is not None and lab not in node.out]
+        summed = [lab for lab in dims
+                  if label(lab) is not None and lab not in node.out and lab not in traced]
         factors = _merge(factors)
         if not out and len(factors) == 1 and factors[0].col is not None:
             return sp.Mul(*scalars) * Total(factors[0].expr)

@@ -23,6 +23,7 @@ import sympy as sp
 
 import symdl
 from symdl import catalog as registry
+from symdl.errors import UnsupportedError
 from symdl.printing import latex
 from symdl.printing.latex import LatexError, latex_name
 
@@ -140,7 +141,10 @@ def test_every_shipped_derivation_compiles(tmp_path: Path) -> None:
         if der.is_scalar:
             for k, p in enumerate(der.wrt):
                 for q in der.wrt[k:]:
-                    der.hessian_node(p, q)
+                    try:
+                        der.hessian_node(p, q)
+                    except UnsupportedError:  # gradients only (singular values: stated)
+                        assert entry.name == "reg_nuclear_norm"
         sources[entry.name] = latex.document(der, title=entry.title)
         for internal in INTERNALS:
             assert internal not in sources[entry.name], (entry.name, internal)

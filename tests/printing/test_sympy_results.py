@@ -19,6 +19,7 @@ import torch
 import symdl
 import symdl.primitives.functions
 from symdl import catalog as registry
+from symdl.errors import UnsupportedError
 from symdl.printing.plain import plain
 from tests.end_to_end.test_derivations import _inputs
 
@@ -33,7 +34,10 @@ def _results(der: symdl.Derivation) -> dict[str, object]:
     for p in der.wrt:
         out[f"grad {p}"] = der.gradient(p)
         for q in der.wrt:
-            out[f"hessian {p},{q}"] = der.hessian(p, q)
+            try:
+                out[f"hessian {p},{q}"] = der.hessian(p, q)
+            except UnsupportedError as exc:  # singular values: gradients only, stated
+                assert "gradients only" in str(exc)
     return out
 
 

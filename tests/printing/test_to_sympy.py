@@ -64,7 +64,7 @@ CASES = {
     "outer-squeezed": (ir.einsum([w, w], [(0, 1), (2, 3)], (0, 1, 2, 3)), "w*w.T",
                        lambda v: v["w"] @ v["w"].T),
     "total": (ir.einsum([A], [(0, 1)], ()), "Total(A)", lambda v: v["A"].sum()),
-    "trace": (ir.einsum([S], [(0, 0)], ()), "Sum(S[i, i], (i, 0, n - 1))",
+    "trace": (ir.einsum([S], [(0, 0)], ()), "Trace(S)",
               lambda v: np.trace(v["S"])),
     "map-tanh": (ir.map_(sp.Lambda(x, sp.tanh(x)), A), "tanh(A)", lambda v: np.tanh(v["A"])),
     "map-polynomial": (ir.map_(sp.Lambda(x, 1 - x**2), A), "-HadamardPower(A, 2) + 1",
