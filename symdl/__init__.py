@@ -37,6 +37,7 @@ from symdl.define.vocabulary import (
     binary_cross_entropy_with_logits,
     broadcast,
     det,
+    eigh,
     eigvalsh,
     elu,
     exp,
@@ -118,5 +119,5 @@ __all__ = [
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
     "Det", "LogDet", "PseudoInverse", "det", "logdet", "pinv", "trace",
-    "Norm", "Spectrum", "eigvalsh", "norm", "svdvals",
+    "Norm", "Spectrum", "eigh", "eigvalsh", "norm", "svdvals",
 ]

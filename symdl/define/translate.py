@@ -147,7 +147,7 @@ class Translator:
                 return ir.solve(gram, ir.einsum([m], [(0, 1)], (1, 0)), spd=True)
             return ir.einsum([ir.solve(gram, m, spd=True)], [(0, 1)], (1, 0))
         if isinstance(e, Spectrum):
-            return ir.matrix_function(self.matrix(e.arg), e.kind)
+            return ir.matrix_function(self.matrix(e.arg), e.part)
         if isinstance(e, DiagMatrix):
             v = self.matrix(e.args[0])
             rows, cols = v.shape
@@ -283,7 +283,7 @@ class Translator:
         if determinant is not None:
             return determinant, ()
         if isinstance(e, Norm):
-            return ir.matrix_function(self.matrix(e.arg), e.kind), ()
+            return ir.matrix_function(self.matrix(e.arg), e.part), ()
         if isinstance(e, (sp.Max, sp.Min, sp.Piecewise)):
             return self._kink(e)
         if isinstance(e, sp.Function):

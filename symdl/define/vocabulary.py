@@ -921,7 +921,7 @@ class Norm(sp.Expr):
         return str(self.args[1].name)
 
     @property
-    def kind(self) -> str:
+    def part(self) -> str:
         """The IR's ``MatrixFunction`` kind: ``fro``, ``nuclear`` or ``norm2``."""
         return _NORM_ORDERS[self.ord][0]
 
@@ -956,6 +956,10 @@ _SPECTRUM_KINDS = {
     "svd_u": ("svd_u", r"U_{#}", "numpy.linalg.svd(#, full_matrices=False)[0]"),
     "svd_v": ("svd_v", r"V_{#}", "numpy.linalg.svd(#, full_matrices=False)[2].T"),
     "eigvecsh": ("eigvecsh", r"V_{#}", "numpy.linalg.eigh((# + (#).T) / 2)[1]"),
+    "eigh_gaps": ("eigh_gaps", r"F_{#}",
+                  "(lambda g: numpy.where(g == 0, 0.0, 1.0 / numpy.where(g == 0, 1.0, g)))"
+                  "((lambda w: w[None, :] - w[:, None])"
+                  "(numpy.linalg.eigvalsh((# + (#).T) / 2)))"),
 }
 
 
@@ -963,7 +967,8 @@ class Spectrum(MatrixExpr):
     """Singular values (``kind="svdvals"``), eigenvalues of a symmetric matrix
     (``"eigvalsh"``), both as a column, or a factor of the SVD or eigendecomposition that
     their derivatives are written in (``"polar"``: ``U V^T``, ``"top"``: ``u_1 v_1^T``,
-    ``"svd_u"``, ``"svd_v"``, ``"eigvecsh"``)."""
+    ``"svd_u"``, ``"svd_v"``, ``"eigh_gaps"``); ``"eigvecsh"``: the eigenvectors of a
+    symmetric matrix, as columns."""
 
     def __new__(cls, m: MatrixExpr, kind: str | sp.Symbol):
         m = _as_matrix(sp.sympify(m), "a spectrum")
@@ -972,7 +977,7 @@ class Spectrum(MatrixExpr):
             raise DefinitionError(f"unknown spectrum kind {kind!r}: one of "
                                   f"{list(_SPECTRUM_KINDS)}")
         rows, cols = m.shape
-        if kind in ("eigvalsh", "eigvecsh") and rows != cols:
+        if kind in ("eigvalsh", "eigvecsh", "eigh_gaps") and rows != cols:
             raise ShapeMismatchError(
                 f"eigenvalues need a square (symmetric) matrix, got {m} of shape {rows} x "
                 f"{cols}", (rows, cols))
@@ -987,7 +992,7 @@ class Spectrum(MatrixExpr):
         return self.args[0]
 
     @property
-    def kind(self) -> str:
+    def part(self) -> str:
         return str(self.args[1].name)
 
     @property
@@ -995,23 +1000,24 @@ class Spectrum(MatrixExpr):
         rows, cols = self.arg.shape
         return {"svdvals": (cols, sp.Integer(1)), "eigvalsh": (rows, sp.Integer(1)),
                 "polar": (rows, cols), "top": (rows, cols), "svd_u": (rows, cols),
-                "svd_v": (cols, cols), "eigvecsh": (rows, rows)}[self.kind]
+                "svd_v": (cols, cols), "eigvecsh": (rows, rows),
+                "eigh_gaps": (rows, rows)}[self.part]
 
     def doit(self, **hints) -> MatrixExpr:
         m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
-        return Spectrum(m, self.kind)
+        return Spectrum(m, self.part)
 
     def _entry(self, i, j, **kwargs) -> sp.Expr:
         return MatrixElement(self, i, j)
 
     def _latex(self, printer) -> str:
-        return _SPECTRUM_KINDS[self.kind][1].replace("#", printer._print(self.arg))
+        return _SPECTRUM_KINDS[self.part][1].replace("#", printer._print(self.arg))
 
     def _sympystr(self, printer) -> str:
-        return f"{_SPECTRUM_KINDS[self.kind][0]}({printer._print(self.arg)})"
+        return f"{_SPECTRUM_KINDS[self.part][0]}({printer._print(self.arg)})"
 
     def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of a result
-        code = _SPECTRUM_KINDS[self.kind][2].replace("#", printer._print(self.arg))
+        code = _SPECTRUM_KINDS[self.part][2].replace("#", printer._print(self.arg))
         return code.replace("numpy.", printer._module_format("numpy") + ".")
 
 
@@ -1070,8 +1076,8 @@ def eigvalsh(m: MatrixExpr) -> Spectrum:
     derivative exact) for every square ``m``: ``d lambda_i = v_i^T dm v_i``, gradient
     ``v_i v_i^T``. That assumes the eigenvalues distinct, checked where a derivative is
     computed (``EvaluationError`` naming the two closest eigenvalues, their gap and the
-    tolerance relative to the largest magnitude). Gradients only: Hessians through them raise
-    ``UnsupportedError``.
+    tolerance relative to the largest magnitude). Hessians too (through the derivative of
+    the eigenvectors, ``eigh``).
 
     Example:
         >>> import sympy as sp
@@ -1082,3 +1088,30 @@ def eigvalsh(m: MatrixExpr) -> Spectrum:
         [[1.0], [3.0]]
     """
     return Spectrum(m, "eigvalsh")
+
+
+def eigh(m: MatrixExpr) -> tuple[Spectrum, Spectrum]:
+    """The eigenvalues (ascending, a column) and eigenvectors (the columns of a matrix) of a
+    symmetric matrix, as ``numpy.linalg.eigh``: ``m = V diag(lambda) V^T``.
+
+    Both are those of the symmetric part ``(m + m^T)/2``, so they are defined, and their
+    derivatives exact, for every square ``m``. ``d lambda_i = v_i^T dm v_i`` and
+    ``dV = V (F ∘ (V^T dm_sym V))`` with ``F[i, j] = 1/(lambda_j - lambda_i)`` off the
+    diagonal: both assume the eigenvalues distinct, checked where a derivative is computed
+    (``EvaluationError`` naming the two closest, their gap and the tolerance relative to the
+    largest magnitude). Each eigenvector's sign is LAPACK's: a definition that should not
+    depend on it uses functions invariant to it (``v v^T``, squares of projections).
+    Gradients and Hessians of the eigenvalues; gradients of the eigenvectors (a Hessian
+    through them raises ``UnsupportedError``).
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> S = sp.MatrixSymbol("S", d, d)
+        >>> values, vectors = symdl.eigh(S)
+        >>> v = symdl.evaluate(vectors, {"S": [[2.0, 0.0], [0.0, 1.0]]}, {d: 2})
+        >>> abs(v).tolist()
+        [[0.0, 1.0], [1.0, 0.0]]
+    """
+    return Spectrum(m, "eigvalsh"), Spectrum(m, "eigvecsh")

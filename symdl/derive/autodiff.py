@@ -357,15 +357,25 @@ _FACTOR_NAMES = {"polar": "U V^T (the gradient of the nuclear norm)",
                  "top": "u_1 v_1^T (the gradient of the 2-norm)",
                  "svd_u": "the singular vectors (the gradient of svdvals)",
                  "svd_v": "the singular vectors (the gradient of svdvals)",
-                 "eigvecsh": "the eigenvectors (the gradient of eigvalsh)"}
+                 "eigh_gaps": "1/(lambda_j - lambda_i) (the derivative of the eigenvectors)"}
 
 
 def _no_second_derivative(node: ir.MatrixFunction) -> UnsupportedError:
     return UnsupportedError(
         f"Hessians and Hessian-vector products through {_FACTOR_NAMES[node.kind]} are not "
-        "supported: the nuclear and 2-norms, svdvals and eigvalsh have gradients only (the "
-        "Frobenius norm, trace, det, logdet and the inverse have Hessians too); derive "
-        "without hessian=True and compile without hvp=True")
+        "supported: the nuclear and 2-norms, svdvals and eigenvectors have gradients only "
+        "(eigenvalues, the Frobenius norm, trace, det, logdet and the inverse have Hessians "
+        "too); derive without hessian=True and compile without hvp=True")
+
+
+def _eigenvector_terms(node: ir.MatrixFunction, middle: list[ir.Node],
+                       terms: list[tuple[list, tuple[int, ...]]]) -> ir.Node:
+    """Half the sum of products ``V[0, 2] F[2, 3] middle`` (each term: the specs of
+    ``middle`` and the output labels), from the eigenvector derivative ``dV = V (F ∘ (V^T dS
+    V))``: ``F[i, j] = 1/(lambda_j - lambda_i)``, ``dS = (dA + dA^T)/2``."""
+    gaps = ir.matrix_function(node.a, "eigh_gaps")
+    return ir.add(*[ir.einsum([node, gaps, *middle], [(0, 2), (2, 3), *specs], out,
+                              sp.Rational(1, 2)) for specs, out in terms])
 
 
 @VJP.register(ir.MatrixFunction)
@@ -375,6 +385,11 @@ def _vjp_matrix_function(node: ir.MatrixFunction, adj: ir.Node, k: int) -> ir.No
     a = node.a
     if node.kind == "fro":
         return ir.einsum([adj, _reciprocal_or_zero(node), a], [(), (), (0, 1)], (0, 1))
+    if node.kind == "eigvecsh":
+        # V̄ -> G = V (F ∘ (V^T V̄)) V^T, and Ā = (G + G^T)/2 (the symmetric part is factored).
+        v = node
+        specs = [(4, 2), (4, 3), (1, 3)]
+        return _eigenvector_terms(node, [v, adj, v], [(specs, (0, 1)), (specs, (1, 0))])
     factors = _SPECTRAL_FACTORS.get(node.kind)
     if factors is None:
         raise _no_second_derivative(node)
@@ -394,6 +409,13 @@ def _jvp_matrix_function(node: ir.MatrixFunction, tangents: list,
     if node.kind == "fro":
         ext = tuple(range(2, 2 + len(extra)))
         return ir.einsum([_reciprocal_or_zero(node), a, t], [(), (0, 1), (0, 1) + ext], ext)
+    if node.kind == "eigvecsh":
+        # dV[m, j] = Σ_i V[m, i] F[i, j] (V^T dS V)[i, j], dS = (dA + dA^T)/2.
+        v = node
+        ext = tuple(range(5, 5 + len(extra)))
+        out = (0, 3) + ext
+        return _eigenvector_terms(node, [v, t, v], [([(1, 2), (1, 4) + ext, (4, 3)], out),
+                                                    ([(1, 2), (4, 1) + ext, (4, 3)], out)])
     factors = _SPECTRAL_FACTORS.get(node.kind)
     if factors is None:
         raise _no_second_derivative(node)

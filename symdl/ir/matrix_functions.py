@@ -33,7 +33,7 @@ def _matrix_function(kind, a):
     tolerance = {GAP_TOLERANCE!r}
     if kind == "fro":
         return np.asarray(np.sqrt(np.sum(a * a)))
-    if kind == "eigvalsh" or kind == "eigvecsh":
+    if kind == "eigvalsh" or kind == "eigvecsh" or kind == "eigh_gaps":
         w, v = np.linalg.eigh((a + a.T) / 2)
         if kind == "eigvalsh":
             return w.reshape(-1, 1)
@@ -49,7 +49,13 @@ def _matrix_function(kind, a):
                     f"{{tolerance!r}} times the largest magnitude {{scale:.6g}}: at a repeated "
                     "eigenvalue only symmetric functions of them (their sum, the trace) are "
                     "differentiable")
-        return v
+        if kind == "eigvecsh":
+            return v
+        gaps = w[None, :] - w[:, None]
+        np.fill_diagonal(gaps, 1.0)
+        inverse = 1.0 / gaps
+        np.fill_diagonal(inverse, 0.0)
+        return inverse
     rows, cols = a.shape
     if rows < cols and kind in ("svdvals", "svd_u", "svd_v"):
         raise MatrixFunctionAssumptionError(

@@ -690,9 +690,11 @@ MATRIX_FUNCTION_KINDS: dict[str, str] = {
     "svd_u": "U of the thin SVD (distinct, nonzero singular values)",
     "svd_v": "V of the thin SVD (distinct, nonzero singular values)",
     "eigvecsh": "the eigenvectors of (A + A^T)/2, as columns (distinct eigenvalues)",
+    "eigh_gaps": "F[i, j] = 1/(lambda_j - lambda_i), 0 on the diagonal: the derivative of the "
+                 "eigenvectors (distinct eigenvalues)",
 }
-"""Every kind of ``MatrixFunction`` and what it is. The first five are values a definition
-writes; the others are the factors their derivatives are written in."""
+"""Every kind of ``MatrixFunction`` and what it is. The first five and ``eigvecsh`` are values
+a definition writes; the others are the factors their derivatives are written in."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -712,7 +714,7 @@ class MatrixFunction(Node):
         return {"fro": (), "nuclear": (), "norm2": (), "svdvals": (cols, one),
                 "eigvalsh": (rows, one), "polar": (rows, cols), "top": (rows, cols),
                 "svd_u": (rows, cols), "svd_v": (cols, cols), "eigvecsh": (rows, rows),
-                }[self.kind]
+                "eigh_gaps": (rows, rows)}[self.kind]
 
     def children(self) -> tuple[Node, ...]:
         return (self.a,)
@@ -723,7 +725,7 @@ def matrix_function(a: Node, kind: str) -> MatrixFunction:
     if kind not in MATRIX_FUNCTION_KINDS:
         raise ValueError(f"unknown matrix function {kind!r}; one of {list(MATRIX_FUNCTION_KINDS)}")
     _require_matrix(a, MATRIX_FUNCTION_KINDS[kind])
-    if kind in ("eigvalsh", "eigvecsh") and a.shape[0] != a.shape[1]:
+    if kind in ("eigvalsh", "eigvecsh", "eigh_gaps") and a.shape[0] != a.shape[1]:
         raise ShapeMismatchError(
             f"eigenvalues need a square (symmetric) matrix, got shape {a.shape}", a.shape)
     return _intern(MatrixFunction(a, kind))

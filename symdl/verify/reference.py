@@ -173,7 +173,7 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
                                                 "computed by NumPy from a hoisted matrix only")
             operand = hoist(e.arg)
             name = f"{prefix}{len(hoisted)}"
-            hoisted[name] = Spectrum(operand, e.kind)
+            hoisted[name] = Spectrum(operand, e.part)
             rows, cols = (size(s) for s in e.shape)
             placeholder = sp.MatrixSymbol(name, rows, cols)
             hoisted_names[e] = placeholder

@@ -133,13 +133,44 @@ def test_repeated_or_zero_values_raise_a_typed_error_naming_the_gap(case, matrix
     assert np.isfinite(float(symdl.evaluate(expr, values, {n: 4, d: 3})))
 
 
-def test_second_derivatives_through_spectra_raise_unsupported() -> None:
+def test_second_derivatives_through_singular_values_and_eigenvectors_raise_unsupported():
     with pytest.raises(UnsupportedError,
                        match=r"Hessian-vector products through U V\^T .* not supported"):
         symdl.derive(symdl.norm(A, "nuc"), wrt=[A], hessian=True)
     with pytest.raises(UnsupportedError, match="hvp=True"):
-        symdl.derive(symdl.total(symdl.eigvalsh(S).T * w), wrt=[S]).compile(hvp=True,
-                                                                           jit=False)
+        symdl.derive(symdl.total(symdl.svdvals(A).T * w), wrt=[A]).compile(hvp=True, jit=False)
+    _, vectors = symdl.eigh(S)
+    with pytest.raises(UnsupportedError, match="the derivative of the eigenvectors"):
+        symdl.derive(symdl.total(sp.HadamardPower(vectors * w, 2)), wrt=[S], hessian=True)
+
+
+def test_eigenvector_gradients_and_eigenvalue_hessians_match_torch() -> None:
+    values, vectors = symdl.eigh(S)
+    X = sp.MatrixSymbol("X", d, d)
+    # Invariant to each eigenvector's sign, which LAPACK chooses.
+    projections = symdl.total(sp.HadamardPower(vectors.T * X, 2))
+    der = symdl.derive(projections + symdl.total(sp.HadamardPower(values, 2)), wrt=[S])
+    rng = np.random.default_rng(4)
+    s, x = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+
+    def torch_loss(t):
+        lam, vec = torch.linalg.eigh((t + t.T) / 2)
+        return ((vec.T @ torch.tensor(x)) ** 2).sum() + (lam**2).sum()
+
+    ts = torch.tensor(s, requires_grad=True)
+    torch_loss(ts).backward()
+    np.testing.assert_allclose(der.evaluate({"S": s, "X": x})["grad:S"], ts.grad.numpy(),
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(der.compile(jit=False)(S=s, X=x).grad["S"], ts.grad.numpy(),
+                               rtol=1e-10, atol=1e-12)
+    assert "eigh_gaps(S)" in str(der.gradient(S))
+    cubes = symdl.derive(symdl.total(sp.HadamardPower(values, 3)), wrt=[S], hessian=True)
+    want = torch.autograd.functional.hessian(
+        lambda t: (torch.linalg.eigvalsh((t + t.T) / 2) ** 3).sum(), torch.tensor(s)).numpy()
+    np.testing.assert_allclose(cubes.evaluate({"S": s})["hessian:S,S"], want, rtol=1e-10,
+                               atol=1e-12)
+    hvp = cubes.compile(hvp=True, jit=False)(S=s, v_S=x).hvp["S"]
+    np.testing.assert_allclose(hvp, np.einsum("ijkl,kl->ij", want, x), rtol=1e-10, atol=1e-12)
 
 
 def test_check_passes_with_finite_differences_and_notes_the_missing_hvp() -> None:
