@@ -36,6 +36,7 @@ from symdl.define.vocabulary import (
     bias,
     binary_cross_entropy_with_logits,
     broadcast,
+    cholesky,
     det,
     eigh,
     eigvalsh,
@@ -119,5 +120,5 @@ __all__ = [
     "broadcast", "floor", "gelu", "leaky_relu", "rsqrt", "sqrt", "variance",
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
     "Det", "LogDet", "PseudoInverse", "det", "logdet", "pinv", "trace",
-    "Norm", "Spectrum", "eigh", "eigvalsh", "norm", "svdvals",
+    "Norm", "Spectrum", "cholesky", "eigh", "eigvalsh", "norm", "svdvals",
 ]

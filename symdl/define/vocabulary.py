@@ -960,6 +960,11 @@ _SPECTRUM_KINDS = {
                   "(lambda g: numpy.where(g == 0, 0.0, 1.0 / numpy.where(g == 0, 1.0, g)))"
                   "((lambda w: w[None, :] - w[:, None])"
                   "(numpy.linalg.eigvalsh((# + (#).T) / 2)))"),
+    "cholesky": ("cholesky", r"\operatorname{chol}\left(#\right)",
+                 "numpy.linalg.cholesky((# + (#).T) / 2)"),
+    "tril_half": ("tril_half", r"\Phi\left(#\right)",
+                  "(lambda x: x * (numpy.tril(numpy.ones(x.shape)) - 0.5 * numpy.eye(len(x))))"
+                  "(#)"),
 }
 
 
@@ -967,8 +972,8 @@ class Spectrum(MatrixExpr):
     """Singular values (``kind="svdvals"``), eigenvalues of a symmetric matrix
     (``"eigvalsh"``), both as a column, or a factor of the SVD or eigendecomposition that
     their derivatives are written in (``"polar"``: ``U V^T``, ``"top"``: ``u_1 v_1^T``,
-    ``"svd_u"``, ``"svd_v"``, ``"eigh_gaps"``); ``"eigvecsh"``: the eigenvectors of a
-    symmetric matrix, as columns."""
+    ``"svd_u"``, ``"svd_v"``, ``"eigh_gaps"``, ``"tril_half"``); ``"eigvecsh"``: the
+    eigenvectors of a symmetric matrix, as columns; ``"cholesky"``: the Cholesky factor."""
 
     def __new__(cls, m: MatrixExpr, kind: str | sp.Symbol):
         m = _as_matrix(sp.sympify(m), "a spectrum")
@@ -977,7 +982,7 @@ class Spectrum(MatrixExpr):
             raise DefinitionError(f"unknown spectrum kind {kind!r}: one of "
                                   f"{list(_SPECTRUM_KINDS)}")
         rows, cols = m.shape
-        if kind in ("eigvalsh", "eigvecsh", "eigh_gaps") and rows != cols:
+        if kind in ("eigvalsh", "eigvecsh", "eigh_gaps", "cholesky", "tril_half") and rows != cols:
             raise ShapeMismatchError(
                 f"eigenvalues need a square (symmetric) matrix, got {m} of shape {rows} x "
                 f"{cols}", (rows, cols))
@@ -1001,7 +1006,8 @@ class Spectrum(MatrixExpr):
         return {"svdvals": (cols, sp.Integer(1)), "eigvalsh": (rows, sp.Integer(1)),
                 "polar": (rows, cols), "top": (rows, cols), "svd_u": (rows, cols),
                 "svd_v": (cols, cols), "eigvecsh": (rows, rows),
-                "eigh_gaps": (rows, rows)}[self.part]
+                "eigh_gaps": (rows, rows), "cholesky": (rows, rows),
+                "tril_half": (rows, rows)}[self.part]
 
     def doit(self, **hints) -> MatrixExpr:
         m = self.arg.doit(**hints) if hints.get("deep", True) else self.arg
@@ -1115,3 +1121,26 @@ def eigh(m: MatrixExpr) -> tuple[Spectrum, Spectrum]:
         [[0.0, 1.0], [1.0, 0.0]]
     """
     return Spectrum(m, "eigvalsh"), Spectrum(m, "eigvecsh")
+
+
+def cholesky(m: MatrixExpr) -> Spectrum:
+    """The Cholesky factor ``L`` of a symmetric positive definite matrix: lower triangular with
+    a positive diagonal, ``m = L L^T`` (``numpy.linalg.cholesky``).
+
+    It is the factor of the symmetric part ``(m + m^T)/2``, so its derivative is exact for
+    every square ``m``: ``dL = L Φ(L^{-1} dS L^{-T})``, ``dS = (dm + dm^T)/2``, where ``Φ``
+    keeps the lower triangle and halves the diagonal; the gradient is
+    ``sym(L^{-T} Φ(L^T L̄) L^{-1})``, by triangular-free linear solves (never an inverse).
+    ``Φ`` is a node of its own (``tril_half``), not a product with a dense mask. Gradients,
+    Hessians and Hessian-vector products; a matrix that is not positive definite raises
+    ``EvaluationError``.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> d = sp.Symbol("d", integer=True, positive=True)
+        >>> S = sp.MatrixSymbol("S", d, d)
+        >>> symdl.evaluate(symdl.cholesky(S), {"S": [[4.0, 2.0], [2.0, 5.0]]}, {d: 2}).tolist()
+        [[2.0, 0.0], [1.0, 2.0]]
+    """
+    return Spectrum(m, "cholesky")

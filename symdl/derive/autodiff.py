@@ -368,6 +368,12 @@ def _no_second_derivative(node: ir.MatrixFunction) -> UnsupportedError:
         "too); derive without hessian=True and compile without hvp=True")
 
 
+def _swap_first_axes(x: ir.Node) -> ir.Node:
+    """``x`` with its first two axes swapped (the transpose of a matrix, seed axes kept)."""
+    rest = tuple(range(2, x.rank))
+    return ir.einsum([x], [(0, 1) + rest], (1, 0) + rest)
+
+
 def _eigenvector_terms(node: ir.MatrixFunction, middle: list[ir.Node],
                        terms: list[tuple[list, tuple[int, ...]]]) -> ir.Node:
     """Half the sum of products ``V[0, 2] F[2, 3] middle`` (each term: the specs of
@@ -385,6 +391,16 @@ def _vjp_matrix_function(node: ir.MatrixFunction, adj: ir.Node, k: int) -> ir.No
     a = node.a
     if node.kind == "fro":
         return ir.einsum([adj, _reciprocal_or_zero(node), a], [(), (), (0, 1)], (0, 1))
+    if node.kind == "cholesky":
+        # L̄ -> G = L^{-T} Φ(L^T L̄) L^{-1}, and Ā = (G + G^T)/2: two linear solves with L^T.
+        lower = node
+        inner = ir.matrix_function(ir.einsum([lower, adj], [(2, 0), (2, 1)], (0, 1)),
+                                   "tril_half")
+        left = ir.solve(_transpose(lower), inner)  # L^{-T} Φ
+        g = _transpose(ir.solve(_transpose(lower), _transpose(left)))  # (L^{-T} (L^{-T} Φ)^T)^T
+        return ir.einsum([ir.add(g, _transpose(g))], [(0, 1)], (0, 1), sp.Rational(1, 2))
+    if node.kind == "tril_half":  # linear: its adjoint keeps the upper triangle instead
+        return _swap_first_axes(ir.matrix_function(_swap_first_axes(adj), "tril_half"))
     if node.kind == "eigvecsh":
         # V̄ -> G = V (F ∘ (V^T V̄)) V^T, and Ā = (G + G^T)/2 (the symmetric part is factored).
         v = node
@@ -409,6 +425,19 @@ def _jvp_matrix_function(node: ir.MatrixFunction, tangents: list,
     if node.kind == "fro":
         ext = tuple(range(2, 2 + len(extra)))
         return ir.einsum([_reciprocal_or_zero(node), a, t], [(), (0, 1), (0, 1) + ext], ext)
+    if node.kind == "cholesky":
+        # dL = L Φ(L^{-1} dS L^{-T}), dS = (dA + dA^T)/2 over the matrix axes (seed axes kept).
+        lower = node
+        ext = tuple(range(2, 2 + len(extra)))
+        sym = ir.einsum([ir.add(t, _swap_first_axes(t))], [(0, 1) + ext], (0, 1) + ext,
+                        sp.Rational(1, 2))
+        left = ir.solve(lower, sym)  # L^{-1} dS
+        middle = _swap_first_axes(ir.solve(lower, _swap_first_axes(left)))
+        phi = ir.matrix_function(middle, "tril_half")
+        seed = tuple(range(3, 3 + len(extra)))  # label 2 is the contracted one
+        return ir.einsum([lower, phi], [(0, 2), (2, 1) + seed], (0, 1) + seed)
+    if node.kind == "tril_half":
+        return ir.matrix_function(t, "tril_half")
     if node.kind == "eigvecsh":
         # dV[m, j] = Σ_i V[m, i] F[i, j] (V^T dS V)[i, j], dS = (dA + dA^T)/2.
         v = node

@@ -33,6 +33,18 @@ def _matrix_function(kind, a):
     tolerance = {GAP_TOLERANCE!r}
     if kind == "fro":
         return np.asarray(np.sqrt(np.sum(a * a)))
+    if kind == "tril_half":  # the lower triangle, half the diagonal, over the first two axes
+        mask = np.tril(np.ones(a.shape[:2]))
+        np.fill_diagonal(mask, 0.5)
+        return a * mask.reshape(mask.shape + (1,) * (a.ndim - 2))
+    if kind == "cholesky":
+        try:
+            return np.linalg.cholesky((a + a.T) / 2)
+        except np.linalg.LinAlgError:
+            raise MatrixFunctionAssumptionError(
+                "cholesky: the matrix (its symmetric part, (A + A^T)/2) is not positive "
+                "definite; pass a symmetric positive definite matrix (add a multiple of the "
+                "identity)") from None
     if kind == "eigvalsh" or kind == "eigvecsh" or kind == "eigh_gaps":
         w, v = np.linalg.eigh((a + a.T) / 2)
         if kind == "eigvalsh":

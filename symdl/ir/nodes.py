@@ -692,9 +692,13 @@ MATRIX_FUNCTION_KINDS: dict[str, str] = {
     "eigvecsh": "the eigenvectors of (A + A^T)/2, as columns (distinct eigenvalues)",
     "eigh_gaps": "F[i, j] = 1/(lambda_j - lambda_i), 0 on the diagonal: the derivative of the "
                  "eigenvectors (distinct eigenvalues)",
+    "cholesky": "the Cholesky factor L of (A + A^T)/2 (lower triangular, positive definite)",
+    "tril_half": "the lower triangle of A with half its diagonal (over A's first two axes, "
+                 "any further axes kept): the derivative of the Cholesky factor",
 }
-"""Every kind of ``MatrixFunction`` and what it is. The first five and ``eigvecsh`` are values
-a definition writes; the others are the factors their derivatives are written in."""
+"""Every kind of ``MatrixFunction`` and what it is. The first five, ``eigvecsh`` and
+``cholesky`` are values a definition writes; the others are the factors their derivatives are
+written in."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -709,12 +713,14 @@ class MatrixFunction(Node):
     _fields: ClassVar[tuple[str, ...]] = ("a", "kind")
 
     def _compute_shape(self) -> Shape:
+        if self.kind == "tril_half":
+            return self.a.shape
         rows, cols = self.a.shape
         one = sp.Integer(1)
         return {"fro": (), "nuclear": (), "norm2": (), "svdvals": (cols, one),
                 "eigvalsh": (rows, one), "polar": (rows, cols), "top": (rows, cols),
                 "svd_u": (rows, cols), "svd_v": (cols, cols), "eigvecsh": (rows, rows),
-                "eigh_gaps": (rows, rows)}[self.kind]
+                "eigh_gaps": (rows, rows), "cholesky": (rows, rows)}[self.kind]
 
     def children(self) -> tuple[Node, ...]:
         return (self.a,)
@@ -724,10 +730,13 @@ def matrix_function(a: Node, kind: str) -> MatrixFunction:
     """The matrix function ``kind`` (one of ``MATRIX_FUNCTION_KINDS``) of the matrix ``a``."""
     if kind not in MATRIX_FUNCTION_KINDS:
         raise ValueError(f"unknown matrix function {kind!r}; one of {list(MATRIX_FUNCTION_KINDS)}")
-    _require_matrix(a, MATRIX_FUNCTION_KINDS[kind])
-    if kind in ("eigvalsh", "eigvecsh", "eigh_gaps") and a.shape[0] != a.shape[1]:
+    if kind != "tril_half":  # which alone reads tangents with seed axes
+        _require_matrix(a, MATRIX_FUNCTION_KINDS[kind])
+    if (kind in ("eigvalsh", "eigvecsh", "eigh_gaps", "cholesky", "tril_half")
+            and (a.rank < 2 or a.shape[0] != a.shape[1])):
         raise ShapeMismatchError(
-            f"eigenvalues need a square (symmetric) matrix, got shape {a.shape}", a.shape)
+            f"{MATRIX_FUNCTION_KINDS[kind]} needs a square (symmetric) matrix, got shape "
+            f"{a.shape}", a.shape)
     return _intern(MatrixFunction(a, kind))
 
 

@@ -542,9 +542,11 @@ class MatrixFunctionStep(Step):
         return {id(self.node)}
 
     def flops(self) -> sp.Expr:
+        if self.node.kind in ("fro", "tril_half"):
+            return 2 * sp.Mul(*self.node.a.shape)
         rows, cols = self.node.a.shape
-        if self.node.kind == "fro":
-            return 2 * rows * cols
+        if self.node.kind == "cholesky":
+            return rows**3 / 3
         return 4 * rows * cols**2 + 8 * cols**3  # an SVD or eigh, about
 
     def emit(self, gen: Generator, number: int) -> list[str]:

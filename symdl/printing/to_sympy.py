@@ -805,4 +805,8 @@ def _index_matrix_function(node: ir.MatrixFunction, printer: SympyPrinter,
                            indices: tuple) -> sp.Expr:
     if node.rank == 0:
         return printer.scalar(node)
+    if node.rank > 2:  # Φ of a tangent with seed axes: the lower triangle, half the diagonal
+        i, j = indices[:2]
+        return printer.index(node.a, indices) * sp.Piecewise(
+            (1, sp.StrictGreaterThan(i, j)), (sp.Rational(1, 2), sp.Eq(i, j)), (0, True))
     return MatrixElement(printer.matrix(node), *indices)

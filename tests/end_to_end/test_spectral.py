@@ -189,3 +189,58 @@ def test_a_wide_matrix_has_no_column_of_singular_values() -> None:
     with pytest.raises(ShapeMismatchError, match=r"svdvals\(m.T\)"):
         symdl.svdvals(wide)
     assert symdl.svdvals(wide.T).shape == (2, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# cholesky: L of (S + S^T)/2, with dL = L Φ(L^{-1} dS L^{-T}) (Φ: the lower triangle, half the
+# diagonal, a node of its own rather than a product with a dense mask).
+
+
+def _spd(rng: np.random.Generator, dims: dict) -> dict[str, np.ndarray]:
+    b = rng.normal(size=(dims["d"], dims["d"]))
+    return {"S": b @ b.T + dims["d"] * np.eye(dims["d"])}
+
+
+def test_cholesky_value_gradient_hessian_and_hvp_match_torch() -> None:
+    X = sp.MatrixSymbol("X", d, d)
+    lower = symdl.cholesky(S)
+    der = symdl.derive(symdl.total(sp.HadamardProduct(lower, X))
+                       + symdl.total(sp.HadamardPower(lower, 3)), wrt=[S], hessian=True)
+    rng = np.random.default_rng(5)
+    s = _spd(rng, {"d": 4})["S"] + 0.3 * rng.normal(size=(4, 4))  # not symmetric: its part
+    x = rng.normal(size=(4, 4))
+
+    def torch_loss(t):
+        factor = torch.linalg.cholesky((t + t.T) / 2)
+        return (factor * torch.tensor(x)).sum() + (factor**3).sum()
+
+    np.testing.assert_allclose(symdl.evaluate(lower, {"S": s}, {d: 4}),
+                               torch.linalg.cholesky(torch.tensor((s + s.T) / 2)).numpy(),
+                               rtol=1e-12)
+    ts = torch.tensor(s, requires_grad=True)
+    torch_loss(ts).backward()
+    hessian = torch.autograd.functional.hessian(torch_loss, torch.tensor(s)).numpy()
+    got = der.evaluate({"S": s, "X": x})
+    np.testing.assert_allclose(got["grad:S"], ts.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["hessian:S,S"], hessian, rtol=1e-10, atol=1e-12)
+    result_kernel = der.compile(hvp=True, jit=False)
+    result = result_kernel(S=s, X=x, v_S=x)
+    np.testing.assert_allclose(result.grad["S"], ts.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(result.hvp["S"], np.einsum("ijkl,kl->ij", hessian, x),
+                               rtol=1e-10, atol=1e-12)
+    assert "tril_half(cholesky(S).T*" in str(der.gradient(S))
+    assert r"\operatorname{chol}\left(S\right)" in sp.latex(der.gradient(S))
+    # Finite differences only: the SymPy reference of an index-form Hessian through Φ is slow.
+    report = symdl.check(der, jit=False, sample_inputs=_spd, dims={d: 3}, kernel=result_kernel,
+                         reference_budget=0)
+    report.raise_if_failed()
+    assert ("hessian:S,S", "central-richardson") in {(r.output, r.method) for r in report.rows}
+
+
+def test_cholesky_of_an_indefinite_matrix_raises_a_typed_error() -> None:
+    der = symdl.derive(symdl.total(symdl.cholesky(S)), wrt=[S])
+    indefinite = np.diag([1.0, -1.0, 2.0])
+    with pytest.raises(EvaluationError, match="not positive definite"):
+        der.evaluate({"S": indefinite})
+    with pytest.raises(EvaluationError, match="not positive definite"):
+        der.compile(jit=False)(S=indefinite)
