@@ -76,7 +76,8 @@ def _one_node_of_each_kind() -> list[ir.Node]:
     return [A, ir.ones((n, n)), ir.zero((n, n)), ir.identity(n), product, mapped, total,
             ir.logsumexp(mapped, 1), ir.softmax(total, 0), ir.solve(A, B),
             ir.det(total, log=True, spd=False),
-            ir.named("Z", total, sp.MatrixSymbol("Z", n, n))]
+            ir.named("Z", total, sp.MatrixSymbol("Z", n, n)),
+            ir.matrix_function(total, "eigvalsh")]
 
 
 def test_every_node_kind_rebuilds_over_its_own_children() -> None:
