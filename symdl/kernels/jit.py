@@ -21,6 +21,7 @@ What is trusted, and why:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -357,6 +358,7 @@ def load_interpreted(text: str) -> ModuleType:
     shim = ModuleType("numba")
     shim.njit = _identity_njit
     shim.prange = range
+    shim.objmode = contextlib.nullcontext  # Python is object mode already
     real_import = __import__
 
     def importer(name, globals=None, locals=None, fromlist=(), level=0):  # noqa: A002

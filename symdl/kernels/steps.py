@@ -552,21 +552,24 @@ class MatrixFunctionStep(Step):
     def emit(self, gen: Generator, number: int) -> list[str]:
         node = self.node
         a = node.a
+        lines = []
         if type(a) in _SOLVE_OPERAND or ir.is_scalar_constant(a):
             read = _SOLVE_OPERAND.get(type(a))
             if read is None:
                 raise UnsupportedError(f"a matrix function of a constant {type(a).__name__}")
-            matrix = read(gen, a)
+            matrix = f"operand{number}"
+            lines.append(f"{matrix} = {read(gen, a)}")
         else:
             matrix = gen.array_of(a)
         if MATRIX_FUNCTION_SOURCE not in gen.functions:
             gen.functions.append(MATRIX_FUNCTION_SOURCE)
-        value = f"_matrix_function({node.kind!r}, {matrix})"
         out = gen.array_of(node)
-        if gen.is_root(node):
-            return [f"{out}[...] = {value}"]
-        return [f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)",
-                f"{out}[...] = {value}"]
+        if not gen.is_root(node):
+            lines.append(f"{out} = np.empty({gen.shape_tuple(node)}, dtype=dtype)")
+        # Object mode: the compiled driver (compiled=True) calls the same Python function,
+        # whose errors name the values they refuse; the arrays are shared, not copied.
+        return [*lines, "with numba.objmode():",
+                f"    {out}[...] = _matrix_function({node.kind!r}, {matrix})"]
 
 
 STEP_KINDS += (MatrixFunctionStep,)

@@ -35,7 +35,9 @@ def derivation() -> symdl.Derivation:
 
 @pytest.fixture(scope="module")
 def kernel(derivation):
-    return derivation.compile()  # the one Numba compile of this module
+    # Interpreted: the factorisations run in the driver either way; the compiled driver is
+    # tested once, on a small kernel, below.
+    return derivation.compile(jit=False)
 
 
 def _inputs(seed: int, rows: int = 5, cols: int = 3) -> dict[str, np.ndarray]:
@@ -244,3 +246,21 @@ def test_cholesky_of_an_indefinite_matrix_raises_a_typed_error() -> None:
         der.evaluate({"S": indefinite})
     with pytest.raises(EvaluationError, match="not positive definite"):
         der.compile(jit=False)(S=indefinite)
+
+
+def test_the_compiled_driver_runs_factorisations_and_raises_their_errors() -> None:
+    # run_unchecked (training loops) jits the whole driver: the factorisation runs in Numba's
+    # object mode, so its errors keep their messages (it did not compile before: an untyped
+    # global function).
+    der = symdl.derive(symdl.norm(S, "nuc") + symdl.total(symdl.eigvalsh(S)), wrt=[S])
+    kernel = der.compile()
+    s = np.random.default_rng(6).normal(size=(3, 3))
+    ts = torch.tensor(s, requires_grad=True)
+    want = torch.linalg.matrix_norm(ts, "nuc") + torch.linalg.eigvalsh((ts + ts.T) / 2).sum()
+    want.backward()
+    value, grad = np.empty(1), np.empty((3, 3))
+    kernel.run_unchecked([s], [value, grad])
+    np.testing.assert_allclose(value[0], want.item(), rtol=1e-12)
+    np.testing.assert_allclose(grad, ts.grad.numpy(), rtol=1e-10, atol=1e-12)
+    with pytest.raises(np.linalg.LinAlgError, match="eigenvalues 0 and 1 .* apart"):
+        kernel.run_unchecked([np.diag([1.0, 1.0, 3.0])], [value, grad])
