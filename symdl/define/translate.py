@@ -330,7 +330,7 @@ class Translator:
                 # Numbers stay in the body; dimensions are values the map reads.
                 return sub if sub.is_number else operand(sub)
             if isinstance(sub, (sp.Symbol, sp.Indexed, MatrixElement, sp.Sum, sp.Trace, Total,
-                                sp.KroneckerDelta)):
+                                sp.KroneckerDelta, Norm)):
                 return operand(sub)
             if isinstance(sub, MatrixExpr):
                 self.indexed(sub)  # raises: a matrix where a scalar belongs

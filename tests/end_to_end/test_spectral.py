@@ -264,3 +264,15 @@ def test_the_compiled_driver_runs_factorisations_and_raises_their_errors() -> No
     np.testing.assert_allclose(grad, ts.grad.numpy(), rtol=1e-10, atol=1e-12)
     with pytest.raises(np.linalg.LinAlgError, match="the smallest, 0, is at or below"):
         kernel.run_unchecked([np.diag([1.0, 0.0, 3.0])], [value, grad])
+
+
+def test_norms_inside_kinks_translate_and_match_torch() -> None:
+    # relu(||W||_F - 1) (a norm constraint as a penalty) and max(||W||_*, 2): a norm inside
+    # Max/Piecewise was cut into its matrix (DefinitionError) before.
+    der = symdl.derive(symdl.relu(symdl.norm(S) - 1) + sp.Max(symdl.norm(S, "nuc"), 2),
+                       wrt=[S])
+    s = np.array([[2.0, 1.0], [0.0, 3.0]])
+    ts = torch.tensor(s, requires_grad=True)
+    (torch.relu(torch.linalg.matrix_norm(ts) - 1)
+     + torch.clamp(torch.linalg.matrix_norm(ts, "nuc"), min=2)).backward()
+    np.testing.assert_allclose(der.evaluate({"S": s})["grad:S"], ts.grad.numpy(), rtol=1e-10)
