@@ -195,17 +195,22 @@ class TrainingStep:
 
     def _buffers(self) -> list[np.ndarray]:
         """The arrays the kernel writes, in the order of its outputs."""
-        buffers = []
-        for key in self._outputs:
-            if isinstance(key, Value):
-                buffers.append(self._value)
-            elif isinstance(key, Gradient):
-                buffers.append(self.grad[key.param])
-            elif isinstance(key, Update):
-                buffers.append(self._next[key.name])
-            else:
-                raise AssertionError(f"a training-step kernel has no output {key!r}")
-        return buffers
+        plan = self.__dict__.get("_buffer_plan")
+        if plan is None:  # which dict holds each output's array: worked out once (per call
+            plan = []     # it cost more than the rest of the step's Python at batch 1)
+            for key in self._outputs:
+                if isinstance(key, Value):
+                    plan.append((None, None))
+                elif isinstance(key, Gradient):
+                    plan.append(("grad", key.param))
+                elif isinstance(key, Update):
+                    plan.append(("_next", key.name))
+                else:
+                    raise AssertionError(f"a training-step kernel has no output {key!r}")
+            self._buffer_plan = plan
+        value, grad, new = self._value, self.grad, self._next
+        return [value if where is None else (grad[name] if where == "grad" else new[name])
+                for where, name in plan]
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -239,6 +244,26 @@ class TrainingStep:
             arrays[self.names.step] = float(self.t)
         return arrays
 
+    def _argument_list(self, data: Mapping[str, object]) -> list | None:
+        """``_arguments`` in the kernel's order without the dict building, for data of the
+        names, shapes and dtypes of a validated call (checked then for clashes); None when an
+        input is not found (a hyperparameter removed since: the full path says so)."""
+        current, hyper, dtype = self._current, self.hyperparameters, self.dtype
+        listed = []
+        for name in self._inputs:
+            if name in data:
+                listed.append(_converted(name, data[name], dtype))
+            elif name in current:
+                array = current[name]
+                listed.append(float(array[0]) if name in self._scalars else array)
+            elif name in hyper:
+                listed.append(hyper[name])
+            elif name == self.names.step:
+                listed.append(float(self.t))
+            else:
+                return None
+        return listed
+
     def __call__(self, /, **data: np.ndarray) -> float:
         """One step on a batch; returns the loss at the parameters before the update.
 
@@ -249,6 +274,13 @@ class TrainingStep:
         """
         signature = tuple((n, getattr(a, "shape", None), getattr(a, "dtype", None))
                           for n, a in data.items())
+        if signature == self._validated:
+            listed = self._argument_list(data)
+            if listed is not None:
+                self.kernel.run_unchecked(listed, self._buffers())
+                self._current, self._next = self._next, self._current
+                self.t += 1
+                return float(self._value[0])
         arrays = self._arguments(data)
         if signature != self._validated:
             # The compiled driver from the first call: the plain one first compiled the loops

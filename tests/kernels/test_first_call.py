@@ -104,3 +104,33 @@ def test_background_kernel_gives_the_jitted_numbers(least_squares, data) -> None
 def test_background_must_be_a_bool(least_squares) -> None:
     with pytest.raises(KernelArgumentError, match="background="):
         least_squares.compile(jit=False, background="yes")
+
+
+def test_checks_still_run_on_calls_with_a_known_layout(data) -> None:
+    """Calls with the argument layout of an earlier call skip the per-call work that layout
+    decides (dimension sizes, result shapes): everything that depends on values still runs,
+    and a changed layout is checked in full (interpreted kernel: nothing compiled)."""
+    n, d = sp.symbols("n d", integer=True, positive=True)
+    X, w, y = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("w", d, 1), sp.MatrixSymbol("y", n, 1)
+    lam = sp.Symbol("lam", positive=True)
+    der = symdl.derive([(sp.Symbol("L"), symdl.total(sp.hadamard_product(X * w - y, X * w - y))
+                         + lam * symdl.total(sp.hadamard_product(w, w)))], wrt=[w])
+    kernel = der.compile(jit=False)
+    args = {**data, "lam": 0.5}
+    value, grad = _by_hand(data["X"], data["y"], data["w"])
+    for _ in range(2):  # validated in full, then by its layout
+        got = kernel(**args)
+        assert got.value == pytest.approx(2 * value + 0.5 * float(np.sum(data["w"] ** 2)),
+                                          rel=1e-13)
+        np.testing.assert_allclose(got.grad["w"], 2 * grad + data["w"], rtol=1e-13)
+    with pytest.raises(KernelArgumentError, match="positive"):
+        kernel(**{**args, "lam": -1.0})  # a value: checked on every call
+    with pytest.raises(KernelArgumentError, match="shares memory|overlaps"):
+        kernel(out={"grad:w": args["w"]}, **args)
+    with pytest.raises(KernelArgumentError, match="y has n = 8"):
+        kernel(**{**args, "y": data["y"][:8]})  # another layout: checked in full
+    with pytest.raises(KernelArgumentError, match="missing"):
+        kernel(**{k: v for k, v in args.items() if k != "y"})
+    transposed = np.asfortranarray(data["X"])  # not C-contiguous: copied, same numbers
+    np.testing.assert_allclose(kernel(**{**args, "X": transposed}).grad["w"],
+                               2 * grad + data["w"], rtol=1e-13)
