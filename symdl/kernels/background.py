@@ -52,7 +52,9 @@ class BackgroundCompiles:
         return not thread.is_alive()
 
     def _compile(self, compile_call: Callable[[], None]) -> None:
-        with compile_progress(f"{self._title} (in the background)", self._loops):
+        # Short enough that the note survives compile_progress's 60 characters.
+        title = self._title if len(self._title) <= 40 else self._title[:37] + "..."
+        with compile_progress(f"{title} (in the background)", self._loops):
             try:
                 compile_call()
             except Exception:  # noqa: BLE001 - the call that runs it next raises it

@@ -500,8 +500,9 @@ class Kernel:
         variant = (buffers[0].dtype if buffers else None, parallel, inplace, bool(compiled))
         if self._background is not None and not self._background.ready(
                 variant, self._compile_call(args, buffers, parallel, inplace, bool(compiled))):
-            self._evaluate(prepared, dims, buffers)
-            return _result(self._result_keys, buffers, self._result_roots)
+            if self._evaluate(prepared, dims, buffers):
+                return _result(self._result_keys, buffers, self._result_roots)
+            self._background.wait()  # the evaluator cannot compute it: the jitted code will
         try:
             with self._first_call(variant):
                 _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace,
@@ -554,18 +555,19 @@ class Kernel:
         return compile_call
 
     def _evaluate(self, prepared: Mapping[str, object], dims: Mapping[sp.Symbol, int],
-                  buffers: list[np.ndarray]) -> None:
-        """The outputs by the NumPy evaluator, into ``buffers`` (while Numba compiles)."""
+                  buffers: list[np.ndarray]) -> bool:
+        """The outputs by the NumPy evaluator, into ``buffers`` (while Numba compiles); False
+        where the evaluator cannot compute them (the call then waits for the compile)."""
         nodes = [self._outputs[name] for name in self._source.outputs]
         try:
             results = evaluate_nodes(nodes, prepared, dims)
-        except np.linalg.LinAlgError as exc:
-            raise EvaluationError(
-                f"a linear solve or a determinant in this kernel failed ({exc}): its matrix is "
-                "singular at these inputs; regularise it (add a multiple of the identity) or "
-                "use a least-squares solution") from exc
+        except (np.linalg.LinAlgError, EvaluationError):
+            return False  # the jitted kernel raises its own error for these inputs
+        except Exception:  # noqa: BLE001 - a node kind the evaluator lacks: not the user's
+            return False
         for buffer, result in zip(buffers, results, strict=True):
             buffer[...] = np.reshape(result, buffer.shape)
+        return True
 
     def _by_spelling(self, out: Mapping[object, np.ndarray]) -> dict[str, np.ndarray]:
         """``out=`` by the spelling of the output each entry names (``resolve``)."""
