@@ -75,5 +75,4 @@ def private_copies(args: list, buffers: list[np.ndarray]) -> tuple[list, list[np
     sees the same aliasing (and so the same variant) as the call."""
     copies = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     by_id = {id(a): c for a, c in zip(args, copies, strict=True) if isinstance(a, np.ndarray)}
-    return copies, [by_id.get(id(b), None) if id(b) in by_id else np.empty_like(b)
-                    for b in buffers]
+    return copies, [by_id[id(b)] if id(b) in by_id else np.empty_like(b) for b in buffers]

@@ -101,6 +101,21 @@ def test_background_kernel_gives_the_jitted_numbers(least_squares, data) -> None
     assert not least_squares.compile().background
 
 
+def test_background_training_step_follows_numpy(least_squares, data, step_after_three) -> None:
+    """A step made with background=True (its kernel: the one step_after_three compiled, or
+    the NumPy evaluator until its thread has run it) updates as SGD by hand, and later
+    steps, after wait_compiled, too."""
+    step = TrainingStep(least_squares, SGD(lr=LR), {"w": data["w"]}, background=True)
+    w = data["w"].copy()
+    for k in range(4):
+        if k == 2:
+            assert step.kernel.wait_compiled(timeout=300)
+        value, grad = _by_hand(data["X"], data["y"], w)
+        assert step(X=data["X"], y=data["y"]) == pytest.approx(value, rel=1e-12)
+        w = w - LR * grad
+        np.testing.assert_allclose(step.params["w"], w, rtol=1e-12)
+
+
 def test_background_must_be_a_bool(least_squares) -> None:
     with pytest.raises(KernelArgumentError, match="background="):
         least_squares.compile(jit=False, background="yes")
