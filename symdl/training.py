@@ -70,7 +70,8 @@ def _like(p: sp.Basic, name: str) -> sp.Basic:
     return sp.Symbol(name, real=True)
 
 
-def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = True) -> Kernel:
+def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = True,
+                          background: bool = False) -> Kernel:
     """One kernel: the loss, the gradient of every parameter of ``der`` and the update.
 
     Inputs: the definition's inputs, the parameters, one state array per optimizer state and
@@ -81,7 +82,8 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
     can be checked against finite differences of its value), ``Update("W1")`` (spelt
     ``new:W1``) for each parameter and ``Update("m_W1")`` for each state.
     Parameters are ``MatrixSymbol``s of any shape (``1 x 1`` included) or real ``Symbol``s.
-    ``jit=False`` runs the generated source as plain Python (see ``Derivation.compile``).
+    ``jit=False`` runs the generated source as plain Python (see ``Derivation.compile``);
+    ``background=True`` answers first calls with NumPy while Numba compiles (likewise).
     """
     if not der.is_scalar:
         raise DerivationError("a training step needs a scalar loss; this definition is not scalar")
@@ -112,7 +114,7 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
     kept = {symbol_name(p) for p in params} | set(names.states.values())
     arguments = [leaf for name, leaf in leaves.items() if name in used or name in kept]
     return Kernel(outputs, arguments, f"training step ({type(optimizer).__name__}): "
-                  f"{der.title}", jit=jit)
+                  f"{der.title}", jit=jit, background=background)
 
 
 class TrainingStep:
@@ -126,7 +128,9 @@ class TrainingStep:
     The precision is ``dtype`` when given, else float32 when every initial parameter is a
     float32 array, else float64; parameters, states, gradients and the loss keep it, and
     float32/float64 data is converted to it. ``jit=False`` runs the step as plain Python
-    (the same generated source, not compiled: for tests).
+    (the same generated source, not compiled: for tests). ``background=True`` answers the
+    first steps with the NumPy evaluator while Numba compiles the step in a thread (see
+    ``Derivation.compile``; ``step.kernel.wait_compiled()`` waits for it).
 
     The same derivation gives the forward pass: ``output=`` names the model's output, one of
     the definition's named intermediates (its symbol, ``output=Z2``, or its name,
@@ -146,14 +150,15 @@ class TrainingStep:
     def __init__(self, der: Derivation, optimizer: Optimizer,
                  params: Mapping[str, np.ndarray], dtype: type | None = None,
                  hyperparameters: Mapping[str, float] | None = None, jit: bool = True,
-                 output: sp.Basic | str | None = None):
+                 output: sp.Basic | str | None = None, background: bool = False):
         _check_step_arguments(der, optimizer, params, hyperparameters)
         self._der = der
         self._optimizer_name = type(optimizer).__name__
         self._jit = jit
         self._output = None if output is None else _named_output(der, output)
         self._forward: dict[bool, Kernel] = {}
-        self.kernel = compile_training_step(der, optimizer, jit=jit)
+        self._background = background
+        self.kernel = compile_training_step(der, optimizer, jit=jit, background=background)
         names = [symbol_name(p) for p in der.wrt]
         missing = sorted(set(names) - set(params))
         if missing:
@@ -190,17 +195,22 @@ class TrainingStep:
 
     def _buffers(self) -> list[np.ndarray]:
         """The arrays the kernel writes, in the order of its outputs."""
-        buffers = []
-        for key in self._outputs:
-            if isinstance(key, Value):
-                buffers.append(self._value)
-            elif isinstance(key, Gradient):
-                buffers.append(self.grad[key.param])
-            elif isinstance(key, Update):
-                buffers.append(self._next[key.name])
-            else:
-                raise AssertionError(f"a training-step kernel has no output {key!r}")
-        return buffers
+        plan = self.__dict__.get("_buffer_plan")
+        if plan is None:  # which dict holds each output's array: worked out once (per call
+            plan = []     # it cost more than the rest of the step's Python at batch 1)
+            for key in self._outputs:
+                if isinstance(key, Value):
+                    plan.append((None, None))
+                elif isinstance(key, Gradient):
+                    plan.append(("grad", key.param))
+                elif isinstance(key, Update):
+                    plan.append(("_next", key.name))
+                else:
+                    raise AssertionError(f"a training-step kernel has no output {key!r}")
+            self._buffer_plan = plan
+        value, grad, new = self._value, self.grad, self._next
+        return [value if where is None else (grad[name] if where == "grad" else new[name])
+                for where, name in plan]
 
     @property
     def params(self) -> dict[str, np.ndarray]:
@@ -234,24 +244,70 @@ class TrainingStep:
             arrays[self.names.step] = float(self.t)
         return arrays
 
+    def _argument_list(self, data: Mapping[str, object]) -> list | None:
+        """``_arguments`` in the kernel's order without the dict building, for data of the
+        names, shapes and dtypes of a validated call (checked then for clashes); None when an
+        input is not found (a hyperparameter removed since: the full path says so)."""
+        current, hyper, dtype = self._current, self.hyperparameters, self.dtype
+        listed = []
+        for name in self._inputs:
+            if name in data:
+                listed.append(_converted(name, data[name], dtype))
+            elif name in current:
+                array = current[name]
+                listed.append(float(array[0]) if name in self._scalars else array)
+            elif name in hyper:
+                listed.append(hyper[name])
+            elif name == self.names.step:
+                listed.append(float(self.t))
+            else:
+                return None
+        return listed
+
     def __call__(self, /, **data: np.ndarray) -> float:
         """One step on a batch; returns the loss at the parameters before the update.
 
         The first call with a batch shape validates every argument (``Kernel.run``); later
         calls with data of the same shapes and dtypes go straight to the generated module,
-        whose driver still checks every shape and dtype before the compiled code runs.
+        whose driver still checks every shape and dtype before the compiled code runs. Both
+        run the steps as one compiled function, compiled once, on the first call.
         """
         signature = tuple((n, getattr(a, "shape", None), getattr(a, "dtype", None))
                           for n, a in data.items())
+        if signature == self._validated:
+            listed = self._argument_list(data)
+            if listed is not None:
+                self.kernel.run_unchecked(listed, self._buffers())
+                self._current, self._next = self._next, self._current
+                self.t += 1
+                return float(self._value[0])
         arrays = self._arguments(data)
         if signature != self._validated:
-            self.kernel.run(arrays, out=dict(zip(self._outputs, self._buffers(), strict=True)))
-            self._validated = signature
+            # The compiled driver from the first call: the plain one first compiled the loops
+            # and the compiled one then compiled again (the demo's step: 2.9 s, then 9.5 s).
+            # Serial, as run_unchecked below: one variant compiled, the same numbers.
+            self.kernel.run(arrays, out=dict(zip(self._outputs, self._buffers(), strict=True)),
+                            parallel=False, compiled=True)
+            if self.kernel.wait_compiled(0):  # not answered by NumPy while compiling
+                self._validated = signature
         else:
             self.kernel.run_unchecked([arrays[n] for n in self._inputs], self._buffers())
         self._current, self._next = self._next, self._current
         self.t += 1
         return float(self._value[0])
+
+    def compile(self, /, **data: np.ndarray) -> None:
+        """Compiles the step for batches like ``data`` (the first step would), updating
+        nothing: parameters, states and the step counter stay as they are. Call it before a
+        timed or progress-barred loop, so that the compile is its own phase; the arrays are
+        read, results go to scratch buffers."""
+        signature = tuple((n, getattr(a, "shape", None), getattr(a, "dtype", None))
+                          for n, a in data.items())
+        scratch = [np.empty_like(b) for b in self._buffers()]
+        self.kernel.run(self._arguments(data), out=dict(zip(self._outputs, scratch, strict=True)),
+                        parallel=False, compiled=True)
+        if self.kernel.wait_compiled(0):
+            self._validated = signature
 
     # -- forward pass and held-out evaluation --------------------------------------------
 
@@ -275,7 +331,7 @@ class TrainingStep:
                       if isinstance(n, ir.Leaf)]
             what = "loss and output" if loss else f"forward pass to {self._output.name}"
             self._forward[loss] = Kernel(outputs, leaves, f"{what}: {self._der.title}",
-                                         jit=self._jit)
+                                         jit=self._jit, background=self._background)
         return self._forward[loss]
 
     def _forward_arguments(self, kernel: Kernel, data: Mapping[str, object]

@@ -35,7 +35,8 @@ import sympy as sp
 from symdl import ir
 from symdl.errors import EvaluationError, KernelArgumentError, PerformanceWarning
 from symdl.ir import rewrites
-from symdl.ir.assumptions import violation
+from symdl.ir.assumptions import declared_checks, violation
+from symdl.ir.evaluate import evaluate as evaluate_nodes
 from symdl.ir.keys import (
     HVP,
     Gradient,
@@ -47,6 +48,7 @@ from symdl.ir.keys import (
     as_key,
     resolve,
 )
+from symdl.kernels.background import BackgroundCompiles, private_copies
 from symdl.kernels.codegen import Source, generate
 from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
@@ -145,10 +147,13 @@ class Kernel:
     """Numba kernels for a derivation's outputs. Call it with arrays by name."""
 
     def __init__(self, outputs: Mapping[OutputKey | str, ir.Node], leaves: list[ir.Leaf],
-                 title: str, jit: bool = True, hvp_inputs: Mapping[str, str] | None = None):
+                 title: str, jit: bool = True, hvp_inputs: Mapping[str, str] | None = None,
+                 background: bool = False):
         """``outputs`` by key (``symdl.ir.keys``) or spelling (``symdl.ir.keys.parse``).
         ``jit=False`` runs the same generated source as plain Python (no Numba compile).
-        ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product."""
+        ``hvp_inputs`` names the direction input of each parameter's Hessian-vector product.
+        ``background=True`` compiles in a thread while NumPy answers the first calls (results
+        equal to rounding, not bit for bit: see ``symdl.kernels.background``)."""
         keys = [as_key(name) for name in outputs]
         if len(set(keys)) != len(keys):
             raise OutputKeyError(f"two outputs have one key: {[str(k) for k in keys]}")
@@ -168,6 +173,29 @@ class Kernel:
         self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
         self._title = title
         self._variants_called: set[tuple] = set()
+        if not isinstance(background, (bool, np.bool_)):
+            raise KernelArgumentError(f"background= must be True or False, got {background!r}",
+                                      "background")
+        self._background = (BackgroundCompiles(title, sum(s.jitted for s in self._plan.steps))
+                            if background and jit else None)
+        # Per-call work hoisted out of calls with the argument layout of an earlier call
+        # (``_layout``): the dimension sizes, the dtype and the result shapes it found.
+        self._layouts: dict[tuple, tuple] = {}
+        self._ranks = [self._leaves[name].rank for name in self._source.inputs]
+        self._checked = [name for name in self._source.inputs
+                         if declared_checks(self._leaves[name].symbol)]
+        self._result_keys = [self._keys[name] for name in self._source.outputs]
+        self._result_roots = [self._plan.roots[name] for name in self._source.outputs]
+
+    @property
+    def background(self) -> bool:
+        """Whether first calls are answered by NumPy while Numba compiles in a thread."""
+        return self._background is not None
+
+    def wait_compiled(self, timeout: float | None = None) -> bool:
+        """Blocks until every compile started in the background has finished (at once
+        without ``background=True``); False when ``timeout`` seconds passed first."""
+        return True if self._background is None else self._background.wait(timeout)
 
     def _first_call(self, variant: tuple):
         """Around a call: the first call of each variant (dtype, parallel, in place or
@@ -395,7 +423,7 @@ class Kernel:
                         else options["parallel"])
 
     def run(self, arrays: Mapping[str, object], /, *, out: object = None,
-            parallel: bool | None = None) -> KernelResult:
+            parallel: bool | None = None, compiled: bool = False) -> KernelResult:
         """Runs the kernels on inputs given as one mapping: ``k.run({"X": X, "w": w})``.
 
         The same as calling the kernel, for any input names (a mapping's keys never clash
@@ -409,6 +437,9 @@ class Kernel:
                 (``"hessian:a,b,c"``; see ``symdl.ir.keys.resolve``).
             parallel: use the parallel loops; by default, when there are several threads and
                 the arrays are large.
+            compiled: run the steps as one compiled function (no Python between them: for
+                small arrays called often, as ``run_unchecked`` does); compiled on first use,
+                with the loops it calls, in one go.
 
         Raises:
             KernelArgumentError: a missing, unexpected, mistyped or misshapen argument.
@@ -423,12 +454,25 @@ class Kernel:
             raise KernelArgumentError(
                 f"parallel= must be True, False or None (automatic), got {parallel!r}",
                 "parallel")
-        dims, prepared, dtype = self._dims_and_arrays(arrays)
-        out = self._by_spelling(out)
+        layout = self._layout(arrays)
+        known = self._layouts.get(layout) if layout is not None else None
+        if known is not None:
+            dims, dtype, shapes = known
+            prepared = {name: arrays[name] if rank else float(arrays[name])
+                        for name, rank in zip(self._source.inputs, self._ranks, strict=True)}
+            for name in self._checked:  # values, not layout: checked on every call
+                message = violation(self._leaves[name].symbol, prepared[name])
+                if message is not None:
+                    raise KernelArgumentError(message, name)
+        else:
+            dims, prepared, dtype = self._dims_and_arrays(arrays)
+            shapes = [_concrete(self._plan.roots[name].shape, dims) or (1,)
+                      for name in self._source.outputs]
+            if layout is not None and len(self._layouts) < 64:
+                self._layouts[layout] = (dims, dtype, shapes)
+        out = self._by_spelling(out) if out else {}
         buffers = []
-        for name in self._source.outputs:
-            node = self._plan.roots[name]
-            shape = _concrete(node.shape, dims) or (1,)
+        for name, shape in zip(self._source.outputs, shapes, strict=True):
             given = out.get(name)
             if given is None:
                 buffers.append(np.empty(shape, dtype=dtype))
@@ -443,7 +487,8 @@ class Kernel:
         if parallel is None:
             largest = max((a.size for a in prepared.values() if isinstance(a, np.ndarray)),
                           default=0)
-            parallel = numba.get_num_threads() > 1 and largest >= PARALLEL_MIN_ENTRIES
+            # The size first: asking Numba for its threads costs ~15 us a call.
+            parallel = largest >= PARALLEL_MIN_ENTRIES and numba.get_num_threads() > 1
         args = [prepared[name] for name in self._source.inputs]
         if parallel:
             _warn_if_spinning_threads()
@@ -452,9 +497,16 @@ class Kernel:
         inplace = bool(self._source.in_place) and all(
             name in out and _same_array(out[name], prepared[name])
             for name in self._source.in_place)
+        variant = (buffers[0].dtype if buffers else None, parallel, inplace, bool(compiled))
+        if self._background is not None and not self._background.ready(
+                variant, self._compile_call(args, buffers, parallel, inplace, bool(compiled))):
+            if self._evaluate(prepared, dims, buffers):
+                return _result(self._result_keys, buffers, self._result_roots)
+            self._background.wait()  # the evaluator cannot compute it: the jitted code will
         try:
-            with self._first_call((buffers[0].dtype if buffers else None, parallel, inplace)):
-                _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace)
+            with self._first_call(variant):
+                _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace,
+                     compiled=bool(compiled))
         except np.linalg.LinAlgError as exc:
             if type(exc).__name__ == "MatrixFunctionAssumptionError":  # says what and why
                 raise EvaluationError(str(exc)) from exc
@@ -465,8 +517,59 @@ class Kernel:
                 "least-squares solution") from exc
         finally:
             record_compiled()  # digests of the Numba cache files a first call wrote
-        return _result([self._keys[n] for n in self._source.outputs], buffers,
-                       [self._plan.roots[n] for n in self._source.outputs])
+        return _result(self._result_keys, buffers, self._result_roots)
+
+    def _layout(self, arrays: Mapping[str, object]) -> tuple | None:
+        """What ``_dims_and_arrays`` decides from (which inputs, their shapes and dtypes)
+        when every array is a plain C-contiguous ndarray and every scalar a Python float or
+        int, else None (such a call is checked in full)."""
+        if len(arrays) != len(self._ranks):
+            return None
+        key = []
+        try:
+            for name, rank in zip(self._source.inputs, self._ranks, strict=True):
+                value = arrays[name]
+                kind = type(value)
+                if rank == 0:
+                    if kind is not float and kind is not int:
+                        return None
+                    key.append(None)
+                elif kind is np.ndarray and value.flags.c_contiguous:
+                    key.append((value.shape, value.dtype))
+                else:
+                    return None
+        except KeyError:
+            return None
+        return tuple(key)
+
+    def _compile_call(self, args: list, buffers: list[np.ndarray], parallel: bool,
+                      inplace: bool, compiled: bool):
+        """A call of the jitted kernel on private copies of this call's arrays (copied now:
+        the caller may change its arrays while the thread compiles)."""
+        copies, out = private_copies(args, buffers)
+
+        def compile_call() -> None:
+            try:
+                _run(self._module.kernel, *copies, *out, parallel=parallel, inplace=inplace,
+                     compiled=compiled)
+            finally:
+                record_compiled()
+        return compile_call
+
+    def _evaluate(self, prepared: Mapping[str, object], dims: Mapping[sp.Symbol, int],
+                  buffers: list[np.ndarray]) -> bool:
+        """The outputs by the NumPy evaluator, into ``buffers`` (while Numba compiles); False
+        where the evaluator cannot compute them (the call then waits for the compile)."""
+        nodes = [self._outputs[name] for name in self._source.outputs]
+        try:
+            results = evaluate_nodes(nodes, prepared, dims)
+        except (np.linalg.LinAlgError, EvaluationError):
+            return False  # the jitted kernel raises its own error for these inputs
+        except Exception:  # noqa: BLE001 - a node kind the evaluator lacks: not the user's
+            return False
+        for buffer, result in zip(buffers, results, strict=True):
+            buffer[...] = np.reshape(result, buffer.shape)
+        return True
 
     def _by_spelling(self, out: Mapping[object, np.ndarray]) -> dict[str, np.ndarray]:
         """``out=`` by the spelling of the output each entry names (``resolve``)."""

@@ -135,13 +135,16 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     # output=Z2: the same derivation's forward pass gives the predictions (step.predict).
     step = TrainingStep(der, Adam(lr=lr), init, hyperparameters={"lambda": weight_decay},
                         output=Z2)
-    step.forward_kernel()  # compiled here, counted with the training step
+    step.forward_kernel()  # generated here, counted with the training step
     timings["generate_s"] = time.perf_counter() - start
+    timings["compile_s"] = _compile_phase(step, split, batch, progress)
     history = History()
     rows = split.X_train.shape[0]
     bar = _Progress(epochs, progress)
     start = time.perf_counter()
+    timings["epoch_s"] = []
     for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
         order = rng.permutation(rows)
         losses = []
         for first in range(0, rows, batch):
@@ -151,11 +154,29 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
         history.train_loss.append(float(np.mean(losses)))
         history.train_accuracy.append(accuracy(step, split.X_train, split.Y_train))
         history.test_accuracy.append(accuracy(step, split.X_test, split.Y_test))
+        timings["epoch_s"].append(time.perf_counter() - epoch_start)
         bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
     bar.close()
     timings["train_s"] = time.perf_counter() - start
     timings["steps"] = step.t - 1
     return step, der, history, timings
+
+
+def _compile_phase(step: TrainingStep, split: Split, batch: int, progress: bool) -> float:
+    """Compiles every kernel the epochs run (the step, the forward pass on both sets) before
+    the progress bar starts, announced as its own phase: a bar that started first would stand
+    still through the compile with an ETA computed from it. Returns the seconds it took."""
+    start = time.perf_counter()
+    if progress:
+        print("compiling the training step and the forward pass with Numba (once: later runs "
+              "load them from the cache)...", flush=True)
+    step.compile(X=split.X_train[:batch], Y=split.Y_train[:batch])
+    accuracy(step, split.X_train, split.Y_train)  # the forward pass at both sizes: a large
+    accuracy(step, split.X_test, split.Y_test)  # set may run the parallel loops
+    elapsed = time.perf_counter() - start
+    if progress:
+        print(f"compiled in {elapsed:.1f} s", flush=True)
+    return elapsed
 
 
 def _draw_initial(rng: np.random.Generator, split: Split, hidden: int) -> dict[str, np.ndarray]:

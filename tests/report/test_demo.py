@@ -31,6 +31,19 @@ def test_demo_trains_to_95_percent(demo_run) -> None:
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(metrics))
 
 
+def test_demo_compiles_before_the_first_epoch(demo_run, capsys) -> None:
+    """Compiling is its own announced phase before the progress bar starts (a bar started
+    first stood still through the compile, with an ETA of minutes), once: the epochs are
+    timed after it (kernels compiled by demo_run: this run loads them)."""
+    _, _, _, timings = demo.train(demo.digits(), epochs=2, progress=True)
+    printed = capsys.readouterr().out
+    assert "compiling the training step and the forward pass" in printed
+    assert "compiled in" in printed
+    assert len(timings["epoch_s"]) == 2 and timings["compile_s"] > 0
+    _, metrics = demo_run
+    assert len(metrics["timings"]["epoch_s"]) == 10
+
+
 def test_demo_newton_converges_in_at_most_10_iterations(demo_run) -> None:
     _, metrics = demo_run
     newton = metrics["newton"]
