@@ -140,3 +140,10 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
             size = 1
         sizes[id(node)] = size
     return by_name
+
+
+# A window or a gather is a view: named when shared, as a product is. A maximum is read again
+# by backprop (its arg max), as a nonlinearity is; its one-hot mask is named when shared.
+WORTH_A_NAME.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint,
+                      ir.ArgMaxMask)(_when_shared)
+WORTH_A_NAME.register(ir.Max)(_nonlinear)

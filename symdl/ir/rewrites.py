@@ -631,3 +631,9 @@ _EXACT_MEMO_SIZE = 256
 def stabilize_one(root: ir.Node) -> ir.Node:
     """``stabilize`` of a single root."""
     return stabilize([root])[0]
+
+
+# Computed positions (symdl.ir.indexed) are not entry by entry: each is an atom of a cluster.
+_INDEXED = (ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max, ir.ArgMaxMask)
+ELEMENTWISE.register(*_INDEXED)(_never_elementwise)
+CLUSTER_ENTRY.register(*_INDEXED)(_opaque)

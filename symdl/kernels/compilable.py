@@ -159,3 +159,8 @@ def _smallest_unprintable(expr: sp.Basic, names: dict, error: Exception) -> sp.B
 def _short(e: sp.Basic) -> str:
     text = str(e)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+# Computed positions (symdl.ir.indexed): integer positions, no scalar body of their own.
+CHECK.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max,
+               ir.ArgMaxMask)(_check_nothing)
