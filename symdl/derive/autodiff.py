@@ -23,6 +23,8 @@ import sympy as sp
 
 from symdl import ir
 from symdl.errors import UnsupportedError
+
+from symdl.ir.indexed import passthrough
 from symdl.ir.rules import Rules
 from symdl.primitives.registry import output_derivative, stabilize
 
@@ -455,3 +457,93 @@ def _jvp_matrix_function(node: ir.MatrixFunction, tangents: list,
     ext = tuple(range(4, 4 + len(extra)))
     return ir.einsum([left, t, right, ir.ones((1,))], [(1, 0), (1, 2) + ext, (2, 0), (3,)],
                      (0, 3) + ext)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed): windows, gathers, maxima. A read and a scatter are each
+# other's transpose, as are a gather and its scatter-add: each one's derivative is the other.
+
+
+@VJP.register(ir.AffineRead)
+def _vjp_affine_read(node: ir.AffineRead, adj: ir.Node, k: int) -> ir.Node:
+    return ir.affine_scatter(adj, node.arg.shape, node.index)
+
+
+@VJP.register(ir.AffineScatter)
+def _vjp_affine_scatter(node: ir.AffineScatter, adj: ir.Node, k: int) -> ir.Node:
+    return ir.affine_read(adj, node.arg.shape, node.index)
+
+
+@VJP.register(ir.Take)
+def _vjp_take(node: ir.Take, adj: ir.Node, k: int) -> ir.Node:
+    if k == 1:
+        return ir.zero(node.indices.shape)  # integer positions: piecewise constant
+    return ir.take_adjoint(adj, node.indices, node.table.shape[0])
+
+
+@VJP.register(ir.TakeAdjoint)
+def _vjp_take_adjoint(node: ir.TakeAdjoint, adj: ir.Node, k: int) -> ir.Node:
+    if k == 1:
+        return ir.zero(node.indices.shape)
+    return ir.take(adj, node.indices)
+
+
+def _spread_along(node: ir.Max, adj: ir.Node) -> ir.Node:
+    """``adj`` (size 1 along the axis) sent to the first arg max along the axis."""
+    labels = tuple(range(node.rank))
+    kept = tuple(node.rank if a == node.axis else a for a in labels)
+    return ir.einsum([ir.argmax_mask(node.arg, node.axis), adj], [labels, kept], labels)
+
+
+@VJP.register(ir.Max)
+def _vjp_max(node: ir.Max, adj: ir.Node, k: int) -> ir.Node:
+    return _spread_along(node, adj)
+
+
+@VJP.register(ir.ArgMaxMask)
+def _vjp_argmax_mask(node: ir.ArgMaxMask, adj: ir.Node, k: int) -> ir.Node:
+    return ir.zero(node.arg.shape)  # piecewise constant: 0 wherever it is differentiable
+
+
+@JVP.register(ir.AffineRead)
+def _jvp_affine_read(node: ir.AffineRead, tangents: list, extra: tuple) -> ir.Node:
+    (t,) = tangents
+    return ir.affine_read(t, tuple(node.dims) + tuple(extra),
+                          passthrough(node.index, len(extra)))
+
+
+@JVP.register(ir.AffineScatter)
+def _jvp_affine_scatter(node: ir.AffineScatter, tangents: list, extra: tuple) -> ir.Node:
+    (t,) = tangents
+    return ir.affine_scatter(t, tuple(node.dims) + tuple(extra),
+                             passthrough(node.index, len(extra)))
+
+
+@JVP.register(ir.Take)
+def _jvp_take(node: ir.Take, tangents: list, extra: tuple) -> ir.Node | None:
+    t = tangents[0]
+    return None if t is None else ir.take(t, node.indices)
+
+
+@JVP.register(ir.TakeAdjoint)
+def _jvp_take_adjoint(node: ir.TakeAdjoint, tangents: list, extra: tuple) -> ir.Node | None:
+    t = tangents[0]
+    return None if t is None else ir.take_adjoint(t, node.indices, node.rows)
+
+
+@JVP.register(ir.Max)
+def _jvp_max(node: ir.Max, tangents: list, extra: tuple) -> ir.Node:
+    # The tangent at the first arg max: Σ_axis mask ⊙ t, the axis kept with size 1.
+    (t,) = tangents
+    labels = tuple(range(node.rank))
+    size_one = node.rank
+    ext = tuple(range(node.rank + 1, node.rank + 1 + len(extra)))
+    kept = tuple(size_one if a == node.axis else a for a in labels)
+    return ir.einsum([ir.argmax_mask(node.arg, node.axis), t, ir.ones((1,))],
+                     [labels, labels + ext, (size_one,)], kept + ext)
+
+
+@JVP.register(ir.ArgMaxMask)
+def _jvp_argmax_mask(node: ir.ArgMaxMask, tangents: list, extra: tuple) -> None:
+    return None  # piecewise constant

@@ -8,6 +8,21 @@ assumptions of inputs, ``rules`` is the table (one rule per node kind) through w
 interpreter of the IR dispatches.
 """
 
+from symdl.ir.indexed import (
+    AffineMap,
+    AffineRead,
+    AffineScatter,
+    ArgMaxMask,
+    Max,
+    Take,
+    TakeAdjoint,
+    affine_read,
+    affine_scatter,
+    argmax_mask,
+    max_along,
+    take,
+    take_adjoint,
+)
 from symdl.ir.nodes import (
     MATRIX_FUNCTION_KINDS,
     Add,
@@ -55,6 +70,19 @@ from symdl.ir.nodes import (
 )
 
 __all__ = [
+    "AffineMap",
+    "AffineRead",
+    "AffineScatter",
+    "ArgMaxMask",
+    "Max",
+    "Take",
+    "TakeAdjoint",
+    "affine_read",
+    "affine_scatter",
+    "argmax_mask",
+    "max_along",
+    "take",
+    "take_adjoint",
     "Add",
     "Det",
     "Einsum",

@@ -224,3 +224,93 @@ def _matrix_function(node: ir.MatrixFunction, ev: _Evaluation,
         return matrix_function_value(node.kind, np.asarray(ev[node.a]))
     except np.linalg.LinAlgError as exc:
         raise EvaluationError(str(exc)) from exc
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed)
+
+
+def _positions(index: tuple, shape: tuple[int, ...], ev: _Evaluation) -> list[np.ndarray]:
+    """For each affine map, its position at every point of ``shape`` (integer arrays)."""
+    grid = np.indices(shape, dtype=np.int64) if shape else np.zeros((0,), dtype=np.int64)
+    found = []
+    for m in index:
+        pos = np.full(shape, int(ev.size(m.offset)), dtype=np.int64)
+        for k, c in enumerate(m.coeffs):
+            if c != 0:
+                pos = pos + int(ev.size(c)) * grid[k]
+        found.append(pos)
+    return found
+
+
+def _inside(positions: list[np.ndarray], bounds: tuple[int, ...], shape) -> np.ndarray:
+    inside = np.ones(shape, dtype=bool)
+    for pos, bound in zip(positions, bounds, strict=True):
+        inside &= (pos >= 0) & (pos < bound)
+    return inside
+
+
+@EVALUATE.register(ir.AffineRead)
+def _affine_read(node: ir.AffineRead, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    source = ev[node.arg]
+    positions = _positions(node.index, shape, ev)
+    inside = _inside(positions, source.shape, shape)
+    clipped = tuple(np.where(inside, p, 0) for p in positions)
+    return np.where(inside, source[clipped] if source.ndim else source, 0.0)
+
+
+@EVALUATE.register(ir.AffineScatter)
+def _affine_scatter(node: ir.AffineScatter, ev: _Evaluation,
+                    shape: tuple[int, ...]) -> np.ndarray:
+    source = ev[node.arg]
+    positions = _positions(node.index, source.shape, ev)
+    inside = _inside(positions, shape, source.shape)
+    result = np.zeros(shape)
+    np.add.at(result, tuple(p[inside] for p in positions), source[inside])
+    return result
+
+
+def _integer_positions(node: ir.Node, ev: _Evaluation, rows: int) -> np.ndarray:
+    """The values of an index array as integers, checked to lie in ``0 .. rows - 1``."""
+    values = ev[node]
+    as_int = np.rint(values).astype(np.int64)
+    if values.size and not np.array_equal(as_int, values):
+        raise EvaluationError(
+            f"{getattr(node, 'name', 'an index array')} holds non-integer values (such as "
+            f"{values[as_int != values].flat[0]}); pass an integer array")
+    bad = (as_int < 0) | (as_int >= rows)
+    if bad.any():
+        raise EvaluationError(
+            f"{getattr(node, 'name', 'an index array')} holds the index "
+            f"{as_int[bad].flat[0]} at position {tuple(int(i) for i in np.argwhere(bad)[0])}, "
+            f"outside 0 .. {rows - 1} (the table has {rows} rows)")
+    return as_int
+
+
+@EVALUATE.register(ir.Take)
+def _take(node: ir.Take, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    table = ev[node.table]
+    return table[_integer_positions(node.indices, ev, table.shape[0])]
+
+
+@EVALUATE.register(ir.TakeAdjoint)
+def _take_adjoint(node: ir.TakeAdjoint, ev: _Evaluation,
+                  shape: tuple[int, ...]) -> np.ndarray:
+    result = np.zeros(shape)
+    np.add.at(result, _integer_positions(node.indices, ev, shape[0]), ev[node.arg])
+    return result
+
+
+@EVALUATE.register(ir.Max)
+def _max(node: ir.Max, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    return np.max(ev[node.arg], axis=node.axis, keepdims=True)
+
+
+@EVALUATE.register(ir.ArgMaxMask)
+def _argmax_mask(node: ir.ArgMaxMask, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    values = ev[node.arg]
+    first = np.expand_dims(np.argmax(values, axis=node.axis), node.axis)  # first on ties
+    mask = np.zeros(shape)
+    np.put_along_axis(mask, first, 1.0, axis=node.axis)
+    return mask

@@ -145,3 +145,11 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
 @WORTH_A_NAME.register(ir.MatrixFunction)
 def _matrix_function_when_shared(node: ir.Node, uses: int) -> bool:
     return uses >= 2  # as a determinant: one call, shorter than its spelling only when shared
+
+
+
+# A window or a gather is a view: named when shared, as a product is. A maximum is read again
+# by backprop (its arg max), as a nonlinearity is; its one-hot mask is named when shared.
+WORTH_A_NAME.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint,
+                      ir.ArgMaxMask)(_when_shared)
+WORTH_A_NAME.register(ir.Max)(_nonlinear)

@@ -641,3 +641,10 @@ def _matrix_function_not_elementwise(node: ir.Node) -> bool:
 @CLUSTER_ENTRY.register(ir.MatrixFunction)
 def _matrix_function_atom(node: ir.Node, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
     return cluster.atom(node, spec)
+
+
+
+# Computed positions (symdl.ir.indexed) are not entry by entry: each is an atom of a cluster.
+_INDEXED = (ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max, ir.ArgMaxMask)
+ELEMENTWISE.register(*_INDEXED)(_never_elementwise)
+CLUSTER_ENTRY.register(*_INDEXED)(_opaque)

@@ -164,3 +164,9 @@ def _short(e: sp.Basic) -> str:
 @CHECK.register(ir.MatrixFunction)
 def _check_matrix_function(node: ir.Node) -> None:
     pass  # a factorisation step: no scalar body or constant of its own
+
+
+
+# Computed positions (symdl.ir.indexed): integer positions, no scalar body of their own.
+CHECK.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max,
+               ir.ArgMaxMask)(_check_nothing)
