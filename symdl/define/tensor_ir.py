@@ -185,7 +185,10 @@ def _pool(translator: Translator, e: Pool) -> ir.Node:
         # (and the derivative, through the entries read, is unchanged).
         inside = ir.affine_read(ir.ones(x.shape), dims, tuple(index))
         u, v = sp.Dummy("u"), sp.Dummy("v")
-        read = ir.map_(sp.Lambda((u, v), u + (1 - v) * PAD_LOW), read, inside)
+        # (Heaviside, not (1 - v) * PAD_LOW: SymPy would expand that into u + 1e30 v - 1e30,
+        # which loses u.) Its derivative is 0 (the mask is constant).
+        low = PAD_LOW * sp.Heaviside(sp.Rational(1, 2) - v, 0)
+        read = ir.map_(sp.Lambda((u, v), u + low), read, inside)
     pooled = ir.max_along(ir.max_along(read, 5), 4)
     return ir.einsum([pooled], [tuple(range(rank))], tuple(range(4)))
 

@@ -54,9 +54,7 @@ class TensorExpr(sp.Basic):
         return len(self.shape)
 
     def __str__(self) -> str:
-        from symdl.printing.plain import plain
-
-        return plain(self)
+        return sp.sstr(self)  # through the classes' _sympystr: K ⋆ X
 
     __repr__ = __str__
 
@@ -521,3 +519,104 @@ def max_along(x, axis: int) -> MaxAlong | Flatten:
         raise ShapeMismatchError(f"max_along axis {axis} of a tensor of rank {rank}")
     result = MaxAlong(x, sp.Integer(int(axis) % rank))
     return Flatten(result) if rank == 2 else result
+
+
+# ---------------------------------------------------------------------------------------------
+# Notation: text (``K ⋆ X``) and LaTeX (``K \star X``); printers call these methods.
+
+
+def operand_text(printer, x: sp.Basic) -> str:
+    """``x`` as an operand: bare when it is a name, in parentheses otherwise."""
+    text = printer._print(x)
+    bare = isinstance(x, (sp.IndexedBase, sp.MatrixSymbol, sp.Symbol, Flatten, Pool,
+                          Embedding, Unflatten))
+    return text if bare else f"({text})"
+
+
+def operand_latex(printer, x: sp.Basic) -> str:
+    text = printer._print(x)
+    bare = isinstance(x, (sp.IndexedBase, sp.MatrixSymbol, sp.Symbol, Flatten, Pool,
+                          Embedding, Unflatten))
+    return text if bare else rf"\left({text}\right)"
+
+
+def window_text(stride, padding, dilation=None, groups=1) -> str:
+    """``[s=2, p=1]`` for the window parameters that differ from 1 and 0 ('' when none)."""
+    parts = []
+    for key, values, plain in (("s", stride, 1), ("p", padding, 0), ("d", dilation, 1)):
+        if values is None or all(v == plain for v in values):
+            continue
+        same = len(set(values)) == 1
+        parts.append(f"{key}={values[0] if same else ','.join(map(str, values))}")
+    if groups != 1:
+        parts.append(f"g={groups}")
+    return "[" + ", ".join(parts) + "]" if parts else ""
+
+
+def window_latex(stride, padding, dilation=None, groups=1) -> str:
+    text = window_text(stride, padding, dilation, groups)
+    return "" if not text else "_{" + text[1:-1].replace(", ", r",\,") + "}"
+
+
+def elementwise_text(printer, function: sp.Lambda, x: sp.Basic, latex: bool) -> str:
+    """``f(X)``: the scalar body of ``function`` with ``x`` in place of its variable."""
+    (v,) = function.variables
+    inner = printer._print(x)
+    plain_call = isinstance(function.expr, sp.Function) and function.expr.args == (v,)
+    if not plain_call and not isinstance(x, (sp.IndexedBase, sp.MatrixSymbol)):
+        inner = rf"\left({inner}\right)" if latex else f"({inner})"
+    placeholder = sp.Dummy("f")
+    names = getattr(printer, "names", None)
+    if latex and names is not None:
+        names[placeholder] = inner
+        try:
+            return printer._print(function.expr.xreplace({v: placeholder}))
+        finally:
+            names.pop(placeholder, None)
+    return printer._print(function.expr.xreplace({v: sp.Symbol(inner)}))
+
+
+def _conv_str(self: Conv, printer) -> str:
+    star = "⋆" + window_text(self.stride, self.padding, self.dilation, self.groups)
+    return f"{operand_text(printer, self.w)} {star} {operand_text(printer, self.x)}"
+
+
+def _conv_latex(self: Conv, printer) -> str:
+    star = r"\star" + window_latex(self.stride, self.padding, self.dilation, self.groups)
+    return f"{operand_latex(printer, self.w)} {star} {operand_latex(printer, self.x)}"
+
+
+def _pool_str(self: Pool, printer) -> str:
+    size = "x".join(map(str, self.kernel))
+    extra = window_text(self.stride if self.stride != self.kernel else (1, 1), self.padding)
+    return f"{self.kind}pool{size}{extra}({printer._print(self.x)})"
+
+
+def _pool_latex(self: Pool, printer) -> str:
+    size = r"\times ".join(map(str, self.kernel))
+    extra = window_text(self.stride if self.stride != self.kernel else (1, 1), self.padding)
+    extra = extra[1:-1].replace(", ", r",\,")
+    sub = size + (rf",\,{extra}" if extra else "")
+    return (rf"\operatorname{{{self.kind}pool}}_{{{sub}}}\left({printer._print(self.x)}"
+            r"\right)")
+
+
+Conv._sympystr, Conv._latex = _conv_str, _conv_latex
+Pool._sympystr, Pool._latex = _pool_str, _pool_latex
+Embedding._sympystr = lambda self, p: f"{operand_text(p, self.table)}[{p._print(self.indices)}]"
+Embedding._latex = lambda self, p: (f"{operand_latex(p, self.table)}"
+                                    rf"\left[{p._print(self.indices)}\right]")
+Flatten._sympystr = lambda self, p: (p._print(self.arg) if len(tensor_shape(self.arg, "")) == 2
+                                     else f"flatten({p._print(self.arg)})")
+Flatten._latex = lambda self, p: (p._print(self.arg) if len(tensor_shape(self.arg, "")) == 2
+                                  else rf"\operatorname{{flatten}}\left({p._print(self.arg)}"
+                                  r"\right)")
+Unflatten._sympystr = lambda self, p: f"unflatten({p._print(self.arg)})"
+Unflatten._latex = lambda self, p: rf"\operatorname{{unflatten}}\left({p._print(self.arg)}\right)"
+Elementwise._sympystr = lambda self, p: elementwise_text(p, self.function, self.arg, False)
+Elementwise._latex = lambda self, p: elementwise_text(p, self.function, self.arg, True)
+ChannelBias._sympystr = lambda self, p: f"{p._print(self.arg)} + {p._print(self.bias)}"
+ChannelBias._latex = lambda self, p: f"{p._print(self.arg)} + {p._print(self.bias)}"
+MaxAlong._sympystr = lambda self, p: f"max[axis {self.axis}]({p._print(self.arg)})"
+MaxAlong._latex = lambda self, p: (rf"\max_{{\text{{axis }}{self.axis}}}\left("
+                                   rf"{p._print(self.arg)}\right)")

@@ -1,0 +1,449 @@
+"""Tensor results as the textbook writes them: ``K ⋆ X``, ``∂L/∂K = X ⋆ δ``, ``δ ⋆ᵀ K``.
+
+The IR of a convolution is an einsum of the kernel with an ``AffineRead`` of the input; its
+derivatives are an einsum of the adjoint with the same read (``∂L/∂K = X ⋆ δ``) and an
+``AffineScatter`` of an einsum of the kernel with the adjoint (``∂L/∂X = δ ⋆ᵀ K``, the
+transposed convolution). Pooling is a maximum (or mean) over a read, its derivative a scatter
+of the adjoint to the arg max (or spread over the window); ``flatten`` a one-to-one scatter.
+
+``tensor_form`` recognises these patterns and returns SymPy objects that print as such (the
+classes of ``symdl.define.tensors`` and the adjoint classes below); None where a node is not one
+of them, and the printer then writes index notation. ``matrix_form`` does the same for the
+rank-2 nodes among them (``flatten(P)`` in ``flatten(P)^T δ``, the rows of an embedding).
+The printer (``symdl.printing.to_sympy.SympyPrinter``) is passed in, not imported.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.core.symbol import Str
+from sympy.matrices.expressions.matexpr import MatrixExpr
+
+from symdl import ir
+from symdl.define.tensors import (
+    Conv,
+    Elementwise,
+    Embedding,
+    Flatten,
+    Pool,
+    TensorExpr,
+    Unflatten,
+    operand_latex,
+    operand_text,
+    window_latex,
+    window_text,
+)
+
+# ---------------------------------------------------------------------------------------------
+# The adjoints' notation
+
+
+class Params(sp.Basic):
+    """Stride, padding and dilation of a window, carried by the forms below."""
+
+    stride = property(lambda self: tuple(int(v) for v in self.args[0]))
+    padding = property(lambda self: tuple(int(v) for v in self.args[1]))
+    dilation = property(lambda self: tuple(int(v) for v in self.args[2]))
+
+    @staticmethod
+    def of(stride, padding, dilation) -> Params:
+        return Params(sp.Tuple(*stride), sp.Tuple(*padding), sp.Tuple(*dilation))
+
+
+class _Form(TensorExpr):
+    """A printed tensor result with an explicit shape (its last argument)."""
+
+    @property
+    def shape(self) -> tuple[sp.Expr, ...]:
+        return tuple(self.args[-1])
+
+
+class ConvWeightGrad(_Form):
+    """``X ⋆ δ``: the correlation of the input with the adjoint of a convolution's output, the
+    derivative with respect to its kernel."""
+
+    def _sympystr(self, p) -> str:
+        w = self.args[2]
+        star = "⋆" + window_text(w.stride, w.padding, w.dilation)
+        return f"{operand_text(p, self.args[0])} {star} {operand_text(p, self.args[1])}"
+
+    def _latex(self, p) -> str:
+        w = self.args[2]
+        star = r"\star" + window_latex(w.stride, w.padding, w.dilation)
+        return f"{operand_latex(p, self.args[0])} {star} {operand_latex(p, self.args[1])}"
+
+
+class ConvTranspose(_Form):
+    """``δ ⋆ᵀ K``: the transposed convolution of the adjoint with the kernel, the derivative
+    with respect to a convolution's input (each output entry's adjoint spread back over its
+    window, weighted by the kernel)."""
+
+    def _sympystr(self, p) -> str:
+        w = self.args[2]
+        star = "⋆ᵀ" + window_text(w.stride, w.padding, w.dilation)
+        return f"{operand_text(p, self.args[0])} {star} {operand_text(p, self.args[1])}"
+
+    def _latex(self, p) -> str:
+        w = self.args[2]
+        star = r"\star^{\top}" + window_latex(w.stride, w.padding, w.dilation)
+        return f"{operand_latex(p, self.args[0])} {star} {operand_latex(p, self.args[1])}"
+
+
+class PoolTranspose(_Form):
+    """``maxpoolᵀ(δ)``: a pooling's adjoint sent back to the window, to the first arg max of
+    each window of ``X`` (max) or spread evenly over it (avg)."""
+
+    def _sympystr(self, p) -> str:
+        kind, delta, x, kernel = self.args[0], self.args[1], self.args[2], self.args[3]
+        size = "x".join(map(str, kernel))
+        at = f"; argmax {p._print(x)}" if str(kind) == "max" else ""
+        return f"{kind}pool{size}ᵀ({p._print(delta)}{at})"
+
+    def _latex(self, p) -> str:
+        kind, delta, x, kernel = self.args[0], self.args[1], self.args[2], self.args[3]
+        size = r"\times ".join(map(str, kernel))
+        at = rf" \,\middle|\, {p._print(x)}" if str(kind) == "max" else ""
+        return (rf"\operatorname{{{kind}pool}}^{{\top}}_{{{size}}}"
+                rf"\left({p._print(delta)}{at}\right)")
+
+
+class ScatterAdd(_Form):
+    """The rows of ``δ`` added into the rows ``idx`` of a zero table: an embedding's
+    derivative with respect to the table."""
+
+    def _sympystr(self, p) -> str:
+        return f"scatter_add[{p._print(self.args[1])}]({p._print(self.args[0])})"
+
+    def _latex(self, p) -> str:
+        return (rf"\operatorname{{scatter}}_{{{p._print(self.args[1])}}}"
+                rf"\left({p._print(self.args[0])}\right)")
+
+
+class TensorHadamard(_Form):
+    """The entrywise product of tensors of one shape: ``dA ⊙ θ(Z)``."""
+
+    def _sympystr(self, p) -> str:
+        return " ⊙ ".join(operand_text(p, a) if isinstance(a, _Form) else p._print(a)
+                          for a in self.args[0])
+
+    def _latex(self, p) -> str:
+        return r" \odot ".join(operand_latex(p, a) if isinstance(a, _Form) else p._print(a)
+                               for a in self.args[0])
+
+
+class AxisSum(_Form):
+    """The sum of a tensor over some axes: a convolution's bias derivative ``Σ_{b,i,j} δ``."""
+
+    def _sympystr(self, p) -> str:
+        axes = ",".join(map(str, self.args[1]))
+        return f"sum[axes {axes}]({p._print(self.args[0])})"
+
+    def _latex(self, p) -> str:
+        axes = ",".join(map(str, self.args[1]))
+        return rf"\textstyle\sum_{{\text{{axes }}{axes}}} {operand_latex(p, self.args[0])}"
+
+
+class TensorAdd(_Form):
+    """A sum of tensors of one shape; a vector added along one axis (a bias) prints as itself."""
+
+    def _sympystr(self, p) -> str:
+        return " + ".join(p._print(a) for a in self.args[0])
+
+    def _latex(self, p) -> str:
+        return " + ".join(p._print(a) for a in self.args[0])
+
+
+class AsMatrix(MatrixExpr):
+    """A rank-2 tensor form in a matrix expression (printed as the form)."""
+
+    arg = property(lambda self: self.args[0])
+    shape = property(lambda self: tuple(self.args[0].shape))
+    _sympystr = lambda self, p: p._print(self.arg)  # noqa: E731
+    _latex = lambda self, p: p._print(self.arg)  # noqa: E731
+
+
+# ---------------------------------------------------------------------------------------------
+# Recognising the patterns
+
+
+def operand(node: ir.Node, printer) -> sp.Basic | None:
+    """``node`` as an operand of a tensor form: its name, a matrix, or a form; None when it
+    has none."""
+    if id(node) in printer.aliases:
+        return printer.aliases[id(node)].symbol
+    if isinstance(node, ir.Leaf):
+        return node.symbol
+    if isinstance(node, ir.Named) and not printer._inlined(node):
+        return node.symbol
+    if isinstance(node, ir.Named):
+        return operand(node.body, printer)
+    if node.rank == 2:
+        try:
+            return printer.matrix(node)
+        except Exception:  # noqa: BLE001 - no matrix form: index notation
+            return None
+    return tensor_form(node, printer)
+
+
+def tensor_form(node: ir.Node, printer) -> sp.Basic | None:
+    """A tensor node as a convolution, pooling, reshape or one of their adjoints; None."""
+    if isinstance(node, ir.Named):
+        return operand(node, printer)
+    for rule in (_conv_einsum, _pool_einsum, _axis_sum, _hadamard, _scatter, _unflatten,
+                 _elementwise, _take, _take_adjoint, _add):
+        try:
+            form = rule(node, printer)
+        except (ValueError, TypeError, IndexError, KeyError):
+            form = None
+        if form is not None:
+            return form
+    return None
+
+
+def matrix_form(node: ir.Node, printer) -> sp.Basic | None:
+    """A rank-2 node that is a flatten, the rows of an embedding or its scatter-add."""
+    if node.rank != 2 or not isinstance(node, (ir.AffineScatter, ir.Take, ir.TakeAdjoint,
+                                               ir.AffineRead, ir.Max)):
+        return None
+    if isinstance(node, ir.AffineScatter) and _is_flatten(node):
+        arg = operand(node.arg, printer)
+        return None if arg is None else Flatten(arg)
+    form = tensor_form(node, printer)
+    return None if form is None else AsMatrix(form)
+
+
+def _row_major_coeffs(dims) -> list[sp.Expr]:
+    coeffs, stride = [], sp.Integer(1)
+    for d in reversed(tuple(dims)):
+        coeffs.append(stride)
+        stride = stride * d
+    return list(reversed(coeffs))
+
+
+def _is_flatten(node: ir.AffineScatter) -> bool:
+    x = node.arg
+    if len(node.dims) != 2 or x.rank < 2:
+        return False
+    first, second = node.index
+    want = [0] + _row_major_coeffs(x.shape[1:])
+    return (first == ir.AffineMap.axis(0, x.rank) and second.offset == 0
+            and all(sp.simplify(a - b) == 0 for a, b in zip(second.coeffs, want, strict=True)))
+
+
+def _unflatten(node: ir.Node, printer) -> sp.Basic | None:
+    if not (isinstance(node, ir.AffineRead) and node.arg.rank == 2 and len(node.dims) >= 3):
+        return None
+    first, second = node.index
+    want = [0] + _row_major_coeffs(node.dims[1:])
+    if first != ir.AffineMap.axis(0, len(node.dims)) or second.offset != 0 or any(
+            sp.simplify(a - b) != 0 for a, b in zip(second.coeffs, want, strict=True)):
+        return None
+    arg = operand(node.arg, printer)
+    return None if arg is None else Unflatten(arg, sp.Tuple(*node.dims[1:]))
+
+
+def _window(index: tuple[ir.AffineMap, ...]):
+    """The window of a read: for each axis of the tensor read, ``("pass", axis)`` or
+    ``("slide", out_axis, stride, kernel_axis, dilation, padding)``; None when it is not a
+    window (a grouped channel, a reshape)."""
+    axes = []
+    for m in index:
+        nonzero = [(k, c) for k, c in enumerate(m.coeffs) if c != 0]
+        if len(nonzero) == 1 and nonzero[0][1] == 1 and m.offset == 0:
+            axes.append(("pass", nonzero[0][0]))
+        elif len(nonzero) == 2 and all(c.is_Integer and c > 0 for _, c in nonzero):
+            (a, s), (b, d) = nonzero
+            if -m.offset < 0 or not sp.sympify(m.offset).is_Integer:
+                return None
+            axes.append(("slide", a, int(s), b, int(d), int(-m.offset)))
+        else:
+            return None
+    return axes
+
+
+def _params(axes) -> Params:
+    slides = [a for a in axes if a[0] == "slide"]
+    return Params.of([a[2] for a in slides], [a[5] for a in slides], [a[4] for a in slides])
+
+
+def _conv_einsum(node: ir.Node, printer) -> sp.Basic | None:
+    """``K ⋆ X`` (the result has the read's batch axis) or ``X ⋆ δ`` (it has the kernel's)."""
+    if not isinstance(node, ir.Einsum) or len(node.operands) != 2 or node.coeff != 1:
+        return None
+    reads = [k for k, op in enumerate(node.operands) if isinstance(op, ir.AffineRead)]
+    if len(reads) != 1:
+        return None
+    r = reads[0]
+    read, other = node.operands[r], node.operands[1 - r]
+    axes = _window(read.index)
+    if axes is None or not any(a[0] == "slide" for a in axes):
+        return None
+    spec = node.specs[r]
+    x = operand(read.arg, printer)
+    o = operand(other, printer)
+    if x is None or o is None:
+        return None
+    batch_label = spec[axes[0][1]] if axes[0][0] == "pass" else None
+    params = _params(axes)
+    if batch_label is not None and batch_label in node.out:
+        conv = Conv(x, o, sp.Tuple(*params.stride), sp.Tuple(*params.padding),
+                    sp.Tuple(*params.dilation), 1, _layout_of(axes))
+        return _Shaped(conv, node.shape)
+    return ConvWeightGrad(x, o, params, sp.Tuple(*node.shape))
+
+
+def _layout_of(axes) -> str:
+    return "channels_first" if len(axes) > 2 and axes[1][0] == "pass" else "channels_last"
+
+
+def _Shaped(form: TensorExpr, shape) -> sp.Basic:
+    """``form`` when its own shape is the node's (a printed form must keep the shape)."""
+    try:
+        if tuple(form.shape) == tuple(shape):
+            return form
+    except (ValueError, TypeError):
+        pass
+    return None
+
+
+def _pool_einsum(node: ir.Node, printer) -> sp.Basic | None:
+    """A maximum or a mean over the window axes of a read, those axes dropped."""
+    if not isinstance(node, ir.Einsum) or len(node.operands) != 1:
+        return None
+    (op,) = node.operands
+    kind, read = "avg", op
+    if isinstance(op, ir.Max):
+        inner = op.arg
+        if isinstance(inner, ir.Max):
+            inner = inner.arg
+        if isinstance(inner, ir.Map) and isinstance(inner.args[0], ir.AffineRead):
+            inner = inner.args[0]  # the padded entries pushed below every value
+        kind, read = "max", inner
+        if node.coeff != 1:
+            return None
+    if not isinstance(read, ir.AffineRead) or read.arg.rank != 4:
+        return None
+    axes = _window(read.index)
+    if axes is None:
+        return None
+    slides = [a for a in axes if a[0] == "slide"]
+    if len(slides) != 2:
+        return None
+    kernel = tuple(int(read.dims[a[3]]) for a in slides)
+    if kind == "avg" and node.coeff != sp.Rational(1, kernel[0] * kernel[1]):
+        return None
+    x = operand(read.arg, printer)
+    if x is None:
+        return None
+    params = _params(axes)
+    layout = "channels_first" if axes[1][0] == "pass" else "channels_last"
+    pool = Pool(kind, x, sp.Tuple(*kernel), sp.Tuple(*params.stride),
+                sp.Tuple(*params.padding), layout)
+    return _Shaped(pool, node.shape)
+
+
+def _axis_sum(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.Einsum) or len(node.operands) != 1 or node.coeff != 1:
+        return None
+    (op,), (spec,) = node.operands, node.specs
+    if op.rank < 3 or len(set(spec)) != len(spec) or isinstance(op, ir.Max):
+        return None
+    summed = tuple(k for k, lab in enumerate(spec) if lab not in node.out)
+    if not summed or tuple(lab for lab in spec if lab in node.out) != tuple(node.out):
+        return None
+    x = operand(op, printer)
+    return None if x is None else AxisSum(x, sp.Tuple(*summed), sp.Tuple(*node.shape))
+
+
+def _hadamard(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.Einsum) or node.rank < 3 or node.coeff != 1:
+        return None
+    if len(node.operands) < 2 or any(tuple(s) != tuple(node.out) for s in node.specs):
+        return None
+    parts = [operand(op, printer) for op in node.operands]
+    if any(p is None for p in parts):
+        return None
+    return TensorHadamard(sp.Tuple(*parts), sp.Tuple(*node.shape))
+
+
+def _elementwise(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.Map) or len(node.args) != 1 or node.rank < 3:
+        return None
+    x = operand(node.args[0], printer)
+    return None if x is None else Elementwise(node.fn, x)
+
+
+def _scatter(node: ir.Node, printer) -> sp.Basic | None:
+    """``δ ⋆ᵀ K`` (a transposed convolution) or a pooling's adjoint."""
+    if not isinstance(node, ir.AffineScatter) or not isinstance(node.arg, ir.Einsum):
+        return None
+    axes = _window(node.index)
+    if axes is None or not any(a[0] == "slide" for a in axes):
+        return None
+    inner = node.arg
+    shape = sp.Tuple(*node.shape)
+    masks = [op for op in inner.operands if isinstance(op, ir.ArgMaxMask)]
+    rest = [op for op in inner.operands
+            if not isinstance(op, (ir.ArgMaxMask, ir.Ones))]
+    slides = [a for a in axes if a[0] == "slide"]
+    kernel = sp.Tuple(*[inner.shape[a[3]] for a in slides])
+    if masks and len(rest) == 1:
+        read = masks[0].arg
+        while isinstance(read, (ir.Max, ir.Map)):
+            read = read.arg if isinstance(read, ir.Max) else read.args[0]
+        if not isinstance(read, ir.AffineRead):
+            return None
+        delta, x = operand(rest[0], printer), operand(read.arg, printer)
+        if delta is None or x is None:
+            return None
+        return PoolTranspose(Str("max"), delta, x, kernel, shape)
+    if not masks and len(rest) == 1 and len(inner.operands) == 2 and inner.coeff == sp.Rational(
+            1, sp.Mul(*kernel)):
+        delta = operand(rest[0], printer)
+        return None if delta is None else PoolTranspose(Str("avg"), delta, sp.Integer(0),
+                                                        kernel, shape)
+    if len(inner.operands) == 2 and not masks and inner.coeff == 1:
+        # The kernel is the operand that has every window axis.
+        window_labels = {inner.out[a[3]] for a in slides}
+        kern = [k for k, s in enumerate(inner.specs) if window_labels <= set(s)]
+        if len(kern) != 1:
+            return None
+        w = operand(inner.operands[kern[0]], printer)
+        delta = operand(inner.operands[1 - kern[0]], printer)
+        if w is None or delta is None:
+            return None
+        return ConvTranspose(delta, w, _params(axes), shape)
+    return None
+
+
+def _take(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.Take):
+        return None
+    table, idx = operand(node.table, printer), operand(node.indices, printer)
+    if table is None or idx is None:
+        return None
+    return Embedding(table, idx)
+
+
+def _take_adjoint(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.TakeAdjoint):
+        return None
+    delta, idx = operand(node.arg, printer), operand(node.indices, printer)
+    if delta is None or idx is None:
+        return None
+    return ScatterAdd(delta, idx, sp.Tuple(*node.shape))
+
+
+def _add(node: ir.Node, printer) -> sp.Basic | None:
+    if not isinstance(node, ir.Add) or node.rank < 3:
+        return None
+    parts = []
+    for term in node.terms:
+        if isinstance(term, ir.Einsum) and len(term.operands) == 2 and term.coeff == 1 and \
+                isinstance(term.operands[1], ir.Ones) and term.operands[0].rank == 1:
+            term = term.operands[0]  # a bias along one axis
+        part = operand(term, printer)
+        if part is None:
+            return None
+        parts.append(part)
+    return TensorAdd(sp.Tuple(*parts), sp.Tuple(*node.shape))
