@@ -187,10 +187,10 @@ def operand(node: ir.Node, printer) -> sp.Basic | None:
 
 def tensor_form(node: ir.Node, printer) -> sp.Basic | None:
     """A tensor node as a convolution, pooling, reshape or one of their adjoints; None."""
-    if isinstance(node, ir.Named):
+    if isinstance(node, (ir.Named, ir.Leaf)):
         return operand(node, printer)
     for rule in (_conv_einsum, _pool_einsum, _axis_sum, _hadamard, _scatter, _unflatten,
-                 _elementwise, _take, _take_adjoint, _add):
+                 _elementwise, _take, _take_adjoint, _add, _same):
         try:
             form = rule(node, printer)
         except (ValueError, TypeError, IndexError, KeyError):
@@ -447,3 +447,12 @@ def _add(node: ir.Node, printer) -> sp.Basic | None:
             return None
         parts.append(part)
     return TensorAdd(sp.Tuple(*parts), sp.Tuple(*node.shape))
+
+
+def _same(node: ir.Node, printer) -> sp.Basic | None:
+    """An einsum that is its one operand itself (the adjoint of a step read entry by entry)."""
+    if not isinstance(node, ir.Einsum) or len(node.operands) != 1 or node.coeff != 1:
+        return None
+    if tuple(node.specs[0]) != tuple(node.out) or len(set(node.out)) != len(node.out):
+        return None
+    return operand(node.operands[0], printer)
