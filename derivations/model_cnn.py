@@ -14,6 +14,7 @@ classified into ten digits. Backprop reads as the textbook:
 derived once for every batch size n.
 """
 
+import numpy as np
 import sympy as sp
 
 import symdl
@@ -40,6 +41,14 @@ MODEL = [
     (sp.Symbol("L"), symdl.softmax_cross_entropy(Z2, Y)),
 ]
 PARAMETERS = [K1, b1, W2, b2]
+
+
+def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    """Pixels in [0, 1] and weights at the usual initial scale (1/sqrt(fan-in)), so that the
+    loss is of order one, as in training (finite differences of a loss of 30 lose digits)."""
+    rows = dims["n"]
+    return {"X": rng.uniform(0, 1, (rows, 8, 8, 1)), "K1": rng.normal(size=(3, 3, 1, C)) / 3,
+            "W2": rng.normal(size=(9 * C, 10)) / np.sqrt(9 * C)}
 
 
 def derivation() -> symdl.Derivation:

@@ -620,7 +620,7 @@ def _tensor_update(der: Derivation, optimizer: Optimizer, p: sp.IndexedBase,
         outputs[Update(names.states[(s, name)])] = back(
             translate_matrix_or_scalar(translator, sp.sympify(new_state[s])))
     leaves.update(translator.leaves)
-    for s, state_leaf in state_leaves.items():
+    for state_leaf in state_leaves.values():
         leaves[state_leaf.name] = state_leaf
     leaves.setdefault(name, leaf)
     return outputs

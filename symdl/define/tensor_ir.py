@@ -42,8 +42,18 @@ PAD_LOW = sp.Float(-1e30)
 finite in float32 (PyTorch pads with -inf)."""
 
 
+FORM_HOOKS: list = []
+"""Functions ``(translator, e) -> node or None`` that translate SymPy forms a later stage
+prints (``symdl.printing.tensor_forms``: ``X ⋆ δ`` back into the IR it was printed from)."""
+
+
 def tensor(translator: Translator, e: sp.Basic) -> ir.Node:
     """The IR node of a tensor operand (an ``IndexedBase``, a ``TensorExpr``, a matrix)."""
+    if isinstance(e, TensorExpr):
+        for hook in FORM_HOOKS:
+            node = hook(translator, e)
+            if node is not None:
+                return node
     if isinstance(e, sp.IndexedBase):
         shape = tensor_shape(e, "a tensor")
         return translator.leaf(e, str(e.label), shape)

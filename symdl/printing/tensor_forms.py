@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import sympy as sp
 from sympy.core.symbol import Str
-from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import ir
+from symdl.define import tensor_ir
 from symdl.define.tensors import (
     Conv,
     Elementwise,
@@ -153,22 +153,31 @@ class TensorAdd(_Form):
         return " + ".join(p._print(a) for a in self.args[0])
 
 
-class AsMatrix(MatrixExpr):
-    """A rank-2 tensor form in a matrix expression (printed as the form)."""
-
-    arg = property(lambda self: self.args[0])
-    shape = property(lambda self: tuple(self.args[0].shape))
-    _sympystr = lambda self, p: p._print(self.arg)  # noqa: E731
-    _latex = lambda self, p: p._print(self.arg)  # noqa: E731
-
-
 # ---------------------------------------------------------------------------------------------
 # Recognising the patterns
+
+
+_COLLECT: list[list[tuple[ir.Node, sp.Basic]]] = []
+"""The operands each rule being tried has printed (a stack: rules nest)."""
+
+_TEMPLATES: dict[sp.Basic, tuple[ir.Node, tuple[tuple[ir.Node, sp.Basic], ...]]] = {}
+"""Each printed form -> the IR it was printed from and its operands (node, expression): the
+form translates back to that IR with the operands' translations in place (``symdl.evaluate``
+of a printed gradient), and lambdifies through it."""
+
+_KEYS: list[sp.Basic] = []
 
 
 def operand(node: ir.Node, printer) -> sp.Basic | None:
     """``node`` as an operand of a tensor form: its name, a matrix, or a form; None when it
     has none."""
+    expr = _operand(node, printer)
+    if expr is not None and _COLLECT:
+        _COLLECT[-1].append((node, expr))
+    return expr
+
+
+def _operand(node: ir.Node, printer) -> sp.Basic | None:
     if id(node) in printer.aliases:
         return printer.aliases[id(node)].symbol
     if isinstance(node, ir.Leaf):
@@ -191,11 +200,17 @@ def tensor_form(node: ir.Node, printer) -> sp.Basic | None:
         return operand(node, printer)
     for rule in (_conv_einsum, _pool_einsum, _axis_sum, _hadamard, _scatter, _unflatten,
                  _elementwise, _take, _take_adjoint, _add, _same):
+        _COLLECT.append([])
         try:
             form = rule(node, printer)
         except (ValueError, TypeError, IndexError, KeyError):
             form = None
+        finally:
+            used = _COLLECT.pop()
         if form is not None:
+            if rule is not _same and form not in _TEMPLATES:
+                _TEMPLATES[form] = (node, tuple(used))
+                _KEYS.append(form)
             return form
     return None
 
@@ -209,7 +224,7 @@ def matrix_form(node: ir.Node, printer) -> sp.Basic | None:
         arg = operand(node.arg, printer)
         return None if arg is None else Flatten(arg)
     form = tensor_form(node, printer)
-    return None if form is None else AsMatrix(form)
+    return None if form is None else Flatten(form)
 
 
 def _row_major_coeffs(dims) -> list[sp.Expr]:
@@ -456,3 +471,68 @@ def _same(node: ir.Node, printer) -> sp.Basic | None:
     if tuple(node.specs[0]) != tuple(node.out) or len(set(node.out)) != len(node.out):
         return None
     return operand(node.operands[0], printer)
+
+
+# ---------------------------------------------------------------------------------------------
+# Printed forms back to IR (symdl.evaluate of a result) and to NumPy (sympy.lambdify)
+
+
+def _substitute(root: ir.Node, mapping: dict[int, ir.Node]) -> ir.Node:
+    memo: dict[int, ir.Node] = {}
+
+    def walk(node: ir.Node) -> ir.Node:
+        if id(node) in mapping:
+            return mapping[id(node)]
+        if id(node) not in memo:
+            children = node.children()
+            new = [walk(c) for c in children]
+            same = all(a is b for a, b in zip(new, children, strict=True))
+            memo[id(node)] = node if same else ir.rebuilt(node, new)
+        return memo[id(node)]
+
+    return walk(root)
+
+
+def translate_form(translator, e: sp.Basic) -> ir.Node | None:
+    """The IR of a printed form (with its operands translated by ``translator``); None when
+    ``e`` was not printed here."""
+    found = _TEMPLATES.get(e)
+    if found is None:
+        return None
+    from symdl.define.tensor_ir import tensor
+
+    template, used = found
+    return _substitute(template, {id(node): tensor(translator, expr) for node, expr in used})
+
+
+def evaluate_form(key: int, *arrays):
+    """NumPy value of the printed form number ``key`` at its operands' arrays (lambdify)."""
+    import numpy as np
+
+    from symdl.ir.evaluate import evaluate
+
+    template, used = _TEMPLATES[_KEYS[key]]
+    mapping, values, dims = {}, {}, {}
+    for k, ((node, _), array) in enumerate(zip(used, arrays, strict=True)):
+        name = f"_symdl_operand{k}"
+        mapping[id(node)] = ir.leaf(name, node.shape, sp.Symbol(name))
+        values[name] = np.asarray(array, dtype=float)
+        for dim, size in zip(node.shape, np.shape(array), strict=False):
+            if isinstance(dim, sp.Symbol):
+                dims[dim] = size
+    (result,) = evaluate([_substitute(template, mapping)], values, dims)
+    return result
+
+
+def _numpycode(self, printer) -> str:
+    if self not in _TEMPLATES:
+        raise TypeError(f"{type(self).__name__} was not printed from a derivation")
+    _, used = _TEMPLATES[self]
+    args = ", ".join([str(_KEYS.index(self))] + [printer._print(e) for _, e in used])
+    return f"{printer._module_format('symdl.printing.tensor_forms.evaluate_form')}({args})"
+
+
+for _cls in (_Form, Conv, Pool, Elementwise, Embedding, Unflatten):
+    _cls._numpycode = _numpycode
+
+tensor_ir.FORM_HOOKS.append(translate_form)
