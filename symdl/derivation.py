@@ -18,7 +18,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
 from symdl.define.symbols import fresh_name, symbol_name
-from symdl.define.tensor_ir import step_symbol, translate_step
+from symdl.define.tensor_ir import step_symbol, tensor, translate_step
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.derive import autodiff
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
@@ -340,12 +340,14 @@ class Derivation:
         for q, vq in directions.items():
             leaf = self._require_parameter(q)
             shape = _parameter_shape(q)
-            vshape = tuple(vq.shape) if isinstance(vq, MatrixExpr) else ()
+            vshape = tuple(vq.shape) if isinstance(vq, MatrixExpr) or (
+                isinstance(vq, sp.IndexedBase) and vq.shape is not None) else ()
             if vshape != tuple(shape):
                 raise DerivationError(
                     f"the direction for {q} has shape {vshape}, but {q} has shape {shape}"
                 )
-            seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
+            seeds[id(leaf)] = (tensor(self._translator, vq) if isinstance(vq, sp.IndexedBase)
+                               else translate_matrix_or_scalar(self._translator, vq))
         node = rewrites.stabilize_one(autodiff.directional(self.gradient_node(p), seeds))
         return self._print(node, inline)
 

@@ -195,9 +195,11 @@ def _conv(x, w, spatial: int, stride, padding, dilation, groups, layout) -> Conv
     if groups != 1 and (sp.sympify(out_channels) / groups).is_integer is False:
         raise ShapeMismatchError(
             f"{what}: {out_channels} output channels do not split into {groups} groups", ws)
-    return Conv(x, w, _ints(stride, spatial, f"{what} stride", 1),
+    conv = Conv(x, w, _ints(stride, spatial, f"{what} stride", 1),
                 _ints(padding, spatial, f"{what} padding", 0),
                 _ints(dilation, spatial, f"{what} dilation", 1), groups, layout)
+    conv.shape  # noqa: B018 - raises when the window does not fit
+    return conv
 
 
 def conv1d(x, w, stride=1, padding=0, dilation=1, groups=1, layout="channels_last") -> Conv:
@@ -285,7 +287,9 @@ def _pool(kind: str, x, kernel, stride, padding, layout) -> Pool:
         if 2 * p > k:
             raise DefinitionError(
                 f"{what}: padding {p} is more than half the window {k} (as PyTorch requires)")
-    return Pool(kind, x, kernel, stride, padding, layout)
+    pool = Pool(kind, x, kernel, stride, padding, layout)
+    pool.shape  # noqa: B018 - raises when the window does not fit
+    return pool
 
 
 def max_pool2d(x, kernel, stride=None, padding=0, layout="channels_last") -> Pool:
