@@ -624,3 +624,11 @@ ChannelBias._latex = lambda self, p: f"{p._print(self.arg)} + {p._print(self.bia
 MaxAlong._sympystr = lambda self, p: f"max[axis {self.axis}]({p._print(self.arg)})"
 MaxAlong._latex = lambda self, p: (rf"\max_{{\text{{axis }}{self.axis}}}\left("
                                    rf"{p._print(self.arg)}\right)")
+
+
+def _flatten_numpy(self: Flatten, printer) -> str:
+    x = printer._print(self.arg)
+    return f"{printer._module_format('numpy.reshape')}({x}, ({x}).shape[:1] + (-1,))"
+
+
+Flatten._numpycode = _flatten_numpy
