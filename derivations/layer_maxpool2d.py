@@ -10,6 +10,7 @@ On ties the derivative goes to the first largest entry of the window in row-majo
 PyTorch's convention (as relu's derivative at 0 is taken as 0): a subgradient.
 """
 
+import numpy as np
 import sympy as sp
 
 import symdl
@@ -25,6 +26,14 @@ LAYER = [
     (sp.Symbol("L"), sp.Sum(G[b, i, j, q] * P[b, i, j, q], (b, 0, n - 1), (i, 0, 1),
                             (j, 0, 1), (q, 0, c - 1))),
 ]
+
+
+def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    """Distinct entries, at least 0.5 apart: each window has one largest entry with a margin,
+    so that finite differences do not cross a change of arg max (where the derivative
+    jumps)."""
+    size = dims["n"] * 16 * dims["c"]
+    return {"X": (rng.permutation(size) * 0.5 - size / 4).reshape(dims["n"], 4, 4, dims["c"])}
 
 
 def derivation() -> symdl.Derivation:

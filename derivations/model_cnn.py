@@ -1,9 +1,10 @@
 """A convolutional network on 8 x 8 digits: conv 3x3 -> relu -> 2x2 max pool -> dense -> softmax.
 
 The network of the demo (``make demo`` trains it on scikit-learn's digits): a batch of n
-grey 8 x 8 images (``N x 8 x 8 x 1``, channels last) goes through eight 3 x 3 kernels (valid
-convolution: 6 x 6), relu, 2 x 2 max pooling (3 x 3), is flattened to 72 features per image and
-classified into ten digits. Backprop reads as the textbook:
+grey 8 x 8 images (``N x 8 x 8 x 1``, channels last) goes through four 3 x 3 kernels (valid
+convolution: 6 x 6), relu, 2 x 2 max pooling (3 x 3), is flattened to 36 features per image and
+classified into ten digits (the demo's network has 16 kernels and padding 1). Backprop reads
+as the textbook:
 
     δ2 = (softmax(Z2) - Y)/n
     dP1 = unflatten(δ2 W2ᵀ)                  dW2 = flatten(P1)ᵀ δ2
@@ -20,7 +21,7 @@ import sympy as sp
 import symdl
 
 n = sp.Symbol("n", integer=True, positive=True)
-C = 8  # convolution channels
+C = 4  # convolution channels
 X = sp.IndexedBase("X", shape=(n, 8, 8, 1))  # images, channels last
 Y = sp.MatrixSymbol("Y", n, 10)  # one-hot labels
 

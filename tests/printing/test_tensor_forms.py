@@ -66,8 +66,8 @@ def test_the_chain_rule_row_of_a_tensor_step(cnn):
 def test_printed_gradients_evaluate_to_the_derivations_values(cnn):
     rng = np.random.default_rng(5)
     values = {"X": rng.uniform(0, 1, (3, 8, 8, 1)), "Y": np.eye(10)[[1, 4, 7]],
-              "K1": rng.normal(size=(3, 3, 1, 8)), "b1": rng.normal(size=8),
-              "W2": rng.normal(size=(72, 10)) / 8, "b2": rng.normal(size=(1, 10))}
+              "K1": rng.normal(size=(3, 3, 1, 4)), "b1": rng.normal(size=4),
+              "W2": rng.normal(size=(36, 10)) / 6, "b2": rng.normal(size=(1, 10))}
     dims = {cnn.dims and next(iter(cnn.dims)): 3}
     out = cnn.evaluate(values, dims)
     for p in cnn.wrt:
