@@ -465,7 +465,8 @@ class _Builder:
     def shape_of(self, expr: sp.Basic | IndexForm) -> str:
         if isinstance(expr, IndexForm):
             return _shape_latex(tuple(expr.shape))
-        if isinstance(expr, (sp.MatrixExpr, TensorExpr)):
+        if isinstance(expr, (sp.MatrixExpr, TensorExpr)) or (
+                isinstance(expr, sp.IndexedBase) and expr.shape is not None):
             return _shape_latex(tuple(expr.shape))
         return _shape_latex(())
 

@@ -51,7 +51,7 @@ def test_latex_uses_star_and_its_transpose():
     der = catalog.load("layer_conv2d").derive()
     tex = der.to_latex()
     assert r"K \star_{p=1} X" in tex and r"\star^{\top}_{p=1}" in tex
-    assert r"n \times h \times w \times o" in tex  # tensor shapes in the right-hand column
+    assert r"n \times 5 \times 5 \times o" in tex  # tensor shapes in the right-hand column
     printer = SymdlLatexPrinter()
     X = sp.IndexedBase("X", shape=(2, 8, 8, 1))
     assert printer.doprint(symdl.max_pool2d(X, 2)) == (
@@ -80,3 +80,8 @@ def test_printed_gradients_evaluate_to_the_derivations_values(cnn):
         got = lambdified(*[dims[a] if a in dims else values[str(a)] for a in args])
         np.testing.assert_allclose(np.reshape(got, out[f"grad:{name}"].shape),
                                    out[f"grad:{name}"], rtol=1e-12, atol=1e-14)
+
+
+def test_an_adjoint_that_is_a_tensor_input_has_its_shape():
+    tex = catalog.load("layer_maxpool2d").derive().to_latex()
+    assert r"\frac{\partial L}{\partial P} &= G && n \times 2 \times 2 \times c" in tex
