@@ -505,14 +505,16 @@ def translate_form(translator, e: sp.Basic) -> ir.Node | None:
     return _substitute(template, {id(node): tensor(translator, expr) for node, expr in used})
 
 
-def evaluate_form(key: int, *arrays):
-    """NumPy value of the printed form number ``key`` at its operands' arrays (lambdify)."""
+def evaluate_form(key: int, *arrays, **sizes: int):
+    """NumPy value of the printed form number ``key`` at its operands' arrays and the sizes
+    of the dimensions only its shape names (the rows of a scatter-add), for lambdify."""
     import numpy as np
 
     from symdl.ir.evaluate import evaluate
 
     template, used = _TEMPLATES[_KEYS[key]]
-    mapping, values, dims = {}, {}, {}
+    mapping, values = {}, {}
+    dims = {s: int(sizes[s.name]) for s in _shape_symbols(template) if s.name in sizes}
     for k, ((node, _), array) in enumerate(zip(used, arrays, strict=True)):
         name = f"_symdl_operand{k}"
         mapping[id(node)] = ir.leaf(name, node.shape, sp.Symbol(name))
@@ -524,11 +526,21 @@ def evaluate_form(key: int, *arrays):
     return result
 
 
+def _shape_symbols(node: ir.Node) -> list[sp.Symbol]:
+    """The dimension symbols of the shapes under ``node``, by name."""
+    symbols: set[sp.Symbol] = set()
+    for sub in ir.topological_order([node]):
+        for d in sub.shape:
+            symbols |= {s for s in sp.sympify(d).free_symbols if isinstance(s, sp.Symbol)}
+    return sorted(symbols, key=str)
+
+
 def _numpycode(self, printer) -> str:
     if self not in _TEMPLATES:
         raise TypeError(f"{type(self).__name__} was not printed from a derivation")
-    _, used = _TEMPLATES[self]
-    args = ", ".join([str(_KEYS.index(self))] + [printer._print(e) for _, e in used])
+    template, used = _TEMPLATES[self]
+    args = ", ".join([str(_KEYS.index(self))] + [printer._print(e) for _, e in used]
+                     + [f"{s.name}={printer._print(s)}" for s in _shape_symbols(template)])
     return f"{printer._module_format('symdl.printing.tensor_forms.evaluate_form')}({args})"
 
 
