@@ -223,3 +223,15 @@ def test_a_tensor_step_must_be_declared_with_its_shape():
     with pytest.raises(DefinitionError, match="free indices"):
         symdl.derive([(sp.IndexedBase("Z", shape=(n,))[b], X2[b, i]),
                       (L, sp.Symbol("q", real=True))], wrt=[X2])
+
+
+def test_hvp_takes_an_indexed_base_direction():
+    # der.hvp(p, V) with V an IndexedBase shaped like p was refused ("the direction for w has
+    # shape ()"): only matrix directions were measured.
+    i = sp.Symbol("i", integer=True)
+    w = sp.IndexedBase("w", shape=(3,))
+    V = sp.IndexedBase("V", shape=(3,))
+    der = symdl.derive(sp.Sum(w[i] ** 3, (i, 0, 2)), wrt=[w])
+    wv, vv = np.array([1.0, -2.0, 0.5]), np.array([0.3, 1.0, -1.0])
+    got = symdl.evaluate(der.hvp(w, V), {"w": wv, "V": vv}, {})
+    np.testing.assert_allclose(np.ravel(got), 6 * wv * vv, rtol=1e-14)
