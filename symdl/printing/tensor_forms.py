@@ -283,24 +283,29 @@ def _params(axes) -> Params:
 
 def _conv_einsum(node: ir.Node, printer) -> sp.Basic | None:
     """``K ⋆ X`` (the result has the read's batch axis) or ``X ⋆ δ`` (it has the kernel's)."""
-    if not isinstance(node, ir.Einsum) or len(node.operands) != 2 or node.coeff != 1:
+    if not isinstance(node, ir.Einsum) or len(node.operands) < 2 or node.coeff != 1:
         return None
-    reads = [k for k, op in enumerate(node.operands) if isinstance(op, ir.AffineRead)]
+    reads = [k for k, op in enumerate(node.operands) if isinstance(op, ir.AffineRead)
+             and any(a[0] == "slide" for a in (_window(op.index) or ()))]
     if len(reads) != 1:
         return None
     r = reads[0]
-    read, other = node.operands[r], node.operands[1 - r]
+    read = node.operands[r]
+    others = [k for k in range(len(node.operands)) if k != r]
     axes = _window(read.index)
     if axes is None or not any(a[0] == "slide" for a in axes):
         return None
     spec = node.specs[r]
+    batch_label = spec[axes[0][1]] if axes[0][0] == "pass" else None
+    forward = batch_label is not None and batch_label in node.out
+    if len(others) > 1 and (forward or len({node.specs[k] for k in others}) != 1):
+        return None
     x = operand(read.arg, printer)
-    o = operand(other, printer)
+    o = _product([node.operands[k] for k in others], printer)
     if x is None or o is None:
         return None
-    batch_label = spec[axes[0][1]] if axes[0][0] == "pass" else None
     params = _params(axes)
-    if batch_label is not None and batch_label in node.out:
+    if forward:
         conv = Conv(x, o, sp.Tuple(*params.stride), sp.Tuple(*params.padding),
                     sp.Tuple(*params.dilation), 1, _layout_of(axes))
         return _Shaped(conv, node.shape)
@@ -417,14 +422,18 @@ def _scatter(node: ir.Node, printer) -> sp.Basic | None:
         delta = operand(rest[0], printer)
         return None if delta is None else PoolTranspose(Str("avg"), delta, sp.Integer(0),
                                                         kernel, shape)
-    if len(inner.operands) == 2 and not masks and inner.coeff == 1:
-        # The kernel is the operand that has every window axis.
+    if len(inner.operands) >= 2 and not masks and inner.coeff == 1:
+        # The kernel is the operand that has every window axis; the others (the adjoint and
+        # the factors fused into it) have one spec.
         window_labels = {inner.out[a[3]] for a in slides}
         kern = [k for k, s in enumerate(inner.specs) if window_labels <= set(s)]
         if len(kern) != 1:
             return None
+        rest = [k for k in range(len(inner.operands)) if k != kern[0]]
+        if len({inner.specs[k] for k in rest}) != 1:
+            return None
         w = operand(inner.operands[kern[0]], printer)
-        delta = operand(inner.operands[1 - kern[0]], printer)
+        delta = _product([inner.operands[k] for k in rest], printer)
         if w is None or delta is None:
             return None
         return ConvTranspose(delta, w, _params(axes), shape)
@@ -548,3 +557,13 @@ for _cls in (_Form, Conv, Pool, Elementwise, Embedding, Unflatten):
     _cls._numpycode = _numpycode
 
 tensor_ir.FORM_HOOKS.append(translate_form)
+
+
+def _product(factors: list[ir.Node], printer) -> sp.Basic | None:
+    """One operand, or the entrywise product of operands of one shape (fused by einsum)."""
+    parts = [operand(f, printer) for f in factors]
+    if any(p is None for p in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0]
+    return TensorHadamard(sp.Tuple(*parts), sp.Tuple(*factors[0].shape))
