@@ -93,17 +93,23 @@ class PoolTranspose(_Form):
     """``maxpoolᵀ(δ)``: a pooling's adjoint sent back to the window, to the first arg max of
     each window of ``X`` (max) or spread evenly over it (avg)."""
 
+    def _window(self) -> str:
+        kernel, w = tuple(int(k) for k in self.args[3]), self.args[4]
+        return window_text(w.stride if w.stride != kernel else (1,) * len(kernel), w.padding)
+
     def _sympystr(self, p) -> str:
         kind, delta, x, kernel = self.args[0], self.args[1], self.args[2], self.args[3]
         size = "x".join(map(str, kernel))
         at = f"; argmax {p._print(x)}" if str(kind) == "max" else ""
-        return f"{kind}pool{size}ᵀ({p._print(delta)}{at})"
+        return f"{kind}pool{size}ᵀ{self._window()}({p._print(delta)}{at})"
 
     def _latex(self, p) -> str:
         kind, delta, x, kernel = self.args[0], self.args[1], self.args[2], self.args[3]
         size = r"\times ".join(map(str, kernel))
+        extra = self._window()[1:-1].replace(", ", r",\,")
+        sub = size + (rf",\,{extra}" if extra else "")
         at = rf" \,\middle|\, {p._print(x)}" if str(kind) == "max" else ""
-        return (rf"\operatorname{{{kind}pool}}^{{\top}}_{{{size}}}"
+        return (rf"\operatorname{{{kind}pool}}^{{\top}}_{{{sub}}}"
                 rf"\left({p._print(delta)}{at}\right)")
 
 
@@ -416,12 +422,12 @@ def _scatter(node: ir.Node, printer) -> sp.Basic | None:
         delta, x = operand(rest[0], printer), operand(read.arg, printer)
         if delta is None or x is None:
             return None
-        return PoolTranspose(Str("max"), delta, x, kernel, shape)
+        return PoolTranspose(Str("max"), delta, x, kernel, _params(axes), shape)
     if not masks and len(rest) == 1 and len(inner.operands) == 2 and inner.coeff == sp.Rational(
             1, sp.Mul(*kernel)):
         delta = operand(rest[0], printer)
         return None if delta is None else PoolTranspose(Str("avg"), delta, sp.Integer(0),
-                                                        kernel, shape)
+                                                        kernel, _params(axes), shape)
     if len(inner.operands) >= 2 and not masks and inner.coeff == 1:
         # The kernel is the operand that has every window axis; the others (the adjoint and
         # the factors fused into it) have one spec.

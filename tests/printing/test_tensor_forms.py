@@ -38,7 +38,7 @@ def test_the_cnn_backprop_reads_as_the_textbook(cnn):
 @pytest.mark.parametrize("name,lines", [
     ("layer_conv2d", {"dX": "dA ⋆ᵀ[p=1] K", "dK": "X ⋆[p=1] dA", "dbias": "sum[axes 0,1,2](dA)"}),
     ("layer_conv1d", {"dX": "dY ⋆ᵀ[p=1] W", "dW": "X ⋆[p=1] dY"}),
-    ("layer_avgpool2d", {"dX": "avgpool3x3ᵀ(dP)"}),
+    ("layer_avgpool2d", {"dX": "avgpool3x3ᵀ[p=1](dP)"}),
     ("layer_embedding", {"dE": "scatter_add[idx](dA)"}),
 ])
 def test_layer_gradients_print_in_convolution_notation(name, lines):
