@@ -325,12 +325,16 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
-                  progress=not args.quiet, curvature=not args.no_curvature)
+                  progress=not args.quiet, curvature=not args.no_curvature,
+                  cnn=not args.no_cnn)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
           f"kernel: {'passed' if metrics['check']['ok'] else 'FAILED'} "
           f"(max relative error {metrics['check']['max_rel_error']:.1e})")
+    if "cnn" in metrics:
+        print(f"convolutional network: held-out test accuracy "
+              f"{metrics['cnn']['final_test_accuracy']:.4f}")
     if "newton" in metrics:
         newton = metrics["newton"]
         print(f"Newton's method: optimum in {newton['newton_iterations']} iterations; gradient "
@@ -472,6 +476,8 @@ def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no pdflatex)")
     demo.add_argument("--no-curvature", action="store_true",
                       help="skip the Hessian spectrum at initialisation and after training")
+    demo.add_argument("--no-cnn", action="store_true",
+                      help="skip the convolutional network (trained on the digits as images)")
     demo.set_defaults(run=_cmd_demo)
 
 

@@ -18,6 +18,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
 from symdl.define.symbols import fresh_name, symbol_name
+from symdl.define.tensor_ir import step_symbol, tensor, translate_step
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.derive import autodiff
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
@@ -98,7 +99,10 @@ class Derivation:
         self._intermediates: list[ir.Named] = []
         node = None
         for symbol, definition_k in steps:
-            node = translate_matrix_or_scalar(self._translator, definition_k)
+            node = translate_step(self._translator, symbol, definition_k)
+            if node is None:
+                node = translate_matrix_or_scalar(self._translator, definition_k)
+            symbol = step_symbol(symbol)
             if symbol is not None:
                 node = ir.named(symbol_name(symbol), node, symbol)
                 self._translator.named[symbol] = node
@@ -336,12 +340,14 @@ class Derivation:
         for q, vq in directions.items():
             leaf = self._require_parameter(q)
             shape = _parameter_shape(q)
-            vshape = tuple(vq.shape) if isinstance(vq, MatrixExpr) else ()
+            vshape = tuple(vq.shape) if isinstance(vq, MatrixExpr) or (
+                isinstance(vq, sp.IndexedBase) and vq.shape is not None) else ()
             if vshape != tuple(shape):
                 raise DerivationError(
                     f"the direction for {q} has shape {vshape}, but {q} has shape {shape}"
                 )
-            seeds[id(leaf)] = translate_matrix_or_scalar(self._translator, vq)
+            seeds[id(leaf)] = (tensor(self._translator, vq) if isinstance(vq, sp.IndexedBase)
+                               else translate_matrix_or_scalar(self._translator, vq))
         node = rewrites.stabilize_one(autodiff.directional(self.gradient_node(p), seeds))
         return self._print(node, inline)
 
@@ -636,9 +642,10 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
                 f"symdl.tanh(Z1)), (L, ...)]; got {item!r}"
             )
         symbol, expr = item
-        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol)):
+        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol, sp.IndexedBase, sp.Indexed)):
             raise DefinitionError(
-                f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
+                "the name of an intermediate must be a Symbol, MatrixSymbol, IndexedBase "
+                f"with a shape (a tensor) or its entry Y[b, i, j, c], got {symbol!r}"
             )
         expr = _check_value(expr, f"the definition of {symbol}")
         if isinstance(symbol, sp.MatrixSymbol):

@@ -87,17 +87,21 @@ def compile_training_step(der: Derivation, optimizer: Optimizer, jit: bool = Tru
     """
     if not der.is_scalar:
         raise DerivationError("a training step needs a scalar loss; this definition is not scalar")
-    params = [p for p in der.wrt if isinstance(p, (sp.MatrixSymbol, sp.Symbol))]
+    params = [p for p in der.wrt if isinstance(p, (sp.MatrixSymbol, sp.Symbol))
+              or (isinstance(p, sp.IndexedBase) and p.shape is not None)]
     if len(params) != len(der.wrt):
         raise DerivationError(
-            "training steps update MatrixSymbol and Symbol parameters: write IndexedBase "
-            "parameters as n x 1 MatrixSymbols")
+            "training steps update MatrixSymbol, Symbol and IndexedBase (with a shape) "
+            "parameters")
     names = training_names(der, optimizer)
     step = STEP if names.step == str(STEP) else sp.Symbol(names.step, positive=True)
     outputs: dict[OutputKey, ir.Node] = {Value(): der.output}
     leaves = der.leaves
     for p in params:
         name = symbol_name(p)
+        if isinstance(p, sp.IndexedBase):
+            outputs.update(_tensor_update(der, optimizer, p, names, step, leaves))
+            continue
         grad = _like(p, f"grad_{name}")  # replaced by the gradient node: never an input
         state = {s: _like(p, names.states[(s, name)]) for s in optimizer.state_names}
         new_param, new_state = optimizer.update(p, grad, state, step)
@@ -624,3 +628,55 @@ def _converted(name: str, value: object, dtype: np.dtype) -> object:
     if isinstance(value, np.ndarray) and value.dtype in _FLOATS:
         return np.ascontiguousarray(value, dtype=dtype)
     return value
+
+
+def _tensor_update(der: Derivation, optimizer: Optimizer, p: sp.IndexedBase,
+                   names: TrainingNames, step: sp.Basic,
+                   leaves: dict[str, ir.Leaf]) -> dict[OutputKey, ir.Node]:
+    """The update of a tensor parameter (a convolution kernel ``K[u, v, c, o]``): the
+    optimizer's matrix rule applied to the parameter, its gradient and its states seen as
+    ``1 x size`` rows (one-to-one reshapes, ``symdl.ir.indexed``), the results read back in
+    the parameter's shape. Adds the state arrays to ``leaves``."""
+    from symdl.ir.indexed import AffineMap
+
+    name = symbol_name(p)
+    shape = tuple(sp.sympify(d) for d in p.shape)
+    size = sp.Mul(*shape)
+    coeffs, stride = [], sp.Integer(1)
+    for d in reversed(shape):
+        coeffs.append(stride)
+        stride = stride * d
+    position = AffineMap.of(list(reversed(coeffs)))
+    row = AffineMap.of([0] * len(shape))
+
+    def flat(node: ir.Node) -> ir.Node:
+        return ir.affine_scatter(node, (1, size), (row, position))
+
+    def back(node: ir.Node) -> ir.Node:
+        return ir.affine_read(node, shape, (row, position))
+
+    leaf = leaves.get(name) or ir.leaf(name, shape, p)
+    grad_node = der.gradient_node(p)
+    proxy = {"param": sp.MatrixSymbol(name, 1, size),
+             "grad": sp.MatrixSymbol(f"grad_{name}", 1, size)}
+    named = {proxy["param"]: flat(leaf), proxy["grad"]: flat(grad_node)}
+    state_proxies, state_leaves = {}, {}
+    for s in optimizer.state_names:
+        state_name = names.states[(s, name)]
+        state_leaves[s] = ir.leaf(state_name, shape, sp.IndexedBase(state_name, shape=shape))
+        state_proxies[s] = sp.MatrixSymbol(state_name, 1, size)
+        named[state_proxies[s]] = flat(state_leaves[s])
+    new_param, new_state = optimizer.update(proxy["param"], proxy["grad"], state_proxies, step)
+    translator = Translator(set(der.dims), named)
+    translator.leaves.update(leaves)
+    outputs: dict[OutputKey, ir.Node] = {
+        Gradient(name): grad_node,
+        Update(name): back(translate_matrix_or_scalar(translator, sp.sympify(new_param)))}
+    for s in optimizer.state_names:
+        outputs[Update(names.states[(s, name)])] = back(
+            translate_matrix_or_scalar(translator, sp.sympify(new_state[s])))
+    leaves.update(translator.leaves)
+    for state_leaf in state_leaves.values():
+        leaves[state_leaf.name] = state_leaf
+    leaves.setdefault(name, leaf)
+    return outputs

@@ -15,6 +15,8 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
+from symdl.define import tensor_ir
+from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
     LogDet,
@@ -153,6 +155,8 @@ class Translator:
             rows, cols = v.shape
             spec = (0, 2) if cols == 1 else (2, 0)
             return ir.einsum([v, ir.identity(e.shape[0])], [spec, (0, 1)], (0, 1))
+        if isinstance(e, Flatten):
+            return tensor_ir.flatten(self, e)
         if isinstance(e, sp.MatrixBase):
             raise UnsupportedError(
                 "explicit matrices (sympy.Matrix) are unrolled per entry and do not scale; use "
@@ -500,4 +504,6 @@ def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
     (``symdl.ir.rewrites``: every spelling of a softplus, a softmax or a log-sum-exp)."""
     if isinstance(e, MatrixExpr):
         return stabilize_one(translator.matrix(e))
+    if isinstance(e, TensorExpr):
+        return stabilize_one(tensor_ir.tensor(translator, e))
     return stabilize_one(translator.scalar(e))

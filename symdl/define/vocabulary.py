@@ -21,6 +21,19 @@ import sympy as sp
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symdl.define.tensors import (  # noqa: F401 - the tensor vocabulary, exported here too
+    avg_pool2d,
+    channel_bias,
+    conv1d,
+    conv2d,
+    elementwise,
+    embedding,
+    flatten,
+    is_tensor,
+    max_along,
+    max_pool2d,
+    unflatten,
+)
 from symdl.errors import DefinitionError, ShapeMismatchError
 from symdl.primitives.activations import elu as elu_function
 from symdl.primitives.activations import expm1 as expm1_function
@@ -46,6 +59,8 @@ def _as_matrix(m: sp.Basic, what: str) -> MatrixExpr:
 def _elementwise(f: type[sp.Function], m: sp.Basic) -> sp.Basic:
     if isinstance(m, MatrixExpr):
         return m.applyfunc(f)
+    if is_tensor(m):  # a tensor of any rank (symdl.define.tensors)
+        return elementwise(f, m)
     return f(m)
 
 

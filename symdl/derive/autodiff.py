@@ -23,7 +23,6 @@ import sympy as sp
 
 from symdl import ir
 from symdl.errors import UnsupportedError
-
 from symdl.ir.indexed import passthrough
 from symdl.ir.rules import Rules
 from symdl.primitives.registry import output_derivative, stabilize

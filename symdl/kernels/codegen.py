@@ -23,10 +23,11 @@ from symdl import ir
 from symdl.errors import UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
-from symdl.kernels.entry import named_entry
+from symdl.kernels.entry import argument_names, named_entry
+from symdl.kernels.loops import Through
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
 from symdl.kernels.scalar_code import CHECK, ScalarPrinter, helper_source
-from symdl.kernels.steps import STEP_KINDS, jit_decorator
+from symdl.kernels.steps import STEP_KINDS, inside_by_range, jit_decorator
 
 
 @dataclass
@@ -147,6 +148,8 @@ class Generator:
 
     def read(self, node: ir.Node, at: tuple, loop: LoopCode) -> str:
         """The value of ``node`` at loop variables ``at`` inside a loop body."""
+        if isinstance(at, Through):
+            return self.read_through(node, at, loop)
         if id(node) in loop.temps:
             own = loop.temp_at.get(id(node), at)
             if own != at:
@@ -290,6 +293,7 @@ class Generator:
 
     def source(self) -> Source:
         statements = self._steps() + self._output_copies()
+        indices = index_bounds(self.plan.roots.values())
         inputs = [leaf.name for leaf in self.leaves]
         args = [self.arrays[id(leaf)] for leaf in self.leaves]
         outs = [f"out{k}" for k in range(len(self.outputs))]
@@ -297,9 +301,12 @@ class Generator:
         lines = ['"""' + text + '\n"""', "", "import math", "", "import numba",
                  "import numpy as np", "from numba import prange", "",
                  _helpers(helper_source(self.functions), self.functions), CHECK, ""]
+        if indices:
+            lines += [INDEX_CHECK, ""]
         lines += ["\n".join(["", f.rstrip(), ""]) for f in self.functions]
         signature = ", ".join(args + outs)
-        arrays = [self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank]
+        arrays = [self.arrays[id(leaf)] for leaf in self.leaves
+                  if leaf.rank and id(leaf) not in indices]
         dtype_src = arrays[0] if arrays else "out0"
         run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims]
                              + ["parallel", "inplace"])
@@ -314,6 +321,8 @@ class Generator:
         in_place = [self.outputs[int(o[3:])] for o in sorted(self.in_place_written)]
         lines += named_entry(self, [(int(o[3:]), int(self.in_place[o][1:]))
                                     for o in sorted(self.in_place_written)])
+        if indices:
+            lines += index_arguments(self, [leaf for leaf in self.leaves if id(leaf) in indices])
         return Source("\n".join(lines), inputs, self.outputs, self.dims, in_place)
 
     def _steps(self) -> list[str]:
@@ -348,10 +357,14 @@ class Generator:
         for d in self.dims:
             checks.append(f"{self.dim_names[d]} = {self._dim_from_arrays(d)}  # {ascii(str(d))}")
         # Shape checks: the loops below index without bounds checks, so they must hold.
+        bounds = index_bounds(self.plan.roots.values())
         for leaf in self.leaves:
             if leaf.rank:
                 name = self.arrays[id(leaf)]
                 shape = self.shape_tuple(leaf)
+                if id(leaf) in bounds:  # an integer index array: its values checked too
+                    checks.append(index_check(self, leaf, bounds[id(leaf)]))
+                    continue
                 checks.append(f"_check({name}, {shape}, dtype, {ascii(leaf.name)})")
         for k, name in enumerate(self.outputs):
             node = self.plan.roots[name]
@@ -528,3 +541,188 @@ __all__ = ["MAX_DRIVER_STATEMENTS", "MAX_OPERANDS", "Generator", "LoopCode", "So
 
 
 _MEMBER_CODE.register(ir.MatrixFunction)(_not_a_loop_member)  # a step of its own
+
+
+
+# -- computed positions (symdl.ir.indexed) ----------------------------------------------
+
+
+def _new_loop(self: Generator, group: LoopGroup, loop_vars: list[str]) -> LoopCode:
+    """An empty loop's code, for a step that writes its own loop around the reads."""
+    loop = LoopCode(group, loop_vars, {}, {})
+    if group.dims:
+        loop.scalar_locals = {}
+    return loop
+
+
+def _affine_text(self: Generator, m, names: list[str]) -> str:
+    """The position ``m`` as integer code, from the position of each axis (``names``)."""
+    terms = []
+    for c, name in zip(m.coeffs, names, strict=True):
+        if c == 0 or name == "0":
+            continue
+        terms.append(name if c == 1 else f"{self.size(c)} * {name}")
+    text = " + ".join(terms)
+    offset = sp.sympify(m.offset)
+    if offset.is_negative and terms:
+        text += f" - {self.size(-offset)}"
+    elif offset != 0 or not terms:
+        text = " + ".join([*terms, self.size(offset)])
+    return text if len(terms) <= 1 and offset == 0 or not terms else f"({text})"
+
+
+def _read_through(self: Generator, node: ir.Node, where: Through, loop: LoopCode) -> str:
+    """``node`` read through windows and gathers (``where.chain``) at loop variables
+    ``where.at``: the positions are computed inline, each window's with a bounds check (0
+    outside), each gather's from its index array (validated before any loop runs). One
+    expression, so that a position is read only once the checks before it have passed."""
+    names = [loop.loop_vars[v] if v is not None else "0" for v in where.at]
+    conds: list[str] = []
+    for depth, link in enumerate(where.chain):
+        if isinstance(link, ir.Take):
+            s = link.indices.rank
+            idx = self.array_of(link.indices)
+            loop.arrays.add(idx)
+            names = [f"{idx}[{', '.join(names[:s])}]", *names[s:]]
+            continue
+        spaces = [loop.group.dims[v] if v is not None else 1 for v in where.at]
+        positions = []
+        for j, m in enumerate(link.index):
+            pos = self.affine_text(m, names)
+            bound = sp.sympify(link.arg.shape[j])
+            # At the first window the variables' ranges are the loop's: a position that
+            # provably stays inside (no padding on this axis) needs no check.
+            if depth != 0 or not inside_by_range(m, spaces, bound):
+                conds.append(f"0 <= {pos} < {self.size(bound)}")
+            positions.append(pos)
+        names = positions
+    constant = _CONSTANT_READS.get(type(node))
+    if constant is not None:
+        value = constant(node, names)
+    elif ir.is_scalar_constant(node):
+        value = self.constant(node.coeff)
+    else:
+        name = self.array_of(node)
+        loop.arrays.add(name)
+        array = loop.through.get(name, name)
+        if node.rank == 0:
+            value = name if isinstance(node, ir.Leaf) else f"{array}[0]"
+        else:
+            value = f"{array}[{', '.join(names)}]"
+    if not conds:
+        return value
+    return f"({value} if {' and '.join(conds)} else 0.0)"
+
+
+Generator.new_loop = _new_loop
+Generator.affine_text = _affine_text
+Generator.read_through = _read_through
+
+
+def _inline_read_code(node: ir.Node, gen: Generator, loop: LoopCode) -> str:
+    # A window or gather stored into its own array (an output, or read by a BLAS product).
+    op, at = loop.group.reads_of(node)[0]
+    return gen.read_tracked(op, at, loop)
+
+
+def _max_stats(node: ir.Node, gen: Generator, loop: LoopCode) -> tuple[str, str, str]:
+    """(maxima, first arg maxima, the index of this entry's row in them)."""
+    peak, first = gen.stats[("max", id(node.arg), node.axis)]
+    loop.arrays.update((peak, first))
+    at = list(loop.group.indices[id(node)])
+    at[node.axis] = None
+    return peak, first, _index(tuple(at), loop.loop_vars) or "0"
+
+
+def _max_code(node: ir.Max, gen: Generator, loop: LoopCode) -> str:
+    peak, _, row = _max_stats(node, gen, loop)
+    return f"{peak}[{row}]"
+
+
+def _argmax_mask_code(node: ir.ArgMaxMask, gen: Generator, loop: LoopCode) -> str:
+    _, first, row = _max_stats(node, gen, loop)
+    v = loop.group.indices[id(node)][node.axis]
+    here = loop.loop_vars[v] if v is not None else "0"
+    return f"(1.0 if {here} == {first}[{row}] else 0.0)"
+
+
+_MEMBER_CODE.register(ir.AffineRead, ir.Take)(_inline_read_code)
+_MEMBER_CODE.register(ir.Max)(_max_code)
+_MEMBER_CODE.register(ir.ArgMaxMask)(_argmax_mask_code)
+# A scatter is a step of its own (steps.ScatterLoop), never a member of a fused loop.
+_MEMBER_CODE.register(ir.AffineScatter, ir.TakeAdjoint)(_not_a_loop_member)
+
+
+# -- integer index arrays (the positions a gather reads, a scatter-add writes) -------------
+
+
+def index_bounds(roots) -> dict[int, list[sp.Expr]]:
+    """Leaf id -> the row counts its values index (each ``Take``'s table, each
+    ``TakeAdjoint``'s rows), for every integer index array under ``roots``.
+
+    Raises:
+        UnsupportedError: an index array that is not an input of the kernel.
+    """
+    found: dict[int, list[sp.Expr]] = {}
+    for node in ir.topological_order(list(roots)):
+        if not isinstance(node, (ir.Take, ir.TakeAdjoint)):
+            continue
+        indices = node.indices
+        if not isinstance(indices, ir.Leaf) or indices.rank == 0:
+            raise UnsupportedError(
+                "the positions of a gather (an embedding's indices) must be an input array "
+                "of integers with at least one axis; computed or scalar positions cannot be "
+                "compiled: pass them as an array argument")
+        rows = node.table.shape[0] if isinstance(node, ir.Take) else node.rows
+        bounds = found.setdefault(id(indices), [])
+        if rows not in bounds:
+            bounds.append(rows)
+    return found
+
+
+def index_check(gen: Generator, leaf: ir.Leaf, bounds: list[sp.Expr]) -> str:
+    """The line of ``kernel()`` that checks an index array's shape, dtype and values."""
+    rows = ", ".join(f"int({gen.size(b)})" for b in bounds)
+    return (f"_check_index({gen.arrays[id(leaf)]}, {gen.shape_tuple(leaf)}, min(({rows},)), "
+            f"{ascii(leaf.name)})")
+
+
+INDEX_CHECK = '''
+def _check_index(array, shape, rows, name):
+    """An index array: its shape, an integer dtype, and every value in 0 .. rows - 1 (the
+    loops read and write at these positions without bounds checks)."""
+    if array.shape != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {array.shape}")
+    if array.dtype.kind not in "iu" or array.dtype.itemsize > 8:
+        raise KernelArgumentError(
+            f"{name} holds row positions and must be an integer array (int32 or int64), "
+            f"got {array.dtype}: pass {name}.astype(np.int64)", name, "int64", array.dtype)
+    bad = (array < 0) | (array >= rows)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise KernelArgumentError(
+            f"{name}[{', '.join(map(str, where))}] = {array[where]} is outside 0 .. "
+            f"{rows - 1}: the table it indexes has {rows} rows", name, rows, int(array[where]))
+'''
+"""The check of an index array in a kernel module (``KernelArgumentError`` is the module's
+own, defined with ``compute``)."""
+
+
+def index_arguments(gen: Generator, leaves: list[ir.Leaf]) -> list[str]:
+    """Lines that make ``compute()`` take integer arrays for the index arrays ``leaves``
+    (every other argument is a float array)."""
+    keywords = argument_names([leaf.name for leaf in gen.leaves])
+    names = tuple(keywords[leaf.name] for leaf in leaves)
+    return ["", "", f"_INDEX_ARGUMENTS = {names!r}  # integer arrays: positions of rows",
+            "_float_argument = _argument", "", "",
+            "def _argument(keyword, rank, value, dtype):  # noqa: F811 - index arrays too",
+            '    """One input: an index array as a C-ordered integer array, else as before."""',
+            "    if keyword not in _INDEX_ARGUMENTS:",
+            "        return _float_argument(keyword, rank, value, dtype)",
+            "    array = np.asarray(value)",
+            "    if array.dtype.kind not in \"iu\" or array.ndim != rank or 0 in array.shape:",
+            "        raise KernelArgumentError(",
+            "            f\"{keyword} holds row positions: pass an integer array (int32 or int64) "
+            "with {rank} axes, none empty; got {array.dtype} of shape {array.shape}\",",
+            "            keyword, rank, array.shape)",
+            "    return np.ascontiguousarray(array), dtype", ""]

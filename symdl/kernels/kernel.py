@@ -49,7 +49,7 @@ from symdl.ir.keys import (
     resolve,
 )
 from symdl.kernels.background import BackgroundCompiles, private_copies
-from symdl.kernels.codegen import Source, generate
+from symdl.kernels.codegen import Source, generate, index_bounds
 from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
 from symdl.kernels.plan import plan
@@ -168,6 +168,10 @@ class Kernel:
         self._outputs = outputs
         self.jit = jit
         self._plan = plan(outputs)
+        bounds = index_bounds(outputs.values())
+        self._index_bounds = {leaf.name: bounds[id(leaf)] for leaf in leaves
+                              if id(leaf) in bounds}
+        """Integer index arrays by name -> the row counts their values index."""
         self._source: Source = generate(self._plan, leaves, title)
         self._leaves = {leaf.name: leaf for leaf in leaves}
         self._module = load(self._source.text) if jit else load_interpreted(self._source.text)
@@ -335,12 +339,16 @@ class Kernel:
                 prepared[name] = _scalar(name, value)
                 continue
             array = _as_array(name, value)
-            if array.dtype not in _SUPPORTED_DTYPES:
+            if name in self._index_bounds:
+                array = _index_array(name, array)
+            elif array.dtype not in _SUPPORTED_DTYPES:
                 raise KernelArgumentError(
                     f"{name} has dtype {array.dtype}; kernels take float64 or float32 arrays: "
                     f"convert it with {name}.astype(np.float64)", name, "float64", array.dtype,
                 )
-            if dtype is None:
+            if name in self._index_bounds:
+                pass  # integers, whatever the precision of the other arrays
+            elif dtype is None:
                 dtype = array.dtype
             elif array.dtype != dtype:
                 raise KernelArgumentError(
@@ -384,6 +392,8 @@ class Kernel:
                     f"{name} must have shape {_fmt(leaf.shape)} = {expected_shape}, got "
                     f"{prepared[name].shape}", name, expected_shape, prepared[name].shape,
                 )
+        for name, bounds in self._index_bounds.items():
+            _check_positions(name, prepared[name], min(_concrete(tuple(bounds), dims)))
         return dims, prepared, dtype or np.dtype(np.float64)
 
     def __call__(self, /, *positional: object, out: object = _ABSENT,
@@ -764,3 +774,31 @@ def _result(keys: list[OutputKey], buffers: list[np.ndarray],
         elif isinstance(key, HVP):
             hvp[key.param] = entry
     return KernelResult(value, grad, hessian, hvp, outputs)
+
+
+# -- integer index arrays ---------------------------------------------------------------------
+
+
+def _index_array(name: str, array: np.ndarray) -> np.ndarray:
+    """An index array as int32 or int64 (other integer dtypes widened to int64). Float arrays
+    are refused, even holding whole numbers: a position computed in floating point (2.9999...)
+    would be truncated silently, and a kernel's rows must never depend on a rounding."""
+    if array.dtype.kind not in "iu":
+        raise KernelArgumentError(
+            f"{name} holds row positions (the indices of a gather or embedding) and must be an "
+            f"integer array (int32 or int64), got {array.dtype}: pass {name}.astype(np.int64) "
+            "once its values are whole numbers", name, "int64", array.dtype)
+    if array.dtype not in (np.dtype(np.int32), np.dtype(np.int64)):
+        return array.astype(np.int64)
+    return array
+
+
+def _check_positions(name: str, array: np.ndarray, rows: int) -> None:
+    """Every value of index array ``name`` in ``0 .. rows - 1``, checked once per call before
+    any loop runs (the loops read and write at these positions without bounds checks)."""
+    bad = (array < 0) | (array >= rows)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise KernelArgumentError(
+            f"{name}[{', '.join(map(str, where))}] = {int(array[where])} is outside 0 .. "
+            f"{rows - 1}: the table it indexes has {rows} rows", name, rows, int(array[where]))

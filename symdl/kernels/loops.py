@@ -121,8 +121,9 @@ _OWN_LOOP_VARS = Rules("loop variables", {
 
 
 def node_reads(node: ir.Node) -> list[tuple[ir.Node, tuple]]:
-    """Operand reads of ``node`` in its own loop variables."""
-    return operand_reads(node, _OWN_LOOP_VARS(node))
+    """Operand reads of ``node`` in its own loop variables (windows and gathers read
+    through: ``through``)."""
+    return through(operand_reads(node, _OWN_LOOP_VARS(node)))
 
 
 def _map_cost(node: ir.Map) -> int:
@@ -171,3 +172,92 @@ _OPERAND_READS.register(ir.MatrixFunction)(lambda node, loop_vars: [])
 _OWN_LOOP_VARS.register(ir.MatrixFunction)(lambda node: iteration(node)[1])
 _LOOP_COST.register(ir.MatrixFunction)(lambda node: 1 + len(node.children()))
 _ENTRY_FLOPS.register(ir.MatrixFunction)(_never("a loop member"))
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed). A windowed read (``AffineRead``) and a gather
+# (``Take``) are never computed into arrays of their own where a loop reads them: the loop reads
+# the tensor underneath at the computed position (``Through``), with a bounds check for a
+# window. A scatter (``AffineScatter``, ``TakeAdjoint``) and the maxima (``Max``,
+# ``ArgMaxMask``) are steps of their own (``steps.ScatterLoop``, ``steps.RowMax``); inside a
+# loop, ``Max`` and ``ArgMaxMask`` read the maxima and first arg maxima that step stores.
+
+INLINE_READS = (ir.AffineRead, ir.Take)
+"""Kinds a loop reads through, at computed positions of their argument."""
+
+
+class Through(tuple):
+    """Where a loop reads an array through windows and gathers: ``chain`` (the ``AffineRead``
+    and ``Take`` nodes, outermost first) applied to the loop variables ``at`` (of the first
+    one's axes). As a tuple it is ``at``, so loop-order heuristics count its variables; it
+    equals only itself, so the planner never takes it for a read at the array's own index
+    (the array is read whole: it must be complete before the loop, never a temporary)."""
+
+    chain: tuple
+    at: tuple
+
+    def __new__(cls, chain: tuple, at: tuple) -> Through:
+        self = super().__new__(cls, tuple(at))
+        self.chain = tuple(chain)
+        self.at = tuple(at)
+        return self
+
+    __eq__ = object.__eq__
+    __ne__ = object.__ne__
+    __hash__ = object.__hash__
+
+    def __reduce__(self):
+        return (Through, (self.chain, self.at))
+
+
+def _inner(node: ir.Node) -> ir.Node:
+    return node.arg if isinstance(node, ir.AffineRead) else node.table
+
+
+def through(reads: list[tuple[ir.Node, tuple]]) -> list[tuple[ir.Node, tuple]]:
+    """``reads`` with every read of a window or gather replaced by a read of the array under
+    it (at a ``Through`` position)."""
+    out = []
+    for op, at in reads:
+        while isinstance(op, INLINE_READS):
+            chain, base = (at.chain, at.at) if isinstance(at, Through) else ((), at)
+            op, at = _inner(op), Through(chain + (op,), base)
+        out.append((op, at))
+    return out
+
+
+def _own_through(node: ir.AffineRead | ir.Take, loop_vars) -> list[tuple[ir.Node, tuple]]:
+    """A window or gather computed into its own array reads its argument through itself."""
+    return through([(node, tuple(loop_vars))])
+
+
+def _take_reads(node: ir.Take, loop_vars) -> list[tuple[ir.Node, tuple]]:
+    return [*_own_through(node, loop_vars),
+            (node.indices, tuple(loop_vars)[:node.indices.rank])]
+
+
+_POINTWISE.register(ir.AffineRead, ir.Take, ir.Max, ir.ArgMaxMask)(lambda node: True)
+_POINTWISE.register(ir.AffineScatter, ir.TakeAdjoint)(lambda node: False)
+_ROW_STATS.register(ir.Max, ir.ArgMaxMask)(lambda node: (node.arg, node.axis))
+_ROW_STATS.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint)(
+    lambda node: None)
+_OPERAND_READS.register(ir.AffineRead)(_own_through)
+_OPERAND_READS.register(ir.Take)(_take_reads)
+# The maxima are read from their step's arrays; scatters are steps of their own.
+_OPERAND_READS.register(ir.Max, ir.ArgMaxMask, ir.AffineScatter, ir.TakeAdjoint)(
+    lambda node, loop_vars: [])
+_OWN_LOOP_VARS.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max,
+                        ir.ArgMaxMask)(lambda node: iteration(node)[1])
+_LOOP_COST.register(ir.AffineRead, ir.Take)(lambda node: 2 + 2 * len(node.children()))
+_LOOP_COST.register(ir.Max, ir.ArgMaxMask)(lambda node: 2)
+_LOOP_COST.register(ir.AffineScatter, ir.TakeAdjoint)(lambda node: 4)
+_ENTRY_FLOPS.register(ir.AffineRead, ir.Take, ir.Max, ir.ArgMaxMask)(
+    lambda node, reduction: 1)
+_ENTRY_FLOPS.register(ir.AffineScatter, ir.TakeAdjoint)(_never("a loop member"))
+
+
+def row_stats_kind(node: ir.Node) -> str:
+    """Which row statistics a node reads: ``"max"`` (maxima and first arg maxima, for
+    ``Max`` and ``ArgMaxMask``) or ``"exp"`` (maxima and sums of exponentials)."""
+    return "max" if isinstance(node, (ir.Max, ir.ArgMaxMask)) else "exp"

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import sympy as sp
 
 from symdl import ir
+from symdl.ir.nodes import rebuilt
 from symdl.ir.rules import Rules
 from symdl.kernels.loops import (
+    INLINE_READS,
     einsum_label_vars,
     is_pointwise,
     is_reduction,
@@ -29,6 +31,7 @@ from symdl.kernels.loops import (
     loop_cost,
     node_reads,
     operand_reads,
+    row_stats_kind,
     row_stats_of,
     summed_labels,
 )
@@ -38,8 +41,10 @@ from symdl.kernels.steps import (
     LinearSolve,
     LoopGroup,
     MatrixFunctionStep,
+    RowMax,
     RowStats,
     RowStream,
+    ScatterLoop,
     Step,
     Symmetric,
 )
@@ -318,6 +323,7 @@ def plan(outputs: dict[str, ir.Node]) -> Plan:
             labels = tuple(range(node.rank))
             roots[name] = raw_einsum([node], [labels], labels) if node.rank else node
     planner = _Planner({id(n) for n in roots.values()})
+    planner.fused_into_scatter = _read_by_one_scatter(list(roots.values()), planner.root_ids)
     for node in ir.topological_order(list(roots.values())):
         planner.visit(node)
     return planner.finish(roots)
@@ -338,11 +344,14 @@ class _Planner:
         # Cheap pointwise functions of inputs alone (-Y/n, eps broadcast): not stored, but
         # recomputed inside each loop that reads them at its own index.
         self.deferred: set[int] = set()
+        # Products read only by a scatter, which computes them in its own loop (never stored).
+        self.fused_into_scatter: set[int] = set()
 
     def visit(self, node: ir.Node) -> None:
-        if is_value(node):
+        if is_value(node) or id(node) in self.fused_into_scatter:
             return
-        if id(node) not in self.root_ids and _cheap_function_of_inputs(node):
+        if id(node) not in self.root_ids and (_cheap_function_of_inputs(node)
+                                              or isinstance(node, INLINE_READS)):
             self.deferred.add(id(node))
             return
         self.place(node)
@@ -391,7 +400,7 @@ class _Planner:
                     default=-1)
         stats = row_stats_of(node)
         if stats is not None:
-            after = max(after, self.row_stats(*stats) + 1)
+            after = max(after, self.row_stats(*stats, row_stats_kind(node)) + 1)
         computed = [(op, at) for op, at in reads if id(op) not in self.deferred]
         group = _fusable_group(self.steps, after, loop_dims, computed)
         if group is None:
@@ -413,10 +422,18 @@ class _Planner:
             if not is_value(op) and self.group_of.get(id(op)) is not group:
                 self.materialized.add(id(op))
 
-    def row_stats(self, arg: ir.Node, axis: int) -> int:
+    def row_stats(self, arg: ir.Node, axis: int, kind: str = "exp") -> int:
         """The index of the step computing the row statistics of ``arg`` (added if new)."""
+        key = (id(arg), axis) if kind == "exp" else (kind, id(arg), axis)
+        if kind == "max":
+            if key not in self.stats_step:
+                step = RowMax(arg, axis)
+                for op, _ in step.reads():  # a window is read through, never stored
+                    self.materialize(op)
+                self.steps.append(step)
+                self.stats_step[key] = len(self.steps) - 1
+            return self.stats_step[key]
         self.materialize(arg)
-        key = (id(arg), axis)
         if key not in self.stats_step:
             self.steps.append(RowStats(arg, axis))
             self.stats_step[key] = len(self.steps) - 1
@@ -691,3 +708,52 @@ def _place_matrix_function(node: ir.MatrixFunction, planner: _Planner) -> None:
 
 
 _PLACE.register(ir.MatrixFunction)(_place_matrix_function)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed). Windows and gathers are read through by the loops that
+# read them (``loops.Through``); one is stored only where a step that reads whole arrays (a
+# BLAS product, a solve) or the caller reads it. A scatter and a scatter-add are loops of their
+# own (``ScatterLoop``), fused with the product they scatter where nothing else reads it; the
+# maxima come from a ``RowMax`` pass and are then read like row statistics.
+
+
+def _read_by_one_scatter(roots: list[ir.Node], root_ids: set[int]) -> set[int]:
+    """Ids of the products (einsums) that only a scatter reads, and only once."""
+    readers: dict[int, list[ir.Node]] = {}
+    for node in ir.topological_order(roots):
+        for child in set(map(id, node.children())):
+            readers.setdefault(child, []).append(node)
+    fused = set()
+    for node in ir.topological_order(roots):
+        if not isinstance(node, (ir.AffineScatter, ir.TakeAdjoint)):
+            continue
+        arg = node.arg
+        if (isinstance(arg, ir.Einsum) and arg.operands and id(arg) not in root_ids
+                and len(readers.get(id(arg), [])) == 1):
+            fused.add(id(arg))
+    return fused
+
+
+def _place_scatter(node: ir.AffineScatter | ir.TakeAdjoint, planner: _Planner) -> None:
+    fused = node.arg if id(node.arg) in planner.fused_into_scatter else None
+    step = ScatterLoop(node, fused)
+    for op, _ in step.reads():
+        planner.materialize(op)
+    planner.add_step(step, node)
+
+
+def _lower_indexed(node: ir.Node, get) -> ir.Node:
+    return rebuilt(node, [get(c) for c in node.children()])
+
+
+_LOWER.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max,
+                ir.ArgMaxMask)(_lower_indexed)
+# A window's or a gather's entry is one load (and a bounds check): recomputed where read.
+_CHEAP_ARITHMETIC.register(ir.AffineRead, ir.Take)(lambda node: True)
+_CHEAP_ARITHMETIC.register(ir.AffineScatter, ir.TakeAdjoint, ir.Max, ir.ArgMaxMask)(
+    lambda node: False)
+_PLACE.register(ir.AffineRead, ir.Take, ir.Max, ir.ArgMaxMask)(
+    lambda node, planner: planner.place_computed(node))
+_PLACE.register(ir.AffineScatter, ir.TakeAdjoint)(_place_scatter)

@@ -25,7 +25,14 @@ from symdl import ir
 from symdl.errors import UnsupportedError
 from symdl.ir.evaluate import GRAM_PIVOT_TOLERANCE
 from symdl.ir.matrix_functions import SOURCE as MATRIX_FUNCTION_SOURCE
-from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
+from symdl.kernels.loops import (
+    entry_flops,
+    iteration,
+    node_reads,
+    row_stats_kind,
+    row_stats_of,
+    through,
+)
 from symdl.kernels.scalar_code import FASTMATH
 
 if TYPE_CHECKING:
@@ -79,9 +86,10 @@ def jit_decorator(parallel: bool) -> str:
     return f'@numba.njit(cache=True, error_model="numpy", fastmath={FASTMATH}{options})'
 
 
-def stats_key(arg: ir.Node, axis: int) -> tuple:
-    """The key under which a ``RowStats`` step provides the statistics of ``arg``."""
-    return ("stats", id(arg), axis)
+def stats_key(arg: ir.Node, axis: int, kind: str = "exp") -> tuple:
+    """The key under which a ``RowStats`` step (``RowMax`` for ``kind="max"``) provides the
+    statistics of ``arg``."""
+    return ("stats" if kind == "exp" else kind, id(arg), axis)
 
 
 @dataclass
@@ -380,8 +388,8 @@ class LoopGroup(Step):
         return {id(m) for m in self.members}
 
     def needs(self) -> set:
-        stats = (row_stats_of(m) for m in self.members)
-        return super().needs() | {stats_key(*s) for s in stats if s is not None}
+        stats = ((row_stats_of(m), row_stats_kind(m)) for m in self.members)
+        return super().needs() | {stats_key(*s, kind) for s, kind in stats if s is not None}
 
     def computed(self) -> list[ir.Node]:
         return list(self.members)
@@ -573,3 +581,233 @@ class MatrixFunctionStep(Step):
 
 
 STEP_KINDS += (MatrixFunctionStep,)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed): scatters and maxima, each a loop of its own.
+
+
+def _plain_space(node: ir.Node) -> tuple[tuple, tuple]:
+    """(loop dims, loop variable of each axis) for a loop over the entries of ``node``."""
+    dims, axis_vars, k = [], [], 0
+    for d in node.shape:
+        if d == 1:
+            axis_vars.append(None)
+        else:
+            dims.append(d)
+            axis_vars.append(k)
+            k += 1
+    return tuple(dims), tuple(axis_vars)
+
+
+@dataclass(eq=False)
+class ScatterLoop(Step):
+    """A scatter (``AffineScatter``: col2im, a transposed convolution, a reshape) or a
+    scatter-add of rows (``TakeAdjoint``, an embedding's gradient): one loop over the index
+    space of the argument that adds each entry at its position (dropped outside). When the
+    argument is a product read by the scatter alone (``fused``: the ``δ W`` of a
+    convolution's ``∂L/∂X``), the loop runs over the product's labels, summed ones included,
+    and accumulates the products directly: the product is never stored. The loop is parallel
+    over a variable that some axis of the result is exactly (the batch: distinct iterations
+    then write distinct entries), else serial."""
+
+    node: ir.Node
+    fused: ir.Einsum | None = None
+    loop_dims: tuple = ()
+    arg_vars: tuple = ()
+    value_reads: list = field(default_factory=list)
+
+    summary: ClassVar[str] = "scatter loops"
+
+    def __post_init__(self) -> None:
+        if self.fused is not None:
+            self.loop_dims, self.arg_vars = iteration(self.fused)
+            self.value_reads = node_reads(self.fused)
+        else:
+            self.loop_dims, self.arg_vars = _plain_space(self.node.arg)
+            self.value_reads = through([(self.node.arg, self.arg_vars)])
+
+    def reads(self) -> list[Read]:
+        reads = list(self.value_reads)
+        if isinstance(self.node, ir.TakeAdjoint):
+            reads.append((self.node.indices, self.arg_vars[:self.node.indices.rank]))
+        return reads
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def computed(self) -> list[ir.Node]:
+        return [self.node]
+
+    def flops(self) -> sp.Expr:
+        return (len(self.value_reads) + 1) * sp.Mul(*self.loop_dims)
+
+    def parallel_var(self) -> int | None:
+        """A loop variable that is exactly one axis of the result and enters no other."""
+        node = self.node
+        if isinstance(node, ir.TakeAdjoint):
+            trailing = self.arg_vars[node.indices.rank:]
+            return next((v for v in trailing if v is not None), None)
+        for j, m in enumerate(node.index):
+            used = [k for k, c in enumerate(m.coeffs) if c != 0]
+            if (len(used) != 1 or m.coeffs[used[0]] != 1 or m.offset != 0
+                    or self.arg_vars[used[0]] is None
+                    or sp.sympify(node.arg.shape[used[0]]) != sp.sympify(node.dims[j])):
+                continue
+            a = used[0]
+            if all(other.coeffs[a] == 0 for i, other in enumerate(node.index) if i != j):
+                return self.arg_vars[a]
+        return None
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        node = self.node
+        loop_vars = [f"i{k}" for k in range(len(self.loop_dims))]
+        loop = gen.new_loop(LoopGroup(self.loop_dims), loop_vars)
+        factors = [gen.read_tracked(op, at, loop) for op, at in self.value_reads]
+        if self.fused is not None and self.fused.coeff != 1:
+            factors.insert(0, gen.constant(self.fused.coeff))
+        value = " * ".join(factors) or "1.0"
+        names = [loop_vars[v] if v is not None else "0" for v in self.arg_vars]
+        out = gen.array_of(node)
+        loop.arrays.add(out)
+        par = self.parallel_var()
+        conds: list[str] = []
+        if isinstance(node, ir.TakeAdjoint):
+            s = node.indices.rank
+            idx = gen.array_of(node.indices)
+            loop.arrays.add(idx)
+            positions = [f"{idx}[{', '.join(names[:s])}]", *names[s:]]
+        else:
+            positions = []
+            for j, m in enumerate(node.index):
+                pos = gen.affine_text(m, names)
+                bound = sp.sympify(node.dims[j])
+                if not inside_by_range(m, node.arg.shape, bound):
+                    conds.append(f"0 <= {pos} < {gen.size(bound)}")
+                positions.append(pos)
+        target = f"{out}[{', '.join(positions) or '0'}]"
+        body = [f"v = {value}"]
+        if conds:
+            body += [f"if {' and '.join(conds)}:", f"    {target} += v"]
+        else:
+            body.append(f"{target} += v")
+        header = ", ".join(sorted(loop.arrays) + [gen.dim_names[d] for d in gen.dims])
+        text = []
+        for variant, parallel in (("", False), ("_parallel", True)):
+            if parallel and par is None:
+                continue
+            # In parallel, the variable that owns distinct entries outermost (no races).
+            order = list(range(len(self.loop_dims)))
+            if parallel:
+                order = [par] + [v for v in order if v != par]
+            lines = [jit_decorator(parallel), f"def _scatter{number}{variant}({header}):",
+                     f"    {out}[...] = 0.0", *(f"    {s}" for s in loop.before)]
+            indent = "    "
+            for k, v in enumerate(order):
+                kind = "prange" if parallel and k == 0 else "range"
+                lines.append(f"{indent}for i{v} in {kind}(int({gen.size(self.loop_dims[v])})):")
+                indent += "    "
+            lines += [f"{indent}{s}" for s in body]
+            text.append("\n".join([*lines, ""]))
+        gen.functions.append("\n\n".join(text))
+        return dispatch(f"_scatter{number}", header, parallel=par is not None)
+
+
+def inside_by_range(m, arg_shape, bound: sp.Expr) -> bool:
+    """Whether ``m`` stays in ``0 .. bound - 1`` over the argument's index space (a reshape,
+    a window with no padding): the bounds check is then left out. False when unsure."""
+    low = high = sp.sympify(m.offset)
+    for c, d in zip(m.coeffs, arg_shape, strict=True):
+        span = sp.sympify(c) * (sp.sympify(d) - 1)
+        if span.is_nonnegative:
+            high += span
+        elif span.is_nonpositive:
+            low += span
+        else:
+            return False
+    try:
+        return bool(sp.simplify(low).is_nonnegative) and bool(
+            sp.simplify(bound - 1 - high).is_nonnegative)
+    except TypeError:
+        return False
+
+
+@dataclass(eq=False)
+class RowMax(Step):
+    """The maximum of ``arg`` along ``axis`` and the position of its first maximum, for each
+    entry of the other axes: one pass along the axis, NaN as ``numpy.max`` (a NaN is the
+    maximum, the first NaN its position). ``Max`` and ``ArgMaxMask`` read the two arrays.
+    ``arg`` is read where it lies (a pooling window is read through, never stored)."""
+
+    arg: ir.Node
+    axis: int
+    loop_dims: tuple = ()
+    arg_vars: tuple = ()
+    value_reads: list = field(default_factory=list)
+
+    summary: ClassVar[str] = "max row passes"
+
+    def __post_init__(self) -> None:
+        self.loop_dims, self.arg_vars = _plain_space(self.arg)
+        self.value_reads = through([(self.arg, self.arg_vars)])
+
+    def reads(self) -> list[Read]:
+        return list(self.value_reads)
+
+    def provides(self) -> set:
+        return {stats_key(self.arg, self.axis, "max")}
+
+    def flops(self) -> sp.Expr:
+        return 2 * sp.Mul(*self.arg.shape)
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        peak, first = f"peak{number}", f"first{number}"
+        gen.stats[("max", id(self.arg), self.axis)] = (peak, first)
+        loop_vars = [f"i{k}" for k in range(len(self.loop_dims))]
+        loop = gen.new_loop(LoopGroup(self.loop_dims), loop_vars)
+        ((op, at),) = self.value_reads
+        value = gen.read_tracked(op, at, loop)
+        loop.arrays.update((peak, first))
+        along = self.arg_vars[self.axis]
+        kept = [loop_vars[v] if v is not None and k != self.axis else "0"
+                for k, v in enumerate(self.arg_vars)]
+        where = ", ".join(kept) or "0"
+        outer = [v for v in range(len(self.loop_dims)) if v != along]
+        header = ", ".join(sorted(loop.arrays) + [gen.dim_names[d] for d in gen.dims])
+        text = []
+        for variant, parallel in (("", False), ("_parallel", True)):
+            if parallel and not outer:
+                continue
+            lines = [jit_decorator(parallel), f"def _rowmax{number}{variant}({header}):",
+                     *(f"    {s}" for s in loop.before)]
+            indent = "    "
+            for k, v in enumerate(outer):
+                kind = "prange" if parallel and k == 0 else "range"
+                lines.append(f"{indent}for i{v} in {kind}(int({gen.size(self.loop_dims[v])})):")
+                indent += "    "
+            scan = []
+            if along is not None:
+                size = gen.size(self.loop_dims[along])
+                scan = [f"for i{along} in range(1, int({size})):",
+                        f"    v = {value}",
+                        # Strictly larger: the first maximum wins ties; a NaN beats any
+                        # number and then stays (numpy.max, numpy.argmax).
+                        "    if v > m or (v != v and m == m):",
+                        "        m = v",
+                        f"        a = i{along}"]
+            lines += [f"{indent}{s}" for s in
+                      ([f"i{along} = 0"] if along is not None else [])
+                      + [f"m = {value}", "a = 0", *scan,
+                         f"{peak}[{where}] = m", f"{first}[{where}] = a"]]
+            text.append("\n".join([*lines, ""]))
+        gen.functions.append("\n\n".join(text))
+        shape = list(self.arg.shape)
+        shape[self.axis] = 1
+        sizes = "(" + ", ".join(f"int({gen.size(d)})" for d in shape) + ",)"
+        return [f"{peak} = np.empty({sizes}, dtype=dtype)",
+                f"{first} = np.empty({sizes}, dtype=np.int64)",
+                *dispatch(f"_rowmax{number}", header, parallel=bool(outer))]
+
+
+STEP_KINDS = (*STEP_KINDS, ScatterLoop, RowMax)

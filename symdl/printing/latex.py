@@ -25,6 +25,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.printing.latex import LatexPrinter
 
 from symdl.define.symbols import symbol_name
+from symdl.define.tensors import TensorExpr
 from symdl.errors import SymdlError
 from symdl.primitives.sympy_results import entrywise_body
 from symdl.printing.to_sympy import IndexForm
@@ -464,7 +465,8 @@ class _Builder:
     def shape_of(self, expr: sp.Basic | IndexForm) -> str:
         if isinstance(expr, IndexForm):
             return _shape_latex(tuple(expr.shape))
-        if isinstance(expr, sp.MatrixExpr):
+        if isinstance(expr, (sp.MatrixExpr, TensorExpr)) or (
+                isinstance(expr, sp.IndexedBase) and expr.shape is not None):
             return _shape_latex(tuple(expr.shape))
         return _shape_latex(())
 
@@ -484,7 +486,7 @@ class _Builder:
         out = []
         for step_symbol, expr in self.der.steps:
             if symbol in expr.free_symbols or (
-                    isinstance(symbol, sp.MatrixSymbol) and expr.has(symbol)):
+                    isinstance(symbol, (sp.MatrixSymbol, sp.IndexedBase)) and expr.has(symbol)):
                 out.append(step_symbol if step_symbol is not None else self.loss_symbol)
         return out
 

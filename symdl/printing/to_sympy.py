@@ -33,6 +33,7 @@ from symdl.primitives.sympy_results import (
     MatrixTrace,
     lambdifiable,
 )
+from symdl.printing.tensor_forms import matrix_form, tensor_form
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
 
@@ -202,7 +203,10 @@ class SympyPrinter:
 
     def _result(self, node: ir.Node) -> sp.Basic | IndexForm:
         self._index_counter = 0
-        if node.rank > 2:
+        if node.rank not in (0, 2):
+            form = tensor_form(node, self)  # a convolution, a pooling, ... (tensor_forms)
+            if form is not None:
+                return form
             node = squeeze(distribute(node))
         self._warm(node)
         # A product with a sum of tensors (a block of a Hessian times a direction) has a
@@ -296,6 +300,9 @@ class SympyPrinter:
     def _matrix(self, node: ir.Node) -> sp.Basic:
         if id(node) in self.aliases:
             return self.aliases[id(node)].symbol
+        form = matrix_form(node, self)  # a flatten, an embedding's rows (tensor_forms)
+        if form is not None:
+            return form
         return MATRIX(node, self)
 
     def _add(self, node: ir.Add) -> sp.Basic:

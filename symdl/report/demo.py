@@ -323,6 +323,81 @@ def add_curvature(out: Path, metrics: dict, figures: list[str], reports: Mapping
     figures.append("curvature.pdf")
 
 
+# -- the convolutional network ---------------------------------------------------------------
+
+CNN_CHANNELS = 16
+IMAGES = sp.IndexedBase("X", shape=(n, 8, 8, 1))  # the digits as 8 x 8 x 1 images
+CK1 = sp.IndexedBase("K1", shape=(3, 3, 1, CNN_CHANNELS))  # kh x kw x in x out
+CB1 = sp.IndexedBase("b1", shape=(CNN_CHANNELS,))
+CW2 = sp.MatrixSymbol("W2", 16 * CNN_CHANNELS, 10)
+CB2 = sp.MatrixSymbol("b2", 1, 10)
+CZ1 = sp.IndexedBase("Z1", shape=(n, 8, 8, CNN_CHANNELS))
+CA1 = sp.IndexedBase("A1", shape=(n, 8, 8, CNN_CHANNELS))
+CP1 = sp.IndexedBase("P1", shape=(n, 4, 4, CNN_CHANNELS))
+CZ2 = sp.MatrixSymbol("Z2", n, 10)
+CLASSES = sp.MatrixSymbol("Y", n, 10)
+
+CNN = [
+    (CZ1, symdl.channel_bias(symdl.conv2d(IMAGES, CK1, padding=1), CB1)),
+    (CA1, symdl.relu(CZ1)),
+    (CP1, symdl.max_pool2d(CA1, 2)),
+    (CZ2, symdl.flatten(CP1) * CW2 + symdl.bias(CB2, n)),
+    (L, symdl.softmax_cross_entropy(CZ2, CLASSES)
+     + lam / 2 * symdl.total(sp.hadamard_product(CW2, CW2))),
+]
+CNN_PARAMETERS = [CK1, CB1, CW2, CB2]
+
+
+def cnn_derivation() -> symdl.Derivation:
+    """The demo's convolutional network: 16 kernels 3 x 3 (padding 1), relu, 2 x 2 max
+    pooling, a dense layer and softmax cross-entropy, with weight decay on the dense layer."""
+    return symdl.derive(CNN, wrt=CNN_PARAMETERS)
+
+
+def train_cnn(split: Split, epochs: int = 30, batch: int = 32, lr: float = 0.01,
+              weight_decay: float = 1e-4, seed: int = 0, progress: bool = True):
+    """Trains the CNN on the digits as 8 x 8 x 1 images with one fused Adam step (forward,
+    backprop through the pooling and the convolution, update); returns (step, der, history,
+    timings)."""
+    from symdl.define.optimizers import Adam
+
+    rng = np.random.default_rng(seed)
+    features = 16 * CNN_CHANNELS
+    init = {"K1": rng.normal(size=(3, 3, 1, CNN_CHANNELS)) / 3,
+            "b1": np.zeros(CNN_CHANNELS),
+            "W2": rng.normal(size=(features, 10)) / np.sqrt(features),
+            "b2": np.zeros((1, 10))}
+    images = {"train": split.X_train.reshape(-1, 8, 8, 1),
+              "test": split.X_test.reshape(-1, 8, 8, 1)}
+    timings = {}
+    start = time.perf_counter()
+    der = cnn_derivation()
+    timings["derive_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    step = TrainingStep(der, Adam(lr=lr), init, hyperparameters={"lambda": weight_decay},
+                        output=CZ2)
+    step.forward_kernel()
+    timings["generate_s"] = time.perf_counter() - start
+    history = History()
+    rows = images["train"].shape[0]
+    bar = _Progress(epochs, progress)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        order = rng.permutation(rows)
+        losses = [step(X=images["train"][order[first:first + batch]],
+                       Y=split.Y_train[order[first:first + batch]])
+                  for first in range(0, rows, batch)]
+        history.epoch.append(epoch)
+        history.train_loss.append(float(np.mean(losses)))
+        history.train_accuracy.append(accuracy(step, images["train"], split.Y_train))
+        history.test_accuracy.append(accuracy(step, images["test"], split.Y_test))
+        bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
+    bar.close()
+    timings["train_s"] = time.perf_counter() - start
+    timings["steps"] = step.t - 1
+    return step, der, history, timings
+
+
 # -- outputs --------------------------------------------------------------------------------
 
 def _plot_training(history: History, path: Path) -> None:
@@ -366,8 +441,12 @@ def _pyplot():
 
 
 def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
-        pdf: bool = True, progress: bool = True, curvature: bool = True) -> dict:
+        pdf: bool = True, progress: bool = True, curvature: bool = True,
+        cnn: bool = True, cnn_epochs: int = 30) -> dict:
     """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``.
+
+    ``cnn`` also trains the convolutional network (``train_cnn``, ``cnn_epochs`` epochs) on
+    the same split and puts its derivation (backprop in convolution notation) in the report.
 
     ``curvature`` adds the Hessian spectrum of the training loss at initialisation and after
     training (a few hundred Hessian-vector products over the training set at each point).
@@ -409,11 +488,22 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
                                   step.hyperparameters.get("lambda", 0.0))
         add_curvature(out, metrics, figures, reports)
         timings["curvature_s"] = time.perf_counter() - start
+    cnn_der = None
+    if cnn:
+        cnn_step, cnn_der, cnn_history, cnn_timings = train_cnn(split, epochs=cnn_epochs,
+                                                                progress=progress)
+        metrics["cnn"] = {"final_test_accuracy": cnn_history.test_accuracy[-1],
+                          "final_train_accuracy": cnn_history.train_accuracy[-1],
+                          "final_train_loss": cnn_history.train_loss[-1],
+                          "history": asdict(cnn_history), "timings": cnn_timings}
+        _plot_training(cnn_history, out / "training_cnn.pdf")
+        _plot_training(cnn_history, out / "training_cnn.png")
+        figures.append("training_cnn.pdf")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if pdf:
         from symdl.report.document import write_report
 
-        write_report(out / "report.tex", der, check_report, metrics, figures)
+        write_report(out / "report.tex", der, check_report, metrics, figures, cnn=cnn_der)
     return metrics
 
 

@@ -105,14 +105,19 @@ def _curvature_section(metrics: Mapping, figure: Path) -> str:
 
 
 def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: Mapping,
-                 figures: Sequence[str], compile_pdf_too: bool = True) -> Path:
-    """Writes ``report.tex`` (and ``report.pdf`` next to it with ``compile_pdf_too``)."""
+                 figures: Sequence[str], compile_pdf_too: bool = True,
+                 cnn: Derivation | None = None) -> Path:
+    """Writes ``report.tex`` (and ``report.pdf`` next to it with ``compile_pdf_too``);
+    ``cnn``: the convolutional network's derivation, shown after the MLP's training."""
     tex_path = Path(tex_path)
     folder = tex_path.parent
     source = document(der, title="symdl demo: a 2-layer network trained with generated kernels",
                       check_report=check_report)
     sections = [_training_section(metrics, folder / "training.pdf")]
     used = [folder / "training.pdf"]
+    if cnn is not None and "cnn" in metrics and "training_cnn.pdf" in figures:
+        sections.append(_cnn_section(cnn, metrics, folder / "training_cnn.pdf"))
+        used.append(folder / "training_cnn.pdf")
     if "newton" in metrics and "newton.pdf" in figures:
         sections.append(_newton_section(metrics, folder / "newton.pdf"))
         used.append(folder / "newton.pdf")
@@ -124,3 +129,23 @@ def write_report(tex_path: str | Path, der: Derivation, check_report, metrics: M
     if compile_pdf_too:
         compile_pdf(source, tex_path.with_suffix(".pdf"), files=used)
     return tex_path
+
+
+def _cnn_section(der: Derivation, metrics: Mapping, figure: Path) -> str:
+    """The convolutional network: its derivation (backprop in convolution notation, next to
+    the MLP's above) and its training."""
+    from symdl.printing.latex import _Builder, _section_latex
+
+    cnn = metrics["cnn"]
+    timings = cnn["timings"]
+    text = (f"The same digits as 8 x 8 x 1 images through a convolutional network; one "
+            f"generated kernel computes the loss, the backprop through the pooling and the "
+            f"convolution and the Adam update. Held-out accuracy "
+            f"{cnn['final_test_accuracy']:.4f} (training {cnn['final_train_accuracy']:.4f}) "
+            f"after {timings['steps']} steps in {timings['train_s']:.1f} s.")
+    parts = ["\\section*{A convolutional network}\n" + escape_text(text)]
+    for section in _Builder(der).sections():
+        section.title = f"CNN: {section.title}"
+        parts.append(_section_latex(section))
+    parts.append(_figure(figure, "The CNN's training loss and accuracy per epoch."))
+    return "\n\n".join(parts)

@@ -407,3 +407,82 @@ def _matrix_function(node: ir.MatrixFunction, analysis: _Analysis) -> _Info:
         raise analysis.refuse("a norm, singular values or eigenvalues of a matrix that depends "
                               "on the data rows")
     return _Info(CONST)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Computed positions (symdl.ir.indexed). A window or scatter keeps the rows apart when its map
+# is the identity on the batch axis and no other position depends on it (a convolution, a
+# pooling over each image); anything that moves entries across rows mixes them. A gather
+# picks rows of a shared table, one per index (rows of the index array stay rows); a
+# scatter-add over the rows sums them (an embedding's gradient is a sum over the batch).
+
+
+def _batch_position(index, near: int, n: sp.Symbol, near_dims, far_dims) -> int | None:
+    """The far axis that is exactly near axis ``near`` (both of size ``n``), when no other
+    far axis depends on it; else None."""
+    for j, m in enumerate(index):
+        if (m.offset == 0 and m.coeffs[near] == 1 and far_dims[j] == n
+                and near_dims[near] == n
+                and all(c == 0 for k, c in enumerate(m.coeffs) if k != near)
+                and all(other.coeffs[near] == 0 for i, other in enumerate(index) if i != j)):
+            return j
+    return None
+
+
+@ROW_SPLIT.register(ir.AffineRead)
+def _affine_read(node: ir.AffineRead, analysis: _Analysis) -> _Info:
+    (arg,) = analysis.kids(node)
+    if arg.kind != ROWS:
+        return arg  # linear: a window of a constant or of a sum over the rows is one too
+    for near in range(len(node.dims)):
+        if _batch_position(node.index, near, analysis.n, node.dims, node.arg.shape) == arg.axis:
+            return _Info(ROWS, near, arg.scale)
+    raise analysis.refuse("a window that moves entries across the batch axis (it must read "
+                          "each row at its own position, as a convolution over each image does)")
+
+
+@ROW_SPLIT.register(ir.AffineScatter)
+def _affine_scatter(node: ir.AffineScatter, analysis: _Analysis) -> _Info:
+    (arg,) = analysis.kids(node)
+    if arg.kind != ROWS:
+        return arg
+    far = _batch_position(node.index, arg.axis, analysis.n, node.arg.shape, node.dims)
+    if far is None:
+        raise analysis.refuse("a scatter that moves entries across the batch axis")
+    return _Info(ROWS, far, arg.scale)
+
+
+@ROW_SPLIT.register(ir.Take)
+def _take(node: ir.Take, analysis: _Analysis) -> _Info:
+    table, indices = analysis.kids(node)
+    if table.kind == ROWS:
+        raise analysis.refuse("a gather of rows from a table indexed by the batch (each row "
+                              "would read other rows)")
+    if indices.kind == ROWS:
+        if table.kind == SUM:
+            raise analysis.refuse("a statistic over all rows gathered again row by row")
+        return _Info(ROWS, indices.axis, table.scale)
+    return table
+
+
+@ROW_SPLIT.register(ir.TakeAdjoint)
+def _take_adjoint(node: ir.TakeAdjoint, analysis: _Analysis) -> _Info:
+    arg, indices = analysis.kids(node)
+    if indices.kind == ROWS:
+        if arg.kind == SUM or (arg.kind == ROWS and arg.axis != indices.axis):
+            raise analysis.refuse("a scatter-add over the batch of a term that is not "
+                                  "per row along the same axis")
+        return _Info(SUM, None, arg.scale)  # each row adds into the table: a sum over rows
+    if arg.kind == ROWS:
+        rank = node.indices.rank
+        if arg.axis < rank:
+            raise analysis.refuse("a scatter-add whose positions mix the batch rows")
+        return _Info(ROWS, arg.axis - rank + 1, arg.scale)
+    return arg
+
+
+@ROW_SPLIT.register(ir.Max, ir.ArgMaxMask)
+def _max_along(node: ir.Max | ir.ArgMaxMask, analysis: _Analysis) -> _Info:
+    # A maximum along an axis is nonlinear, as a log-sum-exp: the same rules.
+    return analysis.along_axis(node, analysis.kids(node))

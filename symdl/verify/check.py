@@ -148,6 +148,15 @@ def _parameter(key: OutputKey) -> str:
     return key.names[-1] if key.names and not isinstance(key, Value) else ""
 
 
+def _floating(v: object) -> bool:
+    """An array the check casts to its precision (integer index arrays stay integers)."""
+    return isinstance(v, np.ndarray) and not np.issubdtype(v.dtype, np.integer)
+
+
+def _integers(v: object) -> bool:
+    return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.integer)
+
+
 def _size(a) -> int:
     return int(np.size(a))
 
@@ -162,9 +171,9 @@ def _check_kernel(kernel: Kernel, values: dict, dtype: str, rng: np.random.Gener
     """The finite-difference checks of every output of ``kernel`` at ``values`` (float64)."""
     keys = kernel.output_keys
     inputs = set(kernel.input_names)
-    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
+    cast = {k: (v.astype(dtype) if _floating(v) else v) for k, v in values.items()}
     analytic = kernel.run(cast).outputs
-    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+    exact = {k: (v.astype(np.float64) if _floating(v) else v)
              for k, v in cast.items()}  # the float32-rounded point, in float64
 
     def output(key: OutputKey):
@@ -260,8 +269,8 @@ def _reference_checks(der: Derivation, kernel: Kernel, values: dict, bound: dict
     The reference runs under a time budget (``budget_seconds`` in all): what would exceed
     it, and what SymPy cannot write out (it raises, or recurses too deep), is reported as a
     skipped row saying why, and the finite-difference rows stand on their own."""
-    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
-    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+    cast = {k: (v.astype(dtype) if _floating(v) else v) for k, v in values.items()}
+    exact = {k: (v.astype(np.float64) if _floating(v) else v)
              for k, v in cast.items()}
     analytic = kernel.run(cast).outputs
     largest = max(_size(v) for v in [*values.values(), *analytic.values()])
@@ -471,8 +480,8 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
         raise CheckArgumentError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
     base = DEFAULT_TOLERANCES[dtype]
     tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
-    values = {k: (np.asarray(v, dtype=np.float64) if np.ndim(v) else float(v))
-              for k, v in values.items()}
+    values = {k: (v if _integers(v) else np.asarray(v, dtype=np.float64) if np.ndim(v)
+                  else float(v)) for k, v in values.items()}
     report = CheckReport(dtype=dtype, seed=seed, dims={str(k): int(v) for k, v in bound.items()},
                          tolerance=tol)
     if redrawn:
@@ -538,8 +547,8 @@ def _alarm(seconds: float, message: str):
 def _ir_reference(kernel: Kernel, values: dict, dtype: str, out: _Collector) -> None:
     from symdl.ir.evaluate import evaluate
 
-    cast = {k: (v.astype(dtype) if isinstance(v, np.ndarray) else v) for k, v in values.items()}
-    exact = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v)
+    cast = {k: (v.astype(dtype) if _floating(v) else v) for k, v in values.items()}
+    exact = {k: (v.astype(np.float64) if _floating(v) else v)
              for k, v in cast.items()}
     analytic = kernel.run(cast).outputs
     dims = {}

@@ -129,7 +129,9 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
             if name not in values:
                 continue
             try:
-                given = np.asarray(given, dtype=np.float64)
+                given = np.asarray(given)
+                if not np.issubdtype(given.dtype, np.integer):  # integer ids stay integers
+                    given = given.astype(np.float64)
                 values[name] = float(given) if np.ndim(values[name]) == 0 else given.reshape(
                     np.shape(values[name]))
             except (TypeError, ValueError) as exc:

@@ -119,8 +119,15 @@ def _central_difference(name: str, values: dict, wrt: str, h: float = 1e-6) -> n
     return grad
 
 
+# Checked against torch in test_cnn.py without a Numba compile each (the kernels of windows,
+# pools and gathers are compiled in tests/kernels/, the CNN's in the demo).
+WINDOWED = {"layer_conv1d", "layer_conv2d", "layer_maxpool2d", "layer_avgpool2d",
+            "layer_embedding"}
+
+
 def test_every_layer_file_is_covered():
-    assert sorted(n for n in registry.names() if n.startswith("layer_")) == sorted(LAYERS)
+    shipped = sorted(n for n in registry.names() if n.startswith("layer_"))
+    assert shipped == sorted(set(LAYERS) | WINDOWED)
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))

@@ -1,0 +1,227 @@
+"""Kernels for computed positions (``symdl.ir.indexed``): windows read inline with bounds
+checks, scatters as loops of their own, gathers by validated integer index arrays, maxima as
+row passes. The IR is built by hand (as tests/ir/test_indexed.py does); values and reverse-
+mode gradients are compared with ``torch.nn.functional`` in float64 (1e-10) and float32
+(1e-5). Kernels run their generated source uninterpreted (``jit=False``: no Numba compile)
+except one, which checks that Numba compiles every new kind of loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from symdl import ir
+from symdl.derive import autodiff
+from symdl.errors import KernelArgumentError, UnsupportedError
+from symdl.ir import AffineMap
+from symdl.kernels.kernel import Kernel
+from symdl.kernels.steps import RowMax, ScatterLoop
+from symdl.scale.separable import NotRowSeparableError, _Analysis
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+n, hh, ww, ho, wo, v, d, t = sp.symbols("n hh ww ho wo v d t", integer=True, positive=True)
+RNG = np.random.default_rng(13)
+TANH = sp.Lambda(sp.Symbol("z"), sp.tanh(sp.Symbol("z")))
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=1e-5, atol=1e-5)}
+
+
+def _window(x: ir.Node, c_in: int, groups: int, k: int, stride: int, padding: int,
+            dilation: int) -> ir.Node:
+    """``X[b, g*C + c, s*i + d*a - p, s*j + d*e - p]`` over ``(b, g, c, i, j, a, e)``."""
+    cg = c_in // groups
+    return ir.affine_read(x, (n, groups, cg, ho, wo, k, k), (
+        AffineMap.axis(0, 7), AffineMap.of([0, cg, 1, 0, 0, 0, 0]),
+        AffineMap.of([0, 0, 0, stride, 0, dilation, 0], -padding),
+        AffineMap.of([0, 0, 0, 0, stride, 0, dilation], -padding)))
+
+
+def _conv2d(x: ir.Node, w: ir.Node, c_in: int, c_out: int, groups: int, k: int, stride: int,
+            padding: int, dilation: int) -> ir.Node:
+    """torch's conv2d (NCHW) in the IR: the kernel's rows split by group (a read), one einsum
+    with the window, the groups' channels put back side by side (a scatter)."""
+    og = c_out // groups
+    wg = ir.affine_read(w, (groups, og, c_in // groups, k, k), (
+        AffineMap.of([og, 1, 0, 0, 0]), AffineMap.axis(2, 5), AffineMap.axis(3, 5),
+        AffineMap.axis(4, 5)))
+    read = _window(x, c_in, groups, k, stride, padding, dilation)
+    y = ir.einsum([wg, read], [(1, 7, 2, 5, 6), (0, 1, 2, 3, 4, 5, 6)], (0, 1, 7, 3, 4))
+    return ir.affine_scatter(y, (n, c_out, ho, wo), (
+        AffineMap.axis(0, 5), AffineMap.of([0, og, 1, 0, 0]), AffineMap.axis(3, 5),
+        AffineMap.axis(4, 5)))
+
+
+CONV_CASES = [  # (c_in, c_out, groups, k, stride, padding, dilation)
+    (3, 4, 1, 3, 1, 1, 1), (4, 6, 2, 3, 2, 1, 1), (2, 2, 1, 2, 1, 2, 2), (4, 4, 4, 3, 2, 0, 1)]
+
+
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv2d_values_and_gradients_match_torch(case, dtype):
+    c_in, c_out, groups, k, stride, padding, dilation = case
+    x = ir.leaf("X", (n, c_in, hh, ww), sp.Symbol("X"))
+    w = ir.leaf("W", (c_out, c_in // groups, k, k), sp.Symbol("W"))
+    g = ir.leaf("G", (n, c_out, ho, wo), sp.Symbol("G"))
+    y = _conv2d(x, w, c_in, c_out, groups, k, stride, padding, dilation)
+    loss = ir.einsum([ir.map_(TANH, y), g], [(0, 1, 2, 3)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [x, w])
+    kern = Kernel({"value": loss, "Y": y, "grad:X": grads[id(x)], "grad:W": grads[id(w)]},
+                  [x, w, g], "conv2d", jit=False)
+    size = 7
+    out = (size + 2 * padding - dilation * (k - 1) - 1) // stride + 1
+    xv = RNG.normal(size=(2, c_in, size, size))
+    wv = RNG.normal(size=(c_out, c_in // groups, k, k))
+    gv = RNG.normal(size=(2, c_out, out, out))
+    got = kern(X=xv.astype(dtype), W=wv.astype(dtype), G=gv.astype(dtype))
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(wv, requires_grad=True)
+    yt = F.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    ref = (torch.tanh(yt) * torch.tensor(gv)).sum()
+    gx, gw = torch.autograd.grad(ref, (xt, wt))
+    np.testing.assert_allclose(got.value, ref.item(), **TOL[dtype])
+    np.testing.assert_allclose(got.outputs["Y"], yt.detach().numpy(), **TOL[dtype])
+    np.testing.assert_allclose(got.grad["X"], gx.numpy(), **TOL[dtype])
+    np.testing.assert_allclose(got.grad["W"], gw.numpy(), **TOL[dtype])
+    # dX is a scatter loop fused with the product it scatters: no (b, c, i, j, a, e) tensor.
+    scatters = [s for s in kern._plan.steps if isinstance(s, ScatterLoop)]
+    assert any(s.fused is not None for s in scatters)
+    windows = [m for s in kern._plan.steps for m in s.computed()
+               if isinstance(m, ir.AffineRead) and m.arg is x]
+    assert not windows, "a window of X was stored"
+
+
+@pytest.fixture(scope="module")
+def jitted_conv1d():
+    """One compiled kernel (serial loops only): a strided, dilated, padded convolution."""
+    x = ir.leaf("X", (n, hh), sp.Symbol("X"))
+    w = ir.leaf("W", (d,), sp.Symbol("W"))
+    g = ir.leaf("G", (n, ho), sp.Symbol("G"))
+    read = ir.affine_read(x, (n, ho, d), (AffineMap.axis(0, 3), AffineMap.of([0, 2, 2], -1)))
+    y = ir.einsum([w, read], [(2,), (0, 1, 2)], (0, 1))
+    loss = ir.einsum([ir.map_(TANH, y), g], [(0, 1)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [x, w])
+    return Kernel({"value": loss, "grad:X": grads[id(x)], "grad:W": grads[id(w)]}, [x, w, g],
+                  "conv1d")
+
+
+def test_a_compiled_strided_dilated_convolution_matches_torch(jitted_conv1d):
+    xv, wv = RNG.normal(size=(3, 12)), RNG.normal(size=3)
+    gv = RNG.normal(size=(3, 5))  # (12 + 2 - 2*2 - 1) // 2 + 1 = 5
+    got = jitted_conv1d(X=xv, W=wv, G=gv, parallel=False)
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(wv, requires_grad=True)
+    yt = F.conv1d(xt[:, None], wt[None, None], stride=2, padding=1, dilation=2)[:, 0]
+    ref = (torch.tanh(yt) * torch.tensor(gv)).sum()
+    gx, gw = torch.autograd.grad(ref, (xt, wt))
+    np.testing.assert_allclose(got.value, ref.item(), rtol=1e-10)
+    np.testing.assert_allclose(got.grad["X"], gx.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.grad["W"], gw.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def _pool_read(x: ir.Node, k: int, stride: int, padding: int) -> ir.Node:
+    return ir.affine_read(x, (n, ho, wo, k, k), (
+        AffineMap.axis(0, 5), AffineMap.of([0, stride, 0, 1, 0], -padding),
+        AffineMap.of([0, 0, stride, 0, 1], -padding)))
+
+
+@pytest.mark.parametrize("k,stride,padding", [(2, 2, 0), (3, 1, 1), (3, 2, 1)])
+def test_pooling_and_its_gradients_match_torch_with_ties_and_nan(k, stride, padding):
+    x = ir.leaf("X", (n, hh, ww), sp.Symbol("X"))
+    read = _pool_read(x, k, stride, padding)
+    # torch pads max pooling with -inf: the IR's zero padding equals it on positive inputs.
+    biggest = ir.max_along(ir.max_along(read, 4), 3)
+    mean = ir.einsum([read], [(0, 1, 2, 3, 4)], (0, 1, 2), sp.Rational(1, k * k))
+    g = ir.leaf("G", biggest.shape, sp.Symbol("G"))
+    h = ir.leaf("H", mean.shape, sp.Symbol("H"))
+    loss = ir.add(ir.einsum([biggest, g], [(0, 1, 2, 3, 4)] * 2, ()),
+                  ir.einsum([mean, h], [(0, 1, 2)] * 2, ()))
+    grads, _ = autodiff.reverse(loss, [x])
+    kern = Kernel({"max": biggest, "mean": mean, "grad:X": grads[id(x)]}, [x, g, h], "pool",
+                  jit=False)
+    assert any(isinstance(s, RowMax) for s in kern._plan.steps)
+    xv = RNG.integers(1, 4, size=(2, 7, 7)).astype(float)  # many ties
+    out = (7 + 2 * padding - k) // stride + 1
+    gv, hv = RNG.normal(size=(2, out, out, 1, 1)), RNG.normal(size=(2, out, out))
+    got = kern(X=xv, G=gv, H=hv)
+    xt = torch.tensor(xv[:, None], requires_grad=True)
+    top = F.max_pool2d(xt, k, stride, padding)
+    avg = F.avg_pool2d(xt, k, stride, padding)  # count_include_pad: divides by k*k
+    ref = (top[:, 0] * torch.tensor(gv[..., 0, 0])).sum() + (avg[:, 0] * torch.tensor(hv)).sum()
+    (gx,) = torch.autograd.grad(ref, (xt,))
+    np.testing.assert_array_equal(got.outputs["max"][..., 0, 0], top.detach().numpy()[:, 0])
+    np.testing.assert_allclose(got.outputs["mean"], avg.detach().numpy()[:, 0], rtol=1e-12)
+    # The first maximum of each window takes the gradient, as in torch.
+    np.testing.assert_allclose(got.grad["X"], gx.numpy()[:, 0], rtol=1e-12, atol=1e-14)
+    # NaN as numpy.max (and torch): a NaN in a window is its maximum.
+    xv[0, 1, 1] = np.nan
+    nan = kern(X=xv, G=gv, H=hv)
+    top = F.max_pool2d(torch.tensor(xv[:, None]), k, stride, padding).numpy()[:, 0]
+    assert np.isnan(top).any()
+    np.testing.assert_array_equal(nan.outputs["max"][..., 0, 0], top)
+
+
+@pytest.fixture(scope="module")
+def embedding():
+    table = ir.leaf("E", (v, d), sp.Symbol("E"))
+    idx = ir.leaf("idx", (n, t), sp.Symbol("idx"))
+    g = ir.leaf("G", (n, t, d), sp.Symbol("G"))
+    rows = ir.take(table, idx)
+    sin = sp.Lambda(sp.Symbol("z"), sp.sin(sp.Symbol("z")))
+    loss = ir.einsum([ir.map_(sin, rows), g], [(0, 1, 2)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [table])
+    return Kernel({"value": loss, "grad:E": grads[id(table)]}, [table, idx, g], "embedding",
+                  jit=False)
+
+
+@pytest.mark.parametrize("int_dtype", [np.int32, np.int64, np.uint8])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_embedding_gathers_and_scatter_adds_like_torch(embedding, int_dtype, dtype):
+    ev, gv = RNG.normal(size=(5, 3)), RNG.normal(size=(2, 4, 3))
+    iv = np.array([[0, 4, 4, 1], [4, 2, 0, 0]])  # repeated rows add up
+    got = embedding(E=ev.astype(dtype), idx=iv.astype(int_dtype), G=gv.astype(dtype))
+    et = torch.tensor(ev, requires_grad=True)
+    ref = (torch.sin(F.embedding(torch.tensor(iv), et)) * torch.tensor(gv)).sum()
+    (ge,) = torch.autograd.grad(ref, (et,))
+    np.testing.assert_allclose(got.value, ref.item(), **TOL[dtype])
+    np.testing.assert_allclose(got.grad["E"], ge.numpy(), **TOL[dtype])
+
+
+@pytest.mark.parametrize("bad,where", [(5, "idx[1, 2] = 5"), (-1, "idx[1, 2] = -1")])
+def test_an_index_out_of_range_is_refused_before_any_loop(embedding, bad, where):
+    iv = np.array([[0, 4, 4, 1], [4, 2, bad, 0]])
+    args = dict(E=RNG.normal(size=(5, 3)), G=RNG.normal(size=(2, 4, 3)))
+    with pytest.raises(KernelArgumentError, match=r"idx\[1, 2\] = .* outside 0 \.\. 4") as e:
+        embedding(idx=iv, **args)
+    assert where in str(e.value) and "5 rows" in str(e.value)
+    # The generated module checks too (run_unchecked and exported modules skip Kernel's).
+    with pytest.raises(ValueError, match=r"idx\[1, 2\] .* outside 0 \.\. 4"):
+        embedding.run_unchecked([args["E"], args["G"], iv], [np.empty(1), np.empty((5, 3))])
+
+
+def test_a_float_index_array_is_refused_with_the_fix(embedding):
+    with pytest.raises(KernelArgumentError, match=r"idx .*integer array.*astype\(np.int64\)"):
+        embedding(E=np.ones((5, 3)), idx=np.zeros((2, 4)), G=np.ones((2, 4, 3)))
+
+
+def test_computed_positions_cannot_be_compiled():
+    table = ir.leaf("E", (v, d), sp.Symbol("E"))
+    idx = ir.leaf("idx", (n,), sp.Symbol("idx"))
+    computed = ir.einsum([idx], [(0,)], (0,), 2)
+    with pytest.raises(UnsupportedError, match="input array of integers"):
+        Kernel({"value": ir.einsum([ir.take(table, computed)], [(0, 1)], ())},
+               [table, idx], "gather", jit=False)
+
+
+def test_row_split_keeps_a_convolution_per_row_and_refuses_a_window_across_rows():
+    x = ir.leaf("X", (n, hh), sp.Symbol("X"))
+    w = ir.leaf("W", (d,), sp.Symbol("W"))
+    per_row = ir.affine_read(x, (n, ho, d), (AffineMap.axis(0, 3), AffineMap.of([0, 1, 1])))
+    loss = ir.einsum([w, per_row], [(2,), (0, 1, 2)], ())
+    assert _Analysis(n).info(loss).kind == "sum"
+    across = ir.affine_read(x, (n, ho, d), (AffineMap.of([1, 0, 1]), AffineMap.axis(1, 3)))
+    with pytest.raises(NotRowSeparableError, match="across the batch axis"):
+        _Analysis(n).info(ir.einsum([w, across], [(2,), (0, 1, 2)], ()))
+    pooled = ir.max_along(x, 0)  # a maximum over the batch couples every row
+    with pytest.raises(NotRowSeparableError):
+        _Analysis(n).info(ir.einsum([pooled], [(0, 1)], ()))
