@@ -471,15 +471,14 @@ class Translator:
         shift: dict[sp.Basic, sp.Expr] = {}
         limits = []
         for index, lower, upper in e.limits:
-            for bound in (lower, upper):
-                if not self._is_constant(bound):
-                    raise UnsupportedError(
-                        f"Sum over {index} from {lower} to {upper}: the limits of a Sum must be "
-                        "numbers or dimensions (a sum whose range depends on another index is "
-                        "not supported)")
             if lower == 0:
                 limits.append((index, lower, upper))
                 continue
+            if not self._is_constant(lower):
+                raise UnsupportedError(
+                    f"Sum over {index} from {lower} to {upper}: the lower limit of a Sum must be "
+                    "a number or a dimension (a sum whose range depends on another index is "
+                    "not supported)")
             shifted = sp.Dummy(str(index), integer=True)
             shift[index] = shifted + lower
             limits.append((shifted, 0, upper - lower))
