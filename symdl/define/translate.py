@@ -501,6 +501,8 @@ class Translator:
         plain: list[sp.Basic | None] = []
         for index, dim in zip(indices, shape, strict=True):
             if isinstance(index, (sp.Symbol, sp.Idx)) and index not in self.dims:
+                if index in self.index_dims and _shorter(self.index_dims[index], dim):
+                    break  # a Sum over the first entries only: a read
                 plain.append(index)
             elif index.is_Integer and index == 0 and dim == 1:
                 plain.append(None)  # the single entry of a size-1 axis: the axis is dropped
@@ -521,10 +523,16 @@ class Translator:
                   if isinstance(index, (sp.Symbol, sp.Idx)) and index not in self.dims}
         dims = []
         for s in symbols:
-            if s in ranges:
-                dims.append(ranges[s])
-            elif s in self.index_dims:
+            if s in self.index_dims:
+                if s in ranges and not (_shorter(self.index_dims[s], ranges[s])
+                                        or sp.simplify(self.index_dims[s] - ranges[s]) == 0):
+                    raise ShapeMismatchError(
+                        f"the Sum over {s} runs over {self.index_dims[s]} values but indexes "
+                        f"{where} along an axis of dimension {ranges[s]}",
+                        (self.index_dims[s],), (ranges[s],))
                 dims.append(self.index_dims[s])
+            elif s in ranges:
+                dims.append(ranges[s])
             elif isinstance(s, sp.Idx) and s.upper is not None:
                 dims.append(s.upper - s.lower + 1)
             else:
@@ -546,6 +554,11 @@ class Translator:
         rows, row_indices = self.indexed(indices[axis])
         rest = tuple(index for a, index in enumerate(indices) if a != axis)
         return self._at(ir.take(node, rows), tuple(row_indices) + rest, where)
+
+
+def _shorter(length: sp.Expr, dim: sp.Expr) -> bool:
+    """Whether ``length < dim`` for every value of the dimensions (``T - 1 < T``)."""
+    return bool((sp.sympify(dim) - length).is_positive)
 
 
 def _has_arrays(e: sp.Basic) -> bool:
