@@ -25,7 +25,6 @@ from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.ir.shape import squeeze
-from symdl.printing.reductions import ArgMaxOver, MaxOver
 from symdl.primitives.sympy_results import (
     Diagonal,
     ElementwiseFunction,
@@ -34,6 +33,7 @@ from symdl.primitives.sympy_results import (
     MatrixTrace,
     lambdifiable,
 )
+from symdl.printing.reductions import ArgMaxOver, MaxOver
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
 

@@ -81,15 +81,15 @@ def test_the_issue_conv1d_derives_with_hessian_and_hvp_like_torch():
 def test_a_strided_dilated_padded_channels_first_conv2d_matches_torch():
     # Y[b, o, i, j] = Σ_{c, r, s} Kw[o, c, r, s] X[b, c, 2i + 2r - 1, 2j + 2s - 1]:
     # stride 2, dilation 2, padding 1, several input channels; a squared error to Y0.
-    C, O, H, R, Ho = sp.symbols("C O H R Ho", integer=True, positive=True)
+    C, Co, H, R, Ho = sp.symbols("C Co H R Ho", integer=True, positive=True)
     c, o, i, j, r, s = sp.symbols("c o i j r s", integer=True)
     X = sp.IndexedBase("X", shape=(n, C, H, H))
-    Kw = sp.IndexedBase("Kw", shape=(O, C, R, R))
-    Y0 = sp.IndexedBase("Y0", shape=(n, O, Ho, Ho))
+    Kw = sp.IndexedBase("Kw", shape=(Co, C, R, R))
+    Y0 = sp.IndexedBase("Y0", shape=(n, Co, Ho, Ho))
     conv = sp.Sum(Kw[o, c, r, s] * X[b, c, 2 * i + 2 * r - 1, 2 * j + 2 * s - 1],
                   (c, 0, C - 1), (r, 0, R - 1), (s, 0, R - 1))
     L = sp.Sum(sp.tanh(conv - Y0[b, o, i, j])**2,
-               (b, 0, n - 1), (o, 0, O - 1), (i, 0, Ho - 1), (j, 0, Ho - 1))
+               (b, 0, n - 1), (o, 0, Co - 1), (i, 0, Ho - 1), (j, 0, Ho - 1))
     der = symdl.derive(L, wrt=[Kw, X])
     # 7 x 7 input, 3 x 3 kernel, stride 2, dilation 2, padding 1: 3 x 3 output.
     xv, kv = RNG.normal(size=(2, 3, 7, 7)), RNG.normal(size=(2, 3, 3, 3))
@@ -105,7 +105,7 @@ def test_a_strided_dilated_padded_channels_first_conv2d_matches_torch():
     _close(out["value"], value)
     _close(out["grad:Kw"], gk)
     _close(out["grad:X"], gx)
-    sizes = {n: 2, C: 3, O: 2, H: 7, R: 3, Ho: 3}
+    sizes = {n: 2, C: 3, Co: 2, H: 7, R: 3, Ho: 3}
     values = {"X": xv, "Kw": kv, "Y0": yv}
     _close(_hvp(der, Kw, values, {X: vx, Kw: vk}, sizes), hk)
     _close(_hvp(der, X, values, {X: vx, Kw: vk}, sizes), hx)
