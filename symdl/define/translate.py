@@ -265,10 +265,7 @@ class Translator:
             i, j = e.args
             if not all(isinstance(a, (sp.Symbol, sp.Idx)) and a not in self.dims
                        for a in (i, j)):
-                raise UnsupportedError(
-                    f"{e}: KroneckerDelta takes two plain index symbols (a Sum from a lower "
-                    "limit other than 0 shifts its index); write the shifted condition as an "
-                    "index of an array instead (X[b, t + 1])")
+                return self._delta_at(e)
             node = self._delta(i, j)
             return node, (i, j)
         if isinstance(e, sp.Trace):
@@ -543,6 +540,22 @@ class Translator:
         maps = tuple(ir.AffineMap.of([coeffs.get(s, 0) for s in symbols], offset)
                      for coeffs, offset in parts)
         return ir.affine_read(node, dims, maps), tuple(symbols)
+
+    def _delta_at(self, e: sp.KroneckerDelta) -> tuple[ir.Node, tuple]:
+        """``[u = a]`` for a plain index ``u`` and an affine index ``a`` (``[u = 2 t + k]``,
+        the condition of a transposed convolution): the identity over ``u``'s range read at
+        ``(u, a)``, which is 0 wherever ``a`` falls outside that range."""
+        plain = [a for a in e.args if isinstance(a, (sp.Symbol, sp.Idx)) and a not in self.dims]
+        ranges = [self.index_dims[a] if a in self.index_dims
+                  else a.upper - a.lower + 1 if isinstance(a, sp.Idx) and a.upper is not None
+                  else None for a in plain]
+        known = [r for r in ranges if r is not None]
+        if not known:
+            raise UnsupportedError(
+                f"{e}: a KroneckerDelta of computed positions needs one plain index symbol whose "
+                "range is known (a Sum over it, or an Idx with a range), as in "
+                "KroneckerDelta(u, 2*t + k)")
+        return self._affine_read(ir.identity(known[0]), tuple(e.args), e)
 
     def _gather(self, node: ir.Node, indices: tuple, axis: int,
                 where: sp.Basic) -> tuple[ir.Node, tuple]:

@@ -111,7 +111,8 @@ ERRORS = {
     "float index array": (W[k] * E[sp.IndexedBase("v", shape=(n,))[b], k], "not declared integer"),
     "index array plus one": (W[k] * E[idx[b] + 1, k], "one entry of an integer index array"),
     "two index arrays": (W[k] * E[idx[b], idx[b]], "2 index arrays"),
-    "shifted delta": (sp.KroneckerDelta(t + 1, k) * W[k] * X[b, t], "KroneckerDelta takes two"),
+    "delta of two computed positions": (sp.KroneckerDelta(t + 1, k + 1) * W[k] * X[b, t],
+                                        "needs one plain index symbol"),
 }
 
 
@@ -129,3 +130,25 @@ def test_a_sum_over_a_range_that_does_not_fit_the_array_is_refused():
     expr = sp.Sum(W[k] * X[b, t + k], (k, 0, K - 1), (t, 0, T - K), (b, 0, T - 1))
     with pytest.raises(ShapeMismatchError, match="runs over T values"):
         _translator().scalar(expr)
+
+
+def test_a_delta_of_a_computed_position_is_a_read_of_the_identity():
+    # Σ_{t, k} [u = 2 t + k] W[k] X[b, t]: the transposed convolution in delta form (as a
+    # scatter prints when it keeps its condition), against the same sum written in NumPy.
+    u = sp.Symbol("u", integer=True)
+    translator = _translator()
+    translator.index_dims[u] = T
+    expr = sp.Sum(sp.KroneckerDelta(u, 2 * t + k) * W[k] * X[b, t], (t, 0, T - 1),
+                  (k, 0, K - 1))
+    node, indices = translator.indexed(expr)
+    assert set(indices) == {u, b}
+    rng = np.random.default_rng(1)
+    xv, wv = rng.normal(size=(2, 6)), rng.normal(size=3)
+    (got,) = evaluate([node], {"X": xv, "W": wv}, {n: 2, T: 6, K: 3})
+    expected = np.zeros((6, 2))
+    for tt in range(6):
+        for kk in range(3):
+            if 2 * tt + kk < 6:
+                expected[2 * tt + kk] += wv[kk] * xv[:, tt]
+    got = got if indices == (u, b) else got.T
+    np.testing.assert_allclose(got, expected, rtol=1e-12)

@@ -68,11 +68,18 @@ def test_a_scatter_whose_argument_is_not_zero_outside_keeps_its_condition():
     xv = np.array([0.1, 0.2, 0.3])
     expected = np.zeros(8)
     expected[[1, 3, 5]] = np.exp(xv)
-    entries = [form.expr.subs({form.indices[0]: u}).subs(sizes).doit() for u in range(8)]
-    got = np.array([float(e.replace(lambda a: isinstance(a, sp.Indexed),
-                                    lambda a: sp.Float(xv[int(a.indices[0])])))
-                    for e in entries])
-    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    np.testing.assert_allclose(symdl.evaluate(form, {"x": xv}, sizes), expected, rtol=1e-12)
+
+
+def test_printed_hessian_blocks_of_a_window_evaluate_to_the_derivation_s(strided):
+    # The blocks print Kronecker deltas of computed positions; read back by the front end.
+    rng = np.random.default_rng(4)
+    values = {"X": rng.normal(size=(2, 8)), "W": rng.normal(size=3)}
+    sizes = {n: 2, T: 8, K: 3}
+    out = strided.evaluate(values)
+    for p, q in ((W, W), (W, X), (X, X)):
+        printed = symdl.evaluate(strided.hessian(p, q), values, sizes)
+        np.testing.assert_allclose(printed, out[f"hessian:{p},{q}"], rtol=1e-10, atol=1e-12)
 
 
 def test_gathers_scatter_adds_and_maxima_print_as_named_forms():
