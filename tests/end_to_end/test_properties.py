@@ -180,7 +180,8 @@ def test_random_windowed_definitions_match_torch(case):
     X = sp.IndexedBase("X", shape=(n, C) + (L,) * rank)
     W = sp.IndexedBase("W", shape=(Co, C) + (R,) * rank)
     G = sp.IndexedBase("G", shape=(n, Co) + (Lo,) * rank)
-    positions = tuple(stride * s + dilation * k - padding for s, k in zip(spatial, kernel, strict=True))
+    positions = tuple(stride * s + dilation * k - padding
+                      for s, k in zip(spatial, kernel, strict=True))
     conv = sp.Sum(W[(o, c) + kernel] * X[(b, c) + positions], (c, 0, C - 1),
                   *[(k, 0, R - 1) for k in kernel])
     loss = sp.Sum(G[(b, o) + spatial] * sp.tanh(conv), (b, 0, n - 1), (o, 0, Co - 1),
