@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from symdl import ir
 from symdl.errors import UnsupportedError
 
 ACCEPTED = (
@@ -87,3 +88,16 @@ def index_array(index: sp.Basic, where: sp.Basic) -> sp.Indexed | None:
             f"index {index} in {where}: {index.base} is not declared integer; create it as "
             f"IndexedBase('{index.base}', shape=(...), integer=True) to use it as an index")
     return index
+
+
+def index_arrays(roots) -> dict[str, sp.Expr]:
+    """The inputs that serve as integer index arrays under ``roots`` (the leaves below the
+    indices of a gather or a scatter-add), by name, with the number of rows they index."""
+    found: dict[str, sp.Expr] = {}
+    for node in ir.topological_order(list(roots)):
+        if isinstance(node, (ir.Take, ir.TakeAdjoint)):
+            rows = node.table.shape[0] if isinstance(node, ir.Take) else node.rows
+            for leaf in ir.topological_order([node.indices]):
+                if isinstance(leaf, ir.Leaf):
+                    found[leaf.name] = rows
+    return found

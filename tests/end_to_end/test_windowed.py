@@ -183,3 +183,25 @@ def test_an_integer_index_array_gathers_rows_like_torch_embedding(embedding):
 def test_a_bad_index_array_is_a_typed_error(embedding, bad, message):
     with pytest.raises(EvaluationError, match=message):
         embedding.evaluate({"E": np.ones((5, 3)), "idx": bad, "G": np.ones((4, 3))})
+
+
+def test_an_index_array_is_not_a_parameter(embedding):
+    idx = sp.IndexedBase("idx", shape=(n,), integer=True)
+    with pytest.raises(symdl.DerivationError, match="idx is an integer index array"):
+        symdl.derive(embedding.steps[-1][1],
+                     wrt=[sp.IndexedBase("E", shape=embedding.leaves["E"].shape), idx])
+
+
+def test_checks_draw_index_arrays_as_rows_of_their_table(embedding):
+    # symdl.check's inputs: an index array holds row numbers (repeats included), never a
+    # value outside the table, which evaluation would refuse.
+    from types import SimpleNamespace
+
+    from symdl.verify.sampling import draw_inputs
+
+    shapes = {name: leaf.shape for name, leaf in embedding.leaves.items()}
+    values, sizes = draw_inputs(embedding, SimpleNamespace(inputs=shapes), seed=5)
+    rows = int(embedding.leaves["E"].shape[0].subs(sizes))
+    drawn = values["idx"]
+    assert np.array_equal(drawn, np.round(drawn)) and drawn.min() >= 0 and drawn.max() < rows
+    embedding.evaluate(values, sizes)  # accepted
