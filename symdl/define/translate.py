@@ -5,6 +5,14 @@ expressions with ``Sum``, ``Indexed`` and ``MatrixElement`` translate through th
 a product is an einsum over the indices of its factors, a ``Sum`` contracts its index, a
 function of indexed terms is an elementwise ``Map``. Both meet in the same IR, so a loss may
 mix them (``Total(M)``, ``Trace(A*X*B)``, ``Sum(w[i, 0]**2, (i, 0, d - 1))``).
+
+An index may be affine in the index symbols, with integer coefficients and offsets
+(``X[b, s*t + d*k - p]``: windows, strides, dilations, padding, fixed entries): the array is
+read at computed positions, and **an entry outside the array reads as 0** (zero padding).
+A ``Sum`` from a lower limit other than 0 is shifted to start at 0 (its positions become
+offsets), and a ``Sum`` over fewer values than an axis it indexes reads the first entries.
+An entry of an integer index array (``W[idx[b], j]``, ``idx`` an ``IndexedBase`` declared
+``integer=True``) gathers rows. See ``symdl.define.positions``.
 """
 
 from __future__ import annotations

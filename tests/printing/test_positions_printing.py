@@ -18,6 +18,7 @@ import sympy as sp
 
 import symdl
 from symdl import ir, latex
+from symdl.printing.latex import SymdlLatexPrinter
 from symdl.printing.plain import PlainPrinter
 from symdl.printing.to_sympy import IndexForm, SympyPrinter
 
@@ -82,7 +83,7 @@ def test_printed_hessian_blocks_of_a_window_evaluate_to_the_derivation_s(strided
         np.testing.assert_allclose(printed, out[f"hessian:{p},{q}"], rtol=1e-10, atol=1e-12)
 
 
-def test_gathers_scatter_adds_and_maxima_print_as_named_forms():
+def test_gathers_scatter_adds_and_maxima_print_as_named_forms(tmp_path: Path):
     V, D = sp.symbols("V D", integer=True, positive=True)
     table = ir.leaf("E", (V, D), sp.IndexedBase("E", shape=(V, D)))
     idx = ir.leaf("idx", (n,), sp.IndexedBase("idx", shape=(n,), integer=True))
@@ -95,6 +96,14 @@ def test_gathers_scatter_adds_and_maxima_print_as_named_forms():
     mask = printer.result(ir.argmax_mask(x, 1)).expr
     assert str(mask) == "KroneckerDelta(j, argmax_{k=0..T - 1}(X[i, k]))"
     assert PlainPrinter().doprint(mask) == str(mask)
+    tex = SymdlLatexPrinter().doprint(mask)
+    assert tex == (r"[j = \operatorname*{arg\,max}_{0 \le k \le T - 1} \left(X_{i k}\right)]")
+    if shutil.which("pdflatex") is None:
+        pytest.fail("pdflatex is not installed; " + latex.INSTALL_HINT)
+    source = ("\\documentclass{article}\\usepackage{amsmath}\\begin{document}\n$"
+              + SymdlLatexPrinter().doprint(printer.result(ir.max_along(x, 1)).expr) + "$ $"
+              + tex + "$\n\\end{document}\n")
+    assert latex.compile_pdf(source, tmp_path / "max.pdf").stat().st_size > 1000
 
 
 def test_a_windowed_derivation_typesets_readably(strided, tmp_path: Path):
