@@ -17,6 +17,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
+from symdl.define.positions import index_arrays
 from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.tensor_ir import step_symbol, tensor, translate_step
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
@@ -119,6 +120,7 @@ class Derivation:
         if len(set(names)) != len(names):
             raise DerivationError(f"wrt lists a parameter twice: {names}")
         self._leaves = {p: self._leaf_for(p) for p in self.wrt}
+        _refuse_index_arrays(self.wrt, self.output)
         self._gradients: dict[Parameter, ir.Node] | None = None
         self._adjoints: list[tuple[ir.Named, ir.Node]] = []
         self._hessians: dict[tuple[Parameter, Parameter], ir.Node] = {}
@@ -796,3 +798,14 @@ def evaluate(expr: sp.Basic | IndexForm, values: Mapping[str, np.ndarray | float
         node = translate_matrix_or_scalar(translator, sp.sympify(expr))
     (result,) = evaluate_nodes([node], values, dims)
     return result
+
+
+def _refuse_index_arrays(wrt: Sequence[Parameter], output: ir.Node) -> None:
+    """An integer index array (``idx`` in ``W[idx[b], j]``) picks entries: it has no
+    derivative, and finite differences cannot move it."""
+    arrays = index_arrays([output])
+    for p in wrt:
+        if symbol_name(p) in arrays:
+            raise DerivationError(
+                f"{p} is an integer index array (it picks rows of a table): it has no "
+                "derivative; leave it out of wrt=[...] and pass its values as an input")

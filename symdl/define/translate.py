@@ -5,6 +5,14 @@ expressions with ``Sum``, ``Indexed`` and ``MatrixElement`` translate through th
 a product is an einsum over the indices of its factors, a ``Sum`` contracts its index, a
 function of indexed terms is an elementwise ``Map``. Both meet in the same IR, so a loss may
 mix them (``Total(M)``, ``Trace(A*X*B)``, ``Sum(w[i, 0]**2, (i, 0, d - 1))``).
+
+An index may be affine in the index symbols, with integer coefficients and offsets
+(``X[b, s*t + d*k - p]``: windows, strides, dilations, padding, fixed entries): the array is
+read at computed positions, and **an entry outside the array reads as 0** (zero padding).
+A ``Sum`` from a lower limit other than 0 is shifted to start at 0 (its positions become
+offsets), and a ``Sum`` over fewer values than an axis it indexes reads the first entries.
+An entry of an integer index array (``W[idx[b], j]``, ``idx`` an ``IndexedBase`` declared
+``integer=True``) gathers rows. See ``symdl.define.positions``.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
 from symdl.define import tensor_ir
+from symdl.define.positions import affine_parts, index_array, index_symbols
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
@@ -277,6 +286,9 @@ class Translator:
             return self._sum(e)
         if isinstance(e, sp.KroneckerDelta):
             i, j = e.args
+            if not all(isinstance(a, (sp.Symbol, sp.Idx)) and a not in self.dims
+                       for a in (i, j)):
+                return self._delta_at(e)
             node = self._delta(i, j)
             return node, (i, j)
         if isinstance(e, sp.Trace):
@@ -347,16 +359,6 @@ class Translator:
             return ir.scalar(body), ()
         return self._elementwise(sp.Lambda(tuple(operands.values()), body), list(operands))
 
-    def _index_symbol(self, index: sp.Basic, where: sp.Basic) -> sp.Symbol:
-        if isinstance(index, sp.Idx):
-            return index
-        if isinstance(index, sp.Symbol):
-            return index
-        raise UnsupportedError(
-            f"index {index} in {where}: symdl needs plain index symbols (shifted indices such as "
-            "i + 1 and fixed entries are not supported); use a symbol and a Sum"
-        )
-
     def _indexed_array(self, e: sp.Indexed) -> tuple[ir.Node, tuple[sp.Symbol, ...]]:
         base = e.base
         shape = base.shape
@@ -376,26 +378,14 @@ class Translator:
                 tuple(shape), e.indices,
             )
         node = self.leaf(base, str(base.label), shape)
-        indices = tuple(self._index_symbol(i, e) for i in e.indices)
-        return self._with_indices(node, indices)
+        return self._at(node, tuple(e.indices), e)
 
     def _matrix_element(self, e: MatrixElement) -> tuple[ir.Node, tuple[sp.Symbol, ...]]:
         parent = e.parent
         node = self.matrix(parent) if isinstance(parent, MatrixExpr) else None
         if node is None:
             raise UnsupportedError(f"entry of {parent} of type {type(parent).__name__}")
-        indices: list[sp.Symbol | None] = []
-        for index, dim in zip((e.i, e.j), parent.shape, strict=False):
-            if index.is_Integer:
-                if dim != 1:
-                    raise UnsupportedError(
-                        f"the fixed entry {e} of an axis of size {dim}: only the single entry of "
-                        "a size-1 axis may be taken by number; index the others with symbols"
-                    )
-                indices.append(None)
-            else:
-                indices.append(self._index_symbol(index, e))
-        return self._with_indices(node, tuple(indices))
+        return self._at(node, (e.i, e.j), e)
 
     def _with_indices(self, node: ir.Node, indices: tuple) -> tuple[ir.Node, tuple]:
         """``node`` with its axes named by ``indices`` (None: a size-1 axis, dropped)."""
@@ -467,6 +457,7 @@ class Translator:
         return self._broadcast_all(parts, order, lambda *nodes: ir.map_(fn, *nodes))
 
     def _sum(self, e: sp.Sum) -> tuple[ir.Node, tuple]:
+        e = self._from_zero(e)
         for index, lower, upper in e.limits:
             self.index_dims[index] = upper - lower + 1
         node, indices = self.indexed(e.function)
@@ -493,6 +484,119 @@ class Translator:
         if factor != 1:
             node = ir.scale(node, factor)
         return node, indices
+
+    # -- computed positions (symdl.define.positions) -------------------------------------
+
+    def _from_zero(self, e: sp.Sum) -> sp.Sum:
+        """``e`` with every index running from 0: ``Sum(f(t), (t, 1, T))`` is
+        ``Sum(f(t' + 1), (t', 0, T - 1))``, whose positions are affine offsets."""
+        shift: dict[sp.Basic, sp.Expr] = {}
+        limits = []
+        for index, lower, upper in e.limits:
+            if lower == 0:
+                limits.append((index, lower, upper))
+                continue
+            if not self._is_constant(lower):
+                raise UnsupportedError(
+                    f"Sum over {index} from {lower} to {upper}: the lower limit of a Sum must be "
+                    "a number or a dimension (a sum whose range depends on another index is "
+                    "not supported)")
+            shifted = sp.Dummy(str(index), integer=True)
+            shift[index] = shifted + lower
+            limits.append((shifted, 0, upper - lower))
+        if not shift:
+            return e
+        return sp.Sum(e.function.xreplace(shift), *limits)
+
+    def _at(self, node: ir.Node, indices: tuple, where: sp.Basic) -> tuple[ir.Node, tuple]:
+        """The entry of ``node`` at ``indices``: plain index symbols name its axes; an affine
+        index reads it at computed positions (zero outside); an integer index array entry
+        gathers along its axis."""
+        arrays = [a for a, index in enumerate(indices) if index_array(index, where) is not None]
+        if len(arrays) > 1:
+            raise UnsupportedError(
+                f"{where} is indexed by {len(arrays)} index arrays; an array may be indexed by "
+                "one integer index array (W[idx[b], j]); gather in two steps")
+        if arrays:
+            return self._gather(node, indices, arrays[0], where)
+        shape = node.shape
+        plain: list[sp.Basic | None] = []
+        for index, dim in zip(indices, shape, strict=True):
+            if isinstance(index, (sp.Symbol, sp.Idx)) and index not in self.dims:
+                if index in self.index_dims and _shorter(self.index_dims[index], dim):
+                    break  # a Sum over the first entries only: a read
+                plain.append(index)
+            elif index.is_Integer and index == 0 and dim == 1:
+                plain.append(None)  # the single entry of a size-1 axis: the axis is dropped
+            else:
+                break
+        else:
+            return self._with_indices(node, tuple(plain))
+        return self._affine_read(node, indices, where)
+
+    def _affine_read(self, node: ir.Node, indices: tuple,
+                     where: sp.Basic) -> tuple[ir.Node, tuple]:
+        parts = [affine_parts(sp.sympify(index), self.dims, where) for index in indices]
+        symbols: list[sp.Basic] = []
+        for index in indices:
+            symbols.extend(s for s in index_symbols(sp.sympify(index), self.dims)
+                           if s not in symbols)
+        ranges = {index: dim for index, dim in zip(indices, node.shape, strict=True)
+                  if isinstance(index, (sp.Symbol, sp.Idx)) and index not in self.dims}
+        dims = []
+        for s in symbols:
+            if s in self.index_dims:
+                if s in ranges and not (_shorter(self.index_dims[s], ranges[s])
+                                        or sp.simplify(self.index_dims[s] - ranges[s]) == 0):
+                    raise ShapeMismatchError(
+                        f"the Sum over {s} runs over {self.index_dims[s]} values but indexes "
+                        f"{where} along an axis of dimension {ranges[s]}",
+                        (self.index_dims[s],), (ranges[s],))
+                dims.append(self.index_dims[s])
+            elif s in ranges:
+                dims.append(ranges[s])
+            elif isinstance(s, sp.Idx) and s.upper is not None:
+                dims.append(s.upper - s.lower + 1)
+            else:
+                raise DefinitionError(
+                    f"the range of the index {s} in {where} is unknown: sum over it (Sum), "
+                    "use it as a plain index of an array elsewhere in this entry, or use an Idx "
+                    "with a range")
+        maps = tuple(ir.AffineMap.of([coeffs.get(s, 0) for s in symbols], offset)
+                     for coeffs, offset in parts)
+        return ir.affine_read(node, dims, maps), tuple(symbols)
+
+    def _delta_at(self, e: sp.KroneckerDelta) -> tuple[ir.Node, tuple]:
+        """``[u = a]`` for a plain index ``u`` and an affine index ``a`` (``[u = 2 t + k]``,
+        the condition of a transposed convolution): the identity over ``u``'s range read at
+        ``(u, a)``, which is 0 wherever ``a`` falls outside that range."""
+        plain = [a for a in e.args if isinstance(a, (sp.Symbol, sp.Idx)) and a not in self.dims]
+        ranges = [self.index_dims[a] if a in self.index_dims
+                  else a.upper - a.lower + 1 if isinstance(a, sp.Idx) and a.upper is not None
+                  else None for a in plain]
+        known = [r for r in ranges if r is not None]
+        if not known:
+            raise UnsupportedError(
+                f"{e}: a KroneckerDelta of computed positions needs one plain index symbol whose "
+                "range is known (a Sum over it, or an Idx with a range), as in "
+                "KroneckerDelta(u, 2*t + k)")
+        return self._affine_read(ir.identity(known[0]), tuple(e.args), e)
+
+    def _gather(self, node: ir.Node, indices: tuple, axis: int,
+                where: sp.Basic) -> tuple[ir.Node, tuple]:
+        """``node`` with its axis ``axis`` indexed by an integer index array entry
+        (``W[idx[b], j]``): the rows picked by the array, then the other indices."""
+        if axis != 0:
+            order = (axis,) + tuple(a for a in range(node.rank) if a != axis)
+            node = ir.einsum([node], [tuple(range(node.rank))], order)
+        rows, row_indices = self.indexed(indices[axis])
+        rest = tuple(index for a, index in enumerate(indices) if a != axis)
+        return self._at(ir.take(node, rows), tuple(row_indices) + rest, where)
+
+
+def _shorter(length: sp.Expr, dim: sp.Expr) -> bool:
+    """Whether ``length < dim`` for every value of the dimensions (``T - 1 < T``)."""
+    return bool((sp.sympify(dim) - length).is_positive)
 
 
 def _has_arrays(e: sp.Basic) -> bool:

@@ -242,7 +242,9 @@ class SymdlLatexPrinter(LatexPrinter):
                 indices = indices[1:]
             elif shape[1] == 1 and indices[1] == 0:
                 indices = indices[:1]
-        idx = " ".join(self._print(i) for i in indices)
+        # Computed positions (X_{b, 2 t + k - 1}) need commas; plain indices read as X_{b t}.
+        sep = " " if all(sp.sympify(i).is_Atom for i in indices) else ", "
+        idx = sep.join(self._print(i) for i in indices)
         if "_{" in base and base.endswith("}") and not base.startswith(r"\left"):
             stem, sub = base[:-1].rsplit("_{", 1)
             return f"{stem}_{{{sub},{idx}}}"

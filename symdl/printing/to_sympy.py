@@ -33,6 +33,7 @@ from symdl.primitives.sympy_results import (
     MatrixTrace,
     lambdifiable,
 )
+from symdl.printing.reductions import ArgMaxOver, MaxOver
 from symdl.printing.tensor_forms import matrix_form, tensor_form
 
 INDEX_NAMES = "ijklmpqrstuvabcefgh"
@@ -817,3 +818,127 @@ def _index_matrix_function(node: ir.MatrixFunction, printer: SympyPrinter,
         return printer.index(node.a, indices) * sp.Piecewise(
             (1, sp.StrictGreaterThan(i, j)), (sp.Rational(1, 2), sp.Eq(i, j)), (0, True))
     return MatrixElement(printer.matrix(node), *indices)
+
+
+
+# -- computed positions (symdl.ir.indexed): windows, scatters, gathers, maxima -----------------
+#
+# In printed results an array read at a position outside its range is 0 (zero padding), as in
+# the definitions symdl reads (symdl.define.positions): X[b, 2*t + k - 1] at a position -1 is 0.
+
+
+def _no_matrix_form(node: ir.Node, printer: SympyPrinter) -> sp.Basic:
+    raise _NoMatrixFormError(node)  # printed in index notation
+
+
+def _index_scalar(node: ir.Node, printer: SympyPrinter) -> sp.Expr:
+    return printer.index(node, ())
+
+
+_POSITIONAL = (ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max, ir.ArgMaxMask)
+SCALAR.register(*_POSITIONAL)(_index_scalar)
+MATRIX.register(*_POSITIONAL)(_no_matrix_form)
+
+
+@INDEX.register(ir.AffineRead)
+def _index_affine_read(node: ir.AffineRead, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    # X[b, 2*t + k - 1]: the array at the affine positions (0 outside it).
+    return printer.index(node.arg, tuple(sp.expand(m.at(indices)) for m in node.index))
+
+
+@INDEX.register(ir.AffineScatter)
+def _index_affine_scatter(node: ir.AffineScatter, printer: SympyPrinter,
+                          indices: tuple) -> sp.Expr:
+    """The entries of the argument that land at ``indices``, in gather form: the transposed
+    convolution ``dX[b, u] = Σ_t G[b, t, u + p - s*t]`` (the condition ``s*t + k - p = u``
+    solved for ``k``). A condition is solved for an index of coefficient ±1 along which the
+    argument prints as 0 outside its range (so the range needs no condition of its own);
+    what remains is a ``KroneckerDelta``."""
+    arg = node.arg
+    summed = [sp.Integer(0) if dim == 1 else printer._fresh_index() for dim in arg.shape]
+    values: list[sp.Expr] = list(summed)
+    open_axes = [a for a, dim in enumerate(arg.shape) if dim != 1]
+    padded = _zero_outside(arg, printer)
+    conditions: list[sp.Expr] = []
+    for m, u, dim in zip(node.index, indices, node.dims, strict=True):
+        position = sp.expand(m.at(values))
+        pick = None
+        for a in open_axes:
+            coeff = position.coeff(summed[a])
+            if coeff not in (1, -1):
+                continue
+            solved = sp.expand((u - (position - coeff * summed[a])) / coeff)
+            if a in padded or (solved == u and arg.shape[a] == dim):
+                pick = (a, solved)
+                break
+        if pick is None:
+            conditions.append(sp.KroneckerDelta(u, position))
+            continue
+        a, solved = pick
+        values = [sp.expand(v.xreplace({summed[a]: solved})) for v in values]
+        conditions = [c.xreplace({summed[a]: solved}) for c in conditions]
+        open_axes.remove(a)
+    body = sp.Mul(*conditions) * printer.index(arg, tuple(values))
+    limits = [(summed[a], 0, arg.shape[a] - 1) for a in open_axes]
+    return sp.Sum(body, *limits) if limits else body
+
+
+def _zero_outside(node: ir.Node, printer: SympyPrinter) -> set[int]:
+    """The axes of ``node`` along which its printed entry is 0 at a position outside the
+    axis's range: arrays read with zero padding, and products with such an array."""
+    if isinstance(node, ir.Leaf) or id(node) in printer.aliases or (
+            isinstance(node, ir.Named) and not printer._inlined(node)):
+        return set(range(node.rank))
+    if isinstance(node, ir.Named):
+        return _zero_outside(node.body, printer)
+    if isinstance(node, ir.Einsum):
+        dims = node.label_dims()
+        padded_labels = set()
+        for op, spec in zip(node.operands, node.specs, strict=True):
+            inner = _zero_outside(op, printer)
+            padded_labels |= {lab for a, lab in enumerate(spec)
+                              if a in inner and op.shape[a] == dims[lab]}
+        return {a for a, lab in enumerate(node.out) if lab in padded_labels}
+    if isinstance(node, ir.Add):
+        return set.intersection(*[_zero_outside(t, printer) for t in node.terms])
+    return set()
+
+
+@INDEX.register(ir.Take)
+def _index_take(node: ir.Take, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    # W[idx[b], j]: the row of the table that the index array names.
+    rank = node.indices.rank
+    row = printer.index(node.indices, tuple(indices[:rank]))
+    return printer.index(node.table, (row,) + tuple(indices[rank:]))
+
+
+@INDEX.register(ir.TakeAdjoint)
+def _index_take_adjoint(node: ir.TakeAdjoint, printer: SympyPrinter,
+                        indices: tuple) -> sp.Expr:
+    # dW[v, j] = Σ_b [idx[b] = v] G[b, j]: the scatter-add of the rows.
+    summed = tuple(sp.Integer(0) if dim == 1 else printer._fresh_index()
+                   for dim in node.indices.shape)
+    hit = sp.KroneckerDelta(printer.index(node.indices, summed), indices[0])
+    body = hit * printer.index(node.arg, summed + tuple(indices[1:]))
+    limits = [(s, 0, dim - 1) for s, dim in zip(summed, node.indices.shape, strict=True)
+              if dim != 1]
+    return sp.Sum(body, *limits) if limits else body
+
+
+def _along(node: ir.Max | ir.ArgMaxMask, printer: SympyPrinter,
+           indices: tuple) -> tuple[sp.Expr, tuple]:
+    """The argument's entry with a fresh index along the reduced axis, and its limit."""
+    m = printer._fresh_index()
+    at = tuple(m if a == node.axis else i for a, i in enumerate(indices))
+    return printer.index(node.arg, at), (m, 0, node.arg.shape[node.axis] - 1)
+
+
+@INDEX.register(ir.Max)
+def _index_max(node: ir.Max, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return MaxOver(*_along(node, printer, indices))
+
+
+@INDEX.register(ir.ArgMaxMask)
+def _index_argmax_mask(node: ir.ArgMaxMask, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    # [k = argmax_m X[b, m]]: 1 at the first maximum.
+    return sp.KroneckerDelta(indices[node.axis], ArgMaxOver(*_along(node, printer, indices)))

@@ -11,6 +11,7 @@ import sympy as sp
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
+from symdl.define.positions import index_arrays
 from symdl.derivation import Derivation
 from symdl.errors import EvaluationError
 from symdl.ir.assumptions import conform, declared_checks
@@ -118,6 +119,7 @@ def draw_inputs(der: Derivation, kernel: Kernel, seed: int = 0,
         values[name] = float(a) if concrete == () else a
         if name in declared:  # kernels refuse values that break a declared assumption
             values[name] = conform(declared[name], values[name])
+    _draw_index_arrays(der, values, bound, rng)
     if sample_inputs is not None:
         by_name = {**{str(s): v for s, v in bound.items()}, **bound}
         try:
@@ -232,3 +234,13 @@ def draw_evaluable(der: Derivation, kernel: Kernel, seed: int, sample_inputs, di
                                + "); the last one is checked")
     note = ("test points redrawn (" + "; ".join(problems) + ")") if problems else ""
     return values, bound, note
+
+
+def _draw_index_arrays(der: Derivation, values: dict, bound: Mapping[sp.Symbol, int],
+                       rng: np.random.Generator) -> None:
+    """Integer index arrays (``idx`` in ``W[idx[b], j]``) drawn as row numbers of their table,
+    repeats included (so that scatter-adds add), never outside it."""
+    for name, rows in index_arrays([der.output]).items():
+        if name in values:
+            count = int(sp.sympify(rows).subs(bound))
+            values[name] = rng.integers(0, count, size=np.shape(values[name]), dtype=np.int64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 import sympy as sp
 from hypothesis import HealthCheck, assume, given, settings
@@ -144,3 +145,58 @@ def test_random_definitions_interpreted(case):
 @given(definitions())
 def test_random_definitions_jitted(case):
     _check_random_definition(case, jit=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Random windowed definitions (affine indices), against torch.nn.functional
+
+WINDOWED_EXAMPLES = 8  # about 0.4 s each
+
+
+@st.composite
+def windowed(draw):
+    """A random 1-D or 2-D convolution written in plain SymPy with random stride, dilation
+    and padding (X[b, c, s*t + d*k - p]), its sizes, and the input arrays."""
+    rank = draw(st.sampled_from([1, 2]))
+    stride, dilation = draw(st.integers(1, 3)), draw(st.integers(1, 2))
+    width, padding = draw(st.integers(1, 3)), draw(st.integers(0, 2))
+    length = draw(st.integers(max(1, dilation * (width - 1) + 1 - 2 * padding), 6))
+    out = (length + 2 * padding - dilation * (width - 1) - 1) // stride + 1
+    assume(out >= 1)
+    channels, outputs = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    seed = draw(st.integers(0, 2**16))
+    return rank, stride, dilation, width, padding, length, out, channels, outputs, seed
+
+
+@settings(max_examples=WINDOWED_EXAMPLES, **_SETTINGS)
+@given(windowed())
+def test_random_windowed_definitions_match_torch(case):
+    torch = pytest.importorskip("torch")
+    rank, stride, dilation, width, padding, length, out, channels, outputs, seed = case
+    n, C, Co, L, R, Lo = sp.symbols("n C Co L R Lo", integer=True, positive=True)
+    b, c, o, r, q, i, j = sp.symbols("b c o r q i j", integer=True)
+    spatial = (i, j)[:rank]
+    kernel = (r, q)[:rank]
+    X = sp.IndexedBase("X", shape=(n, C) + (L,) * rank)
+    W = sp.IndexedBase("W", shape=(Co, C) + (R,) * rank)
+    G = sp.IndexedBase("G", shape=(n, Co) + (Lo,) * rank)
+    positions = tuple(stride * s + dilation * k - padding
+                      for s, k in zip(spatial, kernel, strict=True))
+    conv = sp.Sum(W[(o, c) + kernel] * X[(b, c) + positions], (c, 0, C - 1),
+                  *[(k, 0, R - 1) for k in kernel])
+    loss = sp.Sum(G[(b, o) + spatial] * sp.tanh(conv), (b, 0, n - 1), (o, 0, Co - 1),
+                  *[(s, 0, Lo - 1) for s in spatial])
+    der = symdl.derive(loss, wrt=[W, X])
+    rng = np.random.default_rng(seed)
+    xv = rng.normal(size=(2, channels) + (length,) * rank)
+    wv = rng.normal(size=(outputs, channels) + (width,) * rank)
+    gv = rng.normal(size=(2, outputs) + (out,) * rank)
+    got = der.evaluate({"X": xv, "W": wv, "G": gv})
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(wv, requires_grad=True)
+    conv_fn = torch.nn.functional.conv1d if rank == 1 else torch.nn.functional.conv2d
+    y = conv_fn(xt, wt, stride=stride, padding=padding, dilation=dilation)
+    ref = (torch.tensor(gv) * torch.tanh(y)).sum()
+    gx, gw = torch.autograd.grad(ref, (xt, wt))
+    np.testing.assert_allclose(got["value"], ref.item(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["grad:X"], gx.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["grad:W"], gw.numpy(), rtol=1e-10, atol=1e-12)

@@ -1,0 +1,47 @@
+"""Reductions over an index in printed results: the maximum and the first arg max.
+
+``MaxOver(X[b, m], (m, 0, M - 1))`` is ``max_{0 <= m <= M-1} X[b, m]`` (a max pooling window);
+``ArgMaxOver(X[b, m], (m, 0, M - 1))`` is the first ``m`` where that maximum is reached (the
+derivative of a maximum goes there, as in PyTorch's max pooling). Both bind their index
+like ``Sum`` and print in text and LaTeX as the mathematics reads.
+"""
+
+from __future__ import annotations
+
+from sympy.concrete.expr_with_limits import ExprWithLimits
+
+
+class _OverIndex(ExprWithLimits):
+    """A reduction of ``function`` over the index of its one limit ``(m, lower, upper)``."""
+
+    _word = ""
+    _latex_word = ""
+
+    def _bounds(self, printer) -> str:
+        index, lower, upper = self.limits[0]
+        return f"{printer._print(index)}={printer._print(lower)}..{printer._print(upper)}"
+
+    def _sympystr(self, printer) -> str:
+        return f"{self._word}_{{{self._bounds(printer)}}}({printer._print(self.function)})"
+
+    def _latex(self, printer) -> str:
+        index, lower, upper = self.limits[0]
+        below = (f"{printer._print(lower)} \\le {printer._print(index)} \\le "
+                 f"{printer._print(upper)}")
+        return (f"\\{self._latex_word}_{{{below}}} \\left({printer._print(self.function)}"
+                "\\right)")
+
+
+class MaxOver(_OverIndex):
+    """The largest value of ``function`` over its index."""
+
+    _word = "max"
+    _latex_word = "max"
+
+
+class ArgMaxOver(_OverIndex):
+    """The first index (the smallest, on ties) where ``function`` is largest."""
+
+    _word = "argmax"
+    _latex_word = "operatorname*{arg\\,max}"
+    is_integer = True
