@@ -17,7 +17,7 @@ from symdl.derive import autodiff
 from symdl.errors import KernelArgumentError, UnsupportedError
 from symdl.ir import AffineMap
 from symdl.kernels.kernel import Kernel
-from symdl.kernels.steps import RowMax, ScatterLoop
+from symdl.kernels.steps import RowMax, ScatterLoop, WindowProduct, scatter_gemm
 from symdl.scale.separable import NotRowSeparableError, _Analysis
 
 torch = pytest.importorskip("torch")
@@ -41,8 +41,15 @@ def _window(x: ir.Node, c_in: int, groups: int, k: int, stride: int, padding: in
 
 def _conv2d(x: ir.Node, w: ir.Node, c_in: int, c_out: int, groups: int, k: int, stride: int,
             padding: int, dilation: int) -> ir.Node:
-    """torch's conv2d (NCHW) in the IR: the kernel's rows split by group (a read), one einsum
-    with the window, the groups' channels put back side by side (a scatter)."""
+    """torch's conv2d (NCHW) in the IR: one einsum of the kernel with the window; with
+    groups, the kernel's rows split by group (a read) and the groups' channels put back side
+    by side (a scatter)."""
+    if groups == 1:  # im2col and BLAS (steps.WindowProduct, steps.ScatterGemm)
+        read = ir.affine_read(x, (n, c_in, ho, wo, k, k), (
+            AffineMap.axis(0, 6), AffineMap.axis(1, 6),
+            AffineMap.of([0, 0, stride, 0, dilation, 0], -padding),
+            AffineMap.of([0, 0, 0, stride, 0, dilation], -padding)))
+        return ir.einsum([w, read], [(6, 1, 4, 5), (0, 1, 2, 3, 4, 5)], (0, 6, 2, 3))
     og = c_out // groups
     wg = ir.affine_read(w, (groups, og, c_in // groups, k, k), (
         AffineMap.of([og, 1, 0, 0, 0]), AffineMap.axis(2, 5), AffineMap.axis(3, 5),
@@ -84,9 +91,13 @@ def test_conv2d_values_and_gradients_match_torch(case, dtype):
     np.testing.assert_allclose(got.outputs["Y"], yt.detach().numpy(), **TOL[dtype])
     np.testing.assert_allclose(got.grad["X"], gx.numpy(), **TOL[dtype])
     np.testing.assert_allclose(got.grad["W"], gw.numpy(), **TOL[dtype])
-    # dX is a scatter loop fused with the product it scatters: no (b, c, i, j, a, e) tensor.
+    # dX is a scatter fused with the product it scatters: no (b, c, i, j, a, e) tensor; with
+    # one group, the value and dW are im2col products and dX a product then col2im.
     scatters = [s for s in kern._plan.steps if isinstance(s, ScatterLoop)]
     assert any(s.fused is not None for s in scatters)
+    gemms = [s for s in kern._plan.steps if isinstance(s, WindowProduct)]
+    assert len(gemms) == (2 if groups == 1 else 0)
+    assert (groups == 1) == any(scatter_gemm(s.node, s.fused) is not None for s in scatters)
     windows = [m for s in kern._plan.steps for m in s.computed()
                if isinstance(m, ir.AffineRead) and m.arg is x]
     assert not windows, "a window of X was stored"
