@@ -236,3 +236,37 @@ def test_row_split_keeps_a_convolution_per_row_and_refuses_a_window_across_rows(
     pooled = ir.max_along(x, 0)  # a maximum over the batch couples every row
     with pytest.raises(NotRowSeparableError):
         _Analysis(n).info(ir.einsum([pooled], [(0, 1)], ()))
+
+
+def test_hessian_vector_products_and_hessian_through_a_convolution_match_torch():
+    c, o, k = 3, 4, 3
+    x = ir.leaf("X", (n, c, hh), sp.Symbol("X"))
+    w = ir.leaf("W", (o, c, k), sp.Symbol("W"))
+    g = ir.leaf("G", (n, o, ho), sp.Symbol("G"))
+    read = ir.affine_read(x, (n, c, ho, k), (AffineMap.axis(0, 4), AffineMap.axis(1, 4),
+                                              AffineMap.of([0, 0, 2, 1], -1)))
+    y = ir.einsum([w, read], [(4, 1, 3), (0, 1, 2, 3)], (0, 4, 2))
+    loss = ir.einsum([ir.map_(TANH, y), g], [(0, 1, 2)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [x, w])
+    vx, vw = ir.leaf("VX", x.shape, sp.Symbol("VX")), ir.leaf("VW", w.shape, sp.Symbol("VW"))
+    seeds = {id(x): vx, id(w): vw}
+    kern = Kernel({"hvp:X": autodiff.directional(grads[id(x)], seeds),
+                   "hvp:W": autodiff.directional(grads[id(w)], seeds),
+                   "hessian:W,W": autodiff.jacobian(grads[id(w)], w)},
+                  [x, w, g, vx, vw], "conv1d curvature", jit=False)
+    xv, wv, gv = RNG.normal(size=(2, c, 11)), RNG.normal(size=(o, c, k)), RNG.normal(size=(2, o, 6))
+    dxv, dwv = RNG.normal(size=xv.shape), RNG.normal(size=wv.shape)
+    got = kern(X=xv, W=wv, G=gv, VX=dxv, VW=dwv)
+
+    def loss_t(xt, wt):
+        return (torch.tanh(F.conv1d(xt, wt, stride=2, padding=1)) * torch.tensor(gv)).sum()
+
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(wv, requires_grad=True)
+    gx, gw = torch.autograd.grad(loss_t(xt, wt), (xt, wt), create_graph=True)
+    hx, hw = torch.autograd.grad((gx * torch.tensor(dxv)).sum() + (gw * torch.tensor(dwv)).sum(),
+                                 (xt, wt))
+    hessian = torch.autograd.functional.hessian(lambda wt: loss_t(torch.tensor(xv), wt),
+                                                torch.tensor(wv))
+    np.testing.assert_allclose(got.hvp["X"], hx.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.hvp["W"], hw.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.hessian[("W", "W")], hessian.numpy(), rtol=1e-10, atol=1e-12)
