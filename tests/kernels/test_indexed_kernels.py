@@ -270,3 +270,18 @@ def test_hessian_vector_products_and_hessian_through_a_convolution_match_torch()
     np.testing.assert_allclose(got.hvp["X"], hx.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got.hvp["W"], hw.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(got.hessian[("W", "W")], hessian.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_exported_entry_point_takes_integer_index_arrays(embedding):
+    from symdl.kernels.jit import load_interpreted
+
+    module = load_interpreted(embedding.source)  # the exported module, run uncompiled
+    ev, gv = RNG.normal(size=(5, 3)), RNG.normal(size=(2, 4, 3))
+    iv = np.array([[0, 4, 4, 1], [4, 2, 0, 0]], dtype=np.int32)
+    got = module.compute(E=ev, idx=iv, G=gv)
+    want = embedding(E=ev, idx=iv, G=gv)
+    np.testing.assert_array_equal(got["grad:E"], want.grad["E"])
+    with pytest.raises(module.KernelArgumentError, match="integer array"):
+        module.compute(E=ev, idx=iv.astype(float), G=gv)
+    with pytest.raises(module.KernelArgumentError, match=r"idx\[0, 1\] = 7 is outside 0 \.\. 4"):
+        module.compute(E=ev, idx=np.array([[0, 7, 4, 1], [4, 2, 0, 0]]), G=gv)
