@@ -65,8 +65,8 @@ CONV_CASES = [  # (c_in, c_out, groups, k, stride, padding, dilation)
     (3, 4, 1, 3, 1, 1, 1), (4, 6, 2, 3, 2, 1, 1), (2, 2, 1, 2, 1, 2, 2), (4, 4, 4, 3, 2, 0, 1)]
 
 
-@pytest.mark.parametrize("case", CONV_CASES)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in CONV_CASES]
+                         + [(c, np.float32) for c in CONV_CASES[:2]])
 def test_conv2d_values_and_gradients_match_torch(case, dtype):
     c_in, c_out, groups, k, stride, padding, dilation = case
     x = ir.leaf("X", (n, c_in, hh, ww), sp.Symbol("X"))
@@ -285,3 +285,42 @@ def test_the_exported_entry_point_takes_integer_index_arrays(embedding):
         module.compute(E=ev, idx=iv.astype(float), G=gv)
     with pytest.raises(module.KernelArgumentError, match=r"idx\[0, 1\] = 7 is outside 0 \.\. 4"):
         module.compute(E=ev, idx=np.array([[0, 7, 4, 1], [4, 2, 0, 0]]), G=gv)
+
+
+def test_a_small_cnn_step_conv_bias_relu_pool_conv_matches_torch():
+    # Windows of computed tensors (relu's output, the pooled maxima), floor-divided sizes.
+    c1, c2, k = 4, 6, 3
+    z = sp.Symbol("z")
+    x = ir.leaf("X", (n, 1, hh, hh), sp.Symbol("X"))
+    w1, b1 = ir.leaf("W1", (c1, 1, k, k), sp.Symbol("W1")), ir.leaf("b1", (c1,), sp.Symbol("b1"))
+    w2 = ir.leaf("W2", (c2, c1, k, k), sp.Symbol("W2"))
+
+    def conv(inp, w, c_in, size):
+        read = ir.affine_read(inp, (n, c_in, size, size, k, k), (
+            AffineMap.axis(0, 6), AffineMap.axis(1, 6), AffineMap.of([0, 0, 1, 0, 1, 0], -1),
+            AffineMap.of([0, 0, 0, 1, 0, 1], -1)))
+        return ir.einsum([w, read], [(6, 1, 4, 5), (0, 1, 2, 3, 4, 5)], (0, 6, 2, 3))
+
+    bias = ir.einsum([b1, ir.ones((n, c1, hh, hh))], [(1,), (0, 1, 2, 3)], (0, 1, 2, 3))
+    a1 = ir.map_(sp.Lambda(z, sp.Max(z, 0)), ir.add(conv(x, w1, 1, hh), bias))
+    half = sp.floor(hh / 2)
+    windows = ir.affine_read(a1, (n, c1, half, half, 2, 2), (
+        AffineMap.axis(0, 6), AffineMap.axis(1, 6), AffineMap.of([0, 0, 2, 0, 1, 0]),
+        AffineMap.of([0, 0, 0, 2, 0, 1])))
+    pooled = ir.einsum([ir.max_along(ir.max_along(windows, 5), 4), ir.ones((1, 1))],
+                       [(0, 1, 2, 3, 4, 5), (4, 5)], (0, 1, 2, 3))
+    loss = ir.einsum([ir.map_(TANH, conv(pooled, w2, c1, half))], [(0, 1, 2, 3)], ())
+    grads, _ = autodiff.reverse(loss, [w1, b1, w2])
+    kern = Kernel({"value": loss, **{f"grad:{p.name}": grads[id(p)] for p in (w1, b1, w2)}},
+                  [x, w1, b1, w2], "cnn", jit=False)
+    xv, w1v, b1v = RNG.normal(size=(3, 1, 9, 9)), RNG.normal(size=(c1, 1, k, k)), RNG.normal(
+        size=c1)
+    w2v = RNG.normal(size=(c2, c1, k, k))
+    got = kern(X=xv, W1=w1v, b1=b1v, W2=w2v)
+    params = [torch.tensor(a, requires_grad=True) for a in (w1v, b1v, w2v)]
+    first = torch.relu(F.conv2d(torch.tensor(xv), params[0], params[1], padding=1))
+    ref = torch.tanh(F.conv2d(F.max_pool2d(first, 2), params[2], padding=1)).sum()
+    grads_t = torch.autograd.grad(ref, params)
+    np.testing.assert_allclose(got.value, ref.item(), rtol=1e-10)
+    for name, want in zip(("W1", "b1", "W2"), grads_t, strict=True):
+        np.testing.assert_allclose(got.grad[name], want.numpy(), rtol=1e-10, atol=1e-12)
