@@ -597,6 +597,11 @@ class ScatterLoop(Step):
         return self.arg_vars[owned[0]] if owned else None
 
     def emit(self, gen: Generator, number: int) -> list[str]:
+        """BLAS then col2im where the scattered product is a matrix product per batch entry
+        (``scatter_gemm``), else one loop that computes and scatters each entry."""
+        gemm = scatter_gemm(self.node, self.fused)
+        if gemm is not None:
+            return _emit_scatter_gemm(self, gemm, gen, number)
         node = self.node
         loop_vars = [f"i{k}" for k in range(len(self.loop_dims))]
         loop = gen.new_loop(LoopGroup(self.loop_dims), loop_vars)
@@ -1040,20 +1045,6 @@ def _emit_scatter_gemm(step: ScatterLoop, gemm: ScatterGemm, gen: Generator,
     # Serial, as WindowProduct's packing: the products between take the threads.
     lines += [f"    {line}" for line in dispatch(f"_col2im{number}", header, parallel=False)]
     return lines
-
-
-_plain_scatter_emit = ScatterLoop.emit
-
-
-def _scatter_emit(self: ScatterLoop, gen: Generator, number: int) -> list[str]:
-    """The matrix-product form where the scatter's product has one, else the single loop."""
-    gemm = scatter_gemm(self.node, self.fused)
-    if gemm is not None:
-        return _emit_scatter_gemm(self, gemm, gen, number)
-    return _plain_scatter_emit(self, gen, number)
-
-
-ScatterLoop.emit = _scatter_emit
 
 
 def owning_axes(node: ir.AffineScatter) -> list[int]:
