@@ -826,20 +826,17 @@ class WindowProduct(Step):
         header = ", ".join(["b", *sorted(loop.arrays), buf]
                            + [gen.dim_names[d] for d in gen.dims])
         shape = ", ".join(f"int({gen.size(dims[lab])})" for lab in buffer_labels)
-        text = []
-        for variant, parallel in (("", False), ("_parallel", True)):
-            lines = [jit_decorator(parallel), f"def _pack{number}{variant}({header}):",
-                     *(f"    {s}" for s in loop.before),
-                     f"    {packed} = {buf}.reshape(({shape},))"]
-            indent = "    "
-            for k, lab in enumerate(buffer_labels):
-                kind = "prange" if parallel and k == 0 else "range"
-                lines.append(f"{indent}for i{var_of[lab]} in {kind}(int({gen.size(dims[lab])})):")
-                indent += "    "
-            where = ", ".join(f"i{var_of[lab]}" for lab in buffer_labels)
-            lines.append(f"{indent}{packed}[{where}] = {value}")
-            text.append("\n".join([*lines, ""]))
-        gen.functions.append("\n\n".join(text))
+        # Serial only (about 2% of the time): the products between the packs run on BLAS's
+        # threads, and Numba's parallel regions alternating with them would only contend.
+        lines = [jit_decorator(False), f"def _pack{number}({header}):",
+                 *(f"    {s}" for s in loop.before), f"    {packed} = {buf}.reshape(({shape},))"]
+        indent = "    "
+        for lab in buffer_labels:
+            lines.append(f"{indent}for i{var_of[lab]} in range(int({gen.size(dims[lab])})):")
+            indent += "    "
+        where = ", ".join(f"i{var_of[lab]}" for lab in buffer_labels)
+        lines.append(f"{indent}{packed}[{where}] = {value}")
+        gen.functions.append("\n".join([*lines, ""]))
 
         def size(labels) -> str:
             return "int(" + (gen.size(sp.Mul(*(dims[lab] for lab in labels)))) + ")"
@@ -868,9 +865,7 @@ class WindowProduct(Step):
         else:
             target = f"{out}.reshape(({result[0]}, {result[1]}))"
         batches = f"int({gen.size(dims[self.batch])})" if self.batch is not None else "1"
-        # Serial packing (about 2% of the time): the products between the packs run on
-        # BLAS's threads, and Numba's parallel regions alternating with them only contend.
-        call = dispatch(f"_pack{number}", header, parallel=False)
+        call = [f"_pack{number}({header})"]
         body = [*call, f"np.dot({left}, {right}, {target})"]
         if self.accumulate:
             body.append(f"total{number} += part{number}")
@@ -1005,27 +1000,16 @@ def _emit_scatter_gemm(step: ScatterLoop, gemm: ScatterGemm, gen: Generator,
     target = f"{out}[{', '.join(positions)}]"
     body = ([f"if {' and '.join(conds)}:", f"    {target} += c[{where}]"] if conds
             else [f"{target} += c[{where}]"])
-    # In parallel, over a label that is exactly one axis of the result (distinct entries).
-    owned = owning_axes(node)
-    par_label = next((lab for lab in labels[1:] if fused.out.index(lab) in owned), None)
-    text = []
-    for variant, parallel in (("", False), ("_parallel", True)):
-        if parallel and par_label is None:
-            continue
-        order = list(labels[1:])
-        if parallel:
-            order = [par_label] + [lab for lab in order if lab != par_label]
-        lines = [jit_decorator(parallel), f"def _col2im{number}{variant}({header}):",
-                 f"    c = {buf}.reshape(({shape},))"]
-        indent = "    "
-        for k, lab in enumerate(order):
-            kind = "prange" if parallel and k == 0 else "range"
-            lines.append(f"{indent}for {loop_vars[var_of[lab]]} in {kind}("
-                         f"int({gen.size(dims[lab])})):")
-            indent += "    "
-        lines += [f"{indent}{s}" for s in body]
-        text.append("\n".join([*lines, ""]))
-    gen.functions.append("\n\n".join(text))
+    # Serial, as WindowProduct's packing: the products between take the threads.
+    lines = [jit_decorator(False), f"def _col2im{number}({header}):",
+             f"    c = {buf}.reshape(({shape},))"]
+    indent = "    "
+    for lab in labels[1:]:
+        lines.append(f"{indent}for {loop_vars[var_of[lab]]} in range("
+                     f"int({gen.size(dims[lab])})):")
+        indent += "    "
+    lines += [f"{indent}{s}" for s in body]
+    gen.functions.append("\n".join([*lines, ""]))
 
     def size(labs) -> str:
         return "int(" + gen.size(sp.Mul(*(dims[lab] for lab in labs))) + ")"
@@ -1042,8 +1026,7 @@ def _emit_scatter_gemm(step: ScatterLoop, gemm: ScatterGemm, gen: Generator,
              f"    np.dot({left}, {right}, {buf})"]
     if fused.coeff != 1:
         lines.append(f"    {buf} *= {gen.constant(fused.coeff)}")
-    # Serial, as WindowProduct's packing: the products between take the threads.
-    lines += [f"    {line}" for line in dispatch(f"_col2im{number}", header, parallel=False)]
+    lines.append(f"    _col2im{number}({header})")
     return lines
 
 
