@@ -614,6 +614,8 @@ def _read_through(self: Generator, node: ir.Node, where: Through, loop: LoopCode
     return f"({value} if {' and '.join(conds)} else 0.0)"
 
 
+# Methods of the Generator for the steps of computed positions, defined after the class so that
+# this module's existing code stays as it was.
 Generator.new_loop = _new_loop
 Generator.affine_text = _affine_text
 Generator.read_through = _read_through
@@ -725,4 +727,6 @@ def index_arguments(gen: Generator, leaves: list[ir.Leaf]) -> list[str]:
             "            f\"{keyword} holds row positions: pass an integer array (int32 or int64) "
             "with {rank} axes, none empty; got {array.dtype} of shape {array.shape}\",",
             "            keyword, rank, array.shape)",
-            "    return np.ascontiguousarray(array), dtype", ""]
+            "    return np.ascontiguousarray(array), dtype", "", "",
+            "compute.__doc__ += (\"\\n    Index arrays (integers, int32 or int64; each value a row"
+            " of the table it indexes, checked): \" + \", \".join(_INDEX_ARGUMENTS) + \"\\n\")", ""]

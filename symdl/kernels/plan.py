@@ -47,6 +47,7 @@ from symdl.kernels.steps import (
     ScatterLoop,
     Step,
     Symmetric,
+    window_product,
 )
 
 
@@ -376,6 +377,12 @@ class _Planner:
 
     def place_computed(self, node: ir.Node) -> None:
         """A BLAS product when ``node`` is one, else a member of a fused loop."""
+        windowed = window_product(node)
+        if windowed is not None:  # a convolution: im2col and BLAS
+            for op, _ in windowed.reads():
+                self.materialize(op)
+            self.add_step(windowed, node)
+            return
         pattern = blas_pattern(node)
         if pattern is None:
             self.place_in_loop(node)

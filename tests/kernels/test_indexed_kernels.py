@@ -17,7 +17,7 @@ from symdl.derive import autodiff
 from symdl.errors import KernelArgumentError, UnsupportedError
 from symdl.ir import AffineMap
 from symdl.kernels.kernel import Kernel
-from symdl.kernels.steps import RowMax, ScatterLoop
+from symdl.kernels.steps import RowMax, ScatterLoop, WindowProduct, scatter_gemm
 from symdl.scale.separable import NotRowSeparableError, _Analysis
 
 torch = pytest.importorskip("torch")
@@ -41,8 +41,15 @@ def _window(x: ir.Node, c_in: int, groups: int, k: int, stride: int, padding: in
 
 def _conv2d(x: ir.Node, w: ir.Node, c_in: int, c_out: int, groups: int, k: int, stride: int,
             padding: int, dilation: int) -> ir.Node:
-    """torch's conv2d (NCHW) in the IR: the kernel's rows split by group (a read), one einsum
-    with the window, the groups' channels put back side by side (a scatter)."""
+    """torch's conv2d (NCHW) in the IR: one einsum of the kernel with the window; with
+    groups, the kernel's rows split by group (a read) and the groups' channels put back side
+    by side (a scatter)."""
+    if groups == 1:  # im2col and BLAS (steps.WindowProduct, steps.ScatterGemm)
+        read = ir.affine_read(x, (n, c_in, ho, wo, k, k), (
+            AffineMap.axis(0, 6), AffineMap.axis(1, 6),
+            AffineMap.of([0, 0, stride, 0, dilation, 0], -padding),
+            AffineMap.of([0, 0, 0, stride, 0, dilation], -padding)))
+        return ir.einsum([w, read], [(6, 1, 4, 5), (0, 1, 2, 3, 4, 5)], (0, 6, 2, 3))
     og = c_out // groups
     wg = ir.affine_read(w, (groups, og, c_in // groups, k, k), (
         AffineMap.of([og, 1, 0, 0, 0]), AffineMap.axis(2, 5), AffineMap.axis(3, 5),
@@ -58,8 +65,8 @@ CONV_CASES = [  # (c_in, c_out, groups, k, stride, padding, dilation)
     (3, 4, 1, 3, 1, 1, 1), (4, 6, 2, 3, 2, 1, 1), (2, 2, 1, 2, 1, 2, 2), (4, 4, 4, 3, 2, 0, 1)]
 
 
-@pytest.mark.parametrize("case", CONV_CASES)
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case,dtype", [(c, np.float64) for c in CONV_CASES]
+                         + [(c, np.float32) for c in CONV_CASES[:2]])
 def test_conv2d_values_and_gradients_match_torch(case, dtype):
     c_in, c_out, groups, k, stride, padding, dilation = case
     x = ir.leaf("X", (n, c_in, hh, ww), sp.Symbol("X"))
@@ -84,9 +91,13 @@ def test_conv2d_values_and_gradients_match_torch(case, dtype):
     np.testing.assert_allclose(got.outputs["Y"], yt.detach().numpy(), **TOL[dtype])
     np.testing.assert_allclose(got.grad["X"], gx.numpy(), **TOL[dtype])
     np.testing.assert_allclose(got.grad["W"], gw.numpy(), **TOL[dtype])
-    # dX is a scatter loop fused with the product it scatters: no (b, c, i, j, a, e) tensor.
+    # dX is a scatter fused with the product it scatters: no (b, c, i, j, a, e) tensor; with
+    # one group, the value and dW are im2col products and dX a product then col2im.
     scatters = [s for s in kern._plan.steps if isinstance(s, ScatterLoop)]
     assert any(s.fused is not None for s in scatters)
+    gemms = [s for s in kern._plan.steps if isinstance(s, WindowProduct)]
+    assert len(gemms) == (2 if groups == 1 else 0)
+    assert (groups == 1) == any(scatter_gemm(s.node, s.fused) is not None for s in scatters)
     windows = [m for s in kern._plan.steps for m in s.computed()
                if isinstance(m, ir.AffineRead) and m.arg is x]
     assert not windows, "a window of X was stored"
@@ -225,3 +236,91 @@ def test_row_split_keeps_a_convolution_per_row_and_refuses_a_window_across_rows(
     pooled = ir.max_along(x, 0)  # a maximum over the batch couples every row
     with pytest.raises(NotRowSeparableError):
         _Analysis(n).info(ir.einsum([pooled], [(0, 1)], ()))
+
+
+def test_hessian_vector_products_and_hessian_through_a_convolution_match_torch():
+    c, o, k = 3, 4, 3
+    x = ir.leaf("X", (n, c, hh), sp.Symbol("X"))
+    w = ir.leaf("W", (o, c, k), sp.Symbol("W"))
+    g = ir.leaf("G", (n, o, ho), sp.Symbol("G"))
+    read = ir.affine_read(x, (n, c, ho, k), (AffineMap.axis(0, 4), AffineMap.axis(1, 4),
+                                              AffineMap.of([0, 0, 2, 1], -1)))
+    y = ir.einsum([w, read], [(4, 1, 3), (0, 1, 2, 3)], (0, 4, 2))
+    loss = ir.einsum([ir.map_(TANH, y), g], [(0, 1, 2)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [x, w])
+    vx, vw = ir.leaf("VX", x.shape, sp.Symbol("VX")), ir.leaf("VW", w.shape, sp.Symbol("VW"))
+    seeds = {id(x): vx, id(w): vw}
+    kern = Kernel({"hvp:X": autodiff.directional(grads[id(x)], seeds),
+                   "hvp:W": autodiff.directional(grads[id(w)], seeds),
+                   "hessian:W,W": autodiff.jacobian(grads[id(w)], w)},
+                  [x, w, g, vx, vw], "conv1d curvature", jit=False)
+    xv, wv, gv = RNG.normal(size=(2, c, 11)), RNG.normal(size=(o, c, k)), RNG.normal(size=(2, o, 6))
+    dxv, dwv = RNG.normal(size=xv.shape), RNG.normal(size=wv.shape)
+    got = kern(X=xv, W=wv, G=gv, VX=dxv, VW=dwv)
+
+    def loss_t(xt, wt):
+        return (torch.tanh(F.conv1d(xt, wt, stride=2, padding=1)) * torch.tensor(gv)).sum()
+
+    xt, wt = torch.tensor(xv, requires_grad=True), torch.tensor(wv, requires_grad=True)
+    gx, gw = torch.autograd.grad(loss_t(xt, wt), (xt, wt), create_graph=True)
+    hx, hw = torch.autograd.grad((gx * torch.tensor(dxv)).sum() + (gw * torch.tensor(dwv)).sum(),
+                                 (xt, wt))
+    hessian = torch.autograd.functional.hessian(lambda wt: loss_t(torch.tensor(xv), wt),
+                                                torch.tensor(wv))
+    np.testing.assert_allclose(got.hvp["X"], hx.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.hvp["W"], hw.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.hessian[("W", "W")], hessian.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_the_exported_entry_point_takes_integer_index_arrays(embedding):
+    from symdl.kernels.jit import load_interpreted
+
+    module = load_interpreted(embedding.source)  # the exported module, run uncompiled
+    ev, gv = RNG.normal(size=(5, 3)), RNG.normal(size=(2, 4, 3))
+    iv = np.array([[0, 4, 4, 1], [4, 2, 0, 0]], dtype=np.int32)
+    got = module.compute(E=ev, idx=iv, G=gv)
+    want = embedding(E=ev, idx=iv, G=gv)
+    np.testing.assert_array_equal(got["grad:E"], want.grad["E"])
+    with pytest.raises(module.KernelArgumentError, match="integer array"):
+        module.compute(E=ev, idx=iv.astype(float), G=gv)
+    with pytest.raises(module.KernelArgumentError, match=r"idx\[0, 1\] = 7 is outside 0 \.\. 4"):
+        module.compute(E=ev, idx=np.array([[0, 7, 4, 1], [4, 2, 0, 0]]), G=gv)
+
+
+def test_a_small_cnn_step_conv_bias_relu_pool_conv_matches_torch():
+    # Windows of computed tensors (relu's output, the pooled maxima), floor-divided sizes.
+    c1, c2, k = 4, 6, 3
+    z = sp.Symbol("z")
+    x = ir.leaf("X", (n, 1, hh, hh), sp.Symbol("X"))
+    w1, b1 = ir.leaf("W1", (c1, 1, k, k), sp.Symbol("W1")), ir.leaf("b1", (c1,), sp.Symbol("b1"))
+    w2 = ir.leaf("W2", (c2, c1, k, k), sp.Symbol("W2"))
+
+    def conv(inp, w, c_in, size):
+        read = ir.affine_read(inp, (n, c_in, size, size, k, k), (
+            AffineMap.axis(0, 6), AffineMap.axis(1, 6), AffineMap.of([0, 0, 1, 0, 1, 0], -1),
+            AffineMap.of([0, 0, 0, 1, 0, 1], -1)))
+        return ir.einsum([w, read], [(6, 1, 4, 5), (0, 1, 2, 3, 4, 5)], (0, 6, 2, 3))
+
+    bias = ir.einsum([b1, ir.ones((n, c1, hh, hh))], [(1,), (0, 1, 2, 3)], (0, 1, 2, 3))
+    a1 = ir.map_(sp.Lambda(z, sp.Max(z, 0)), ir.add(conv(x, w1, 1, hh), bias))
+    half = sp.floor(hh / 2)
+    windows = ir.affine_read(a1, (n, c1, half, half, 2, 2), (
+        AffineMap.axis(0, 6), AffineMap.axis(1, 6), AffineMap.of([0, 0, 2, 0, 1, 0]),
+        AffineMap.of([0, 0, 0, 2, 0, 1])))
+    pooled = ir.einsum([ir.max_along(ir.max_along(windows, 5), 4), ir.ones((1, 1))],
+                       [(0, 1, 2, 3, 4, 5), (4, 5)], (0, 1, 2, 3))
+    loss = ir.einsum([ir.map_(TANH, conv(pooled, w2, c1, half))], [(0, 1, 2, 3)], ())
+    grads, _ = autodiff.reverse(loss, [w1, b1, w2])
+    kern = Kernel({"value": loss, **{f"grad:{p.name}": grads[id(p)] for p in (w1, b1, w2)}},
+                  [x, w1, b1, w2], "cnn", jit=False)
+    xv, w1v, b1v = RNG.normal(size=(3, 1, 9, 9)), RNG.normal(size=(c1, 1, k, k)), RNG.normal(
+        size=c1)
+    w2v = RNG.normal(size=(c2, c1, k, k))
+    got = kern(X=xv, W1=w1v, b1=b1v, W2=w2v)
+    params = [torch.tensor(a, requires_grad=True) for a in (w1v, b1v, w2v)]
+    first = torch.relu(F.conv2d(torch.tensor(xv), params[0], params[1], padding=1))
+    ref = torch.tanh(F.conv2d(F.max_pool2d(first, 2), params[2], padding=1)).sum()
+    grads_t = torch.autograd.grad(ref, params)
+    np.testing.assert_allclose(got.value, ref.item(), rtol=1e-10)
+    for name, want in zip(("W1", "b1", "W2"), grads_t, strict=True):
+        np.testing.assert_allclose(got.grad[name], want.numpy(), rtol=1e-10, atol=1e-12)
