@@ -18,7 +18,12 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
 from symdl.define.symbols import fresh_name, symbol_name
-from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
+from symdl.define.translate import (
+    Translator,
+    dimension_symbols,
+    translate_indexed_step,
+    translate_matrix_or_scalar,
+)
 from symdl.derive import autodiff
 from symdl.errors import DefinitionError, DerivationError, EvaluationError
 from symdl.ir import rewrites
@@ -92,13 +97,17 @@ class Derivation:
             raise DerivationError(f"hessian= must be True or False, got {hessian!r}")
         steps = _as_steps(definition)
         self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
-        exprs = [d for _, d in steps]
+        exprs = [d for _, d in steps] + [s for s, _ in steps if isinstance(s, sp.Indexed)]
         self.dims: frozenset[sp.Symbol] = frozenset(dimension_symbols(exprs + list(wrt)))
         self._translator = Translator(set(self.dims))
         self._intermediates: list[ir.Named] = []
         node = None
         for symbol, definition_k in steps:
-            node = translate_matrix_or_scalar(self._translator, definition_k)
+            if isinstance(symbol, sp.Indexed):  # a tensor of any rank, in index notation
+                node = translate_indexed_step(self._translator, symbol, definition_k)
+                symbol = symbol.base
+            else:
+                node = translate_matrix_or_scalar(self._translator, definition_k)
             if symbol is not None:
                 node = ir.named(symbol_name(symbol), node, symbol)
                 self._translator.named[symbol] = node
@@ -631,9 +640,10 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
                 f"symdl.tanh(Z1)), (L, ...)]; got {item!r}"
             )
         symbol, expr = item
-        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol)):
+        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol, sp.Indexed)):
             raise DefinitionError(
-                f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
+                "the name of an intermediate must be a Symbol, a MatrixSymbol or an entry of "
+                f"an IndexedBase with index symbols (Q[b, s, e]), got {symbol!r}"
             )
         expr = _check_value(expr, f"the definition of {symbol}")
         if isinstance(symbol, sp.MatrixSymbol):

@@ -15,6 +15,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
+from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
@@ -268,6 +269,8 @@ class Translator:
             return ir.einsum([self.matrix(e.arg)], [(0, 0)], ()), ()
         if isinstance(e, Total):
             return ir.einsum([self.matrix(e.arg)], [(0, 1)], ()), ()
+        if isinstance(e, (SoftmaxAlong, LogSumExpAlong)):
+            return self._along(e)
         determinant = self._determinant(e)
         if determinant is not None:
             return determinant, ()
@@ -295,6 +298,19 @@ class Translator:
                 node = self._determinant(inner)
                 return ir.det(node.a, log=True, spd=node.spd)
         return None
+
+    def _along(self, e: SoftmaxAlong | LogSumExpAlong) -> tuple[ir.Node, tuple]:
+        """Softmax or log-sum-exp along the axis of ``e.index``: the stable IR node."""
+        node, indices = self.indexed(e.expr)
+        if e.index not in indices:
+            raise DefinitionError(f"{e}: {e.index} is not a free index of {e.expr}")
+        axis = indices.index(e.index)
+        if isinstance(e, SoftmaxAlong):
+            return ir.softmax(node, axis), indices
+        labels = tuple(range(node.rank))
+        kept = labels[:axis] + labels[axis + 1:]
+        reduced = ir.einsum([ir.logsumexp(node, axis)], [labels], kept)  # the size-1 axis goes
+        return reduced, indices[:axis] + indices[axis + 1:]
 
     def _is_constant(self, e: sp.Basic) -> bool:
         e = sp.sympify(e)
@@ -488,3 +504,39 @@ def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
     if isinstance(e, MatrixExpr):
         return stabilize_one(translator.matrix(e))
     return stabilize_one(translator.scalar(e))
+
+
+def translate_indexed_step(translator: Translator, lhs: sp.Indexed, e: sp.Basic) -> ir.Node:
+    """The node of a named step written in index notation, ``(Q[b, s, e], Sum(...))``: its
+    axes in the order of ``lhs``'s indices, of the shape of ``lhs``'s ``IndexedBase``.
+
+    Raises:
+        DefinitionError: the indices of ``lhs`` are not distinct symbols, or are not the free
+            indices of ``e``; ``ShapeMismatchError`` when the shapes disagree.
+    """
+    base = lhs.base
+    indices = tuple(lhs.indices)
+    if base.shape is None or len(base.shape) != len(indices):
+        raise DefinitionError(
+            f"the intermediate {lhs} needs an IndexedBase with a shape of {len(indices)} "
+            f"dimensions: IndexedBase('{base.label}', shape=(...))")
+    if len(set(indices)) != len(indices) or not all(
+            isinstance(i, sp.Symbol) for i in indices):
+        raise DefinitionError(
+            f"the intermediate {lhs} must be indexed by distinct index symbols (one per axis)")
+    node, free = translator.indexed(sp.sympify(e))
+    if set(free) != set(indices):
+        raise DefinitionError(
+            f"{lhs} = {e}: the free indices of the definition are {tuple(free)}, but the "
+            f"left side names {indices}; every index of the left side must be free on the "
+            "right (sum the others with Sum)")
+    node = stabilize_one(node)
+    order = tuple(free.index(i) for i in indices)
+    if order != tuple(range(len(order))):
+        node = ir.einsum([node], [tuple(range(len(order)))], order)
+    shape = tuple(sp.sympify(d) for d in base.shape)
+    if any(sp.simplify(a - b) != 0 for a, b in zip(node.shape, shape, strict=True)):
+        raise ShapeMismatchError(
+            f"intermediate {base.label} is declared with shape {shape} but its definition "
+            f"{e} has shape {node.shape}", shape, node.shape)
+    return node

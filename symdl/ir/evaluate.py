@@ -146,14 +146,18 @@ def _logsumexp(node: ir.LogSumExp, ev: _Evaluation, shape: tuple[int, ...]) -> n
     z = ev[node.arg]
     m = np.max(z, axis=node.axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
+    with np.errstate(divide="ignore"):  # a lane of only -inf: log 0 = -inf, its value
+        return m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
 
 
 @EVALUATE.register(ir.Softmax)
 def _softmax(node: ir.Softmax, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     z = ev[node.arg]
-    e = np.exp(z - np.max(z, axis=node.axis, keepdims=True))
-    return e / np.sum(e, axis=node.axis, keepdims=True)
+    m = np.max(z, axis=node.axis, keepdims=True)
+    # The shift ignores -inf (masked entries); a lane of only -inf is all zeros, not NaN.
+    e = np.exp(z - np.where(np.isfinite(m), m, 0.0))
+    total = np.sum(e, axis=node.axis, keepdims=True)
+    return e / np.where(total > 0, total, np.inf)
 
 
 GRAM_PIVOT_TOLERANCE = 100

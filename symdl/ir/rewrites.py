@@ -138,12 +138,9 @@ def sum_of_exp(node: ir.Node) -> SumOfExp | None:
 def log_softmax(arg: ir.Node, axis: int) -> ir.Node:
     """``arg - logsumexp(arg)`` broadcast along ``axis``: the log of a softmax, finite
     wherever ``arg`` is."""
-    rows, cols = arg.shape
     lse = ir.logsumexp(arg, axis)
-    if axis == 1:
-        spread = ir.einsum([lse, ir.ones((cols,))], [(0, 2), (1,)], (0, 1), -1)
-    else:
-        spread = ir.einsum([lse, ir.ones((rows,))], [(2, 1), (0,)], (0, 1), -1)
+    labels, lane = ir.lane_labels(arg.rank, axis)
+    spread = ir.einsum([lse, ir.ones((arg.shape[axis],))], [lane, (axis,)], labels, -1)
     return ir.add(arg, spread)
 
 
