@@ -59,9 +59,11 @@ class SoftmaxAlong(sp.Expr):
     is_commutative = True
     is_real = True
 
-    def __new__(cls, expr: sp.Basic, index: sp.Symbol):
+    def __new__(cls, expr: sp.Basic, index: sp.Symbol, length: sp.Expr | None = None):
         expr = sp.sympify(expr)
-        return super().__new__(cls, expr, _check_index(expr, index, "softmax"))
+        index = _check_index(expr, index, "softmax")
+        length = index_range(expr, index) if length is None else sp.sympify(length)
+        return super().__new__(cls, expr, index, length)
 
     @property
     def expr(self) -> sp.Expr:
@@ -70,6 +72,11 @@ class SoftmaxAlong(sp.Expr):
     @property
     def index(self) -> sp.Symbol:
         return self.args[1]
+
+    @property
+    def length(self) -> sp.Expr:
+        """The number of values the index takes (its range is ``0 .. length - 1``)."""
+        return self.args[2]
 
     def _sympystr(self, printer) -> str:
         return f"softmax({printer._print(self.expr)}, axis={printer._print(self.index)})"
@@ -78,6 +85,13 @@ class SoftmaxAlong(sp.Expr):
         return (rf"\operatorname{{softmax}}_{{{printer._print(self.index)}}}"
                 rf"\left({printer._print(self.expr)}\right)")
 
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of an entry
+        lane = sp.Dummy(str(self.index), integer=True)
+        lse = LogSumExpAlong(self.expr.xreplace({self.index: lane}), lane, self.length)
+        return printer._print(sp.exp(self.expr - lse))
+
+    _pythoncode = _numpycode
+
 
 class LogSumExpAlong(sp.Expr):
     """``log Σ_index exp(expr)``: ``index`` is bound (summed over), the others stay free."""
@@ -85,9 +99,11 @@ class LogSumExpAlong(sp.Expr):
     is_commutative = True
     is_real = True
 
-    def __new__(cls, expr: sp.Basic, index: sp.Symbol):
+    def __new__(cls, expr: sp.Basic, index: sp.Symbol, length: sp.Expr | None = None):
         expr = sp.sympify(expr)
-        return super().__new__(cls, expr, _check_index(expr, index, "logsumexp"))
+        index = _check_index(expr, index, "logsumexp")
+        length = index_range(expr, index) if length is None else sp.sympify(length)
+        return super().__new__(cls, expr, index, length)
 
     @property
     def expr(self) -> sp.Expr:
@@ -98,8 +114,13 @@ class LogSumExpAlong(sp.Expr):
         return self.args[1]
 
     @property
+    def length(self) -> sp.Expr:
+        """The number of values the index takes (its range is ``0 .. length - 1``)."""
+        return self.args[2]
+
+    @property
     def free_symbols(self) -> set[sp.Basic]:
-        return self.expr.free_symbols - {self.index}
+        return (self.expr.free_symbols - {self.index}) | self.length.free_symbols
 
     def _sympystr(self, printer) -> str:
         return f"logsumexp({printer._print(self.expr)}, axis={printer._print(self.index)})"
@@ -107,6 +128,23 @@ class LogSumExpAlong(sp.Expr):
     def _latex(self, printer: LatexPrinter) -> str:
         return (rf"\operatorname{{lse}}_{{{printer._print(self.index)}}}"
                 rf"\left({printer._print(self.expr)}\right)")
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of an entry
+        # The lane's values in a list, shifted by their finite maximum (stable, and a lane
+        # of only -inf is -inf): an entry at a time, for checks at small sizes.
+        length = printer._print(self.length)
+        np_ = {name: printer._module_format(f"numpy.{name}")
+               for name in ("array", "amax", "where", "exp", "log", "sum", "inf")}
+        lane = f"{np_['array']}([{printer._print(self.expr)} for {printer._print(self.index)} " \
+               f"in range({length})])"
+        # The shift is the largest finite real part (complex steps keep theirs): stable, and
+        # a lane of only -inf gives log 0 = -inf.
+        peak = (f"{np_['amax']}(_v.real, where=_v.real > -{np_['inf']}, "
+                f"initial=-{np_['inf']})")
+        return (f"(lambda _v: (lambda _m: _m + {np_['log']}({np_['sum']}({np_['exp']}(_v - _m))))"
+                f"({np_['where']}({peak} > -{np_['inf']}, {peak}, 0.0)))({lane})")
+
+    _pythoncode = _numpycode
 
 
 def _masked(expr: sp.Basic, mask: sp.Basic | None) -> sp.Basic:

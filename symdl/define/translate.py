@@ -55,6 +55,10 @@ class Translator:
         self._labels: dict[sp.Symbol, int] = {}
         self.index_dims: dict[sp.Symbol, sp.Expr] = {}
         """The range of each index symbol seen in a Sum (or given by the caller)."""
+        self.preferred_order: tuple[sp.Symbol, ...] = ()
+        """Free indices in this order where terms of a sum or arguments of a function meet
+        (the left side's order, in a step ``Q[b, s, e] = ...``): ``M[s, t] + S[b, s, t]``
+        then needs no transpose, and a softmax of it is the step's own."""
 
     # -- leaves ---------------------------------------------------------------------------
 
@@ -444,6 +448,9 @@ class Translator:
         return self._broadcast_all(parts, order, ir.add)
 
     def _broadcast_all(self, parts, order, combine) -> tuple[ir.Node, tuple]:
+        if self.preferred_order:
+            rank = {i: k for k, i in enumerate(self.preferred_order)}
+            order = sorted(order, key=lambda i: (rank.get(i, len(rank)), order.index(i)))
         out = tuple(self._label(i) for i in order)
         dims: dict[int, sp.Expr] = {}
         for node, indices in parts:
@@ -524,7 +531,11 @@ def translate_indexed_step(translator: Translator, lhs: sp.Indexed, e: sp.Basic)
             isinstance(i, sp.Symbol) for i in indices):
         raise DefinitionError(
             f"the intermediate {lhs} must be indexed by distinct index symbols (one per axis)")
-    node, free = translator.indexed(sp.sympify(e))
+    translator.preferred_order = indices
+    try:
+        node, free = translator.indexed(sp.sympify(e))
+    finally:
+        translator.preferred_order = ()
     if set(free) != set(indices):
         raise DefinitionError(
             f"{lhs} = {e}: the free indices of the definition are {tuple(free)}, but the "

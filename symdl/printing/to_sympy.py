@@ -583,14 +583,15 @@ def _index_along(node: ir.LogSumExp | ir.Softmax, printer: SympyPrinter,
             indices[:node.axis] + indices[node.axis + 1:]):
         lane[node.axis] = printer._fresh_index()
     body = printer.index(node.arg, tuple(lane))
+    length = node.arg.shape[node.axis]
     if isinstance(node, ir.LogSumExp):
-        return LogSumExpAlong(body, lane[node.axis])
+        return LogSumExpAlong(body, lane[node.axis], length)
     if lane[node.axis] is own:
-        return SoftmaxAlong(body, own)
+        return SoftmaxAlong(body, own, length)
     # softmax(...)[own] with a fresh lane index: the entry at own, written as exp / Σ exp.
     k = lane[node.axis]
     at_own = body.xreplace({k: own})
-    return sp.exp(at_own - LogSumExpAlong(body, k))
+    return sp.exp(at_own - LogSumExpAlong(body, k, length))
 
 
 @INDEX.register(ir.Solve)

@@ -24,6 +24,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import SymdlError
+from symdl.printing.to_sympy import IndexForm
 from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE  # noqa: F401 - check reads it here
 
 NUMPY_REFERENCE: dict[str, Callable] = {
@@ -501,6 +502,9 @@ class Chain:
         self.bodies: list[sp.Basic] = []
         self._fns: list[tuple[str | None, Callable]] = []
         for symbol, expr in steps:
+            if isinstance(symbol, sp.Indexed):  # a tensor step in index notation, Q[b, s, e]
+                expr = IndexForm(tuple(symbol.indices), tuple(symbol.base.shape), expr)
+                symbol = symbol.base
             if hasattr(expr, "indices"):
                 fn = _IndexFormFunction(expr, dims, complex_valued, budget)
             else:
