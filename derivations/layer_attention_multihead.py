@@ -68,3 +68,7 @@ def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, n
 
 def derivation() -> symdl.Derivation:
     return symdl.derive(LAYER, wrt=[X, Wq, Wk, Wv, Wo])
+
+
+CHECK_DIMS = {B: 2, T: 3, d: 3, H: 2, dk: 2}
+"""Sizes for ``symdl.check`` in the test suite (interpreted kernels are slow at larger ones)."""

@@ -296,7 +296,7 @@ class SympyPrinter:
 
     def _matrix(self, node: ir.Node) -> sp.Basic:
         if id(node) in self.aliases:
-            return self.aliases[id(node)].symbol
+            return _matrix_symbol(self.aliases[id(node)])
         return MATRIX(node, self)
 
     def _add(self, node: ir.Add) -> sp.Basic:
@@ -459,7 +459,15 @@ def _matrix_leaf(node: ir.Leaf, printer: SympyPrinter) -> sp.Basic:
 
 @MATRIX.register(ir.Named)
 def _matrix_named(node: ir.Named, printer: SympyPrinter) -> sp.Basic:
-    return printer.matrix(node.body) if printer._inlined(node) else node.symbol
+    return printer.matrix(node.body) if printer._inlined(node) else _matrix_symbol(node)
+
+
+def _matrix_symbol(node: ir.Named) -> sp.Basic:
+    """The symbol of a named rank-2 step; one written in index notation (an IndexedBase,
+    ``mu[b, s]``) has no matrix form, so the expression reading it stays in index notation."""
+    if isinstance(node.symbol, sp.IndexedBase):
+        raise _NoMatrixFormError(node)
+    return node.symbol
 
 
 @MATRIX.register(ir.Ones)
