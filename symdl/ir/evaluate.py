@@ -39,18 +39,28 @@ class _Evaluation:
     dim_subs: dict
     results: dict[int, np.ndarray] = field(default_factory=dict)
     fn_cache: dict = field(default_factory=dict)
+    bound: dict = field(default_factory=dict)
 
     def __getitem__(self, node: ir.Node) -> np.ndarray:
         return self.results[id(node)]
 
     def size(self, d: sp.Expr) -> int:
-        value = sp.sympify(d).subs(self.dim_subs)
+        value = self._bound(d)
         if not value.is_Integer:
             raise EvaluationError(f"dimension {d} is not bound to a size; pass it in dims")
         return int(value)
 
+    def _bound(self, e: sp.Expr) -> sp.Expr:
+        # Memoised: a graph has few distinct dimensions and coefficients, but reads them at
+        # every node, and SymPy's subs was most of the time of an evaluation (rank-4 attention).
+        key = e if isinstance(e, sp.Basic) else sp.sympify(e)
+        found = self.bound.get(key)
+        if found is None:
+            found = self.bound[key] = key.subs(self.dim_subs)
+        return found
+
     def number(self, c: sp.Expr) -> float:
-        value = sp.sympify(c).subs(self.dim_subs)
+        value = self._bound(c)
         try:
             return float(value)
         except TypeError as exc:
