@@ -505,6 +505,9 @@ def _logit_nodes(order: list[ir.Node]) -> set[int]:
     for n in order:
         if isinstance(n, ir.Add) and any(id(t) in logits for t in n.terms):
             logits.add(id(n))
+        elif (isinstance(n, ir.Einsum) and len(n.operands) == 1 and id(n.operands[0]) in logits
+              and len(set(n.specs[0])) == len(n.specs[0])):
+            logits.add(id(n))  # the logits with their axes in another order
     return logits
 
 
@@ -513,11 +516,19 @@ def _masked_products(node: ir.Einsum, logits: set[int]) -> ir.Node | None:
     for k, op in enumerate(node.operands):
         if id(op) not in logits:
             continue
-        partners = [j for j, spec in enumerate(node.specs) if j != k and spec == node.specs[k]]
+        own = node.specs[k]
+        # The partner reads the same entries, possibly in another axis order (a tensor
+        # step's terms meet in the order of their indices): it is transposed to the logits'.
+        partners = [j for j, spec in enumerate(node.specs) if j != k and spec == own] or [
+            j for j, spec in enumerate(node.specs)
+            if j != k and len(set(own)) == len(own) and sorted(spec) == sorted(own)]
         if len(partners) != 1:
             continue
         (j,) = partners
-        masked = ir.map_(MASKED_PRODUCT, node.operands[j], op)
+        partner = node.operands[j]
+        if node.specs[j] != own:
+            partner = ir.einsum([partner], [node.specs[j]], own)
+        masked = ir.map_(MASKED_PRODUCT, partner, op)
         keep = [m for m in range(len(node.operands)) if m not in (j, k)]
         return ir.einsum([node.operands[m] for m in keep] + [masked],
                          [node.specs[m] for m in keep] + [node.specs[k]], node.out, node.coeff)
