@@ -24,8 +24,8 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 # Only the classes, to recognise the nodes; their meaning is re-derived in ``explicit``.
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import SymdlError
-from symdl.printing.to_sympy import IndexForm
 from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE  # noqa: F401 - check reads it here
+from symdl.printing.to_sympy import IndexForm
 
 NUMPY_REFERENCE: dict[str, Callable] = {
     # Written here, not imported from symdl.primitives.functions, so the reference shares no code.

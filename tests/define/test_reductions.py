@@ -199,3 +199,23 @@ def test_index_notation_steps_print_and_typeset_readably():
     tex = der.to_latex()
     assert r"P_{a b c} &= \operatorname{softmax}_{b}\left(M_{a b c} + X_{a b c}\right)" in tex
     assert r"A \times B \times C" in tex
+
+
+def test_a_fully_masked_matrix_row_is_zeros_in_kernels_and_evaluation():
+    """The matrix softmax follows the same convention (it gave 0/0 = NaN in both)."""
+    n, k = sp.symbols("n k", integer=True, positive=True)
+    Z, Gm = sp.MatrixSymbol("Z", n, k), sp.MatrixSymbol("G", n, k)
+    der = symdl.derive(symdl.total(sp.hadamard_product(Gm, symdl.softmax(Z))), wrt=[Z])
+    z = np.random.default_rng(14).normal(size=(3, 4))
+    z[1] = -np.inf
+    g = np.random.default_rng(15).normal(size=(3, 4))
+    p = np.exp(z[[0, 2]] - z[[0, 2]].max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    want_value = np.sum(g[[0, 2]] * p)
+    want_grad = np.zeros_like(z)
+    want_grad[[0, 2]] = p * (g[[0, 2]] - np.sum(p * g[[0, 2]], axis=1, keepdims=True))
+    out = der.evaluate({"Z": z, "G": g})
+    result = der.compile(jit=False)(Z=z, G=g)
+    for value, grad in ((out["value"], out["grad:Z"]), (result.value, result.grad["Z"])):
+        np.testing.assert_allclose(value, want_value, rtol=1e-12)
+        np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
