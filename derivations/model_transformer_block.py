@@ -77,6 +77,9 @@ BLOCK = [
 
 CHECK_DIMS = {B: 2, T: 3, d: 3, H: 2, dk: 2, f: 3}
 """Sizes for ``symdl.check`` in the test suite (interpreted kernels are slow at larger ones)."""
+PRINTED_HESSIANS = False
+"""The test suite checks this block's Hessian by Hessian-vector products (``symdl.check``),
+not by printing its 169 blocks one by one."""
 
 
 def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, np.ndarray]:
