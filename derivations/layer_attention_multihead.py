@@ -72,3 +72,6 @@ def derivation() -> symdl.Derivation:
 
 CHECK_DIMS = {B: 2, T: 3, d: 3, H: 2, dk: 2}
 """Sizes for ``symdl.check`` in the test suite (interpreted kernels are slow at larger ones)."""
+ENTRYWISE_LAMBDIFY = False
+"""The test suite does not lambdify this derivation's results entry by entry in Python (minutes
+for rank-4 tensors); it evaluates them against finite differences instead."""

@@ -90,3 +90,6 @@ def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, n
 
 def derivation() -> symdl.Derivation:
     return symdl.derive(BLOCK, wrt=[X, g1, beta1, Wq, Wk, Wv, Wo, g2, beta2, W1, b1, W2, b2])
+ENTRYWISE_LAMBDIFY = False
+"""The test suite does not lambdify this derivation's results entry by entry in Python (minutes
+for rank-4 tensors); it evaluates them against finite differences instead."""

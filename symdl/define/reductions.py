@@ -60,8 +60,9 @@ class SoftmaxAlong(sp.Expr):
     is_real = True
 
     def __new__(cls, expr: sp.Basic, index: sp.Symbol, length: sp.Expr | None = None):
+        # No checks here: SymPy rebuilds the object from its args (lambdify's substitutions,
+        # xreplace); the vocabulary's functions check what a user writes.
         expr = sp.sympify(expr)
-        index = _check_index(expr, index, "softmax")
         length = index_range(expr, index) if length is None else sp.sympify(length)
         return super().__new__(cls, expr, index, length)
 
@@ -100,8 +101,9 @@ class LogSumExpAlong(sp.Expr):
     is_real = True
 
     def __new__(cls, expr: sp.Basic, index: sp.Symbol, length: sp.Expr | None = None):
+        # No checks here: SymPy rebuilds the object from its args (lambdify's substitutions,
+        # xreplace); the vocabulary's functions check what a user writes.
         expr = sp.sympify(expr)
-        index = _check_index(expr, index, "logsumexp")
         length = index_range(expr, index) if length is None else sp.sympify(length)
         return super().__new__(cls, expr, index, length)
 
@@ -154,19 +156,21 @@ def _masked(expr: sp.Basic, mask: sp.Basic | None) -> sp.Basic:
 
 def softmax_along(expr: sp.Basic, index: sp.Symbol, mask: sp.Basic | None = None) -> sp.Expr:
     """``softmax`` of an index-notation expression along ``index``."""
-    return SoftmaxAlong(_masked(expr, mask), index)
+    expr = _masked(expr, mask)
+    return SoftmaxAlong(expr, _check_index(expr, index, "softmax"))
 
 
 def logsumexp_along(expr: sp.Basic, index: sp.Symbol, mask: sp.Basic | None = None) -> sp.Expr:
     """``log Σ_index exp(expr)``, stably."""
-    return LogSumExpAlong(_masked(expr, mask), index)
+    expr = _masked(expr, mask)
+    return LogSumExpAlong(expr, _check_index(expr, index, "logsumexp"))
 
 
 def log_softmax_along(expr: sp.Basic, index: sp.Symbol,
                       mask: sp.Basic | None = None) -> sp.Expr:
     """``expr - logsumexp(expr)`` along ``index``."""
     expr = _masked(expr, mask)
-    return expr - LogSumExpAlong(expr, index)
+    return expr - LogSumExpAlong(expr, _check_index(expr, index, "log_softmax"))
 
 
 def sum_along(expr: sp.Basic, index: sp.Symbol) -> sp.Expr:
