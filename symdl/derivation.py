@@ -94,7 +94,7 @@ class Derivation:
             raise DerivationError(f"hessian= must be True or False, got {hessian!r}")
         steps = _as_steps(definition)
         self.steps: tuple[tuple[sp.Basic, sp.Basic], ...] = tuple(steps)
-        exprs = [d for _, d in steps]
+        exprs = [d for _, d in steps] + [s for s, _ in steps if isinstance(s, sp.Indexed)]
         self.dims: frozenset[sp.Symbol] = frozenset(dimension_symbols(exprs + list(wrt)))
         self._translator = Translator(set(self.dims))
         self._intermediates: list[ir.Named] = []

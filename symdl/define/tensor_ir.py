@@ -265,7 +265,11 @@ def _entrywise(translator: Translator, target: sp.Indexed, definition: sp.Basic)
             f"e.g. {base}[b, i, j, c]")
     for i, d in zip(indices, shape, strict=True):
         translator.index_dims[i] = d
-    node, free = translator.indexed(definition)
+    translator.preferred_order = indices  # terms built in the step's axis order
+    try:
+        node, free = translator.indexed(definition)
+    finally:
+        translator.preferred_order = ()
     extra = [i for i in free if i not in indices]
     if extra:
         raise DefinitionError(

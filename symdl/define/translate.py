@@ -25,6 +25,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symdl import ir
 from symdl.define import tensor_ir
 from symdl.define.positions import affine_parts, index_array, index_symbols
+from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
@@ -74,6 +75,10 @@ class Translator:
         self._labels: dict[sp.Symbol, int] = {}
         self.index_dims: dict[sp.Symbol, sp.Expr] = {}
         """The range of each index symbol seen in a Sum (or given by the caller)."""
+        self.preferred_order: tuple[sp.Symbol, ...] = ()
+        """Free indices in this order where terms of a sum or arguments of a function meet
+        (the left side's order, in a step ``Q[b, s, e] = ...``): ``M[s, t] + S[b, s, t]``
+        then needs no transpose, and a softmax of it is the step's own."""
 
     # -- leaves ---------------------------------------------------------------------------
 
@@ -295,6 +300,8 @@ class Translator:
             return ir.einsum([self.matrix(e.arg)], [(0, 0)], ()), ()
         if isinstance(e, Total):
             return ir.einsum([self.matrix(e.arg)], [(0, 1)], ()), ()
+        if isinstance(e, (SoftmaxAlong, LogSumExpAlong)):
+            return self._along(e)
         determinant = self._determinant(e)
         if determinant is not None:
             return determinant, ()
@@ -324,6 +331,19 @@ class Translator:
                 node = self._determinant(inner)
                 return ir.det(node.a, log=True, spd=node.spd)
         return None
+
+    def _along(self, e: SoftmaxAlong | LogSumExpAlong) -> tuple[ir.Node, tuple]:
+        """Softmax or log-sum-exp along the axis of ``e.index``: the stable IR node."""
+        node, indices = self.indexed(e.expr)
+        if e.index not in indices:
+            raise DefinitionError(f"{e}: {e.index} is not a free index of {e.expr}")
+        axis = indices.index(e.index)
+        if isinstance(e, SoftmaxAlong):
+            return ir.softmax(node, axis), indices
+        labels = tuple(range(node.rank))
+        kept = labels[:axis] + labels[axis + 1:]
+        reduced = ir.einsum([ir.logsumexp(node, axis)], [labels], kept)  # the size-1 axis goes
+        return reduced, indices[:axis] + indices[axis + 1:]
 
     def _is_constant(self, e: sp.Basic) -> bool:
         e = sp.sympify(e)
@@ -435,6 +455,9 @@ class Translator:
         return self._broadcast_all(parts, order, ir.add)
 
     def _broadcast_all(self, parts, order, combine) -> tuple[ir.Node, tuple]:
+        if self.preferred_order:
+            rank = {i: k for k, i in enumerate(self.preferred_order)}
+            order = sorted(order, key=lambda i: (rank.get(i, len(rank)), order.index(i)))
         out = tuple(self._label(i) for i in order)
         dims: dict[int, sp.Expr] = {}
         for node, indices in parts:

@@ -21,6 +21,7 @@ import sympy as sp
 from sympy.core.symbol import Str
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
+from symdl.define import reductions
 from symdl.define.tensors import (  # noqa: F401 - the tensor vocabulary, exported here too
     avg_pool2d,
     channel_bias,
@@ -54,6 +55,16 @@ def _as_matrix(m: sp.Basic, what: str) -> MatrixExpr:
             f"{type(m).__name__} {m}"
         )
     return m
+
+
+def _in_index_notation(m: object, what: str) -> bool:
+    """Whether ``m`` is an index-notation expression (``S[b, s, t]``, reduced along an index
+    symbol by ``symdl.reductions``) rather than a matrix expression."""
+    if isinstance(m, sp.IndexedBase):
+        raise DefinitionError(
+            f"{what} of the IndexedBase {m}: index it and name the axis by its index, e.g. "
+            f"{what}({m}[b, s, t], axis=t)")
+    return isinstance(m, sp.Expr) and not isinstance(m, MatrixExpr)
 
 
 def _elementwise(f: type[sp.Function], m: sp.Basic) -> sp.Basic:
@@ -241,8 +252,13 @@ class Softmax(_RowReduction):
         return row_reduction_code(printer, "softmax", self.arg, self.axis)
 
 
-def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:
+def softmax(m: MatrixExpr, axis: int | sp.Symbol = 1, mask: sp.Basic | None = None) -> Softmax:
     """Softmax of each row (``axis=1``) or each column (``axis=0``), computed stably.
+
+    For a tensor of any rank in index notation, ``axis`` is the index to normalise over:
+    ``softmax(S[b, h, s, t], axis=t)``. ``mask`` (same shape or indices as ``m``) is added
+    first: 0 where kept, ``-inf`` where masked (a causal mask); masked entries get probability
+    0, and a row masked entirely is all zeros.
 
     Example:
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
@@ -253,11 +269,17 @@ def softmax(m: MatrixExpr, axis: int = 1) -> Softmax:
         >>> P.round(4).tolist()
         [[0.5, 0.5], [1.0, 0.0]]
     """
-    return Softmax(m, axis)
+    if _in_index_notation(m, "softmax"):
+        return reductions.softmax_along(m, axis, mask)
+    return Softmax(m if mask is None else m + mask, axis)
 
 
-def logsumexp(m: MatrixExpr, axis: int = 1) -> LogSumExp:
+def logsumexp(m: MatrixExpr, axis: int | sp.Symbol = 1,
+              mask: sp.Basic | None = None) -> LogSumExp:
     """Log-sum-exp of each row (``axis=1``, an ``n x 1`` result) or column, with a max shift.
+
+    In index notation, ``logsumexp(S[b, s, t], axis=t)`` sums over the index ``t``; ``mask``
+    as in ``softmax``.
 
     Example:
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
@@ -268,11 +290,15 @@ def logsumexp(m: MatrixExpr, axis: int = 1) -> LogSumExp:
         >>> L.round(4).tolist()
         [[0.6931], [1000.0]]
     """
-    return LogSumExp(m, axis)
+    if _in_index_notation(m, "logsumexp"):
+        return reductions.logsumexp_along(m, axis, mask)
+    return LogSumExp(m if mask is None else m + mask, axis)
 
 
-def log_softmax(m: MatrixExpr, axis: int = 1) -> MatrixExpr:
-    """``m - logsumexp(m)`` broadcast along ``axis``: the log-probabilities of a softmax.
+def log_softmax(m: MatrixExpr, axis: int | sp.Symbol = 1,
+                mask: sp.Basic | None = None) -> MatrixExpr:
+    """``m - logsumexp(m)`` broadcast along ``axis``: the log-probabilities of a softmax
+    (in index notation, ``axis`` is an index symbol; ``mask`` as in ``softmax``).
 
     Example:
         >>> n, k = sp.symbols("n k", integer=True, positive=True)
@@ -283,7 +309,11 @@ def log_softmax(m: MatrixExpr, axis: int = 1) -> MatrixExpr:
         >>> P.round(4).tolist()
         [[-0.6931, -0.6931]]
     """
+    if _in_index_notation(m, "log_softmax"):
+        return reductions.log_softmax_along(m, axis, mask)
     m = _as_matrix(m, "log_softmax")
+    if mask is not None:
+        m = m + mask
     rows, cols = m.shape
     lse = LogSumExp(m, axis)
     spread = lse * sp.OneMatrix(1, cols) if axis == 1 else sp.OneMatrix(rows, 1) * lse
@@ -304,7 +334,8 @@ def total(m: MatrixExpr) -> Total:
 
 def sum(m: MatrixExpr, axis: int | None = None) -> sp.Basic:  # noqa: A001 - mirrors NumPy
     """Sum of all entries (``axis=None``, a scalar), of each column (``axis=0``, ``1 x k``)
-    or of each row (``axis=1``, ``n x 1``).
+    or of each row (``axis=1``, ``n x 1``). In index notation, ``sum(x[b, s, d], axis=d)`` is
+    ``Sum(x[b, s, d], (d, 0, D - 1))``.
 
     Example:
         >>> symdl.sum(X, axis=0).shape, symdl.sum(X, axis=1).shape
@@ -315,6 +346,8 @@ def sum(m: MatrixExpr, axis: int | None = None) -> sp.Basic:  # noqa: A001 - mir
         >>> float(symdl.evaluate(symdl.sum(X), values, dims))
         10.0
     """
+    if axis is not None and _in_index_notation(m, "sum"):
+        return reductions.sum_along(m, axis)
     m = _as_matrix(m, "sum")
     rows, cols = m.shape
     if axis is None:
@@ -336,6 +369,8 @@ def mean(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
         >>> float(symdl.evaluate(symdl.mean(X), values, dims))
         2.5
     """
+    if axis is not None and _in_index_notation(m, "mean"):
+        return reductions.mean_along(m, axis)
     m = _as_matrix(m, "mean")
     rows, cols = m.shape
     size = rows * cols if axis is None else (rows if axis == 0 else cols)
@@ -489,13 +524,16 @@ def broadcast(m: MatrixExpr, rows: sp.Expr, cols: sp.Expr) -> MatrixExpr:
 
 def variance(m: MatrixExpr, axis: int | None = None) -> sp.Basic:
     """Biased (population) variance: the mean squared deviation from the mean, of all entries
-    (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``).
+    (``axis=None``), of each column (``axis=0``, ``1 x k``) or of each row (``axis=1``); in
+    index notation, along the index ``axis`` (``variance(x[b, s, d], axis=d)``).
 
     Example:
         >>> values, dims = {"X": [[1.0, 2.0], [3.0, 6.0]]}, {n: 2, d: 2}
         >>> symdl.evaluate(symdl.variance(X, axis=0), values, dims).tolist()
         [[1.0, 4.0]]
     """
+    if axis is not None and _in_index_notation(m, "variance"):
+        return reductions.variance_along(m, axis)
     m = _as_matrix(m, "variance")
     rows, cols = m.shape
     if axis is None:

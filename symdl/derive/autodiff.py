@@ -104,17 +104,17 @@ def _vjp_add(node: ir.Add, adj: ir.Node, k: int) -> ir.Node:
 def _vjp_logsumexp(node: ir.LogSumExp, adj: ir.Node, k: int) -> ir.Node:
     # d lse_i / d z_ij = softmax_ij: the adjoint spreads along the axis, weighted by softmax.
     p = ir.softmax(node.arg, node.axis)
-    spec = (0, 2) if node.axis == 1 else (2, 1)
-    return ir.einsum([adj, p], [spec, (0, 1)], (0, 1))
+    labels, lane = ir.lane_labels(node.rank, node.axis)
+    return ir.einsum([adj, p], [lane, labels], labels)
 
 
 @VJP.register(ir.Softmax)
 def _vjp_softmax(node: ir.Softmax, adj: ir.Node, k: int) -> ir.Node:
     # z̄ = p ⊙ (p̄ - Σ_axis p̄ ⊙ p)
     p = node
-    lane = (0, 2) if node.axis == 1 else (2, 1)
+    labels, lane = ir.lane_labels(node.rank, node.axis)
     direct = ir.hadamard(adj, p)
-    through_sum = ir.einsum([p, adj, p], [(0, 1), lane, lane], (0, 1), -1)
+    through_sum = ir.einsum([p, adj, p], [labels, lane, lane], labels, -1)
     return ir.add(direct, through_sum)
 
 
@@ -253,18 +253,19 @@ def _jvp_add(node: ir.Add, tangents: list, extra: tuple[int, ...]) -> ir.Node:
 def _jvp_logsumexp(node: ir.LogSumExp, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     (t,) = tangents
     p = ir.softmax(node.arg, node.axis)
-    ext = tuple(range(3, 3 + len(extra)))
-    keep = (0, 2) if node.axis == 1 else (2, 1)
-    return ir.einsum([p, t, ir.ones((1,))], [(0, 1), (0, 1) + ext, (2,)], keep + ext)
+    labels, keep = ir.lane_labels(node.rank, node.axis)
+    size_one = node.rank  # the kept axis's label (size 1)
+    ext = tuple(range(node.rank + 1, node.rank + 1 + len(extra)))
+    return ir.einsum([p, t, ir.ones((1,))], [labels, labels + ext, (size_one,)], keep + ext)
 
 
 @JVP.register(ir.Softmax)
 def _jvp_softmax(node: ir.Softmax, tangents: list, extra: tuple[int, ...]) -> ir.Node:
     (t,) = tangents
-    ext = tuple(range(3, 3 + len(extra)))
-    lane = (0, 2) if node.axis == 1 else (2, 1)
-    direct = ir.einsum([node, t], [(0, 1), (0, 1) + ext], (0, 1) + ext)
-    through_sum = ir.einsum([node, node, t], [(0, 1), lane, lane + ext], (0, 1) + ext, -1)
+    labels, lane = ir.lane_labels(node.rank, node.axis)
+    ext = tuple(range(node.rank + 1, node.rank + 1 + len(extra)))
+    direct = ir.einsum([node, t], [labels, labels + ext], labels + ext)
+    through_sum = ir.einsum([node, node, t], [labels, lane, lane + ext], labels + ext, -1)
     return ir.add(direct, through_sum)
 
 

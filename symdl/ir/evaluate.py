@@ -40,18 +40,28 @@ class _Evaluation:
     dim_subs: dict
     results: dict[int, np.ndarray] = field(default_factory=dict)
     fn_cache: dict = field(default_factory=dict)
+    bound: dict = field(default_factory=dict)
 
     def __getitem__(self, node: ir.Node) -> np.ndarray:
         return self.results[id(node)]
 
     def size(self, d: sp.Expr) -> int:
-        value = sp.sympify(d).subs(self.dim_subs)
+        value = self._bound(d)
         if not value.is_Integer:
             raise EvaluationError(f"dimension {d} is not bound to a size; pass it in dims")
         return int(value)
 
+    def _bound(self, e: sp.Expr) -> sp.Expr:
+        # Memoised: a graph has few distinct dimensions and coefficients, but reads them at
+        # every node, and SymPy's subs was most of the time of an evaluation (rank-4 attention).
+        key = e if isinstance(e, sp.Basic) else sp.sympify(e)
+        found = self.bound.get(key)
+        if found is None:
+            found = self.bound[key] = key.subs(self.dim_subs)
+        return found
+
     def number(self, c: sp.Expr) -> float:
-        value = sp.sympify(c).subs(self.dim_subs)
+        value = self._bound(c)
         try:
             return float(value)
         except TypeError as exc:
@@ -147,14 +157,18 @@ def _logsumexp(node: ir.LogSumExp, ev: _Evaluation, shape: tuple[int, ...]) -> n
     z = ev[node.arg]
     m = np.max(z, axis=node.axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
-    return m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
+    with np.errstate(divide="ignore"):  # a lane of only -inf: log 0 = -inf, its value
+        return m + np.log(np.sum(np.exp(z - m), axis=node.axis, keepdims=True))
 
 
 @EVALUATE.register(ir.Softmax)
 def _softmax(node: ir.Softmax, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     z = ev[node.arg]
-    e = np.exp(z - np.max(z, axis=node.axis, keepdims=True))
-    return e / np.sum(e, axis=node.axis, keepdims=True)
+    m = np.max(z, axis=node.axis, keepdims=True)
+    # The shift ignores -inf (masked entries); a lane of only -inf is all zeros, not NaN.
+    e = np.exp(z - np.where(np.isfinite(m), m, 0.0))
+    total = np.sum(e, axis=node.axis, keepdims=True)
+    return e / np.where(total > 0, total, np.inf)
 
 
 GRAM_PIVOT_TOLERANCE = 100

@@ -10,7 +10,7 @@ few node kinds, and one of them does most of the work:
   derivation serve every size (Laue, Mitterreiter and Giesen, NeurIPS 2018).
 * ``Map``: a scalar SymPy function applied entry by entry to operands of one shape.
 * ``Add``: a sum of tensors of one shape.
-* ``LogSumExp`` and ``Softmax`` along an axis: stable primitives.
+* ``LogSumExp`` and ``Softmax`` along any axis of a tensor of any rank: stable primitives.
 * ``Solve``: ``A^{-1} B``, a linear solve (the matrix inverse is ``A^{-1} I``).
 * ``Det``: ``det A`` or ``log |det A|``, a scalar (LU or Cholesky in kernels).
 * ``Named``: a user's intermediate (``Z1``) or its adjoint (``dZ1``); it blocks inlining so
@@ -174,7 +174,9 @@ class Add(Node):
 
 @dataclass(frozen=True, eq=False)
 class LogSumExp(Node):
-    """``log Σ_j exp(arg[i, j])`` along ``axis`` of a matrix, kept as a size-1 axis."""
+    """``log Σ_j exp(arg[..., j, ...])`` along ``axis`` of a tensor of any rank, kept as a
+    size-1 axis. Entries of ``-inf`` (masks) are ignored; a lane of only ``-inf`` gives
+    ``-inf``."""
 
     arg: Node
     axis: int
@@ -191,7 +193,9 @@ class LogSumExp(Node):
 
 @dataclass(frozen=True, eq=False)
 class Softmax(Node):
-    """``exp(arg) / Σ exp(arg)`` along ``axis`` of a matrix."""
+    """``exp(arg) / Σ exp(arg)`` along ``axis`` of a tensor of any rank. Entries of ``-inf``
+    (masks) get probability 0; a lane of only ``-inf`` is all zeros (no NaN: a fully masked
+    row of padding contributes nothing, to values or gradients)."""
 
     arg: Node
     axis: int
@@ -548,13 +552,33 @@ def canonical_lambda(fn: sp.Lambda) -> sp.Lambda:
 
 
 def logsumexp(arg: Node, axis: int) -> LogSumExp:
-    _require_matrix(arg, "logsumexp")
-    return _intern(LogSumExp(arg, axis))
+    """``log Σ exp`` of ``arg`` along ``axis`` (kept with size 1)."""
+    return _intern(LogSumExp(arg, _lane_axis(arg, axis, "logsumexp")))
 
 
 def softmax(arg: Node, axis: int) -> Softmax:
-    _require_matrix(arg, "softmax")
-    return _intern(Softmax(arg, axis))
+    """``exp(arg) / Σ exp(arg)`` along ``axis``."""
+    return _intern(Softmax(arg, _lane_axis(arg, axis, "softmax")))
+
+
+def _lane_axis(arg: Node, axis: int, what: str) -> int:
+    """``axis`` of ``arg`` as a non-negative int (``-1`` is the last axis)."""
+    if arg.rank == 0:
+        raise ShapeMismatchError(f"{what} needs a tensor with an axis, got a scalar", ())
+    if not -arg.rank <= int(axis) < arg.rank:
+        raise ShapeMismatchError(
+            f"{what} along axis {axis} of a tensor of rank {arg.rank} (shape {arg.shape}); "
+            f"the axis must be in 0..{arg.rank - 1}", arg.shape)
+    return int(axis) % arg.rank
+
+
+def lane_labels(rank: int, axis: int) -> tuple[Labels, Labels]:
+    """Einsum labels of a tensor of ``rank`` (``0 .. rank-1``) and of its reduction along
+    ``axis`` kept as a size-1 axis (label ``rank`` there): the row statistic that every entry
+    of the lane reads."""
+    labels = tuple(range(rank))
+    lane = labels[:axis] + (rank,) + labels[axis + 1:]
+    return labels, lane
 
 
 def solve(a: Node, b: Node, spd: bool = False) -> Node:

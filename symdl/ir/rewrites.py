@@ -138,12 +138,9 @@ def sum_of_exp(node: ir.Node) -> SumOfExp | None:
 def log_softmax(arg: ir.Node, axis: int) -> ir.Node:
     """``arg - logsumexp(arg)`` broadcast along ``axis``: the log of a softmax, finite
     wherever ``arg`` is."""
-    rows, cols = arg.shape
     lse = ir.logsumexp(arg, axis)
-    if axis == 1:
-        spread = ir.einsum([lse, ir.ones((cols,))], [(0, 2), (1,)], (0, 1), -1)
-    else:
-        spread = ir.einsum([lse, ir.ones((rows,))], [(2, 1), (0,)], (0, 1), -1)
+    labels, lane = ir.lane_labels(arg.rank, axis)
+    spread = ir.einsum([lse, ir.ones((arg.shape[axis],))], [lane, (axis,)], labels, -1)
     return ir.add(arg, spread)
 
 
@@ -508,6 +505,9 @@ def _logit_nodes(order: list[ir.Node]) -> set[int]:
     for n in order:
         if isinstance(n, ir.Add) and any(id(t) in logits for t in n.terms):
             logits.add(id(n))
+        elif (isinstance(n, ir.Einsum) and len(n.operands) == 1 and id(n.operands[0]) in logits
+              and len(set(n.specs[0])) == len(n.specs[0])):
+            logits.add(id(n))  # the logits with their axes in another order
     return logits
 
 
@@ -516,11 +516,19 @@ def _masked_products(node: ir.Einsum, logits: set[int]) -> ir.Node | None:
     for k, op in enumerate(node.operands):
         if id(op) not in logits:
             continue
-        partners = [j for j, spec in enumerate(node.specs) if j != k and spec == node.specs[k]]
+        own = node.specs[k]
+        # The partner reads the same entries, possibly in another axis order (a tensor
+        # step's terms meet in the order of their indices): it is transposed to the logits'.
+        partners = [j for j, spec in enumerate(node.specs) if j != k and spec == own] or [
+            j for j, spec in enumerate(node.specs)
+            if j != k and len(set(own)) == len(own) and sorted(spec) == sorted(own)]
         if len(partners) != 1:
             continue
         (j,) = partners
-        masked = ir.map_(MASKED_PRODUCT, node.operands[j], op)
+        partner = node.operands[j]
+        if node.specs[j] != own:
+            partner = ir.einsum([partner], [node.specs[j]], own)
+        masked = ir.map_(MASKED_PRODUCT, partner, op)
         keep = [m for m in range(len(node.operands)) if m not in (j, k)]
         return ir.einsum([node.operands[m] for m in keep] + [masked],
                          [node.specs[m] for m in keep] + [node.specs[k]], node.out, node.coeff)

@@ -454,6 +454,11 @@ def _row_statistics(node: ir.LogSumExp | ir.Softmax, gen: Generator, loop: LoopC
     """(peak, total, row) of the row statistics ``node`` reads, at the loop's row."""
     peak, total = gen.stats[(id(node.arg), node.axis)]
     loop.arrays.update((peak, total))
+    if node.rank != 2:  # statistics of the tensor's shape with size 1 along the axis
+        variables = loop.group.indices[id(node)]
+        at = [loop.loop_vars[v] if v is not None and k != node.axis else "0"
+              for k, v in enumerate(variables)]
+        return peak, total, ", ".join(at)
     lane_axis = 0 if node.axis == 1 else 1
     v = loop.group.indices[id(node)][lane_axis]
     return peak, total, loop.loop_vars[v] if v is not None else "0"
@@ -468,7 +473,9 @@ def _logsumexp_code(node: ir.LogSumExp, gen: Generator, loop: LoopCode) -> str:
 def _softmax_code(node: ir.Softmax, gen: Generator, loop: LoopCode) -> str:
     (value,) = _operand_values(node, gen, loop)
     peak, total, row = _row_statistics(node, gen, loop)
-    return f"(_exp({value} - {peak}[{row}]) / {total}[{row}])"
+    # A lane with a finite entry sums to at least 1 (its maximum is exp(0)); a fully masked
+    # one sums to 0 and is all zeros, not 0/0.
+    return f"(_exp({value} - {peak}[{row}]) / max({total}[{row}], 1.0))"
 
 
 def _not_a_loop_member(node: ir.Node, gen: Generator, loop: LoopCode) -> str:

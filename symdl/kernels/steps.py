@@ -307,6 +307,8 @@ class RowStats(Step):
         return 4 * sp.Mul(*self.arg.shape)
 
     def emit(self, gen: Generator, number: int) -> list[str]:
+        if self.arg.rank != 2:
+            return _emit_lane_stats(self, gen, number)
         arg = gen.array_of(self.arg)
         peak, total = f"peak{number}", f"total{number}"
         gen.stats[(id(self.arg), self.axis)] = (peak, total)
@@ -347,6 +349,58 @@ def _stats{number}{variant}(z, peak, total):
             s += _exp(z[{at}] - m)
         peak[r] = m
         total[r] = s
+'''
+
+
+def _emit_lane_stats(step: RowStats, gen: Generator, number: int) -> list[str]:
+    """The statistics of a tensor of any rank along ``step.axis``: the tensor viewed as
+    (outer, length, inner) (a C-contiguous reshape, no copy), one lane per (outer, inner);
+    the maxima and sums have the tensor's shape with size 1 along the axis."""
+    arg = gen.array_of(step.arg)
+    peak, total = f"peak{number}", f"total{number}"
+    gen.stats[(id(step.arg), step.axis)] = (peak, total)
+    sizes = [f"int({gen.size(d)})" for d in step.arg.shape]
+    outer = " * ".join(sizes[:step.axis]) or "1"
+    inner = " * ".join(sizes[step.axis + 1:]) or "1"
+    kept = sizes[:step.axis] + ["1"] + sizes[step.axis + 1:]
+    shape = "(" + ", ".join(kept) + ",)"
+    for parallel in (False, True):
+        gen.functions.append(_lane_stats_function(number, parallel))
+    view = f"np.ascontiguousarray({arg}).reshape(({outer}, {sizes[step.axis]}, {inner}))"
+    lanes = f"{peak}.reshape(({outer}, {inner})), {total}.reshape(({outer}, {inner}))"
+    return [f"{peak} = np.empty({shape}, dtype=np.float64)",
+            f"{total} = np.empty({shape}, dtype=np.float64)",
+            *dispatch(f"_stats{number}", f"{view}, {lanes}", parallel=True)]
+
+
+def _lane_stats_function(number: int, parallel: bool) -> str:
+    chains = "\n".join(f"            m{k} = max(m{k}, z[o, c + {k}, i])" for k in range(8))
+    decorator = jit_decorator(parallel)
+    variant, loop = ("_parallel", "prange") if parallel else ("", "range")
+    return f'''{decorator}
+def _stats{number}{variant}(z, peak, total):
+    length = z.shape[1]
+    inner = z.shape[2]
+    for r in {loop}(z.shape[0] * inner):
+        o = r // inner
+        i = r - o * inner
+        # Eight running maxima, as for a matrix (see the rank-2 statistics).
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -math.inf
+        c = 0
+        while c + 8 <= length:
+{chains}
+            c += 8
+        m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        while c < length:
+            m = max(m, z[o, c, i])
+            c += 1
+        if not math.isfinite(m):  # -inf: a fully masked lane (its sum is then 0)
+            m = 0.0
+        s = 0.0
+        for c in range(length):
+            s += _exp(z[o, c, i] - m)
+        peak[o, i] = m
+        total[o, i] = s
 '''
 
 

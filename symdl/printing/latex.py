@@ -487,6 +487,8 @@ class _Builder:
     def consumers(self, symbol: sp.Basic) -> list[sp.Basic]:
         out = []
         for step_symbol, expr in self.der.steps:
+            if isinstance(step_symbol, sp.Indexed):
+                step_symbol = step_symbol.base  # the tensor, not its entry
             if symbol in expr.free_symbols or (
                     isinstance(symbol, (sp.MatrixSymbol, sp.IndexedBase)) and expr.has(symbol)):
                 out.append(step_symbol if step_symbol is not None else self.loss_symbol)
@@ -578,6 +580,10 @@ class _Builder:
             f"{role}s: " + ", ".join(f"${s}$" for r, s in symbols if r == role)
             for role in ("input", "parameter") if any(r == role for r, _ in symbols))
         for symbol, expr in der.steps:
+            if isinstance(symbol, sp.Indexed):  # a tensor step in index notation: Q_{b h s e}
+                section.rows.append(self.row(self.printer._print(symbol), [expr],
+                                             _shape_latex(tuple(symbol.base.shape))))
+                continue
             lhs = self.loss if symbol is None else latex_name(self.symbol_name(symbol))
             section.rows.append(self.row(lhs, [expr], self.shape_of(expr)))
         return section

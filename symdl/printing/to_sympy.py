@@ -21,6 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
+from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, Norm, Softmax, Spectrum, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
@@ -300,7 +301,7 @@ class SympyPrinter:
 
     def _matrix(self, node: ir.Node) -> sp.Basic:
         if id(node) in self.aliases:
-            return self.aliases[id(node)].symbol
+            return _matrix_symbol(self.aliases[id(node)])
         form = matrix_form(node, self)  # a flatten, an embedding's rows (tensor_forms)
         if form is not None:
             return form
@@ -473,7 +474,15 @@ def _matrix_leaf(node: ir.Leaf, printer: SympyPrinter) -> sp.Basic:
 
 @MATRIX.register(ir.Named)
 def _matrix_named(node: ir.Named, printer: SympyPrinter) -> sp.Basic:
-    return printer.matrix(node.body) if printer._inlined(node) else node.symbol
+    return printer.matrix(node.body) if printer._inlined(node) else _matrix_symbol(node)
+
+
+def _matrix_symbol(node: ir.Named) -> sp.Basic:
+    """The symbol of a named rank-2 step; one written in index notation (an IndexedBase,
+    ``mu[b, s]``) has no matrix form, so the expression reading it stays in index notation."""
+    if isinstance(node.symbol, sp.IndexedBase):
+        raise _NoMatrixFormError(node)
+    return node.symbol
 
 
 @MATRIX.register(ir.Ones)
@@ -581,7 +590,31 @@ def _index_einsum(node: ir.Einsum, printer: SympyPrinter, indices: tuple) -> sp.
 @INDEX.register(ir.LogSumExp, ir.Softmax)
 def _index_row_function(node: ir.Node, printer: SympyPrinter, indices: tuple) -> sp.Expr:
     # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
-    return MatrixElement(printer.matrix(node), *indices)
+    if node.rank == 2:
+        return MatrixElement(printer.matrix(node), *indices)
+    return _index_along(node, printer, indices)
+
+
+def _index_along(node: ir.LogSumExp | ir.Softmax, printer: SympyPrinter,
+                 indices: tuple) -> sp.Expr:
+    """An entry of a softmax or log-sum-exp of any rank: ``softmax(S[b, s, t], axis=t)``,
+    ``logsumexp(S[b, s, k], axis=k)`` (the lane's index is a fresh one where the entry's own
+    is not a free index symbol)."""
+    lane = list(indices)
+    own = indices[node.axis]
+    if isinstance(node, ir.LogSumExp) or not isinstance(own, sp.Symbol) or own in (
+            indices[:node.axis] + indices[node.axis + 1:]):
+        lane[node.axis] = printer._fresh_index()
+    body = printer.index(node.arg, tuple(lane))
+    length = node.arg.shape[node.axis]
+    if isinstance(node, ir.LogSumExp):
+        return LogSumExpAlong(body, lane[node.axis], length)
+    if lane[node.axis] is own:
+        return SoftmaxAlong(body, own, length)
+    # softmax(...)[own] with a fresh lane index: the entry at own, written as exp / Σ exp.
+    k = lane[node.axis]
+    at_own = body.xreplace({k: own})
+    return sp.exp(at_own - LogSumExpAlong(body, k, length))
 
 
 @INDEX.register(ir.Solve)

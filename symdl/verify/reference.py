@@ -34,6 +34,7 @@ from symdl.define.vocabulary import (
 )
 from symdl.errors import SymdlError, UnsupportedError
 from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE as _SCALAR_NOT_STEPPABLE
+from symdl.printing.to_sympy import IndexForm
 
 NUMPY_REFERENCE: dict[str, Callable] = {
     # Written here, not imported from symdl.primitives.functions, so the reference shares no code.
@@ -533,6 +534,9 @@ class Chain:
         self.bodies: list[sp.Basic] = []
         self._fns: list[tuple[str | None, Callable]] = []
         for symbol, expr in steps:
+            if isinstance(symbol, sp.Indexed):  # a tensor step in index notation, Q[b, s, e]
+                expr = IndexForm(tuple(symbol.indices), tuple(symbol.base.shape), expr)
+                symbol = symbol.base
             if hasattr(expr, "indices"):
                 fn = _IndexFormFunction(expr, dims, complex_valued, budget)
             else:

@@ -19,7 +19,7 @@ import torch.nn.functional as F  # noqa: N812 - the usual name
 from symdl import catalog as registry
 from symdl.cli import print_derivation
 
-DIMS = {"n": 5, "d": 4, "k": 3, "d_k": 3, "d_v": 2}
+DIMS = {"n": 5, "d": 4, "k": 3, "d_k": 3, "d_v": 2, "B": 2, "T": 4, "H": 2}
 
 
 def _np_sigmoid(x):
@@ -51,6 +51,25 @@ def _t_attention(t):
     return F.scaled_dot_product_attention(q[None], k[None], val[None])[0]
 
 
+def _np_multihead(v, causal_rows_only=False):
+    """Multi-head attention in NumPy, with the additive mask M; a fully masked row of the
+    softmax is zeros (symdl's convention, see test_fully_masked_rows_give_zeros)."""
+    q, k, val = (np.einsum("bsc,che->bhse", v["X"], v[w]) for w in ("Wq", "Wk", "Wv"))
+    scores = np.einsum("bhse,bhte->bhst", q, k) / math.sqrt(q.shape[-1]) + v["M"]
+    peak = scores.max(axis=-1, keepdims=True)
+    weights = np.exp(scores - np.where(np.isfinite(peak), peak, 0.0))
+    total = weights.sum(axis=-1, keepdims=True)
+    weights = weights / np.where(total > 0, total, 1.0)
+    return np.einsum("bhse,heo->bso", np.einsum("bhst,bhte->bhse", weights, val), v["Wo"])
+
+
+def _t_multihead(t):
+    """The same with torch's fused attention (causal: the mask the derivation is given)."""
+    q, k, val = (torch.einsum("bsc,che->bhse", t["X"], t[w]) for w in ("Wq", "Wk", "Wv"))
+    heads = F.scaled_dot_product_attention(q, k, val, is_causal=True)
+    return torch.einsum("bhse,heo->bso", heads, t["Wo"])
+
+
 # name -> (NumPy forward, PyTorch forward) of the layer output, from the inputs by name
 LAYERS = {
     "layer_dense": (lambda v: v["X"] @ v["W"] + v["b"],
@@ -74,6 +93,7 @@ LAYERS = {
     "layer_graph_conv": (lambda v: v["Ahat"] @ v["X"] @ v["W"],
                          lambda t: t["Ahat"] @ t["X"] @ t["W"]),
     "layer_attention": (_np_attention, _t_attention),
+    "layer_attention_multihead": (_np_multihead, _t_multihead),
 }
 
 _CACHE: dict[str, tuple] = {}
@@ -150,6 +170,7 @@ def test_kernel_matches_torch(name):
     result = kernel(**values)
     tensors = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
     wrt = [str(getattr(p, "name", p)) for p in der.wrt]
+    tensors.pop("M", None)  # torch's causal attention builds its own mask
     for pname in wrt:
         if pname != "a":  # torch takes the leaky-ReLU slope as a Python float
             tensors[pname].requires_grad_(True)
@@ -255,3 +276,99 @@ def test_vocabulary_helpers_evaluate_as_numpy():
         symdl.broadcast(sp.MatrixSymbol("c", d, 1), n, d)
     with pytest.raises(symdl.DefinitionError, match="variance axis"):
         symdl.variance(X, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Multi-head attention in tensor notation (issue 14, items 2 and 3): one compiled kernel.
+
+
+def _mha_values(rng, batch=2, length=5, heads=2, head_dim=3, scale=1.0):
+    width = heads * head_dim  # nn.MultiheadAttention's embed_dim
+    return {"X": rng.normal(size=(batch, length, width)),
+            "Wq": scale * rng.normal(size=(width, heads, head_dim)) / math.sqrt(width),
+            "Wk": scale * rng.normal(size=(width, heads, head_dim)) / math.sqrt(width),
+            "Wv": rng.normal(size=(width, heads, head_dim)) / math.sqrt(width),
+            "Wo": rng.normal(size=(heads, head_dim, width)) / math.sqrt(width),
+            "G": rng.normal(size=(batch, length, width)),
+            "M": np.triu(np.full((length, length), -np.inf), k=1)}
+
+
+def _torch_mha_module(values, dtype):
+    """nn.MultiheadAttention (no biases, batch first) with symdl's weights mapped by hand:
+    in_proj_weight stacks the three d x d projections (output feature h * d_k + e, input c),
+    so Wq[c, h, e] = in_proj_weight[h * d_k + e, c]; out_proj.weight[o, h * d_k + e] =
+    Wo[h, e, o]. Returns the objective Σ G ⊙ Y and the gradients by symdl's names."""
+    width, heads, head_dim = values["Wq"].shape
+    module = torch.nn.MultiheadAttention(width, heads, bias=False, batch_first=True)
+    module = module.to(dtype)
+    proj = [torch.tensor(values[w].reshape(width, width).T, dtype=dtype)
+            for w in ("Wq", "Wk", "Wv")]
+    out = torch.tensor(values["Wo"].reshape(width, width).T, dtype=dtype)
+    with torch.no_grad():
+        module.in_proj_weight.copy_(torch.cat(proj))
+        module.out_proj.weight.copy_(out)
+    x = torch.tensor(values["X"], dtype=dtype, requires_grad=True)
+    mask = torch.tensor(values["M"], dtype=dtype)
+    y, _ = module(x, x, x, attn_mask=mask, need_weights=False)
+    objective = (torch.tensor(values["G"], dtype=dtype) * y).sum()
+    objective.backward()
+    inp = module.in_proj_weight.grad.T.reshape(width, 3, heads, head_dim)
+    grads = {"X": x.grad, "Wq": inp[:, 0], "Wk": inp[:, 1], "Wv": inp[:, 2],
+             "Wo": module.out_proj.weight.grad.T.reshape(heads, head_dim, width)}
+    return objective.item(), {k: v.numpy() for k, v in grads.items()}
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-10), (np.float32, 1e-5)])
+def test_multihead_attention_matches_nn_multihead_attention(dtype, rtol):
+    _, _, kernel = _compiled("layer_attention_multihead")
+    values = _mha_values(np.random.default_rng(5))
+    result = kernel(**{k: np.asarray(v, dtype=dtype) for k, v in values.items()})
+    want, grads = _torch_mha_module(values, torch.float64 if dtype == np.float64
+                                    else torch.float32)
+    np.testing.assert_allclose(result.value, want, rtol=rtol)
+    for name, g in grads.items():
+        assert result.grad[name].dtype == dtype
+        # Relative to the gradient's scale: float32 entries near 0 carry absolute rounding.
+        np.testing.assert_allclose(result.grad[name], g, rtol=rtol,
+                                   atol=rtol * np.abs(g).max(), err_msg=name)
+
+
+def test_multihead_attention_is_finite_and_exact_at_scores_of_1e3():
+    _, _, kernel = _compiled("layer_attention_multihead")
+    values = _mha_values(np.random.default_rng(6), scale=40.0)
+    q = np.einsum("bsc,che->bhse", values["X"], values["Wq"])
+    k = np.einsum("bsc,che->bhse", values["X"], values["Wk"])
+    scores = np.einsum("bhse,bhte->bhst", q, k) / math.sqrt(q.shape[-1])
+    assert np.abs(scores).max() > 1e3
+    result = kernel(**values)
+    assert np.isfinite(result.value)
+    assert all(np.all(np.isfinite(g)) for g in result.grad.values())
+    want, grads = _torch_mha_module(values, torch.float64)
+    np.testing.assert_allclose(result.value, want, rtol=1e-10)
+    for name, g in grads.items():
+        np.testing.assert_allclose(result.grad[name], g, rtol=1e-9,
+                                   atol=1e-10 * np.abs(g).max(), err_msg=name)
+
+
+def test_fully_masked_rows_give_zeros_and_finite_gradients():
+    """A query that may see no key (its row of the mask all -inf, as padding) attends to
+    nothing: its output is 0 and it adds nothing to any gradient, where torch's softmax gives
+    NaN that spreads into every weight gradient. The oracle is torch without that query."""
+    _, _, kernel = _compiled("layer_attention_multihead")
+    values = _mha_values(np.random.default_rng(7))
+    values["M"][1, :] = -np.inf  # query 1 sees nothing
+    result = kernel(**values)
+    assert all(np.all(np.isfinite(g)) for g in result.grad.values())
+    t = {k: torch.tensor(v, requires_grad=k in ("X", "Wq", "Wk", "Wv", "Wo"))
+         for k, v in values.items()}
+    keep = [0, 2, 3, 4]
+    q, k, val = (torch.einsum("bsc,che->bhse", t["X"], t[w]) for w in ("Wq", "Wk", "Wv"))
+    heads = F.scaled_dot_product_attention(q[:, :, keep], k, val,
+                                           attn_mask=t["M"][keep])
+    y = torch.einsum("bhse,heo->bso", heads, t["Wo"])
+    objective = (t["G"][:, keep] * y).sum()
+    objective.backward()
+    np.testing.assert_allclose(result.value, objective.item(), rtol=1e-12)
+    for name in ("X", "Wq", "Wk", "Wv", "Wo"):
+        np.testing.assert_allclose(result.grad[name], t[name].grad.numpy(), rtol=1e-10,
+                                   atol=1e-12, err_msg=name)

@@ -43,7 +43,10 @@ def _results(der: symdl.Derivation) -> dict[str, object]:
 
 def _arguments(expr: sp.Basic, shape: tuple = ()) -> list[sp.Basic]:
     """Every symbol the expression reads, dimension symbols included (``n`` in ``G/n``)."""
-    symbols = set(expr.free_symbols)
+    # An array entry X[i, j] reads the array X (an IndexedBase), not a symbol of its own.
+    entries = expr.atoms(sp.Indexed)
+    symbols = set(expr.free_symbols) - entries - {e.base.label for e in entries}
+    symbols |= {e.base for e in entries}
     for dim in shape:
         symbols |= sp.sympify(dim).free_symbols
     return sorted(symbols, key=str)
@@ -55,7 +58,16 @@ def _values_for(args: list, values: dict, dims: dict) -> list:
             for name, a in named.items()]
 
 
-@pytest.mark.parametrize("name", registry.names())
+def _lambdified_entrywise() -> list[str]:
+    """The derivations whose results are lambdified here, entry by entry in Python. A model
+    of rank-4 tensors declares ``ENTRYWISE_LAMBDIFY = False`` (multi-head attention took 210 s
+    at size 2): its printed results are evaluated against finite differences by
+    tests/end_to_end/test_derivations.py, and lambdified by ``symdl.check``'s reference."""
+    return [name for name in registry.names()
+            if getattr(registry.load(name).module, "ENTRYWISE_LAMBDIFY", True)]
+
+
+@pytest.mark.parametrize("name", _lambdified_entrywise())
 def test_every_shipped_result_lambdifies_and_agrees_with_symdl_evaluate(name: str) -> None:
     entry = registry.load(name)
     der = entry.derive()

@@ -293,7 +293,8 @@ def test_cli_exit_codes(tmp_path, capsys):
 def test_every_shipped_derivation_checks(name):
     entry = load(name)
     report = check(entry.derive(), jit=False,
-                   sample_inputs=getattr(entry.module, "sample_inputs", None))
+                   sample_inputs=getattr(entry.module, "sample_inputs", None),
+                   dims=getattr(entry.module, "CHECK_DIMS", None))  # small, where declared
     assert report.ok, str(report)
 
 
