@@ -23,6 +23,7 @@ or an earlier one (``tests/test_layout.py`` reads the import graph and holds thi
 import sys as _sys
 
 from symdl.define import optimizers, schedules, vocabulary
+from symdl.define.recurrence import Recurrence, scan
 from symdl.define.vocabulary import (
     Det,
     LogDet,
@@ -114,3 +115,4 @@ __all__ = [
     "absolute", "huber", "elu", "expm1", "log1p", "silu", "softsign",
     "Det", "LogDet", "PseudoInverse", "det", "logdet", "pinv", "trace",
 ]
+__all__ += ["Recurrence", "scan"]

@@ -17,6 +17,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
+from symdl.define.recurrence import Recurrence
 from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.derive import autodiff
@@ -631,7 +632,9 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
                 f"symdl.tanh(Z1)), (L, ...)]; got {item!r}"
             )
         symbol, expr = item
-        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol)):
+        if isinstance(symbol, sp.IndexedBase) and isinstance(expr, Recurrence):
+            _check_recurrence_name(symbol, expr)
+        elif not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol)):
             raise DefinitionError(
                 f"the name of an intermediate must be a Symbol or MatrixSymbol, got {symbol!r}"
             )
@@ -651,6 +654,17 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
     if not steps:
         raise DefinitionError("the model has no steps")
     return steps
+
+
+def _check_recurrence_name(symbol: sp.IndexedBase, expr: Recurrence) -> None:
+    """A recurrence's states are named by an ``IndexedBase`` of their shape."""
+    if symbol.shape is None or tuple(symbol.shape) != tuple(expr.shape):
+        from symdl.errors import ShapeMismatchError
+
+        raise ShapeMismatchError(
+            f"the states of a scan have shape {tuple(expr.shape)}: name them "
+            f"IndexedBase('{symbol.label}', shape={tuple(expr.shape)}), got shape "
+            f"{symbol.shape}", tuple(expr.shape), tuple(symbol.shape or ()))
 
 
 def _check_parameter(p: object) -> Parameter:

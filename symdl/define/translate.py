@@ -15,6 +15,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 
 from symdl import ir
+from symdl.define.recurrence import Recurrence
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, PseudoInverse, Softmax, Total
 from symdl.errors import DefinitionError, ShapeMismatchError, UnsupportedError
 from symdl.ir.rewrites import stabilize_one
@@ -487,4 +488,26 @@ def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
     (``symdl.ir.rewrites``: every spelling of a softplus, a softmax or a log-sum-exp)."""
     if isinstance(e, MatrixExpr):
         return stabilize_one(translator.matrix(e))
+    if isinstance(e, Recurrence):
+        return translate_recurrence(translator, e)
     return stabilize_one(translator.scalar(e))
+
+
+def translate_recurrence(translator: Translator, e: Recurrence) -> ir.Node:
+    """``symdl.scan``'s ``Recurrence`` as an ``ir.Scan``: the step is translated over two
+    placeholder leaves that stay inside the scan (they are no inputs of the definition)."""
+    shared = dict(translator.leaves)
+    carry = translator.leaf(e.carry, e.carry.name, e.carry.shape)
+    slot = translator.leaf(e.slot, e.slot.name, e.slot.shape)
+    for placeholder in (e.carry.name, e.slot.name):
+        if placeholder in shared:
+            raise DefinitionError(
+                f"{placeholder} names the placeholder of a scan's step and also an input; "
+                "rename the input or pass scan(..., name=...)")
+    step = stabilize_one(translator.matrix(e.step))
+    for placeholder in (e.carry.name, e.slot.name):
+        translator.leaves.pop(placeholder, None)
+    init = translator.matrix(e.h0)
+    xs = translator.leaf(e.xs, str(e.xs.label), tuple(e.xs.shape))
+    return ir.scan(carry=carry, init=init, slots=(slot,), seqs=(xs,), step=step, emit=step,
+                   length=e.length)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import sympy as sp
 
 from symdl import ir
+from symdl.errors import UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.primitives.registry import output_derivative, stabilize
 
@@ -335,3 +336,96 @@ def jacobian(root: ir.Node, leaf: ir.Node) -> ir.Node:
 def directional(root: ir.Node, directions: dict[int, ir.Node]) -> ir.Node:
     """The derivative of ``root`` along ``directions`` (leaf id -> same-shape tensor)."""
     return forward(root, directions, ())
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrences (``ir.Scan``): backprop through time
+
+
+def _placeholder(name: str, shape: tuple) -> ir.Leaf:
+    """A step's placeholder: a leaf that only the scan binding it gives a value."""
+    symbol = (sp.MatrixSymbol(name, *shape) if len(shape) == 2
+              else sp.IndexedBase(name, shape=shape) if shape else sp.Symbol(name, real=True))
+    return ir.leaf(name, shape, symbol)
+
+
+def _cotangent_pullback(outputs: ir.Node, cot: ir.Node, wrt: list[ir.Node]) -> list[ir.Node]:
+    """The VJPs ``J^T cot`` of the graph ``outputs`` with respect to each of ``wrt``."""
+    labels = tuple(range(outputs.rank))
+    total = ir.einsum([outputs, cot], [labels, labels], ())
+    by_id, _ = reverse(total, wrt)
+    return [by_id[id(w)] for w in wrt]
+
+
+def _check_differentiable_scan(node: ir.Scan) -> None:
+    if (node.carry is None or node.reverse or node.mode != "stack" or node.emit is not node.step
+            or any(node.lags)):
+        raise UnsupportedError(
+            "only a forward recurrence h_t = f(h_{t-1}, x_t) stacked over t is differentiated "
+            "(a derivative of a derivative through a scan is not derived yet)")
+
+
+def _state_name(node: ir.Scan) -> str:
+    name = node.carry.name
+    return name[:-len("_prev")] if name.endswith("_prev") and len(name) > 5 else name
+
+
+def _pullback_parts(node: ir.Scan, cot: ir.Leaf, targets: list[ir.Node]
+                    ) -> tuple[list[ir.Node], tuple, tuple, tuple, tuple]:
+    """The VJPs of the step ``h_t = f(h_{t-1}, x_t)`` along ``cot`` with respect to
+    ``targets`` (the carry, slots or closure nodes), over placeholders that read the stored
+    states: ``h_{t-1}`` (``H`` lagged, ``h_0`` first) and ``h_t`` itself, so that a step
+    whose derivative is written on its output (``1 - h_t ⊙ h_t`` for tanh) is not computed
+    again. Returns the VJPs and the slots, sequences, lags and first values they read."""
+    name = _state_name(node)
+    carry = node.carry
+    before = _placeholder(f"{name}_prev", carry.shape)
+    now = _placeholder(f"{name}_t", carry.shape)
+    moved = ir.substitute([node.step], {id(carry): before})[0]
+    wanted = [before if t is carry else t for t in targets]
+    pulled = _cotangent_pullback(moved, cot, wanted)
+    pulled = ir.substitute(pulled, {id(moved): now})
+    slots = (before, now) + node.slots
+    seqs = (node, node) + node.seqs
+    lags = (1, 0) + (0,) * len(node.slots)
+    bounds = (node.init, None) + (None,) * len(node.slots)
+    return pulled, slots, seqs, lags, bounds
+
+
+def _adjoint_scan(node: ir.Scan, adj: ir.Node, mode: str) -> ir.Node:
+    """The adjoint recurrence, run backwards: ``δ_t = Ḡ_t + c_t``, ``c_{t-1} = J_h^T δ_t``.
+    ``mode="stack"`` gives the adjoints ``δ_t``, ``"final"`` the adjoint of ``h_0``."""
+    name = _state_name(node)
+    g = _placeholder(f"d{name}_out", node.carry.shape)
+    c = _placeholder(f"d{name}_next", node.carry.shape)
+    a = ir.add(g, c)
+    (sent_down,), slots, seqs, lags, bounds = _pullback_parts(node, a, [node.carry])
+    return ir.scan(carry=c, init=ir.zero(node.carry.shape), slots=(g,) + slots,
+                   seqs=(adj,) + seqs, lags=(0,) + lags, bounds=(None,) + bounds,
+                   step=sent_down, emit=a, length=node.length, mode=mode, reverse=True)
+
+
+@VJP.register(ir.Scan)
+def _vjp_scan(node: ir.Scan, adj: ir.Node, k: int) -> ir.Node:
+    _check_differentiable_scan(node)
+    if k == 0:  # h_0
+        return _adjoint_scan(node, adj, "final")
+    deltas = _adjoint_scan(node, adj, "stack")
+    a = _placeholder(f"d{_state_name(node)}_t", node.carry.shape)
+    child = node.children()[k]
+    if 1 <= k <= len(node.seqs):  # a sequence read at t: its adjoint at each t, stacked
+        target, mode = node.slots[k - 1], "stack"
+    else:  # a parameter (or anything else read at every step): summed over t
+        target, mode = child, "sum"
+    (pulled,), slots, seqs, lags, bounds = _pullback_parts(node, a, [target])
+    return ir.scan(carry=None, init=None, slots=(a,) + slots, seqs=(deltas,) + seqs,
+                   lags=(0,) + lags, bounds=(None,) + bounds, step=None, emit=pulled,
+                   length=node.length, mode=mode)
+
+
+@JVP.register(ir.Scan)
+def _jvp_scan(node: ir.Scan, tangents: list, extra: tuple[int, ...]) -> ir.Node:
+    raise UnsupportedError(
+        "forward-mode derivatives through a recurrence (symdl.scan) are not derived yet: "
+        "Hessians and Hessian-vector products of a scanned model are not available; "
+        "gradients are")

@@ -93,3 +93,8 @@ __all__ = [
     "topological_order",
     "zero",
 ]
+
+# Recurrences (``Scan``): kept apart so that other node kinds merge without conflicts.
+from symdl.ir.nodes import Scan, closure_of, scan, substitute  # noqa: E402
+
+__all__ += ["Scan", "closure_of", "scan", "substitute"]

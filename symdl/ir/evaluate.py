@@ -214,3 +214,39 @@ def _det(node: ir.Det, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
                 "the matrix of a determinant is singular (determinant 0), so its log and the "
                 "derivatives (through A^{-1}) do not exist; regularise it (add lambda I)")
     return np.asarray(logdet if node.log else sign * np.exp(logdet))
+
+
+@EVALUATE.register(ir.Scan)
+def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    # A loop over t around the step graph, which is rewritten and ordered once; the
+    # placeholders and the closure are bound by node, not by name.
+    roots = rewrites.exact(node.body_roots())
+    order = ir.topological_order(roots, stop=list(node.closure) + list(node.placeholders()))
+    fixed = dict(ev.results)  # the closure, and whatever the body's rewriting reaches
+    length = ev.size(node.length)
+    carry = None if node.init is None else ev[node.init]
+    outputs = []
+    steps = range(length - 1, -1, -1) if node.reverse else range(length)
+    for t in steps:
+        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache)
+        if node.carry is not None:
+            inner.results[id(node.carry)] = carry
+        for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,
+                                         strict=True):
+            read = t - lag
+            inner.results[id(slot)] = ev[seq][read] if read >= 0 else ev[bound]
+        for n in order:
+            if id(n) not in inner.results:
+                n_shape = tuple(inner.size(d) for d in n.shape)
+                inner.results[id(n)] = np.asarray(
+                    EVALUATE(n, inner, n_shape), dtype=float).reshape(n_shape)
+        outputs.append(inner[roots[-1]])
+        if node.carry is not None:
+            carry = inner[roots[0]]
+    if node.mode == "final":
+        return carry
+    if node.mode == "sum":
+        return np.sum(outputs, axis=0) if outputs else np.zeros(shape)
+    if node.reverse:
+        outputs.reverse()
+    return np.stack(outputs) if outputs else np.zeros(shape)

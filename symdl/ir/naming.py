@@ -140,3 +140,8 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
             size = 1
         sizes[id(node)] = size
     return by_name
+
+
+@WORTH_A_NAME.register(ir.Scan)
+def _scan_named(node: ir.Node, uses: int) -> bool:
+    return True  # a recurrence: its stored states are read by the reverse loop

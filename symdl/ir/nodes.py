@@ -672,3 +672,186 @@ def _rebuild_named(node: Named, children: list[Node]) -> Node:
 
 def count_nodes(roots: list[Node]) -> int:
     return len(topological_order(roots))
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrences
+
+
+@dataclass(frozen=True, eq=False)
+class Scan(Node):
+    """A recurrence over ``t = 1..length``, ``length`` a symbol: never unrolled.
+
+    Design. The step is its own small IR graph over placeholder leaves, held in the node and
+    not among its children:
+
+    * ``carry`` (a placeholder for ``c_{t-1}``, or None for a plain map over ``t``) starts
+      at ``init``; at each step ``c_t = step`` (a graph over the placeholders);
+    * ``slots[k]`` (placeholders) read ``seqs[k]`` at ``t`` (``lags[k] == 0``) or at
+      ``t - 1`` (``lags[k] == 1``, reading ``bounds[k]`` at the first step): every sequence
+      has the time axis first, of size ``length``;
+    * ``closure``: the nodes of the outer graph that the step reads (parameters, and
+      whatever does not depend on ``t``, hoisted out of the loop); they are children, so
+      that backprop reaches them;
+    * ``emit``: what step ``t`` outputs, a graph over the same placeholders (the new carry
+      for ``h_t = f(h_{t-1}, x_t; θ)``: then ``emit is step``);
+    * ``mode``: ``"stack"`` (the value is the outputs stacked along a first axis of size
+      ``length``), ``"sum"`` (their sum over ``t``) or ``"final"`` (the last carry);
+      ``reverse`` runs ``t`` from ``length`` down to 1.
+
+    Reverse mode (backprop through time), for ``H = scan(h_t = f(h_{t-1}, x_t; θ))`` with
+    upstream adjoint ``Ḡ``: the adjoint recurrence is a reverse scan whose carry is the
+    adjoint sent down to ``h_{t-1}``, ``δ_t = Ḡ_t + J_h f(h_t, x_{t+1})^T δ_{t+1}``, computed
+    as ``a_t = Ḡ_t + c_t``, ``c_{t-1} = J_h f(h_{t-1}, x_t)^T a_t`` (it reads ``H`` lagged
+    by one, ``h_0`` first); ``∂h_0`` is its final carry; ``∂x_t = J_x f^T a_t`` is a map over
+    ``t`` (stacked) and ``∂θ = Σ_t J_θ f^T a_t`` one summed over ``t``. The body's VJPs are
+    ordinary IR (``symdl.derive.autodiff.reverse`` on the step graph), so any step the IR
+    differentiates can be scanned. Forward mode (Hessian-vector products through a scan) is
+    not derived yet: a typed error. Evaluation and kernels loop over ``t`` around the body,
+    whose code is generated once: compile time does not depend on ``length``; the forward
+    states are stored (``length`` x the carry's size) for the reverse loop.
+    """
+
+    init: Node | None
+    carry: Leaf | None
+    seqs: tuple[Node, ...]
+    slots: tuple[Leaf, ...]
+    lags: tuple[int, ...]
+    bounds: tuple[Node | None, ...]
+    closure: tuple[Node, ...]
+    step: Node | None
+    emit: Node
+    length: sp.Expr
+    mode: str
+    reverse: bool
+    _fields: ClassVar[tuple[str, ...]] = (
+        "init", "carry", "seqs", "slots", "lags", "bounds", "closure", "step", "emit",
+        "length", "mode", "reverse")
+
+    def _compute_shape(self) -> Shape:
+        if self.mode == "stack":
+            return (self.length,) + tuple(self.emit.shape)
+        if self.mode == "final":
+            return tuple(self.carry.shape)
+        return tuple(self.emit.shape)
+
+    def children(self) -> tuple[Node, ...]:
+        init = () if self.init is None else (self.init,)
+        bounds = tuple(b for b in self.bounds if b is not None)
+        return init + self.seqs + bounds + self.closure
+
+    def placeholders(self) -> tuple[Leaf, ...]:
+        return ((self.carry,) if self.carry is not None else ()) + self.slots
+
+    def body_roots(self) -> list[Node]:
+        return ([self.step] if self.step is not None else []) + [self.emit]
+
+
+def closure_of(roots: list[Node], placeholders: tuple[Node, ...]) -> tuple[Node, ...]:
+    """The largest subgraphs under ``roots`` that do not depend on ``placeholders``, in a
+    fixed order: what a scan's step reads from outside (hoisted out of the loop)."""
+    depends = {id(p) for p in placeholders}
+    order = topological_order(list(roots))
+    for node in order:
+        if any(id(c) in depends for c in node.children()):
+            depends.add(id(node))
+    found: list[Node] = []
+    seen: set[int] = set()
+    for node in order:
+        if id(node) not in depends:
+            continue
+        for child in node.children():
+            if id(child) not in depends and id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
+    for root in roots:  # a step that reads no placeholder at all
+        if id(root) not in depends and id(root) not in seen:
+            seen.add(id(root))
+            found.append(root)
+    return tuple(found)
+
+
+def substitute(roots: list[Node], mapping: dict[int, Node]) -> list[Node]:
+    """``roots`` with the nodes whose ids are in ``mapping`` replaced (rebuilt above them)."""
+    done: dict[int, Node] = {}
+    stop = [n for n in topological_order(list(roots)) if id(n) in mapping]
+    for node in topological_order(list(roots), stop=stop):
+        if id(node) in mapping:
+            done[id(node)] = mapping[id(node)]
+        else:
+            done[id(node)] = rebuilt(node, [done[id(c)] for c in node.children()])
+    return [done[id(r)] for r in roots]
+
+
+def scan(
+    *,
+    carry: Leaf | None,
+    init: Node | None,
+    slots: tuple[Leaf, ...],
+    seqs: tuple[Node, ...],
+    step: Node | None,
+    emit: Node,
+    length: sp.Expr,
+    lags: tuple[int, ...] | None = None,
+    bounds: tuple[Node | None, ...] | None = None,
+    mode: str = "stack",
+    reverse: bool = False,
+) -> Node:
+    """Builds a ``Scan`` (see its docstring), checking the shapes of its parts."""
+    length = sp.sympify(length)
+    lags = tuple(lags) if lags is not None else (0,) * len(slots)
+    bounds = tuple(bounds) if bounds is not None else (None,) * len(slots)
+    if mode not in ("stack", "sum", "final"):
+        raise ValueError(f"scan mode {mode!r}")
+    if (carry is None) != (step is None) or (carry is None) != (init is None):
+        raise ValueError("a scan has a carry, its initial value and its step, or none of them")
+    if carry is not None:
+        if init.shape != carry.shape or step.shape != carry.shape:
+            raise ShapeMismatchError(
+                f"a recurrence's initial state {init.shape}, its carry {carry.shape} and its "
+                f"step {step.shape} must have one shape", init.shape, step.shape)
+    for slot, seq, lag, bound in zip(slots, seqs, lags, bounds, strict=True):
+        if seq.rank == 0 or seq.shape[0] != length or tuple(seq.shape[1:]) != slot.shape:
+            raise ShapeMismatchError(
+                f"a sequence read at each step t = 1..{length} as {slot.shape} must have "
+                f"shape {(length,) + tuple(slot.shape)}, got {seq.shape}", seq.shape)
+        if lag not in (0, 1) or (lag == 1) != (bound is not None):
+            raise ValueError("a lag-1 read needs its value at the first step, lag 0 none")
+        if bound is not None and bound.shape != slot.shape:
+            raise ShapeMismatchError(
+                f"the first value {bound.shape} of a lagged read must have the shape "
+                f"{slot.shape} of its slot", bound.shape, slot.shape)
+    if mode == "final" and carry is None:
+        raise ValueError("a scan without a carry has no final carry")
+    placeholders = ((carry,) if carry is not None else ()) + tuple(slots)
+    roots = ([step] if step is not None else []) + [emit]
+    closure = closure_of(roots, placeholders)
+    return _intern(Scan(init, carry, tuple(seqs), tuple(slots), lags, bounds, closure, step,
+                        emit, length, mode, bool(reverse)))
+
+
+@REBUILD.register(Scan)
+def _rebuild_scan(node: Scan, children: list[Node]) -> Node:
+    k = 0
+    init = None
+    if node.init is not None:
+        init, k = children[0], 1
+    seqs = tuple(children[k:k + len(node.seqs)])
+    k += len(node.seqs)
+    bounds = []
+    for b in node.bounds:
+        if b is None:
+            bounds.append(None)
+        else:
+            bounds.append(children[k])
+            k += 1
+    closure = children[k:]
+    mapping = {id(old): new for old, new in zip(node.closure, closure, strict=True)
+               if old is not new}
+    step, emit = node.step, node.emit
+    if mapping:
+        roots = substitute(node.body_roots(), mapping)
+        step, emit = (roots[0], roots[1]) if step is not None else (None, roots[0])
+    return scan(carry=node.carry, init=init, slots=node.slots, seqs=seqs, step=step,
+                emit=emit, length=node.length, lags=node.lags, bounds=tuple(bounds),
+                mode=node.mode, reverse=node.reverse)

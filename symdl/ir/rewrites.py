@@ -631,3 +631,13 @@ _EXACT_MEMO_SIZE = 256
 def stabilize_one(root: ir.Node) -> ir.Node:
     """``stabilize`` of a single root."""
     return stabilize([root])[0]
+
+
+@ELEMENTWISE.register(ir.Scan)
+def _scan_not_elementwise(node: ir.Node) -> bool:
+    return False
+
+
+@CLUSTER_ENTRY.register(ir.Scan)
+def _scan_opaque(node: ir.Node, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    return cluster.atom(node, spec)

@@ -159,3 +159,8 @@ def _smallest_unprintable(expr: sp.Basic, names: dict, error: Exception) -> sp.B
 def _short(e: sp.Basic) -> str:
     text = str(e)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+@CHECK.register(ir.Scan)
+def _check_scan(node: ir.Scan) -> None:
+    check_compilable(node.body_roots())  # the step is code of its own

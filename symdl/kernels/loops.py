@@ -162,3 +162,12 @@ def entry_flops(node: ir.Node, reduction: bool) -> int:
 
 TABLES = (_POINTWISE, _ROW_STATS, _OPERAND_READS, _OWN_LOOP_VARS, _LOOP_COST, _ENTRY_FLOPS)
 """The rule tables of this module (their coverage of every node kind is tested)."""
+
+
+# A recurrence is a step of its own (``steps.ScanStep``), never a loop member.
+_POINTWISE.register(ir.Scan)(lambda node: False)
+_ROW_STATS.register(ir.Scan)(lambda node: None)
+_OPERAND_READS.register(ir.Scan)(lambda node, loop_vars: [])
+_OWN_LOOP_VARS.register(ir.Scan)(lambda node: iteration(node)[1])
+_LOOP_COST.register(ir.Scan)(lambda node: 1 + len(node.children()))
+_ENTRY_FLOPS.register(ir.Scan)(_never("a loop member"))

@@ -776,3 +776,51 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
     if expr is None:
         raise _NoMatrixFormError(factors)
     return _scaled(coeff, expr)
+
+
+# -- recurrences (``ir.Scan``) ------------------------------------------------------------
+
+
+def _printed_part(node: ir.Node, printer: SympyPrinter) -> sp.Basic:
+    """A scan's part (its step, a sequence it reads) as one SymPy object."""
+    if id(node) in printer.aliases:
+        return printer.aliases[id(node)].symbol
+    if isinstance(node, ir.Leaf):
+        return node.symbol
+    if isinstance(node, ir.Scan):
+        return _printed_scan(node, printer)
+    if isinstance(node, ir.Named) and not printer._inlined(node):
+        return node.symbol
+    found = printer.result(node)
+    return found.expr if isinstance(found, IndexForm) else found
+
+
+def _printed_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
+    from symdl.printing.recurrence import PrintedScan
+
+    zero = sp.S.Zero
+    bindings = sp.Tuple(*[sp.Tuple(slot.symbol, _printed_part(seq, printer), sp.Integer(lag))
+                          for slot, seq, lag in zip(node.slots, node.seqs, node.lags,
+                                                    strict=True)])
+    carry = zero if node.carry is None else node.carry.symbol
+    step = zero if node.step is None else _printed_part(node.step, printer)
+    init = zero if node.init is None else _printed_part(node.init, printer)
+    return PrintedScan(sp.Symbol(node.mode), sp.Integer(int(node.reverse)), carry, step,
+                       _printed_part(node.emit, printer), bindings, node.length, init)
+
+
+@SCALAR.register(ir.Scan)
+def _scalar_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Expr:
+    return _printed_scan(node, printer)
+
+
+@MATRIX.register(ir.Scan)
+def _matrix_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
+    raise _NoMatrixFormError(node)  # printed as a recurrence, entry by entry
+
+
+@INDEX.register(ir.Scan)
+def _index_scan(node: ir.Scan, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    from symdl.printing.recurrence import ScanEntry
+
+    return ScanEntry(_printed_scan(node, printer), *indices)

@@ -398,3 +398,11 @@ def _det(node: ir.Det, analysis: _Analysis) -> _Info:
     if a.kind != CONST:
         raise analysis.refuse("a determinant of a matrix that depends on the data rows")
     return _Info(CONST)
+
+
+@ROW_SPLIT.register(ir.Scan)
+def _scan(node: ir.Scan, analysis: _Analysis) -> _Info:
+    kids = analysis.kids(node)
+    if any(k.kind != CONST for k in kids):
+        raise analysis.refuse("a recurrence (symdl.scan) over the data rows")
+    return _Info(CONST)
