@@ -27,24 +27,25 @@ from symdl.errors import DefinitionError, ShapeMismatchError
 
 class Recurrence(sp.Expr):
     """The stacked states of ``h_t = step(h_{t-1}, x_t)``, ``t = 1..length``; build it with
-    ``symdl.scan``. Arguments: the step (a matrix expression over ``carry`` and ``slot``),
-    ``carry`` and ``slot`` (the placeholders), ``h0``, the sequence ``xs`` and ``length``."""
+    ``symdl.scan``. Arguments: the steps (one matrix expression per state, over the
+    placeholders), the state placeholders, the input placeholder, the initial states, the
+    sequence and the length. Its value is the first state's sequence."""
 
     @property
-    def step(self) -> MatrixExpr:
-        return self.args[0]
+    def steps(self) -> tuple[MatrixExpr, ...]:
+        return tuple(self.args[0])
 
     @property
-    def carry(self) -> sp.MatrixSymbol:
-        return self.args[1]
+    def carries(self) -> tuple[sp.MatrixSymbol, ...]:
+        return tuple(self.args[1])
 
     @property
     def slot(self) -> sp.MatrixSymbol:
         return self.args[2]
 
     @property
-    def h0(self) -> MatrixExpr:
-        return self.args[3]
+    def inits(self) -> tuple[MatrixExpr, ...]:
+        return tuple(self.args[3])
 
     @property
     def xs(self) -> sp.IndexedBase:
@@ -56,33 +57,43 @@ class Recurrence(sp.Expr):
 
     @property
     def shape(self) -> tuple[sp.Expr, ...]:
-        return (self.length,) + tuple(self.h0.shape)
+        return (self.length,) + tuple(self.inits[0].shape)
+
+    def _names(self) -> list[str]:
+        return [c.name[:-5] if c.name.endswith("_prev") else c.name for c in self.carries]
 
     def _sympystr(self, printer) -> str:
-        return (f"scan({printer._print(self.carry.name[:-5])}_t = "
-                f"{printer._print(self.step)}, t = 1..{printer._print(self.length)}, "
-                f"from {printer._print(self.h0)})")
+        eqs = [f"{name}_t = {printer._print(step)}"
+               for name, step in zip(self._names(), self.steps, strict=True)]
+        starts = [f"{name}_0 = {printer._print(init)}"
+                  for name, init in zip(self._names(), self.inits, strict=True)]
+        return (f"scan({'; '.join(eqs)}; t = 1..{printer._print(self.length)}; "
+                f"{', '.join(starts)})")
 
     def _latex(self, printer) -> str:
-        name = self.carry.name[:-5]
-        body = printer._print(self.step)
-        return (rf"\left[{name}_{{t}} = {body}\right]_{{t=1}}^{{{printer._print(self.length)}}}"
-                rf",\ {name}_{{0}} = {printer._print(self.h0)}")
+        eqs = [rf"{name}_{{t}} = {printer._print(step)}"
+               for name, step in zip(self._names(), self.steps, strict=True)]
+        starts = [rf"{name}_{{0}} = {printer._print(init)}"
+                  for name, init in zip(self._names(), self.inits, strict=True)]
+        n = printer._print(self.length)
+        return (r"\left[" + r",\ ".join(eqs) + rf"\right]_{{t=1}}^{{{n}}},\ "
+                + r",\ ".join(starts))
 
 
-def scan(step: Callable[[sp.MatrixSymbol, sp.MatrixSymbol], MatrixExpr], h0: MatrixExpr,
-         xs: sp.IndexedBase, length: sp.Expr, name: str = "h") -> Recurrence:
+def scan(step: Callable, h0: MatrixExpr | tuple[MatrixExpr, ...], xs: sp.IndexedBase,
+         length: sp.Expr, name: str | tuple[str, ...] = "h") -> Recurrence:
     """The states of the recurrence ``h_t = step(h_{t-1}, x_t)`` for ``t = 1..length``.
 
     Args:
         step: a function of the previous state (a ``MatrixSymbol`` of ``h0``'s shape) and the
             input at ``t`` (a ``MatrixSymbol``, the slice ``xs[t]``) that returns the new state
             as a matrix expression of ``h0``'s shape; parameters are the symbols it closes
-            over.
-        h0: the initial state, a matrix (``MatrixSymbol`` or matrix expression).
+            over. With several states (an LSTM's ``(h, c)``), it takes and returns a tuple.
+        h0: the initial state, a matrix (``MatrixSymbol`` or matrix expression), or a tuple
+            of them (the value is then the first state's sequence).
         xs: the input sequence, an ``IndexedBase`` of shape ``(length, rows, cols)``.
         length: the number of steps, a SymPy symbol (or integer).
-        name: the state's name in printed equations (``h_t = ...``).
+        name: the state's name in printed equations (``h_t = ...``); a tuple for several.
 
     Returns:
         A ``Recurrence`` of shape ``(length,) + h0.shape``: name it in a model to index it.
@@ -92,10 +103,14 @@ def scan(step: Callable[[sp.MatrixSymbol, sp.MatrixSymbol], MatrixExpr], h0: Mat
             not agree.
     """
     length = sp.sympify(length)
-    if not isinstance(h0, MatrixExpr):
+    several = isinstance(h0, (tuple, list))
+    inits = tuple(h0) if several else (h0,)
+    names = (tuple(name) if isinstance(name, (tuple, list))
+             else (name,) if not several else tuple(f"{name}{k}" for k in range(len(inits))))
+    if not inits or any(not isinstance(i, MatrixExpr) for i in inits):
         raise DefinitionError(
             f"scan's initial state must be a matrix (a MatrixSymbol such as h0 = "
-            f"MatrixSymbol('h0', n, k)), got {h0!r:.80}")
+            f"MatrixSymbol('h0', n, k)) or a tuple of them, got {h0!r:.80}")
     if not isinstance(xs, sp.IndexedBase) or xs.shape is None or len(xs.shape) != 3:
         raise DefinitionError(
             "scan's input sequence must be an IndexedBase of shape (length, rows, cols), e.g. "
@@ -104,17 +119,28 @@ def scan(step: Callable[[sp.MatrixSymbol, sp.MatrixSymbol], MatrixExpr], h0: Mat
         raise ShapeMismatchError(
             f"the sequence {xs} has {xs.shape[0]} steps but the scan runs {length}",
             tuple(xs.shape), (length,))
-    if not isinstance(name, str) or not name.isidentifier():
-        raise DefinitionError(f"scan's name must be an identifier such as 'h', got {name!r}")
-    carry = sp.MatrixSymbol(f"{name}_prev", *h0.shape)
-    slot = sp.MatrixSymbol(f"{xs.label}_t", *xs.shape[1:])
-    body = step(carry, slot)
-    if not isinstance(body, MatrixExpr):
+    if (len(names) != len(inits) or len(set(names)) != len(names)
+            or not all(isinstance(n, str) and n.isidentifier() for n in names)):
         raise DefinitionError(
-            f"scan's step must return a matrix expression (the new state), got {body!r:.80}")
-    if tuple(body.shape) != tuple(h0.shape):
-        raise ShapeMismatchError(
-            f"scan's step returns shape {tuple(body.shape)} but the state h0 has shape "
-            f"{tuple(h0.shape)}; the step must return the new state", tuple(body.shape),
-            tuple(h0.shape))
-    return Recurrence(body, carry, slot, h0, xs, length)
+            f"scan's name must be an identifier such as 'h' (a tuple of distinct ones for "
+            f"several states), got {name!r}")
+    carries = tuple(sp.MatrixSymbol(f"{n}_prev", *i.shape)
+                    for n, i in zip(names, inits, strict=True))
+    slot = sp.MatrixSymbol(f"{xs.label}_t", *xs.shape[1:])
+    body = step(carries if several else carries[0], slot)
+    bodies = tuple(body) if several and isinstance(body, (tuple, list)) else (body,)
+    if len(bodies) != len(inits):
+        raise DefinitionError(
+            f"scan's step must return {len(inits)} new states (one per initial state), got "
+            f"{body!r:.80}")
+    for b, i in zip(bodies, inits, strict=True):
+        if not isinstance(b, MatrixExpr):
+            raise DefinitionError(
+                f"scan's step must return a matrix expression (the new state), got {b!r:.80}")
+        if tuple(b.shape) != tuple(i.shape):
+            raise ShapeMismatchError(
+                f"scan's step returns shape {tuple(b.shape)} but the state has shape "
+                f"{tuple(i.shape)}; the step must return the new state", tuple(b.shape),
+                tuple(i.shape))
+    return Recurrence(sp.Tuple(*bodies), sp.Tuple(*carries), slot, sp.Tuple(*inits), xs,
+                      length)

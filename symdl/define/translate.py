@@ -494,20 +494,20 @@ def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
 
 
 def translate_recurrence(translator: Translator, e: Recurrence) -> ir.Node:
-    """``symdl.scan``'s ``Recurrence`` as an ``ir.Scan``: the step is translated over two
+    """``symdl.scan``'s ``Recurrence`` as an ``ir.Scan``: the step is translated over
     placeholder leaves that stay inside the scan (they are no inputs of the definition)."""
-    shared = dict(translator.leaves)
-    carry = translator.leaf(e.carry, e.carry.name, e.carry.shape)
-    slot = translator.leaf(e.slot, e.slot.name, e.slot.shape)
-    for placeholder in (e.carry.name, e.slot.name):
-        if placeholder in shared:
+    placeholders = [c.name for c in e.carries] + [e.slot.name]
+    for placeholder in placeholders:
+        if placeholder in translator.leaves:
             raise DefinitionError(
                 f"{placeholder} names the placeholder of a scan's step and also an input; "
                 "rename the input or pass scan(..., name=...)")
-    step = stabilize_one(translator.matrix(e.step))
-    for placeholder in (e.carry.name, e.slot.name):
+    carries = tuple(translator.leaf(c, c.name, c.shape) for c in e.carries)
+    slot = translator.leaf(e.slot, e.slot.name, e.slot.shape)
+    steps = tuple(stabilize_one(translator.matrix(s)) for s in e.steps)
+    for placeholder in placeholders:
         translator.leaves.pop(placeholder, None)
-    init = translator.matrix(e.h0)
+    inits = tuple(translator.matrix(i) for i in e.inits)
     xs = translator.leaf(e.xs, str(e.xs.label), tuple(e.xs.shape))
-    return ir.scan(carry=carry, init=init, slots=(slot,), seqs=(xs,), step=step, emit=step,
-                   length=e.length)
+    return ir.scan(carry=carries, init=inits, step=steps, slots=(slot,), seqs=(xs,),
+                   emit=steps[0], length=e.length)

@@ -224,13 +224,13 @@ def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     order = ir.topological_order(roots, stop=list(node.closure) + list(node.placeholders()))
     fixed = dict(ev.results)  # the closure, and whatever the body's rewriting reaches
     length = ev.size(node.length)
-    carry = None if node.init is None else ev[node.init]
+    carries = [ev[i] for i in node.init]
     outputs = []
     steps = range(length - 1, -1, -1) if node.reverse else range(length)
     for t in steps:
         inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache)
-        if node.carry is not None:
-            inner.results[id(node.carry)] = carry
+        for placeholder, value in zip(node.carry, carries, strict=True):
+            inner.results[id(placeholder)] = value
         for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,
                                          strict=True):
             read = t - lag
@@ -240,11 +240,11 @@ def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
                 n_shape = tuple(inner.size(d) for d in n.shape)
                 inner.results[id(n)] = np.asarray(
                     EVALUATE(n, inner, n_shape), dtype=float).reshape(n_shape)
-        outputs.append(inner[roots[-1]])
-        if node.carry is not None:
-            carry = inner[roots[0]]
+        if node.mode != "final":
+            outputs.append(inner[roots[-1]])
+        carries = [inner[r] for r in roots[:-1]]
     if node.mode == "final":
-        return carry
+        return carries[node.carry.index(node.emit)]
     if node.mode == "sum":
         return np.sum(outputs, axis=0) if outputs else np.zeros(shape)
     if node.reverse:

@@ -685,41 +685,42 @@ class Scan(Node):
     Design. The step is its own small IR graph over placeholder leaves, held in the node and
     not among its children:
 
-    * ``carry`` (a placeholder for ``c_{t-1}``, or None for a plain map over ``t``) starts
-      at ``init``; at each step ``c_t = step`` (a graph over the placeholders);
+    * ``carry`` (placeholders for the state ``c_{t-1}``: one for an RNN or GRU, two for an
+      LSTM's ``(h, c)``, none for a plain map over ``t``) starts at ``init``; at each step
+      ``c_t = step`` (graphs over the placeholders, one per carry);
     * ``slots[k]`` (placeholders) read ``seqs[k]`` at ``t`` (``lags[k] == 0``) or at
       ``t - 1`` (``lags[k] == 1``, reading ``bounds[k]`` at the first step): every sequence
       has the time axis first, of size ``length``;
     * ``closure``: the nodes of the outer graph that the step reads (parameters, and
       whatever does not depend on ``t``, hoisted out of the loop); they are children, so
-      that backprop reaches them;
-    * ``emit``: what step ``t`` outputs, a graph over the same placeholders (the new carry
-      for ``h_t = f(h_{t-1}, x_t; θ)``: then ``emit is step``);
+      that derivatives reach them;
+    * ``emit``: what step ``t`` outputs, a graph over the same placeholders (the new state
+      for ``h_t = f(h_{t-1}, x_t; θ)``: then ``emit is step[0]``);
     * ``mode``: ``"stack"`` (the value is the outputs stacked along a first axis of size
-      ``length``), ``"sum"`` (their sum over ``t``) or ``"final"`` (the last carry);
-      ``reverse`` runs ``t`` from ``length`` down to 1.
+      ``length``), ``"sum"`` (their sum over ``t``) or ``"final"`` (the carry that ``emit``
+      names, after the last step); ``reverse`` runs ``t`` from ``length`` down to 1.
 
     Reverse mode (backprop through time), for ``H = scan(h_t = f(h_{t-1}, x_t; θ))`` with
-    upstream adjoint ``Ḡ``: the adjoint recurrence is a reverse scan whose carry is the
-    adjoint sent down to ``h_{t-1}``, ``δ_t = Ḡ_t + J_h f(h_t, x_{t+1})^T δ_{t+1}``, computed
-    as ``a_t = Ḡ_t + c_t``, ``c_{t-1} = J_h f(h_{t-1}, x_t)^T a_t`` (it reads ``H`` lagged
-    by one, ``h_0`` first); ``∂h_0`` is its final carry; ``∂x_t = J_x f^T a_t`` is a map over
-    ``t`` (stacked) and ``∂θ = Σ_t J_θ f^T a_t`` one summed over ``t``. The body's VJPs are
-    ordinary IR (``symdl.derive.autodiff.reverse`` on the step graph), so any step the IR
-    differentiates can be scanned. Forward mode (Hessian-vector products through a scan) is
-    not derived yet: a typed error. Evaluation and kernels loop over ``t`` around the body,
-    whose code is generated once: compile time does not depend on ``length``; the forward
-    states are stored (``length`` x the carry's size) for the reverse loop.
+    upstream adjoint ``Ḡ``: a reverse scan whose carry is the adjoint sent down to
+    ``h_{t-1}``: ``δ_t = Ḡ_t + c_t``, ``c_{t-1} = J_h f(h_{t-1}, x_t)^T δ_t`` (it reads the
+    stored states, ``H`` lagged by one with ``h_0`` first, and ``h_t`` for derivatives written
+    on the output); ``∂h_0`` is its final carry; ``∂x_t = J_x f^T δ_t`` is a map over ``t``
+    (stacked) and ``∂θ = Σ_t J_θ f^T δ_t`` one summed over ``t``. Forward mode (Hessians,
+    HVPs) is a scan carrying the state and its tangent. The body's derivatives are ordinary
+    IR (``symdl.derive.autodiff`` on the step graph), so any step the IR differentiates can be
+    scanned. Evaluation and kernels loop over ``t`` around the body, whose code is generated
+    once: compile time does not depend on ``length``; the forward states are stored
+    (``length`` x the state's size) for the reverse loop.
     """
 
-    init: Node | None
-    carry: Leaf | None
+    init: tuple[Node, ...]
+    carry: tuple[Leaf, ...]
     seqs: tuple[Node, ...]
     slots: tuple[Leaf, ...]
     lags: tuple[int, ...]
     bounds: tuple[Node | None, ...]
     closure: tuple[Node, ...]
-    step: Node | None
+    step: tuple[Node, ...]
     emit: Node
     length: sp.Expr
     mode: str
@@ -731,20 +732,17 @@ class Scan(Node):
     def _compute_shape(self) -> Shape:
         if self.mode == "stack":
             return (self.length,) + tuple(self.emit.shape)
-        if self.mode == "final":
-            return tuple(self.carry.shape)
         return tuple(self.emit.shape)
 
     def children(self) -> tuple[Node, ...]:
-        init = () if self.init is None else (self.init,)
         bounds = tuple(b for b in self.bounds if b is not None)
-        return init + self.seqs + bounds + self.closure
+        return self.init + self.seqs + bounds + self.closure
 
     def placeholders(self) -> tuple[Leaf, ...]:
-        return ((self.carry,) if self.carry is not None else ()) + self.slots
+        return self.carry + self.slots
 
     def body_roots(self) -> list[Node]:
-        return ([self.step] if self.step is not None else []) + [self.emit]
+        return list(self.step) + [self.emit]
 
 
 def closure_of(roots: list[Node], placeholders: tuple[Node, ...]) -> tuple[Node, ...]:
@@ -785,11 +783,11 @@ def substitute(roots: list[Node], mapping: dict[int, Node]) -> list[Node]:
 
 def scan(
     *,
-    carry: Leaf | None,
-    init: Node | None,
+    carry: tuple[Leaf, ...] = (),
+    init: tuple[Node, ...] = (),
+    step: tuple[Node, ...] = (),
     slots: tuple[Leaf, ...],
     seqs: tuple[Node, ...],
-    step: Node | None,
     emit: Node,
     length: sp.Expr,
     lags: tuple[int, ...] | None = None,
@@ -799,17 +797,18 @@ def scan(
 ) -> Node:
     """Builds a ``Scan`` (see its docstring), checking the shapes of its parts."""
     length = sp.sympify(length)
+    carry, init, step = tuple(carry), tuple(init), tuple(step)
     lags = tuple(lags) if lags is not None else (0,) * len(slots)
     bounds = tuple(bounds) if bounds is not None else (None,) * len(slots)
     if mode not in ("stack", "sum", "final"):
         raise ValueError(f"scan mode {mode!r}")
-    if (carry is None) != (step is None) or (carry is None) != (init is None):
-        raise ValueError("a scan has a carry, its initial value and its step, or none of them")
-    if carry is not None:
-        if init.shape != carry.shape or step.shape != carry.shape:
+    if not len(carry) == len(init) == len(step):
+        raise ValueError("a scan has one initial value and one step per carry")
+    for c, i, s in zip(carry, init, step, strict=True):
+        if i.shape != c.shape or s.shape != c.shape:
             raise ShapeMismatchError(
-                f"a recurrence's initial state {init.shape}, its carry {carry.shape} and its "
-                f"step {step.shape} must have one shape", init.shape, step.shape)
+                f"a recurrence's initial state {i.shape}, its carry {c.shape} and its "
+                f"step {s.shape} must have one shape", i.shape, s.shape)
     for slot, seq, lag, bound in zip(slots, seqs, lags, bounds, strict=True):
         if seq.rank == 0 or seq.shape[0] != length or tuple(seq.shape[1:]) != slot.shape:
             raise ShapeMismatchError(
@@ -821,21 +820,18 @@ def scan(
             raise ShapeMismatchError(
                 f"the first value {bound.shape} of a lagged read must have the shape "
                 f"{slot.shape} of its slot", bound.shape, slot.shape)
-    if mode == "final" and carry is None:
-        raise ValueError("a scan without a carry has no final carry")
-    placeholders = ((carry,) if carry is not None else ()) + tuple(slots)
-    roots = ([step] if step is not None else []) + [emit]
-    closure = closure_of(roots, placeholders)
+    if mode == "final" and emit not in carry:
+        raise ValueError("a final-carry scan's output names one of its carries")
+    roots = list(step) + [emit]
+    closure = closure_of(roots, carry + tuple(slots))
     return _intern(Scan(init, carry, tuple(seqs), tuple(slots), lags, bounds, closure, step,
                         emit, length, mode, bool(reverse)))
 
 
 @REBUILD.register(Scan)
 def _rebuild_scan(node: Scan, children: list[Node]) -> Node:
-    k = 0
-    init = None
-    if node.init is not None:
-        init, k = children[0], 1
+    k = len(node.init)
+    init = tuple(children[:k])
     seqs = tuple(children[k:k + len(node.seqs)])
     k += len(node.seqs)
     bounds = []
@@ -848,10 +844,9 @@ def _rebuild_scan(node: Scan, children: list[Node]) -> Node:
     closure = children[k:]
     mapping = {id(old): new for old, new in zip(node.closure, closure, strict=True)
                if old is not new}
-    step, emit = node.step, node.emit
+    roots = node.body_roots()
     if mapping:
-        roots = substitute(node.body_roots(), mapping)
-        step, emit = (roots[0], roots[1]) if step is not None else (None, roots[0])
-    return scan(carry=node.carry, init=init, slots=node.slots, seqs=seqs, step=step,
-                emit=emit, length=node.length, lags=node.lags, bounds=tuple(bounds),
-                mode=node.mode, reverse=node.reverse)
+        roots = substitute(roots, mapping)
+    return scan(carry=node.carry, init=init, step=tuple(roots[:-1]), slots=node.slots,
+                seqs=seqs, emit=roots[-1], length=node.length, lags=node.lags,
+                bounds=tuple(bounds), mode=node.mode, reverse=node.reverse)

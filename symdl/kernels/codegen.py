@@ -411,11 +411,11 @@ class Generator:
             stand_ins[id(inner)] = leaf
             outer_of[id(leaf)] = outer
         roots = rewrites.exact(ir.substitute(node.body_roots(), stand_ins))
-        new, emit = (roots[0], roots[-1]) if node.step is not None else (None, roots[0])
-        outputs: dict[str, ir.Node] = {}
-        if new is not None:
-            outputs["s"] = new
-        if node.mode != "final" and not (new is not None and emit is new):
+        m = len(node.carry)
+        steps_in, emit = roots[:m], roots[m]
+        emitted = next((j for j, s in enumerate(node.step) if s is node.emit), None)
+        outputs: dict[str, ir.Node] = {f"s{j}": s for j, s in enumerate(steps_in)}
+        if node.mode != "final" and emitted is None:
             outputs["e"] = emit
         sub_plan = planning.plan(outputs)
         leaves = [n for n in ir.topological_order(list(sub_plan.roots.values()))
@@ -447,22 +447,22 @@ class Generator:
         out = self.array_of(node)
         t = f"t{number}"
         length = f"int({self.size(node.length)})"
-        carry = f"carry{number}"
-        spare = f"next{number}"
-        direct = (node.carry is not None and node.mode == "stack" and "e" not in outputs
-                  and not node.reverse)
-        if node.carry is not None:
-            lines += [f"{carry} = np.empty({self.shape_tuple(node.carry)}, dtype=dtype)",
-                      f"{carry}[...] = {self._scan_array(node.init, lines)}"]
+        carries = [f"carry{number}_{j}" for j in range(m)]
+        spares = [f"next{number}_{j}" for j in range(m)]
+        # One state written straight into the stored sequence, and read back from it.
+        direct = m == 1 and node.mode == "stack" and emitted == 0 and not node.reverse
+        for j, c in enumerate(node.carry):
+            lines += [f"{carries[j]} = np.empty({self.shape_tuple(c)}, dtype=dtype)",
+                      f"{carries[j]}[...] = {self._scan_array(node.init[j], lines)}"]
             if not direct:
-                lines.append(f"{spare} = np.empty({self.shape_tuple(node.carry)}, dtype=dtype)")
+                lines.append(f"{spares[j]} = np.empty({self.shape_tuple(c)}, dtype=dtype)")
         summed = f"term{number}"
         if node.mode == "sum":
             lines += [f"{out}[...] = 0.0",
                       f"{summed} = np.empty({self.shape_tuple(node.emit)}, dtype=dtype)"]
         bounds = {id(s): self._scan_array(b, lines) for s, b in zip(node.slots, node.bounds,
                                                                    strict=True) if b is not None}
-        steps = f"range({length} - 1, -1, -1)" if node.reverse else f"range({length})"
+        order = f"range({length} - 1, -1, -1)" if node.reverse else f"range({length})"
         body = []
         for slot, seq, lag in zip(node.slots, node.seqs, node.lags, strict=True):
             if slot not in leaves:
@@ -473,22 +473,29 @@ class Generator:
             else:
                 body += [f"if {t} > 0:", f"    {inner_name(slot)} = {seq_array}[{t} - 1]",
                          "else:", f"    {inner_name(slot)} = {bounds[id(slot)]}"]
-        if node.carry is not None and node.carry in leaves:
-            body.append(f"{inner_name(node.carry)} = {carry}")
-        targets = {"s": f"{out}[{t}]" if direct else spare,
-                   "e": f"{out}[{t}]" if node.mode == "stack" else summed}
+        for j, c in enumerate(node.carry):
+            if c in leaves:
+                body.append(f"{inner_name(c)} = {carries[j]}")
+        targets = {f"s{j}": spares[j] for j in range(m)}
+        if direct:
+            targets["s0"] = f"{out}[{t}]"
+        targets["e"] = f"{out}[{t}]" if node.mode == "stack" else summed
         for k, key in enumerate(sub_plan.roots):
             body.append(f"out{k}{suffix} = {targets[key]}")
         body += statements
-        if node.carry is not None:
-            body.append(f"{carry} = {out}[{t}]" if direct
-                        else f"{carry}, {spare} = {spare}, {carry}")
+        if node.mode == "stack" and emitted is not None and not direct:
+            body.append(f"{out}[{t}] = {spares[emitted]}")
+        if direct:
+            body.append(f"{carries[0]} = {out}[{t}]")
+        else:
+            for j in range(m):
+                body.append(f"{carries[j]}, {spares[j]} = {spares[j]}, {carries[j]}")
         if node.mode == "sum":
             body.append(f"{out} += {summed}")
-        lines.append(f"for {t} in {steps}:")
+        lines.append(f"for {t} in {order}:")
         lines += [f"    {s}" for s in body]
         if node.mode == "final":
-            lines.append(f"{out}[...] = {carry}")
+            lines.append(f"{out}[...] = {carries[node.carry.index(node.emit)]}")
         return lines
 
     def _scan_array(self, node: ir.Node, lines: list[str]) -> str:

@@ -682,7 +682,7 @@ __all__ = [
 def _lower_scan(node: ir.Scan, get) -> ir.Node:
     # The children are lowered; the step keeps its own nodes (its code is planned on its own,
     # with the closure, in ``ir.closure_of``'s order, standing for the lowered children).
-    init = None if node.init is None else get(node.init)
+    init = tuple(get(i) for i in node.init)
     bounds = tuple(None if b is None else get(b) for b in node.bounds)
     return ir._intern(ir.Scan(init, node.carry, tuple(get(s) for s in node.seqs), node.slots,
                               node.lags, bounds, tuple(get(c) for c in node.closure),

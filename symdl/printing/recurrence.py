@@ -13,9 +13,9 @@ import sympy as sp
 
 
 class PrintedScan(sp.Expr):
-    """Arguments: mode (``stack``/``sum``/``final``), reverse (0/1), the carry symbol and its
-    step (``S.Zero`` twice without a carry), the output, the slot bindings
-    ``Tuple(slot, sequence, lag)``, the length and the initial carry (or ``S.Zero``)."""
+    """Arguments: mode (``stack``/``sum``/``final``), reverse (0/1), the carry symbols and
+    their steps (two tuples), the output, the slot bindings ``Tuple(slot, sequence, lag)``,
+    the length and the initial carries (a tuple)."""
 
     @property
     def _fields(self) -> tuple:
@@ -33,10 +33,10 @@ class PrintedScan(sp.Expr):
         elif mode == "stack":
             parts.append(f"{span}: out_t = {p._print(emit)}")
         else:
-            parts.append(f"{span}: final {p._print(carry)}")
-        if carry != sp.S.Zero:
-            parts.append(f"{p._print(carry)} <- {p._print(step)}")
-            reads.append(f"{p._print(carry)} = {p._print(init)} first")
+            parts.append(f"{span}: final {p._print(emit)}")
+        for c, s, i in zip(carry, step, init, strict=True):
+            parts.append(f"{p._print(c)} <- {p._print(s)}")
+            reads.append(f"{p._print(c)} = {p._print(i)} first")
         return f"scan({'; '.join(parts)}; {', '.join(reads)})"
 
     def _latex(self, p) -> str:
@@ -44,15 +44,15 @@ class PrintedScan(sp.Expr):
         n = p._print(length)
         reads = [rf"{p._print(slot)} = {p._print(seq)}_{{{'t-1' if lag else 't'}}}"
                  for slot, seq, lag in bindings]
-        if carry != sp.S.Zero:
-            reads.append(rf"{p._print(carry)} \leftarrow {p._print(step)}"
-                         rf"\ \text{{from}}\ {p._print(init)}")
+        for c, s, i in zip(carry, step, init, strict=True):
+            reads.append(rf"{p._print(c)} \leftarrow {p._print(s)}"
+                         rf"\ \text{{from}}\ {p._print(i)}")
         where = r",\ ".join(reads)
         order = rf"t={n},\dots,1" if reverse else rf"t=1,\dots,{n}"
         if mode == "sum":
             return rf"\sum_{{t=1}}^{{{n}}} {p._print(emit)}\ \left[{where}\right]"
         if mode == "final":
-            return rf"{p._print(carry)}\big|_{{t=1}}\ \left[{order}:\ {where}\right]"
+            return rf"{p._print(emit)}\big|_{{t=1}}\ \left[{order}:\ {where}\right]"
         return rf"\left[{p._print(emit)}\right]_{{{order}}}\ \left[{where}\right]"
 
 

@@ -798,15 +798,14 @@ def _printed_part(node: ir.Node, printer: SympyPrinter) -> sp.Basic:
 def _printed_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
     from symdl.printing.recurrence import PrintedScan
 
-    zero = sp.S.Zero
     bindings = sp.Tuple(*[sp.Tuple(slot.symbol, _printed_part(seq, printer), sp.Integer(lag))
                           for slot, seq, lag in zip(node.slots, node.seqs, node.lags,
                                                     strict=True)])
-    carry = zero if node.carry is None else node.carry.symbol
-    step = zero if node.step is None else _printed_part(node.step, printer)
-    init = zero if node.init is None else _printed_part(node.init, printer)
-    return PrintedScan(sp.Symbol(node.mode), sp.Integer(int(node.reverse)), carry, step,
-                       _printed_part(node.emit, printer), bindings, node.length, init)
+    return PrintedScan(sp.Symbol(node.mode), sp.Integer(int(node.reverse)),
+                       sp.Tuple(*[c.symbol for c in node.carry]),
+                       sp.Tuple(*[_printed_part(s, printer) for s in node.step]),
+                       _printed_part(node.emit, printer), bindings, node.length,
+                       sp.Tuple(*[_printed_part(i, printer) for i in node.init]))
 
 
 @SCALAR.register(ir.Scan)
