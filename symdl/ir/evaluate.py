@@ -39,17 +39,32 @@ class _Evaluation:
     dim_subs: dict
     results: dict[int, np.ndarray] = field(default_factory=dict)
     fn_cache: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)
+    """Dimension and coefficient values by expression: a scan evaluates its step's nodes once
+    per step, and SymPy's ``subs`` would dominate."""
 
     def __getitem__(self, node: ir.Node) -> np.ndarray:
         return self.results[id(node)]
 
     def size(self, d: sp.Expr) -> int:
+        if d in self.sizes:
+            return self.sizes[d]
+        self.sizes[d] = self._size(d)
+        return self.sizes[d]
+
+    def _size(self, d: sp.Expr) -> int:
         value = sp.sympify(d).subs(self.dim_subs)
         if not value.is_Integer:
             raise EvaluationError(f"dimension {d} is not bound to a size; pass it in dims")
         return int(value)
 
     def number(self, c: sp.Expr) -> float:
+        key = ("number", c)
+        if key not in self.sizes:
+            self.sizes[key] = self._number(c)
+        return self.sizes[key]
+
+    def _number(self, c: sp.Expr) -> float:
         value = sp.sympify(c).subs(self.dim_subs)
         try:
             return float(value)
@@ -228,7 +243,7 @@ def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     outputs = []
     steps = range(length - 1, -1, -1) if node.reverse else range(length)
     for t in steps:
-        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache)
+        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache, ev.sizes)
         for placeholder, value in zip(node.carry, carries, strict=True):
             inner.results[id(placeholder)] = value
         for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,

@@ -21,6 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
+from symdl.define.recurrence import IndexedPart, PrintedScan, ScanEntry
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, Softmax, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
@@ -782,25 +783,34 @@ def _assemble(factors: list[_Factor], out: list, shape: tuple, scalars: list) ->
 
 
 def _printed_part(node: ir.Node, printer: SympyPrinter) -> sp.Basic:
-    """A scan's part (its step, a sequence it reads) as one SymPy object."""
+    """A scan's part (a step, a sequence it reads) as one SymPy object that translates back
+    to the same node: its symbol, a matrix, a scalar, a printed scan, or an ``IndexedPart``
+    (index notation with its indices and shape: nothing squeezed)."""
     if id(node) in printer.aliases:
         return printer.aliases[id(node)].symbol
+    if isinstance(node, ir.Named):
+        return _printed_part(node.body, printer) if printer._inlined(node) else node.symbol
     if isinstance(node, ir.Leaf):
         return node.symbol
     if isinstance(node, ir.Scan):
         return _printed_scan(node, printer)
-    if isinstance(node, ir.Named) and not printer._inlined(node):
-        return node.symbol
-    found = printer.result(node)
-    return found.expr if isinstance(found, IndexForm) else found
+    if node.rank == 0:
+        return printer.scalar(node)
+    if node.rank == 2:
+        try:
+            return printer.matrix(node)
+        except _NoMatrixFormError:
+            pass
+    indices = tuple(printer._fresh_index() for _ in node.shape)
+    return IndexedPart(printer.index(node, indices), sp.Tuple(*indices), sp.Tuple(*node.shape))
 
 
 def _printed_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
-    from symdl.printing.recurrence import PrintedScan
-
-    bindings = sp.Tuple(*[sp.Tuple(slot.symbol, _printed_part(seq, printer), sp.Integer(lag))
-                          for slot, seq, lag in zip(node.slots, node.seqs, node.lags,
-                                                    strict=True)])
+    bindings = sp.Tuple(*[
+        sp.Tuple(slot.symbol, _printed_part(seq, printer), sp.Integer(lag),
+                 sp.S.Zero if bound is None else _printed_part(bound, printer))
+        for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,
+                                         strict=True)])
     return PrintedScan(sp.Symbol(node.mode), sp.Integer(int(node.reverse)),
                        sp.Tuple(*[c.symbol for c in node.carry]),
                        sp.Tuple(*[_printed_part(s, printer) for s in node.step]),
@@ -820,6 +830,4 @@ def _matrix_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
 
 @INDEX.register(ir.Scan)
 def _index_scan(node: ir.Scan, printer: SympyPrinter, indices: tuple) -> sp.Expr:
-    from symdl.printing.recurrence import ScanEntry
-
     return ScanEntry(_printed_scan(node, printer), *indices)
