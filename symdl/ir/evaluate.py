@@ -8,6 +8,7 @@ table ``EVALUATE``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -27,8 +28,15 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 def _lambdified(fn: sp.Lambda, cache: dict) -> object:
     key = id(fn)
     if key not in cache:
-        cache[key] = numpy_function(fn.variables, fn.expr)
+        cache[key] = _numpy_function(fn)
     return cache[key]
+
+
+@functools.lru_cache(maxsize=4096)
+def _numpy_function(fn: sp.Lambda) -> object:
+    # By the function itself, across evaluations: finite differences of a recurrence evaluate
+    # the same step functions hundreds of times, and lambdify costs more than the arithmetic.
+    return numpy_function(fn.variables, fn.expr)
 
 
 @dataclass
