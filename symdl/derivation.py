@@ -207,7 +207,29 @@ class Derivation:
             self._gradients = dict(zip(self.wrt, stable[:len(grads)], strict=True))
             self._adjoints = [(n, a) for (n, _), a in zip(adjoints, stable[len(grads):],
                                                           strict=True) if n is not self.output]
+            self._adjoints += self._recurrence_adjoints(stable[:len(grads)])
         return self._gradients
+
+    def _recurrence_adjoints(self, gradients: list[ir.Node]) -> list[tuple[ir.Named, ir.Named]]:
+        """The adjoint recurrences of backprop through time (``δ_t`` from ``δ_{t+1}``), named
+        ``delta_h`` after their state and paired with the named states they run back over,
+        so that the equations define each once and the gradients refer to it by name."""
+        taken = {str(d) for d in self.dims} | set(self._translator.leaves)
+        taken |= {n.name for n in self._intermediates} | {a.name for _, a in self._adjoints}
+        states = {id(n.body): n for n in self._intermediates}
+        found = []
+        for node in ir.topological_order(list(gradients)):
+            if not (isinstance(node, ir.Scan) and node.reverse and node.mode == "stack"):
+                continue
+            forward = next((s for s in node.seqs if id(s) in states), None)
+            if forward is None:
+                continue
+            carry = next(c for c in node.carry if c is node.emit or c in node.emit.children())
+            name = fresh_name("delta_" + carry.name.removeprefix("d").removesuffix("_next"),
+                              taken)
+            found.append((states[id(forward)],
+                          ir.named(name, node, _like(None, name, node.shape))))
+        return found
 
     def _adjoint_name(self, node: ir.Named) -> tuple[str, sp.Basic]:
         name = "d" + node.name

@@ -432,6 +432,9 @@ class Generator:
             statements = [pattern.sub(name + suffix, s) for s in statements]
         keep = {name + suffix for name in defined}
         statements = [_suffixed(s, suffix, keep) for s in statements]
+        # A step's loops are small (one time step) and run T times: a parallel loop would
+        # start threads at every step (4 ms each at T = 1000); the step's loops run serially.
+        statements = [re.sub(r"\bparallel\b", "False", s) for s in statements]
         self.functions.append(functions)
 
         def inner_name(n: ir.Node) -> str:
