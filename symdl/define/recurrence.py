@@ -101,6 +101,16 @@ def scan(step: Callable, h0: MatrixExpr | tuple[MatrixExpr, ...], xs: sp.Indexed
     Raises:
         DefinitionError: a part is of the wrong kind; ``ShapeMismatchError`` when shapes do
             not agree.
+
+    Example:
+        >>> import sympy as sp
+        >>> import symdl
+        >>> T, n, k = sp.symbols("T n k", integer=True, positive=True)
+        >>> X = sp.IndexedBase("X", shape=(T, n, k))
+        >>> U, h0 = sp.MatrixSymbol("U", k, k), sp.MatrixSymbol("h0", n, k)
+        >>> H = symdl.scan(lambda h, x: symdl.tanh(x + h * U), h0, X, T)
+        >>> H.shape
+        (T, n, k)
     """
     length = sp.sympify(length)
     several = isinstance(h0, (tuple, list))
