@@ -23,6 +23,7 @@ or an earlier one (``tests/test_layout.py`` reads the import graph and holds thi
 import sys as _sys
 
 from symdl.define import optimizers, schedules, vocabulary
+from symdl.define.recurrence import Recurrence, scan
 from symdl.define.vocabulary import (
     Det,
     LogDet,
@@ -134,3 +135,4 @@ __all__ = [
     "avg_pool2d", "channel_bias", "conv1d", "conv2d", "embedding", "flatten", "max_along",
     "max_pool2d", "unflatten",
 ]
+__all__ += ["Recurrence", "scan"]

@@ -18,6 +18,7 @@ from sympy.matrices.expressions.matexpr import MatrixExpr
 from symdl import ir
 from symdl.define.limits import check_size, count_subexpressions
 from symdl.define.positions import index_arrays
+from symdl.define.recurrence import Recurrence
 from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.tensor_ir import step_symbol, tensor, translate_step
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
@@ -212,7 +213,29 @@ class Derivation:
             self._gradients = dict(zip(self.wrt, stable[:len(grads)], strict=True))
             self._adjoints = [(n, a) for (n, _), a in zip(adjoints, stable[len(grads):],
                                                           strict=True) if n is not self.output]
+            self._adjoints += self._recurrence_adjoints(stable[:len(grads)])
         return self._gradients
+
+    def _recurrence_adjoints(self, gradients: list[ir.Node]) -> list[tuple[ir.Named, ir.Named]]:
+        """The adjoint recurrences of backprop through time (``δ_t`` from ``δ_{t+1}``), named
+        ``delta_h`` after their state and paired with the named states they run back over,
+        so that the equations define each once and the gradients refer to it by name."""
+        taken = {str(d) for d in self.dims} | set(self._translator.leaves)
+        taken |= {n.name for n in self._intermediates} | {a.name for _, a in self._adjoints}
+        states = {id(n.body): n for n in self._intermediates}
+        found = []
+        for node in ir.topological_order(list(gradients)):
+            if not (isinstance(node, ir.Scan) and node.reverse and node.mode == "stack"):
+                continue
+            forward = next((s for s in node.seqs if id(s) in states), None)
+            if forward is None:
+                continue
+            carry = next(c for c in node.carry if c is node.emit or c in node.emit.children())
+            name = fresh_name("delta_" + carry.name.removeprefix("d").removesuffix("_next"),
+                              taken)
+            found.append((states[id(forward)],
+                          ir.named(name, node, _like(None, name, node.shape))))
+        return found
 
     def _adjoint_name(self, node: ir.Named) -> tuple[str, sp.Basic]:
         name = "d" + node.name
@@ -644,7 +667,9 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
                 f"symdl.tanh(Z1)), (L, ...)]; got {item!r}"
             )
         symbol, expr = item
-        if not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol, sp.IndexedBase, sp.Indexed)):
+        if isinstance(symbol, sp.IndexedBase) and isinstance(expr, Recurrence):
+            _check_recurrence_name(symbol, expr)
+        elif not isinstance(symbol, (sp.Symbol, sp.MatrixSymbol, sp.IndexedBase, sp.Indexed)):
             raise DefinitionError(
                 "the name of an intermediate must be a Symbol, MatrixSymbol, IndexedBase "
                 f"with a shape (a tensor) or its entry Y[b, i, j, c], got {symbol!r}"
@@ -665,6 +690,17 @@ def _as_steps(definition: Definition) -> list[tuple[sp.Basic | None, sp.Basic]]:
     if not steps:
         raise DefinitionError("the model has no steps")
     return steps
+
+
+def _check_recurrence_name(symbol: sp.IndexedBase, expr: Recurrence) -> None:
+    """A recurrence's states are named by an ``IndexedBase`` of their shape."""
+    if symbol.shape is None or tuple(symbol.shape) != tuple(expr.shape):
+        from symdl.errors import ShapeMismatchError
+
+        raise ShapeMismatchError(
+            f"the states of a scan have shape {tuple(expr.shape)}: name them "
+            f"IndexedBase('{symbol.label}', shape={tuple(expr.shape)}), got shape "
+            f"{symbol.shape}", tuple(expr.shape), tuple(symbol.shape or ()))
 
 
 def _check_parameter(p: object) -> Parameter:

@@ -25,6 +25,7 @@ from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
 from symdl import ir
 from symdl.define import tensor_ir
 from symdl.define.positions import affine_parts, index_array, index_symbols
+from symdl.define.recurrence import IndexedPart, PrintedScan, Recurrence, ScanEntry
 from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
@@ -274,6 +275,8 @@ class Translator:
             return self.leaf(e, str(e.name), ()), ()
         if isinstance(e, sp.Indexed):
             return self._indexed_array(e)
+        if isinstance(e, (PrintedScan, ScanEntry)):
+            return translate_printed_entry(self, e)
         if isinstance(e, MatrixElement):
             return self._matrix_element(e)
         if isinstance(e, sp.Mul):
@@ -633,4 +636,90 @@ def translate_matrix_or_scalar(translator: Translator, e: sp.Basic) -> ir.Node:
         return stabilize_one(translator.matrix(e))
     if isinstance(e, TensorExpr):
         return stabilize_one(tensor_ir.tensor(translator, e))
+
+    if isinstance(e, Recurrence):
+        return translate_recurrence(translator, e)
     return stabilize_one(translator.scalar(e))
+
+
+def translate_recurrence(translator: Translator, e: Recurrence) -> ir.Node:
+    """``symdl.scan``'s ``Recurrence`` as an ``ir.Scan``: the step is translated over
+    placeholder leaves that stay inside the scan (they are no inputs of the definition)."""
+    placeholders = [c.name for c in e.carries] + [e.slot.name]
+    for placeholder in placeholders:
+        if placeholder in translator.leaves:
+            raise DefinitionError(
+                f"{placeholder} names the placeholder of a scan's step and also an input; "
+                "rename the input or pass scan(..., name=...)")
+    carries = tuple(translator.leaf(c, c.name, c.shape) for c in e.carries)
+    slot = translator.leaf(e.slot, e.slot.name, e.slot.shape)
+    steps = tuple(stabilize_one(translator.matrix(s)) for s in e.steps)
+    for placeholder in placeholders:
+        translator.leaves.pop(placeholder, None)
+    inits = tuple(translator.matrix(i) for i in e.inits)
+    xs = translator.leaf(e.xs, str(e.xs.label), tuple(e.xs.shape))
+    return ir.scan(carry=carries, init=inits, step=steps, slots=(slot,), seqs=(xs,),
+                   emit=steps[0], length=e.length)
+
+
+def translate_printed_entry(translator: Translator, e: PrintedScan | ScanEntry
+                            ) -> tuple[ir.Node, tuple]:
+    """An entry of a printed recurrence (a derived result read back), in index notation."""
+    if isinstance(e, PrintedScan):
+        return translate_printed_scan(translator, e), ()
+    node = translate_printed_scan(translator, e.args[0])
+    return translator._with_indices(node, tuple(e.args[1:]))
+
+
+def _printed_part(translator: Translator, part: sp.Basic) -> ir.Node:
+    if isinstance(part, PrintedScan):
+        return translate_printed_scan(translator, part)
+    if isinstance(part, IndexedPart):
+        expr, indices, shape = part.args
+        translator.index_dims.update(zip(indices, shape, strict=True))
+        node, found = translator.indexed(expr)
+        labels = {i: k for k, i in enumerate(found)}
+        missing = [i for i in indices if i not in labels]
+        operands, specs = [node], [tuple(range(len(found)))]
+        if missing:
+            for i in missing:
+                labels[i] = len(labels)
+            operands.append(ir.ones(tuple(shape[tuple(indices).index(i)] for i in missing)))
+            specs.append(tuple(labels[i] for i in missing))
+        return ir.einsum(operands, specs, tuple(labels[i] for i in indices))
+    if isinstance(part, sp.IndexedBase):
+        return translator.leaf(part, str(part.label), tuple(part.shape))
+    if isinstance(part, MatrixExpr):
+        return translator.matrix(part)
+    return translator.scalar(part)
+
+
+def _placeholder_leaf(translator: Translator, symbol: sp.Basic) -> ir.Node:
+    if isinstance(symbol, sp.IndexedBase):
+        return translator.leaf(symbol, str(symbol.label), tuple(symbol.shape))
+    if isinstance(symbol, sp.MatrixSymbol):
+        return translator.leaf(symbol, symbol.name, tuple(symbol.shape))
+    return translator.leaf(symbol, str(symbol), ())
+
+
+def translate_printed_scan(translator: Translator, e: PrintedScan) -> ir.Node:
+    """A printed recurrence (``PrintedScan``, what a derived result holds) as an ``ir.Scan``:
+    the parts outside the loop first, then the step over its placeholders, which are no
+    inputs (they are dropped from the translator's leaves afterwards)."""
+    mode, reverse, carries, steps, emit, bindings, length, inits = e.args
+    saved_dims = dict(translator.index_dims)
+    inits_n = tuple(_printed_part(translator, i) for i in inits)
+    seqs = tuple(_printed_part(translator, seq) for _, seq, _, _ in bindings)
+    bounds = tuple(None if lag == 0 else _printed_part(translator, bound)
+                   for _, _, lag, bound in bindings)
+    before = set(translator.leaves)
+    carry_n = tuple(_placeholder_leaf(translator, c) for c in carries)
+    slots = tuple(_placeholder_leaf(translator, slot) for slot, _, _, _ in bindings)
+    steps_n = tuple(_printed_part(translator, s) for s in steps)
+    emit_n = _printed_part(translator, emit)
+    for name in {leaf.name for leaf in carry_n + slots} - before:
+        translator.leaves.pop(name, None)
+    translator.index_dims = saved_dims
+    return ir.scan(carry=carry_n, init=inits_n, step=steps_n, slots=slots, seqs=seqs,
+                   lags=tuple(int(lag) for _, _, lag, _ in bindings), bounds=bounds,
+                   emit=emit_n, length=length, mode=str(mode), reverse=bool(reverse))

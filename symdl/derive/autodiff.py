@@ -547,3 +547,151 @@ def _jvp_max(node: ir.Max, tangents: list, extra: tuple) -> ir.Node:
 @JVP.register(ir.ArgMaxMask)
 def _jvp_argmax_mask(node: ir.ArgMaxMask, tangents: list, extra: tuple) -> None:
     return None  # piecewise constant
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrences (``ir.Scan``): backprop through time, and tangents carried along
+
+
+def _placeholder(name: str, shape: tuple) -> ir.Leaf:
+    """A step's placeholder: a leaf that only the scan binding it gives a value."""
+    symbol = (sp.MatrixSymbol(name, *shape) if len(shape) == 2
+              else sp.IndexedBase(name, shape=shape) if shape else sp.Symbol(name, real=True))
+    return ir.leaf(name, shape, symbol)
+
+
+def _state_name(carry: ir.Leaf) -> str:
+    name = carry.name
+    return name[:-len("_prev")] if name.endswith("_prev") and len(name) > 5 else name
+
+
+def _check_differentiable_scan(node: ir.Scan) -> None:
+    if (not node.carry or node.reverse or node.mode != "stack" or any(node.lags)
+            or node.emit not in node.step):
+        raise UnsupportedError(
+            "reverse mode differentiates a forward recurrence h_t = f(h_{t-1}, x_t) stacked "
+            "over t; this scan (a derivative of one) is differentiated in forward mode only")
+
+
+def _states(node: ir.Scan) -> list[ir.Node]:
+    """The stored states of each carry, stacked over t: the scan itself for the carry it
+    emits, the same recurrence emitting the other carries (an LSTM's cell state)."""
+    return [node if node.emit is s else ir.scan(
+        carry=node.carry, init=node.init, step=node.step, slots=node.slots, seqs=node.seqs,
+        emit=s, length=node.length) for s in node.step]
+
+
+def _pullback(node: ir.Scan, cots: list[ir.Node], targets: list[ir.Node]
+              ) -> tuple[list[ir.Node], tuple, tuple, tuple, tuple]:
+    """The VJPs of the step along the cotangents ``cots`` (one per carry) with respect to
+    ``targets`` (carries, slots or closure nodes), over placeholders that read the stored
+    states: ``c_{t-1}`` (lagged, ``c_0`` first) and ``c_t`` itself, so that a step whose
+    derivative is written on its output (``1 - h_t ⊙ h_t`` for tanh) is not computed again.
+    Returns the VJPs and the slots, sequences, lags and first values they read."""
+    states = _states(node)
+    now = [_placeholder(f"{_state_name(c)}_t", c.shape) for c in node.carry]
+    total = ir.add(*[ir.einsum([s, a], [tuple(range(s.rank))] * 2, ())
+                     for s, a in zip(node.step, cots, strict=True)])
+    by_id, _ = reverse(total, list(targets))
+    pulled = ir.substitute([by_id[id(t)] for t in targets],
+                           {id(s): n for s, n in zip(node.step, now, strict=True)})
+    m = len(node.carry)
+    slots = node.carry + tuple(now) + node.slots
+    seqs = tuple(states) + tuple(states) + node.seqs
+    lags = (1,) * m + (0,) * m + (0,) * len(node.slots)
+    bounds = node.init + (None,) * (m + len(node.slots))
+    return pulled, slots, seqs, lags, bounds
+
+
+def _adjoint_scan(node: ir.Scan, adj: ir.Node, mode: str, which: int) -> ir.Node:
+    """The adjoint recurrence, run backwards: ``δ_t = Ḡ_t + c_t``, ``c_{t-1} = J^T δ_t`` for
+    each carry (``Ḡ`` only on the carry the scan emits). ``mode="stack"`` gives the adjoints
+    ``δ_t`` of carry ``which``, ``"final"`` the adjoint of its initial value."""
+    emitted = node.step.index(node.emit)
+    names = [_state_name(c) for c in node.carry]
+    g = _placeholder(f"d{names[emitted]}_out", node.emit.shape)
+    nexts = tuple(_placeholder(f"d{name}_next", c.shape)
+                  for name, c in zip(names, node.carry, strict=True))
+    deltas = [ir.add(g, c) if j == emitted else c for j, c in enumerate(nexts)]
+    sent_down, slots, seqs, lags, bounds = _pullback(node, deltas, list(node.carry))
+    emit = nexts[which] if mode == "final" else deltas[which]
+    return ir.scan(carry=nexts, init=tuple(ir.zero(c.shape) for c in node.carry),
+                   step=tuple(sent_down), slots=(g,) + slots, seqs=(adj,) + seqs,
+                   lags=(0,) + lags, bounds=(None,) + bounds, emit=emit,
+                   length=node.length, mode=mode, reverse=True)
+
+
+@VJP.register(ir.Scan)
+def _vjp_scan(node: ir.Scan, adj: ir.Node, k: int) -> ir.Node:
+    _check_differentiable_scan(node)
+    m = len(node.carry)
+    if k < m:  # an initial state
+        return _adjoint_scan(node, adj, "final", k)
+    deltas = [_adjoint_scan(node, adj, "stack", j) for j in range(m)]
+    names = [_state_name(c) for c in node.carry]
+    cots = [_placeholder(f"d{name}_t", c.shape) for name, c in zip(names, node.carry,
+                                                                    strict=True)]
+    if k < m + len(node.seqs):  # a sequence read at t: its adjoint at each t, stacked
+        target, mode = node.slots[k - m], "stack"
+    else:  # a parameter (or anything else read at every step): summed over t
+        target, mode = node.children()[k], "sum"
+    (pulled,), slots, seqs, lags, bounds = _pullback(node, cots, [target])
+    return ir.scan(slots=tuple(cots) + slots, seqs=tuple(deltas) + seqs,
+                   lags=(0,) * m + lags, bounds=(None,) * m + bounds, emit=pulled,
+                   length=node.length, mode=mode)
+
+
+@JVP.register(ir.Scan)
+def _jvp_scan(node: ir.Scan, tangents: list, extra: tuple[int, ...]) -> ir.Node:
+    # A scan that carries each state and its tangent: the step's forward-mode derivative
+    # along the tangents of the carries, the slots and the closure.
+    extra_dims = _extra_dims(tangents, node)
+    m = len(node.carry)
+    seeds: dict[int, ir.Node] = {}
+    t_carry = []
+    t_init = []
+    for j, c in enumerate(node.carry):
+        tc = _placeholder(f"{c.name}_tan", tuple(c.shape) + extra_dims)
+        seeds[id(c)] = tc
+        t_carry.append(tc)
+        t_init.append(tangents[j] if tangents[j] is not None else ir.zero(tc.shape))
+    k = m + len(node.seqs)
+    bound_tangents = []
+    for b in node.bounds:
+        if b is None:
+            bound_tangents.append(None)
+        else:
+            bound_tangents.append(tangents[k])
+            k += 1
+    t_slots, t_seqs, t_lags, t_bounds = [], [], [], []
+    for i, (slot, lag) in enumerate(zip(node.slots, node.lags, strict=True)):
+        seq_t, bound_t = tangents[m + i], bound_tangents[i]
+        if seq_t is None and bound_t is None:
+            continue
+        ts = _placeholder(f"{slot.name}_tan", tuple(slot.shape) + extra_dims)
+        seeds[id(slot)] = ts
+        t_slots.append(ts)
+        t_seqs.append(seq_t if seq_t is not None
+                      else ir.zero((node.length,) + tuple(ts.shape)))
+        t_lags.append(lag)
+        t_bounds.append(None if lag == 0 else
+                        bound_t if bound_t is not None else ir.zero(ts.shape))
+    for c, t in zip(node.closure, tangents[k:], strict=True):
+        if t is not None:
+            seeds[id(c)] = t
+    t_steps = [forward(s, seeds, extra) for s in node.step]
+    t_emit = forward(node.emit, seeds, extra)
+    return ir.scan(carry=node.carry + tuple(t_carry), init=node.init + tuple(t_init),
+                   step=node.step + tuple(t_steps), slots=node.slots + tuple(t_slots),
+                   seqs=node.seqs + tuple(t_seqs), lags=node.lags + tuple(t_lags),
+                   bounds=node.bounds + tuple(t_bounds), emit=t_emit, length=node.length,
+                   mode=node.mode, reverse=node.reverse)
+
+
+def _extra_dims(tangents: list, node: ir.Scan) -> tuple:
+    """The seed axes' sizes, read off any tangent (its shape beyond its node's)."""
+    for t, child in zip(tangents, node.children(), strict=True):
+        if t is not None:
+            return tuple(t.shape[child.rank:])
+    raise ValueError("a scan with no tangent has no forward derivative")

@@ -127,3 +127,9 @@ __all__ = [
     "zero",
 ]
 __all__ += ["MATRIX_FUNCTION_KINDS", "MatrixFunction", "matrix_function"]
+
+
+# Recurrences (``Scan``): kept apart so that other node kinds merge without conflicts.
+from symdl.ir.nodes import Scan, closure_of, scan, substitute  # noqa: E402
+
+__all__ += ["Scan", "closure_of", "scan", "substitute"]

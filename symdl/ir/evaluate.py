@@ -8,6 +8,7 @@ table ``EVALUATE``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -28,8 +29,15 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
 def _lambdified(fn: sp.Lambda, cache: dict) -> object:
     key = id(fn)
     if key not in cache:
-        cache[key] = numpy_function(fn.variables, fn.expr)
+        cache[key] = _numpy_function(fn)
     return cache[key]
+
+
+@functools.lru_cache(maxsize=4096)
+def _numpy_function(fn: sp.Lambda) -> object:
+    # By the function itself, across evaluations: finite differences of a recurrence evaluate
+    # the same step functions hundreds of times, and lambdify costs more than the arithmetic.
+    return numpy_function(fn.variables, fn.expr)
 
 
 @dataclass
@@ -41,6 +49,8 @@ class _Evaluation:
     results: dict[int, np.ndarray] = field(default_factory=dict)
     fn_cache: dict = field(default_factory=dict)
     bound: dict = field(default_factory=dict)
+    """Dimension and coefficient values by expression (``_bound``): a scan evaluates its step's
+    nodes once per step, and SymPy's ``subs`` would dominate."""
 
     def __getitem__(self, node: ir.Node) -> np.ndarray:
         return self.results[id(node)]
@@ -328,3 +338,40 @@ def _argmax_mask(node: ir.ArgMaxMask, ev: _Evaluation, shape: tuple[int, ...]) -
     mask = np.zeros(shape)
     np.put_along_axis(mask, first, 1.0, axis=node.axis)
     return mask
+
+
+
+@EVALUATE.register(ir.Scan)
+def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
+    # A loop over t around the step graph, which is rewritten and ordered once; the
+    # placeholders and the closure are bound by node, not by name.
+    roots = rewrites.exact(node.body_roots())
+    order = ir.topological_order(roots, stop=list(node.closure) + list(node.placeholders()))
+    fixed = dict(ev.results)  # the closure, and whatever the body's rewriting reaches
+    length = ev.size(node.length)
+    carries = [ev[i] for i in node.init]
+    outputs = []
+    steps = range(length - 1, -1, -1) if node.reverse else range(length)
+    for t in steps:
+        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache, ev.sizes)
+        for placeholder, value in zip(node.carry, carries, strict=True):
+            inner.results[id(placeholder)] = value
+        for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,
+                                         strict=True):
+            read = t - lag
+            inner.results[id(slot)] = ev[seq][read] if read >= 0 else ev[bound]
+        for n in order:
+            if id(n) not in inner.results:
+                n_shape = tuple(inner.size(d) for d in n.shape)
+                inner.results[id(n)] = np.asarray(
+                    EVALUATE(n, inner, n_shape), dtype=float).reshape(n_shape)
+        if node.mode != "final":
+            outputs.append(inner[roots[-1]])
+        carries = [inner[r] for r in roots[:-1]]
+    if node.mode == "final":
+        return carries[node.carry.index(node.emit)]
+    if node.mode == "sum":
+        return np.sum(outputs, axis=0) if outputs else np.zeros(shape)
+    if node.reverse:
+        outputs.reverse()
+    return np.stack(outputs) if outputs else np.zeros(shape)

@@ -153,3 +153,9 @@ def _matrix_function_when_shared(node: ir.Node, uses: int) -> bool:
 WORTH_A_NAME.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint,
                       ir.ArgMaxMask)(_when_shared)
 WORTH_A_NAME.register(ir.Max)(_nonlinear)
+
+
+
+@WORTH_A_NAME.register(ir.Scan)
+def _scan_named(node: ir.Node, uses: int) -> bool:
+    return True  # a recurrence: its stored states are read by the reverse loop

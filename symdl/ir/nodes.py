@@ -767,3 +767,182 @@ def matrix_function(a: Node, kind: str) -> MatrixFunction:
 @REBUILD.register(MatrixFunction)
 def _rebuild_matrix_function(node: MatrixFunction, children: list[Node]) -> Node:
     return matrix_function(children[0], node.kind)
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Recurrences
+
+
+@dataclass(frozen=True, eq=False)
+class Scan(Node):
+    """A recurrence over ``t = 1..length``, ``length`` a symbol: never unrolled.
+
+    Design. The step is its own small IR graph over placeholder leaves, held in the node and
+    not among its children:
+
+    * ``carry`` (placeholders for the state ``c_{t-1}``: one for an RNN or GRU, two for an
+      LSTM's ``(h, c)``, none for a plain map over ``t``) starts at ``init``; at each step
+      ``c_t = step`` (graphs over the placeholders, one per carry);
+    * ``slots[k]`` (placeholders) read ``seqs[k]`` at ``t`` (``lags[k] == 0``) or at
+      ``t - 1`` (``lags[k] == 1``, reading ``bounds[k]`` at the first step): every sequence
+      has the time axis first, of size ``length``;
+    * ``closure``: the nodes of the outer graph that the step reads (parameters, and
+      whatever does not depend on ``t``, hoisted out of the loop); they are children, so
+      that derivatives reach them;
+    * ``emit``: what step ``t`` outputs, a graph over the same placeholders (the new state
+      for ``h_t = f(h_{t-1}, x_t; θ)``: then ``emit is step[0]``);
+    * ``mode``: ``"stack"`` (the value is the outputs stacked along a first axis of size
+      ``length``), ``"sum"`` (their sum over ``t``) or ``"final"`` (the carry that ``emit``
+      names, after the last step); ``reverse`` runs ``t`` from ``length`` down to 1.
+
+    Reverse mode (backprop through time), for ``H = scan(h_t = f(h_{t-1}, x_t; θ))`` with
+    upstream adjoint ``Ḡ``: a reverse scan whose carry is the adjoint sent down to
+    ``h_{t-1}``: ``δ_t = Ḡ_t + c_t``, ``c_{t-1} = J_h f(h_{t-1}, x_t)^T δ_t`` (it reads the
+    stored states, ``H`` lagged by one with ``h_0`` first, and ``h_t`` for derivatives written
+    on the output); ``∂h_0`` is its final carry; ``∂x_t = J_x f^T δ_t`` is a map over ``t``
+    (stacked) and ``∂θ = Σ_t J_θ f^T δ_t`` one summed over ``t``. Forward mode (Hessians,
+    HVPs) is a scan carrying the state and its tangent. The body's derivatives are ordinary
+    IR (``symdl.derive.autodiff`` on the step graph), so any step the IR differentiates can be
+    scanned. Evaluation and kernels loop over ``t`` around the body, whose code is generated
+    once: compile time does not depend on ``length``; the forward states are stored
+    (``length`` x the state's size) for the reverse loop.
+    """
+
+    init: tuple[Node, ...]
+    carry: tuple[Leaf, ...]
+    seqs: tuple[Node, ...]
+    slots: tuple[Leaf, ...]
+    lags: tuple[int, ...]
+    bounds: tuple[Node | None, ...]
+    closure: tuple[Node, ...]
+    step: tuple[Node, ...]
+    emit: Node
+    length: sp.Expr
+    mode: str
+    reverse: bool
+    _fields: ClassVar[tuple[str, ...]] = (
+        "init", "carry", "seqs", "slots", "lags", "bounds", "closure", "step", "emit",
+        "length", "mode", "reverse")
+
+    def _compute_shape(self) -> Shape:
+        if self.mode == "stack":
+            return (self.length,) + tuple(self.emit.shape)
+        return tuple(self.emit.shape)
+
+    def children(self) -> tuple[Node, ...]:
+        bounds = tuple(b for b in self.bounds if b is not None)
+        return self.init + self.seqs + bounds + self.closure
+
+    def placeholders(self) -> tuple[Leaf, ...]:
+        return self.carry + self.slots
+
+    def body_roots(self) -> list[Node]:
+        return list(self.step) + [self.emit]
+
+
+def closure_of(roots: list[Node], placeholders: tuple[Node, ...]) -> tuple[Node, ...]:
+    """The largest subgraphs under ``roots`` that do not depend on ``placeholders``, in a
+    fixed order: what a scan's step reads from outside (hoisted out of the loop)."""
+    depends = {id(p) for p in placeholders}
+    order = topological_order(list(roots))
+    for node in order:
+        if any(id(c) in depends for c in node.children()):
+            depends.add(id(node))
+    found: list[Node] = []
+    seen: set[int] = set()
+    for node in order:
+        if id(node) not in depends:
+            continue
+        for child in node.children():
+            if id(child) not in depends and id(child) not in seen:
+                seen.add(id(child))
+                found.append(child)
+    for root in roots:  # a step that reads no placeholder at all
+        if id(root) not in depends and id(root) not in seen:
+            seen.add(id(root))
+            found.append(root)
+    return tuple(found)
+
+
+def substitute(roots: list[Node], mapping: dict[int, Node]) -> list[Node]:
+    """``roots`` with the nodes whose ids are in ``mapping`` replaced (rebuilt above them)."""
+    done: dict[int, Node] = {}
+    stop = [n for n in topological_order(list(roots)) if id(n) in mapping]
+    for node in topological_order(list(roots), stop=stop):
+        if id(node) in mapping:
+            done[id(node)] = mapping[id(node)]
+        else:
+            done[id(node)] = rebuilt(node, [done[id(c)] for c in node.children()])
+    return [done[id(r)] for r in roots]
+
+
+def scan(
+    *,
+    carry: tuple[Leaf, ...] = (),
+    init: tuple[Node, ...] = (),
+    step: tuple[Node, ...] = (),
+    slots: tuple[Leaf, ...],
+    seqs: tuple[Node, ...],
+    emit: Node,
+    length: sp.Expr,
+    lags: tuple[int, ...] | None = None,
+    bounds: tuple[Node | None, ...] | None = None,
+    mode: str = "stack",
+    reverse: bool = False,
+) -> Node:
+    """Builds a ``Scan`` (see its docstring), checking the shapes of its parts."""
+    length = sp.sympify(length)
+    carry, init, step = tuple(carry), tuple(init), tuple(step)
+    lags = tuple(lags) if lags is not None else (0,) * len(slots)
+    bounds = tuple(bounds) if bounds is not None else (None,) * len(slots)
+    if mode not in ("stack", "sum", "final"):
+        raise ValueError(f"scan mode {mode!r}")
+    if not len(carry) == len(init) == len(step):
+        raise ValueError("a scan has one initial value and one step per carry")
+    for c, i, s in zip(carry, init, step, strict=True):
+        if i.shape != c.shape or s.shape != c.shape:
+            raise ShapeMismatchError(
+                f"a recurrence's initial state {i.shape}, its carry {c.shape} and its "
+                f"step {s.shape} must have one shape", i.shape, s.shape)
+    for slot, seq, lag, bound in zip(slots, seqs, lags, bounds, strict=True):
+        if seq.rank == 0 or seq.shape[0] != length or tuple(seq.shape[1:]) != slot.shape:
+            raise ShapeMismatchError(
+                f"a sequence read at each step t = 1..{length} as {slot.shape} must have "
+                f"shape {(length,) + tuple(slot.shape)}, got {seq.shape}", seq.shape)
+        if lag not in (0, 1) or (lag == 1) != (bound is not None):
+            raise ValueError("a lag-1 read needs its value at the first step, lag 0 none")
+        if bound is not None and bound.shape != slot.shape:
+            raise ShapeMismatchError(
+                f"the first value {bound.shape} of a lagged read must have the shape "
+                f"{slot.shape} of its slot", bound.shape, slot.shape)
+    if mode == "final" and emit not in carry:
+        raise ValueError("a final-carry scan's output names one of its carries")
+    roots = list(step) + [emit]
+    closure = closure_of(roots, carry + tuple(slots))
+    return _intern(Scan(init, carry, tuple(seqs), tuple(slots), lags, bounds, closure, step,
+                        emit, length, mode, bool(reverse)))
+
+
+@REBUILD.register(Scan)
+def _rebuild_scan(node: Scan, children: list[Node]) -> Node:
+    k = len(node.init)
+    init = tuple(children[:k])
+    seqs = tuple(children[k:k + len(node.seqs)])
+    k += len(node.seqs)
+    bounds = []
+    for b in node.bounds:
+        if b is None:
+            bounds.append(None)
+        else:
+            bounds.append(children[k])
+            k += 1
+    closure = children[k:]
+    mapping = {id(old): new for old, new in zip(node.closure, closure, strict=True)
+               if old is not new}
+    roots = node.body_roots()
+    if mapping:
+        roots = substitute(roots, mapping)
+    return scan(carry=node.carry, init=init, step=tuple(roots[:-1]), slots=node.slots,
+                seqs=seqs, emit=roots[-1], length=node.length, lags=node.lags,
+                bounds=tuple(bounds), mode=node.mode, reverse=node.reverse)

@@ -656,3 +656,14 @@ def _matrix_function_atom(node: ir.Node, cluster: _Cluster, spec: Labels, depth:
 _INDEXED = (ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max, ir.ArgMaxMask)
 ELEMENTWISE.register(*_INDEXED)(_never_elementwise)
 CLUSTER_ENTRY.register(*_INDEXED)(_opaque)
+
+
+
+@ELEMENTWISE.register(ir.Scan)
+def _scan_not_elementwise(node: ir.Node) -> bool:
+    return False
+
+
+@CLUSTER_ENTRY.register(ir.Scan)
+def _scan_opaque(node: ir.Node, cluster: _Cluster, spec: Labels, depth: int) -> sp.Expr:
+    return cluster.atom(node, spec)

@@ -402,6 +402,130 @@ class Generator:
             f"of size exactly {dim}"
         )
 
+    # -- recurrences ----------------------------------------------------------------------
+
+    def scan_code(self, step, number: int) -> list[str]:
+        """The driver's lines for a recurrence (``steps.ScanStep``): its step planned and
+        generated once, as a kernel of its own over placeholders, inside a loop over ``t``.
+        The step's names get the suffix ``_r<number>`` so that they cannot meet the outer
+        kernel's."""
+        from symdl.ir import rewrites
+        from symdl.kernels import plan as planning
+
+        node = step.node
+        suffix = f"_r{number}"
+        inner_closure = ir.closure_of(node.body_roots(), node.placeholders())
+        stand_ins: dict[int, ir.Node] = {}
+        outer_of: dict[int, ir.Node] = {}
+        for k, (inner, outer) in enumerate(zip(inner_closure, node.closure, strict=True)):
+            if isinstance(inner, (ir.Ones, ir.Zero, ir.Identity)) or ir.is_scalar_constant(inner):
+                continue  # a constant stays in the step's own code
+            leaf = ir.leaf(f"_closure{k}", inner.shape, sp.Symbol(f"_closure{k}"))
+            stand_ins[id(inner)] = leaf
+            outer_of[id(leaf)] = outer
+        roots = rewrites.exact(ir.substitute(node.body_roots(), stand_ins))
+        m = len(node.carry)
+        steps_in, emit = roots[:m], roots[m]
+        emitted = next((j for j, s in enumerate(node.step) if s is node.emit), None)
+        outputs: dict[str, ir.Node] = {f"s{j}": s for j, s in enumerate(steps_in)}
+        if node.mode != "final" and emitted is None:
+            outputs["e"] = emit
+        sub_plan = planning.plan(outputs)
+        leaves = [n for n in ir.topological_order(list(sub_plan.roots.values()))
+                  if isinstance(n, ir.Leaf)]
+        leaves += [p for p in node.placeholders() if p not in leaves]
+        sub = Generator(sub_plan, leaves, "")
+        statements = sub._steps() + sub._output_copies()
+        step.body_flops = sp.Add(*(s.flops() for s in sub_plan.steps))
+        functions = "\n\n".join(sub.functions)
+        defined = re.findall(r"^def (\w+)\(", functions, re.MULTILINE)
+        for name in defined:
+            pattern = re.compile(rf"\b{re.escape(name)}\b")
+            functions = pattern.sub(name + suffix, functions)
+            statements = [pattern.sub(name + suffix, s) for s in statements]
+        keep = {name + suffix for name in defined}
+        statements = [_suffixed(s, suffix, keep) for s in statements]
+        # A step's loops are small (one time step) and run T times: a parallel loop would
+        # start threads at every step (4 ms each at T = 1000); the step's loops run serially.
+        statements = [re.sub(r"\bparallel\b", "False", s) for s in statements]
+        self.functions.append(functions)
+
+        def inner_name(n: ir.Node) -> str:
+            return sub.arrays[id(n)] + suffix
+
+        lines = [f"# recurrence {number}: {ascii(node.mode)} over t = 1..{ascii(str(node.length))}"
+                 + (", backwards" if node.reverse else "")]
+        for d, name in sub.dim_names.items():
+            lines.append(f"{name}{suffix} = {self.size(d)}")
+        for leaf in leaves:
+            if id(leaf) in outer_of:
+                lines.append(f"{inner_name(leaf)} = {self._scan_array(outer_of[id(leaf)], lines)}")
+        out = self.array_of(node)
+        t = f"t{number}"
+        length = f"int({self.size(node.length)})"
+        carries = [f"carry{number}_{j}" for j in range(m)]
+        spares = [f"next{number}_{j}" for j in range(m)]
+        # One state written straight into the stored sequence, and read back from it.
+        direct = m == 1 and node.mode == "stack" and emitted == 0 and not node.reverse
+        for j, c in enumerate(node.carry):
+            lines += [f"{carries[j]} = np.empty({self.shape_tuple(c)}, dtype=dtype)",
+                      f"{carries[j]}[...] = {self._scan_array(node.init[j], lines)}"]
+            if not direct:
+                lines.append(f"{spares[j]} = np.empty({self.shape_tuple(c)}, dtype=dtype)")
+        summed = f"term{number}"
+        if node.mode == "sum":
+            lines += [f"{out}[...] = 0.0",
+                      f"{summed} = np.empty({self.shape_tuple(node.emit)}, dtype=dtype)"]
+        bounds = {id(s): self._scan_array(b, lines) for s, b in zip(node.slots, node.bounds,
+                                                                   strict=True) if b is not None}
+        order = f"range({length} - 1, -1, -1)" if node.reverse else f"range({length})"
+        body = []
+        for slot, seq, lag in zip(node.slots, node.seqs, node.lags, strict=True):
+            if slot not in leaves:
+                continue
+            seq_array = self._scan_array(seq, lines)
+            if lag == 0:
+                body.append(f"{inner_name(slot)} = {seq_array}[{t}]")
+            else:
+                body += [f"if {t} > 0:", f"    {inner_name(slot)} = {seq_array}[{t} - 1]",
+                         "else:", f"    {inner_name(slot)} = {bounds[id(slot)]}"]
+        for j, c in enumerate(node.carry):
+            if c in leaves:
+                body.append(f"{inner_name(c)} = {carries[j]}")
+        targets = {f"s{j}": spares[j] for j in range(m)}
+        if direct:
+            targets["s0"] = f"{out}[{t}]"
+        targets["e"] = f"{out}[{t}]" if node.mode == "stack" else summed
+        for k, key in enumerate(sub_plan.roots):
+            body.append(f"out{k}{suffix} = {targets[key]}")
+        body += statements
+        if node.mode == "stack" and emitted is not None and not direct:
+            body.append(f"{out}[{t}] = {spares[emitted]}")
+        if direct:
+            body.append(f"{carries[0]} = {out}[{t}]")
+        else:
+            for j in range(m):
+                body.append(f"{carries[j]}, {spares[j]} = {spares[j]}, {carries[j]}")
+        if node.mode == "sum":
+            body.append(f"{out} += {summed}")
+        lines.append(f"for {t} in {order}:")
+        lines += [f"    {s}" for s in body]
+        if node.mode == "final":
+            lines.append(f"{out}[...] = {carries[node.carry.index(node.emit)]}")
+        return lines
+
+    def _scan_array(self, node: ir.Node, lines: list[str]) -> str:
+        """An array holding ``node`` for a recurrence: its own, or one filled now with a
+        constant (a zero initial state)."""
+        if isinstance(node, (ir.Ones, ir.Zero)) or ir.is_scalar_constant(node):
+            name = self.namer.temp(node, "c")
+            value = ("1.0" if isinstance(node, ir.Ones) else "0.0" if ir.is_zero(node)
+                     else self.constant(node.coeff))
+            lines += [f"{name} = np.empty({self.shape_tuple(node)}, dtype=dtype)",
+                      f"{name}[...] = {value}"]
+            return name
+        return self.array_of(node)
+
 
 def _index(at: tuple, loop_vars: list[str]) -> str:
     return ", ".join(loop_vars[v] if v is not None else "0" for v in at)
@@ -737,3 +861,27 @@ def index_arguments(gen: Generator, leaves: list[ir.Leaf]) -> list[str]:
             "    return np.ascontiguousarray(array), dtype", "", "",
             "compute.__doc__ += (\"\\n    Index arrays (integers, int32 or int64; each value a row"
             " of the table it indexes, checked): \" + \", \".join(_INDEX_ARGUMENTS) + \"\\n\")", ""]
+
+
+
+_MEMBER_CODE.register(ir.Scan)(_not_a_loop_member)
+
+_DRIVER_WORDS = frozenset({
+    "np", "numba", "math", "prange", "range", "int", "float", "dtype", "parallel", "inplace",
+    "if", "else", "elif", "for", "in", "not", "and", "or", "is", "True", "False", "None",
+    "min", "max", "abs", "raise"})
+_WORD = re.compile(r"(?<![\w.])([A-Za-z_]\w*)")
+_QUOTED = re.compile(r"('[^']*'|\"[^\"]*\")")
+
+
+def _suffixed(statement: str, suffix: str, keep: set[str]) -> str:
+    """A recurrence step's driver statement with its own names suffixed (outside strings):
+    every name but NumPy's, the driver's and the module's helpers (``_check``, ``_tanh``)."""
+    def rename(match: re.Match) -> str:
+        word = match.group(1)
+        if word in _DRIVER_WORDS or word in keep or word.startswith("_"):
+            return word
+        return word + suffix
+
+    parts = _QUOTED.split(statement)
+    return "".join(part if k % 2 else _WORD.sub(rename, part) for k, part in enumerate(parts))

@@ -170,3 +170,9 @@ def _check_matrix_function(node: ir.Node) -> None:
 # Computed positions (symdl.ir.indexed): integer positions, no scalar body of their own.
 CHECK.register(ir.AffineRead, ir.AffineScatter, ir.Take, ir.TakeAdjoint, ir.Max,
                ir.ArgMaxMask)(_check_nothing)
+
+
+
+@CHECK.register(ir.Scan)
+def _check_scan(node: ir.Scan) -> None:
+    check_compilable(node.body_roots())  # the step is code of its own

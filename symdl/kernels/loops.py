@@ -261,3 +261,13 @@ def row_stats_kind(node: ir.Node) -> str:
     """Which row statistics a node reads: ``"max"`` (maxima and first arg maxima, for
     ``Max`` and ``ArgMaxMask``) or ``"exp"`` (maxima and sums of exponentials)."""
     return "max" if isinstance(node, (ir.Max, ir.ArgMaxMask)) else "exp"
+
+
+
+# A recurrence is a step of its own (``steps.ScanStep``), never a loop member.
+_POINTWISE.register(ir.Scan)(lambda node: False)
+_ROW_STATS.register(ir.Scan)(lambda node: None)
+_OPERAND_READS.register(ir.Scan)(lambda node, loop_vars: [])
+_OWN_LOOP_VARS.register(ir.Scan)(lambda node: iteration(node)[1])
+_LOOP_COST.register(ir.Scan)(lambda node: 1 + len(node.children()))
+_ENTRY_FLOPS.register(ir.Scan)(_never("a loop member"))

@@ -44,6 +44,7 @@ from symdl.kernels.steps import (
     RowMax,
     RowStats,
     RowStream,
+    ScanStep,
     ScatterLoop,
     Step,
     Symmetric,
@@ -764,3 +765,25 @@ _CHEAP_ARITHMETIC.register(ir.AffineScatter, ir.TakeAdjoint, ir.Max, ir.ArgMaxMa
 _PLACE.register(ir.AffineRead, ir.Take, ir.Max, ir.ArgMaxMask)(
     lambda node, planner: planner.place_computed(node))
 _PLACE.register(ir.AffineScatter, ir.TakeAdjoint)(_place_scatter)
+
+
+
+def _lower_scan(node: ir.Scan, get) -> ir.Node:
+    # The children are lowered; the step keeps its own nodes (its code is planned on its own,
+    # with the closure, in ``ir.closure_of``'s order, standing for the lowered children).
+    init = tuple(get(i) for i in node.init)
+    bounds = tuple(None if b is None else get(b) for b in node.bounds)
+    return ir._intern(ir.Scan(init, node.carry, tuple(get(s) for s in node.seqs), node.slots,
+                              node.lags, bounds, tuple(get(c) for c in node.closure),
+                              node.step, node.emit, node.length, node.mode, node.reverse))
+
+
+def _place_scan(node: ir.Scan, planner: _Planner) -> None:
+    for child in node.children():
+        planner.materialize(child)
+    planner.add_step(ScanStep(node), node)
+
+
+_LOWER.register(ir.Scan)(_lower_scan)
+_PLACE.register(ir.Scan)(_place_scan)
+_CHEAP_ARITHMETIC.register(ir.Scan)(lambda node: False)

@@ -1153,3 +1153,37 @@ def owning_axes(node: ir.AffineScatter) -> list[int]:
         if all(other.coeffs[a] == 0 for i, other in enumerate(node.index) if i != j):
             owned.append(a)
     return owned
+
+
+
+@dataclass(eq=False)
+class ScanStep(Step):
+    """A recurrence (``ir.Scan``): a loop over ``t`` in the driver around the code of its step,
+    generated once (``Generator.scan_code``), never unrolled. The step reads its sequences at
+    ``t`` as views, the carry from a buffer (or the previous stored state), the closure from
+    the arrays the plan computed before the loop."""
+
+    node: ir.Scan
+    body_flops: sp.Expr = sp.Integer(0)
+    """Filled in when the step's code is generated (the step's own plan counts them)."""
+
+    summary: ClassVar[str] = "recurrences"
+    jitted: ClassVar[bool] = True
+
+    def reads(self) -> list[Read]:
+        return [(child, None) for child in self.node.children()]
+
+    def provides(self) -> set:
+        return {id(self.node)}
+
+    def computed(self) -> list[ir.Node]:
+        return [self.node]
+
+    def flops(self) -> sp.Expr:
+        return self.node.length * self.body_flops
+
+    def emit(self, gen: Generator, number: int) -> list[str]:
+        return gen.scan_code(self, number)
+
+
+STEP_KINDS = STEP_KINDS + (ScanStep,)

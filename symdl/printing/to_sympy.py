@@ -21,6 +21,7 @@ from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
 from symdl import ir
+from symdl.define.recurrence import IndexedPart, PrintedScan, ScanEntry
 from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
 from symdl.define.vocabulary import Det, LogDet, LogSumExp, Norm, Softmax, Spectrum, Total
 from symdl.errors import DerivationError, EvaluationError, UnsupportedError
@@ -975,3 +976,58 @@ def _index_max(node: ir.Max, printer: SympyPrinter, indices: tuple) -> sp.Expr:
 def _index_argmax_mask(node: ir.ArgMaxMask, printer: SympyPrinter, indices: tuple) -> sp.Expr:
     # [k = argmax_m X[b, m]]: 1 at the first maximum.
     return sp.KroneckerDelta(indices[node.axis], ArgMaxOver(*_along(node, printer, indices)))
+
+
+
+# -- recurrences (``ir.Scan``) ------------------------------------------------------------
+
+
+def _printed_part(node: ir.Node, printer: SympyPrinter) -> sp.Basic:
+    """A scan's part (a step, a sequence it reads) as one SymPy object that translates back
+    to the same node: its symbol, a matrix, a scalar, a printed scan, or an ``IndexedPart``
+    (index notation with its indices and shape: nothing squeezed)."""
+    if id(node) in printer.aliases:
+        return printer.aliases[id(node)].symbol
+    if isinstance(node, ir.Named):
+        return _printed_part(node.body, printer) if printer._inlined(node) else node.symbol
+    if isinstance(node, ir.Leaf):
+        return node.symbol
+    if isinstance(node, ir.Scan):
+        return _printed_scan(node, printer)
+    if node.rank == 0:
+        return printer.scalar(node)
+    if node.rank == 2:
+        try:
+            return printer.matrix(node)
+        except _NoMatrixFormError:
+            pass
+    indices = tuple(printer._fresh_index() for _ in node.shape)
+    return IndexedPart(printer.index(node, indices), sp.Tuple(*indices), sp.Tuple(*node.shape))
+
+
+def _printed_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
+    bindings = sp.Tuple(*[
+        sp.Tuple(slot.symbol, _printed_part(seq, printer), sp.Integer(lag),
+                 sp.S.Zero if bound is None else _printed_part(bound, printer))
+        for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,
+                                         strict=True)])
+    return PrintedScan(sp.Symbol(node.mode), sp.Integer(int(node.reverse)),
+                       sp.Tuple(*[c.symbol for c in node.carry]),
+                       sp.Tuple(*[_printed_part(s, printer) for s in node.step]),
+                       _printed_part(node.emit, printer), bindings, node.length,
+                       sp.Tuple(*[_printed_part(i, printer) for i in node.init]))
+
+
+@SCALAR.register(ir.Scan)
+def _scalar_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Expr:
+    return _printed_scan(node, printer)
+
+
+@MATRIX.register(ir.Scan)
+def _matrix_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
+    raise _NoMatrixFormError(node)  # printed as a recurrence, entry by entry
+
+
+@INDEX.register(ir.Scan)
+def _index_scan(node: ir.Scan, printer: SympyPrinter, indices: tuple) -> sp.Expr:
+    return ScanEntry(_printed_scan(node, printer), *indices)

@@ -486,3 +486,12 @@ def _take_adjoint(node: ir.TakeAdjoint, analysis: _Analysis) -> _Info:
 def _max_along(node: ir.Max | ir.ArgMaxMask, analysis: _Analysis) -> _Info:
     # A maximum along an axis is nonlinear, as a log-sum-exp: the same rules.
     return analysis.along_axis(node, analysis.kids(node))
+
+
+
+@ROW_SPLIT.register(ir.Scan)
+def _scan(node: ir.Scan, analysis: _Analysis) -> _Info:
+    kids = analysis.kids(node)
+    if any(k.kind != CONST for k in kids):
+        raise analysis.refuse("a recurrence (symdl.scan) over the data rows")
+    return _Info(CONST)

@@ -77,7 +77,16 @@ def _one_node_of_each_kind() -> list[ir.Node]:
             ir.logsumexp(mapped, 1), ir.softmax(total, 0), ir.solve(A, B),
             ir.det(total, log=True, spd=False),
             ir.named("Z", total, sp.MatrixSymbol("Z", n, n)),
-            ir.matrix_function(total, "eigvalsh")]
+            ir.matrix_function(total, "eigvalsh"), _a_scan(n, A, B, product)]
+
+
+def _a_scan(n, A, B, sequence) -> ir.Node:
+    """c_t = c_{t-1} ⊙ x_t (broadcast over rows) + B over the n rows x_t of ``sequence``."""
+    carry = ir.leaf("c_prev", (n, n), sp.MatrixSymbol("c_prev", n, n))
+    row = ir.leaf("x_t", (n,), sp.IndexedBase("x_t", shape=(n,)))
+    step = ir.add(ir.einsum([carry, row], [(0, 1), (1,)], (0, 1)), B)
+    return ir.scan(carry=(carry,), init=(A,), step=(step,), slots=(row,), seqs=(sequence,),
+                   emit=step, length=n)
 
 
 def test_every_node_kind_rebuilds_over_its_own_children() -> None:
