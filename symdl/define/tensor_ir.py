@@ -15,6 +15,7 @@ import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl import ir
+from symdl.define.recurrence import Recurrence
 from symdl.define.tensors import (
     ChannelBias,
     Conv,
@@ -223,6 +224,8 @@ def translate_step(translator: Translator, target: sp.Basic,
     any other target (a matrix or scalar step)."""
     if isinstance(target, sp.Indexed):
         return stabilize_one(_entrywise(translator, target, definition))
+    if isinstance(definition, Recurrence):
+        return None  # a scan's sequence of states: translated as a recurrence
     if isinstance(target, sp.IndexedBase):
         shape = tensor_shape(target, "a step")
         if isinstance(definition, MatrixExpr):

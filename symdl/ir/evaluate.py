@@ -353,7 +353,7 @@ def _scan(node: ir.Scan, ev: _Evaluation, shape: tuple[int, ...]) -> np.ndarray:
     outputs = []
     steps = range(length - 1, -1, -1) if node.reverse else range(length)
     for t in steps:
-        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache, ev.sizes)
+        inner = _Evaluation(ev.values, ev.dim_subs, dict(fixed), ev.fn_cache, ev.bound)
         for placeholder, value in zip(node.carry, carries, strict=True):
             inner.results[id(placeholder)] = value
         for slot, seq, lag, bound in zip(node.slots, node.seqs, node.lags, node.bounds,

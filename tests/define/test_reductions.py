@@ -185,7 +185,7 @@ def test_bad_reductions_are_typed_errors():
     Q = sp.IndexedBase("Q", shape=(A, Bd))
     with pytest.raises(symdl.DefinitionError, match="free indices"):
         symdl.derive([(Q[a, b], X[a, b, c])], wrt=[X])
-    with pytest.raises(symdl.ShapeMismatchError, match="runs over C in the definition of Q.* but over B in Q"):
+    with pytest.raises(symdl.ShapeMismatchError, match="runs over C in the .* over B"):
         symdl.derive([(Q[a, c], sp.Sum(X[a, b, c], (b, 0, Bd - 1)))], wrt=[X])
     with pytest.raises(symdl.DefinitionError, match="distinct index symbols"):
         symdl.derive([(Q[a, a], X[a, a, 0])], wrt=[X])
