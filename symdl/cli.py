@@ -325,7 +325,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
-                  progress=not args.quiet, curvature=not args.no_curvature)
+                  progress=not args.quiet, curvature=not args.no_curvature,
+                  dtype=args.dtype)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -472,6 +473,9 @@ def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
     demo.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no pdflatex)")
     demo.add_argument("--no-curvature", action="store_true",
                       help="skip the Hessian spectrum at initialisation and after training")
+    demo.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                      help="precision of the training: parameters, optimizer states and every "
+                      "kernel's arithmetic (default float64)")
     demo.set_defaults(run=_cmd_demo)
 
 

@@ -25,7 +25,7 @@ from symdl import ir
 from symdl.errors import UnsupportedError
 from symdl.ir.evaluate import GRAM_PIVOT_TOLERANCE
 from symdl.kernels.loops import entry_flops, node_reads, row_stats_of
-from symdl.kernels.scalar_code import FASTMATH
+from symdl.kernels.scalar_code import FASTMATH, LITERAL
 
 if TYPE_CHECKING:
     from symdl.kernels.codegen import Generator, LoopCode
@@ -304,8 +304,10 @@ class RowStats(Step):
         lanes = 0 if self.axis == 1 else 1
         for parallel in (False, True):
             gen.functions.append(_stats_function(number, self.axis, parallel))
-        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
-                f"{total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+        # In the kernel's dtype: a float32 softmax reads them in float32 arithmetic (each
+        # total is summed in float64 before it is stored).
+        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=dtype)",
+                f"{total} = np.empty({arg}.shape[{lanes}], dtype=dtype)",
                 *dispatch(f"_stats{number}", f"{arg}, {peak}, {total}", parallel=True)]
 
 
@@ -318,11 +320,12 @@ def _stats_function(number: int, axis: int, parallel: bool) -> str:
     variant, loop = ("_parallel", "prange") if parallel else ("", "range")
     return f'''{decorator}
 def _stats{number}{variant}(z, peak, total):
+    {LITERAL} = z.dtype.type
     length = z.shape[{length}]
     for r in {loop}(z.shape[{lanes}]):
         # Eight running maxima: a max reduction does not vectorise without no-NaN fast-math,
         # but eight independent chains keep the core busy (3.5x faster over 1000 columns).
-        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -math.inf
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = {LITERAL}(-math.inf)
         c = 0
         while c + 8 <= length:
 {chains}
@@ -332,8 +335,8 @@ def _stats{number}{variant}(z, peak, total):
             m = max(m, z[{at}])
             c += 1
         if not math.isfinite(m):
-            m = 0.0
-        s = 0.0
+            m = {LITERAL}(0.0)
+        s = 0.0  # float64: the sum of a long row
         for c in range(length):
             s += _exp(z[{at}] - m)
         peak[r] = m
@@ -435,7 +438,8 @@ class LoopGroup(Step):
 
     def _function(self, gen: Generator, name: str, header: str, parallel: bool,
                   code: LoopCode) -> str:
-        lines = [jit_decorator(parallel), f"def {name}({header}):"]
+        lines = [jit_decorator(parallel), f"def {name}({header}):",
+                 f"    {gen.element_type(sorted(code.arrays), scalar=not self.dims)}"]
         lines += [f"    {s}" for s in code.before]
         indent = "    "
         # The parallel variant splits the first loop (never a summed one: no races); the
