@@ -550,6 +550,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
     ap.add_argument("--only", help="comma-separated workloads: W1,W3,W5-d200,W5 (all d),L")
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--impls", default=",".join(IMPL_ORDER),
+                    help="implementations to run (default: all; the ratios need numpy, jax, "
+                         "torch and symdl)")
     ap.add_argument("--dtypes", default="float64,float32",
                     help="precisions (default float64,float32: every workload twice, the "
                          "float32 copy named W1-f32, ...)")
@@ -642,6 +645,7 @@ def main(argv=None) -> int:
         impls = [i for i in IMPL_ORDER if wl.base in peers.IMPLS.get(i, {})]
         if wl.kind == "workload" and (name in symdl_keys or wl.base in symdl_keys):
             impls.append("symdl")
+        impls = [i for i in impls if i in args.impls.split(",")]
         entry = {
             "title": wl.title, "kind": wl.kind, "sizes": wl.sizes, "date": now,
             "dtype": wl.dtype,

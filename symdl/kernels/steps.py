@@ -212,10 +212,12 @@ class LinearSolve(Step):
         if node.spd:  # Cholesky: LinAlgError where the Gram matrix is numerically singular
             lower = f"lower{number}"
             pivots = f"pivots{number}"
+            # The rank test at the kernel's own epsilon: a float32 Gram matrix of a rank-
+            # deficient matrix has pivots at float32 rounding level, far above float64's.
             lines += [f"{lower} = np.linalg.cholesky({a})",
                       f"{pivots} = np.abs(np.diag({lower}))",
                       f"if {pivots}.min() ** 2 <= ({GRAM_PIVOT_TOLERANCE} * {pivots}.size"
-                      f" * np.finfo(np.float64).eps * {pivots}.max() ** 2):",
+                      f" * np.finfo(dtype).eps * {pivots}.max() ** 2):",
                       "    raise np.linalg.LinAlgError('the Gram matrix of a pseudo-inverse is "
                       "numerically singular: the matrix does not have full rank')"]
             half = f"np.linalg.solve({lower}, {b}.reshape({b}.shape[0], -1))"

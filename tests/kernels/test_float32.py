@@ -163,3 +163,21 @@ def test_demo_trains_in_float32(monkeypatch) -> None:
     assert all(np.isfinite(history.train_loss))
     args = build_parser().parse_args(["demo", "--dtype", "float32", "--no-pdf"])
     assert args.dtype == "float32"
+
+
+def test_float32_pinv_refuses_rank_deficient_matrices_at_float32_rounding() -> None:
+    # The rank test of the Gram matrix's Cholesky pivots is at the kernel's machine epsilon:
+    # a float32 Gram matrix of a rank-deficient matrix has pivots at float32 rounding level
+    # (~1e-4 of the largest), which float64's epsilon took for full rank.
+    X = sp.MatrixSymbol("X", n, d)
+    # jit=False: the test runs in the driver (NumPy), the same source compiled or not.
+    kernel = symdl.compile_expressions({"P": symdl.pinv(X)}, "float32 pinv", jit=False)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 3))
+    out = kernel(X=x.astype(np.float32)).outputs["P"]
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, np.linalg.pinv(x.astype(np.float32).astype(np.float64)),
+                               rtol=1e-4, atol=1e-5)
+    x[:, 2] = x[:, 0] - x[:, 1]  # rank 2 of 3 columns
+    with pytest.raises(symdl.EvaluationError, match="singular"):
+        kernel(X=x.astype(np.float32))
