@@ -300,7 +300,7 @@ class Generator:
                  f"    for b0 in range(0, int({rows}), block):",
                  f"        b1 = min(b0 + block, int({rows}))",
                  "        for i0 in range(b0, b1):",
-                 "            zi = 0.0",
+                 f"            zi = {LITERAL}(0.0)",  # a row product, in the dtype as in BLAS
                  f"            for j in range(int({cols})):",
                  f"                zi += {xs}[{x_index}] * {self.array_of(vector)}[{v_index}]",
                  f"            {self.array_of(z)}[{z_index}] = zi",
