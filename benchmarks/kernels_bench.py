@@ -548,6 +548,13 @@ def _run_cell(args, name: str, k: int, impl: str) -> dict:
     return best
 
 
+def _save(doc: dict, order: list[str], t_start: float, out_path: Path) -> None:
+    doc["workloads"] = {n: doc["workloads"][n] for n in order if n in doc["workloads"]}
+    doc["elapsed_s"] = time.perf_counter() - t_start
+    _derive(doc)
+    out_path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
@@ -664,10 +671,8 @@ def main(argv=None) -> int:
                       + (f"{rec['median_ms']:10.3f} ms  {rec['check']}" if "median_ms" in rec
                          else rec.get("error", "?")), file=sys.stderr, flush=True)
         doc["workloads"][name] = entry
-    doc["workloads"] = {n: doc["workloads"][n] for n in order if n in doc["workloads"]}
-    doc["elapsed_s"] = time.perf_counter() - t_start
-    _derive(doc)
-    out_path.write_text(json.dumps(doc, indent=1) + "\n")
+        _save(doc, order, t_start, out_path)  # after each workload: a stopped run keeps it
+    _save(doc, order, t_start, out_path)
     print("\n".join(doc["table"]))
     print(f"\n{len(names)} workload(s) in {doc['elapsed_s']:.0f} s; results in {out_path}")
     return 0
