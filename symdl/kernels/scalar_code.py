@@ -64,6 +64,10 @@ def _check(array, shape, dtype, name):
 '''
 
 
+MAX_UNROLLED_POWER = 4
+"""Integer powers up to this exponent (and their reciprocals) are written as products."""
+
+
 class ScalarPrinter(PythonCodePrinter):
     """Prints scalar SymPy expressions as Numba-compatible Python; strict about symbols."""
 
@@ -150,6 +154,13 @@ class ScalarPrinter(PythonCodePrinter):
         if expr.exp == 2:
             base = self.parenthesize(expr.base, 100)
             return f"({base}*{base})"
+        if (not self.integers and expr.exp.is_Integer
+                and 2 <= abs(int(expr.exp)) <= MAX_UNROLLED_POWER):
+            # x**3 is a call of pow (a libm call: the loop stays scalar; GELU's tanh form over
+            # 2^20 float32 entries took 17 ms, 10 ms with its cube as products).
+            base = self.parenthesize(expr.base, 100)
+            product = "(" + "*".join([base] * abs(int(expr.exp))) + ")"
+            return product if expr.exp > 0 else f"({self._print(sp.S.One)}/{product})"
         return super()._print_Pow(expr, rational)
 
 
