@@ -231,11 +231,12 @@ def with_float32(workloads: dict[str, Workload]) -> dict[str, Workload]:
     float32 tolerances. An Adam step's first update is lr * g / (|g| + eps): where a gradient
     entry is at float32 noise level (~1e-8) its sign, and so a +-lr step, is noise, hence the
     wider absolute tolerance of the in-place (optimizer) workloads."""
-    out = dict(workloads)
+    out = {}
     for name, wl in workloads.items():
+        out[name] = wl
         if wl.kind != "workload":
             continue
-        out[name + F32_SUFFIX] = replace(
+        out[name + F32_SUFFIX] = replace(  # right after its float64 original: run in pairs
             wl, name=name + F32_SUFFIX, setup=_float32_setup(wl.setup), dtype="float32",
             rtol=max(wl.rtol, 1e-3), value_rtol=max(wl.value_rtol, 1e-4),
             atol_rel=max(wl.atol_rel, 1e-2 if wl.inplace else 1e-4),
