@@ -517,8 +517,8 @@ def _select(workloads: dict, only: str | None) -> list[str]:
     tokens = [t.strip() for t in only.split(",") if t.strip()]
     picked = []
     for t in tokens:
-        hits = [n for n, w in workloads.items()
-                if t in (n, w.base) or (t == "L" and w.kind == "limit")]
+        hits = [n for n, w in workloads.items()  # W5-d50 names its float32 copy too
+                if t in (n, w.base, n.removesuffix("-f32")) or (t == "L" and w.kind == "limit")]
         if not hits:
             raise SystemExit(f"unknown workload {t!r}; known: {', '.join(workloads)}, L")
         picked += [h for h in hits if h not in picked]
