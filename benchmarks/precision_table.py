@@ -43,9 +43,10 @@ def rows(doc: dict) -> list[str]:
     W = doc["workloads"]
     threads = [str(k) for k in doc["threads"]]
     out = []
-    for name, wl in W.items():
-        if wl.get("kind") != "workload" or name.endswith(SUFFIX):
-            continue
+    bases = dict.fromkeys(n.removesuffix(SUFFIX) for n, w in W.items()
+                          if w.get("kind") == "workload")
+    for name in bases:  # a run of one precision has only W1 or only W1-f32
+        wl = W.get(name) or W[name + SUFFIX]
         cells = []
         for k in threads:
             for variant in (name, name + SUFFIX):
