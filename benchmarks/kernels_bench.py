@@ -180,8 +180,15 @@ def _measure(factory, data, repeats: int | None) -> tuple[dict, list]:
         compile_s=max(first - med, 0.0),
         repeats=n,
         cpu_util=cpu / wall if wall > 0 else None,
+        # CPU time per call: at 1 thread, on a busy machine, closer to the quiet machine's
+        # wall time than the wall time is (waiting for a core is not counted).
+        cpu_ms=cpu / n * 1e3,
     )
     return rec, outs
+
+
+def _maxrss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _symdl_table() -> tuple[dict, str | None]:
@@ -207,7 +214,7 @@ def _child(args) -> dict:
     import numpy as np
     import peers
 
-    wl = peers.make_workloads(args.quick)[args.child]
+    wl = peers.with_float32(peers.make_workloads(args.quick))[args.child]
     info: dict = {"cpus": cpus}
     if args.impl == "symdl":
         # Imported as a user would, before anything starts Numba's threads: at import symdl
@@ -231,10 +238,15 @@ def _child(args) -> dict:
         return {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in pristine.items()}
 
     pristine = wl.setup()
+    # Peak memory per process (tracemalloc does not see Numba's, JAX's or torch's buffers):
+    # the high-water mark after imports and data, then after the timed calls.
+    info["rss_data_mb"] = _maxrss_mb()
     try:
         rec, outs = _measure(factory, fresh(), args.repeats)
     except Exception as e:
         return {"info": info, "error": f"{type(e).__name__}: {e}"[:500]}
+    rec["peak_rss_mb"] = _maxrss_mb()
+    rec["own_peak_mb"] = rec["peak_rss_mb"] - info["rss_data_mb"]
     # The check comes after the timing, so the NumPy reference's BLAS threads can not
     # disturb the measured library.
     if wl.kind == "limit":
@@ -243,7 +255,11 @@ def _child(args) -> dict:
         rec["check"] = "reference"
     else:
         try:
-            ref = [_to_numpy(x) for x in peers.IMPLS["numpy"][wl.base](fresh())()]
+            data = fresh()
+            if wl.dtype != "float64":  # the float64 result on the same (rounded) data
+                data = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
+                        for k, v in data.items()}
+            ref = [_to_numpy(x) for x in peers.IMPLS["numpy"][wl.base](data)()]
             rec["check"] = _check(outs, ref, wl)
         except Exception as e:
             rec["check"] = f"FAIL: {type(e).__name__}: {e}"[:500]
@@ -466,7 +482,8 @@ def _table(doc: dict) -> str:
                          f"{(f'{fl:.3g}' if fl else '-'):>10s}")
         lines.append("")
     ks = [str(t) for t in doc["threads"]]
-    for key, title in (("compile_s", "compile s"), ("setup_s", "setup s")):
+    for key, title in (("peak_rss_mb", "peak MB"), ("own_peak_mb", "+MB"),
+                       ("compile_s", "compile s"), ("setup_s", "setup s")):
         head = f"{title:10s}" + "".join(f"{i + ' ' + '/'.join(ks) + 't':>16s}"
                                         for i in IMPL_ORDER)
         lines += [head, "-" * len(head)]
@@ -476,7 +493,8 @@ def _table(doc: dict) -> str:
             cells = ""
             for i in IMPL_ORDER:
                 vals = [wl["results"].get(i, {}).get(k, {}).get(key) for k in ks]
-                cells += f"{'/'.join('-' if v is None else f'{v:.2f}' for v in vals):>16s}"
+                fmt = "{:.0f}" if key.endswith("_mb") else "{:.2f}"
+                cells += f"{'/'.join('-' if v is None else fmt.format(v) for v in vals):>16s}"
             lines.append(f"{name:10s}{cells}")
         lines.append("")
     lines += [
@@ -485,6 +503,8 @@ def _table(doc: dict) -> str:
         "code generation)",
         "'!' = result check failed (excluded from best and ratios); '*' = other processes used "
         f"> {BUSY_CORES} cores meanwhile",
+        "peak MB = the process's maxrss after the timed calls (imports, data and the "
+        "implementation's buffers); +MB = peak MB - maxrss once the data was set up",
         "floor = minimal bytes / triad bandwidth (W6: read-4/write-3 bandwidth), or BLAS flops "
         "/ dgemm rate, at that thread count",
     ]
@@ -497,8 +517,8 @@ def _select(workloads: dict, only: str | None) -> list[str]:
     tokens = [t.strip() for t in only.split(",") if t.strip()]
     picked = []
     for t in tokens:
-        hits = [n for n, w in workloads.items()
-                if t in (n, w.base) or (t == "L" and w.kind == "limit")]
+        hits = [n for n, w in workloads.items()  # W5-d50 names its float32 copy too
+                if t in (n, w.base, n.removesuffix("-f32")) or (t == "L" and w.kind == "limit")]
         if not hits:
             raise SystemExit(f"unknown workload {t!r}; known: {', '.join(workloads)}, L")
         picked += [h for h in hits if h not in picked]
@@ -528,11 +548,24 @@ def _run_cell(args, name: str, k: int, impl: str) -> dict:
     return best
 
 
+def _save(doc: dict, order: list[str], t_start: float, out_path: Path) -> None:
+    doc["workloads"] = {n: doc["workloads"][n] for n in order if n in doc["workloads"]}
+    doc["elapsed_s"] = time.perf_counter() - t_start
+    _derive(doc)
+    out_path.write_text(json.dumps(doc, indent=1) + "\n")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, 3 repeats")
     ap.add_argument("--only", help="comma-separated workloads: W1,W3,W5-d200,W5 (all d),L")
     ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--impls", default=",".join(IMPL_ORDER),
+                    help="implementations to run (default: all; the ratios need numpy, jax, "
+                         "torch and symdl)")
+    ap.add_argument("--dtypes", default="float64,float32",
+                    help="precisions (default float64,float32: every workload twice, the "
+                         "float32 copy named W1-f32, ...)")
     ap.add_argument("--repeats", type=int, help="timed repeats (default: 5-15 in ~1.5 s)")
     ap.add_argument("--out", type=Path, help="JSON output path")
     ap.add_argument("--timeout", type=float, default=600, help="per child process, s")
@@ -568,7 +601,9 @@ def main(argv=None) -> int:
     sys.path.insert(0, str(HERE))
     import peers
 
-    workloads = peers.make_workloads(args.quick)
+    workloads = peers.with_float32(peers.make_workloads(args.quick))
+    dtypes = [t.strip() for t in args.dtypes.split(",")]
+    workloads = {n: w for n, w in workloads.items() if w.kind == "limit" or w.dtype in dtypes}
     names = _select(workloads, args.only)
     threads = [int(t) for t in args.threads.split(",")]
     out_path = args.out or (QUICK_OUT if args.quick else DEFAULT_OUT)
@@ -620,8 +655,10 @@ def main(argv=None) -> int:
         impls = [i for i in IMPL_ORDER if wl.base in peers.IMPLS.get(i, {})]
         if wl.kind == "workload" and (name in symdl_keys or wl.base in symdl_keys):
             impls.append("symdl")
+        impls = [i for i in impls if i in args.impls.split(",")]
         entry = {
             "title": wl.title, "kind": wl.kind, "sizes": wl.sizes, "date": now,
+            "dtype": wl.dtype,
             "bytes_moved": wl.bytes_moved, "flops": wl.flops, "results": {},
         }
         for k in threads:
@@ -634,10 +671,8 @@ def main(argv=None) -> int:
                       + (f"{rec['median_ms']:10.3f} ms  {rec['check']}" if "median_ms" in rec
                          else rec.get("error", "?")), file=sys.stderr, flush=True)
         doc["workloads"][name] = entry
-    doc["workloads"] = {n: doc["workloads"][n] for n in order if n in doc["workloads"]}
-    doc["elapsed_s"] = time.perf_counter() - t_start
-    _derive(doc)
-    out_path.write_text(json.dumps(doc, indent=1) + "\n")
+        _save(doc, order, t_start, out_path)  # after each workload: a stopped run keeps it
+    _save(doc, order, t_start, out_path)
     print("\n".join(doc["table"]))
     print(f"\n{len(names)} workload(s) in {doc['elapsed_s']:.0f} s; results in {out_path}")
     return 0

@@ -51,8 +51,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import models
 import numba
 import numpy as np
 from numba import prange
@@ -79,6 +80,7 @@ class Workload:
     flops: float = 0.0  # matrix-product flops, for a compute floor
     kind: str = "workload"  # or "limit"
     notes: dict = field(default_factory=dict)
+    dtype: str = "float64"  # "float32": the data is rounded to float32 (see with_float32)
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -208,7 +210,38 @@ def make_workloads(quick: bool = False) -> dict[str, Workload]:
                           {"n": n, "d": d, "h": h, "k": k}, _setup_train(n), rtol=1e-8,
                           atol_rel=1e-10, inplace=True,
                           flops=2.0 * n * (2 * d * h + 3 * h * k)))
+    W += models.workloads(Workload, quick)  # issue 16: models the plan was not tuned on
     return {w.name: w for w in W}
+
+
+F32_SUFFIX = "-f32"
+
+
+def _float32_setup(setup):
+    def setup32():
+        return {k: v.astype(np.float32) if isinstance(v, np.ndarray) else v
+                for k, v in setup().items()}
+
+    return setup32
+
+
+def with_float32(workloads: dict[str, Workload]) -> dict[str, Workload]:
+    """Every workload, then its float32 copy (``W1-f32``): the same data rounded to float32,
+    bytes moved halved, checked against the float64 NumPy result on the rounded data with
+    float32 tolerances. An Adam step's first update is lr * g / (|g| + eps): where a gradient
+    entry is at float32 noise level (~1e-8) its sign, and so a +-lr step, is noise, hence the
+    wider absolute tolerance of the in-place (optimizer) workloads."""
+    out = {}
+    for name, wl in workloads.items():
+        out[name] = wl
+        if wl.kind != "workload":
+            continue
+        out[name + F32_SUFFIX] = replace(  # right after its float64 original: run in pairs
+            wl, name=name + F32_SUFFIX, setup=_float32_setup(wl.setup), dtype="float32",
+            rtol=max(wl.rtol, 1e-3), value_rtol=max(wl.value_rtol, 1e-4),
+            atol_rel=max(wl.atol_rel, 1e-2 if wl.inplace else 1e-4),
+            bytes_moved=wl.bytes_moved / 2)
+    return out
 
 
 TRAIN_SHAPE = (64, 64, 10)  # the demo's network: 8x8 digits, 64 tanh units, 10 classes
@@ -992,6 +1025,9 @@ IMPLS: dict[str, dict[str, Factory]] = {
     "torch": {"W1": torch_w1, "W2": torch_w2, "W3": torch_w3, "W4": torch_w4,
               "W5": torch_w5, "W6": torch_w6, "T": torch_train},
 }
+
+for _impl, _table in models.IMPLS.items():
+    IMPLS[_impl].update(_table)
 
 VARIANTS = {  # how each implementation is built, for the report
     "numpy": "vectorised NumPy, BLAS via @; W6 in place with out= and one scratch array",

@@ -7,6 +7,7 @@ the first call) and preallocates the result buffers, so ``run()`` allocates no r
 
 from __future__ import annotations
 
+import models
 import sympy as sp
 
 import symdl
@@ -21,7 +22,7 @@ def symdl_w1(data):
     p, t = sp.MatrixSymbol("p", N, 1), sp.MatrixSymbol("t", N, 1)
     kernel = symdl.derive(symdl.mse(p, t), wrt=[p]).compile()
     arrays = {"p": data["p"].reshape(-1, 1), "t": data["t"].reshape(-1, 1)}
-    out = {"value": np.empty(1), "grad:p": np.empty_like(arrays["p"])}
+    out = {"value": np.empty(1, data["p"].dtype), "grad:p": np.empty_like(arrays["p"])}
 
     def run():
         r = kernel(out=out, **arrays)
@@ -45,7 +46,7 @@ def symdl_w2(data):
 
     kernel = _logistic(False).compile()
     arrays = _logistic_arrays(data)
-    out = {"value": np.empty(1), "grad:w": np.empty_like(arrays["w"])}
+    out = {"value": np.empty(1, data["X"].dtype), "grad:w": np.empty_like(arrays["w"])}
 
     def run():
         r = kernel(out=out, **arrays)
@@ -60,7 +61,7 @@ def symdl_w3(data):
     Z, Y = sp.MatrixSymbol("Z", n, k), sp.MatrixSymbol("Y", n, k)
     kernel = symdl.derive(symdl.softmax_cross_entropy(Z, Y), wrt=[Z]).compile()
     arrays = {"Z": data["Z"], "Y": data["Y"]}
-    out = {"value": np.empty(1), "grad:Z": np.empty_like(data["Z"])}
+    out = {"value": np.empty(1, data["Z"].dtype), "grad:Z": np.empty_like(data["Z"])}
 
     def run():
         r = kernel(out=out, **arrays)
@@ -75,7 +76,7 @@ def symdl_w4(data):
     kernel = registry.load("two_layer_mlp").derive().compile()
     arrays = {"X": data["X"], "Y": data["Y"], "W1": data["W1"], "W2": data["W2"],
               "b1": data["b1"].reshape(1, -1), "b2": data["b2"].reshape(1, -1)}
-    out = {"value": np.empty(1)}
+    out = {"value": np.empty(1, data["X"].dtype)}
     out.update({f"grad:{p}": np.empty_like(arrays[p]) for p in ("W1", "b1", "W2", "b2")})
 
     def run():
@@ -92,7 +93,7 @@ def symdl_w5(data):
     arrays = _logistic_arrays(data)
     arrays.pop("y")  # the Hessian does not depend on the labels
     size = data["X"].shape[1]
-    out = {"hessian:w,w": np.empty((size, size))}
+    out = {"hessian:w,w": np.empty((size, size), data["X"].dtype)}
 
     def run():
         r = kernel(out=out, **arrays)
@@ -158,4 +159,5 @@ def symdl_train(data):
 IMPLEMENTATIONS = {
     "W1": symdl_w1, "W2": symdl_w2, "W3": symdl_w3, "W4": symdl_w4, "W5": symdl_w5,
     "W6": symdl_w6, "T": symdl_train,
+    **models.SYMDL,  # issue 16: M1-M3, TM1-TM3
 }

@@ -326,7 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
                   progress=not args.quiet, curvature=not args.no_curvature,
-                  cnn=not args.no_cnn)
+                  cnn=not args.no_cnn, dtype=args.dtype)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -478,6 +478,10 @@ def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
                       help="skip the Hessian spectrum at initialisation and after training")
     demo.add_argument("--no-cnn", action="store_true",
                       help="skip the convolutional network (trained on the digits as images)")
+
+    demo.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                      help="precision of the training: parameters, optimizer states and every "
+                      "kernel's arithmetic (default float64)")
     demo.set_defaults(run=_cmd_demo)
 
 

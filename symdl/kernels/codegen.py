@@ -26,7 +26,7 @@ from symdl.kernels.driver import MAX_DRIVER_STATEMENTS, driver
 from symdl.kernels.entry import argument_names, named_entry
 from symdl.kernels.loops import Through
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
-from symdl.kernels.scalar_code import CHECK, ScalarPrinter, helper_source
+from symdl.kernels.scalar_code import CHECK, LITERAL, ScalarPrinter, helper_source
 from symdl.kernels.steps import STEP_KINDS, inside_by_range, jit_decorator
 
 
@@ -146,6 +146,29 @@ class Generator:
     def constant(self, value: sp.Expr) -> str:
         return ScalarPrinter(self.dim_names).doprint(sp.sympify(value))
 
+    def loop_constant(self, value: sp.Expr) -> str:
+        """``constant`` inside a loop function: in the loop's element type (``LITERAL``)."""
+        return ScalarPrinter(self.typed_dims(), literal=LITERAL).doprint(sp.sympify(value))
+
+    def typed_dims(self) -> dict[sp.Symbol, str]:
+        """Dimension names as values of the loop's element type (an int64 size times a
+        float32 is a float64 in Numba)."""
+        return {d: f"{LITERAL}({name})" for d, name in self.dim_names.items()}
+
+    def element_type(self, arrays: list[str], scalar: bool = False) -> str:
+        """The line that binds ``LITERAL`` to the element type of a loop function's arrays
+        (the first of ``arrays`` that is an array of the kernel's dtype: scalar inputs come
+        as Python floats). Every constant and scalar input of the loop goes through it, so a
+        float32 kernel computes in float32 and a float64 one in float64. A loop without
+        dimensions (``scalar``: it computes a few numbers once) computes in float64 and
+        rounds once when it stores: Adam's ``1 - beta2**t`` in float32 is 1.3e-5 off at
+        t = 1 (PyTorch computes it in double too)."""
+        scalars = {self.arrays[id(leaf)] for leaf in self.leaves if leaf.rank == 0}
+        source = next((a for a in arrays if a not in scalars), None)
+        if scalar or source is None:
+            return f"{LITERAL} = float"
+        return f"{LITERAL} = {source}.dtype.type"
+
     def read(self, node: ir.Node, at: tuple, loop: LoopCode) -> str:
         """The value of ``node`` at loop variables ``at`` inside a loop body."""
         if isinstance(at, Through):
@@ -163,10 +186,12 @@ class Generator:
         if constant is not None:
             return constant(node, [loop.loop_vars[v] if v is not None else "0" for v in at])
         if ir.is_scalar_constant(node):
-            return self.constant(node.coeff)
+            return self.loop_constant(node.coeff)
         name = self.array_of(node)
         if node.rank == 0:
-            return name if isinstance(node, ir.Leaf) else f"{loop.through.get(name, name)}[0]"
+            if isinstance(node, ir.Leaf):  # a Python float: a float64 in Numba
+                return f"{LITERAL}({name})"
+            return f"{loop.through.get(name, name)}[0]"
         return f"{loop.through.get(name, name)}[{_index(at, loop.loop_vars)}]"
 
     def read_tracked(self, op: ir.Node, at: tuple, loop: LoopCode) -> str:
@@ -218,6 +243,10 @@ class Generator:
         written = loop.through.get(target, target)
         at = loop.group.indices[id(node)]
         if all(v is None for v in at):
+            # A whole-array sum (a loss over the batch) accumulates in float64 whatever the
+            # kernel's dtype: the MSE of 10^5 float32 terms is then 7e-9 off (the rounding of
+            # the result), a float32 running sum 3e-6, growing with n. The terms themselves
+            # are float32 and the loop still vectorises (each lane widened as it is added).
             acc = f"acc{len(loop.before)}"
             loop.before.append(f"{acc} = 0.0")
             loop.body.append(f"{acc} += {value}")
@@ -255,7 +284,7 @@ class Generator:
         v_index = at(first_spec[vector], {step.cols: "j"})
         z_index = at(z.out, {step.rows: "i0"})
         g_index = at(g.out, {step.cols2: "j"})
-        coeff = self.constant(g.coeff)
+        coeff = self.loop_constant(g.coeff)
         arrays = sorted(loop.arrays | {xs, self.array_of(vector), self.array_of(z),
                                        self.array_of(g)})
         header = ", ".join(arrays + [self.dim_names[d] for d in self.dims])
@@ -266,6 +295,7 @@ class Generator:
         # pointwise loop vectorises across rows), then X^T r re-reads the block from cache.
         lines = [jit_decorator(parallel=False),
                  f"def _stream{number}({header}):",
+                 f"    {self.element_type([xs])}",
                  f"    {self.array_of(g)}[...] = 0.0",
                  *(f"    {s}" for s in loop.before),
                  f"    block = max(1, min(256, 32768 // max(int({cols}), 1)))",
@@ -273,7 +303,7 @@ class Generator:
                  f"    for b0 in range(0, int({rows}), block):",
                  f"        b1 = min(b0 + block, int({rows}))",
                  "        for i0 in range(b0, b1):",
-                 "            zi = 0.0",
+                 f"            zi = {LITERAL}(0.0)",  # a row product, in the dtype as in BLAS
                  f"            for j in range(int({cols})):",
                  f"                zi += {xs}[{x_index}] * {self.array_of(vector)}[{v_index}]",
                  f"            {self.array_of(z)}[{z_index}] = zi",
@@ -533,12 +563,12 @@ def _index(at: tuple, loop_vars: list[str]) -> str:
 
 def _identity_read(node: ir.Identity, index: list[str]) -> str:
     a, b = index
-    return f"(1.0 if {a} == {b} else 0.0)"
+    return f"({LITERAL}(1.0) if {a} == {b} else {LITERAL}(0.0))"
 
 
 _CONSTANT_READS = {
-    ir.Ones: lambda node, index: "1.0",
-    ir.Zero: lambda node, index: "0.0",
+    ir.Ones: lambda node, index: f"{LITERAL}(1.0)",
+    ir.Zero: lambda node, index: f"{LITERAL}(0.0)",
     ir.Identity: _identity_read,
 }
 """Nodes read inside a loop without an array: their value at loop variables ``index``."""
@@ -547,10 +577,11 @@ _CONSTANT_READS = {
 # -- loop code: one rule per kind of loop member ----------------------------------------
 
 def _einsum_code(node: ir.Einsum, gen: Generator, loop: LoopCode) -> str:
-    factors = [gen.constant(node.coeff)] if node.coeff != 1 else []
+    factors = [gen.loop_constant(node.coeff)] if node.coeff != 1 else []
     for op, at in loop.group.reads_of(node):
         factors.append(gen.read_tracked(op, at, loop))
-    factors = [f for f in factors if f != "1.0"] or ["1.0"]
+    one = f"{LITERAL}(1.0)"
+    factors = [f for f in factors if f != one] or [one]
     return _bounded_join(factors, " * ", loop.body)
 
 
@@ -569,8 +600,8 @@ def _map_code(node: ir.Map, gen: Generator, loop: LoopCode) -> str:
         temp = f"x{len(loop.body)}_{len(names)}"
         loop.body.append(f"{temp} = {value}")
         names[var] = temp
-    names.update(gen.dim_names)
-    return ScalarPrinter(names).doprint(node.fn.expr)
+    names.update(gen.typed_dims())
+    return ScalarPrinter(names, literal=LITERAL).doprint(node.fn.expr)
 
 
 def _row_statistics(node: ir.LogSumExp | ir.Softmax, gen: Generator, loop: LoopCode

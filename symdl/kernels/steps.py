@@ -33,7 +33,7 @@ from symdl.kernels.loops import (
     row_stats_of,
     through,
 )
-from symdl.kernels.scalar_code import FASTMATH
+from symdl.kernels.scalar_code import FASTMATH, LITERAL
 
 if TYPE_CHECKING:
     from symdl.kernels.codegen import Generator, LoopCode
@@ -221,10 +221,12 @@ class LinearSolve(Step):
         if node.spd:  # Cholesky: LinAlgError where the Gram matrix is numerically singular
             lower = f"lower{number}"
             pivots = f"pivots{number}"
+            # The rank test at the kernel's own epsilon: a float32 Gram matrix of a rank-
+            # deficient matrix has pivots at float32 rounding level, far above float64's.
             lines += [f"{lower} = np.linalg.cholesky({a})",
                       f"{pivots} = np.abs(np.diag({lower}))",
                       f"if {pivots}.min() ** 2 <= ({GRAM_PIVOT_TOLERANCE} * {pivots}.size"
-                      f" * np.finfo(np.float64).eps * {pivots}.max() ** 2):",
+                      f" * np.finfo(dtype).eps * {pivots}.max() ** 2):",
                       "    raise np.linalg.LinAlgError('the Gram matrix of a pseudo-inverse is "
                       "numerically singular: the matrix does not have full rank')"]
             half = f"np.linalg.solve({lower}, {b}.reshape({b}.shape[0], -1))"
@@ -315,8 +317,10 @@ class RowStats(Step):
         lanes = 0 if self.axis == 1 else 1
         for parallel in (False, True):
             gen.functions.append(_stats_function(number, self.axis, parallel))
-        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
-                f"{total} = np.empty({arg}.shape[{lanes}], dtype=np.float64)",
+        # In the kernel's dtype: a float32 softmax reads them in float32 arithmetic (each
+        # total is summed in float64 before it is stored).
+        return [f"{peak} = np.empty({arg}.shape[{lanes}], dtype=dtype)",
+                f"{total} = np.empty({arg}.shape[{lanes}], dtype=dtype)",
                 *dispatch(f"_stats{number}", f"{arg}, {peak}, {total}", parallel=True)]
 
 
@@ -329,11 +333,12 @@ def _stats_function(number: int, axis: int, parallel: bool) -> str:
     variant, loop = ("_parallel", "prange") if parallel else ("", "range")
     return f'''{decorator}
 def _stats{number}{variant}(z, peak, total):
+    {LITERAL} = z.dtype.type
     length = z.shape[{length}]
     for r in {loop}(z.shape[{lanes}]):
         # Eight running maxima: a max reduction does not vectorise without no-NaN fast-math,
         # but eight independent chains keep the core busy (3.5x faster over 1000 columns).
-        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = -math.inf
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = {LITERAL}(-math.inf)
         c = 0
         while c + 8 <= length:
 {chains}
@@ -343,8 +348,8 @@ def _stats{number}{variant}(z, peak, total):
             m = max(m, z[{at}])
             c += 1
         if not math.isfinite(m):
-            m = 0.0
-        s = 0.0
+            m = {LITERAL}(0.0)
+        s = 0.0  # float64: the sum of a long row
         for c in range(length):
             s += _exp(z[{at}] - m)
         peak[r] = m
@@ -498,7 +503,8 @@ class LoopGroup(Step):
 
     def _function(self, gen: Generator, name: str, header: str, parallel: bool,
                   code: LoopCode) -> str:
-        lines = [jit_decorator(parallel), f"def {name}({header}):"]
+        lines = [jit_decorator(parallel), f"def {name}({header}):",
+                 f"    {gen.element_type(sorted(code.arrays), scalar=not self.dims)}"]
         lines += [f"    {s}" for s in code.before]
         indent = "    "
         # The parallel variant splits the first loop (never a summed one: no races); the

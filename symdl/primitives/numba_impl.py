@@ -32,10 +32,65 @@ def njit_options(**options: object) -> Callable[[_F], _F]:
 
 
 @njit_options(cache=True, fastmath={"contract"}, error_model="numpy")
+def _exp_f32(x):
+    """exp(x) of a float32 in float32, within 2 ulp, without a libm call (vectorisable at
+    twice the lanes of float64): exp(x) = 2^k exp(r), |r| <= ln(2)/2, exp(r) by Cephes'
+    minimax polynomial of degree 7, 2^k from the exponent bits in two halves (subnormals)."""
+    xc = min(max(x, np.float32(-104.0)), np.float32(89.0))  # beyond: 0 and inf
+    t = xc * np.float32(1.44269504) + np.float32(12582912.0)  # round(x / ln 2), low bits
+    k = t - np.float32(12582912.0)
+    # ln 2 = 0.693359375 - 2.12194440e-4: k * 0.693359375 is exact (9 + 8 bits).
+    r = (xc - k * np.float32(0.693359375)) + k * np.float32(2.12194440e-4)
+    p = np.float32(1.9875691500e-4) * r + np.float32(1.3981999507e-3)
+    p = p * r + np.float32(8.3334519073e-3)
+    p = p * r + np.float32(4.1665795894e-2)
+    p = p * r + np.float32(1.6666665459e-1)
+    p = p * r + np.float32(5.0000001201e-1)
+    p = (p * (r * r) + r) + np.float32(1.0)
+    ki = np.float32(t).view(np.int32) - np.int32(0x4B400000)
+    half = ki >> np.int32(1)
+    y = p * np.int32((half + np.int32(127)) << np.int32(23)).view(np.float32) * np.int32(
+        (ki - half + np.int32(127)) << np.int32(23)).view(np.float32)
+    y = y if x < np.float32(89.0) else np.float32(math.inf)
+    return y if x == x else x
+
+
+@njit_options(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _tanh_f32(x):
+    """tanh of a float32 in float32 (as ``_tanh``: e / (e + 2), e = expm1(2|x|), Taylor
+    below ln(2)/2, else exp - 1), within 4 ulp; vectorisable at twice the float64 lanes."""
+    a = min(abs(x), np.float32(9.0))  # tanh(9) rounds to 1 in float32
+    u = np.float32(2.0) * a
+    u2 = u * u
+    b0 = u + u2 * (np.float32(0.5) + u * np.float32(1.0 / 6))
+    b1 = (np.float32(1.0 / 24) + u * np.float32(1.0 / 120)) + u2 * (
+        np.float32(1.0 / 720) + u * np.float32(1.0 / 5040))
+    small = b0 + (u2 * u2) * b1
+    e = small if u < np.float32(0.34657359) else _exp_f32(u) - np.float32(1.0)
+    y = math.copysign(e / (e + np.float32(2.0)), x)
+    return y if x == x else x
+
+
+@njit_options(cache=True, fastmath={"contract"}, error_model="numpy", inline="always")
+def _log1p_unit_f32(u):
+    """``_log1p_unit`` of a float32 in float32 (the series to s^9 suffices: s <= 1/5)."""
+    high = u >= np.float32(0.5)
+    t = (u - np.float32(1.0)) * np.float32(0.5) if high else u
+    s = t / (np.float32(2.0) + t)
+    z = s * s
+    series = (np.float32(1.0 / 3) + z * np.float32(1.0 / 5)) + (z * z) * (
+        np.float32(1.0 / 7) + z * np.float32(1.0 / 9))
+    y = np.float32(2.0) * s + (np.float32(2.0) * s) * (z * series)
+    return y + (np.float32(0.6931472) if high else np.float32(0.0))
+
+
+@njit_options(cache=True, fastmath={"contract"}, error_model="numpy")
 def _exp(x):
     """exp(x) within 3 ulp, without a libm call, so that loops calling it vectorise:
     exp(x) = 2^k exp(r) with |r| <= ln(2)/2, exp(r) by its Taylor polynomial to degree 12
     (Estrin's scheme), 2^k from the exponent bits in two halves (subnormal results)."""
+    if isinstance(x, np.float32):  # resolved when Numba types the call: no branch at run time
+        return _exp_f32(x)
     # float(): interpreted (jit=False) float32 input stays float32 under NumPy's rules, which
     # breaks the rounding constant below; Numba already computes this line in float64.
     xc = float(min(max(x, -745.2), 709.8))
@@ -63,6 +118,8 @@ def _tanh(x):
     Branch-free, so that loops calling it vectorise; within 10 ulp of math.tanh. Inlined by
     Numba (inline="always"): LLVM finds it too large to inline, and a loop that calls a
     function does not vectorise (65,536 entries: 0.46 ms called, 0.12 ms inlined)."""
+    if isinstance(x, np.float32):
+        return _tanh_f32(x)
     a = min(abs(x), 20.0)  # tanh(20) rounds to 1
     u = 2.0 * a
     u2 = u * u
@@ -81,6 +138,8 @@ def _log1p_unit(u):
     """log1p(u) for 0 <= u <= 1 (softplus reads it at exp(-|x|)) within 2 ulp, branch-free
     so that loops calling it vectorise: log1p(t) = 2 atanh(s), s = t / (2 + t), by its odd
     series in s to s^25, with t = u below 1/2 and t = (u - 1)/2 (exact) plus ln 2 above."""
+    if isinstance(u, np.float32):
+        return _log1p_unit_f32(u)
     high = u >= 0.5
     t = (u - 1.0) * 0.5 if high else u
     s = t / (2.0 + t)
@@ -100,19 +159,20 @@ def _sigmoid(x):
     """1 / (1 + exp(-x)) for x >= 0, exp(x) / (1 + exp(x)) below: no overflow, one division,
     the branch a select (vectorisable)."""
     e = _exp(-abs(x))
-    return (1.0 if x >= 0.0 else e) / (1.0 + e)
+    one = type(e)(1.0)  # float32 stays float32 (a float literal is float64 in Numba)
+    return (one if x >= 0.0 else e) / (one + e)
 
 
 @njit_options(cache=True, inline="always")
 def _softplus(x):
     """log(1 + exp(x)) = max(x, 0) + log1p(exp(-|x|)): no overflow, vectorisable."""
-    return max(x, 0.0) + _log1p_unit(_exp(-abs(x)))
+    return max(x, type(x)(0.0)) + _log1p_unit(_exp(-abs(x)))
 
 
 @njit_options(cache=True, inline="always")
 def _relu(x):
     """max(x, 0) with NaN propagated (as NumPy's maximum): NaN <= 0 is false. A select."""
-    return 0.0 if x <= 0.0 else x
+    return type(x)(0.0) if x <= 0.0 else x
 
 
 @njit_options(cache=True, inline="always")
@@ -130,16 +190,16 @@ def _min2(a, b):
 @njit_options(cache=True, inline="always")
 def _heaviside(x, at_zero):
     """1 above 0, 0 below, at_zero at 0, NaN at NaN (as NumPy's heaviside); selects only."""
-    y = 1.0 if x > 0.0 else at_zero
-    y = 0.0 if x < 0.0 else y
+    y = type(x)(1.0) if x > 0.0 else type(x)(at_zero)
+    y = type(x)(0.0) if x < 0.0 else y
     return y if x == x else x
 
 
 @njit_options(cache=True, inline="always")
 def _sign(x):
     """-1, 0 or 1, NaN at NaN (as NumPy's sign); selects only."""
-    y = 1.0 if x > 0.0 else 0.0
-    y = -1.0 if x < 0.0 else y
+    y = type(x)(1.0) if x > 0.0 else type(x)(0.0)
+    y = type(x)(-1.0) if x < 0.0 else y
     return y if x == x else x
 
 
@@ -153,24 +213,25 @@ def _silu(x):
 def _gelu(x):
     """x Phi(x) = x erfc(-x / sqrt 2) / 2: erfc keeps the relative accuracy of the tail
     (x < -5), where 1 + erf(x / sqrt 2) cancels to 0."""
-    return 0.5 * x * math.erfc(-0.7071067811865476 * x)
+    c = type(x)
+    return c(0.5) * x * math.erfc(c(-0.7071067811865476) * x)
 
 
 @njit_options(cache=True, inline="always")
 def _softsign(x):
     """x / (1 + |x|): bounded, no overflow; a select and a division."""
-    return x / (1.0 + abs(x))
+    return x / (type(x)(1.0) + abs(x))
 
 
 @njit_options(cache=True, inline="always")
 def _elu(x, alpha):
     """x above 0, alpha expm1(x) at and below 0 (expm1: no cancellation near 0); NaN stays NaN
     (NaN > 0 is false). The branch not taken may be inf: a select discards it."""
-    return x if x > 0.0 else alpha * math.expm1(x)
+    return x if x > 0.0 else type(x)(alpha) * math.expm1(x)
 
 
-ALWAYS: tuple[Callable, ...] = (_exp, _tanh, _log1p_unit, _sigmoid, _softplus, _relu, _max2,
-                                _min2, _heaviside, _sign)
+ALWAYS: tuple[Callable, ...] = (_exp_f32, _tanh_f32, _log1p_unit_f32, _exp, _tanh, _log1p_unit,
+                                _sigmoid, _softplus, _relu, _max2, _min2, _heaviside, _sign)
 """The helpers every kernel module carries, in this order (their text is part of the key of
 every cached kernel: adding one here changes the source of every kernel)."""
 

@@ -121,8 +121,13 @@ def accuracy(step: TrainingStep, features: np.ndarray, labels: np.ndarray) -> fl
 
 def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
           lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0,
-          progress: bool = True):
-    """Trains the network with the fused Adam step; returns (step, history, timings)."""
+          progress: bool = True, dtype: type | str = np.float64):
+    """Trains the network with the fused Adam step; returns (step, history, timings).
+
+    ``dtype`` (``np.float64`` or ``np.float32``) is the precision of the parameters, the
+    optimizer's states and every kernel's arithmetic; the images are converted to it once,
+    here, not at every step. The initial parameters are drawn in float64 and rounded, so both
+    precisions start from the same network."""
     from symdl.define.optimizers import Adam
 
     rng = np.random.default_rng(seed)
@@ -133,8 +138,10 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     timings["derive_s"] = time.perf_counter() - start
     start = time.perf_counter()
     # output=Z2: the same derivation's forward pass gives the predictions (step.predict).
-    step = TrainingStep(der, Adam(lr=lr), init, hyperparameters={"lambda": weight_decay},
-                        output=Z2)
+    step = TrainingStep(der, Adam(lr=lr), init, dtype=dtype,
+                        hyperparameters={"lambda": weight_decay}, output=Z2)
+    split = Split(*(np.ascontiguousarray(a, dtype=step.dtype) for a in (
+        split.X_train, split.Y_train, split.X_test, split.Y_test)))
     step.forward_kernel()  # generated here, counted with the training step
     timings["generate_s"] = time.perf_counter() - start
     timings["compile_s"] = _compile_phase(step, split, batch, progress)
@@ -442,11 +449,14 @@ def _pyplot():
 
 def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         pdf: bool = True, progress: bool = True, curvature: bool = True,
-        cnn: bool = True, cnn_epochs: int = 30) -> dict:
+        cnn: bool = True, cnn_epochs: int = 30, dtype: type | str = np.float64) -> dict:
     """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``.
 
     ``cnn`` also trains the convolutional network (``train_cnn``, ``cnn_epochs`` epochs) on
     the same split and puts its derivation (backprop in convolution notation) in the report.
+
+    ``dtype``: the training's precision (``np.float32`` or ``np.float64``, see ``train``);
+    the finite-difference check and the curvature run in float64 at the trained parameters.
 
     ``curvature`` adds the Hessian spectrum of the training loss at initialisation and after
     training (a few hundred Hessian-vector products over the training set at each point).
@@ -455,12 +465,13 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
     out.mkdir(parents=True, exist_ok=True)
     split = digits()
     initial = initial_parameters(split)
-    step, der, history, timings = train(split, epochs=epochs, progress=progress)
+    step, der, history, timings = train(split, epochs=epochs, progress=progress, dtype=dtype)
     check_report = _check_step(step, split)
     step.kernel.export(out / "kernels.py")
     metrics = {
         "data": {"name": "scikit-learn digits", "train": int(split.X_train.shape[0]),
                  "test": int(split.X_test.shape[0])},
+        "dtype": str(step.dtype),
         "final_test_accuracy": history.test_accuracy[-1],
         "final_train_accuracy": history.train_accuracy[-1],
         "final_train_loss": history.train_loss[-1],
@@ -483,7 +494,8 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         figures.append("newton.pdf")
     if curvature:
         start = time.perf_counter()
-        reports = hessian_spectra(der, {"initialisation": initial, "trained": step.params},
+        trained = {name: np.asarray(p, dtype=np.float64) for name, p in step.params.items()}
+        reports = hessian_spectra(der, {"initialisation": initial, "trained": trained},
                                   split.X_train, split.Y_train,
                                   step.hyperparameters.get("lambda", 0.0))
         add_curvature(out, metrics, figures, reports)
@@ -515,5 +527,8 @@ def _check_step(step: TrainingStep, split: Split):
               "lambda": step.hyperparameters.get("lambda", 0.0)}
     arrays.update(step.params)
     arrays.update(step.state)
+    # In float64 whatever the training's precision: differences of a float32 value are noise.
+    arrays = {k: np.asarray(v, dtype=np.float64) if isinstance(v, np.ndarray) else v
+              for k, v in arrays.items()}
     return symdl.check(step.kernel, **{k: v for k, v in arrays.items()
                                        if k in step.kernel.input_names})
