@@ -630,7 +630,8 @@ def _softmax_code(node: ir.Softmax, gen: Generator, loop: LoopCode) -> str:
     peak, total, row = _row_statistics(node, gen, loop)
     # A lane with a finite entry sums to at least 1 (its maximum is exp(0)); a fully masked
     # one sums to 0 and is all zeros, not 0/0.
-    return f"(_exp({value} - {peak}[{row}]) / max({total}[{row}], 1.0))"
+    one = gen.loop_constant(sp.Integer(1))
+    return f"(_exp({value} - {peak}[{row}]) / max({total}[{row}], {one}))"
 
 
 def _not_a_loop_member(node: ir.Node, gen: Generator, loop: LoopCode) -> str:
