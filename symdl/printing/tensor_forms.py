@@ -9,7 +9,7 @@ of the adjoint to the arg max (or spread over the window); ``flatten`` a one-to-
 ``tensor_form`` recognises these patterns and returns SymPy objects that print as such (the
 classes of ``symdl.define.tensors`` and the adjoint classes below); None where a node is not one
 of them, and the printer then writes index notation. ``matrix_form`` does the same for the
-rank-2 nodes among them (``flatten(P)`` in ``flatten(P)^T δ``, the rows of an embedding).
+rank-2 nodes among them (``flatten(P)`` in ``flatten(P)^T δ``).
 The printer (``symdl.printing.to_sympy.SympyPrinter``) is passed in, not imported.
 """
 
@@ -222,15 +222,17 @@ def tensor_form(node: ir.Node, printer) -> sp.Basic | None:
 
 
 def matrix_form(node: ir.Node, printer) -> sp.Basic | None:
-    """A rank-2 node that is a flatten, the rows of an embedding or its scatter-add."""
-    if node.rank != 2 or not isinstance(node, (ir.AffineScatter, ir.Take, ir.TakeAdjoint,
-                                               ir.AffineRead, ir.Max)):
+    """A rank-2 node that is a flatten of a tensor: ``flatten(P)``; None otherwise.
+
+    A rank-2 gather, scatter-add or maximum is not wrapped in ``flatten`` (a reshape of a
+    matrix to itself): it prints in index notation, ``E[idx[i], j]``, as a matrix does.
+    """
+    if node.rank != 2 or not isinstance(node, ir.AffineScatter):
         return None
-    if isinstance(node, ir.AffineScatter) and _is_flatten(node):
+    if _is_flatten(node):
         arg = operand(node.arg, printer)
         return None if arg is None else Flatten(arg)
-    form = tensor_form(node, printer)
-    return None if form is None else Flatten(form)
+    return None
 
 
 def _row_major_coeffs(dims) -> list[sp.Expr]:
