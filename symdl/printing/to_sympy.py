@@ -26,6 +26,7 @@ from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.ir.shape import squeeze
 from symdl.primitives.sympy_results import (
+    ArrayEntry,
     Diagonal,
     ElementwiseFunction,
     ElementwisePower,
@@ -600,7 +601,7 @@ def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
     if not indices:
         return symbol
     if isinstance(symbol, sp.IndexedBase):
-        return symbol[indices]
+        return ArrayEntry(symbol, *indices)  # 0 outside the array, lambdifies as such
     return symbol[indices[0], indices[1]]
 
 
