@@ -292,8 +292,13 @@ class Translator:
             return self._elementwise(sp.Lambda((x, y), x**y), [base, power])
         if isinstance(e, sp.Sum):
             return self._sum(e)
+        if getattr(e, "reduction", None) == "max":
+            return self._max_over(e)
         if isinstance(e, sp.KroneckerDelta):
             i, j = e.args
+            for u, at in ((i, j), (j, i)):
+                if getattr(at, "reduction", None) == "argmax":
+                    return self._argmax_at(u, at)
             if not all(isinstance(a, (sp.Symbol, sp.Idx)) and a not in self.dims
                        for a in (i, j)):
                 return self._delta_at(e)
@@ -511,6 +516,40 @@ class Translator:
             node = ir.scale(node, factor)
         return node, indices
 
+    # -- maxima over an index (printed results: symdl.printing.reductions) ---------------
+
+    def _reduced(self, e: sp.Basic) -> tuple[ir.Node, tuple, int]:
+        """The function of ``max_m f`` or ``argmax_m f`` (``m`` from 0), its indices, and the
+        axis of ``m`` among them."""
+        (m, lower, upper), = e.limits
+        if lower != 0 or not self._is_constant(upper):
+            raise UnsupportedError(
+                f"{e}: a maximum over an index runs from 0 to a dimension minus one")
+        self.index_dims[m] = upper + 1
+        node, indices = self.indexed(e.function)
+        if m not in indices:
+            raise UnsupportedError(f"{e}: the maximised expression does not depend on {m}")
+        return node, indices, indices.index(m)
+
+    def _max_over(self, e: sp.Basic) -> tuple[ir.Node, tuple]:
+        """``max_{m} f``: the maximum along the axis of ``m``, which then goes away."""
+        node, indices, axis = self._reduced(e)
+        labels = tuple(self._label(i) for i in indices)
+        node = ir.max_along(node, axis)  # keeps the axis, of size 1
+        rest = tuple(i for i in indices if i != indices[axis])
+        return ir.einsum([node], [labels], tuple(self._label(i) for i in rest)), rest
+
+    def _argmax_at(self, u: sp.Basic, e: sp.Basic) -> tuple[ir.Node, tuple]:
+        """``[u = argmax_m f]``: the mask of the first maximum, whose axis ``m`` is ``u``."""
+        node, indices, axis = self._reduced(e)
+        if not isinstance(u, (sp.Symbol, sp.Idx)) or u in self.dims or u in indices:
+            raise UnsupportedError(
+                f"KroneckerDelta({u}, {e}): the other side of an arg max must be a plain index "
+                "symbol that the maximised expression does not use")
+        self.index_dims.setdefault(u, node.shape[axis])
+        return ir.argmax_mask(node, axis), tuple(u if k == axis else i
+                                                 for k, i in enumerate(indices))
+
     # -- computed positions (symdl.define.positions) -------------------------------------
 
     def _from_zero(self, e: sp.Sum) -> sp.Sum:
@@ -606,6 +645,14 @@ class Translator:
                 f"{e}: a KroneckerDelta of computed positions needs one plain index symbol whose "
                 "range is known (a Sum over it, or an Idx with a range), as in "
                 "KroneckerDelta(u, 2*t + k)")
+        arrays = [a for a in e.args if isinstance(a, sp.Indexed)]
+        if len(plain) == 1 and len(arrays) == 1 and not arrays[0].atoms(sp.Indexed) - {
+                arrays[0]} and isinstance(arrays[0].base, sp.IndexedBase):
+            # [u = idx[b]] (a scatter-add's condition, printed from an index array that
+            # symdl.embedding took undeclared): the rows of the identity that the array picks,
+            # (b, u); its entries are checked to be integers in range when evaluated.
+            rows, row_indices = self.indexed(arrays[0])
+            return ir.take(ir.identity(known[0]), rows), tuple(row_indices) + (plain[0],)
         return self._affine_read(ir.identity(known[0]), tuple(e.args), e)
 
     def _gather(self, node: ir.Node, indices: tuple, axis: int,

@@ -270,3 +270,36 @@ def entrywise_body(fn: sp.Basic) -> tuple[sp.Symbol, sp.Expr, bool]:
         x = sp.Dummy("x")
         body = fn(x)
     return x, body, isinstance(body, sp.Function) and body.args == (x,)
+
+
+class ArrayEntry(sp.Indexed):
+    """An entry ``X[b, t + k - 1]`` of an array in a printed result: 0 at a position outside
+    the array (zero padding, as symdl reads definitions), and a function of the array ``X``
+    and the index symbols only.
+
+    SymPy's ``Indexed`` counts itself among its ``free_symbols``, also inside a ``Sum`` over
+    its indices (``Sum(G[q, i], (q, 0, n - 1))`` would have ``G[q, i]`` as a free symbol); the
+    arguments a user lambdifies with are the arrays and free indices, so it is left out here.
+    """
+
+    @property
+    def free_symbols(self) -> set[sp.Basic]:
+        return set(self.base.free_symbols).union(*[sp.sympify(i).free_symbols
+                                                    for i in self.indices])
+
+    def _numpycode(self, printer) -> str:
+        position = ", ".join(printer._print(i) for i in self.indices)
+        return (f"{printer._module_format('symdl.primitives.sympy_results.padded_read')}"
+                f"({printer._print(self.base.label)}, ({position},))")
+
+
+def padded_read(array, position: tuple) -> float:
+    """``array[position]``, or 0 where the position is outside the array (no wrap-around of
+    negative positions as NumPy's indexing does)."""
+    import numpy as np
+
+    a = np.asarray(array)
+    at = tuple(int(p) for p in position)
+    if any(p < 0 or p >= s for p, s in zip(at, a.shape, strict=False)):
+        return 0.0
+    return a[at]

@@ -32,11 +32,23 @@ class _OverIndex(ExprWithLimits):
                 "\\right)")
 
 
+    def _range(self, printer) -> tuple[str, str]:
+        index, lower, upper = self.limits[0]
+        return (printer._print(index),
+                f"range({printer._print(lower)}, {printer._print(upper)} + 1)")
+
+
 class MaxOver(_OverIndex):
     """The largest value of ``function`` over its index."""
 
     _word = "max"
     _latex_word = "max"
+    reduction = "max"  # translated back by symdl.define.translate (printed results evaluate)
+
+    def _numpycode(self, printer) -> str:
+        index, values = self._range(printer)
+        return (f"{printer._module_format('symdl.printing.reductions.max_over')}"
+                f"(lambda {index}: {printer._print(self.function)}, {values})")
 
 
 class ArgMaxOver(_OverIndex):
@@ -45,3 +57,20 @@ class ArgMaxOver(_OverIndex):
     _word = "argmax"
     _latex_word = "operatorname*{arg\\,max}"
     is_integer = True
+    reduction = "argmax"  # [u = argmax ...] translates back to the arg max mask
+
+    def _numpycode(self, printer) -> str:
+        index, values = self._range(printer)
+        return (f"{printer._module_format('symdl.printing.reductions.first_argmax')}"
+                f"(lambda {index}: {printer._print(self.function)}, {values})")
+
+
+def max_over(function, values: range) -> float:
+    """The largest ``function(m)`` for ``m`` in ``values`` (lambdified ``MaxOver``)."""
+    return max(function(m) for m in values)
+
+
+def first_argmax(function, values: range) -> int:
+    """The first ``m`` in ``values`` where ``function(m)`` is largest (lambdified
+    ``ArgMaxOver``): Python's ``max`` keeps the first of equal largest values."""
+    return max(values, key=function)

@@ -9,7 +9,7 @@ of the adjoint to the arg max (or spread over the window); ``flatten`` a one-to-
 ``tensor_form`` recognises these patterns and returns SymPy objects that print as such (the
 classes of ``symdl.define.tensors`` and the adjoint classes below); None where a node is not one
 of them, and the printer then writes index notation. ``matrix_form`` does the same for the
-rank-2 nodes among them (``flatten(P)`` in ``flatten(P)^T δ``, the rows of an embedding).
+rank-2 nodes among them (``flatten(P)`` in ``flatten(P)^T δ``, an embedding's gradient).
 The printer (``symdl.printing.to_sympy.SympyPrinter``) is passed in, not imported.
 """
 
@@ -222,15 +222,27 @@ def tensor_form(node: ir.Node, printer) -> sp.Basic | None:
 
 
 def matrix_form(node: ir.Node, printer) -> sp.Basic | None:
-    """A rank-2 node that is a flatten, the rows of an embedding or its scatter-add."""
-    if node.rank != 2 or not isinstance(node, (ir.AffineScatter, ir.Take, ir.TakeAdjoint,
-                                               ir.AffineRead, ir.Max)):
+    """A rank-2 node that is a flatten of a tensor (``flatten(P)``) or the scatter-add of a
+    named step (an embedding's gradient ``scatter_add[idx](dA)``); None otherwise.
+
+    Other rank-2 gathers, scatter-adds and maxima print in index notation (``E[idx[i], j]``,
+    ``max_{k=0..T - 1}(X[i, k])``), which reads as well and shows what they compute.
+    """
+    if node.rank != 2:
         return None
     if isinstance(node, ir.AffineScatter) and _is_flatten(node):
         arg = operand(node.arg, printer)
         return None if arg is None else Flatten(arg)
-    form = tensor_form(node, printer)
-    return None if form is None else Flatten(form)
+    if isinstance(node, ir.TakeAdjoint) and _is_name(node.arg, printer):
+        form = tensor_form(node, printer)
+        return None if form is None else Flatten(form)
+    return None
+
+
+def _is_name(node: ir.Node, printer) -> bool:
+    """Whether ``node`` prints as a name: an input, a named step, an alias."""
+    return id(node) in printer.aliases or isinstance(node, ir.Leaf) or (
+        isinstance(node, ir.Named) and not printer._inlined(node))
 
 
 def _row_major_coeffs(dims) -> list[sp.Expr]:

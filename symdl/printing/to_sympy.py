@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement
 
@@ -28,6 +29,7 @@ from symdl.errors import DerivationError, EvaluationError, UnsupportedError
 from symdl.ir.rules import Rules
 from symdl.ir.shape import squeeze
 from symdl.primitives.sympy_results import (
+    ArrayEntry,
     Diagonal,
     ElementwiseFunction,
     ElementwisePower,
@@ -217,13 +219,14 @@ class SympyPrinter:
         for candidate in (node, distribute(node)) if node.rank <= 2 else (node,):
             try:
                 if candidate.rank == 0:
-                    return lambdifiable(self.scalar(candidate))
+                    return lambdifiable(_array_entries(self.scalar(candidate), ()))
                 if candidate.rank == 2:
                     return lambdifiable(self.matrix(candidate))
             except _NoMatrixFormError:
                 pass
         indices = tuple(self._fresh_index() for _ in node.shape)
-        return IndexForm(indices, node.shape, lambdifiable(self.index(node, indices)))
+        entry = _array_entries(self.index(node, indices), indices)
+        return IndexForm(indices, node.shape, lambdifiable(entry))
 
     def definition(self, node: ir.Node) -> sp.Basic | IndexForm:
         """Like ``result``, but a node that has a name is written out, not named."""
@@ -628,6 +631,24 @@ def _index_solve(node: ir.Solve, printer: SympyPrinter, indices: tuple) -> sp.Ex
     inverse = MatrixElement(sp.Inverse(printer.matrix(node.a)), indices[0], k)
     body = inverse * printer.index(node.b, (k,) + tuple(indices[1:]))
     return sp.Sum(body, (k, 0, node.a.shape[0] - 1))
+
+
+def _array_entries(expr: sp.Expr, free: tuple) -> sp.Expr:
+    """``expr`` with each array read at a computed position (``G[i, k - u]``) or under a Sum
+    or a maximum (``G[q, i]`` in a Sum over ``q``) an ``ArrayEntry``: 0 outside the array, and
+    not a free symbol of the Sum (SymPy's ``Indexed`` is its own free symbol), so the result
+    lambdifies by the names of its arrays. A plain read ``Q[j, i]`` stays SymPy's."""
+    def entry(e: sp.Basic) -> sp.Basic:
+        return ArrayEntry(e.base, *e.indices)
+
+    def plain(e: sp.Basic) -> bool:
+        return isinstance(e, sp.Indexed) and not isinstance(e, ArrayEntry)
+
+    def bound(e: sp.Basic) -> bool:
+        return isinstance(e, ExprWithLimits) and bool(e.function.atoms(sp.Indexed))
+
+    expr = expr.replace(bound, lambda e: e.func(e.function.replace(plain, entry), *e.limits))
+    return expr.replace(lambda e: plain(e) and not all(i in free for i in e.indices), entry)
 
 
 def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
