@@ -54,3 +54,9 @@ def sample_inputs(rng: np.random.Generator, dims: dict[str, int]) -> dict[str, n
 
 def derivation() -> symdl.Derivation:
     return symdl.derive(MODEL, wrt=PARAMETERS)
+
+
+ENTRYWISE_LAMBDIFY = False
+"""The test suite does not lambdify this derivation's printed Hessian entry by entry in Python
+(nested maxima over pooling windows of rank-4 tensors: minutes); its printed results are
+evaluated against finite differences by tests/end_to_end/test_derivations.py instead."""

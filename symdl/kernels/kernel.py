@@ -474,6 +474,8 @@ class Kernel:
                 message = violation(self._leaves[name].symbol, prepared[name])
                 if message is not None:
                     raise KernelArgumentError(message, name)
+            for name, bounds in self._index_bounds.items():  # index values, every call too
+                _check_positions(name, prepared[name], min(_concrete(tuple(bounds), dims)))
         else:
             dims, prepared, dtype = self._dims_and_arrays(arrays)
             shapes = [_concrete(self._plan.roots[name].shape, dims) or (1,)
