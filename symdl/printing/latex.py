@@ -624,20 +624,31 @@ def _lines(terms: list[str], width: int) -> list[str]:
     return lines
 
 
+SHAPE_COLUMN_LIMIT = 30
+"""Visible characters of a row's name plus its shape above which the shape leaves the right
+column for a line of its own."""
+
+
 def _aligned_rows(rows: list[Row], fit: float, width: int = 48) -> list[str]:
     """The rows as lines of an alignment; ``fit`` > 0 scales each right side down to that
     fraction of the line width where it is wider (in documents)."""
     lines = []
     for row in rows:
         first = True
+        # A long name with a long shape (a Hessian block of two rank-4 tensors) leaves no room
+        # for the formula between them: the shape goes on a line of its own below.
+        shape_below = bool(row.shape) and (
+            _visible_width(row.lhs) + _visible_width(row.shape) > SHAPE_COLUMN_LIMIT)
         for form in row.forms:
             for k, term in enumerate(_lines(form, width)):
                 body = rf"\symdlfit{{{fit}}}{{{term}}}" if fit else term
                 lead = row.lhs if first else ""
                 op = "&= " if k == 0 else r"&\quad "
-                shape = rf" && {row.shape}" if first and row.shape else ""
+                shape = rf" && {row.shape}" if first and row.shape and not shape_below else ""
                 lines.append(f"{lead} {op}{body}{shape}")
                 first = False
+        if shape_below:
+            lines.append(rf"&\qquad {row.shape}")
         if row.where:
             where = rf"\text{{for }} {row.where}"
             lines.append(rf"&\qquad \symdlfit{{{fit}}}{{{where}}}" if fit else rf"&\qquad {where}")
