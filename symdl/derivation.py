@@ -23,7 +23,12 @@ from symdl.define.symbols import fresh_name, symbol_name
 from symdl.define.tensor_ir import step_symbol, tensor, translate_step
 from symdl.define.translate import Translator, dimension_symbols, translate_matrix_or_scalar
 from symdl.derive import autodiff
-from symdl.errors import DefinitionError, DerivationError, EvaluationError
+from symdl.errors import (
+    ClosedFormTooLargeError,
+    DefinitionError,
+    DerivationError,
+    EvaluationError,
+)
 from symdl.ir import rewrites
 from symdl.ir.evaluate import evaluate as evaluate_nodes
 from symdl.ir.keys import (
@@ -37,7 +42,7 @@ from symdl.ir.keys import (
     Value,
     resolve_all,
 )
-from symdl.ir.naming import auto_name, names_too_large
+from symdl.ir.naming import WRITTEN_OUT_LIMIT, auto_name, names_too_large, written_out_size
 from symdl.ir.shape import squeeze
 from symdl.kernels.compilable import check_compilable
 from symdl.primitives.sympy_results import lambdifiable
@@ -318,12 +323,12 @@ class Derivation:
         allows: a named intermediate whose written-out form would exceed it keeps its name,
         so that the time and size of a closed form stay bounded (a tree written out from a
         DAG grows exponentially with the depth of the definition)."""
-        if inline:
-            by_name = names_too_large(node)
-            if by_name:
-                printer = self.printer(True)
-                return SympyPrinter(inline_named=True, reserved=printer.reserved,
-                                    by_name=by_name).result(node)
+        _require_printable(node, inline)
+        by_name = names_too_large(node) if inline else set()
+        if by_name:
+            printer = self.printer(True)
+            return SympyPrinter(inline_named=True, reserved=printer.reserved,
+                                by_name=by_name).result(node)
         return self.printer(inline).result(node)
 
     def gradient(self, p: Parameter, inline: bool = True) -> sp.Basic | IndexForm:
@@ -576,6 +581,19 @@ class Derivation:
             self.title, {symbol_name(p): _parameter_shape(p) for p in self.wrt},
             {name: leaf.shape for name, leaf in self.leaves.items()}, self.output.shape,
             self.to_latex())
+
+
+def _require_printable(node: ir.Node, inline: bool) -> None:
+    """Raises ``ClosedFormTooLargeError`` when ``node`` printed would exceed
+    ``WRITTEN_OUT_LIMIT`` IR nodes (one pass over the DAG)."""
+    size = written_out_size(node, inline)
+    if size > WRITTEN_OUT_LIMIT:
+        raise ClosedFormTooLargeError(
+            f"this result written out as one expression has {size:,} IR nodes (the limit is "
+            f"symdl.ir.naming.WRITTEN_OUT_LIMIT = {WRITTEN_OUT_LIMIT:,}): its shared "
+            "subexpressions of rank 3 or more have no names to print it by. Compute it "
+            "instead: der.compile() (kernels of every Hessian block computed so far), "
+            "der.evaluate(values) or der.compile(hvp=True) for Hessian-vector products")
 
 
 def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:

@@ -40,6 +40,11 @@ class DerivationError(SymdlError):
     """A derivative was asked for something the derivation cannot provide."""
 
 
+class ClosedFormTooLargeError(DerivationError):
+    """A result written out as one SymPy expression would exceed ``WRITTEN_OUT_LIMIT``
+    IR nodes; the kernels and ``Derivation.evaluate`` still compute it."""
+
+
 class EvaluationError(SymdlError, ValueError):
     """Numeric evaluation was given missing or inconsistent values."""
 

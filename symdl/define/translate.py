@@ -518,30 +518,37 @@ class Translator:
 
     # -- maxima over an index (printed results: symdl.printing.reductions) ---------------
 
-    def _reduced(self, e: sp.Basic) -> tuple[ir.Node, tuple, int]:
-        """The function of ``max_m f`` or ``argmax_m f`` (``m`` from 0), its indices, and the
-        axis of ``m`` among them."""
-        (m, lower, upper), = e.limits
-        if lower != 0 or not self._is_constant(upper):
-            raise UnsupportedError(
-                f"{e}: a maximum over an index runs from 0 to a dimension minus one")
-        self.index_dims[m] = upper + 1
+    def _reduced(self, e: sp.Basic) -> tuple[ir.Node, tuple, list]:
+        """The function of ``max_m f`` or ``argmax_m f`` (each ``m`` from 0), its indices,
+        and the reduced indices ``m`` (a max over a window has several)."""
+        for m, lower, upper in e.limits:
+            if lower != 0 or not self._is_constant(upper):
+                raise UnsupportedError(
+                    f"{e}: a maximum over an index runs from 0 to a dimension minus one")
+            self.index_dims[m] = upper + 1
         node, indices = self.indexed(e.function)
-        if m not in indices:
-            raise UnsupportedError(f"{e}: the maximised expression does not depend on {m}")
-        return node, indices, indices.index(m)
+        reduced = [m for m, _, _ in e.limits]
+        for m in reduced:
+            if m not in indices:
+                raise UnsupportedError(f"{e}: the maximised expression does not depend on {m}")
+        return node, indices, reduced
 
     def _max_over(self, e: sp.Basic) -> tuple[ir.Node, tuple]:
-        """``max_{m} f``: the maximum along the axis of ``m``, which then goes away."""
-        node, indices, axis = self._reduced(e)
-        labels = tuple(self._label(i) for i in indices)
-        node = ir.max_along(node, axis)  # keeps the axis, of size 1
-        rest = tuple(i for i in indices if i != indices[axis])
-        return ir.einsum([node], [labels], tuple(self._label(i) for i in rest)), rest
+        """``max_{m} f``: the maximum along the axis of each ``m``, which then goes away."""
+        node, indices, reduced = self._reduced(e)
+        for m in reduced:
+            labels = tuple(self._label(i) for i in indices)
+            node = ir.max_along(node, indices.index(m))  # keeps the axis, of size 1
+            indices = tuple(i for i in indices if i != m)
+            node = ir.einsum([node], [labels], tuple(self._label(i) for i in indices))
+        return node, indices
 
     def _argmax_at(self, u: sp.Basic, e: sp.Basic) -> tuple[ir.Node, tuple]:
         """``[u = argmax_m f]``: the mask of the first maximum, whose axis ``m`` is ``u``."""
-        node, indices, axis = self._reduced(e)
+        node, indices, reduced = self._reduced(e)
+        if len(reduced) != 1:
+            raise UnsupportedError(f"KroneckerDelta({u}, {e}): an arg max is over one index")
+        axis = indices.index(reduced[0])
         if not isinstance(u, (sp.Symbol, sp.Idx)) or u in self.dims or u in indices:
             raise UnsupportedError(
                 f"KroneckerDelta({u}, {e}): the other side of an arg max must be a plain index "

@@ -34,6 +34,12 @@ INLINE_LIMIT = 400
 stays under this many IR nodes written out; a larger intermediate is referred to by its
 name, defined by ``Derivation.definitions()`` and ``equations()``."""
 
+WRITTEN_OUT_LIMIT = 20_000
+"""A printed result larger than this many IR nodes written out (after ``INLINE_LIMIT`` kept
+what it could by name) raises ``ClosedFormTooLargeError`` instead of taking minutes and
+gigabytes: the Hessian blocks of a transformer block are 40,000 to 750,000 nodes as a tree
+(their rank-4 intermediates have no names), every other shipped result under 1,100."""
+
 WORTH_A_NAME: Rules[Callable[[ir.Node, int], bool]] = Rules("automatic naming")
 """node kind -> (node, number of its uses) -> whether a large enough node gets a name."""
 
@@ -140,6 +146,14 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
             size = 1
         sizes[id(node)] = size
     return by_name
+
+
+def written_out_size(root: ir.Node, inline: bool) -> int:
+    """How many IR nodes ``root`` has printed as one expression: named intermediates by name
+    (``inline=False``), or written out up to ``INLINE_LIMIT`` (``inline=True``)."""
+    by_name = names_too_large(root) if inline else set()
+    return tree_sizes([root], lambda n: id(n) in by_name
+                      or (not inline and isinstance(n, ir.Named)))[id(root)]
 
 
 @WORTH_A_NAME.register(ir.MatrixFunction)

@@ -13,7 +13,9 @@ Each step of the plan emits its own code (``Step.emit`` in ``symdl.kernels.steps
 
 from __future__ import annotations
 
+import builtins
 import re
+import symtable
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -83,6 +85,22 @@ class LoopCode:
 def generate(plan: Plan, leaves: list[ir.Leaf], title: str) -> Source:
     """The Python source of a kernel module for ``plan``."""
     return Generator(plan, leaves, title).source()
+
+
+def unbound_names(text: str) -> set[str]:
+    """The global names that functions of the module ``text`` read but neither the module
+    nor Python's builtins define (a NameError waiting for the first call)."""
+    module = symtable.symtable(text, "<kernel>", "exec")
+    defined = {s.get_name() for s in module.get_symbols()
+               if s.is_assigned() or s.is_imported()} | set(dir(builtins))
+    unbound: set[str] = set()
+    tables = list(module.get_children())
+    while tables:
+        table = tables.pop()
+        tables += table.get_children()
+        unbound |= {s.get_name() for s in table.get_symbols()
+                    if s.is_referenced() and s.is_global() and s.get_name() not in defined}
+    return unbound
 
 
 class Generator:
@@ -353,7 +371,11 @@ class Generator:
                                     for o in sorted(self.in_place_written)])
         if indices:
             lines += index_arguments(self, [leaf for leaf in self.leaves if id(leaf) in indices])
-        return Source("\n".join(lines), inputs, self.outputs, self.dims, in_place)
+        text = "\n".join(lines)
+        unbound = unbound_names(text)
+        if unbound:  # a step emitted a name it never bound: fail here, not at the first call
+            raise AssertionError(f"generated kernel reads undefined names {sorted(unbound)}")
+        return Source(text, inputs, self.outputs, self.dims, in_place)
 
     def _steps(self) -> list[str]:
         """The driver's statements: each step's allocations, then its code."""

@@ -759,7 +759,8 @@ class ScatterLoop(Step):
             if parallel:
                 order = [par] + [v for v in order if v != par]
             lines = [jit_decorator(parallel), f"def _scatter{number}{variant}({header}):",
-                     f"    {out}[...] = 0.0", *(f"    {s}" for s in loop.before)]
+                     f"    {gen.element_type([out])}", f"    {out}[...] = 0.0",
+                     *(f"    {s}" for s in loop.before)]
             indent = "    "
             for k, v in enumerate(order):
                 kind = "prange" if parallel and k == 0 else "range"

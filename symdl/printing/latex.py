@@ -27,6 +27,7 @@ from sympy.printing.latex import LatexPrinter
 from symdl.define.symbols import symbol_name
 from symdl.define.tensors import TensorExpr
 from symdl.errors import SymdlError
+from symdl.ir.naming import written_out_size
 from symdl.primitives.sympy_results import entrywise_body
 from symdl.printing.to_sympy import IndexForm
 
@@ -592,17 +593,26 @@ class _Builder:
         der = self.der
         section = Section("Hessian blocks")
         seen = set()
+        too_large: list[str] = []
         for (p, q) in der.hessian_blocks:
             if (q, p) in seen:
                 continue
             seen.add((p, q))
-            value = der.hessian(p, q, inline=False)
             pn, qn = (latex_name(self.symbol_name(s)) for s in (p, q))
+            if written_out_size(der.hessian_node(p, q), inline=False) > DOCUMENT_TERMS_LIMIT:
+                too_large.append(f"${pn}, {qn}$")
+                continue
+            value = der.hessian(p, q, inline=False)
             lhs = rf"\frac{{\partial^2 {self.loss}}}{{\partial {pn}\, \partial {qn}}}"
             if isinstance(value, IndexForm):
                 idx = " ".join(self.printer._print(i) for i in value.indices)
                 lhs = rf"\left[{lhs}\right]_{{{idx}}}"
             section.rows.append(self.row(lhs, [value], self.shape_of(value)))
+        if too_large:
+            section.intro = (
+                f"Not written out, being larger than {DOCUMENT_TERMS_LIMIT:,} terms as one "
+                "expression (the kernels compute them): the blocks of "
+                f"{'; '.join(too_large)}.")
         return section
 
 
@@ -623,6 +633,11 @@ def _lines(terms: list[str], width: int) -> list[str]:
             lines[-1] += " " + term
     return lines
 
+
+DOCUMENT_TERMS_LIMIT = 1_500
+"""A Hessian block larger than this many IR nodes printed is listed, not written out, in a
+document: pages of one formula read as nothing (every shipped derivation's blocks but some
+of the transformer block's are under 1,100)."""
 
 SHAPE_COLUMN_LIMIT = 30
 """Visible characters of a row's name plus its shape above which the shape leaves the right

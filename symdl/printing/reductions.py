@@ -12,30 +12,34 @@ from sympy.concrete.expr_with_limits import ExprWithLimits
 
 
 class _OverIndex(ExprWithLimits):
-    """A reduction of ``function`` over the index of its one limit ``(m, lower, upper)``."""
+    """A reduction of ``function`` over the indices of its limits ``(m, lower, upper)``.
+
+    SymPy merges a reduction of a reduction of the same kind into one with several limits
+    (``max_a max_b f`` is ``max_{a, b} f``, a pooling window): every limit is printed and
+    evaluated."""
 
     _word = ""
     _latex_word = ""
 
     def _bounds(self, printer) -> str:
-        index, lower, upper = self.limits[0]
-        return f"{printer._print(index)}={printer._print(lower)}..{printer._print(upper)}"
+        return ", ".join(f"{printer._print(index)}={printer._print(lower)}..{printer._print(upper)}"
+                         for index, lower, upper in self.limits)
 
     def _sympystr(self, printer) -> str:
         return f"{self._word}_{{{self._bounds(printer)}}}({printer._print(self.function)})"
 
     def _latex(self, printer) -> str:
-        index, lower, upper = self.limits[0]
-        below = (f"{printer._print(lower)} \\le {printer._print(index)} \\le "
-                 f"{printer._print(upper)}")
-        return (f"\\{self._latex_word}_{{{below}}} \\left({printer._print(self.function)}"
+        below = [f"{printer._print(lower)} \\le {printer._print(index)} \\le "
+                 f"{printer._print(upper)}" for index, lower, upper in self.limits]
+        if len(below) > 1:
+            below = ["\\substack{" + " \\\\ ".join(below) + "}"]
+        return (f"\\{self._latex_word}_{{{below[0]}}} \\left({printer._print(self.function)}"
                 "\\right)")
 
-
-    def _range(self, printer) -> tuple[str, str]:
-        index, lower, upper = self.limits[0]
-        return (printer._print(index),
-                f"range({printer._print(lower)}, {printer._print(upper)} + 1)")
+    def _ranges(self, printer) -> list[tuple[str, str]]:
+        return [(printer._print(index),
+                 f"range({printer._print(lower)}, {printer._print(upper)} + 1)")
+                for index, lower, upper in self.limits]
 
 
 class MaxOver(_OverIndex):
@@ -46,9 +50,11 @@ class MaxOver(_OverIndex):
     reduction = "max"  # translated back by symdl.define.translate (printed results evaluate)
 
     def _numpycode(self, printer) -> str:
-        index, values = self._range(printer)
-        return (f"{printer._module_format('symdl.printing.reductions.max_over')}"
-                f"(lambda {index}: {printer._print(self.function)}, {values})")
+        code = printer._print(self.function)
+        for index, values in reversed(self._ranges(printer)):  # the first limit outermost
+            code = (f"{printer._module_format('symdl.printing.reductions.max_over')}"
+                    f"(lambda {index}: {code}, {values})")
+        return code
 
 
 class ArgMaxOver(_OverIndex):
@@ -60,7 +66,9 @@ class ArgMaxOver(_OverIndex):
     reduction = "argmax"  # [u = argmax ...] translates back to the arg max mask
 
     def _numpycode(self, printer) -> str:
-        index, values = self._range(printer)
+        if len(self.limits) != 1:
+            raise ValueError(f"{self}: an arg max is over one index")
+        (index, values), = self._ranges(printer)
         return (f"{printer._module_format('symdl.printing.reductions.first_argmax')}"
                 f"(lambda {index}: {printer._print(self.function)}, {values})")
 

@@ -659,20 +659,47 @@ def _entry(symbol: sp.Basic, indices: tuple) -> sp.Expr:
     return symbol[indices[0], indices[1]]
 
 
+DISTRIBUTED_TERMS_LIMIT = 128
+"""``distribute`` leaves a product of sums as it is when multiplied out it would have more
+terms than this: the terms of nested sums multiply (a transformer block's Hessian has
+millions), and a product of sums prints in index notation as well."""
+
+
 def distribute(node: ir.Node) -> ir.Node:
     """Multiplies out products with sums of rank 3 or more, which have no matrix form, so
     that each term can be recognised on its own (Hessian blocks are such sums)."""
+    if _distributed_terms(node, {}) > DISTRIBUTED_TERMS_LIMIT:
+        return node
+    return _distribute(node)
+
+
+def _distribute(node: ir.Node) -> ir.Node:
     if isinstance(node, ir.Add):
-        return ir.add(*[distribute(t) for t in node.terms])
+        return ir.add(*[_distribute(t) for t in node.terms])
     if isinstance(node, ir.Einsum):
         for k, op in enumerate(node.operands):
             if isinstance(op, ir.Add) and op.rank > 2:
                 terms = []
                 for t in op.terms:
                     operands = node.operands[:k] + (t,) + node.operands[k + 1:]
-                    terms.append(distribute(ir.einsum(operands, node.specs, node.out, node.coeff)))
+                    terms.append(_distribute(ir.einsum(operands, node.specs, node.out,
+                                                       node.coeff)))
                 return ir.add(*terms)
     return node
+
+
+def _distributed_terms(node: ir.Node, memo: dict[int, int]) -> int:
+    """How many terms ``_distribute(node)`` has (capped past the limit)."""
+    if id(node) not in memo:
+        count = 1
+        if isinstance(node, ir.Add):
+            count = sum(_distributed_terms(t, memo) for t in node.terms)
+        elif isinstance(node, ir.Einsum):
+            for op in node.operands:
+                if isinstance(op, ir.Add) and op.rank > 2:
+                    count *= _distributed_terms(op, memo)
+        memo[id(node)] = min(count, DISTRIBUTED_TERMS_LIMIT + 1)
+    return memo[id(node)]
 
 
 def _elementwise_matrix(body: sp.Expr, env: dict, shape: tuple) -> sp.Basic:

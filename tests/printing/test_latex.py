@@ -269,3 +269,29 @@ def test_report_figures_compile_with_restricted_file_access(tmp_path: Path) -> N
     assert r"\includegraphics[width=0.95\linewidth]{training.pdf}" in tex.read_text()
     pdf = tex.with_suffix(".pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and b"/Subtype /Form" in pdf  # the figure is embedded
+
+
+def test_a_result_too_large_to_write_out_is_a_typed_error_and_a_listed_block(
+        tmp_path: Path, monkeypatch) -> None:
+    """Regression: the transformer block's Hessian blocks are up to 750,000 IR nodes as one
+    expression (rank-4 intermediates have no names to print them by); printing one ran for
+    hours. A result over the limit raises ClosedFormTooLargeError at once, and a document
+    lists the blocks it leaves out instead of running for minutes into pages of one formula.
+    Here the limits are lowered so that a small MLP's Hessian exceeds them."""
+    from symdl import derivation
+    from symdl.errors import ClosedFormTooLargeError, DerivationError
+
+    der = registry.load("two_layer_mlp").derive()
+    p = der.wrt[0]
+    der.hessian_node(p, p)
+    small = der.hessian(p, p, inline=False)  # under the limit: printed as before
+    monkeypatch.setattr(derivation, "WRITTEN_OUT_LIMIT", 3)
+    with pytest.raises(ClosedFormTooLargeError, match="der.compile") as info:
+        der.hessian(p, p)
+    assert isinstance(info.value, DerivationError)
+    monkeypatch.setattr(latex, "DOCUMENT_TERMS_LIMIT", 3)
+    source = latex.document(der, title="mlp")
+    assert "Not written out, being larger than 3 terms" in source
+    assert r"\partial^2" not in source and small is not None
+    _require_pdflatex()
+    assert latex.compile_pdf(source, tmp_path / "mlp.pdf").stat().st_size > 1000

@@ -114,3 +114,24 @@ def test_a_windowed_derivation_typesets_readably(strided, tmp_path: Path):
         pytest.fail("pdflatex is not installed; " + latex.INSTALL_HINT)
     pdf = latex.compile_pdf(latex.document(strided, title="windowed"), tmp_path / "w.pdf")
     assert pdf.stat().st_size > 1000
+
+
+def test_a_maximum_over_a_window_keeps_every_index():
+    """Regression: SymPy merges max_a max_c f into one reduction with two limits (a 2-D
+    pooling window in model_cnn's printed Hessian). It printed the first limit only and did
+    not translate back; now both print, lambdify and evaluate through the front end."""
+    from symdl.printing.reductions import MaxOver
+
+    a, c = sp.symbols("a c", integer=True)
+    Y = sp.IndexedBase("Y", shape=(n, 2, 3))
+    window = MaxOver(MaxOver(Y[b, a, c], (c, 0, 2)), (a, 0, 1))
+    assert len(window.limits) == 2
+    assert str(window) == "max_{c=0..2, a=0..1}(Y[b, a, c])"
+    tex = SymdlLatexPrinter().doprint(window)
+    assert r"\substack{0 \le c \le 2 \\ 0 \le a \le 1}" in tex
+    y = np.random.default_rng(0).normal(size=(4, 2, 3))
+    expected = y.max(axis=(1, 2))
+    form = IndexForm((b,), (n,), window)
+    assert np.allclose(symdl.evaluate(form, {"Y": y}, {n: 4}), expected, rtol=0, atol=0)
+    lambdified = sp.lambdify([Y, b], window, modules="numpy")
+    assert [lambdified(y, i) for i in range(4)] == expected.tolist()
