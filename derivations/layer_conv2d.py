@@ -28,6 +28,9 @@ G = sp.IndexedBase("G", shape=(n, h, w, o))  # the upstream gradient dL/dA
 A = sp.IndexedBase("A", shape=(n, h, w, o))
 b, i, j, q = sp.symbols("b i j q", integer=True)
 
+CHECK_DIMS = {n: 2}
+"""Sizes for the test suite's finite differences (one entry of X at a time: 150, not 375)."""
+
 LAYER = [
     (A, symdl.channel_bias(symdl.conv2d(X, K, padding=1), bias)),
     (sp.Symbol("L"), sp.Sum(G[b, i, j, q] * A[b, i, j, q], (b, 0, n - 1), (i, 0, h - 1),

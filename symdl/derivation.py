@@ -587,13 +587,19 @@ def _require_printable(node: ir.Node, inline: bool) -> None:
     """Raises ``ClosedFormTooLargeError`` when ``node`` printed would exceed
     ``WRITTEN_OUT_LIMIT`` IR nodes (one pass over the DAG)."""
     size = written_out_size(node, inline)
-    if size > WRITTEN_OUT_LIMIT:
+    if size <= WRITTEN_OUT_LIMIT:
+        return
+    message = (f"this result written out as one expression has {size:,} IR nodes (the limit "
+               f"is symdl.ir.naming.WRITTEN_OUT_LIMIT = {WRITTEN_OUT_LIMIT:,}). ")
+    if inline and written_out_size(node, inline=False) <= WRITTEN_OUT_LIMIT:
         raise ClosedFormTooLargeError(
-            f"this result written out as one expression has {size:,} IR nodes (the limit is "
-            f"symdl.ir.naming.WRITTEN_OUT_LIMIT = {WRITTEN_OUT_LIMIT:,}): its shared "
-            "subexpressions of rank 3 or more have no names to print it by. Compute it "
-            "instead: der.compile() (kernels of every Hessian block computed so far), "
-            "der.evaluate(values) or der.compile(hvp=True) for Hessian-vector products")
+            message + "Ask for it in terms of the named steps instead: "
+            "der.gradient(p, inline=False), der.hessian(p, q, inline=False) or "
+            "der.equations()")
+    raise ClosedFormTooLargeError(
+        message + "Its shared subexpressions of rank 3 or more have no names to print it "
+        "by. Compute it instead: der.compile() (kernels of every Hessian block computed so "
+        "far), der.evaluate(values) or der.compile(hvp=True) for Hessian-vector products")
 
 
 def _numpy_values(values: Mapping[str, object]) -> dict[str, object]:

@@ -133,7 +133,8 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
         if isinstance(e, sp.Indexed) and e.base.shape is not None:
             # Without its shape: the dimensions in it are not inputs of the lambdified body
             # (an elementwise index form, with no Sum to bind them, asked for them).
-            return sp.IndexedBase(e.base.label)[e.indices]
+            return _zero_outside(sp.IndexedBase(e.base.label), e.indices,
+                                 [sp.sympify(s).subs(dims) for s in e.base.shape])
         if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
             return e
         return e.func(*[go(a) for a in e.args])
@@ -297,6 +298,30 @@ class Budget:
             raise ReferenceBudgetExceededError(
                 f"estimated {estimate:.0f} s ({nodes} expression nodes to print), over its "
                 f"{self.seconds:g} s budget")
+
+
+def _zero_outside(base: sp.IndexedBase, indices: tuple, shape: list) -> sp.Basic:
+    """``base[indices]``, and 0 where a computed index (``2*t + k - 1``) falls outside the
+    array, as the definition means it (zero padding). NumPy would wrap a negative position
+    around or raise on one past the end. A position known only when the entry is evaluated
+    reads the array at the position clamped inside and is then selected away."""
+    if not all(n.is_Integer for n in shape):
+        return base[indices]
+    inside, clamped = [], []
+    for index, n in zip(indices, shape, strict=True):
+        index = sp.sympify(index)
+        if index.is_Integer:
+            if not 0 <= int(index) < int(n):
+                return sp.Integer(0)
+            clamped.append(index)
+        elif index.is_Symbol:  # a plain index runs over its own axis
+            clamped.append(index)
+        else:
+            inside.append(sp.And(index >= 0, index <= n - 1))
+            clamped.append(sp.Min(sp.Max(index, 0), n - 1))
+    if not inside:
+        return base[tuple(clamped)]
+    return sp.Piecewise((base[tuple(clamped)], sp.And(*inside)), (0, True))
 
 
 def _tree_size(e: sp.Basic) -> int:

@@ -3,6 +3,8 @@ of its value, both as IR nodes and as the SymPy expressions a user gets."""
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 import sympy as sp
@@ -56,7 +58,7 @@ def _finite_difference(f, x: np.ndarray, h: float = 1e-6) -> np.ndarray:
 def test_gradients_match_finite_differences(name: str, sizes: dict) -> None:
     entry = registry.load(name)
     der = entry.derive()
-    rng = np.random.default_rng(abs(hash(name)) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(name.encode()))  # the same inputs in every run
     values, dims = _inputs(der, rng, sizes, entry.module)
     value = der.output_nodes()[Value()]
     for p in der.wrt:
@@ -68,7 +70,10 @@ def test_gradients_match_finite_differences(name: str, sizes: dict) -> None:
 
         numeric = _finite_difference(value_at, x0)
         derived = der.evaluate(values, dims)[f"grad:{pname}"]
-        np.testing.assert_allclose(derived, numeric, rtol=1e-6, atol=1e-8)
+        # Central differences at h = 1e-6 lose about 1e-10 |L| to rounding (a convolution's
+        # loss sums hundreds of terms): the absolute tolerance scales with |L|.
+        scale = max(1.0, abs(value_at(x0)))
+        np.testing.assert_allclose(derived, numeric, rtol=1e-6, atol=1e-8 * scale)
         printed = symdl.evaluate(der.gradient(p), values | _named_values(der, values, dims),
                                  dims)
         np.testing.assert_allclose(printed.reshape(numeric.shape), numeric, rtol=1e-6, atol=1e-8)

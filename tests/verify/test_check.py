@@ -535,3 +535,21 @@ def test_regression_reference_work_without_checkpoints_is_interrupted(logreg, mo
     reasons = {s.output: s.reason for s in report.skipped}
     assert "interrupted" in reasons["grad:w"] and "0.5 s budget" in reasons["grad:w"]
     assert {"central-richardson", "complex step"} <= {r.method for r in report.rows}
+
+
+def test_the_sympy_reference_reads_zero_outside_a_padded_window():
+    """Regression: the SymPy reference evaluated X[b, 2*t + k - 1] with NumPy indexing, so a
+    padded convolution's reference raised IndexError past the end ("not applicable") and
+    would have wrapped around before the start. It reads 0 outside, as the definition means,
+    and the reference rows pass (values and the complex-step gradients)."""
+    n, T, K = sp.symbols("n T K", integer=True, positive=True)
+    b, t, k = sp.symbols("b t k", integer=True)
+    X, W = sp.IndexedBase("X", shape=(n, T)), sp.IndexedBase("W", shape=(K,))
+    conv = sp.Sum(W[k] * X[b, 2 * t + k - 1], (k, 0, K - 1))  # stride 2, padding 1
+    loss = sp.Sum(sp.log(1 + sp.exp(conv)), (t, 0, (T + 2 - K) // 2), (b, 0, n - 1))
+    der = symdl.derive(loss, wrt=[W, X])
+    report = check(der, jit=False, dims={n: 2, T: 7, K: 3})
+    assert report.ok, str(report)
+    methods = {row.method for row in report.rows if row.passed}
+    assert {"sympy reference", "complex step"} <= methods, str(report)
+    assert not report.skipped and not report.notes, str(report)
