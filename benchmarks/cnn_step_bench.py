@@ -31,6 +31,8 @@ float64 (relative to the largest entry).
     python benchmarks/cnn_step_bench.py
     python benchmarks/cnn_step_bench.py --impls symdl,torch --dtypes float64 --threads 1 \\
         --models model_cnn --batches 8 --repeats 1
+    python benchmarks/cnn_step_bench.py --profile --models demo_cnn --batches 256 \\
+        --dtypes float32      # symdl's step by generated function (run with 1 thread)
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ def _factory(impl: str, model: str, batch: int, dtype: str, threads: int):
         def run():
             loss = step(X=x, Y=y)
             return loss, step.params
+        run.step = step  # for profile_symdl
         return run, parts
     if impl == "torch":
         import torch
@@ -183,6 +186,62 @@ def _factory(impl: str, model: str, batch: int, dtype: str, threads: int):
     raise ValueError(impl)
 
 
+def profile_symdl(model: str, batch: int, dtype: str, calls: int = 50) -> dict:
+    """Where symdl's step spends its time: the generated module's step-by-step driver
+    (``_steps``: the same jitted loops and BLAS products the compiled step runs, called from
+    Python) with every loop function and ``np.dot`` timed; seconds per step by function, plus
+    the compiled step's own time. The step sequence is the one ``_steps_compiled`` runs."""
+    import numpy as np
+
+    run, _ = _factory("symdl", model, batch, dtype, 1)
+    run()
+    step = run.step
+    x, y, _ = _data(model, batch, np.dtype(dtype))
+    module = step.kernel.module
+    listed, buffers = step._argument_list({"X": x, "Y": y}), step._buffers()
+    n0 = x.shape[0]
+    spent: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            result = fn(*a, **k)
+            spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+            return result
+        return wrapper
+
+    class _Numpy:  # numpy with a timed dot
+        dot = staticmethod(timed("np.dot (BLAS)", np.dot))
+
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+    originals = {k: v for k, v in vars(module).items()
+                 if k.startswith(("_pack", "_loop", "_rowmax", "_stats", "_scatter"))
+                 and not k.endswith("_parallel")}
+    try:
+        for k, v in originals.items():
+            setattr(module, k, timed(k, v))
+        module.np = _Numpy()
+        module._steps(*listed, *buffers, n0, False, False)
+        spent.clear()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            module._steps(*listed, *buffers, n0, False, False)
+        driver = (time.perf_counter() - t0) / calls
+    finally:
+        for k, v in originals.items():
+            setattr(module, k, v)
+        module.np = np
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        step.kernel.run_unchecked(listed, buffers)
+    compiled = (time.perf_counter() - t0) / calls
+    parts = dict(sorted(((k, v / calls) for k, v in spent.items()), key=lambda kv: -kv[1]))
+    return {"model": model, "batch": batch, "dtype": dtype, "compiled_step_s": compiled,
+            "python_driver_step_s": driver, "by_function_s": parts}
+
+
 def _child(args) -> dict:
     import numpy as np
 
@@ -250,7 +309,19 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--dtype", help=argparse.SUPPRESS)
     parser.add_argument("--check", help=argparse.SUPPRESS)
+    parser.add_argument("--profile", action="store_true",
+                        help="profile symdl's step (first model, batch, dtype) and exit")
     args = parser.parse_args()
+    if args.profile:
+        model, batch = args.models.split(",")[0], int(args.batches.split(",")[0])
+        profile = profile_symdl(model, batch, args.dtypes.split(",")[0])
+        print(json.dumps(profile, indent=1))
+        out = Path(args.out)  # kept next to the timings, one profile per cell
+        saved = json.loads(out.read_text()) if out.exists() else {}
+        saved["profiles"] = [p for p in saved.get("profiles", []) if (p["model"], p["batch"],
+                             p["dtype"]) != (model, batch, profile["dtype"])] + [profile]
+        out.write_text(json.dumps(saved, indent=1))
+        return
     if args.child:
         args.threads = int(args.threads)
         print(json.dumps(_child(args)))
@@ -308,8 +379,10 @@ def main() -> None:
                     errs = " ".join(f"{cell[i].get('max_error', float('nan')):.1e}"
                                     if i in cell else "-" for i in ("symdl", "torch", "jax"))
                     print(f"{model} {batch} {dtype} {threads}: {times}; {ratio}; {errs}")
-    Path(args.out).write_text(json.dumps({"adam": ADAM, "models": MODELS,
-                                          "results": results}, indent=1))
+    out = Path(args.out)
+    saved = json.loads(out.read_text()) if out.exists() else {}
+    saved.update({"adam": ADAM, "models": MODELS, "results": results})
+    out.write_text(json.dumps(saved, indent=1))
 
 
 if __name__ == "__main__":
