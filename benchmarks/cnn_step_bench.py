@@ -47,9 +47,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from models import ADAM, jax_adam_step
+from pinning import pinned_env
+
 ROOT = Path(__file__).resolve().parent.parent
-ADAM = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8}  # as models.py
-XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 NAMES = ("K1", "b1", "W2", "b2")
 MODELS = {  # channels, padding, weight decay
     "model_cnn": (4, 0, 0.0),
@@ -147,8 +148,6 @@ def _factory(impl: str, model: str, batch: int, dtype: str, threads: int):
         import jax.numpy as jnp
         from jax import lax
 
-        b1, b2, lr, eps = ADAM["beta1"], ADAM["beta2"], ADAM["lr"], ADAM["eps"]
-
         def loss_of(params, xv, yv):
             k1, c1, w2, c2 = params
             z1 = lax.conv_general_dilated(xv, k1, (1, 1), [(pad, pad), (pad, pad)],
@@ -161,16 +160,7 @@ def _factory(impl: str, model: str, batch: int, dtype: str, threads: int):
                 loss = loss + decay / 2 * (w2 * w2).sum()
             return loss
 
-        def step(params, m, v, t, xv, yv):
-            value, grads = jax.value_and_grad(loss_of)(params, xv, yv)
-            m = tuple(b1 * a + (1.0 - b1) * g for a, g in zip(m, grads, strict=True))
-            v = tuple(b2 * a + (1.0 - b2) * g * g for a, g in zip(v, grads, strict=True))
-            scale, c2 = lr / (1.0 - b1**t), 1.0 - b2**t
-            params = tuple(p - scale * a / (jnp.sqrt(b / c2) + eps)
-                           for p, a, b in zip(params, m, v, strict=True))
-            return value, params, m, v
-
-        f = jax.jit(step, donate_argnums=(0, 1, 2))
+        f = jax_adam_step(loss_of)
         state = {"p": tuple(jnp.asarray(init[k]) for k in NAMES),
                  "m": tuple(jnp.zeros_like(jnp.asarray(init[k])) for k in NAMES),
                  "v": tuple(jnp.zeros_like(jnp.asarray(init[k])) for k in NAMES), "t": 0}
@@ -269,12 +259,7 @@ def _child(args) -> dict:
 
 
 def _env(threads: int, cache: str) -> dict:
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        env[key] = str(threads)
-    env["XLA_FLAGS"] = XLA_ONE_THREAD if threads == 1 else ""
-    env["JAX_PLATFORMS"] = "cpu"
+    env = pinned_env(threads)
     env["SYMDL_CACHE_DIR"] = cache  # empty: symdl's first call compiles cold
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep)

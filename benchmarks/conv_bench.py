@@ -29,8 +29,9 @@ import sys
 import time
 from pathlib import Path
 
+from pinning import pinned_env
+
 BATCH, SIZE, C_IN, C_OUT, K, PAD = 64, 28, 16, 32, 3, 1
-XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def _data(dtype):
@@ -149,16 +150,6 @@ def _child(args) -> dict:
             "first_call_s": first, "repeats": args.repeats, "error": _check(outs, args.dtype)}
 
 
-def _env(threads: int) -> dict:
-    env = dict(os.environ)
-    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                "NUMBA_NUM_THREADS"):
-        env[key] = str(threads)
-    env["XLA_FLAGS"] = XLA_ONE_THREAD if threads == 1 else ""
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--impls", default="symdl,torch,jax")
@@ -180,7 +171,7 @@ def main() -> None:
             for impl in args.impls.split(","):
                 cmd = [sys.executable, __file__, "--child", "--impl", impl, "--dtype", dtype,
                        "--threads", str(threads), "--repeats", str(args.repeats)]
-                done = subprocess.run(cmd, env=_env(threads), capture_output=True, text=True,
+                done = subprocess.run(cmd, env=pinned_env(threads), capture_output=True, text=True,
                                       timeout=900)
                 if done.returncode:
                     print(done.stderr[-2000:], file=sys.stderr)

@@ -276,23 +276,31 @@ def jax_hvp(data):
     return run
 
 
+def jax_adam_step(loss):
+    """One jitted Adam step (``ADAM``) of ``loss(params, *args)``, ``params`` a tuple:
+    ``step(params, m, v, t, *args) -> (loss, params, m, v)``, the states donated."""
+    jax = _jax()
+    jnp = jax.numpy
+    b1, b2, lr, eps = ADAM["beta1"], ADAM["beta2"], ADAM["lr"], ADAM["eps"]
+
+    def step(params, m, v, t, *args):
+        value, grads = jax.value_and_grad(loss)(params, *args)
+        m = tuple(b1 * a + (1.0 - b1) * g for a, g in zip(m, grads, strict=True))
+        v = tuple(b2 * a + (1.0 - b2) * g * g for a, g in zip(v, grads, strict=True))
+        scale, c2 = lr / (1.0 - b1**t), 1.0 - b2**t
+        params = tuple(p - scale * a / (jnp.sqrt(b / c2) + eps)
+                       for p, a, b in zip(params, m, v, strict=True))
+        return value, params, m, v
+
+    return jax.jit(step, donate_argnums=(0, 1, 2))
+
+
 def jax_train(model):
     def factory(data):
         jax = _jax()
         jnp = jax.numpy
         loss, names, inputs = _jax_loss(model)
-        b1, b2, lr, eps = ADAM["beta1"], ADAM["beta2"], ADAM["lr"], ADAM["eps"]
-
-        def step(params, m, v, t, *args):
-            value, grads = jax.value_and_grad(loss)(params, *args)
-            m = tuple(b1 * a + (1.0 - b1) * g for a, g in zip(m, grads, strict=True))
-            v = tuple(b2 * a + (1.0 - b2) * g * g for a, g in zip(v, grads, strict=True))
-            scale, c2 = lr / (1.0 - b1**t), 1.0 - b2**t
-            params = tuple(p - scale * a / (jnp.sqrt(b / c2) + eps)
-                           for p, a, b in zip(params, m, v, strict=True))
-            return value, params, m, v
-
-        f = jax.jit(step, donate_argnums=(0, 1, 2))
+        f = jax_adam_step(loss)
         state = {"p": tuple(jnp.asarray(data[k]) for k in names),
                  "m": tuple(jnp.zeros_like(jnp.asarray(data[k])) for k in names),
                  "v": tuple(jnp.zeros_like(jnp.asarray(data[k])) for k in names), "t": 0}

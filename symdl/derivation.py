@@ -323,8 +323,8 @@ class Derivation:
         allows: a named intermediate whose written-out form would exceed it keeps its name,
         so that the time and size of a closed form stay bounded (a tree written out from a
         DAG grows exponentially with the depth of the definition)."""
-        _require_printable(node, inline)
         by_name = names_too_large(node) if inline else set()
+        _require_printable(node, inline, by_name)
         if by_name:
             printer = self.printer(True)
             return SympyPrinter(inline_named=True, reserved=printer.reserved,
@@ -583,10 +583,10 @@ class Derivation:
             self.to_latex())
 
 
-def _require_printable(node: ir.Node, inline: bool) -> None:
-    """Raises ``ClosedFormTooLargeError`` when ``node`` printed would exceed
-    ``WRITTEN_OUT_LIMIT`` IR nodes (one pass over the DAG)."""
-    size = written_out_size(node, inline)
+def _require_printable(node: ir.Node, inline: bool, by_name: set[int]) -> None:
+    """Raises ``ClosedFormTooLargeError`` when ``node`` printed (``by_name``: the named nodes
+    it keeps by name) would exceed ``WRITTEN_OUT_LIMIT`` IR nodes (one pass over the DAG)."""
+    size = written_out_size(node, inline, by_name)
     if size <= WRITTEN_OUT_LIMIT:
         return
     message = (f"this result written out as one expression has {size:,} IR nodes (the limit "

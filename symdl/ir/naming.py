@@ -148,10 +148,12 @@ def names_too_large(root: ir.Node, limit: int | None = None) -> set[int]:
     return by_name
 
 
-def written_out_size(root: ir.Node, inline: bool) -> int:
+def written_out_size(root: ir.Node, inline: bool, by_name: set[int] | None = None) -> int:
     """How many IR nodes ``root`` has printed as one expression: named intermediates by name
-    (``inline=False``), or written out up to ``INLINE_LIMIT`` (``inline=True``)."""
-    by_name = names_too_large(root) if inline else set()
+    (``inline=False``), or written out up to ``INLINE_LIMIT`` (``inline=True``; ``by_name``
+    is ``names_too_large(root)`` when the caller has it already)."""
+    if by_name is None:
+        by_name = names_too_large(root) if inline else set()
     return tree_sizes([root], lambda n: id(n) in by_name
                       or (not inline and isinstance(n, ir.Named)))[id(root)]
 

@@ -368,6 +368,16 @@ class WindowProduct(Step):
         return lines
 
 
+def _which_first(labels, first: tuple, second: tuple) -> bool | None:
+    """Whether ``labels`` are ``first + second`` (True) or ``second + first`` (False); None
+    when they are neither (no matrix product without a transpose)."""
+    if tuple(labels) == first + second:
+        return True
+    if tuple(labels) == second + first:
+        return False
+    return None
+
+
 def window_product(node: ir.Node) -> WindowProduct | None:
     """A product of a window with another tensor in the form ``WindowProduct`` computes (a
     convolution's value or its kernel's gradient), else None (the loops compute it)."""
@@ -398,17 +408,9 @@ def window_product(node: ir.Node) -> WindowProduct | None:
             or set(wr) != set(summed) | set(free_w)
             or set(orest) != set(summed) | set(free_o)):
         return None
-    if tuple(orest) == free_o + summed:
-        other_first = True
-    elif tuple(orest) == summed + free_o:
-        other_first = False
-    else:
-        return None
-    if tuple(outr) == free_o + free_w:
-        out_other_first = True
-    elif tuple(outr) == free_w + free_o:
-        out_other_first = False
-    else:
+    other_first = _which_first(orest, free_o, summed)
+    out_other_first = _which_first(outr, free_o, free_w)
+    if other_first is None or out_other_first is None:
         return None
     return WindowProduct(node, window, other, batch, summed, free_w, free_o, other_first,
                          out_other_first, accumulate)
