@@ -188,7 +188,7 @@ def profile_symdl(model: str, batch: int, dtype: str, calls: int = 50) -> dict:
     step = run.step
     x, y, _ = _data(model, batch, np.dtype(dtype))
     module = step.kernel.module
-    listed, buffers = step._argument_list({"X": x, "Y": y}), step._buffers()
+    listed, buffers = step.kernel_arguments(X=x, Y=y)
     n0 = x.shape[0]
     spent: dict[str, float] = {}
 

@@ -268,6 +268,14 @@ class TrainingStep:
                 return None
         return listed
 
+    def kernel_arguments(self, /, **data: np.ndarray) -> tuple[list, list[np.ndarray]]:
+        """The kernel's arguments and output buffers for a step on ``data`` (converted and
+        checked as a step does), in the order ``self.kernel.run_unchecked`` takes them;
+        nothing is stepped. For timing the generated code's parts (as
+        ``benchmarks/cnn_step_bench.py`` does); ``step(**data)`` is the way to train."""
+        arrays = self._arguments(data)
+        return [arrays[n] for n in self._inputs], self._buffers()
+
     def __call__(self, /, **data: np.ndarray) -> float:
         """One step on a batch; returns the loss at the parameters before the update.
 

@@ -104,6 +104,23 @@ def test_sgd_step_and_batch_size_change(mlp):
         np.testing.assert_allclose(step.params[name], ref[name], rtol=1e-10, atol=1e-12)
 
 
+def test_kernel_arguments_run_the_step_s_kernel_without_stepping(mlp):
+    """``kernel_arguments`` (for profiling the generated code) gives what the kernel takes:
+    run on them, it computes the loss NumPy computes; the step's parameters stay put."""
+    params, X, Y = _problem(n=6)
+    step = TrainingStep(mlp, _SGD(lr=0.1), params)
+    before = step.t
+    arguments, buffers = step.kernel_arguments(X=X, Y=Y)
+    step.kernel.run_unchecked(arguments, buffers)
+    loss, _ = _numpy_mlp(X, Y, **params)
+    assert float(buffers[0][0]) == pytest.approx(loss, rel=1e-12)
+    assert step.t == before
+    for name in params:
+        np.testing.assert_array_equal(step.params[name], params[name])
+    with pytest.raises(KernelArgumentError, match="belong to the training step"):
+        step.kernel_arguments(X=X, Y=Y, **{next(iter(params)): params[next(iter(params))]})
+
+
 def test_non_contiguous_batches_on_the_fast_path(mlp):
     params, X, Y = _problem(n=8)
     step = TrainingStep(mlp, _SGD(lr=0.1), params)
