@@ -86,10 +86,28 @@ class SoftmaxAlong(sp.Expr):
         return (rf"\operatorname{{softmax}}_{{{printer._print(self.index)}}}"
                 rf"\left({printer._print(self.expr)}\right)")
 
-    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of an entry
+    def explicit(self) -> sp.Expr:
+        """``exp(expr - logsumexp(expr))`` with the lane's index bound in the log-sum-exp."""
         lane = sp.Dummy(str(self.index), integer=True)
         lse = LogSumExpAlong(self.expr.xreplace({self.index: lane}), lane, self.length)
-        return printer._print(sp.exp(self.expr - lse))
+        return sp.exp(self.expr - lse)
+
+    def _xreplace(self, rule):
+        # The index is both this entry's position and the lane it normalises over: fixing the
+        # position (k -> 0, writing a sum out term by term) must not fix the lane, so the
+        # lane is bound first. Renaming the index (k -> m) keeps the softmax.
+        new = rule.get(self.index)
+        if new is not None and not isinstance(new, sp.Symbol):
+            return self.explicit()._xreplace(rule)[0], True
+        return super()._xreplace(rule)
+
+    def _eval_subs(self, old, new):
+        if old == self.index and not isinstance(new, sp.Symbol):
+            return self.explicit().subs(old, new)
+        return None
+
+    def _numpycode(self, printer) -> str:  # sympy.lambdify(..., "numpy") of an entry
+        return printer._print(self.explicit())
 
     _pythoncode = _numpycode
 
@@ -123,6 +141,15 @@ class LogSumExpAlong(sp.Expr):
     @property
     def free_symbols(self) -> set[sp.Basic]:
         return (self.expr.free_symbols - {self.index}) | self.length.free_symbols
+
+    def _xreplace(self, rule):
+        # The index is bound (summed over): a replacement of it does not reach inside.
+        if self.index in rule:
+            rule = {k: v for k, v in rule.items() if k != self.index}
+        return super()._xreplace(rule)
+
+    def _eval_subs(self, old, new):
+        return self if old == self.index else None
 
     def _sympystr(self, printer) -> str:
         return f"logsumexp({printer._print(self.expr)}, axis={printer._print(self.index)})"

@@ -87,6 +87,17 @@ class Translator:
         if symbol in self.named:
             return self.named[symbol]
         shape = tuple(sp.sympify(s) for s in shape)
+        step = self.step_named(name)
+        if step is not None:
+            # The same name written as another kind of symbol (the step Hm[b, j] read as
+            # MatrixSymbol("Hm", n, d), a step Symbol("L") read with other assumptions):
+            # one name is one array, so it is the step's value, never a second input.
+            if tuple(step.shape) != shape:
+                raise ShapeMismatchError(
+                    f"{name} is a named step of shape {tuple(step.shape)} but is read here "
+                    f"as {type(symbol).__name__} of shape {shape}; read it with the step's "
+                    "shape (or give the input another name)", tuple(step.shape), shape)
+            return step
         known = self.leaves.get(name)
         if known is not None:
             if known.shape != shape:
@@ -98,6 +109,13 @@ class Translator:
         node = ir.leaf(name, shape, symbol)
         self.leaves[name] = node
         return node
+
+    def step_named(self, name: str) -> ir.Node | None:
+        """The named intermediate called ``name``, whatever symbol defined it, or None."""
+        for node in self.named.values():
+            if isinstance(node, ir.Named) and node.name == name:
+                return node
+        return None
 
     def _label(self, index: sp.Symbol) -> int:
         if index not in self._labels:

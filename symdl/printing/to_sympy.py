@@ -593,9 +593,13 @@ def _index_einsum(node: ir.Einsum, printer: SympyPrinter, indices: tuple) -> sp.
 
 @INDEX.register(ir.LogSumExp, ir.Softmax)
 def _index_row_function(node: ir.Node, printer: SympyPrinter, indices: tuple) -> sp.Expr:
-    # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)).
+    # An entry of the matrix expression reads better than exp(...)/Sum(exp(...)), where the
+    # argument has one (not over a step written in index notation).
     if node.rank == 2:
-        return MatrixElement(printer.matrix(node), *indices)
+        try:
+            return MatrixElement(printer.matrix(node), *indices)
+        except _NoMatrixFormError:
+            pass
     return _index_along(node, printer, indices)
 
 

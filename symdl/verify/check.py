@@ -153,6 +153,18 @@ def _floating(v: object) -> bool:
     return isinstance(v, np.ndarray) and not np.issubdtype(v.dtype, np.integer)
 
 
+def _precision(dtype: object) -> str:
+    """``"float64"`` or ``"float32"`` from any NumPy spelling of it (``np.float32``,
+    ``"f4"``, ``np.dtype("float32")``)."""
+    try:
+        name = np.dtype(dtype).name  # type: ignore[call-overload]
+    except TypeError:
+        name = None
+    if name not in DEFAULT_TOLERANCES:
+        raise CheckArgumentError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    return name
+
+
 def _integers(v: object) -> bool:
     return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.integer)
 
@@ -393,7 +405,7 @@ def _name(p: sp.Basic) -> str:
 # Entry point
 
 
-def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = None,
+def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | type | None = None,
           rtol: float | None = None, atol: float | None = None,
           sample_inputs: Callable | None = None, dims: Mapping[sp.Symbol, int] | None = None,
           positive: tuple[str, ...] = (), hvp: bool = True, jit: bool = True,
@@ -405,8 +417,9 @@ def check(target: Derivation | Kernel, *, seed: int = 0, dtype: str | None = Non
         target: a ``Derivation`` (compiled here, with Hessian-vector products, inputs drawn
             when none are given) or a ``Kernel`` (then ``**arrays`` are required).
         seed: seeds the drawn inputs and the random directions.
-        dtype: ``"float64"`` or ``"float32"``: the precision the kernel runs in (by default
-            that of the given arrays, else float64).
+        dtype: ``"float64"`` or ``"float32"`` (or ``np.float32``, any NumPy spelling): the
+            precision the kernel runs in (by default that of the given float arrays, else
+            float64).
         rtol, atol: override ``DEFAULT_TOLERANCES[dtype]``.
         sample_inputs: ``sample_inputs(rng, dims) -> {name: array}`` for restricted inputs.
         dims: sizes for some dimension symbols instead of the drawn ones.
@@ -466,7 +479,7 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
             drawn, bound = draw_inputs(der, kernel, seed, sample_inputs, dims, positive)
             arrays = {**{k: drawn[k] for k in missing}, **arrays}
         values = {k: v for k, v in arrays.items()}
-        given = [v.dtype for v in values.values() if isinstance(v, np.ndarray)]
+        given = [v.dtype for v in values.values() if _floating(v)]
         dtype = dtype or (str(given[0]) if given else "float64")
         bound = der.infer_dims(values) if der is not None else {}
     elif der is not None:
@@ -475,9 +488,7 @@ def _check(target, *, seed, dtype, rtol, atol, sample_inputs, dims, positive, hv
     else:
         raise CheckArgumentError("check(kernel) needs the kernel's inputs: check(k, " +
                                  ", ".join(f"{n}=..." for n in kernel.input_names) + ")")
-    dtype = dtype or "float64"
-    if dtype not in DEFAULT_TOLERANCES:
-        raise CheckArgumentError(f"dtype must be 'float64' or 'float32', got {dtype!r}")
+    dtype = _precision(dtype or "float64")
     base = DEFAULT_TOLERANCES[dtype]
     tol = Tolerance(base.rtol if rtol is None else rtol, base.atol if atol is None else atol)
     values = {k: (v if _integers(v) else np.asarray(v, dtype=np.float64) if np.ndim(v)

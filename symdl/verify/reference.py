@@ -416,9 +416,14 @@ def lambdified(body: sp.Basic, complex_valued: bool = False,
     kind = np.complex128 if complex_valued else np.float64
     is_matrix = isinstance(body, (sp.MatrixBase, MatrixExpr))
 
+    def argument(value: object) -> object:
+        array = np.asarray(value)
+        if np.issubdtype(array.dtype, np.integer) and array.ndim:
+            return array  # an index array (an embedding's ids) indexes: it stays integer
+        return array.astype(kind) if array.ndim else kind(array.reshape(()))
+
     def call(values: Mapping, *extra) -> object:
-        args = [np.asarray(values[k], dtype=kind) if np.ndim(values[k])
-                else kind(np.asarray(values[k]).reshape(())) for k in names]
+        args = [argument(values[k]) for k in names]
         out = fn(*args, *extra)
         if is_matrix:
             return np.asarray(out, dtype=kind).reshape(tuple(int(s) for s in body.shape))

@@ -219,3 +219,27 @@ def test_a_fully_masked_matrix_row_is_zeros_in_kernels_and_evaluation():
     for value, grad in ((out["value"], out["grad:Z"]), (result.value, result.grad["Z"])):
         np.testing.assert_allclose(value, want_value, rtol=1e-12)
         np.testing.assert_allclose(grad, want_grad, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("fix", ["xreplace", "subs"])
+def test_a_softmax_entry_at_a_fixed_position_still_normalises_over_its_lane(fix):
+    # Writing a sum out term by term fixes the softmax's index (k -> 0): the entry at that
+    # position, not a softmax whose lane lost track of which positions it runs over (it
+    # printed a loop variable named "0", and an S[0] elsewhere in the lane moved with it).
+    from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
+
+    k = sp.Symbol("k", integer=True)
+    S = sp.IndexedBase("S", shape=(4,))
+    entry = SoftmaxAlong(S[k] + S[0] * S[k], k)
+    v = np.array([0.5, -1.0, 2.0, 0.25])
+    z = v + v[0] * v
+    want = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
+    for j in range(4):
+        fixed = entry.xreplace({k: sp.Integer(j)}) if fix == "xreplace" else entry.subs(k, j)
+        got = sp.lambdify([S], fixed, modules="numpy")(v)
+        assert got == pytest.approx(want[j], rel=1e-14)
+    # A log-sum-exp's index is bound: fixing it changes nothing; renaming keeps the softmax.
+    lse = LogSumExpAlong(S[k], k)
+    assert lse.xreplace({k: sp.Integer(1)}) == lse and lse.subs(k, 2) == lse
+    m = sp.Symbol("m", integer=True)
+    assert entry.xreplace({k: m}) == SoftmaxAlong(S[m] + S[0] * S[m], m)

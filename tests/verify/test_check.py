@@ -553,3 +553,14 @@ def test_the_sympy_reference_reads_zero_outside_a_padded_window():
     methods = {row.method for row in report.rows if row.passed}
     assert {"sympy reference", "complex step"} <= methods, str(report)
     assert not report.skipped and not report.notes, str(report)
+
+
+def test_check_takes_numpy_spellings_of_the_precision():
+    # np.float32 is how NumPy users name a precision; so are "f4" and np.dtype("float32").
+    n = sp.Symbol("n", integer=True, positive=True)
+    w = sp.MatrixSymbol("w", n, 1)
+    der = symdl.derive(symdl.sum(w.T * w), wrt=[w])
+    for spelling in (np.float32, "f4", np.dtype("float32")):
+        assert symdl.check(der, dtype=spelling, jit=False, hvp=False).dtype == "float32"
+    with pytest.raises(symdl.errors.SymdlError, match="float64' or 'float32'"):
+        symdl.check(der, dtype=np.int64, jit=False)
