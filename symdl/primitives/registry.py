@@ -250,9 +250,24 @@ def supported_names() -> str:
     return ", ".join(f.__name__ for f in SUPPORTED_FUNCTIONS)
 
 
+def _applied_functions(expr: sp.Basic) -> set[sp.Function]:
+    """The functions applied in ``expr``, not those in the shape of an array it reads (an
+    output size ``floor((H - 1)/2) + 1`` is arithmetic on sizes, not a function of values)."""
+    found: set[sp.Function] = set()
+    stack = [expr]
+    while stack:
+        e = stack.pop()
+        if isinstance(e, sp.IndexedBase):
+            continue
+        if isinstance(e, sp.Function):
+            found.add(e)
+        stack.extend(e.args)
+    return found
+
+
 def check_supported(expr: sp.Expr) -> None:
     """Raises ``UnsupportedError`` naming the first scalar function symdl cannot handle."""
-    for f in expr.atoms(sp.Function):
+    for f in _applied_functions(expr):
         if isinstance(f, sp.core.function.AppliedUndef):
             raise UnsupportedError(
                 f"undefined function {f.func.__name__}() in a definition: symdl needs a "

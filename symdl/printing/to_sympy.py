@@ -175,8 +175,12 @@ class SympyPrinter:
     """
 
     def __init__(self, inline_named: bool = True, aliases: dict[int, ir.Named] | None = None,
-                 reserved: set[str] | None = None, by_name: set[int] | None = None):
+                 reserved: set[str] | None = None, by_name: set[int] | None = None,
+                 forms: bool = True):
         self.inline_named = inline_named
+        # False: every tensor in index notation, never as a convolution, pooling or flatten
+        # (what a reader of SymPy alone can evaluate), with its shape as it is.
+        self.forms = forms
         # Named nodes (by id) printed as their symbol even when inline_named: written out,
         # they would be too large (see symdl.ir.naming.INLINE_LIMIT).
         self.by_name = set(by_name or ())
@@ -208,7 +212,7 @@ class SympyPrinter:
 
     def _result(self, node: ir.Node) -> sp.Basic | IndexForm:
         self._index_counter = 0
-        if node.rank not in (0, 2):
+        if node.rank not in (0, 2) and self.forms:
             form = tensor_form(node, self)  # a convolution, a pooling, ... (tensor_forms)
             if form is not None:
                 return form
@@ -306,7 +310,7 @@ class SympyPrinter:
     def _matrix(self, node: ir.Node) -> sp.Basic:
         if id(node) in self.aliases:
             return _matrix_symbol(self.aliases[id(node)])
-        form = matrix_form(node, self)  # a flatten, an embedding's rows (tensor_forms)
+        form = matrix_form(node, self) if self.forms else None  # a flatten, ... (tensor_forms)
         if form is not None:
             return form
         return MATRIX(node, self)
@@ -1083,3 +1087,27 @@ def _matrix_scan(node: ir.Scan, printer: SympyPrinter) -> sp.Basic:
 @INDEX.register(ir.Scan)
 def _index_scan(node: ir.Scan, printer: SympyPrinter, indices: tuple) -> sp.Expr:
     return ScanEntry(_printed_scan(node, printer), *indices)
+
+
+def in_index_notation(expr: sp.Basic) -> sp.Basic | IndexForm:
+    """``expr`` with its tensor forms (a convolution ``K ⋆ X``, a pooling, a flatten, their
+    adjoints ``X ⋆ δ``, ``δ ⋆ᵀ K``) written out in index notation: sums of array entries at
+    affine positions, what the form computes entry by entry. SymPy alone can evaluate that
+    (``symdl.check``'s reference does); an expression without forms comes back as it is."""
+    from symdl.define.tensor_ir import tensor
+    from symdl.define.tensors import Flatten, TensorExpr
+    from symdl.define.translate import (
+        Translator,
+        dimension_symbols,
+        translate_matrix_or_scalar,
+    )
+
+    if not isinstance(expr, sp.Basic) or not any(
+            isinstance(e, (TensorExpr, Flatten)) for e in sp.preorder_traversal(expr)):
+        return expr
+    translator = Translator(dimension_symbols([expr]))
+    if isinstance(expr, TensorExpr):
+        node = tensor(translator, expr)
+    else:
+        node = translate_matrix_or_scalar(translator, expr)
+    return SympyPrinter(forms=False).result(node)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 import sympy as sp
+from sympy.concrete.expr_with_limits import ExprWithLimits
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.diagonal import DiagMatrix
 from sympy.matrices.expressions.matexpr import MatrixElement, MatrixExpr
@@ -34,7 +35,8 @@ from symdl.define.vocabulary import (
 )
 from symdl.errors import SymdlError, UnsupportedError
 from symdl.primitives.registry import NOT_COMPLEX_STEPPABLE as _SCALAR_NOT_STEPPABLE
-from symdl.printing.to_sympy import IndexForm
+from symdl.printing.reductions import ArgMaxOver, MaxOver
+from symdl.printing.to_sympy import IndexForm, in_index_notation
 
 NUMPY_REFERENCE: dict[str, Callable] = {
     # Written here, not imported from symdl.primitives.functions, so the reference shares no code.
@@ -94,6 +96,8 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
     def size(s) -> int:
         return int(sp.sympify(s).subs(dims))
 
+    outside: list[sp.Expr] = [sp.Integer(0)]  # what a read outside an array gives, innermost last
+
     def go(e: sp.Basic) -> sp.Basic:
         if budget is not None:
             budget.check()
@@ -134,7 +138,16 @@ def explicit(e: sp.Basic, dims: Mapping[sp.Symbol, int],
             # Without its shape: the dimensions in it are not inputs of the lambdified body
             # (an elementwise index form, with no Sum to bind them, asked for them).
             return _zero_outside(sp.IndexedBase(e.base.label), e.indices,
-                                 [sp.sympify(s).subs(dims) for s in e.base.shape])
+                                 [sp.sympify(s).subs(dims) for s in e.base.shape],
+                                 outside[-1])
+        if isinstance(e, (MaxOver, ArgMaxOver)):
+            # In a maximum over a window, padding never wins: it reads -inf (PyTorch's
+            # max_pool2d pads so), not 0.
+            outside.append(-sp.oo)
+            try:
+                return e.func(*[go(a) for a in e.args])
+            finally:
+                outside.pop()
         if not e.args or isinstance(e, (sp.Indexed, sp.IndexedBase, sp.Lambda)):
             return e
         return e.func(*[go(a) for a in e.args])
@@ -300,11 +313,13 @@ class Budget:
                 f"{self.seconds:g} s budget")
 
 
-def _zero_outside(base: sp.IndexedBase, indices: tuple, shape: list) -> sp.Basic:
-    """``base[indices]``, and 0 where a computed index (``2*t + k - 1``) falls outside the
-    array, as the definition means it (zero padding). NumPy would wrap a negative position
-    around or raise on one past the end. A position known only when the entry is evaluated
-    reads the array at the position clamped inside and is then selected away."""
+def _zero_outside(base: sp.IndexedBase, indices: tuple, shape: list,
+                  outside: sp.Expr = sp.S.Zero) -> sp.Basic:
+    """``base[indices]``, and ``outside`` (0: zero padding; -inf in a maximum) where a
+    computed index (``2*t + k - 1``) falls outside the array, as the definition means it.
+    NumPy would wrap a negative position around or raise on one past the end. A position
+    known only when the entry is evaluated reads the array at the position clamped inside
+    and is then selected away."""
     if not all(n.is_Integer for n in shape):
         return base[indices]
     inside, clamped = [], []
@@ -312,7 +327,7 @@ def _zero_outside(base: sp.IndexedBase, indices: tuple, shape: list) -> sp.Basic
         index = sp.sympify(index)
         if index.is_Integer:
             if not 0 <= int(index) < int(n):
-                return sp.Integer(0)
+                return outside
             clamped.append(index)
         elif index.is_Symbol:  # a plain index runs over its own axis
             clamped.append(index)
@@ -321,7 +336,23 @@ def _zero_outside(base: sp.IndexedBase, indices: tuple, shape: list) -> sp.Basic
             clamped.append(sp.Min(sp.Max(index, 0), n - 1))
     if not inside:
         return base[tuple(clamped)]
-    return sp.Piecewise((base[tuple(clamped)], sp.And(*inside)), (0, True))
+    return _ReadInside(base[tuple(clamped)], sp.And(*inside), outside)
+
+
+class _ReadInside(sp.Function):
+    """``value`` where ``inside`` holds, else ``outside``: a read at a computed position. Not a
+    ``Piecewise``: SymPy folds a Piecewise out of any expression around it, also out of a
+    maximum over a window (``max_a``), and its condition on ``a`` would then stand outside
+    the maximum that binds ``a``."""
+
+    nargs = 3
+
+    def _numpycode(self, printer) -> str:
+        value, inside, outside = self.args
+        return (f"({printer._print(value)} if {printer._print(inside)} else "
+                f"{printer._print(outside)})")
+
+    _pythoncode = _numpycode
 
 
 def _tree_size(e: sp.Basic) -> int:
@@ -359,9 +390,10 @@ def explicit_model(steps, dims: Mapping[sp.Symbol, int]) -> sp.Basic:
 def _array_symbols(e: sp.Basic) -> dict[str, sp.Basic]:
     # One traversal: a large explicit body takes seconds per walk. ``explicit`` writes sums
     # out, so usually every Symbol left is an input, a free index or an Indexed's label; where
-    # a Sum or Lambda is left, its bound variables are not inputs (a second walk).
-    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol, sp.Sum, sp.Lambda)
-    if any(isinstance(a, (sp.Sum, sp.Lambda)) for a in atoms):
+    # a Sum, a maximum over indices or a Lambda is left, its bound variables are not inputs
+    # (a second walk).
+    atoms = e.atoms(sp.MatrixSymbol, sp.Indexed, sp.Symbol, ExprWithLimits, sp.Lambda)
+    if any(isinstance(a, (ExprWithLimits, sp.Lambda)) for a in atoms):  # a Sum, a max over
         free = e.free_symbols
         atoms = {a for a in atoms if not isinstance(a, sp.Symbol) or a in free}
     found: dict[str, sp.Basic] = {}
@@ -444,13 +476,17 @@ def _safe_name(name: str) -> bool:
 
 def _repeats(body: sp.Basic) -> bool:
     """Whether ``body`` prints shared subexpressions more than once in all (then CSE pays;
-    on a body without repeats it only costs time)."""
+    on a body without repeats it only costs time). Never with a bound index left (a maximum
+    over a window prints as a Python lambda of it): CSE would lift an expression of that
+    index out of the lambda that binds it."""
     if isinstance(body, sp.MatrixBase):
         body = sp.ImmutableMatrix(body)
     distinct = set()
     stack = [body]
     while stack:
         node = stack.pop()
+        if isinstance(node, ExprWithLimits):
+            return False
         if node not in distinct:
             distinct.add(node)
             stack.extend(node.args)
@@ -545,6 +581,18 @@ class _IndexFormFunction:
         return out
 
 
+class _Alias:
+    """A step that is another name for an array (``dY = G``)."""
+
+    bodies: tuple = ()
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __call__(self, values: Mapping) -> object:
+        return values[self._name]
+
+
 def _step_name(symbol: sp.Basic | None) -> str | None:
     if symbol is None:
         return None
@@ -564,10 +612,15 @@ class Chain:
         self.bodies: list[sp.Basic] = []
         self._fns: list[tuple[str | None, Callable]] = []
         for symbol, expr in steps:
+            # A convolution, pooling or flatten (as written with the vocabulary, or as a
+            # result prints) is evaluated from what it means entry by entry.
+            expr = in_index_notation(expr)
             if isinstance(symbol, sp.Indexed):  # a tensor step in index notation, Q[b, s, e]
                 expr = IndexForm(tuple(symbol.indices), tuple(symbol.base.shape), expr)
                 symbol = symbol.base
-            if hasattr(expr, "indices"):
+            if isinstance(expr, sp.IndexedBase):  # another name for a tensor: dY = G
+                fn = _Alias(str(expr.label))
+            elif hasattr(expr, "indices"):
                 fn = _IndexFormFunction(expr, dims, complex_valued, budget)
             else:
                 expr = sp.sympify(expr)

@@ -12,6 +12,7 @@ from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
 from symdl.define.positions import index_arrays
+from symdl.define.tensors import MaxAlong, Pool
 from symdl.derivation import Derivation
 from symdl.errors import EvaluationError
 from symdl.ir.assumptions import conform, declared_checks
@@ -60,6 +61,12 @@ def has_kink(body: sp.Basic) -> bool:
     return bool(reference.uses_function(body, NON_SMOOTH_FUNCTIONS))
 
 
+def _takes_a_maximum(expr: sp.Basic) -> bool:
+    """Whether ``expr`` pools or reduces by a maximum (a kink where two entries tie)."""
+    return any(isinstance(sub, MaxAlong) or (isinstance(sub, Pool) and sub.kind == "max")
+               for sub in sp.preorder_traversal(expr))
+
+
 def _leaf_names(expr: sp.Basic) -> set[str]:
     names = {str(m.name) for m in expr.atoms(sp.MatrixSymbol)}
     names |= {str(s) for s in expr.free_symbols if isinstance(s, sp.Symbol)}
@@ -72,6 +79,7 @@ def restrictions(der: Derivation) -> tuple[set[str], bool]:
     positive: set[str] = set()
     kink = False
     for _, expr in der.source_steps:
+        kink = kink or _takes_a_maximum(expr)
         for body, argument in _walk_functions(expr):
             kink = kink or has_kink(body)
             if argument is not None and _needs_positive(body):

@@ -75,3 +75,59 @@ def test_hoisted_names_never_collide_with_a_scalar_input():
         form = symdl.derive(loss, wrt=[W], hessian=True).hessian(W, W, inline=False)
         blocks[name] = reference.index_form_function(form, {n: 2, d: 3})({**values, name: 1.7})
     np.testing.assert_allclose(blocks["hoisted0"], blocks["a"], rtol=1e-14)
+
+
+def _reference_rows(report) -> set[tuple[str, str]]:
+    return {(str(row.output), row.method) for row in report.rows if row.method == "sympy reference"}
+
+
+def test_windowed_layers_are_checked_by_the_sympy_reference_not_skipped():
+    # A strided, padded depthwise convolution written in plain SymPy (its output size a floor
+    # of the input's, which symdl once refused as "function floor() is not supported"):
+    # the result prints as X ⋆ dZ and dZ ⋆ᵀ K, and the reference evaluates those forms entry
+    # by entry in index notation (it used to skip every convolution: "Conv was not printed
+    # from a derivation").
+    N, C, H, Wd = sp.symbols("N C H Wd", integer=True, positive=True)
+    X = sp.IndexedBase("X", shape=(N, C, H, Wd))
+    K = sp.IndexedBase("K", shape=(C, 3, 3))
+    Ho, Wo = (H - 1) // 2 + 1, (Wd - 1) // 2 + 1
+    Z = sp.IndexedBase("Z", shape=(N, C, Ho, Wo))
+    b, c, i, j, p, q = sp.symbols("b c i j p q", integer=True)
+    der = symdl.derive([
+        (Z[b, c, i, j], sp.Sum(K[c, p, q] * X[b, c, 2 * i + p - 1, 2 * j + q - 1],
+                               (p, 0, 2), (q, 0, 2))),
+        (sp.Symbol("L"), sp.Sum(symdl.tanh(Z[b, c, i, j]) ** 2, (b, 0, N - 1), (c, 0, C - 1),
+                                (i, 0, Ho - 1), (j, 0, Wo - 1))),
+    ], wrt=[K, X])
+    assert "⋆" in str(der.equations()[-1].rhs)
+    report = symdl.check(der, jit=False, hvp=False, dims={N: 2, C: 2, H: 5, Wd: 4})
+    assert report.ok, report
+    assert {("value", "sympy reference"), ("grad:K", "sympy reference"),
+            ("grad:X", "sympy reference")} <= _reference_rows(report), report
+    assert not report.skipped, report
+
+
+def test_padding_never_wins_a_max_pool_in_the_reference():
+    # All inputs negative: a padded entry read as 0 would be every window's maximum. The
+    # reference reads -inf there (as the kernel and PyTorch do), inside the maximum that
+    # binds the window's index (not a Piecewise SymPy would fold out of it, nor a CSE
+    # temporary lifted out of the lambda that binds it).
+    n = sp.Symbol("n", integer=True, positive=True)
+    X = sp.IndexedBase("X", shape=(n, 4, 4, 1))
+    G = sp.IndexedBase("G", shape=(n, 2, 2, 1))
+    P = sp.IndexedBase("P", shape=(n, 2, 2, 1))
+    b, i, j, c = sp.symbols("b i j c", integer=True)
+    der = symdl.derive([
+        (P, symdl.max_pool2d(X, 3, stride=2, padding=1)),
+        (sp.Symbol("L"), sp.Sum(G[b, i, j, c] * P[b, i, j, c], (b, 0, n - 1), (i, 0, 1),
+                                (j, 0, 1), (c, 0, 0))),
+    ], wrt=[X])
+
+    def negative(rng, dims):
+        return {"X": -1 - np.abs(rng.normal(size=(dims[n], 4, 4, 1))),
+                "G": rng.normal(size=(dims[n], 2, 2, 1))}
+
+    report = symdl.check(der, jit=False, hvp=False, sample_inputs=negative, dims={n: 2})
+    assert report.ok, report
+    assert {("value", "sympy reference"), ("grad:X", "sympy reference")} <= _reference_rows(
+        report), report
