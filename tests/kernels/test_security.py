@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import py_compile
+import shutil
 import stat
 import subprocess
 import sys
@@ -258,13 +259,25 @@ def _numpy_expected() -> tuple[float, np.ndarray]:
     return float(np.mean(np.logaddexp(0, z))), (x.T @ (1 / (1 + np.exp(-z))) / 30).ravel()
 
 
-@pytest.mark.parametrize("suffix", [".nbc", ".nbi"])
-def test_flipped_bit_in_numba_cache_file_recompiles(tmp_path, suffix):
-    folder = tmp_path / "cache"
+@pytest.fixture(scope="module")
+def recorded_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder where one process compiled the kernel and a second one loaded it.
+
+    Built once for both parameters of the test below (each cold compile in a child takes a few
+    seconds); each copies it (modification times too: Numba compares the source's) before
+    damaging a file."""
+    folder = tmp_path_factory.mktemp("recorded") / "cache"
     first, _ = _run_kernel_child(folder)
     assert first["misses"] > 0
     warm, _ = _run_kernel_child(folder)
     assert warm["misses"] == 0 and warm["hits"] > 0  # the recorded files are trusted
+    return folder
+
+
+@pytest.mark.parametrize("suffix", [".nbc", ".nbi"])
+def test_flipped_bit_in_numba_cache_file_recompiles(tmp_path, suffix, recorded_cache):
+    folder = tmp_path / "cache"
+    shutil.copytree(recorded_cache, folder)
     files = sorted((folder / "__pycache__").glob(f"*{suffix}"), key=lambda p: p.stat().st_size)
     target = files[-1]  # the largest: machine code (or the largest index)
     data = bytearray(target.read_bytes())
