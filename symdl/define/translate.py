@@ -27,6 +27,7 @@ from symdl.define import tensor_ir
 from symdl.define.positions import affine_parts, index_array, index_symbols
 from symdl.define.recurrence import IndexedPart, PrintedScan, Recurrence, ScanEntry
 from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
+from symdl.define.symbols import symbol_name
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
@@ -87,6 +88,18 @@ class Translator:
         if symbol in self.named:
             return self.named[symbol]
         shape = tuple(sp.sympify(s) for s in shape)
+        step = self._step_named(name)
+        if step is not None:
+            # The same array spelt as another kind of symbol (an entrywise step h_T[i, j] read
+            # as MatrixSymbol("h_T", n, k)): the step, never a new input of that name, whose
+            # gradient would silently be 0.
+            if len(step.shape) != len(shape) or any(
+                    sp.simplify(a - b) != 0 for a, b in zip(step.shape, shape, strict=False)):
+                raise ShapeMismatchError(
+                    f"{name} names a step of shape {tuple(step.shape)} but is used with shape "
+                    f"{shape}; read the step with its own shape (or give the input another "
+                    "name)", tuple(step.shape), shape)
+            return step
         known = self.leaves.get(name)
         if known is not None:
             if known.shape != shape:
@@ -98,6 +111,11 @@ class Translator:
         node = ir.leaf(name, shape, symbol)
         self.leaves[name] = node
         return node
+
+    def _step_named(self, name: str) -> ir.Node | None:
+        """The named intermediate whose symbol is called ``name``, if any."""
+        return next((node for symbol, node in self.named.items()
+                     if symbol_name(symbol) == name), None)
 
     def _label(self, index: sp.Symbol) -> int:
         if index not in self._labels:
