@@ -449,11 +449,16 @@ def _pyplot():
 
 def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         pdf: bool = True, progress: bool = True, curvature: bool = True,
-        cnn: bool = True, cnn_epochs: int = 30, dtype: type | str = np.float64) -> dict:
+        cnn: bool = True, cnn_epochs: int = 30, dtype: type | str = np.float64,
+        rnn: bool = True, rnn_epochs: int = 30) -> dict:
     """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``.
 
     ``cnn`` also trains the convolutional network (``train_cnn``, ``cnn_epochs`` epochs) on
     the same split and puts its derivation (backprop in convolution notation) in the report.
+
+    ``rnn`` also trains the recurrent network (``symdl.report.sequence_demo``: the digits read
+    row by row, ``rnn_epochs`` epochs, in ``dtype``) and puts its backprop through time in
+    the report.
 
     ``dtype``: the training's precision (``np.float32`` or ``np.float64``, see ``train``);
     the finite-difference check and the curvature run in float64 at the trained parameters.
@@ -511,11 +516,17 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         _plot_training(cnn_history, out / "training_cnn.pdf")
         _plot_training(cnn_history, out / "training_cnn.png")
         figures.append("training_cnn.pdf")
+    rnn_der = None
+    if rnn:
+        from symdl.report.sequence_demo import add_rnn
+
+        rnn_der = add_rnn(out, metrics, figures, split, rnn_epochs, progress, dtype)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if pdf:
         from symdl.report.document import write_report
 
-        write_report(out / "report.tex", der, check_report, metrics, figures, cnn=cnn_der)
+        write_report(out / "report.tex", der, check_report, metrics, figures, cnn=cnn_der,
+                     rnn=rnn_der)
     return metrics
 
 
