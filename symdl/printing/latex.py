@@ -425,7 +425,8 @@ class _Builder:
         if der.is_scalar:
             for node, adj in der.adjoints:
                 if isinstance(adj.body, ir.Scan) and adj.body.reverse:
-                    self.names[adj.symbol] = latex_name(adj.name)
+                    # Braced: the recurrence's text reads it at t, {\delta_{h}}_{t}.
+                    self.names[adj.symbol] = "{" + latex_name(adj.name) + "}"
                     self.recurrences.add(adj.symbol)
                     self.delta.add(adj.symbol)
                     continue
