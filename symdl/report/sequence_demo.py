@@ -25,7 +25,7 @@ import numpy as np
 import sympy as sp
 
 import symdl
-from symdl.report.demo import History, Split, _plot_training, _Progress, accuracy
+from symdl.report.training_run import History, Split, _plot_training, _Progress, accuracy
 from symdl.training import TrainingStep
 
 T, n, d, k = sp.symbols("T n d k", integer=True, positive=True)
@@ -173,17 +173,20 @@ def check_rnn_step(step: TrainingStep, split: Split, rows: int = 16):
 
 
 def add_rnn(out: Path, metrics: dict, figures: list[str], split: Split, epochs: int = 30,
-            progress: bool = True, dtype: type | str = np.float64) -> symdl.Derivation:
+            progress: bool = True, dtype: type | str = np.float64, check_rows: int = 16,
+            **options) -> symdl.Derivation:
     """The demo's part: trains the recurrent network, checks its step against finite
     differences, puts both in ``metrics["rnn"]`` and draws ``training_rnn.pdf`` (and
-    ``.png``) into ``out``, listed in ``figures``; returns the derivation (for the report)."""
+    ``.png``) into ``out``, listed in ``figures``; returns the derivation (for the report).
+    ``check_rows``: the training images the check runs on; ``options`` go to
+    ``train_rnn`` (``hidden``, ``batch``, ``jit``, ...)."""
     step, der, history, timings = train_rnn(split, epochs=epochs, progress=progress,
-                                            dtype=dtype)
-    report = check_rnn_step(step, split)
+                                            dtype=dtype, **options)
+    report = check_rnn_step(step, split, rows=check_rows)
     metrics["rnn"] = {"final_test_accuracy": history.test_accuracy[-1],
                       "final_train_accuracy": history.train_accuracy[-1],
                       "final_train_loss": history.train_loss[-1],
-                      "hidden": int(step.params["U"].shape[0]),
+                      "hidden": int(step.params["U"].shape[0]), "dtype": str(step.dtype),
                       "history": asdict(history), "timings": timings,
                       "check": {"ok": bool(report.ok),
                                 "max_rel_error": float(report.max_rel_error)}}
