@@ -7,9 +7,10 @@ training-step kernel loops over ``t`` (forward, then backprop through time in a 
 loop), never unrolled. One generated kernel runs the forward pass, the adjoint recurrence,
 the gradients (sums over ``t``) and the Adam update of every parameter.
 
-Why an Elman RNN and not a GRU: both pass 95% on this task, but on a 2-core machine the GRU's
-step (three gates, twelve parameters) compiled in about 75 s and trained 30 epochs in 12 s,
-the Elman step in about 15 s and 0.4 s.
+Why an Elman RNN and not a GRU: both pass 95% on this task (GRU 98.6%, Elman 96.7% at 32
+hidden units, 98.1% at 64), but on a shared 2-core machine the GRU's step (three gates,
+twelve parameters) compiled in about 75 s and trained 30 epochs in 12 s, the Elman step in
+about 15 s and 0.4 s (32 hidden units both).
 
 The sequence is time-major, as ``symdl.scan`` reads it: ``X[t, i, :]`` is row ``t`` of image
 ``i`` (``rows_as_sequence``).
