@@ -326,7 +326,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
                   progress=not args.quiet, curvature=not args.no_curvature,
-                  cnn=not args.no_cnn, dtype=args.dtype)
+                  cnn=not args.no_cnn, dtype=args.dtype, rnn=not args.no_rnn)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -335,6 +335,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if "cnn" in metrics:
         print(f"convolutional network: held-out test accuracy "
               f"{metrics['cnn']['final_test_accuracy']:.4f}")
+    if "rnn" in metrics:
+        rnn = metrics["rnn"]
+        print(f"recurrent network (the digits read row by row): held-out test accuracy "
+              f"{rnn['final_test_accuracy']:.4f}; finite-difference check of its training "
+              f"step: {'passed' if rnn['check']['ok'] else 'FAILED'} "
+              f"(max relative error {rnn['check']['max_rel_error']:.1e})")
     if "newton" in metrics:
         newton = metrics["newton"]
         print(f"Newton's method: optimum in {newton['newton_iterations']} iterations; gradient "
@@ -346,7 +352,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         [] if args.no_pdf else ["report.pdf"])
     print(f"wrote {', '.join(f'{out}/{name}' for name in written)} in "
           f"{time.perf_counter() - start:.1f} s")
-    return 0 if metrics["check"]["ok"] else 1
+    return 0 if metrics["check"]["ok"] and metrics.get("rnn", {}).get("check", {}).get(
+        "ok", True) else 1
 
 
 def _dimension(text: str) -> tuple[str, int]:
@@ -478,6 +485,8 @@ def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
                       help="skip the Hessian spectrum at initialisation and after training")
     demo.add_argument("--no-cnn", action="store_true",
                       help="skip the convolutional network (trained on the digits as images)")
+    demo.add_argument("--no-rnn", action="store_true",
+                      help="skip the recurrent network (trained on the digits read row by row)")
 
     demo.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                       help="precision of the training: parameters, optimizer states and every "

@@ -27,6 +27,7 @@ from symdl.define import tensor_ir
 from symdl.define.positions import affine_parts, index_array, index_symbols
 from symdl.define.recurrence import IndexedPart, PrintedScan, Recurrence, ScanEntry
 from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
+from symdl.define.symbols import symbol_name
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
@@ -92,7 +93,8 @@ class Translator:
             # The same name written as another kind of symbol (the step Hm[b, j] read as
             # MatrixSymbol("Hm", n, d), a step Symbol("L") read with other assumptions):
             # one name is one array, so it is the step's value, never a second input.
-            if tuple(step.shape) != shape:
+            if len(step.shape) != len(shape) or any(
+                    sp.simplify(a - b) != 0 for a, b in zip(step.shape, shape, strict=True)):
                 raise ShapeMismatchError(
                     f"{name} is a named step of shape {tuple(step.shape)} but is read here "
                     f"as {type(symbol).__name__} of shape {shape}; read it with the step's "

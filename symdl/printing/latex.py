@@ -24,6 +24,7 @@ from sympy.core.function import AppliedUndef
 from sympy.matrices.expressions.applyfunc import ElementwiseApplyFunction
 from sympy.printing.latex import LatexPrinter
 
+from symdl import ir
 from symdl.define.symbols import symbol_name
 from symdl.define.tensors import TensorExpr
 from symdl.errors import SymdlError
@@ -418,12 +419,29 @@ class _Builder:
         self.loss = latex_name(symbol_name(loss)) if loss is not None else "L"
         self.names: dict[sp.Basic, str] = {}
         self.delta: set[sp.Basic] = set()
+        self.recurrences: set[sp.Basic] = set()
+        """Adjoint recurrences of backprop through time (``delta_h``): the whole ``∂L/∂H``
+        through every later step, not the chain rule of ``H``'s direct readers (``dH``)."""
         if der.is_scalar:
             for node, adj in der.adjoints:
+                if isinstance(adj.body, ir.Scan) and adj.body.reverse:
+                    # Braced: the recurrence's text reads it at t, {\delta_{h}}_{t}.
+                    self.names[adj.symbol] = "{" + latex_name(adj.name) + "}"
+                    self.recurrences.add(adj.symbol)
+                    self.delta.add(adj.symbol)
+                    continue
                 self.names[adj.symbol] = self._adjoint_latex(node.name)
                 if self.names[adj.symbol].startswith(r"\delta"):
                     self.delta.add(adj.symbol)
         self.printer = SymdlLatexPrinter(self.names)
+
+    def _recurrence_intro(self) -> str:
+        names = ", ".join(f"${self.names[a]}$" for a in sorted(self.recurrences, key=str))
+        return (f" Backpropagation through time: {names} is the adjoint of a recurrence's "
+                "states, run backwards from $t = T$ to $1$; at each $t$ it is the direct part "
+                "(the adjoint of the states' other readers at $t$) plus what flows back from "
+                "step $t+1$ through the recurrence. The parameters' gradients are sums over "
+                "$t$ of what each step contributes.")
 
     def _adjoint_latex(self, name: str) -> str:
         # The adjoint of a pre-activation Z_l is the textbook's \delta_l.
@@ -518,7 +536,8 @@ class _Builder:
                                          self.shape_of(value)))
             return out + [jac]
         backprop = Section("Backpropagation", intro="Each adjoint from the adjoints of the "
-                           "steps that read it (the chain rule), then in matrix form.")
+                           "steps that read it (the chain rule), then in matrix form."
+                           + (self._recurrence_intro() if self.recurrences else ""))
         equations = der.equations()
         adjoints = der.adjoints
         adjoint_eqs = equations[:len(adjoints)]
@@ -528,9 +547,9 @@ class _Builder:
             rhs = eq.rhs
             forms: list = []
             lhs = self.names[adj.symbol]
-            if lhs.startswith(r"\delta"):
+            if lhs.startswith(r"\delta") and adj.symbol not in self.recurrences:
                 lhs = f"{lhs} = {self.partial(self.loss, latex_name(node.name))}"
-            chain = self.chain_rule(node.symbol)
+            chain = None if adj.symbol in self.recurrences else self.chain_rule(node.symbol)
             if chain:
                 forms.append(chain)
             forms.append(rhs)

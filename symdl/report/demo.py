@@ -14,6 +14,10 @@
 6. writes ``out/``: ``report.pdf`` (the derivation, the check table, the curves, the
    spectrum), ``kernels.py`` (the exported standalone kernels) and ``metrics.json``.
 
+It also trains a CNN on the digits as images (``--no-cnn`` skips it) and a recurrent
+network on the digits read row by row (``symdl.report.sequence_demo``: backprop through time
+in one generated step; ``--no-rnn`` skips it).
+
 ``symdl demo --newton`` adds the second-order demo: Newton's method on (L2-regularised)
 logistic regression with the generated Hessian kernel, against gradient descent.
 
@@ -25,32 +29,25 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import sympy as sp
 
 import symdl
-from symdl.errors import SymdlError
 from symdl.ir.keys import Gradient, Value
+from symdl.report.training_run import (  # noqa: F401 (DemoDependencyError: re-exported)
+    DemoDependencyError,
+    History,
+    Split,
+    _plot_training,
+    _Progress,
+    _pyplot,
+    _require,
+    accuracy,
+)
 from symdl.training import TrainingStep
-
-
-class DemoDependencyError(SymdlError):
-    """An optional package the demo needs is not installed."""
-
-
-def _require(module: str, extra: str = "demo"):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise DemoDependencyError(
-            f"the demo needs {module!r}: install it with pip install 'symdl[{extra}]' "
-            "(make demo does this)") from exc
-
 
 # -- the model ------------------------------------------------------------------------------
 
@@ -81,14 +78,6 @@ def network_derivation() -> symdl.Derivation:
 
 # -- data -----------------------------------------------------------------------------------
 
-@dataclass
-class Split:
-    X_train: np.ndarray
-    Y_train: np.ndarray
-    X_test: np.ndarray
-    Y_test: np.ndarray
-
-
 def digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
     """scikit-learn's handwritten digits, pixels scaled to [0, 1], one-hot labels, a
     stratified held-out split."""
@@ -103,21 +92,6 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> Split:
 
 
 # -- training -------------------------------------------------------------------------------
-
-@dataclass
-class History:
-    epoch: list[int] = field(default_factory=list)
-    train_loss: list[float] = field(default_factory=list)
-    train_accuracy: list[float] = field(default_factory=list)
-    test_accuracy: list[float] = field(default_factory=list)
-
-
-def accuracy(step: TrainingStep, features: np.ndarray, labels: np.ndarray) -> float:
-    """The share of rows whose largest logit (``step.predict``: the network's ``Z2`` at the
-    current parameters) is the labelled class."""
-    logits = step.predict(X=features)
-    return float(np.mean(np.argmax(logits, axis=1) == np.argmax(labels, axis=1)))
-
 
 def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
           lr: float = 0.01, weight_decay: float = 1e-4, seed: int = 0,
@@ -200,34 +174,6 @@ def initial_parameters(split: Split, hidden: int = 64, seed: int = 0) -> dict[st
     """The parameters ``train(split, hidden=hidden, seed=seed)`` starts from (its generator's
     first draws)."""
     return _draw_initial(np.random.default_rng(seed), split, hidden)
-
-
-class _Progress:
-    """A tqdm bar when tqdm is installed, else one line per tenth of the run."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.count, self.enabled = total, 0, enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError:
-                tqdm = None
-            if tqdm is not None:
-                self.bar = tqdm(total=total, desc="training", unit="epoch", mininterval=0.5)
-
-    def update(self, **values: float) -> None:
-        self.count += 1
-        if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
-            self.bar.update(1)
-        elif self.enabled and (self.count % max(self.total // 10, 1) == 0):
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
-            print(f"epoch {self.count}/{self.total}: {shown}")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # -- the second-order demo --------------------------------------------------------------------
@@ -407,23 +353,6 @@ def train_cnn(split: Split, epochs: int = 30, batch: int = 32, lr: float = 0.01,
 
 # -- outputs --------------------------------------------------------------------------------
 
-def _plot_training(history: History, path: Path) -> None:
-    plt = _pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
-    left.plot(history.epoch, history.train_loss, color="tab:blue")
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss")
-    left.set_yscale("log")
-    right.plot(history.epoch, history.train_accuracy, label="train")
-    right.plot(history.epoch, history.test_accuracy, label="held-out test")
-    right.set_xlabel("epoch")
-    right.set_ylabel("accuracy")
-    right.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def _plot_newton(result: NewtonResult, path: Path) -> None:
     plt = _pyplot()
     fig, axis = plt.subplots(figsize=(8, 3))
@@ -439,21 +368,18 @@ def _plot_newton(result: NewtonResult, path: Path) -> None:
     plt.close(fig)
 
 
-def _pyplot():
-    matplotlib = _require("matplotlib")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         pdf: bool = True, progress: bool = True, curvature: bool = True,
-        cnn: bool = True, cnn_epochs: int = 30, dtype: type | str = np.float64) -> dict:
+        cnn: bool = True, cnn_epochs: int = 30, dtype: type | str = np.float64,
+        rnn: bool = True, rnn_epochs: int = 30) -> dict:
     """The whole demo; returns the metrics it writes to ``out_dir/metrics.json``.
 
     ``cnn`` also trains the convolutional network (``train_cnn``, ``cnn_epochs`` epochs) on
     the same split and puts its derivation (backprop in convolution notation) in the report.
+
+    ``rnn`` also trains the recurrent network (``symdl.report.sequence_demo``: the digits read
+    row by row, ``rnn_epochs`` epochs, in ``dtype``) and puts its backprop through time in
+    the report.
 
     ``dtype``: the training's precision (``np.float32`` or ``np.float64``, see ``train``);
     the finite-difference check and the curvature run in float64 at the trained parameters.
@@ -511,11 +437,17 @@ def run(out_dir: str | Path = "out", newton: bool = False, epochs: int = 40,
         _plot_training(cnn_history, out / "training_cnn.pdf")
         _plot_training(cnn_history, out / "training_cnn.png")
         figures.append("training_cnn.pdf")
+    rnn_der = None
+    if rnn:
+        from symdl.report.sequence_demo import add_rnn
+
+        rnn_der = add_rnn(out, metrics, figures, split, rnn_epochs, progress, dtype)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     if pdf:
         from symdl.report.document import write_report
 
-        write_report(out / "report.tex", der, check_report, metrics, figures, cnn=cnn_der)
+        write_report(out / "report.tex", der, check_report, metrics, figures, cnn=cnn_der,
+                     rnn=rnn_der)
     return metrics
 
 

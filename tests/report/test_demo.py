@@ -19,8 +19,10 @@ from symdl.report import demo
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("demo")
-    # The CNN (its own compile) is checked in tests/end_to_end/test_cnn.py, not here.
-    metrics = demo.run(out, newton=True, epochs=10, progress=False, curvature=False, cnn=False)
+    # The CNN and the RNN (their own compiles) are checked in tests/end_to_end/test_cnn.py
+    # and tests/report/test_sequence_demo.py, not here.
+    metrics = demo.run(out, newton=True, epochs=10, progress=False, curvature=False, cnn=False,
+                       rnn=False)
     return out, metrics
 
 

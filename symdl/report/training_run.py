@@ -1,0 +1,104 @@
+"""What the demo's networks share: the data split, a run's history, the progress bar, the
+held-out accuracy and the plot of the training curves (``symdl.report.demo`` trains the MLP
+and the CNN with them, ``symdl.report.sequence_demo`` the recurrent network)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from symdl.errors import SymdlError
+from symdl.training import TrainingStep
+
+
+class DemoDependencyError(SymdlError):
+    """An optional package the demo needs is not installed."""
+
+
+def _require(module: str, extra: str = "demo"):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise DemoDependencyError(
+            f"the demo needs {module!r}: install it with pip install 'symdl[{extra}]' "
+            "(make demo does this)") from exc
+
+
+@dataclass
+class Split:
+    X_train: np.ndarray
+    Y_train: np.ndarray
+    X_test: np.ndarray
+    Y_test: np.ndarray
+
+
+@dataclass
+class History:
+    epoch: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    test_accuracy: list[float] = field(default_factory=list)
+
+
+def accuracy(step: TrainingStep, features: np.ndarray, labels: np.ndarray) -> float:
+    """The share of rows whose largest logit (``step.predict``: the network's ``Z2`` at the
+    current parameters) is the labelled class."""
+    logits = step.predict(X=features)
+    return float(np.mean(np.argmax(logits, axis=1) == np.argmax(labels, axis=1)))
+
+
+class _Progress:
+    """A tqdm bar when tqdm is installed, else one line per tenth of the run."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.count, self.enabled = total, 0, enabled
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                tqdm = None
+            if tqdm is not None:
+                self.bar = tqdm(total=total, desc="training", unit="epoch", mininterval=0.5)
+
+    def update(self, **values: float) -> None:
+        self.count += 1
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in values.items()})
+            self.bar.update(1)
+        elif self.enabled and (self.count % max(self.total // 10, 1) == 0):
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items())
+            print(f"epoch {self.count}/{self.total}: {shown}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _plot_training(history: History, path: Path) -> None:
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3))
+    left.plot(history.epoch, history.train_loss, color="tab:blue")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    left.set_yscale("log")
+    right.plot(history.epoch, history.train_accuracy, label="train")
+    right.plot(history.epoch, history.test_accuracy, label="held-out test")
+    right.set_xlabel("epoch")
+    right.set_ylabel("accuracy")
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _pyplot():
+    matplotlib = _require("matplotlib")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
