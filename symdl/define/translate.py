@@ -27,7 +27,6 @@ from symdl.define import tensor_ir
 from symdl.define.positions import affine_parts, index_array, index_symbols
 from symdl.define.recurrence import IndexedPart, PrintedScan, Recurrence, ScanEntry
 from symdl.define.reductions import LogSumExpAlong, SoftmaxAlong
-from symdl.define.symbols import symbol_name
 from symdl.define.tensors import Flatten, TensorExpr
 from symdl.define.vocabulary import (
     Det,
