@@ -36,5 +36,5 @@ def test_an_entrywise_step_read_as_a_matrix_is_that_step():
 def test_a_step_read_with_another_shape_is_a_typed_error():
     model = [(S_entries[i, j], W[i, j] ** 2),
              (sp.Symbol("L"), symdl.total(sp.MatrixSymbol("S", k, n) * W))]
-    with pytest.raises(ShapeMismatchError, match="S names a step of shape"):
+    with pytest.raises(ShapeMismatchError, match="S is a named step of shape"):
         symdl.derive(model, wrt=[W])
