@@ -39,7 +39,7 @@ import symdl
 import_s = time.perf_counter() - t0
 name, steps = sys.argv[1], int(sys.argv[2])
 t0 = time.perf_counter()
-der = importlib.import_module(f"symdl.derivations._{name}").derivation()
+der = importlib.import_module(f"symdl.derivations.{name}").derivation()
 for p in der.wrt:
     der.gradient_node(p)
 derive_s = time.perf_counter() - t0

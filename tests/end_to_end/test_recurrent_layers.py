@@ -1,4 +1,4 @@
-"""The recurrent layers (derivations/_layer_rnn.py, _layer_gru.py, _layer_lstm.py), checked
+"""The recurrent layers (derivations/layer_rnn.py, layer_gru.py, layer_lstm.py), checked
 against torch.nn.RNN, GRU and LSTM (weights mapped by hand; float64 autograd is the oracle):
 the NumPy evaluation of the derived gradients, the generated kernel source run as Python
 (every layer) and the Numba kernel (the RNN), in float64 (1e-10) and float32 (1e-5)."""
@@ -16,8 +16,12 @@ LAYERS = ["rnn", "gru", "lstm"]
 GATES = {"rnn": "", "gru": "rzm", "lstm": "ifgo"}
 
 
+NAMES = {"rnn": "layer_rnn", "gru": "layer_gru", "lstm": "layer_lstm"}
+"""The shipped derivations checked here (test_layer_derivations.py's COVERED_ELSEWHERE)."""
+
+
 def _module(layer):
-    return importlib.import_module(f"symdl.derivations._layer_{layer}")
+    return importlib.import_module(f"symdl.derivations.{NAMES[layer]}")
 
 
 @pytest.fixture(scope="module")
