@@ -55,6 +55,9 @@ keep the interpreted kernel and the entry-by-entry SymPy reference quick."""
 PRINTED_HESSIANS = False
 """The test suite checks the Hessian through Hessian-vector products (``symdl.check``), not by
 printing its 225 blocks one by one."""
+ENTRYWISE_LAMBDIFY = False
+"""The test suite does not lambdify this derivation's 225 Hessian blocks entry by entry in
+Python; its printed gradients are evaluated by ``symdl.check``'s SymPy reference."""
 
 
 def derivation() -> symdl.Derivation:

@@ -177,7 +177,10 @@ class PrintedScan(sp.Expr):
         parts = [*step, emit, length, *init, *(b for _, seq, _, first in bindings
                                               for b in (seq, first))]
         inner = set().union(*(sp.sympify(part).free_symbols for part in parts))
-        return inner - bound
+        # A slot of rank > 2 is read in index notation (an Indexed of its label): by name.
+        names = {str(getattr(b, "label", b)) for b in bound}
+        return {s for s in inner
+                if str(s.base.label if isinstance(s, sp.Indexed) else s) not in names}
 
     def _numpycode(self, p) -> str:
         # A call of ``run_printed_scan`` with the step as a lambda over the carries and the
@@ -245,6 +248,12 @@ class ScanEntry(sp.Expr):
 class IndexedPart(sp.Expr):
     """A part of a printed recurrence in index notation: arguments the entry expression,
     its index symbols and the shape; it prints as the expression."""
+
+    @property
+    def free_symbols(self) -> set[sp.Basic]:
+        # Its indices are bound: they run over the shape.
+        expr, indices, shape = self.args
+        return (expr.free_symbols - set(indices)) | shape.free_symbols
 
     def _sympystr(self, p) -> str:
         return p._print(self.args[0])
