@@ -17,8 +17,9 @@ is plain SymPy over two placeholders that symdl passes in: the previous state (a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
@@ -167,6 +168,34 @@ class PrintedScan(sp.Expr):
         mode, reverse, carry, step, emit, bindings, length, init = self.args
         return str(mode), bool(reverse), carry, step, emit, bindings, length, init
 
+    @property
+    def free_symbols(self) -> set[sp.Basic]:
+        # The carries and the slots are bound by the scan (as a Sum binds its index): the
+        # printed recurrence reads its sequences, initial values, parameters and length.
+        mode, reverse, carry, step, emit, bindings, length, init = self._fields
+        bound = set(carry) | {slot for slot, _, _, _ in bindings}
+        parts = [*step, emit, length, *init, *(b for _, seq, _, first in bindings
+                                              for b in (seq, first))]
+        inner = set().union(*(sp.sympify(part).free_symbols for part in parts))
+        # A slot of rank > 2 is read in index notation (an Indexed of its label): by name.
+        names = {str(getattr(b, "label", b)) for b in bound}
+        return {s for s in inner
+                if str(s.base.label if isinstance(s, sp.Indexed) else s) not in names}
+
+    def _numpycode(self, p) -> str:
+        # A call of ``run_printed_scan`` with the step as a lambda over the carries and the
+        # slots: what ``sympy.lambdify`` prints for a derived recurrence.
+        mode, reverse, carry, step, emit, bindings, length, init = self._fields
+        params = ", ".join(p._print(c) for c in [*carry, *(b[0] for b in bindings)])
+        body = ", ".join(p._print(part) for part in [*step, emit])
+        reads = ", ".join(f"({p._print(seq)}, {int(lag)}, {p._print(first)})"
+                          for _, seq, lag, first in bindings)
+        final = list(carry).index(emit) if mode == "final" else -1
+        run = p._module_format("symdl.define.recurrence.run_printed_scan")
+        return (f"{run}({mode!r}, {reverse}, {final}, (lambda {params}: ({body},)), "
+                f"({''.join(p._print(i) + ', ' for i in init)}), ({reads}{',' if reads else ''}), "
+                f"{p._print(length)})")
+
     def _sympystr(self, p) -> str:
         mode, reverse, carry, step, emit, bindings, length, init = self._fields
         span = f"t={p._print(length)}..1" if reverse else f"t=1..{p._print(length)}"
@@ -207,6 +236,10 @@ class ScanEntry(sp.Expr):
     def _sympystr(self, p) -> str:
         return f"({p._print(self.args[0])})[{', '.join(p._print(i) for i in self.args[1:])}]"
 
+    def _numpycode(self, p) -> str:
+        idx = ", ".join(p._print(i) for i in self.args[1:])
+        return f"({p._print(self.args[0])})[{idx}]"
+
     def _latex(self, p) -> str:
         idx = ", ".join(p._print(i) for i in self.args[1:])
         return rf"\left({p._print(self.args[0])}\right)_{{{idx}}}"
@@ -216,8 +249,64 @@ class IndexedPart(sp.Expr):
     """A part of a printed recurrence in index notation: arguments the entry expression,
     its index symbols and the shape; it prints as the expression."""
 
+    @property
+    def free_symbols(self) -> set[sp.Basic]:
+        # Its indices are bound: they run over the shape.
+        expr, indices, shape = self.args
+        return (expr.free_symbols - set(indices)) | shape.free_symbols
+
     def _sympystr(self, p) -> str:
         return p._print(self.args[0])
 
+    def _numpycode(self, p) -> str:
+        # The whole array, entry by entry (its parts are small: a step's operands).
+        expr, indices, shape = self.args
+        loops = "".join(f" for {p._print(i)} in range({p._print(n)})"
+                        for i, n in zip(indices, shape, strict=True))
+        inner = p._print(expr)
+        for i, n in zip(reversed(indices[1:]), reversed(shape[1:]), strict=True):
+            inner = f"[{inner} for {p._print(i)} in range({p._print(n)})]"
+        first = f"{p._print(indices[0])} in range({p._print(shape[0])})"
+        array = p._module_format("numpy.array")
+        return f"{array}([{inner} for {first}], dtype=float)" if loops else p._print(expr)
+
     def _latex(self, p) -> str:
         return p._print(self.args[0])
+
+
+def run_printed_scan(mode: str, reverse: bool, final: int, body: Callable,
+                     inits: Sequence, reads: Sequence, length: int) -> np.ndarray:
+    """The value of a printed recurrence (``PrintedScan``) from NumPy values: what the code
+    ``sympy.lambdify`` prints for one calls. A loop over ``t`` around ``body`` (the step
+    and the output as functions of the carries and the slots), as the scan's definition
+    says: slot ``k`` reads ``reads[k] = (sequence, lag, first)`` at ``t - lag`` (``first``
+    before the start), the carries start at ``inits``.
+
+    Args:
+        mode: ``"stack"`` (the outputs along a first axis), ``"sum"`` (their sum) or
+            ``"final"`` (carry number ``final`` after the last step).
+        reverse: whether ``t`` runs from ``length`` down to 1.
+        final: the carry a ``"final"`` scan returns.
+        body: the new carries and the output, from the carries and the slots.
+        inits: the carries' initial values.
+        reads: per slot, its sequence, lag (0 or 1) and value before the first step.
+        length: the number of steps.
+    """
+    carries = [np.asarray(i, dtype=float) for i in inits]
+    outputs = []
+    steps = range(int(length) - 1, -1, -1) if reverse else range(int(length))
+    for t in steps:
+        slots = [np.asarray(seq)[t - lag] if t - lag >= 0 else np.asarray(first, dtype=float)
+                 for seq, lag, first in reads]
+        *new, out = body(*carries, *slots)
+        outputs.append(np.asarray(out, dtype=float))
+        carries = [np.broadcast_to(np.asarray(c, dtype=float), np.shape(old))
+                   if np.ndim(c) == 0 else np.asarray(c, dtype=float)
+                   for c, old in zip(new, carries, strict=True)]
+    if mode == "final":
+        return carries[final]
+    if mode == "sum":
+        return np.sum(outputs, axis=0)
+    if reverse:
+        outputs.reverse()
+    return np.stack(outputs)

@@ -1,7 +1,9 @@
-"""The recurrent layers (derivations/_layer_rnn.py, _layer_gru.py, _layer_lstm.py), checked
+"""The recurrent layers (derivations/layer_rnn.py, layer_gru.py, layer_lstm.py), checked
 against torch.nn.RNN, GRU and LSTM (weights mapped by hand; float64 autograd is the oracle):
 the NumPy evaluation of the derived gradients, the generated kernel source run as Python
-(every layer) and the Numba kernel (the RNN), in float64 (1e-10) and float32 (1e-5)."""
+(every layer) and the Numba kernel (the RNN), in float64 (1e-10) and float32 (1e-5); and the
+SymPy reference of ``symdl.check`` (symdl.verify.reference), which evaluates the definition's
+recurrence and the printed backpropagation through time as loops over t."""
 
 from __future__ import annotations
 
@@ -9,15 +11,24 @@ import importlib
 
 import numpy as np
 import pytest
+import sympy as sp
 import torch
+
+import symdl
+from symdl.ir.keys import Gradient
+from symdl.verify import reference
 
 SIZES = {"T": 4, "n": 3, "d": 4, "k": 2}
 LAYERS = ["rnn", "gru", "lstm"]
 GATES = {"rnn": "", "gru": "rzm", "lstm": "ifgo"}
 
 
+NAMES = {"rnn": "layer_rnn", "gru": "layer_gru", "lstm": "layer_lstm"}
+"""The shipped derivations checked here (test_layer_derivations.py's COVERED_ELSEWHERE)."""
+
+
 def _module(layer):
-    return importlib.import_module(f"symdl.derivations._layer_{layer}")
+    return importlib.import_module(f"symdl.derivations.{NAMES[layer]}")
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +36,11 @@ def derivations():
     return {layer: _module(layer).derivation() for layer in LAYERS}
 
 
-def _values(der, seed):
+def _values(der, seed, sizes=SIZES):
     rng = np.random.default_rng(seed)
     values = {}
     for name, leaf in der.leaves.items():
-        shape = tuple(int(s.subs({sym: SIZES[str(sym)] for sym in s.free_symbols}))
+        shape = tuple(int(s.subs({sym: sizes[str(sym)] for sym in s.free_symbols}))
                       for s in leaf.shape)
         values[name] = rng.normal(size=shape)
     return values
@@ -37,7 +48,7 @@ def _values(der, seed):
 
 def torch_oracle(layer, v):
     """The value and every gradient of Σ G ⊙ H from torch's module, in float64."""
-    d, k = SIZES["d"], SIZES["k"]
+    d, k = v["X"].shape[2], v["h0"].shape[1]
     gates = GATES[layer]
     cls = {"rnn": torch.nn.RNN, "gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[layer]
     module = cls(d, k, dtype=torch.float64)
@@ -132,3 +143,36 @@ def test_the_kernel_loops_over_t_and_does_not_unroll(rnn_kernel):
     # and the sums over t; the step's code appears once in each, whatever T is.
     assert source.count("for t") >= 3
     assert "- 1, -1, -1):" in source
+
+
+REFERENCE_SIZES = {"T": 3, "n": 2, "d": 3, "k": 2}
+"""Three steps (the middle one reads a state and is read by the next), distinct small sizes:
+the SymPy reference writes each step out entry by entry."""
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_sympy_reference_of_the_recurrence_and_its_gradients_matches_torch(derivations,
+                                                                            layer):
+    # What symdl.check compares the kernel with: the definition (a Recurrence) and the
+    # printed backward equations (recurrences run from t = T down to 1, sums over t), each
+    # written out and lambdified by SymPy and run as a loop over t.
+    der = derivations[layer]
+    values = _values(der, 3, REFERENCE_SIZES)
+    dims = {dim: REFERENCE_SIZES[str(dim)] for dim in der.dims}
+    env, value = reference.Chain(der.source_steps, dims)(values)
+    grads = reference.Chain(der.equations(), dims)(env)[0]
+    want = torch_oracle(layer, values)
+    _assert_matches(lambda key: value if key == "value" else grads[f"d{key}"], want, 1e-10,
+                    1e-12, f"{layer} sympy reference")
+
+
+def test_check_compares_every_rnn_gradient_with_the_sympy_reference(derivations):
+    # Before, the reference refused a recurrence: every row was skipped as "not applicable".
+    der = derivations["rnn"]
+    report = symdl.check(der, jit=False, dims={sp.Symbol(s, integer=True, positive=True): v
+                                                for s, v in REFERENCE_SIZES.items()},
+                         reference_budget=600)
+    assert report.ok, str(report)
+    assert not [s for s in report.skipped if s.method == "sympy reference"], str(report)
+    compared = {r.output for r in report.rows if r.method == "sympy reference"}
+    assert {Gradient(p) for p in ("W", "U", "b", "h0", "X")} <= compared

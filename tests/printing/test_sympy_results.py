@@ -44,8 +44,11 @@ def _results(der: symdl.Derivation) -> dict[str, object]:
 def _arguments(expr: sp.Basic, shape: tuple = ()) -> list[sp.Basic]:
     """Every symbol the expression reads, dimension symbols included (``n`` in ``G/n``)."""
     # An array entry X[i, j] reads the array X (an IndexedBase), not a symbol of its own.
-    entries = expr.atoms(sp.Indexed)
-    symbols = set(expr.free_symbols) - entries - {e.base.label for e in entries}
+    # A printed recurrence binds its carries and slots (read as entries of rank > 2): only
+    # the entries among the free symbols are arrays to pass.
+    free = set(expr.free_symbols)
+    entries = {e for e in expr.atoms(sp.Indexed) if e in free}
+    symbols = free - entries - {e.base.label for e in entries}
     symbols |= {e.base for e in entries}
     for dim in shape:
         symbols |= sp.sympify(dim).free_symbols

@@ -41,5 +41,13 @@ LAYER = [
 ]
 
 
+CHECK_DIMS = {T: 2, n: 2, d: 2, k: 2}
+"""Sizes for ``symdl.check`` in the test suite: two steps (the second reads the first's state)
+keep the interpreted kernel and the entry-by-entry SymPy reference quick."""
+PRINTED_HESSIANS = False
+"""The test suite checks the Hessian through Hessian-vector products (``symdl.check``), not by
+printing its 25 blocks one by one."""
+
+
 def derivation() -> symdl.Derivation:
     return symdl.derive(LAYER, wrt=[W, U, b, h0, X])

@@ -49,5 +49,16 @@ LAYER = [
 ]
 
 
+CHECK_DIMS = {T: 2, n: 2, d: 2, k: 2}
+"""Sizes for ``symdl.check`` in the test suite: two steps (the second reads the first's state)
+keep the interpreted kernel and the entry-by-entry SymPy reference quick."""
+PRINTED_HESSIANS = False
+"""The test suite checks the Hessian through Hessian-vector products (``symdl.check``), not by
+printing its 225 blocks one by one."""
+ENTRYWISE_LAMBDIFY = False
+"""The test suite does not lambdify this derivation's 225 Hessian blocks entry by entry in
+Python; its printed gradients are evaluated by ``symdl.check``'s SymPy reference."""
+
+
 def derivation() -> symdl.Derivation:
     return symdl.derive(LAYER, wrt=[Wi, Wf, Wg, Wo, Ui, Uf, Ug, Uo, bi, bf, bg, bo, h0, c0, X])
