@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 import sympy as sp
 from sympy.matrices.expressions.matexpr import MatrixExpr
 
@@ -38,9 +39,10 @@ from symdl.primitives.registry import check_supported
 if TYPE_CHECKING:
     from symdl.define.translate import Translator
 
-PAD_LOW = sp.Float(-1e30)
-"""What a padded entry of a max-pooling window reads: below any value a window holds, and
-finite in float32 (PyTorch pads with -inf)."""
+PAD_LOW = sp.Float(float(np.finfo(np.float64).min))
+"""What a padded entry of a max-pooling window reads: the lowest finite double, below every
+finite value a window holds (PyTorch pads with -inf; symdl's constants are finite). A float32
+kernel rounds it to -inf, as PyTorch's padding. It is selected, never multiplied (0 * -inf)."""
 
 
 FORM_HOOKS: list = []
@@ -196,10 +198,11 @@ def _pool(translator: Translator, e: Pool) -> ir.Node:
         # (and the derivative, through the entries read, is unchanged).
         inside = ir.affine_read(ir.ones(x.shape), dims, tuple(index))
         u, v = sp.Dummy("u"), sp.Dummy("v")
-        # (Heaviside, not (1 - v) * PAD_LOW: SymPy would expand that into u + 1e30 v - 1e30,
-        # which loses u.) Its derivative is 0 (the mask is constant).
-        low = PAD_LOW * sp.Heaviside(sp.Rational(1, 2) - v, 0)
-        read = ir.map_(sp.Lambda((u, v), u + low), read, inside)
+        # A select, not u + PAD_LOW * (1 - v): SymPy would expand that into a cancellation,
+        # and the lowest double times 0 is -inf * 0 = NaN once rounded to float32. Its
+        # derivative in u is 1 inside, 0 on the padding (the mask is constant).
+        padded = sp.Piecewise((u, v > sp.Rational(1, 2)), (PAD_LOW, True))
+        read = ir.map_(sp.Lambda((u, v), padded), read, inside)
     pooled = ir.max_along(ir.max_along(read, 5), 4)
     return ir.einsum([pooled], [tuple(range(rank))], tuple(range(4)))
 

@@ -281,3 +281,31 @@ def test_binary_cross_entropy_of_linear_logits_exact(jit):
             assert float(v) == pytest.approx(value, rel=1e-13, abs=SUBNORMAL), where
             assert float(g[0, 0]) == pytest.approx(grad, rel=1e-13, abs=SUBNORMAL), where
             assert float(g[1, 0]) == 0.0, where
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_max_pool_padding_never_wins_over_huge_negative_inputs(dtype):
+    # Every entry far below zero (-1e35 in float64, -1e37 in float32, both finite): padded
+    # windows must still take their maximum among the entries read, as torch's -inf padding.
+    torch = pytest.importorskip("torch")
+    nb = sp.Symbol("n", integer=True, positive=True)
+    x = sp.IndexedBase("X", shape=(nb, 4, 4, 2))
+    g = sp.IndexedBase("G", shape=(nb, 2, 2, 2))
+    b, i, j, c = sp.symbols("b i j c", integer=True)
+    pooled = sp.IndexedBase("P", shape=(nb, 2, 2, 2))
+    model = [(pooled, symdl.max_pool2d(x, 3, stride=2, padding=1)),
+             (sp.Symbol("L"), sp.Sum(pooled[b, i, j, c] * g[b, i, j, c],
+                                     (b, 0, nb - 1), (i, 0, 1), (j, 0, 1), (c, 0, 1)))]
+    der = symdl.derive(model, wrt=[x])
+    rng = np.random.default_rng(5)
+    scale = 1e35 if dtype == np.float64 else 1e37
+    xv = (-scale * (1 + rng.random((3, 4, 4, 2)))).astype(dtype)
+    gv = rng.normal(size=(3, 2, 2, 2)).astype(dtype)
+    xt = torch.tensor(xv.astype(np.float64), requires_grad=True)
+    top = torch.nn.functional.max_pool2d(xt.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
+    (gx,) = torch.autograd.grad((top * torch.tensor(gv.astype(np.float64))).sum(), (xt,))
+    for jit in (False, True):
+        got = der.compile(jit=jit)(X=xv, G=gv)
+        want = float((top.detach().numpy() * gv).sum())
+        assert got.value == pytest.approx(want, rel=1e-5 if dtype == np.float32 else 1e-12)
+        np.testing.assert_allclose(got.grad["X"], gx.numpy(), rtol=1e-6)
