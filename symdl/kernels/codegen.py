@@ -838,25 +838,27 @@ def _inline_read_code(node: ir.Node, gen: Generator, loop: LoopCode) -> str:
     return gen.read_tracked(op, at, loop)
 
 
-def _max_stats(node: ir.Node, gen: Generator, loop: LoopCode) -> tuple[str, str, str]:
-    """(maxima, first arg maxima, the index of this entry's row in them)."""
-    peak, first = gen.stats[("max", id(node.arg), node.axis)]
+def _max_stats(node: ir.Node, gen: Generator, loop: LoopCode) -> tuple[str, str, str, str]:
+    """(maxima, first arg maxima, the index of this entry's row in them, the divisor that
+    takes a stored flat position over a pooling window to this axis: ``RowMax``)."""
+    peak, first, divisor = gen.stats[("max", id(node.arg), node.axis)]
     loop.arrays.update((peak, first))
     at = list(loop.group.indices[id(node)])
     at[node.axis] = None
-    return peak, first, _index(tuple(at), loop.loop_vars) or "0"
+    return peak, first, _index(tuple(at), loop.loop_vars) or "0", divisor
 
 
 def _max_code(node: ir.Max, gen: Generator, loop: LoopCode) -> str:
-    peak, _, row = _max_stats(node, gen, loop)
+    peak, _, row, _ = _max_stats(node, gen, loop)
     return f"{peak}[{row}]"
 
 
 def _argmax_mask_code(node: ir.ArgMaxMask, gen: Generator, loop: LoopCode) -> str:
-    _, first, row = _max_stats(node, gen, loop)
+    _, first, row, divisor = _max_stats(node, gen, loop)
     v = loop.group.indices[id(node)][node.axis]
     here = loop.loop_vars[v] if v is not None else "0"
-    return f"(1.0 if {here} == {first}[{row}] else 0.0)"
+    position = f"{first}[{row}]" if divisor == "1" else f"({first}[{row}] // ({divisor}))"
+    return f"(1.0 if {here} == {position} else 0.0)"
 
 
 _MEMBER_CODE.register(ir.AffineRead, ir.Take)(_inline_read_code)
