@@ -529,6 +529,12 @@ def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
                     group.reductions.discard(id(member))
                     changed = True
         steps = [s for s in steps if not isinstance(s, LoopGroup) or s.members]
+        # A maximum's pass that nothing reads any more (the per-row maxima of a pooling
+        # window, whose one-pass maximum now serves both the value and the derivative).
+        needed = set().union(*(s.needs() for s in steps))
+        kept = [s for s in steps if not isinstance(s, RowMax) or s.provides() & needed]
+        changed = changed or len(kept) != len(steps)
+        steps = kept
     return steps
 
 
@@ -749,6 +755,9 @@ def _place_scatter(node: ir.AffineScatter | ir.TakeAdjoint, planner: _Planner) -
     step = ScatterLoop(node, fused)
     for op, _ in step.reads():
         planner.materialize(op)
+    if step.by_index is not None:  # scatters through the stored first arg max
+        top = step.by_index.masks[0]
+        planner.row_stats(top.arg, top.axis, "max")
     planner.add_step(step, node)
 
 
