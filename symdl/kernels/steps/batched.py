@@ -19,6 +19,7 @@ precision, on BLAS's threads), as the rank-2 products do (``dense.Contraction``)
 from __future__ import annotations
 
 import itertools
+import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -93,7 +94,7 @@ class BatchedContraction(Step):
                 node.operands, node.specs, self.groups()[:2], strict=True)):
             name = f"{'lhs' if k == 0 else 'rhs'}{number}"
             view, swap = _matrices(gen, gen.array_of(op), spec, dims, self.batch, first,
-                                   second, batch, sizes)
+                                   second, batch, sizes, name)
             lines.append(f"{name} = {view}")
             names.append(f"{name}{at}" + (".T" if swap else ""))
         left, right = names
@@ -156,10 +157,19 @@ def _squeezed(array: str, spec: tuple, dims: dict, gen: Generator) -> str:
     return f"{array}.reshape(({', '.join(sizes)},))"
 
 
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per generated module (its ``Generator``): the permuted copies the driver already made,
+``(array, axes, shape) -> the variable holding it``. The gradients of a product often read
+one array permuted the same way (``dQ`` as ``(h, e, b, s)`` for both ``dX`` and ``dWq``):
+it is copied once. The driver runs its steps in order and never writes an array a later
+step reads, so a copy stays valid."""
+
+
 def _matrices(gen: Generator, array: str, spec: tuple, dims: dict, batch: tuple, first: tuple,
-              second: tuple, batch_size: str, sizes: dict) -> tuple[str, bool]:
+              second: tuple, batch_size: str, sizes: dict, name: str) -> tuple[str, bool]:
     """An expression for ``array`` as a stack of ``first x second`` matrices (or one matrix
-    when there is no batch label), and whether it holds them transposed."""
+    when there is no batch label), and whether it holds them transposed. ``name`` is the
+    variable that will hold it (remembered when it is a copy)."""
     big = _big(spec, dims)
     fits = layout(big, batch, first, second)
     lead = [batch_size] if batch else []
@@ -167,15 +177,22 @@ def _matrices(gen: Generator, array: str, spec: tuple, dims: dict, batch: tuple,
         one, two = (first, second) if fits else (second, first)
         shape = ", ".join([*lead, sizes[one], sizes[two]])
         return f"np.ascontiguousarray({array}).reshape(({shape}))", not fits
-    # One copy into (batch, first, second) order.
-    order = batch + first + second
+    # One copy into (batch, first, second) order, or (batch, second, first) when the array's
+    # last axis is in ``first``: the copy then runs along that axis on both sides.
+    swap = big[-1] in first
+    one, two = (second, first) if swap else (first, second)
+    perm = ", ".join(str(big.index(lab)) for lab in batch + one + two)
+    shape = ", ".join([*lead, sizes[one], sizes[two]])
+    copies = _COPIES.setdefault(gen, {})
+    key = (array, perm, shape)
+    if key in copies:
+        return copies[key], swap
+    copies[key] = name
     source = f"np.ascontiguousarray({array})"
     if len(big) != len(spec):
         source = _squeezed(source, spec, dims, gen)
-    perm = ", ".join(str(big.index(lab)) for lab in order)
-    shape = ", ".join([*lead, sizes[first], sizes[second]])
     return (f"np.ascontiguousarray({source}.transpose(({perm},))).reshape(({shape}))",
-            False)
+            swap)
 
 
 def _flip(operand: str) -> str:
