@@ -705,7 +705,8 @@ TABLES = (_LOWER, _PLACE, _CHEAP_ARITHMETIC)
 """The rule tables of this module (their coverage of every node kind is tested)."""
 
 __all__ = [
-    "MAX_ADD_TERMS", "MAX_LOOP_COST", "BatchedContraction", "Contraction", "Determinant", "LinearSolve", "LoopGroup",
+    "MAX_ADD_TERMS", "MAX_LOOP_COST", "BatchedContraction", "Contraction", "Determinant",
+    "LinearSolve", "LoopGroup",
     "Plan", "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
     "einsum_label_vars", "is_pointwise", "loop_cost", "lower", "node_reads", "operand_reads",
     "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",

@@ -19,7 +19,7 @@ from symdl import ir
 from symdl.kernels.plan import LoopGroup, plan
 from symdl.kernels.steps import BatchedContraction
 
-B, T, H, D, I, J, K = sp.symbols("B T H D I J K", integer=True, positive=True)
+B, T, H, D, C, J, K = sp.symbols("B T H D C J K", integer=True, positive=True)
 b, t, s, h, e, i, j, k = sp.symbols("b t s h e i j k", integer=True)
 
 
@@ -40,11 +40,11 @@ def _per_head_scores():
 def _projection():
     """A projection by a rank-3 weight: Q[b,h,t,e] = Σ_i X[b,t,i] W[i,h,e], one GEMM of
     (b·t) x i by i x (h·e), its result permuted into (b, h, t, e)."""
-    x = sp.IndexedBase("X", shape=(B, T, I))
-    w = sp.IndexedBase("W", shape=(I, H, D))
+    x = sp.IndexedBase("X", shape=(B, T, C))
+    w = sp.IndexedBase("W", shape=(C, H, D))
     g = sp.IndexedBase("G", shape=(B, H, T, D))
     out = sp.IndexedBase("Y", shape=(B, H, T, D))
-    layer = [(out[b, h, t, e], sp.Sum(x[b, t, i] * w[i, h, e], (i, 0, I - 1))),
+    layer = [(out[b, h, t, e], sp.Sum(x[b, t, i] * w[i, h, e], (i, 0, C - 1))),
              (sp.Symbol("L"), sp.Sum(g[b, h, t, e] * out[b, h, t, e], (b, 0, B - 1),
                                      (h, 0, H - 1), (t, 0, T - 1), (e, 0, D - 1)))]
     return layer, [x, w], "bti,ihd->bhtd", ("X", "W")
@@ -53,12 +53,12 @@ def _projection():
 def _two_summed():
     """An einsum summed over two indices held in different orders by the operands:
     Y[i,k] = Σ_{j,e} X[i,j,e] W[e,j,k]."""
-    x = sp.IndexedBase("X", shape=(I, J, D))
+    x = sp.IndexedBase("X", shape=(C, J, D))
     w = sp.IndexedBase("W", shape=(D, J, K))
-    g = sp.IndexedBase("G", shape=(I, K))
-    out = sp.IndexedBase("Y", shape=(I, K))
+    g = sp.IndexedBase("G", shape=(C, K))
+    out = sp.IndexedBase("Y", shape=(C, K))
     layer = [(out[i, k], sp.Sum(x[i, j, e] * w[e, j, k], (j, 0, J - 1), (e, 0, D - 1))),
-             (sp.Symbol("L"), sp.Sum(g[i, k] * out[i, k], (i, 0, I - 1), (k, 0, K - 1)))]
+             (sp.Symbol("L"), sp.Sum(g[i, k] * out[i, k], (i, 0, C - 1), (k, 0, K - 1)))]
     return layer, [x, w], "ijd,djk->ik", ("X", "W")
 
 
@@ -66,12 +66,12 @@ def _batched_bilinear():
     """A bilinear form over a batch (torch.nn.Bilinear without bias):
     y[b,k] = Σ_{i,j} x[b,i] W[k,i,j] z[b,j], as the outer products x ⊗ z (a loop) then
     products summed over (i, j) with W: GEMMs, W permuted where its summed axes are split."""
-    x = sp.IndexedBase("x", shape=(B, I))
-    w = sp.IndexedBase("W", shape=(K, I, J))
+    x = sp.IndexedBase("x", shape=(B, C))
+    w = sp.IndexedBase("W", shape=(K, C, J))
     z = sp.IndexedBase("z", shape=(B, J))
     g = sp.IndexedBase("G", shape=(B, K))
     out = sp.IndexedBase("y", shape=(B, K))
-    layer = [(out[b, k], sp.Sum(x[b, i] * w[k, i, j] * z[b, j], (i, 0, I - 1),
+    layer = [(out[b, k], sp.Sum(x[b, i] * w[k, i, j] * z[b, j], (i, 0, C - 1),
                                 (j, 0, J - 1))),
              (sp.Symbol("L"), sp.Sum(g[b, k] * out[b, k], (b, 0, B - 1), (k, 0, K - 1)))]
     return layer, [x, w, z], "bi,kij,bj->bk", ("x", "W", "z")
@@ -79,7 +79,7 @@ def _batched_bilinear():
 
 DEFINITIONS = {"per_head_scores": _per_head_scores, "projection": _projection,
                "two_summed": _two_summed, "batched_bilinear": _batched_bilinear}
-SIZES = {B: 3, T: 4, H: 2, D: 5, I: 6, J: 7, K: 8}
+SIZES = {B: 3, T: 4, H: 2, D: 5, C: 6, J: 7, K: 8}
 
 
 @pytest.fixture(scope="module", params=sorted(DEFINITIONS))

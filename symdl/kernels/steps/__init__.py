@@ -59,5 +59,5 @@ STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSo
 __all__ = ["STEP_KINDS", "BatchedContraction", "Contraction", "Determinant", "LinearSolve",
            "LoopGroup", "MatrixFunctionStep", "Read", "RowMax", "RowStats", "RowStream", "ScanStep",
            "ScatterGemm", "ScatterLoop", "Step", "Symmetric", "WindowProduct", "dispatch",
-           "batched_contraction", "inside_by_range", "jit_decorator", "owning_axes", "scatter_gemm", "stats_key",
-           "window_product"]
+           "batched_contraction", "inside_by_range", "jit_decorator", "owning_axes",
+           "scatter_gemm", "stats_key", "window_product"]
