@@ -129,7 +129,8 @@ def main() -> None:
                "torch_ms": _median_ms(_torch_step(arrays), args.repeats),
                "jax_ms": _median_ms(_jax_step(arrays), args.repeats),
                "symdl_derive_s": round(compile_s, 2),
-               "symdl_first_call_s": round(first_call_s, 1)}
+               "symdl_first_call_s": round(first_call_s, 1),
+               "load_average": os.getloadavg()[0]}
         row["ratio_vs_fastest"] = row["symdl_ms"] / min(row["torch_ms"], row["jax_ms"])
         print(json.dumps(row))
         rows.append(row)

@@ -1,6 +1,7 @@
 """Kernel plan: the IR of a derivation's outputs as an ordered list of steps to execute.
 
 The kinds of step (``symdl.kernels.steps``): ``Contraction`` (a BLAS product),
+``BatchedContraction`` (a product of tensors of any rank as matrix products),
 ``LinearSolve``, ``RowStats`` (the row maxima and sums of exponentials of softmax and
 logsumexp), ``LoopGroup`` (one fused loop nest computing every elementwise node and every
 reduction over its iteration space, storing only what later steps or the caller read) and
@@ -36,6 +37,7 @@ from symdl.kernels.loops import (
     summed_labels,
 )
 from symdl.kernels.steps import (
+    BatchedContraction,
     Contraction,
     Determinant,
     LinearSolve,
@@ -48,6 +50,7 @@ from symdl.kernels.steps import (
     ScatterLoop,
     Step,
     Symmetric,
+    batched_contraction,
     window_product,
 )
 
@@ -386,7 +389,13 @@ class _Planner:
             return
         pattern = blas_pattern(node)
         if pattern is None:
-            self.place_in_loop(node)
+            batched = batched_contraction(node)  # a product of tensors of any rank: GEMMs
+            if batched is None:
+                self.place_in_loop(node)
+                return
+            for op, _ in batched.reads():
+                self.materialize(op)
+            self.add_step(batched, node)
             return
         step = Contraction(node, pattern, symmetric_form(node, pattern))
         for op, _ in step.reads():
@@ -702,7 +711,8 @@ TABLES = (_LOWER, _PLACE, _CHEAP_ARITHMETIC)
 """The rule tables of this module (their coverage of every node kind is tested)."""
 
 __all__ = [
-    "MAX_ADD_TERMS", "MAX_LOOP_COST", "Contraction", "Determinant", "LinearSolve", "LoopGroup",
+    "MAX_ADD_TERMS", "MAX_LOOP_COST", "BatchedContraction", "Contraction", "Determinant",
+    "LinearSolve", "LoopGroup",
     "Plan", "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
     "einsum_label_vars", "is_pointwise", "loop_cost", "lower", "node_reads", "operand_reads",
     "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",
