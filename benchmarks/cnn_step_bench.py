@@ -257,7 +257,8 @@ def _child(args) -> dict:
     return {"impl": args.impl, "model": args.model, "batch": args.batch, "dtype": args.dtype,
             "threads": args.threads, "median_ms": 1e3 * statistics.median(times),
             "min_ms": 1e3 * min(times), "first_call_s": first, **parts,
-            "repeats": args.repeats, "warmup": args.warmup}
+            "repeats": args.repeats, "warmup": args.warmup,
+            "load_average": os.getloadavg()[0]}  # 1 minute; others share the machine
 
 
 def _env(threads: int, cache: str) -> dict:
