@@ -349,7 +349,7 @@ class RowMax(Step):
                 lines.append(f"{indent}for i{v} in {kind}(int({gen.size(self.loop_dims[v])})):")
                 indent += "    "
             scan, inner = [], ""
-            for k, v in enumerate(along):
+            for v in along:
                 # The first entry is compared with itself too (one pass, no special case).
                 scan.append(f"{inner}for i{v} in range(int({gen.size(self.loop_dims[v])})):")
                 inner += "    "
