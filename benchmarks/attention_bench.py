@@ -20,6 +20,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -109,6 +110,8 @@ def main() -> None:
     import numba
     import torch
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this tree's symdl,
+    import symdl  # not an installed one (the script's folder is benchmarks/)
     from symdl import catalog
 
     jax.config.update("jax_enable_x64", True)
@@ -129,7 +132,9 @@ def main() -> None:
                "torch_ms": _median_ms(_torch_step(arrays), args.repeats),
                "jax_ms": _median_ms(_jax_step(arrays), args.repeats),
                "symdl_derive_s": round(compile_s, 2),
-               "symdl_first_call_s": round(first_call_s, 1)}
+               "symdl_first_call_s": round(first_call_s, 1),
+               "load_average": os.getloadavg()[0],
+               "symdl_from": str(Path(symdl.__file__).parent.parent)}
         row["ratio_vs_fastest"] = row["symdl_ms"] / min(row["torch_ms"], row["jax_ms"])
         print(json.dumps(row))
         rows.append(row)

@@ -190,6 +190,8 @@ def profile_symdl(model: str, batch: int, dtype: str, calls: int = 50) -> dict:
     module = step.kernel.module
     listed, buffers = step.kernel_arguments(X=x, Y=y)
     n0 = x.shape[0]
+    # The temporaries the driver takes (symdl.kernels.scratch), made once as a kernel does.
+    scratch = module._scratch(n0, np.dtype(dtype)) if hasattr(module, "_scratch") else ()
     spent: dict[str, float] = {}
 
     def timed(name, fn):
@@ -213,11 +215,11 @@ def profile_symdl(model: str, batch: int, dtype: str, calls: int = 50) -> dict:
         for k, v in originals.items():
             setattr(module, k, timed(k, v))
         module.np = _Numpy()
-        module._steps(*listed, *buffers, n0, False, False)
+        module._steps(*listed, *buffers, *scratch, n0, False, False)
         spent.clear()
         t0 = time.perf_counter()
         for _ in range(calls):
-            module._steps(*listed, *buffers, n0, False, False)
+            module._steps(*listed, *buffers, *scratch, n0, False, False)
         driver = (time.perf_counter() - t0) / calls
     finally:
         for k, v in originals.items():
@@ -255,7 +257,8 @@ def _child(args) -> dict:
     return {"impl": args.impl, "model": args.model, "batch": args.batch, "dtype": args.dtype,
             "threads": args.threads, "median_ms": 1e3 * statistics.median(times),
             "min_ms": 1e3 * min(times), "first_call_s": first, **parts,
-            "repeats": args.repeats, "warmup": args.warmup}
+            "repeats": args.repeats, "warmup": args.warmup,
+            "load_average": os.getloadavg()[0]}  # 1 minute; others share the machine
 
 
 def _env(threads: int, cache: str) -> dict:

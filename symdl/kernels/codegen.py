@@ -29,6 +29,7 @@ from symdl.kernels.entry import argument_names, named_entry
 from symdl.kernels.loops import Through
 from symdl.kernels.plan import LoopGroup, Plan, RowStream, summed_labels
 from symdl.kernels.scalar_code import CHECK, LITERAL, ScalarPrinter, helper_source
+from symdl.kernels.scratch import hoist_scratch, scratch_function
 from symdl.kernels.steps import STEP_KINDS, inside_by_range, jit_decorator
 
 
@@ -340,7 +341,8 @@ class Generator:
     # -- the module ---------------------------------------------------------------------
 
     def source(self) -> Source:
-        statements = self._steps() + self._output_copies()
+        dim_args = [self.dim_names[d] for d in self.dims]
+        statements, scratch = hoist_scratch(self._steps() + self._output_copies(), dim_args)
         indices = index_bounds(self.plan.roots.values())
         inputs = [leaf.name for leaf in self.leaves]
         args = [self.arrays[id(leaf)] for leaf in self.leaves]
@@ -356,16 +358,20 @@ class Generator:
         arrays = [self.arrays[id(leaf)] for leaf in self.leaves
                   if leaf.rank and id(leaf) not in indices]
         dtype_src = arrays[0] if arrays else "out0"
-        run_args = ", ".join(args + outs + [self.dim_names[d] for d in self.dims]
+        run_args = ", ".join(args + outs + [name for name, _ in scratch] + dim_args
                              + ["parallel", "inplace"])
         lines += driver(statements, run_args, f"{dtype_src}.dtype")
+        if scratch:
+            lines += scratch_function(scratch, dim_args)
         lines += ["", "", f"def kernel({signature}, parallel=False, compiled=False, "
-                  "inplace=False):",
+                  "inplace=False, scratch=None):",
                   '    """Checks the arrays, then computes every output into the preallocated'
-                  ' out arrays."""',
+                  ' out arrays',
+                  "    (temporaries from the pool scratch= when given: ScratchPool in "
+                  'symdl.kernels.scratch)."""',
                   f"    dtype = {dtype_src}.dtype"]
         lines += [f"    {line}" for line in self._checks()]
-        lines.append(f"    (_steps_compiled if compiled else _steps)({run_args})")
+        lines += _scratch_call(scratch, dim_args, run_args)
         in_place = [self.outputs[int(o[3:])] for o in sorted(self.in_place_written)]
         lines += named_entry(self, [(int(o[3:]), int(self.in_place[o][1:]))
                                     for o in sorted(self.in_place_written)])
@@ -806,31 +812,53 @@ Generator.affine_text = _affine_text
 Generator.read_through = _read_through
 
 
+def _scratch_call(scratch: list[tuple[str, str]], dim_args: list[str], run_args: str
+                  ) -> list[str]:
+    """``kernel()``'s call of the driver: with the temporaries of ``_scratch`` taken from the
+    caller's pool (and given back after the call) or, without a pool, allocated for the call."""
+    steps = f"    (_steps_compiled if compiled else _steps)({run_args})"
+    if not scratch:
+        return [steps]
+    names = ", ".join(name for name, _ in scratch)
+    sizes = ", ".join([*dim_args, "dtype"])
+    return [f"    layout = ({sizes},)",
+            f"    temporaries = _scratch({sizes}) if scratch is None else scratch.take("
+            f"layout, _scratch, {sizes})",
+            f"    ({names},) = temporaries",
+            "    try:",
+            "    " + steps,
+            "    finally:",
+            "        if scratch is not None:",
+            "            scratch.give(layout, temporaries)"]
+
+
 def _inline_read_code(node: ir.Node, gen: Generator, loop: LoopCode) -> str:
     # A window or gather stored into its own array (an output, or read by a BLAS product).
     op, at = loop.group.reads_of(node)[0]
     return gen.read_tracked(op, at, loop)
 
 
-def _max_stats(node: ir.Node, gen: Generator, loop: LoopCode) -> tuple[str, str, str]:
-    """(maxima, first arg maxima, the index of this entry's row in them)."""
-    peak, first = gen.stats[("max", id(node.arg), node.axis)]
+def _max_stats(node: ir.Node, gen: Generator, loop: LoopCode) -> tuple[str, str, str, str]:
+    """(maxima, first arg maxima, the index of this entry's row in them, the divisor that
+    takes a stored flat position over a pooling window to this axis: ``RowMax``)."""
+    peak, first, divisor = gen.stats[("max", id(node.arg), node.axis)]
     loop.arrays.update((peak, first))
     at = list(loop.group.indices[id(node)])
     at[node.axis] = None
-    return peak, first, _index(tuple(at), loop.loop_vars) or "0"
+    return peak, first, _index(tuple(at), loop.loop_vars) or "0", divisor
 
 
 def _max_code(node: ir.Max, gen: Generator, loop: LoopCode) -> str:
-    peak, _, row = _max_stats(node, gen, loop)
+    peak, _, row, _ = _max_stats(node, gen, loop)
     return f"{peak}[{row}]"
 
 
 def _argmax_mask_code(node: ir.ArgMaxMask, gen: Generator, loop: LoopCode) -> str:
-    _, first, row = _max_stats(node, gen, loop)
+    _, first, row, divisor = _max_stats(node, gen, loop)
     v = loop.group.indices[id(node)][node.axis]
     here = loop.loop_vars[v] if v is not None else "0"
-    return f"(1.0 if {here} == {first}[{row}] else 0.0)"
+    position = f"{first}[{row}]" if divisor == "1" else f"({first}[{row}] // ({divisor}))"
+    return f"(1.0 if {here} == {position} else 0.0)"
 
 
 _MEMBER_CODE.register(ir.AffineRead, ir.Take)(_inline_read_code)

@@ -54,6 +54,7 @@ from symdl.kernels.compilable import check_compilable
 from symdl.kernels.jit import load, load_interpreted, record_compiled
 from symdl.kernels.plan import plan
 from symdl.kernels.progress import compile_progress
+from symdl.kernels.scratch import ScratchPool
 
 PARALLEL_MIN_ENTRIES = 1 << 15
 """Calls whose largest array has at least this many entries use the parallel loops."""
@@ -190,6 +191,21 @@ class Kernel:
                          if declared_checks(self._leaves[name].symbol)]
         self._result_keys = [self._keys[name] for name in self._source.outputs]
         self._result_roots = [self._plan.roots[name] for name in self._source.outputs]
+        self._scratch_pool = ScratchPool()
+        """The driver's temporaries kept between calls, by layout (``symdl.kernels.scratch``)."""
+
+    @property
+    def scratch_pool(self) -> ScratchPool:
+        """The temporaries kept between calls, by layout (see ``release_scratch``)."""
+        return self._scratch_pool
+
+    def release_scratch(self) -> None:
+        """Frees the temporaries kept between calls (the next call allocates them again).
+
+        A kernel keeps the temporaries of its last few argument layouts (dimension sizes and
+        dtype), up to ``symdl.kernels.scratch.SCRATCH_KEEP_BYTES``, so that calls in a loop
+        do not allocate and page-fault them each time."""
+        self._scratch_pool.clear()
 
     @property
     def background(self) -> bool:
@@ -280,7 +296,8 @@ class Kernel:
         if parallel:
             _warn_if_spinning_threads()
         with self._first_call((outputs[0].dtype if outputs else None, parallel, True)):
-            _run(self._module.kernel, *inputs, *outputs, parallel=parallel, compiled=True)
+            _run(self._module.kernel, *inputs, *outputs, parallel=parallel, compiled=True,
+                 scratch=self._scratch_pool)
         record_compiled()
 
     def export(self, path: str | Path) -> Path:
@@ -518,7 +535,7 @@ class Kernel:
         try:
             with self._first_call(variant):
                 _run(self._module.kernel, *args, *buffers, parallel=parallel, inplace=inplace,
-                     compiled=bool(compiled))
+                     compiled=bool(compiled), scratch=self._scratch_pool)
         except np.linalg.LinAlgError as exc:
             if type(exc).__name__ == "MatrixFunctionAssumptionError":  # says what and why
                 raise EvaluationError(str(exc)) from exc

@@ -1,6 +1,7 @@
 """Kernel plan: the IR of a derivation's outputs as an ordered list of steps to execute.
 
 The kinds of step (``symdl.kernels.steps``): ``Contraction`` (a BLAS product),
+``BatchedContraction`` (a product of tensors of any rank as matrix products),
 ``LinearSolve``, ``RowStats`` (the row maxima and sums of exponentials of softmax and
 logsumexp), ``LoopGroup`` (one fused loop nest computing every elementwise node and every
 reduction over its iteration space, storing only what later steps or the caller read) and
@@ -36,6 +37,7 @@ from symdl.kernels.loops import (
     summed_labels,
 )
 from symdl.kernels.steps import (
+    BatchedContraction,
     Contraction,
     Determinant,
     LinearSolve,
@@ -48,6 +50,7 @@ from symdl.kernels.steps import (
     ScatterLoop,
     Step,
     Symmetric,
+    batched_contraction,
     window_product,
 )
 
@@ -386,7 +389,13 @@ class _Planner:
             return
         pattern = blas_pattern(node)
         if pattern is None:
-            self.place_in_loop(node)
+            batched = batched_contraction(node)  # a product of tensors of any rank: GEMMs
+            if batched is None:
+                self.place_in_loop(node)
+                return
+            for op, _ in batched.reads():
+                self.materialize(op)
+            self.add_step(batched, node)
             return
         step = Contraction(node, pattern, symmetric_form(node, pattern))
         for op, _ in step.reads():
@@ -529,6 +538,12 @@ def _drop_unread(steps: list[Step], root_ids: set[int]) -> list[Step]:
                     group.reductions.discard(id(member))
                     changed = True
         steps = [s for s in steps if not isinstance(s, LoopGroup) or s.members]
+        # A maximum's pass that nothing reads any more (the per-row maxima of a pooling
+        # window, whose one-pass maximum now serves both the value and the derivative).
+        needed = set().union(*(s.needs() for s in steps))
+        kept = [s for s in steps if not isinstance(s, RowMax) or s.provides() & needed]
+        changed = changed or len(kept) != len(steps)
+        steps = kept
     return steps
 
 
@@ -696,7 +711,8 @@ TABLES = (_LOWER, _PLACE, _CHEAP_ARITHMETIC)
 """The rule tables of this module (their coverage of every node kind is tested)."""
 
 __all__ = [
-    "MAX_ADD_TERMS", "MAX_LOOP_COST", "Contraction", "Determinant", "LinearSolve", "LoopGroup",
+    "MAX_ADD_TERMS", "MAX_LOOP_COST", "BatchedContraction", "Contraction", "Determinant",
+    "LinearSolve", "LoopGroup",
     "Plan", "RowStats", "RowStream", "Step", "Symmetric", "blas_pattern", "computes",
     "einsum_label_vars", "is_pointwise", "loop_cost", "lower", "node_reads", "operand_reads",
     "plan", "raw_einsum", "split_long_groups", "storing_groups", "summed_labels",
@@ -749,6 +765,9 @@ def _place_scatter(node: ir.AffineScatter | ir.TakeAdjoint, planner: _Planner) -
     step = ScatterLoop(node, fused)
     for op, _ in step.reads():
         planner.materialize(op)
+    if step.by_index is not None:  # scatters through the stored first arg max
+        top = step.by_index.masks[0]
+        planner.row_stats(top.arg, top.axis, "max")
     planner.add_step(step, node)
 
 

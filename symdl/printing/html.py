@@ -16,6 +16,7 @@ SKIP_COLOUR = "#eeeeee"
 
 _STEP_LABELS = {
     "Contraction": "matrix product (BLAS)",
+    "BatchedContraction": "tensor product as matrix products (BLAS)",
     "LinearSolve": "linear solve (LAPACK)",
     "Determinant": "determinant (LU, or Cholesky when SPD)",
     "MatrixFunctionStep": "norm, SVD or eigh (LAPACK)",

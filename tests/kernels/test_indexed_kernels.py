@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import sympy as sp
 
+import symdl
 from symdl import ir
 from symdl.derive import autodiff
 from symdl.errors import KernelArgumentError, UnsupportedError
@@ -143,6 +144,46 @@ def _pool_read(x: ir.Node, k: int, stride: int, padding: int) -> ir.Node:
         AffineMap.of([0, 0, stride, 0, 1], -padding)))
 
 
+def _assert_one_pass_pooling(kern: Kernel, axes: tuple) -> None:
+    """Max pooling as one pass over each window (the peak and the flat index of its first
+    maximum) and a derivative that scatters through that index: no per-row maxima, no one-hot
+    mask computed or multiplied (``RowMax`` over a ``max_chain``, ``ScatterLoop.by_index``)."""
+    steps = _steps(kern)
+    (maximum,) = [s for s in steps if isinstance(s, RowMax)]
+    assert maximum.axes == axes
+    assert [s.by_index is not None for s in steps if isinstance(s, ScatterLoop)
+            and any(isinstance(op, ir.ArgMaxMask) for op, _ in s.value_reads)] == [True]
+    assert not any(isinstance(m, ir.ArgMaxMask) for s in steps for g in s.loop_groups()
+                   for m in g.members)
+    assert "(1.0 if " not in kern.source  # no mask in any loop
+
+
+def test_one_dimensional_max_pooling_scatters_through_the_stored_index():
+    """A max over a 1-D window (k 3, stride 2, padding 1, ties) against torch's max_pool1d."""
+    x = ir.leaf("X", (n, t), sp.Symbol("X"))
+    read = ir.affine_read(x, (n, ho, 3), (AffineMap.axis(0, 3), AffineMap.of([0, 2, 1], -1)))
+    biggest = ir.max_along(read, 2)
+    g = ir.leaf("G", biggest.shape, sp.Symbol("G"))
+    loss = ir.einsum([ir.map_(TANH, biggest), g], [(0, 1, 2)] * 2, ())
+    grads, _ = autodiff.reverse(loss, [x])
+    kern = Kernel({"value": loss, "grad:X": grads[id(x)]}, [x, g], "pool1d")  # compiled
+    _assert_one_pass_pooling(kern, axes=(2,))
+    xv = RNG.integers(1, 4, size=(3, 9)).astype(float)  # positive: zero padding never wins
+    gv = RNG.normal(size=(3, 5, 1))
+    got = kern(X=xv, G=gv)
+    xt = torch.tensor(xv[:, None], requires_grad=True)
+    ref = (torch.tanh(F.max_pool1d(xt, 3, 2, 1)[:, 0]) * torch.tensor(gv[..., 0])).sum()
+    (gx,) = torch.autograd.grad(ref, (xt,))
+    assert got.value == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(got.grad["X"], gx.numpy()[:, 0], rtol=1e-12, atol=1e-14)
+    xv[1, 4] = np.nan  # the maximum of its windows (numpy's and torch's), which take its NaN
+    got = kern(X=xv, G=gv)
+    xt = torch.tensor(xv[:, None], requires_grad=True)
+    ref = (torch.tanh(F.max_pool1d(xt, 3, 2, 1)[:, 0]) * torch.tensor(gv[..., 0])).sum()
+    (gx,) = torch.autograd.grad(ref, (xt,))
+    np.testing.assert_allclose(got.grad["X"], gx.numpy()[:, 0], rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("k,stride,padding", [(2, 2, 0), (3, 1, 1), (3, 2, 1)])
 def test_pooling_and_its_gradients_match_torch_with_ties_and_nan(k, stride, padding):
     x = ir.leaf("X", (n, hh, ww), sp.Symbol("X"))
@@ -157,6 +198,8 @@ def test_pooling_and_its_gradients_match_torch_with_ties_and_nan(k, stride, padd
     grads, _ = autodiff.reverse(loss, [x])
     kern = Kernel({"max": biggest, "mean": mean, "grad:X": grads[id(x)]}, [x, g, h], "pool",
                   jit=False)
+    # The window feeds the mean too: one scatter of the sum of both derivatives, which
+    # multiplies by the masks of the maxima one axis after the other (still the first arg max).
     assert any(isinstance(s, RowMax) for s in _steps(kern))
     xv = RNG.integers(1, 4, size=(2, 7, 7)).astype(float)  # many ties
     out = (7 + 2 * padding - k) // stride + 1
@@ -331,3 +374,28 @@ def test_a_small_cnn_step_conv_bias_relu_pool_conv_matches_torch():
     np.testing.assert_allclose(got.value, ref.item(), rtol=1e-10)
     for name, want in zip(("W1", "b1", "W2"), grads_t, strict=True):
         np.testing.assert_allclose(got.grad[name], want.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_padded_max_pool2d_of_the_vocabulary_scatters_through_the_stored_index():
+    """``symdl.max_pool2d(X, 3, stride=2, padding=1)`` (channels last), negative entries and
+    ties: the padding never wins, the first maximum takes the gradient (torch's)."""
+    c = sp.Symbol("c", integer=True, positive=True)
+    X = sp.IndexedBase("X", shape=(n, 5, 5, c))
+    G = sp.IndexedBase("G", shape=(n, 3, 3, c))
+    P = sp.IndexedBase("P", shape=(n, 3, 3, c))
+    b, i, j, q = sp.symbols("b i j q", integer=True)
+    der = symdl.derive([(P, symdl.max_pool2d(X, 3, stride=2, padding=1)),
+                        (sp.Symbol("L"), sp.Sum(G[b, i, j, q] * P[b, i, j, q], (b, 0, n - 1),
+                                                (i, 0, 2), (j, 0, 2), (q, 0, c - 1)))],
+                       wrt=[X])
+    kern = der.compile(jit=False)
+    _assert_one_pass_pooling(kern, axes=(4, 5))
+    xv = -RNG.integers(1, 3, size=(2, 5, 5, 2)).astype(float)  # negative, many ties
+    gv = RNG.normal(size=(2, 3, 3, 2))
+    got = kern(X=xv, G=gv)
+    xt = torch.tensor(xv, requires_grad=True)
+    top = F.max_pool2d(xt.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
+    ref = (top * torch.tensor(gv)).sum()
+    (gx,) = torch.autograd.grad(ref, (xt,))
+    assert got.value == pytest.approx(ref.item(), rel=1e-12)
+    np.testing.assert_allclose(got.grad["X"], gx.numpy(), rtol=1e-12, atol=1e-14)

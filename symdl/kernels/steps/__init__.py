@@ -17,6 +17,10 @@ operation count and the code it becomes. ``base``: what a step is; ``dense``:
 * ``RowMax``: a maximum along an axis and its first arg max (max pooling);
 * ``WindowProduct``: a window times a tensor as im2col + BLAS, one image at a time.
 
+``batched``: ``BatchedContraction``, a product of tensors of any rank as matrix products
+(one GEMM, or a loop of GEMMs over batch labels), its operands viewed or permuted into stacks
+of matrices.
+
 ``scan``: ``ScanStep``, a recurrence as a loop over ``t`` around its step's code.
 
 ``emit(gen, number)`` returns the driver's lines for the step and adds its jitted functions
@@ -24,6 +28,7 @@ to ``gen.functions``; ``gen`` is the module's ``codegen.Generator`` (naming and 
 """
 
 from symdl.kernels.steps.base import Read, Step, dispatch, jit_decorator, stats_key
+from symdl.kernels.steps.batched import BatchedContraction, batched_contraction
 from symdl.kernels.steps.dense import (
     Contraction,
     Determinant,
@@ -48,11 +53,11 @@ from symdl.kernels.steps.windows import (
 
 STEP_KINDS: tuple[type[Step], ...] = (Contraction, LoopGroup, RowStats, LinearSolve,
                                      Determinant, RowStream, MatrixFunctionStep, ScatterLoop,
-                                     RowMax, WindowProduct, ScanStep)
+                                     RowMax, WindowProduct, ScanStep, BatchedContraction)
 """Every kind of step, in the order the module's docstring counts them."""
 
-__all__ = ["STEP_KINDS", "Contraction", "Determinant", "LinearSolve", "LoopGroup",
-           "MatrixFunctionStep", "Read", "RowMax", "RowStats", "RowStream", "ScanStep",
+__all__ = ["STEP_KINDS", "BatchedContraction", "Contraction", "Determinant", "LinearSolve",
+           "LoopGroup", "MatrixFunctionStep", "Read", "RowMax", "RowStats", "RowStream", "ScanStep",
            "ScatterGemm", "ScatterLoop", "Step", "Symmetric", "WindowProduct", "dispatch",
-           "inside_by_range", "jit_decorator", "owning_axes", "scatter_gemm", "stats_key",
-           "window_product"]
+           "batched_contraction", "inside_by_range", "jit_decorator", "owning_axes",
+           "scatter_gemm", "stats_key", "window_product"]

@@ -56,6 +56,10 @@ class ScatterLoop(Step):
     loop_dims: tuple = ()
     arg_vars: tuple = ()
     value_reads: list = field(default_factory=list)
+    by_index: IndexScatter | None = None
+    """Where the product holds the one-hot masks of a maximum's first arg max (max pooling's
+    derivative): the loop runs over the window's rows only and adds each entry at the
+    position its maximum's pass stored (``RowMax``), with no mask."""
 
     summary: ClassVar[str] = "scatter loops"
 
@@ -63,15 +67,30 @@ class ScatterLoop(Step):
         if self.fused is not None:
             self.loop_dims, self.arg_vars = iteration(self.fused)
             self.value_reads = node_reads(self.fused)
+            self.by_index = index_scatter(self.value_reads)
         else:
             self.loop_dims, self.arg_vars = _plain_space(self.node.arg)
             self.value_reads = through([(self.node.arg, self.arg_vars)])
 
+    def _value_reads(self) -> list[Read]:
+        """The factors the loop reads (a maximum's masks are not read: ``by_index``)."""
+        if self.by_index is None:
+            return self.value_reads
+        return [(op, at) for op, at in self.value_reads
+                if not any(op is m for m in self.by_index.masks)]
+
     def reads(self) -> list[Read]:
-        reads = list(self.value_reads)
+        reads = list(self._value_reads())
         if isinstance(self.node, ir.TakeAdjoint):
             reads.append((self.node.indices, self.arg_vars[:self.node.indices.rank]))
         return reads
+
+    def needs(self) -> set:
+        needs = super().needs()
+        if self.by_index is not None:
+            top = self.by_index.masks[0]
+            needs.add(stats_key(top.arg, top.axis, "max"))
+        return needs
 
     def provides(self) -> set:
         return {id(self.node)}
@@ -88,7 +107,8 @@ class ScatterLoop(Step):
         if isinstance(node, ir.TakeAdjoint):
             trailing = self.arg_vars[node.indices.rank:]
             return next((v for v in trailing if v is not None), None)
-        owned = [a for a in owning_axes(node) if self.arg_vars[a] is not None]
+        owned = [a for a in owning_axes(node) if self.arg_vars[a] is not None
+                 and (self.by_index is None or self.arg_vars[a] not in self.by_index.vars)]
         return self.arg_vars[owned[0]] if owned else None
 
     def emit(self, gen: Generator, number: int) -> list[str]:
@@ -100,7 +120,7 @@ class ScatterLoop(Step):
         node = self.node
         loop_vars = [f"i{k}" for k in range(len(self.loop_dims))]
         loop = gen.new_loop(LoopGroup(self.loop_dims), loop_vars)
-        factors = [gen.read_tracked(op, at, loop) for op, at in self.value_reads]
+        factors = [gen.read_tracked(op, at, loop) for op, at in self._value_reads()]
         if self.fused is not None and self.fused.coeff != 1:
             factors.insert(0, gen.constant(self.fused.coeff))
         value = " * ".join(factors) or "1.0"
@@ -124,6 +144,10 @@ class ScatterLoop(Step):
                 positions.append(pos)
         target = f"{out}[{', '.join(positions) or '0'}]"
         body = [f"v = {value}"]
+        window: list[int] = []
+        if self.by_index is not None:  # the window's position from the stored arg max
+            window = list(self.by_index.vars)
+            body = [*self.by_index.decode(gen, loop), *body]
         if conds:
             body += [f"if {' and '.join(conds)}:", f"    {target} += v"]
         else:
@@ -134,7 +158,7 @@ class ScatterLoop(Step):
             if parallel and par is None:
                 continue
             # In parallel, the variable that owns distinct entries outermost (no races).
-            order = list(range(len(self.loop_dims)))
+            order = [v for v in range(len(self.loop_dims)) if v not in window]
             if parallel:
                 order = [par] + [v for v in order if v != par]
             lines = [jit_decorator(parallel), f"def _scatter{number}{variant}({header}):",
@@ -149,6 +173,66 @@ class ScatterLoop(Step):
             text.append("\n".join([*lines, ""]))
         gen.functions.append("\n\n".join(text))
         return dispatch(f"_scatter{number}", header, parallel=par is not None)
+
+
+@dataclass
+class IndexScatter:
+    """The masks of a maximum's first arg max among a scattered product's factors: ``masks``
+    from the outermost (``ArgMaxMask(Max(R, 5), 4)``) in, one per axis of the window
+    (``max_chain``); ``vars`` the loop variable of each of those axes; ``row`` the outermost
+    mask's read with those axes out (its row in the stored maxima)."""
+
+    masks: tuple
+    vars: tuple
+    row: tuple
+
+    def decode(self, gen: Generator, loop) -> list[str]:
+        """Lines that set the window's loop variables from the stored flat first arg max."""
+        top = self.masks[0]
+        _, first, divisor = gen.stats[("max", id(top.arg), top.axis)]
+        loop.arrays.add(first)
+        base, axes = max_chain(top.arg, top.axis)
+        row = ", ".join(loop.loop_vars[v] if v is not None else "0" for v in self.row)
+        lines = [f"a = {first}[{row or '0'}]"]
+        for k, v in enumerate(self.vars):
+            divisor = chain_divisor(gen, base, axes, k)
+            position = "a" if divisor == "1" else f"(a // ({divisor}))"
+            if k:  # below the outermost axis: the remainder
+                position = f"{position} % int({gen.size(base.shape[axes[k]])})"
+            lines.append(f"{loop.loop_vars[v]} = {position}")
+        return lines
+
+
+def index_scatter(reads: list[Read]) -> IndexScatter | None:
+    """The ``IndexScatter`` of a scattered product's reads: when its one-hot masks
+    (``ArgMaxMask``) are those of one maximum over a window, every level of it, read at the
+    same row, each along its own loop variable; else None (the loop multiplies by them)."""
+    masks = [(op, at) for op, at in reads if isinstance(op, ir.ArgMaxMask)]
+    for top, top_at in masks:
+        chain, arg = [(top, top_at)], top.arg
+        while isinstance(arg, ir.Max):
+            inner = next(((m, at) for m, at in masks
+                          if m.arg is arg.arg and m.axis == arg.axis), None)
+            if inner is None:
+                break
+            chain.append(inner)
+            arg = arg.arg
+        if isinstance(arg, ir.Max) or len(chain) != len(masks):
+            continue
+        axes = [m.axis for m, _ in chain]
+        window = [at[m.axis] for m, at in chain]
+        if None in window or len(set(window)) != len(window):
+            continue
+        row = tuple(None if k in axes else v for k, v in enumerate(top_at))
+        # Every mask at the same row and, along the outer axes it still has, at their
+        # variables: the product of the masks is 1 at the stored position only.
+        if any(v in window for v in row) or not all(
+                at[k] == (window[axes.index(k)] if k in axes[:j] else row[k])
+                for j, (_, at) in enumerate(chain) for k in range(len(at))
+                if k not in axes[j:]):
+            continue
+        return IndexScatter(tuple(m for m, _ in chain), tuple(window), row)
+    return None
 
 
 def inside_by_range(m, arg_shape, bound: sp.Expr) -> bool:
@@ -170,24 +254,49 @@ def inside_by_range(m, arg_shape, bound: sp.Expr) -> bool:
         return False
 
 
+def max_chain(arg: ir.Node, axis: int) -> tuple[ir.Node, tuple[int, ...]]:
+    """``(base, axes)`` for the maximum of ``arg`` along ``axis`` where ``arg`` is itself a
+    maximum (``Max(Max(R, 5), 4)``: a pooling window's rows, then its columns): the maximum
+    over all of ``axes`` (outermost first) of ``base``, the first tensor that is no maximum.
+    Along one axis, ``(arg, (axis,))``."""
+    axes = [axis]
+    while isinstance(arg, ir.Max):
+        axes.append(arg.axis)
+        arg = arg.arg
+    return arg, tuple(axes)
+
+
+def chain_divisor(gen: Generator, base: ir.Node, axes: tuple[int, ...], level: int) -> str:
+    """The divisor that takes the flat first arg max over ``axes`` (row-major, the outermost
+    axis first) to the position along ``axes[level]``: the product of the inner sizes."""
+    return gen.size(sp.Mul(*(base.shape[a] for a in axes[level + 1:])))
+
+
 @dataclass(eq=False)
 class RowMax(Step):
     """The maximum of ``arg`` along ``axis`` and the position of its first maximum, for each
-    entry of the other axes: one pass along the axis, NaN as ``numpy.max`` (a NaN is the
-    maximum, the first NaN its position). ``Max`` and ``ArgMaxMask`` read the two arrays.
-    ``arg`` is read where it lies (a pooling window is read through, never stored)."""
+    entry of the other axes: one pass, NaN as ``numpy.max`` (a NaN is the maximum, the first
+    NaN its position). ``Max`` and ``ArgMaxMask`` read the two arrays. Where ``arg`` is itself
+    a maximum along other axes (a pooling window: ``max_chain``), the pass runs over the whole
+    window of the tensor underneath, and the position is the flat index of the first maximum
+    in row-major order (the outermost axis first): the same first arg max as the maxima
+    one axis after the other, with no intermediate array. ``arg`` is read where it lies (a
+    pooling window is read through, never stored)."""
 
     arg: ir.Node
     axis: int
     loop_dims: tuple = ()
     arg_vars: tuple = ()
     value_reads: list = field(default_factory=list)
+    base: ir.Node | None = None
+    axes: tuple = ()
 
     summary: ClassVar[str] = "max row passes"
 
     def __post_init__(self) -> None:
-        self.loop_dims, self.arg_vars = _plain_space(self.arg)
-        self.value_reads = through([(self.arg, self.arg_vars)])
+        self.base, self.axes = max_chain(self.arg, self.axis)
+        self.loop_dims, self.arg_vars = _plain_space(self.base)
+        self.value_reads = through([(self.base, self.arg_vars)])
 
     def reads(self) -> list[Read]:
         return list(self.value_reads)
@@ -196,55 +305,108 @@ class RowMax(Step):
         return {stats_key(self.arg, self.axis, "max")}
 
     def flops(self) -> sp.Expr:
-        return 2 * sp.Mul(*self.arg.shape)
+        return 2 * sp.Mul(*self.base.shape)
 
     def emit(self, gen: Generator, number: int) -> list[str]:
         peak, first = f"peak{number}", f"first{number}"
-        gen.stats[("max", id(self.arg), self.axis)] = (peak, first)
+        gen.stats[("max", id(self.arg), self.axis)] = (
+            peak, first, chain_divisor(gen, self.base, self.axes, 0))
         loop_vars = [f"i{k}" for k in range(len(self.loop_dims))]
         loop = gen.new_loop(LoopGroup(self.loop_dims), loop_vars)
         ((op, at),) = self.value_reads
         value = gen.read_tracked(op, at, loop)
         loop.arrays.update((peak, first))
-        along = self.arg_vars[self.axis]
-        kept = [loop_vars[v] if v is not None and k != self.axis else "0"
+        along = [self.arg_vars[a] for a in self.axes if self.arg_vars[a] is not None]
+        kept = [loop_vars[v] if v is not None and k not in self.axes else "0"
                 for k, v in enumerate(self.arg_vars)]
         where = ", ".join(kept) or "0"
-        outer = [v for v in range(len(self.loop_dims)) if v != along]
+        outer = [v for v in range(len(self.loop_dims)) if v not in along]
         header = ", ".join(sorted(loop.arrays) + [gen.dim_names[d] for d in gen.dims])
+        # The flat position of the window entry: row-major over the axes, outermost first.
+        flat = " + ".join(
+            f"i{self.arg_vars[a]}" + (f" * int({chain_divisor(gen, self.base, self.axes, k)})"
+                                      if k < len(self.axes) - 1 else "")
+            for k, a in enumerate(self.axes) if self.arg_vars[a] is not None) or "0"
+        # A window read in place (pooling): the last of the other axes (the channels, or the
+        # output columns) innermost, under the window's loops, so that the comparisons run
+        # along it as vector selects into the stored maxima, not one window at a time.
+        lanes = (outer[-1] if outer and along and isinstance(self.base, ir.AffineRead)
+                 else None)
         text = []
         for variant, parallel in (("", False), ("_parallel", True)):
-            if parallel and not outer:
+            if parallel and (not outer or (lanes is not None and len(outer) < 2)):
                 continue
             lines = [jit_decorator(parallel), f"def _rowmax{number}{variant}({header}):",
                      *(f"    {s}" for s in loop.before)]
+            if lanes is not None:
+                lines += self._lanes_code(gen, outer, along, lanes, value, flat, peak, first,
+                                          where, parallel)
+                text.append("\n".join([*lines, ""]))
+                continue
             indent = "    "
             for k, v in enumerate(outer):
                 kind = "prange" if parallel and k == 0 else "range"
                 lines.append(f"{indent}for i{v} in {kind}(int({gen.size(self.loop_dims[v])})):")
                 indent += "    "
-            scan = []
-            if along is not None:
-                size = gen.size(self.loop_dims[along])
-                scan = [f"for i{along} in range(1, int({size})):",
-                        f"    v = {value}",
-                        # Strictly larger: the first maximum wins ties; a NaN beats any
-                        # number and then stays (numpy.max, numpy.argmax).
-                        "    if v > m or (v != v and m == m):",
-                        "        m = v",
-                        f"        a = i{along}"]
+            scan, inner = [], ""
+            for v in along:
+                # The first entry is compared with itself too (one pass, no special case).
+                scan.append(f"{inner}for i{v} in range(int({gen.size(self.loop_dims[v])})):")
+                inner += "    "
+            scan += [f"{inner}v = {value}",
+                     # Strictly larger: the first maximum wins ties; a NaN beats any number
+                     # and then stays (numpy.max, numpy.argmax).
+                     f"{inner}if v > m or (v != v and m == m):",
+                     f"{inner}    m = v",
+                     f"{inner}    a = {flat}"] if along else []
             lines += [f"{indent}{s}" for s in
-                      ([f"i{along} = 0"] if along is not None else [])
-                      + [f"m = {value}", "a = 0", *scan,
-                         f"{peak}[{where}] = m", f"{first}[{where}] = a"]]
+                      [*(f"i{v} = 0" for v in along), f"m = {value}", "a = 0", *scan,
+                       f"{peak}[{where}] = m", f"{first}[{where}] = a"]]
             text.append("\n".join([*lines, ""]))
         gen.functions.append("\n\n".join(text))
-        shape = list(self.arg.shape)
-        shape[self.axis] = 1
+        return self._allocate_and_call(gen, number, peak, first, header, bool(outer))
+
+    def _lanes_code(self, gen: Generator, outer: list, along: list, lanes: int, value: str,
+                    flat: str, peak: str, first: str, where: str, parallel: bool) -> list[str]:
+        """The loops of a window's maximum with the axis ``lanes`` innermost: the maxima of a
+        row of windows start at the windows' first entries, then each window position
+        updates them all (strictly larger, or a first NaN: as the one-window scan). The
+        positions are kept in a row of the element type (exact: a window has far fewer than
+        2^24 entries) and updated by arithmetic, not by a branch: Numba writes ``x if c else
+        y`` as a branch, which random data mispredicts half the time (3.5x slower)."""
+        size = f"int({gen.size(self.loop_dims[lanes])})"
+        lines, indent = ["    _F = " + peak + ".dtype.type"], "    "
+        if len(outer) == 1:
+            lines.append(f"    lane = np.empty({size}, {peak}.dtype)")
+        for k, v in enumerate(outer[:-1]):
+            kind = "prange" if parallel and k == 0 else "range"
+            lines.append(f"{indent}for i{v} in {kind}(int({gen.size(self.loop_dims[v])})):")
+            indent += "    "
+            if k == 0:  # one row of positions per outermost iteration (a thread's own)
+                lines.append(f"{indent}lane = np.empty({size}, {peak}.dtype)")
+        lane = f"for i{lanes} in range({size}):"
+        lines += [f"{indent}{lane}", *(f"{indent}    i{v} = 0" for v in along),
+                  f"{indent}    {peak}[{where}] = {value}", f"{indent}    lane[i{lanes}] = 0"]
+        inner = indent
+        for v in along:
+            lines.append(f"{inner}for i{v} in range(int({gen.size(self.loop_dims[v])})):")
+            inner += "    "
+        lines += [f"{inner}{s}" for s in [
+            lane, "    v = " + value, f"    m = {peak}[{where}]",
+            "    c = (v > m) | ((v != v) & (m == m))",
+            f"    {peak}[{where}] = v if c else m",
+            # c: the new position, else the kept one (both >= 0).
+            "    w = _F(c)",
+            f"    lane[i{lanes}] = max(lane[i{lanes}] * (_F(1) - w), _F({flat}) * w)"]]
+        return lines + [f"{indent}{lane}", f"{indent}    {first}[{where}] = int(lane[i{lanes}])"]
+
+    def _allocate_and_call(self, gen: Generator, number: int, peak: str, first: str,
+                           header: str, parallel: bool) -> list[str]:
+        shape = [1 if k in self.axes else d for k, d in enumerate(self.base.shape)]
         sizes = "(" + ", ".join(f"int({gen.size(d)})" for d in shape) + ",)"
         return [f"{peak} = np.empty({sizes}, dtype=dtype)",
                 f"{first} = np.empty({sizes}, dtype=np.int64)",
-                *dispatch(f"_rowmax{number}", header, parallel=bool(outer))]
+                *dispatch(f"_rowmax{number}", header, parallel=parallel)]
 
 
 @dataclass(eq=False)
