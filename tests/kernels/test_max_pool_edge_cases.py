@@ -121,10 +121,10 @@ def test_ties_and_two_nans_take_the_first_maximum(pool_kernel, dtype, parallel):
     np.testing.assert_allclose(got.grad["X"], gx, rtol=tol, atol=tol)
 
 
-@pytest.mark.xfail(strict=True, reason="padding reads PAD_LOW = -1e30 (symdl/define/tensor_ir.py), "
-                   "not -inf: a window whose entries inside X are all below it (-inf) gives "
-                   "-1e30 and sends its gradient to a padded position (dropped); torch gives "
-                   "-inf and the first entry inside X")
+@pytest.mark.xfail(strict=True, reason="padding reads PAD_LOW, the lowest finite double "
+                   "(symdl/define/tensor_ir.py), not -inf: a window whose entries inside X are "
+                   "all -inf gives -1.8e308 and sends its gradient to a padded position "
+                   "(dropped); torch gives -inf and the first entry inside X")
 def test_a_window_of_minus_infinity_next_to_the_padding(pool_kernel):
     rng = np.random.default_rng(11)
     x, g = _inputs(np.float64, rng)
