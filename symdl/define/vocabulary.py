@@ -662,7 +662,7 @@ def expm1(m: sp.Basic) -> sp.Basic:
         >>> symdl.expm1(X).shape
         (n, d)
         >>> symdl.evaluate(symdl.expm1(X), {"X": [[1e-10, 1.0]]}, {n: 1, d: 2}).tolist()
-        [[1.00000000005e-10, 1.7182818284590453]]
+        [[1.00000000005e-10, 1.71828182845904...]]
     """
     return _elementwise(expm1_function, m)
 
