@@ -46,6 +46,7 @@ from symdl.report.training_run import (  # noqa: F401 (DemoDependencyError: re-e
     _pyplot,
     _require,
     accuracy,
+    compile_phase,
 )
 from symdl.training import TrainingStep
 
@@ -144,20 +145,10 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
 
 
 def _compile_phase(step: TrainingStep, split: Split, batch: int, progress: bool) -> float:
-    """Compiles every kernel the epochs run (the step, the forward pass on both sets) before
-    the progress bar starts, announced as its own phase: a bar that started first would stand
-    still through the compile with an ETA computed from it. Returns the seconds it took."""
-    start = time.perf_counter()
-    if progress:
-        print("compiling the training step and the forward pass with Numba (once: later runs "
-              "load them from the cache)...", flush=True)
-    step.compile(X=split.X_train[:batch], Y=split.Y_train[:batch])
-    accuracy(step, split.X_train, split.Y_train)  # the forward pass at both sizes: a large
-    accuracy(step, split.X_test, split.Y_test)  # set may run the parallel loops
-    elapsed = time.perf_counter() - start
-    if progress:
-        print(f"compiled in {elapsed:.1f} s", flush=True)
-    return elapsed
+    return compile_phase(step, "the training step and the forward pass",
+                         {"X": split.X_train[:batch], "Y": split.Y_train[:batch]},
+                         [(split.X_train, split.Y_train), (split.X_test, split.Y_test)],
+                         progress)
 
 
 def _draw_initial(rng: np.random.Generator, split: Split, hidden: int) -> dict[str, np.ndarray]:
@@ -331,6 +322,10 @@ def train_cnn(split: Split, epochs: int = 30, batch: int = 32, lr: float = 0.01,
                         output=CZ2)
     step.forward_kernel()
     timings["generate_s"] = time.perf_counter() - start
+    timings["compile_s"] = compile_phase(
+        step, "the convolutional network's training step and its forward pass",
+        {"X": images["train"][:batch], "Y": split.Y_train[:batch]},
+        [(images["train"], split.Y_train), (images["test"], split.Y_test)], progress)
     history = History()
     rows = images["train"].shape[0]
     bar = _Progress(epochs, progress)

@@ -26,7 +26,14 @@ import numpy as np
 import sympy as sp
 
 import symdl
-from symdl.report.training_run import History, Split, _plot_training, _Progress, accuracy
+from symdl.report.training_run import (
+    History,
+    Split,
+    _plot_training,
+    _Progress,
+    accuracy,
+    compile_phase,
+)
 from symdl.training import TrainingStep
 
 T, n, d, k = sp.symbols("T n d k", integer=True, positive=True)
@@ -143,20 +150,10 @@ def train_rnn(split: Split, hidden: int = 64, epochs: int = 30, batch: int = 64,
 
 
 def _compile_phase(step: TrainingStep, data: Sequences, batch: int, progress: bool) -> float:
-    """Compiles the step and the forward pass (announced: a cold compile takes seconds)
-    before the epochs; returns the seconds it took."""
-    start = time.perf_counter()
-    if progress:
-        print("compiling the recurrent network's training step (forward, backprop through "
-              "time, Adam) and its forward pass with Numba (once: later runs load them from "
-              "the cache)...", flush=True)
-    step.compile(X=data.X_train[:, :batch], Y=data.Y_train[:batch])
-    accuracy(step, data.X_train, data.Y_train)  # the forward pass at both sizes: a large
-    accuracy(step, data.X_test, data.Y_test)  # set may run the parallel loops
-    elapsed = time.perf_counter() - start
-    if progress:
-        print(f"compiled in {elapsed:.1f} s", flush=True)
-    return elapsed
+    return compile_phase(
+        step, "the recurrent network's training step (forward, backprop through time, Adam) "
+        "and its forward pass", {"X": data.X_train[:, :batch], "Y": data.Y_train[:batch]},
+        [(data.X_train, data.Y_train), (data.X_test, data.Y_test)], progress)
 
 
 def check_rnn_step(step: TrainingStep, split: Split, rows: int = 16):

@@ -4,6 +4,7 @@ and the CNN with them, ``symdl.report.sequence_demo`` the recurrent network)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +50,25 @@ def accuracy(step: TrainingStep, features: np.ndarray, labels: np.ndarray) -> fl
     current parameters) is the labelled class."""
     logits = step.predict(X=features)
     return float(np.mean(np.argmax(logits, axis=1) == np.argmax(labels, axis=1)))
+
+
+def compile_phase(step: TrainingStep, what: str, first_batch: dict[str, np.ndarray],
+                  sets: list[tuple[np.ndarray, np.ndarray]], progress: bool) -> float:
+    """Compiles every kernel the epochs run (the step on ``first_batch``, the forward pass on
+    each of ``sets``) before the progress bar starts, announced as its own phase: a bar that
+    started first would stand still through the compile with an ETA computed from it. Returns
+    the seconds it took."""
+    start = time.perf_counter()
+    if progress:
+        print(f"compiling {what} with Numba (once: later runs load them from the cache)...",
+              flush=True)
+    step.compile(**first_batch)
+    for features, labels in sets:  # the forward pass at each size: a large set may run the
+        accuracy(step, features, labels)  # parallel loops
+    elapsed = time.perf_counter() - start
+    if progress:
+        print(f"compiled in {elapsed:.1f} s", flush=True)
+    return elapsed
 
 
 class _Progress:
