@@ -47,6 +47,7 @@ from symdl.report.training_run import (  # noqa: F401 (DemoDependencyError: re-e
     _require,
     accuracy,
     compile_phase,
+    run_epochs,
 )
 from symdl.training import TrainingStep
 
@@ -120,27 +121,11 @@ def train(split: Split, hidden: int = 64, epochs: int = 40, batch: int = 64,
     step.forward_kernel()  # generated here, counted with the training step
     timings["generate_s"] = time.perf_counter() - start
     timings["compile_s"] = _compile_phase(step, split, batch, progress)
-    history = History()
-    rows = split.X_train.shape[0]
-    bar = _Progress(epochs, progress)
-    start = time.perf_counter()
-    timings["epoch_s"] = []
-    for epoch in range(1, epochs + 1):
-        epoch_start = time.perf_counter()
-        order = rng.permutation(rows)
-        losses = []
-        for first in range(0, rows, batch):
-            chosen = order[first:first + batch]
-            losses.append(step(X=split.X_train[chosen], Y=split.Y_train[chosen]))
-        history.epoch.append(epoch)
-        history.train_loss.append(float(np.mean(losses)))
-        history.train_accuracy.append(accuracy(step, split.X_train, split.Y_train))
-        history.test_accuracy.append(accuracy(step, split.X_test, split.Y_test))
-        timings["epoch_s"].append(time.perf_counter() - epoch_start)
-        bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
-    bar.close()
-    timings["train_s"] = time.perf_counter() - start
-    timings["steps"] = step.t - 1
+    history, trained = run_epochs(
+        step, epochs, split.X_train.shape[0], batch,
+        lambda chosen: {"X": split.X_train[chosen], "Y": split.Y_train[chosen]},
+        (split.X_train, split.Y_train), (split.X_test, split.Y_test), rng, progress)
+    timings.update(trained)
     return step, der, history, timings
 
 
@@ -326,23 +311,11 @@ def train_cnn(split: Split, epochs: int = 30, batch: int = 32, lr: float = 0.01,
         step, "the convolutional network's training step and its forward pass",
         {"X": images["train"][:batch], "Y": split.Y_train[:batch]},
         [(images["train"], split.Y_train), (images["test"], split.Y_test)], progress)
-    history = History()
-    rows = images["train"].shape[0]
-    bar = _Progress(epochs, progress)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(rows)
-        losses = [step(X=images["train"][order[first:first + batch]],
-                       Y=split.Y_train[order[first:first + batch]])
-                  for first in range(0, rows, batch)]
-        history.epoch.append(epoch)
-        history.train_loss.append(float(np.mean(losses)))
-        history.train_accuracy.append(accuracy(step, images["train"], split.Y_train))
-        history.test_accuracy.append(accuracy(step, images["test"], split.Y_test))
-        bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
-    bar.close()
-    timings["train_s"] = time.perf_counter() - start
-    timings["steps"] = step.t - 1
+    history, trained = run_epochs(
+        step, epochs, images["train"].shape[0], batch,
+        lambda chosen: {"X": images["train"][chosen], "Y": split.Y_train[chosen]},
+        (images["train"], split.Y_train), (images["test"], split.Y_test), rng, progress)
+    timings.update(trained)
     return step, der, history, timings
 
 

@@ -27,12 +27,10 @@ import sympy as sp
 
 import symdl
 from symdl.report.training_run import (
-    History,
     Split,
     _plot_training,
-    _Progress,
-    accuracy,
     compile_phase,
+    run_epochs,
 )
 from symdl.training import TrainingStep
 
@@ -129,23 +127,11 @@ def train_rnn(split: Split, hidden: int = 64, epochs: int = 30, batch: int = 64,
     step.forward_kernel()
     timings["generate_s"] = time.perf_counter() - start
     timings["compile_s"] = _compile_phase(step, data, batch, progress)
-    history = History()
-    rows = data.X_train.shape[1]
-    bar = _Progress(epochs, progress)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        order = rng.permutation(rows)
-        losses = [step(X=data.X_train[:, order[first:first + batch]],
-                       Y=data.Y_train[order[first:first + batch]])
-                  for first in range(0, rows, batch)]
-        history.epoch.append(epoch)
-        history.train_loss.append(float(np.mean(losses)))
-        history.train_accuracy.append(accuracy(step, data.X_train, data.Y_train))
-        history.test_accuracy.append(accuracy(step, data.X_test, data.Y_test))
-        bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
-    bar.close()
-    timings["train_s"] = time.perf_counter() - start
-    timings["steps"] = step.t - 1
+    history, trained = run_epochs(
+        step, epochs, data.X_train.shape[1], batch,
+        lambda chosen: {"X": data.X_train[:, chosen], "Y": data.Y_train[chosen]},
+        (data.X_train, data.Y_train), (data.X_test, data.Y_test), rng, progress)
+    timings.update(trained)
     return step, der, history, timings
 
 

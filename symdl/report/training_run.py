@@ -5,6 +5,7 @@ and the CNN with them, ``symdl.report.sequence_demo`` the recurrent network)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,6 +70,33 @@ def compile_phase(step: TrainingStep, what: str, first_batch: dict[str, np.ndarr
     if progress:
         print(f"compiled in {elapsed:.1f} s", flush=True)
     return elapsed
+
+
+def run_epochs(step: TrainingStep, epochs: int, rows: int, batch: int,
+               take: Callable[[np.ndarray], dict[str, np.ndarray]],
+               train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               rng: np.random.Generator, progress: bool) -> tuple[History, dict]:
+    """Trains ``epochs`` passes over ``rows`` examples in shuffled batches (``take(chosen)``:
+    the step's inputs for those rows), recording the mean loss and the accuracy on ``train``
+    and ``test`` after each epoch under a progress bar. Returns the history and the timings
+    (``epoch_s``, ``train_s``, ``steps``)."""
+    history, timings = History(), {"epoch_s": []}
+    bar = _Progress(epochs, progress)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        epoch_start = time.perf_counter()
+        order = rng.permutation(rows)
+        losses = [step(**take(order[first:first + batch])) for first in range(0, rows, batch)]
+        history.epoch.append(epoch)
+        history.train_loss.append(float(np.mean(losses)))
+        history.train_accuracy.append(accuracy(step, *train))
+        history.test_accuracy.append(accuracy(step, *test))
+        timings["epoch_s"].append(time.perf_counter() - epoch_start)
+        bar.update(loss=history.train_loss[-1], test=history.test_accuracy[-1])
+    bar.close()
+    timings["train_s"] = time.perf_counter() - start
+    timings["steps"] = step.t - 1
+    return history, timings
 
 
 class _Progress:
