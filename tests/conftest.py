@@ -9,8 +9,17 @@ import pytest
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache_dir(tmp_path_factory: pytest.TempPathFactory):
-    """Compiled kernels go to a fresh temporary folder, never to the user's ~/.cache/symdl."""
-    folder = tmp_path_factory.mktemp("symdl-cache")
+    """Compiled kernels go to a fresh temporary folder, never to the user's ~/.cache/symdl.
+
+    Under pytest-xdist the workers share one folder (beside their own temporary folders, in
+    pytest's per-run folder that only this user can write), so a kernel that two test files
+    compile is compiled once for the run, as it would be for a user: symdl's cache is written
+    atomically and Numba's is safe for concurrent processes."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.getbasetemp().parent / "symdl-cache"
+        folder.mkdir(mode=0o700, exist_ok=True)
+    else:
+        folder = tmp_path_factory.mktemp("symdl-cache")
     previous = os.environ.get("SYMDL_CACHE_DIR")
     os.environ["SYMDL_CACHE_DIR"] = str(folder)
     yield folder
