@@ -326,7 +326,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _check_writable_folder(Path(args.out))
     metrics = run(args.out, newton=args.newton, epochs=args.epochs, pdf=not args.no_pdf,
                   progress=not args.quiet, curvature=not args.no_curvature,
-                  cnn=not args.no_cnn, dtype=args.dtype, rnn=not args.no_rnn)
+                  cnn=not args.no_cnn, dtype=args.dtype, rnn=not args.no_rnn,
+                  cnn_epochs=args.cnn_epochs, rnn_epochs=args.rnn_epochs)
     out = args.out
     print(f"held-out test accuracy: {metrics['final_test_accuracy']:.4f} "
           f"({metrics['data']['test']} images); finite-difference check of the training-step "
@@ -477,7 +478,11 @@ def _add_demo_command(commands, common: argparse.ArgumentParser) -> None:
     )
     demo.add_argument("-o", "--out", default="out", help="output folder (default: out)")
     demo.add_argument("--epochs", type=_positive_int, default=40,
-                      help="training epochs (default 40)")
+                      help="training epochs of the 2-layer network (default 40)")
+    demo.add_argument("--cnn-epochs", type=_positive_int, default=30,
+                      help="training epochs of the convolutional network (default 30)")
+    demo.add_argument("--rnn-epochs", type=_positive_int, default=30,
+                      help="training epochs of the recurrent network (default 30)")
     demo.add_argument("--newton", action="store_true",
                       help="also run Newton's method on logistic regression (Hessian kernel)")
     demo.add_argument("--no-pdf", action="store_true", help="skip report.pdf (no pdflatex)")

@@ -283,3 +283,22 @@ def test_verbose_logs_every_compile_and_quiet_silences(monkeypatch, capsys) -> N
         with progress.compile_progress("k", 2, after_s=0.0):
             time.sleep(0.05)
     assert capsys.readouterr().err == ""
+
+
+def test_demo_epochs_reach_each_network(monkeypatch, tmp_path: Path, capsys) -> None:
+    # --epochs set only the 2-layer network's epochs; the CNN and the RNN kept 30 whatever
+    # the user asked for. Each network now has its own option.
+    import symdl.report.demo as demo_module
+
+    seen = {}
+
+    def fake_run(out, **options):
+        seen.update(options)
+        return {"final_test_accuracy": 0.5, "data": {"test": 1},
+                "check": {"ok": True, "max_rel_error": 0.0}}
+
+    monkeypatch.setattr(demo_module, "run", fake_run)
+    status = _main_status(["demo", "--epochs", "3", "--cnn-epochs", "4", "--rnn-epochs", "5",
+                           "--no-pdf", "-o", str(tmp_path / "out")])
+    assert status == 0
+    assert (seen["epochs"], seen["cnn_epochs"], seen["rnn_epochs"]) == (3, 4, 5)
