@@ -406,6 +406,36 @@ def test_parallel_and_serial_loops_agree(name: str) -> None:
         _assert_close(_output(serial, out), ref[out], 1e-9, 1e-12, f"{name} {out} vs reference")
 
 
+def test_parallel_loops_only_when_a_loop_is_large(monkeypatch) -> None:
+    # A dense layer with 512 x 512 weights at batch 2: its loops (bias, ReLU, the loss and
+    # their gradients) run over 2 x 512 entries; the weights reach only the BLAS products.
+    # The call chose parallel loops when its largest array passed the threshold, so every
+    # batch-sized loop started a parallel region (at batch 1, 2 threads took 4x the time of
+    # 1). The choice now goes by the loops' own sizes (the threshold lowered here so that the
+    # arrays stay small).
+    import symdl.kernels.kernel as kernel_module
+
+    X, W = sp.MatrixSymbol("X", n, d), sp.MatrixSymbol("W", d, h)
+    b, Y = sp.MatrixSymbol("b", 1, h), sp.MatrixSymbol("Y", n, h)
+    der = symdl.derive(symdl.mse(symdl.relu(X * W + symdl.bias(b, n)), Y), wrt=[W, b])
+    kernel = der.compile(jit=False)
+    chosen = []
+    run = kernel_module._run
+
+    def recording(function, *args, parallel, **options):
+        chosen.append(parallel)
+        return run(function, *args, parallel=parallel, **options)
+
+    monkeypatch.setattr(kernel_module, "_run", recording)
+    monkeypatch.setattr(kernel_module.numba, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(kernel_module, "PARALLEL_MIN_ENTRIES", 1 << 15)  # small arrays
+    rng = np.random.default_rng(0)
+    for rows in (2, 128):  # loops of 1,024 and of 65,536 entries
+        kernel(X=rng.normal(size=(rows, 512)), W=rng.normal(size=(512, 512)),
+               b=rng.normal(size=(1, 512)), Y=rng.normal(size=(rows, 512)))
+    assert chosen == [False, True]
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Preallocated out= buffers
 
