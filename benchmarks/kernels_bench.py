@@ -113,13 +113,13 @@ BUSY_CORES = 0.15  # flag a cell when other processes used more CPU than this
 # =========================================================================== child process
 
 
-def _pin(k: int) -> list[int]:
+def pin_cpus(k: int) -> list[int]:
     cpus = sorted(os.sched_getaffinity(0))[:k]
     os.sched_setaffinity(0, cpus)
     return cpus
 
 
-def _to_numpy(x):
+def to_numpy(x):
     import numpy as np
 
     if hasattr(x, "detach"):  # torch
@@ -154,7 +154,7 @@ def _measure(factory, data, repeats: int | None) -> tuple[dict, list]:
     t0 = time.perf_counter()
     out = run()
     first = time.perf_counter() - t0
-    outs = [_to_numpy(x) for x in out]  # copied now: run() may reuse or donate its buffers
+    outs = [to_numpy(x) for x in out]  # copied now: run() may reuse or donate its buffers
     del out
     t0 = time.perf_counter()
     run()
@@ -208,7 +208,7 @@ def _symdl_factory(table: dict, wl):
 
 def _child(args) -> dict:
     """One (workload, thread count, implementation) in this fresh process."""
-    cpus = _pin(args.threads)
+    cpus = pin_cpus(args.threads)
     sys.path.insert(0, str(HERE))
     import numba
     import numpy as np
@@ -259,7 +259,7 @@ def _child(args) -> dict:
             if wl.dtype != "float64":  # the float64 result on the same (rounded) data
                 data = {k: v.astype(np.float64) if isinstance(v, np.ndarray) else v
                         for k, v in data.items()}
-            ref = [_to_numpy(x) for x in peers.IMPLS["numpy"][wl.base](data)()]
+            ref = [to_numpy(x) for x in peers.IMPLS["numpy"][wl.base](data)()]
             rec["check"] = _check(outs, ref, wl)
         except Exception as e:
             rec["check"] = f"FAIL: {type(e).__name__}: {e}"[:500]
@@ -296,6 +296,16 @@ def _machine() -> dict:
         info["numpy_blas"] = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
     except Exception:
         pass
+    info["OPENBLAS_CORETYPE"] = os.environ.get("OPENBLAS_CORETYPE", "unset")
+    try:  # the BLAS kernels the libraries loaded (threadpoolctl: a scikit-learn dependency)
+        import scipy.linalg  # noqa: F401  (loads SciPy's OpenBLAS, the one Numba calls)
+        import threadpoolctl
+
+        info["blas_libraries"] = [
+            {k: lib.get(k) for k in ("internal_api", "architecture", "version", "filepath")}
+            for lib in threadpoolctl.threadpool_info() if lib.get("user_api") == "blas"]
+    except Exception:
+        pass
     for mod in ("scipy", "jax", "jaxlib", "torch", "sympy"):
         try:
             info[mod] = __import__(mod).__version__
@@ -327,7 +337,18 @@ def _machine() -> dict:
 # =========================================================================== parent process
 
 
-def _env(k: int) -> dict:
+def set_openblas_coretype(value: str | None) -> None:
+    """Sets (or with ``"auto"`` removes) ``OPENBLAS_CORETYPE`` for every child started after.
+    A machine's environment may pin OpenBLAS to a kernel older than its CPU (this VM sets
+    ``Haswell``, AVX2, on an AVX-512 CPU): NumPy, SciPy and Numba's ``np.dot`` then multiply
+    matrices at that kernel's speed while JAX's XLA generates its own code."""
+    if value == "auto":
+        os.environ.pop("OPENBLAS_CORETYPE", None)
+    elif value:
+        os.environ["OPENBLAS_CORETYPE"] = value
+
+
+def thread_env(k: int) -> dict:
     env = dict(os.environ)
     for var in THREAD_VARS:
         env[var] = str(k)
@@ -336,7 +357,7 @@ def _env(k: int) -> dict:
     return env
 
 
-def _cpu_busy_s() -> float:
+def cpu_busy_s() -> float:
     """CPU-seconds the whole machine has been busy (all cores), from /proc/stat."""
     try:
         with open("/proc/stat") as f:
@@ -347,18 +368,18 @@ def _cpu_busy_s() -> float:
     return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def _children_cpu_s() -> float:
+def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
-def _wait_idle(max_wait: float, threshold: float = 0.25) -> float:
+def wait_idle(max_wait: float, threshold: float = 0.25) -> float:
     """Wait (up to max_wait s) until other processes use < threshold cores; returns that load."""
     t_end = time.perf_counter() + max_wait
     while True:
-        b0, t0 = _cpu_busy_s(), time.perf_counter()
+        b0, t0 = cpu_busy_s(), time.perf_counter()
         time.sleep(1.0)
-        load = (_cpu_busy_s() - b0) / (time.perf_counter() - t0)
+        load = (cpu_busy_s() - b0) / (time.perf_counter() - t0)
         if not load >= threshold or time.perf_counter() >= t_end:
             return load
         print(f"    machine busy ({load:.2f} cores in use by other processes), waiting",
@@ -366,25 +387,25 @@ def _wait_idle(max_wait: float, threshold: float = 0.25) -> float:
         time.sleep(4.0)
 
 
-def _spawn(extra: list[str], k: int, timeout: float, cold_cache: bool = False,
+def spawn_child(extra: list[str], k: int, timeout: float, cold_cache: bool = False,
            numba_layer: str | None = None) -> dict:
     """Run one child; adds ``foreign_cpu_cores``: the CPU other processes used meanwhile."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "child.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-out", str(out), *extra]
-        env = _env(k)
+        env = thread_env(k)
         if cold_cache:
             env["SYMDL_CACHE_DIR"] = str(Path(tmp) / "symdl_cache")
         if numba_layer:
             env["NUMBA_THREADING_LAYER"] = numba_layer
-        b0, c0, w0 = _cpu_busy_s(), _children_cpu_s(), time.perf_counter()
+        b0, c0, w0 = cpu_busy_s(), children_cpu_s(), time.perf_counter()
         try:
             p = subprocess.run(cmd, env=env, timeout=timeout, stdout=subprocess.PIPE,
                                stderr=None, text=True)
         except subprocess.TimeoutExpired:
             return {"error": f"timed out after {timeout} s"}
         wall = time.perf_counter() - w0
-        foreign = ((_cpu_busy_s() - b0) - (_children_cpu_s() - c0)) / wall
+        foreign = ((cpu_busy_s() - b0) - (children_cpu_s() - c0)) / wall
         if p.returncode != 0 or not out.exists():
             return {"error": f"child exited with {p.returncode}: {p.stdout[-500:]}"}
         res = json.loads(out.read_text())
@@ -532,8 +553,8 @@ def _run_cell(args, name: str, k: int, impl: str) -> dict:
     extra += ["--repeats", str(args.repeats)] if args.repeats else []
     best: dict | None = None
     for attempt in range(1 + args.busy_retries):
-        load = _wait_idle(args.idle_wait) if args.idle_wait > 0 else None
-        res = _spawn(extra, k, args.timeout, args.cold_symdl_cache, args.numba_threading_layer)
+        load = wait_idle(args.idle_wait) if args.idle_wait > 0 else None
+        res = spawn_child(extra, k, args.timeout, args.cold_symdl_cache, args.numba_threading_layer)
         if "result" not in res:  # an error: no point in repeating it
             return {"error": res.get("error", "no result"), "child": res.get("info", {})}
         rec = res["result"] | {"child": res["info"] | {"load_before": load,
@@ -580,6 +601,10 @@ def main(argv=None) -> int:
                          "(default 300, 0 with --quick)")
     ap.add_argument("--numba-threading-layer", choices=("workqueue", "omp", "tbb"),
                     help="NUMBA_THREADING_LAYER for the children (default: Numba's choice)")
+    ap.add_argument("--openblas-coretype",
+                    help="OPENBLAS_CORETYPE for the children (NumPy's, SciPy's and so Numba's "
+                         "BLAS): a kernel name such as Haswell or SkylakeX, or 'auto' to unset "
+                         "it (OpenBLAS detects the CPU); default: this environment's")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--impl", help=argparse.SUPPRESS)
     ap.add_argument("--child-info", action="store_true", help=argparse.SUPPRESS)
@@ -618,7 +643,8 @@ def main(argv=None) -> int:
                 doc = None
         except (OSError, ValueError):
             doc = None
-    machine = _spawn(["--child-info"], max(threads), 120)
+    set_openblas_coretype(args.openblas_coretype)
+    machine = spawn_child(["--child-info"], max(threads), 120)
     if doc is None:
         doc = {"workloads": {}}
     doc.update(
@@ -634,6 +660,7 @@ def main(argv=None) -> int:
             "torch": "torch.set_num_threads(k)",
             "numba": "serial kernels at k = 1, parallel=True/prange at k > 1",
             "numba_threading_layer": args.numba_threading_layer or "Numba's default",
+            "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", "unset"),
             "isolation": "one fresh process per (workload, threads, implementation)",
         },
         timing={

@@ -6,7 +6,7 @@ the peak memory (maxrss of the cell's process) of symdl and of that peer.
 
 Usage::
 
-    python benchmarks/precision_table.py benchmarks/results_issue16_models.json [more.json]
+    python benchmarks/precision_table.py benchmarks/results_issue16_quiet.json [more.json]
 """
 
 from __future__ import annotations

@@ -446,7 +446,7 @@ class Kernel:
         Args:
             out: preallocated result arrays by output key or spelling (see ``run``).
             parallel: use the parallel loops; by default, when there are several threads and
-                the arrays are large.
+                a loop runs over ``PARALLEL_MIN_ENTRIES`` entries or more.
             **arrays: every input by name. A keyword that names an input of this kernel is
                 always that input, whatever its name (``self``, ``out``, ``parallel``): a
                 kernel with an input named ``out`` or ``parallel`` takes those options
@@ -489,7 +489,7 @@ class Kernel:
                 ``"value"``) or by the plain spelling where that names one output
                 (``"hessian:a,b,c"``; see ``symdl.ir.keys.resolve``).
             parallel: use the parallel loops; by default, when there are several threads and
-                the arrays are large.
+                a loop runs over ``PARALLEL_MIN_ENTRIES`` entries or more.
             compiled: run the steps as one compiled function (no Python between them: for
                 small arrays called often, as ``run_unchecked`` does); compiled on first use,
                 with the loops it calls, in one go.
