@@ -24,6 +24,7 @@ import functools
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -219,6 +220,9 @@ class Kernel:
         loops serially, however large the arrays its BLAS products read (a network's weights
         at batch 1 would otherwise start a parallel region for every batch-sized loop)."""
         self._loop_size_functions: list | None = None  # made on the first call
+        self._overlaps_checked: list[tuple[str, weakref.ref]] = []
+        """The arrays (by name, weakly) of the last call whose out buffers passed
+        ``_check_overlaps``: a training loop passes the same ones every call."""
 
     @property
     def scratch_pool(self) -> ScratchPool:
@@ -659,10 +663,22 @@ class Kernel:
 
         Overlap is decided exactly (``np.shares_memory``), not from the arrays' bounds: a view
         one entry over an input overlaps it, and would read entries the loop already wrote.
+        The same array objects under the same names as the last call that passed pass again
+        without the pairwise tests (~30 us for a network's 9 outputs and 14 inputs): by now
+        every one is C-contiguous with its expected shape, so its memory is what it was.
         """
         names = list(out)
         for name in names:
             _refuse_masked(f"out[{name!r}]", out[name], "out buffer")
+        if not names:
+            return
+        arrays = [*out.items(),
+                  *((arg, a) for arg, a in prepared.items() if isinstance(a, np.ndarray))]
+        last = self._overlaps_checked
+        if len(last) == len(arrays) and all(
+                name == seen and ref() is array
+                for (name, array), (seen, ref) in zip(arrays, last, strict=True)):
+            return
         for i, name in enumerate(names):
             for other in names[i + 1:]:
                 if np.shares_memory(out[name], out[other]):
@@ -683,6 +699,7 @@ class Kernel:
                         f"out[{name!r}] shares memory with input {arg!r}, which this kernel "
                         f"still reads after it writes {name!r}; pass a separate out array "
                         "(swap the two arrays between calls to avoid allocating)", name)
+        self._overlaps_checked = [(name, weakref.ref(array)) for name, array in arrays]
 
 
 def _refuse_masked(name: str, value: object, role: str) -> None:

@@ -270,6 +270,27 @@ def test_out_overlapping_an_input_the_kernel_reads_later_is_refused() -> None:
         kernel(w=np.ones((5, 1)), g=g, out={"grad:w": g})
 
 
+def test_overlaps_are_checked_again_when_an_array_or_its_role_changes() -> None:
+    # The pairwise test is skipped when a call passes the very arrays, under the same names,
+    # of the last call that passed it (a training loop's buffers). A new view, or the same
+    # arrays in other roles, are tested again.
+    der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
+    kernel = der.compile(jit=False)
+    w, g = np.linspace(-1, 1, 5).reshape(-1, 1), np.ones((5, 1))
+    grad, value = np.empty((5, 1)), np.empty(1)
+    for _ in range(2):
+        result = kernel(w=w, g=g, out={"grad:w": grad, "value": value})
+        np.testing.assert_allclose(result.grad["w"], 1 - np.tanh(w) ** 2)
+    with pytest.raises(symdl.KernelArgumentError, match="'g'"):  # g read after grad:w written
+        kernel(w=w, g=grad, out={"grad:w": grad, "value": value})
+    buf = np.zeros(5)
+    with pytest.raises(symdl.KernelArgumentError, match="share memory"):
+        kernel(w=w, g=g, out={"grad:w": buf.reshape(-1, 1), "value": buf[4:]})
+    kernel(w=w, g=g, out={"grad:w": grad, "value": value})  # the checked set again
+    with pytest.raises(symdl.KernelArgumentError, match="share memory"):
+        kernel(w=w, g=g, out={"grad:w": grad, "value": grad[4]})
+
+
 @pytest.mark.parametrize("role", ["input", "out"])
 def test_masked_arrays_are_refused(role: str) -> None:
     der = symdl.derive(symdl.sum(sp.hadamard_product(g_col, symdl.tanh(w_col))), wrt=[w_col])
