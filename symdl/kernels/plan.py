@@ -121,18 +121,58 @@ def symmetric_form(node: ir.Einsum, pattern: tuple[int, int, int]) -> Symmetric 
 
 
 def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
-    """Rewrites every summing product of three or more operands into pairwise ones.
+    """Rewrites every summing product of three or more operands into pairwise ones, and a
+    scaled product ``c (A B)`` whose unscaled ``A B`` is also needed into ``c`` times that
+    one product (``_share_scaled_products``).
 
     Returns a map from the id of each original node to its lowered equivalent.
+    """
+    order = ir.topological_order(roots)
+    first = _lower_all(order, {})
+    units = {_product_key(node) for node in first.values()
+             if _is_product(node) and node.coeff == 1}
+    scaled = {id(node) for node in first.values()
+              if _is_product(node) and node.coeff != 1 and _product_key(node) in units}
+    if not scaled:
+        return first
+    return _lower_all(order, units)
+
+
+def _is_product(node: ir.Node) -> bool:
+    """A contraction of two operands over at least one label (a BLAS candidate)."""
+    return (isinstance(node, ir.Einsum) and len(node.operands) == 2
+            and bool(set().union(*map(set, node.specs)) - set(node.out)))
+
+
+def _product_key(node: ir.Einsum) -> tuple:
+    return tuple(id(op) for op in node.operands), node.specs, node.out
+
+
+def _lower_all(order: list[ir.Node], units: set[tuple]) -> dict[int, ir.Node]:
+    """Lowers ``order`` (topological); with ``units`` (keys of unscaled products the graph
+    needs), a scaled copy of one of them becomes a scaling of it (``_share_scaled_products``).
     """
     lowered: dict[int, ir.Node] = {}
 
     def get(node: ir.Node) -> ir.Node:
         return lowered[id(node)]
 
-    for node in ir.topological_order(roots):
-        lowered[id(node)] = _LOWER(node, get)
+    for node in order:
+        lowered[id(node)] = _share_scaled_products(_LOWER(node, get), units)
     return lowered
+
+
+def _share_scaled_products(node: ir.Node, units: set[tuple]) -> ir.Node:
+    """``c (A B)`` as ``c`` times the product ``A B`` when the graph computes ``A B`` too:
+    one BLAS call, the scaling in the loop that reads it. A training step reads each weight
+    gradient ``X^T dZ`` as its output and, scaled by ``1 - beta1``, in Adam's first moment:
+    two identical GEMMs before."""
+    if not (units and _is_product(node) and node.coeff != 1
+            and _product_key(node) in units):
+        return node
+    unit = raw_einsum(node.operands, node.specs, node.out)
+    labels = tuple(range(unit.rank))
+    return raw_einsum([unit], [labels], labels, node.coeff)
 
 
 def _lower_einsum_node(node: ir.Einsum, get) -> ir.Node:

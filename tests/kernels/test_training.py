@@ -92,6 +92,24 @@ def test_adam_steps_follow_numpy(mlp):
     assert step.t == 26
 
 
+def test_adam_step_computes_each_product_once(mlp):
+    # Adam's first moment reads the gradient scaled by 1 - beta1: each weight gradient
+    # X^T dZ was a second BLAS product with that coefficient, next to the unscaled one the
+    # step returns (a 3-layer MLP's step 24 ms against its gradient's 17 ms). The step's
+    # products are now the gradient's.
+    step = compile_training_step(mlp, _Adam(lr=0.05), jit=False)
+    gradient = mlp.compile(jit=False)
+
+    def products(kernel):
+        body = kernel.source.split("def _steps_serial_code", 1)[1].split("_steps_serial_jit")[0]
+        # np.dot(A, B, into): the product is what comes before its target
+        return sorted(line.strip().rsplit(",", 1)[0] for line in body.splitlines()
+                      if "np.dot(" in line)
+
+    step_products = products(step)
+    assert len(step_products) == len(set(step_products)) == len(products(gradient)), step_products
+
+
 def test_sgd_step_and_batch_size_change(mlp):
     params, X, Y = _problem(n=9)
     step = TrainingStep(mlp, _SGD(lr=0.1), params)
