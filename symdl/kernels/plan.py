@@ -121,21 +121,22 @@ def symmetric_form(node: ir.Einsum, pattern: tuple[int, int, int]) -> Symmetric 
 
 
 def lower(roots: list[ir.Node]) -> dict[int, ir.Node]:
-    """Rewrites every summing product of three or more operands into pairwise ones, and a
-    scaled product ``c (A B)`` whose unscaled ``A B`` is also needed into ``c`` times that
+    """Rewrites every summing product of three or more operands into pairwise ones, and
+    products needed with several coefficients (``c1 (A B)``, ``c2 (A B)``) into scalings of
     one product (``_share_scaled_products``).
 
     Returns a map from the id of each original node to its lowered equivalent.
     """
     order = ir.topological_order(roots)
-    first = _lower_all(order, {})
-    units = {_product_key(node) for node in first.values()
-             if _is_product(node) and node.coeff == 1}
-    scaled = {id(node) for node in first.values()
-              if _is_product(node) and node.coeff != 1 and _product_key(node) in units}
-    if not scaled:
+    first = _lower_all(order, set())
+    coefficients: dict[tuple, set] = {}
+    for node in first.values():
+        if _is_product(node):
+            coefficients.setdefault(_product_key(node), set()).add(node.coeff)
+    shared = {key for key, found in coefficients.items() if len(found) > 1}
+    if not shared:
         return first
-    return _lower_all(order, units)
+    return _lower_all(order, shared)
 
 
 def _is_product(node: ir.Node) -> bool:
@@ -148,27 +149,27 @@ def _product_key(node: ir.Einsum) -> tuple:
     return tuple(id(op) for op in node.operands), node.specs, node.out
 
 
-def _lower_all(order: list[ir.Node], units: set[tuple]) -> dict[int, ir.Node]:
-    """Lowers ``order`` (topological); with ``units`` (keys of unscaled products the graph
-    needs), a scaled copy of one of them becomes a scaling of it (``_share_scaled_products``).
-    """
+def _lower_all(order: list[ir.Node], shared: set[tuple]) -> dict[int, ir.Node]:
+    """Lowers ``order`` (topological); a product whose key is in ``shared`` (the graph needs
+    it with several coefficients) becomes a scaling of the one unscaled product
+    (``_share_scaled_products``)."""
     lowered: dict[int, ir.Node] = {}
 
     def get(node: ir.Node) -> ir.Node:
         return lowered[id(node)]
 
     for node in order:
-        lowered[id(node)] = _share_scaled_products(_LOWER(node, get), units)
+        lowered[id(node)] = _share_scaled_products(_LOWER(node, get), shared)
     return lowered
 
 
-def _share_scaled_products(node: ir.Node, units: set[tuple]) -> ir.Node:
-    """``c (A B)`` as ``c`` times the product ``A B`` when the graph computes ``A B`` too:
-    one BLAS call, the scaling in the loop that reads it. A training step reads each weight
-    gradient ``X^T dZ`` as its output and, scaled by ``1 - beta1``, in Adam's first moment:
-    two identical GEMMs before."""
-    if not (units and _is_product(node) and node.coeff != 1
-            and _product_key(node) in units):
+def _share_scaled_products(node: ir.Node, shared: set[tuple]) -> ir.Node:
+    """``c (A B)`` as ``c`` times the product ``A B`` when the graph needs ``A B`` with
+    another coefficient too: one BLAS call, each scaling in the loop that reads it. A
+    training step reads each weight gradient ``X^T dZ`` as its output and, scaled by
+    ``1 - beta1``, in Adam's first moment: two identical GEMMs before."""
+    if not (shared and _is_product(node) and node.coeff != 1
+            and _product_key(node) in shared):
         return node
     unit = raw_einsum(node.operands, node.specs, node.out)
     labels = tuple(range(unit.rank))

@@ -854,3 +854,19 @@ def test_row_stream_reads_a_transposed_matrix() -> None:
     for parallel in (False, True):
         got = kernel(X=Xv, w=wv, y=yv, parallel=parallel).grad["w"]
         np.testing.assert_allclose(got, Xv @ (s - yv) / 5, rtol=1e-12, atol=1e-15)
+
+
+def test_a_product_needed_with_two_coefficients_is_computed_once() -> None:
+    # 2 (A B) and 3 (A B) were two BLAS products; a logistic-regression Adam step computed
+    # X^T (sigmoid(X w) - y) / n twice that way (as its gradient and, times 1 - beta1, for
+    # the first moment): 2.3 ms a step, 1.2 ms with one product.
+    A, B = sp.MatrixSymbol("A", n, d), sp.MatrixSymbol("B", d, k)
+    kernel = symdl.compile_expressions({"P": 2 * A * B, "Q": 3 * A * B},
+                                       "scaled products", jit=False)
+    body = kernel.source.split("def _steps_serial_code", 1)[1].split("_steps_serial_jit")[0]
+    assert body.count("np.dot(") == 1, body
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(3, 5))
+    result = kernel(A=a, B=b)
+    for name, scale in (("P", 2), ("Q", 3)):
+        np.testing.assert_allclose(result.outputs[name], scale * a @ b, rtol=1e-14, atol=1e-14)
