@@ -319,7 +319,7 @@ class DaskLoss:
             **inputs: the inputs that are neither data nor parameters (scalars such as
                 ``eps``, arrays without the batch dimension).
         """
-        total = dask.compute(self.graph(params, directions, **inputs))[0]
+        total = _compute(self.graph(params, directions, **inputs))
         return ChunkedResult(total["value"], total["grad"], total["hessian"], total["hvp"])
 
     def __call__(self, /, **params: object) -> ChunkedResult:
@@ -352,3 +352,21 @@ def _numeric(name: str, value: object) -> object:
         return float(array)
     return np.ascontiguousarray(array, dtype=np.float64 if array.dtype.kind in "iu"
                                 else array.dtype)
+
+
+COMPUTE_ATTEMPTS = 3
+"""How many times a sum over the chunks is computed when the cluster cancels its result."""
+
+
+def _compute(graph):
+    """``dask.compute`` of the summed chunks, again when the cluster cancelled the result
+    (distributed's ``FutureCancelledError``: a worker died while the scheduler was
+    releasing the key, "already forgotten"). Every task is pure, so a rerun gives the same
+    numbers; any other error is raised at once."""
+    for attempt in range(COMPUTE_ATTEMPTS):
+        try:
+            return dask.compute(graph)[0]
+        except Exception as exc:  # distributed is optional: its exception is known by name
+            if type(exc).__name__ != "FutureCancelledError" or attempt == COMPUTE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")

@@ -186,3 +186,37 @@ def test_a_worker_killed_mid_computation_is_recovered_with_the_same_result(
     _close(r.value, ref.value)
     _close(r.grad["w"], ref.grad["w"])
     _close(r.grad["b"], ref.grad["b"])
+
+
+def test_a_cancelled_result_is_computed_again(problem, monkeypatch) -> None:
+    # distributed cancels a result when a worker dies while the scheduler releases its key
+    # ("already forgotten"): the sum over the chunks is computed again (pure tasks, same
+    # numbers); other errors are raised at once.
+    import symdl.scale.dask as scale_dask
+
+    class FutureCancelledError(Exception):
+        pass
+
+    der, kernel, data, params = problem
+    lossk = DaskLoss(der, {"X": da.from_array(data["X"], chunks=(CHUNK, 3)),
+                           "y": data["y"]}, chunk_rows=CHUNK)
+    compute, calls = scale_dask.dask.compute, []
+
+    def flaky(*graphs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FutureCancelledError("already forgotten")
+        return compute(*graphs)
+
+    monkeypatch.setattr(scale_dask.dask, "compute", flaky)
+    r = lossk(**params)
+    assert len(calls) == 2
+    ref = kernel(**data, **params, v_w=np.zeros((3, 1)), v_b=0.0)
+    _close(r.value, ref.value)
+
+    def broken(*graphs):
+        raise ValueError("not a cancellation")
+
+    monkeypatch.setattr(scale_dask.dask, "compute", broken)
+    with pytest.raises(ValueError, match="not a cancellation"):
+        lossk(**params)
